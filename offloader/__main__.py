@@ -1,0 +1,5 @@
+import sys
+
+from offloader.cli import main
+
+sys.exit(main())

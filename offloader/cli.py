@@ -1,0 +1,198 @@
+"""Command line: parse arguments, configure logging once, hand off.
+
+Exit codes: 0 success; 1 a table failed (or a check failed); 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import orjson
+
+from offloader import log as logsetup
+from offloader.config import Config, config_path, load_config
+from offloader.errors import ConfigError, OffloaderError
+
+logger = logging.getLogger("offloader")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offloader",
+        description="Move rows from ClickHouse to Apache Iceberg, exactly once.",
+    )
+    parser.add_argument(
+        "--config", help="config file (default: $OFFLOADER_CONFIG or config/tables.toml)"
+    )
+    parser.add_argument(
+        "--log-format", choices=["json", "text"], default=None,
+        help="log lines as JSON objects (default when not a terminal) or text",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    once = sub.add_parser("once", help="run one cycle over every enabled table and exit")
+    once.add_argument("--json", action="store_true", help="print the cycle report as JSON")
+
+    run = sub.add_parser("run", help="run as a service: a cycle on every aligned interval")
+    run.add_argument("--now", action="store_true", help="run a first cycle immediately")
+
+    status = sub.add_parser("status", help="per-table watermark, last run and lag")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument(
+        "--check", action="store_true",
+        help="exit 1 when a table's lag exceeds [offloader] lag_alert or its last run failed",
+    )
+
+    validate = sub.add_parser("validate", help="check the config (and, live, the sources)")
+    validate.add_argument(
+        "--offline", action="store_true", help="check the file only, without connecting"
+    )
+
+    reset = sub.add_parser(
+        "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
+    )
+    reset.add_argument("table", help="target (or source) name of the table")
+    reset.add_argument("--yes", action="store_true", help="do it (without --yes: show only)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fmt = args.log_format or ("text" if sys.stderr.isatty() else "json")
+    stream = sys.stdout if args.command == "run" else sys.stderr
+    logsetup.setup(fmt, args.log_level, stream)
+    path = config_path(args.config)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"offloader: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        handler = _COMMANDS[args.command]
+        result: int = anyio.run(handler, cfg, args)
+        return result
+    except ConfigError as exc:
+        print(f"offloader: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OffloaderError as exc:
+        print(f"offloader: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _once(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.supervisor import run_once
+
+    report = await run_once(cfg)
+    if args.json:
+        print(report.to_json())
+    else:
+        print(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _run(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.scheduler import serve
+
+    return await serve(cfg.path, cfg, run_now=args.now)
+
+
+async def _status(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.status import collect, render
+
+    statuses = await collect(cfg)
+    if args.json:
+        print(orjson.dumps([s.as_dict() for s in statuses], option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(statuses))
+    if not args.check:
+        return EXIT_OK
+    bad = [
+        s for s in statuses
+        if s.enabled and (
+            (s.lag_seconds is not None and s.lag_seconds > cfg.service.lag_alert)
+            or s.last_status == "failed"
+            or s.problem
+        )
+    ]
+    for s in bad:
+        print(
+            f"offloader: CHECK FAILED {s.target}: lag {s.lag_seconds}s "
+            f"(limit {cfg.service.lag_alert:g}s), last run {s.last_status}"
+            + (f", problem: {s.problem}" if s.problem else ""),
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+async def _validate(cfg: Config, args: argparse.Namespace) -> int:
+    print(f"{cfg.path}: configuration OK, {len(cfg.tables)} tables "
+          f"({len(cfg.enabled_tables)} enabled)")
+    if args.offline:
+        return EXIT_OK
+    from offloader import clickhouse, iceberg
+    from offloader.errors import TableError
+    from offloader.pipeline import plan_source
+
+    failed = 0
+    for table in cfg.tables:
+        db = table.source_database or cfg.clickhouse.database
+        try:
+            async with clickhouse.session(cfg.clickhouse, table.target) as ch:
+                src = plan_source(table, await ch.table_columns(db, table.source_table))
+            print(f"\n{table.source} -> {table.target}"
+                  f"{'' if table.enabled else ' (disabled)'}: OK")
+            print(iceberg.describe(src.schema, table.partition_by))
+        except TableError as exc:
+            failed += 1
+            print(f"\n{table.source} -> {table.target}: ERROR {exc}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _reset(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.iceberg import IcebergCatalog
+    from offloader.watermarks import Watermarks
+
+    table = cfg.table(args.table)
+    ice = await anyio.to_thread.run_sync(IcebergCatalog(cfg.catalog).load, table.target)
+    mark = await anyio.to_thread.run_sync(ice.latest_mark) if ice is not None else None
+    seq = mark.seq if mark else 0
+    position: Any = list(mark.position) if mark else None
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+    try:
+        state = await watermarks.get(table.target, table.source)
+        print(
+            f"{table.target}: PostgreSQL at commit {state.seq} {state.position}; "
+            f"Iceberg at commit {seq} {position}"
+        )
+        if not args.yes:
+            print("dry run: pass --yes to set PostgreSQL to what Iceberg holds")
+            return EXIT_OK
+        async with watermarks.table_lock(table.target):
+            await watermarks.reset(table.target, seq, position)
+        print(f"{table.target}: PostgreSQL watermark set to commit {seq} {position}")
+    finally:
+        await watermarks.close()
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Any] = {
+    "once": _once,
+    "run": _run,
+    "status": _status,
+    "validate": _validate,
+    "reset": _reset,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

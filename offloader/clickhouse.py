@@ -1,0 +1,179 @@
+"""The source: ClickHouse over its native TCP protocol (asynch). The only module importing asynch.
+
+Each page is one complete, non-streaming query: asynch's streaming cursor turns a
+mid-stream server error into a normal end of results, so offloader never relies
+on a stream's end. Any error or cancellation discards the connection, because a
+cancelled asynch query leaves the connection unusable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from asynch import errors as ch_errors
+from asynch.proto.connection import Connection
+
+from offloader.config import ClickHouseConfig
+from offloader.errors import SourceSchemaError, SourceUnavailable
+from offloader.sql import quote_string
+
+log = logging.getLogger(__name__)
+
+# ClickHouse error codes that mean "fix the table or config", not "retry later".
+_SCHEMA_CODES = {
+    16: "no such column",
+    47: "unknown identifier",
+    60: "unknown table",
+    81: "unknown database",
+    497: "access denied",
+    516: "authentication failed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One complete page: one sequence of values per column, plus the server's column types."""
+
+    columns: Sequence[Sequence[Any]]
+    types: Sequence[tuple[str, str]]
+    rows: int
+
+
+class ClickHouseSession:
+    """One native connection, used by one table run at a time."""
+
+    def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
+        self._cfg = cfg
+        self._label = label
+        kwargs: dict[str, Any] = {}
+        if cfg.secure:
+            kwargs.update(secure=True, verify=True)
+        self._conn = Connection(
+            host=cfg.host,
+            port=cfg.port,
+            user=cfg.user,
+            password=cfg.password,
+            database=cfg.database,
+            connect_timeout=cfg.connect_timeout,
+            send_receive_timeout=cfg.query_timeout,
+            client_name="offloader",
+            **kwargs,
+        )
+        self._open = False
+
+    def __repr__(self) -> str:
+        return f"<ClickHouseSession {self._cfg.user}@{self._cfg.host}:{self._cfg.port} open={self._open}>"
+
+    async def connect(self) -> None:
+        try:
+            with anyio.fail_after(self._cfg.connect_timeout + 1):
+                await self._conn.connect()
+        except BaseException as exc:
+            await self._discard()
+            raise self._translate(exc, "connect") from exc
+        self._open = True
+
+    async def close(self) -> None:
+        await self._discard()
+
+    async def _discard(self) -> None:
+        self._open = False
+        with anyio.move_on_after(2, shield=True):
+            try:
+                await self._conn.disconnect()
+            except Exception:  # the connection is being thrown away anyway
+                log.debug("ignored error closing ClickHouse connection", exc_info=True)
+
+    def _translate(self, exc: BaseException, what: str) -> BaseException:
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            return exc
+        where = f"{self._label}: ClickHouse {self._cfg.host}:{self._cfg.port}"
+        if isinstance(exc, ch_errors.ServerException):
+            code = getattr(exc, "code", None)
+            first = str(exc).strip().splitlines()
+            text = first[1] if len(first) > 1 else (first[0] if first else repr(exc))
+            if code in _SCHEMA_CODES:
+                return SourceSchemaError(f"{where}: {_SCHEMA_CODES[code]}: {text}", reason="schema")
+            return SourceUnavailable(f"{where}: server error {code} during {what}: {text}")
+        if isinstance(exc, TimeoutError):
+            return SourceUnavailable(f"{where}: {what} timed out", reason="timeout")
+        if isinstance(exc, OSError | EOFError | ch_errors.ClickHouseException | ConnectionError):
+            return SourceUnavailable(
+                f"{where}: {what} failed ({type(exc).__name__}: {exc}); is ClickHouse running?"
+            )
+        return exc
+
+    async def execute(self, query: str, *, columnar: bool = False) -> Any:
+        if not self._open:
+            await self.connect()
+        try:
+            with anyio.fail_after(self._cfg.query_timeout):
+                return await self._conn.execute(query, columnar=columnar, with_column_types=columnar)
+        except BaseException as exc:
+            # Includes cancellation (deadline, shutdown): the connection is unusable now.
+            await self._discard()
+            raise self._translate(exc, "query") from exc
+
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        result = await self.execute(query)
+        return list(result)
+
+    async def scalar(self, query: str) -> Any:
+        rows = await self.rows(query)
+        return rows[0][0] if rows else None
+
+    async def page(self, query: str, expected_columns: int) -> Page:
+        columns, types = await self.execute(query, columnar=True)
+        if not columns:  # an empty result carries types but no columns
+            return Page(columns=[[] for _ in range(expected_columns)], types=[], rows=0)
+        lengths = {len(c) for c in columns}
+        if len(columns) != expected_columns or len(lengths) > 1:
+            raise SourceUnavailable(
+                f"{self._label}: malformed page from ClickHouse: {len(columns)} columns "
+                f"(expected {expected_columns}), lengths {sorted(lengths)}"
+            )
+        return Page(columns=columns, types=list(types), rows=lengths.pop() if lengths else 0)
+
+    async def table_columns(self, database: str, table: str) -> list[tuple[str, str]]:
+        rows = await self.rows(
+            "SELECT name, type FROM system.columns WHERE database = "
+            f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
+        )
+        if not rows:
+            exists = await self.scalar(
+                "SELECT count() FROM system.tables WHERE database = "
+                f"{quote_string(database)} AND name = {quote_string(table)}"
+            )
+            raise SourceSchemaError(
+                f"{self._label}: source table {database}.{table} "
+                + ("has no columns" if exists else "does not exist in ClickHouse")
+                + f" ({self._cfg.host}:{self._cfg.port}); check tables.source in the config",
+                reason="missing_table",
+            )
+        return [(str(name), str(type_)) for name, type_ in rows]
+
+    async def table_ttl(self, database: str, table: str) -> str | None:
+        """The table's TTL clause, if any (from its CREATE statement)."""
+        create = await self.scalar(
+            "SELECT create_table_query FROM system.tables WHERE database = "
+            f"{quote_string(database)} AND name = {quote_string(table)}"
+        )
+        if not create or " TTL " not in str(create):
+            return None
+        ttl = str(create).split(" TTL ", 1)[1]
+        return ttl.split(" SETTINGS ", 1)[0].strip()
+
+
+@asynccontextmanager
+async def session(cfg: ClickHouseConfig, label: str) -> AsyncIterator[ClickHouseSession]:
+    s = ClickHouseSession(cfg, label)
+    try:
+        await s.connect()
+        yield s
+    finally:
+        await s.close()

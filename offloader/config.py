@@ -1,0 +1,491 @@
+"""Load and validate `config/tables.toml` into frozen, typed objects.
+
+Every mistake becomes one `ConfigError` line naming the file, the place
+(`tables[2] (market.trades).batch_rows`) and what was expected, so the CLI can
+print it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from offloader.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "config/tables.toml"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_IDENT = re.compile(r"^[^\x00-\x1f]+$")
+_PARTITION = re.compile(
+    r"^\s*(?:(identity|year|month|day|hour|void)\(\s*([^,()]+?)\s*\)"
+    r"|(bucket|truncate)\(\s*(\d+)\s*,\s*([^,()]+?)\s*\)"
+    r"|([^,()]+?))\s*$"
+)
+
+
+def parse_duration(text: str) -> float:
+    """'15m' -> 900.0, '1h30m' -> 5400.0, '500ms' -> 0.5. Raises ValueError."""
+    text = text.strip()
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"not a duration: {text!r} (use e.g. '30s', '5m', '1h30m')")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionField:
+    """One Iceberg partition transform, e.g. day(exchange_ts) or bucket(16, id)."""
+
+    transform: str
+    column: str
+    param: int | None = None
+
+    def __str__(self) -> str:
+        if self.param is not None:
+            return f"{self.transform}({self.param}, {self.column})"
+        return f"{self.transform}({self.column})"
+
+
+def parse_partition(text: str) -> PartitionField:
+    match = _PARTITION.match(text)
+    if not match or not text.strip():
+        raise ValueError(
+            f"not a partition transform: {text!r} (use identity(c), year(c), month(c), day(c), "
+            "hour(c), bucket(N, c), truncate(N, c) or a bare column name)"
+        )
+    if match.group(1):
+        return PartitionField(match.group(1), match.group(2))
+    if match.group(3):
+        param = int(match.group(4))
+        if param <= 0:
+            raise ValueError(f"{match.group(3)} width must be positive in {text!r}")
+        return PartitionField(match.group(3), match.group(5), param)
+    return PartitionField("identity", match.group(6))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    interval: float = 900.0
+    max_parallel_tables: int = 4
+    table_timeout: float = 600.0
+    shutdown_grace: float = 60.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    lag_alert: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClickHouseConfig:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    user: str = "default"
+    password: str = field(default="", repr=False)
+    database: str = "default"
+    secure: bool = False
+    connect_timeout: float = 10.0
+    query_timeout: float = 300.0
+
+    def __repr__(self) -> str:
+        return (
+            f"ClickHouseConfig(host={self.host!r}, port={self.port}, user={self.user!r}, "
+            f"password={'***' if self.password else ''!r}, database={self.database!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    dsn: str = field(default="postgresql://postgres@127.0.0.1:5432/offloader", repr=False)
+    schema: str = "offloader"
+
+    def __repr__(self) -> str:
+        return f"PostgresConfig(dsn={redact_dsn(self.dsn)!r}, schema={self.schema!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    name: str
+    properties: Mapping[str, str] = field(repr=False)
+
+    def __repr__(self) -> str:
+        shown = {k: ("***" if _is_secret_key(k) else v) for k, v in self.properties.items()}
+        return f"CatalogConfig(name={self.name!r}, properties={shown!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class TableConfig:
+    source: str
+    target: str
+    watermark: str
+    keys: tuple[str, ...]
+    lag: float = 300.0
+    batch_rows: int = 100_000
+    append_rows: int = 1_000_000
+    max_rows_per_cycle: int = 50_000_000
+    partition_by: tuple[PartitionField, ...] = ()
+    enabled: bool = True
+    uint64: Literal["error", "decimal"] = "error"
+    strings: Literal["string", "binary"] = "string"
+
+    @property
+    def source_database(self) -> str | None:
+        db, sep, _ = self.source.partition(".")
+        return db if sep else None
+
+    @property
+    def source_table(self) -> str:
+        _, sep, name = self.source.partition(".")
+        return name if sep else self.source
+
+    @property
+    def target_namespace(self) -> str:
+        return self.target.rsplit(".", 1)[0]
+
+    @property
+    def target_name(self) -> str:
+        return self.target.rsplit(".", 1)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    service: ServiceConfig
+    clickhouse: ClickHouseConfig
+    postgres: PostgresConfig
+    catalog: CatalogConfig
+    tables: tuple[TableConfig, ...]
+
+    @property
+    def enabled_tables(self) -> tuple[TableConfig, ...]:
+        return tuple(t for t in self.tables if t.enabled)
+
+    def table(self, name: str) -> TableConfig:
+        """Find a table by target or source name (CLI arguments accept either)."""
+        for table in self.tables:
+            if name in (table.target, table.source):
+                return table
+        known = ", ".join(t.target for t in self.tables) or "none"
+        raise ConfigError(f"{self.path}: no table named {name!r} (configured: {known})")
+
+
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in ("password", "secret", "token", "credential", "key"))
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide the password of a URL-style DSN: postgresql://u:***@host/db."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def config_path(explicit: str | None) -> str:
+    return explicit or os.environ.get("OFFLOADER_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError with one clear line."""
+    shown = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{shown}: file not found (pass --config PATH or set OFFLOADER_CONFIG)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{shown}: TOML syntax error: {exc}") from None
+    return parse_config(data, shown, os.environ if env is None else env)
+
+
+def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> Config:
+    reader = _Reader(path, env)
+    reader.reject_unknown(data, "", {"offloader", "clickhouse", "postgres", "iceberg", "tables"})
+
+    svc = reader.section(data, "offloader", required=False)
+    service = ServiceConfig(
+        interval=reader.duration(svc, "offloader", "interval", 900.0, minimum=1.0),
+        max_parallel_tables=reader.integer(svc, "offloader", "max_parallel_tables", 4, 1, 256),
+        table_timeout=reader.duration(svc, "offloader", "table_timeout", 600.0, minimum=1.0),
+        shutdown_grace=reader.duration(svc, "offloader", "shutdown_grace", 60.0, minimum=0.0),
+        metrics_port=reader.optional_integer(svc, "offloader", "metrics_port", 0, 65535),
+        metrics_host=reader.string(svc, "offloader", "metrics_host", "127.0.0.1"),
+        lag_alert=reader.duration(svc, "offloader", "lag_alert", 3600.0, minimum=1.0),
+    )
+    reader.reject_unknown(svc, "offloader", set(ServiceConfig.__slots__))
+
+    ch = reader.section(data, "clickhouse", required=True)
+    clickhouse = ClickHouseConfig(
+        host=reader.string(ch, "clickhouse", "host", "127.0.0.1"),
+        port=reader.integer(ch, "clickhouse", "port", 9000, 1, 65535),
+        user=reader.string(ch, "clickhouse", "user", "default"),
+        password=reader.string(ch, "clickhouse", "password", "", allow_empty=True),
+        database=reader.string(ch, "clickhouse", "database", "default"),
+        secure=reader.boolean(ch, "clickhouse", "secure", False),
+        connect_timeout=reader.duration(ch, "clickhouse", "connect_timeout", 10.0, minimum=0.1),
+        query_timeout=reader.duration(ch, "clickhouse", "query_timeout", 300.0, minimum=1.0),
+    )
+    reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
+
+    pg = reader.section(data, "postgres", required=True)
+    postgres = PostgresConfig(
+        dsn=reader.string(pg, "postgres", "dsn", None),
+        schema=reader.string(pg, "postgres", "schema", "offloader"),
+    )
+    reader.reject_unknown(pg, "postgres", {"dsn", "schema"})
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", postgres.schema):
+        reader.fail("postgres.schema", "must be a lower-case SQL identifier", postgres.schema)
+
+    ice = reader.section(data, "iceberg", required=True)
+    reader.reject_unknown(ice, "iceberg", {"catalog"})
+    cat = reader.section(ice, "catalog", required=True, where="iceberg.catalog")
+    props: dict[str, str] = {}
+    for key, value in cat.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            reader.fail(f"iceberg.catalog.{key}", "must be a string or number", value)
+        props[key] = reader.expand(str(value), f"iceberg.catalog.{key}")
+    name = props.pop("name", None)
+    if not name:
+        reader.fail("iceberg.catalog.name", "is required (the catalog's name, e.g. 'cold')", None)
+    catalog = CatalogConfig(name=str(name), properties=props)
+
+    raw_tables = data.get("tables", [])
+    if not isinstance(raw_tables, list) or not all(isinstance(t, dict) for t in raw_tables):
+        reader.fail("tables", "must be an array of tables ([[tables]] blocks)", raw_tables)
+    tables = tuple(reader.table(i, t) for i, t in enumerate(raw_tables))
+    seen: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        if table.target in seen:
+            reader.fail(
+                f"tables[{i}] ({table.source}).target",
+                f"duplicates tables[{seen[table.target]}].target; each target needs one source",
+                table.target,
+            )
+        seen[table.target] = i
+    return Config(path, service, clickhouse, postgres, catalog, tables)
+
+
+class _Reader:
+    """Typed access to raw TOML values with errors that say where and what."""
+
+    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def fail(self, where: str, expected: str, got: object) -> None:
+        shown = _show(got)
+        suffix = f", got {shown}" if got is not None else ""
+        raise ConfigError(f"{self.path}: {where} {expected}{suffix}")
+
+    def reject_unknown(self, data: Mapping[str, Any], where: str, known: set[str]) -> None:
+        for key in data:
+            if key not in known:
+                hint = _closest(key, known)
+                place = f"{where}.{key}" if where else key
+                extra = f" (did you mean {hint!r}?)" if hint else ""
+                raise ConfigError(
+                    f"{self.path}: {place} is not a known key{extra}; known: "
+                    + ", ".join(sorted(known))
+                )
+
+    def section(
+        self, data: Mapping[str, Any], key: str, *, required: bool, where: str | None = None
+    ) -> dict[str, Any]:
+        where = where or key
+        if key not in data:
+            if required:
+                raise ConfigError(f"{self.path}: missing section [{where}]")
+            return {}
+        value = data[key]
+        if not isinstance(value, dict):
+            self.fail(where, "must be a section (a [table] in TOML)", value)
+        return value
+
+    def expand(self, value: str, where: str) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{self.path}: {where} refers to ${{{name}}}, which is not set in the environment "
+                f"(set it, or write ${{{name}:-default}})"
+            )
+
+        return _ENV_REF.sub(sub, value)
+
+    def string(
+        self,
+        data: Mapping[str, Any],
+        where: str,
+        key: str,
+        default: str | None,
+        *,
+        allow_empty: bool = False,
+    ) -> str:
+        if key not in data:
+            if default is None:
+                raise ConfigError(f"{self.path}: {where}.{key} is required")
+            return default
+        value = data[key]
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}", "must be a string", value)
+        value = self.expand(value, f"{where}.{key}")
+        if not allow_empty and not value.strip():
+            self.fail(f"{where}.{key}", "must not be empty", value)
+        return value
+
+    def integer(
+        self, data: Mapping[str, Any], where: str, key: str, default: int, low: int, high: int
+    ) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            rng = "a positive integer" if low == 1 and high >= 2**31 else f"an integer {low}..{high}"
+            self.fail(f"{where}.{key}", f"must be {rng}", value)
+        return int(value)
+
+    def optional_integer(
+        self, data: Mapping[str, Any], where: str, key: str, low: int, high: int
+    ) -> int | None:
+        if key not in data:
+            return None
+        return self.integer(data, where, key, 0, low, high)
+
+    def boolean(self, data: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(f"{where}.{key}", "must be true or false", value)
+        return bool(value)
+
+    def duration(
+        self,
+        data: Mapping[str, Any],
+        where: str,
+        key: str,
+        default: float,
+        *,
+        minimum: float,
+    ) -> float:
+        if key not in data:
+            return default
+        value = data[key]
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}", "must be a duration string like '30s', '5m' or '1h'", value)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            self.fail(f"{where}.{key}", "must be a duration like '30s', '5m' or '1h30m'", value)
+            raise  # unreachable: fail() raises
+        if seconds < minimum or seconds > 366 * 86400:
+            self.fail(
+                f"{where}.{key}",
+                f"must be between {format_duration(minimum)} and 366d",
+                value,
+            )
+        return seconds
+
+    def table(self, index: int, data: Mapping[str, Any]) -> TableConfig:
+        label = f"tables[{index}]"
+        source = data.get("source")
+        if isinstance(source, str) and source.strip():
+            label = f"tables[{index}] ({source})"
+        known = set(TableConfig.__slots__)
+        self.reject_unknown(data, label, known)
+        source = self.string(data, label, "source", None)
+        target = self.string(data, label, "target", None)
+        if target.count(".") < 1 or any(not part for part in target.split(".")):
+            self.fail(f"{label}.target", "must be 'namespace.table'", target)
+        if source.count(".") > 1 or any(not part for part in source.split(".")):
+            self.fail(f"{label}.source", "must be 'database.table' or 'table'", source)
+        watermark = self.string(data, label, "watermark", None)
+        keys_raw = data.get("keys")
+        if keys_raw is None:
+            raise ConfigError(
+                f"{self.path}: {label}.keys is required: the columns that, with the watermark, "
+                "identify a row (e.g. keys = [\"trade_id\"])"
+            )
+        if (
+            not isinstance(keys_raw, list)
+            or not keys_raw
+            or not all(isinstance(k, str) and k.strip() for k in keys_raw)
+        ):
+            self.fail(f"{label}.keys", "must be a non-empty list of column names", keys_raw)
+        keys = tuple(str(k) for k in keys_raw)
+        if len(set(keys)) != len(keys) or watermark in keys:
+            self.fail(f"{label}.keys", "must not repeat a column or the watermark column", keys_raw)
+        for name in (source, target, watermark, *keys):
+            if not _IDENT.match(name):
+                self.fail(label, "names must not contain control characters", name)
+        partitions_raw = data.get("partition_by", [])
+        if not isinstance(partitions_raw, list) or not all(
+            isinstance(p, str) for p in partitions_raw
+        ):
+            self.fail(f"{label}.partition_by", "must be a list of strings", partitions_raw)
+        partitions = []
+        for p in partitions_raw:
+            try:
+                partitions.append(parse_partition(p))
+            except ValueError as exc:
+                raise ConfigError(f"{self.path}: {label}.partition_by: {exc}") from None
+        uint64 = data.get("uint64", "error")
+        if uint64 not in ("error", "decimal"):
+            self.fail(f"{label}.uint64", "must be 'error' or 'decimal'", uint64)
+        strings = data.get("strings", "string")
+        if strings not in ("string", "binary"):
+            self.fail(f"{label}.strings", "must be 'string' or 'binary'", strings)
+        batch_rows = self.integer(data, label, "batch_rows", 100_000, 1, 10_000_000)
+        append_rows = self.integer(data, label, "append_rows", 1_000_000, 1, 100_000_000)
+        max_rows = self.integer(data, label, "max_rows_per_cycle", 50_000_000, 1, 2**62)
+        return TableConfig(
+            source=source,
+            target=target,
+            watermark=watermark,
+            keys=keys,
+            lag=self.duration(data, label, "lag", 300.0, minimum=0.0),
+            batch_rows=batch_rows,
+            append_rows=max(append_rows, batch_rows),
+            max_rows_per_cycle=max_rows,
+            partition_by=tuple(partitions),
+            enabled=self.boolean(data, label, "enabled", True),
+            uint64=uint64,
+            strings=strings,
+        )
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None

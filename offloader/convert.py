@@ -1,0 +1,166 @@
+"""Columns of Python values (as the native driver returns them) -> Arrow.
+
+Pure and CPU-bound: the pipeline runs it in a worker thread. Values that cannot
+be stored exactly raise DataError naming the table, the column and the value;
+nothing is silently altered.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import ipaddress
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from offloader.errors import DataError
+from offloader.types import ChType, ColumnPlan
+
+_INT64_MAX = 2**63 - 1
+
+
+def to_record_batch(
+    table: str, plans: Sequence[ColumnPlan], columns: Sequence[Sequence[Any]]
+) -> pa.RecordBatch:
+    """Build one RecordBatch from columnar Python values, one sequence per planned column."""
+    if len(columns) != len(plans):
+        raise DataError(
+            f"{table}: page has {len(columns)} columns, expected {len(plans)} "
+            f"({', '.join(p.name for p in plans)})"
+        )
+    arrays = [_column(table, plan, values) for plan, values in zip(plans, columns, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema([p.field for p in plans]))
+
+
+def _column(table: str, plan: ColumnPlan, values: Sequence[Any]) -> pa.Array:
+    prepare = _preparer(plan.ch_type, plan.prep)
+    data: Sequence[Any] = values if prepare is None else [prepare(v) for v in values]
+    try:
+        return pa.array(data, type=plan.arrow, from_pandas=False)
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        bad = _first_bad_value(data, plan)
+        shown = f" value {bad!r}" if bad is not None else ""
+        hint = (
+            "; set uint64 = \"decimal\" on this table to store UInt64 as decimal(20,0)"
+            if plan.ch_type.unwrap().name == "UInt64"
+            else ""
+        )
+        raise DataError(
+            f"{table}: column {plan.name!r} ({plan.ch_type}):{shown} cannot be stored as "
+            f"{plan.arrow}: {exc}{hint}"
+        ) from None
+
+
+def _first_bad_value(values: Sequence[Any], plan: ColumnPlan) -> Any:
+    for v in values:
+        if v is None:
+            continue
+        try:
+            pa.array([v], type=plan.arrow)
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError):
+            return v
+    return None
+
+
+def _preparer(t: ChType, prep: str) -> Callable[[Any], Any] | None:
+    """A per-value function turning driver values into what pa.array() takes, or None."""
+    if prep == "none":
+        return None
+    base = t.unwrap()
+    if prep == "str":
+        return _nullsafe(str)
+    if prep == "json":
+        return _nullsafe(_json_text)
+    if prep == "uuid":
+        return _nullsafe(_uuid_bytes)
+    if prep == "decimal_int":
+        return _nullsafe(decimal.Decimal)
+    if prep == "bytes":
+        return _nullsafe(_to_bytes)
+    if prep == "nested":
+        return _nullsafe(_nested(base))
+    raise AssertionError(f"unknown prep {prep}")
+
+
+def _nullsafe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def wrapped(v: Any) -> Any:
+        return None if v is None else fn(v)
+
+    return wrapped
+
+
+def _json_text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return orjson.dumps(v, default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _uuid_bytes(v: Any) -> bytes:
+    if isinstance(v, uuid.UUID):
+        return v.bytes
+    return uuid.UUID(str(v)).bytes
+
+
+def _to_bytes(v: Any) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    return str(v).encode("utf-8", "surrogateescape")
+
+
+def _element_fn(t: ChType) -> Callable[[Any], Any]:
+    from offloader.types import prep_kind
+
+    kind = prep_kind(t)
+    fn = _preparer(t, kind)
+    return fn if fn is not None else _identity
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def _nested(base: ChType) -> Callable[[Any], Any]:
+    if base.name == "Array":
+        elem = _element_fn(base.inner)
+        return lambda v: [elem(x) for x in v]
+    if base.name == "Map":
+        key_t, val_t = base.args
+        assert isinstance(key_t, ChType) and isinstance(val_t, ChType)
+        kf, vf = _element_fn(key_t), _element_fn(val_t)
+        return lambda v: [(kf(k), vf(x)) for k, x in v.items()]
+    if base.name == "Tuple":
+        fns = [_element_fn(a) for a in base.args if isinstance(a, ChType)]
+        return lambda v: tuple(f(x) for f, x in zip(fns, v, strict=True))
+    return _identity
+
+
+# --- watermark values --------------------------------------------------------
+
+
+def encode_value(v: Any) -> Any:
+    """A cursor value as a JSON scalar that round-trips exactly (see sql.literal)."""
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=dt.UTC)
+        return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v if -_INT64_MAX - 1 <= v <= _INT64_MAX else str(v)
+    if isinstance(v, decimal.Decimal | uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "surrogateescape")
+    if isinstance(v, str):
+        return v
+    raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a watermark")
+
+
+def batch_nbytes(batches: Sequence[pa.RecordBatch]) -> int:
+    return sum(b.nbytes for b in batches)

@@ -1,0 +1,132 @@
+"""Sample data for the quick start and the benchmarks: realistic trades tables.
+
+    python -m offloader.demo --port 9000 --rows 200000 [--config-out var/quickstart.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+
+from offloader import clickhouse
+from offloader.config import ClickHouseConfig
+
+TRADES_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.{name} (
+    exchange_ts   DateTime64(6, 'UTC'),
+    received_ts   DateTime64(6, 'UTC'),
+    trade_id      UInt64,
+    symbol        LowCardinality(String),
+    price         Decimal(28, 10),
+    quantity      Decimal(28, 10),
+    side          Enum8('buy' = 1, 'sell' = 2),
+    is_maker      Bool,
+    venue_seq     Nullable(Int64),
+    tags          Array(LowCardinality(String))
+) ENGINE = MergeTree
+ORDER BY (exchange_ts, trade_id)
+TTL toDateTime(exchange_ts) + INTERVAL 30 DAY
+"""
+
+# Rows spread over the last `span` seconds up to `end_offset` seconds ago; several
+# trades share a microsecond so ties at page boundaries are exercised.
+TRADES_INSERT = """
+INSERT INTO {db}.{name}
+SELECT
+    now64(6, 'UTC') - toIntervalMicrosecond({end_offset} * 1000000
+        + intDiv(({count} - intDiv(number, 3) * 3) * {span} * 1000000, {count})) AS exchange_ts,
+    exchange_ts + toIntervalMillisecond(number % 50) AS received_ts,
+    {first_id} + number AS trade_id,
+    ['BTC-USDT', 'ETH-USDT', 'SOL-USDT', 'XRP-USDT'][number % 4 + 1] AS symbol,
+    toDecimal128(60000 + (number % 1000) / 7, 10) AS price,
+    toDecimal128((number % 97 + 1) / 1000, 10) AS quantity,
+    if(number % 2 = 0, 'buy', 'sell') AS side,
+    number % 3 = 0 AS is_maker,
+    if(number % 10 = 0, NULL, toInt64(number)) AS venue_seq,
+    if(number % 5 = 0, ['block'], []) AS tags
+FROM numbers({count})
+"""
+
+TABLES = ("bronze_trades_binance", "bronze_trades_kraken")
+
+
+async def load(cfg: ClickHouseConfig, db: str, rows: int, end_offset: int = 600,
+               span: int = 86400, first_id: int = 1, tables: tuple[str, ...] = TABLES) -> None:
+    async with clickhouse.session(cfg, "demo") as ch:
+        await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+        for name in tables:
+            await ch.execute(TRADES_DDL.format(db=db, name=name))
+            await ch.execute(
+                TRADES_INSERT.format(
+                    db=db, name=name, count=rows, end_offset=end_offset, span=span,
+                    first_id=first_id,
+                )
+            )
+
+
+def write_config(path: Path, *, port: int, db: str, state_dir: Path, pg_dsn: str) -> None:
+    state_dir = state_dir.resolve()
+    tables = "".join(
+        f"""
+[[tables]]
+source = "{db}.{name}"
+target = "cold.{name}"
+watermark = "exchange_ts"
+keys = ["trade_id"]
+lag = "5m"
+batch_rows = 100000
+partition_by = ["day(exchange_ts)"]
+"""
+        for name in TABLES
+    )
+    path.write_text(
+        f"""# Written by the quick start (python -m offloader.demo); edit freely.
+[offloader]
+interval = "15m"
+max_parallel_tables = 4
+table_timeout = "10m"
+
+[clickhouse]
+host = "127.0.0.1"
+port = {port}
+user = "default"
+password = "${{CLICKHOUSE_PASSWORD:-}}"
+database = "{db}"
+
+[postgres]
+dsn = "{pg_dsn}"
+
+[iceberg.catalog]
+name = "cold"
+type = "sql"
+uri = "sqlite:///{state_dir}/catalog.db"
+warehouse = "file://{state_dir}/warehouse"
+{tables}"""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offloader.demo")
+    parser.add_argument("--port", type=int, required=True, help="ClickHouse native port")
+    parser.add_argument("--database", default="market")
+    parser.add_argument("--rows", type=int, default=200_000, help="rows per table")
+    parser.add_argument("--config-out", type=Path, help="write a config for these tables here")
+    parser.add_argument("--state-dir", type=Path, default=Path("var/offloader"))
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/offloader")
+    args = parser.parse_args(argv)
+    cfg = ClickHouseConfig(port=args.port)
+    anyio.run(load, cfg, args.database, args.rows)
+    print(f"loaded {args.rows} rows into each of {', '.join(TABLES)} in {args.database}")
+    if args.config_out:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        write_config(args.config_out, port=args.port, db=args.database,
+                     state_dir=args.state_dir, pg_dsn=args.postgres)
+        print(f"wrote {args.config_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""An embedded ClickHouse 26.9 server for the quick start, the tests and the benchmarks.
+
+Runs the clickhouse-local engine shipped in the `chdb-core` wheel (extra
+`embedded`) in a child process with real native-TCP and HTTP listeners; no
+Docker, no system package. Not for production: point offloader at your own
+ClickHouse there.
+
+    python -m offloader.devserver start --dir var/clickhouse [--tcp-port 9000]
+    python -m offloader.devserver stop --dir var/clickhouse
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_XML = """<clickhouse>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>{tcp}</tcp_port>
+  <http_port>{http}</http_port>
+  <logger><level>warning</level><console>0</console><log>{dir}/server.log</log></logger>
+</clickhouse>
+"""
+
+# The listeners live only while this query runs; its last statement keeps it
+# running. The sleep's value is consumed (sum), otherwise the optimiser turns it
+# into a busy loop burning a core.
+CHILD = """
+import sys
+from chdb import _chdb
+d = sys.argv[1]
+sql = (
+    "SYSTEM START LISTEN TCP; SYSTEM START LISTEN HTTP; "
+    "SELECT getServerPort('tcp_port'), getServerPort('http_port') "
+    f"INTO OUTFILE '{d}/ports.tmp' TRUNCATE FORMAT TabSeparated; "
+    "SELECT sum(sleepEachRow(1)) FROM system.numbers SETTINGS max_block_size = 1"
+)
+_chdb.query(sql, "TabSeparated", path=d + "/data")
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    pid: int
+    tcp_port: int
+    http_port: int
+    directory: Path
+
+
+def start(directory: str | os.PathLike[str], tcp_port: int = 0, http_port: int = 0,
+          timeout: float = 60.0) -> Server:
+    """Start the server in the background and wait until it accepts connections."""
+    d = Path(directory).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    existing = running(d)
+    if existing is not None:
+        return existing
+    for stale in ("ports.tmp", "ports.tsv", "pid"):
+        (d / stale).unlink(missing_ok=True)
+    (d / "config.xml").write_text(CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d))
+    log = (d / "stdout.log").open("ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(d)],
+        cwd=d,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    ports = d / "ports.tmp"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (d / "stdout.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"embedded ClickHouse exited with {proc.returncode}:\n{tail}")
+        if ports.exists() and ports.read_text().strip():
+            tcp, http = (int(p) for p in ports.read_text().split())
+            (d / "pid").write_text(str(proc.pid))
+            (d / "ports.tsv").write_text(f"{tcp}\t{http}\n")
+            return Server(proc.pid, tcp, http, d)
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"embedded ClickHouse did not open its ports within {timeout:g}s")
+
+
+def running(directory: str | os.PathLike[str]) -> Server | None:
+    d = Path(directory).resolve()
+    try:
+        pid = int((d / "pid").read_text())
+        tcp, http = (int(p) for p in (d / "ports.tsv").read_text().split())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return Server(pid, tcp, http, d)
+
+
+def stop(directory: str | os.PathLike[str], timeout: float = 10.0) -> bool:
+    server = running(directory)
+    if server is None:
+        return False
+    kill(server.pid, timeout)
+    (server.directory / "pid").unlink(missing_ok=True)
+    return True
+
+
+def kill(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            waited, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            waited = 0
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        if waited == pid:
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m offloader.devserver")
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--dir", default="var/clickhouse", help="data and run directory")
+    parser.add_argument("--tcp-port", type=int, default=0, help="native port (0: any free)")
+    parser.add_argument("--http-port", type=int, default=0, help="HTTP port (0: any free)")
+    args = parser.parse_args(argv)
+    if args.action == "start":
+        s = start(args.dir, args.tcp_port, args.http_port)
+        print(f"embedded ClickHouse pid {s.pid}: native 127.0.0.1:{s.tcp_port}, "
+              f"http 127.0.0.1:{s.http_port}, data {s.directory}/data")
+        return 0
+    if args.action == "stop":
+        print("stopped" if stop(args.dir) else "not running")
+        return 0
+    s2 = running(args.dir)
+    print(f"running pid {s2.pid} native {s2.tcp_port}" if s2 else "not running")
+    return 0 if s2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The project's exceptions, grouped by what the caller can do about them.
+
+Driver exceptions (asynch, asyncpg, pyiceberg) are translated into these once,
+at the module that owns the driver, so nothing above that boundary needs to know
+which library raised.
+"""
+
+from __future__ import annotations
+
+
+class OffloaderError(Exception):
+    """Base of every error offloader raises on purpose."""
+
+
+class ConfigError(OffloaderError):
+    """The configuration file is wrong: fix the file named in the message.
+
+    The command exits with code 2; a running service keeps the last good config.
+    """
+
+
+class TableError(OffloaderError):
+    """This table cannot be offloaded this cycle; the other tables go on.
+
+    `reason` is a short machine-friendly label used in metrics and reports.
+    """
+
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class SourceUnavailable(TableError):
+    """ClickHouse could not be reached or failed mid-query: retried next cycle."""
+
+    reason = "clickhouse"
+
+
+class SourceSchemaError(TableError):
+    """The source table is missing or has columns offloader cannot map: fix the table or config."""
+
+    reason = "schema"
+
+
+class SinkError(TableError):
+    """The Iceberg catalog or warehouse failed: retried next cycle."""
+
+    reason = "iceberg"
+
+
+class StateError(TableError):
+    """PostgreSQL (watermarks) could not be reached or refused a write: retried next cycle."""
+
+    reason = "postgres"
+
+
+class InconsistentState(TableError):
+    """Iceberg and PostgreSQL disagree in a way offloader must not repair by itself.
+
+    Typically the Iceberg table was rolled back or dropped. An operator decides;
+    README "Recovery" explains `offloader reset`.
+    """
+
+    reason = "inconsistent"
+
+
+class DataError(TableError):
+    """A source value cannot be stored exactly (e.g. UInt64 above 2^63-1 into long)."""
+
+    reason = "data"
+
+
+class Locked(TableError):
+    """Another offloader worker holds this table's lock: skipped this cycle."""
+
+    reason = "locked"

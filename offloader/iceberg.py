@@ -1,0 +1,367 @@
+"""The sink: Apache Iceberg through pyiceberg. The only module importing pyiceberg.
+
+Every call here blocks (catalog SQL, Parquet writes), so the pipeline runs them
+in worker threads. Each append carries the offloader watermark, a commit
+sequence number and the run id in its snapshot summary: the Iceberg commit and
+the watermark it reaches are one atomic fact, which is what lets PostgreSQL be
+repaired from Iceberg after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+    NamespaceAlreadyExistsError,
+    NoSuchTableError,
+    TableAlreadyExistsError,
+)
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.transforms import (
+    BucketTransform,
+    DayTransform,
+    HourTransform,
+    IdentityTransform,
+    MonthTransform,
+    Transform,
+    TruncateTransform,
+    VoidTransform,
+    YearTransform,
+)
+from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
+
+from offloader.config import CatalogConfig, PartitionField
+from offloader.errors import InconsistentState, SinkError, SourceSchemaError
+
+log = logging.getLogger(__name__)
+
+PROP_WATERMARK = "offloader.watermark"
+PROP_SEQ = "offloader.seq"
+PROP_RUN = "offloader.run_id"
+PROP_ROWS = "offloader.rows"
+COMMIT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedMark:
+    """What the newest offloader snapshot of a table says it reached."""
+
+    seq: int
+    position: tuple[Any, ...]
+    run_id: str
+    snapshot_id: int
+    committed_at: datetime
+    rows: int
+
+
+class IcebergCatalog:
+    """A lazily loaded pyiceberg catalog shared by all table runs of a process."""
+
+    def __init__(self, cfg: CatalogConfig) -> None:
+        self._cfg = cfg
+        self._catalog: Catalog | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<IcebergCatalog {self._cfg.name} type={self._cfg.properties.get('type', '?')}>"
+
+    @property
+    def catalog(self) -> Catalog:
+        with self._lock:
+            if self._catalog is None:
+                try:
+                    self._catalog = load_catalog(self._cfg.name, **dict(self._cfg.properties))
+                except Exception as exc:
+                    raise SinkError(
+                        f"cannot open Iceberg catalog {self._cfg.name!r}: {_brief(exc)}; "
+                        "check [iceberg.catalog] in the config"
+                    ) from exc
+            return self._catalog
+
+    def load(self, target: str) -> IcebergTable | None:
+        try:
+            return IcebergTable(target, self.catalog.load_table(target))
+        except NoSuchTableError:
+            return None
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise SinkError(f"{target}: cannot load Iceberg table: {_brief(exc)}") from exc
+
+    def ensure(
+        self, target: str, schema: pa.Schema, partition_by: Sequence[PartitionField]
+    ) -> IcebergTable:
+        """Load the table, creating it or adding columns so it can take `schema`."""
+        try:
+            table = self.load(target)
+            if table is None:
+                table = self._create(target, schema, partition_by)
+            table.evolve(schema)
+            return table
+        except (SinkError, SourceSchemaError):
+            raise
+        except Exception as exc:
+            raise SinkError(f"{target}: cannot prepare Iceberg table: {_brief(exc)}") from exc
+
+    def _create(
+        self, target: str, schema: pa.Schema, partition_by: Sequence[PartitionField]
+    ) -> IcebergTable:
+        namespace = target.rsplit(".", 1)[0]
+        try:
+            self.catalog.create_namespace(namespace)
+        except NamespaceAlreadyExistsError:
+            pass
+        names = set(schema.names)
+        for p in partition_by:
+            if p.column not in names:
+                raise SourceSchemaError(
+                    f"{target}: partition_by {p} names column {p.column!r}, which the source "
+                    "table does not have",
+                    reason="config",
+                )
+        try:
+            created = self.catalog.create_table(target, schema=schema)
+        except TableAlreadyExistsError:  # another worker won the race
+            return IcebergTable(target, self.catalog.load_table(target))
+        if partition_by:
+            with created.update_spec() as spec:
+                for p in partition_by:
+                    spec.add_field(p.column, _transform(p), f"{p.column}_{p.transform}")
+        log.info("created Iceberg table", extra={"table": target, "partition_by": [str(p) for p in partition_by]})
+        return IcebergTable(target, created)
+
+    def read(self, target: str, row_filter: str | None = None) -> pa.Table:
+        """Read a whole table (tests, verify on small tables)."""
+        table = self.load(target)
+        if table is None:
+            raise SinkError(f"{target}: Iceberg table does not exist")
+        return table.read(row_filter)
+
+
+def _transform(p: PartitionField) -> Transform[Any, Any]:
+    simple: dict[str, Transform[Any, Any]] = {
+        "identity": IdentityTransform(),
+        "year": YearTransform(),
+        "month": MonthTransform(),
+        "day": DayTransform(),
+        "hour": HourTransform(),
+        "void": VoidTransform(),
+    }
+    if p.transform in simple:
+        return simple[p.transform]
+    assert p.param is not None
+    if p.transform == "bucket":
+        return BucketTransform(p.param)
+    return TruncateTransform(p.param)
+
+
+_IDS = re.compile(r"\b\d+: ")
+
+
+def _type_text(field_type: Any) -> str:
+    return _IDS.sub("", str(field_type))
+
+
+def _promotable(old: Any, new: Any) -> bool:
+    if isinstance(old, IntegerType) and isinstance(new, LongType):
+        return True
+    if isinstance(old, FloatType) and isinstance(new, DoubleType):
+        return True
+    return (
+        isinstance(old, DecimalType)
+        and isinstance(new, DecimalType)
+        and old.scale == new.scale
+        and new.precision >= old.precision
+    )
+
+
+class IcebergTable:
+    def __init__(self, target: str, table: Table) -> None:
+        self.target = target
+        self._table = table
+
+    def __repr__(self) -> str:
+        return f"<IcebergTable {self.target} snapshot={self.snapshot_id}>"
+
+    @property
+    def snapshot_id(self) -> int | None:
+        snap = self._table.current_snapshot()
+        return snap.snapshot_id if snap else None
+
+    @property
+    def location(self) -> str:
+        return str(self._table.location())
+
+    def snapshot_count(self) -> int:
+        return len(self._table.metadata.snapshots)
+
+    def evolve(self, schema: pa.Schema) -> None:
+        """Add new source columns; fail naming the column on an incompatible type change."""
+        wanted: Schema = Catalog._convert_schema_if_needed(schema)
+        current = self._table.schema()
+        changes = False
+        for field in wanted.fields:
+            try:
+                old = current.find_field(field.name)
+            except ValueError:
+                changes = True
+                continue
+            if _type_text(old.field_type) == _type_text(field.field_type):
+                if old.required and not field.required:
+                    changes = True
+                continue
+            if _promotable(old.field_type, field.field_type):
+                changes = True
+                continue
+            raise SourceSchemaError(
+                f"{self.target}: column {field.name!r} changed type in ClickHouse from "
+                f"{_type_text(old.field_type)} to {_type_text(field.field_type)}, which Iceberg "
+                "cannot evolve to; offload into a new target table or cast it back in a view",
+                reason="schema_change",
+            )
+        dropped = [f.name for f in current.fields if f.required and f.name not in schema.names]
+        if not changes and not dropped:
+            return
+        with self._table.update_schema() as update:
+            update.union_by_name(wanted)
+            for name in dropped:
+                update.make_column_optional(name)
+        log.info(
+            "evolved Iceberg schema",
+            extra={"table": self.target, "schema": _type_text(self._table.schema())},
+        )
+
+    def arrow_schema(self) -> pa.Schema:
+        return self._table.schema().as_arrow()
+
+    def _snapshots_newest_first(self) -> Iterator[Snapshot]:
+        snap = self._table.current_snapshot()
+        while snap is not None:
+            yield snap
+            parent = snap.parent_snapshot_id
+            snap = self._table.snapshot_by_id(parent) if parent is not None else None
+
+    def latest_mark(self) -> CommittedMark | None:
+        """The newest offloader commit on the main branch, or None if there is none."""
+        for snap in self._snapshots_newest_first():
+            summary = snap.summary
+            if summary is None or summary[PROP_SEQ] is None:
+                continue
+            return CommittedMark(
+                seq=int(summary[PROP_SEQ]),
+                position=tuple(orjson.loads(summary[PROP_WATERMARK] or "[]")),
+                run_id=str(summary[PROP_RUN]),
+                snapshot_id=snap.snapshot_id,
+                committed_at=datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC),
+                rows=int(summary[PROP_ROWS] or 0),
+            )
+        return None
+
+    def refresh(self) -> None:
+        try:
+            self._table.refresh()
+        except Exception as exc:
+            raise SinkError(f"{self.target}: cannot refresh Iceberg table: {_brief(exc)}") from exc
+
+    def append(
+        self,
+        batches: Sequence[pa.RecordBatch],
+        *,
+        expected_seq: int,
+        position: Sequence[Any],
+        run_id: str,
+    ) -> CommittedMark:
+        """Append `batches` as one snapshot that records seq = expected_seq + 1.
+
+        Compare-and-set: the snapshot's parent is the one we checked, so a
+        concurrent offloader commit makes ours fail (CommitFailedException), and
+        the retry sees the new offloader seq and gives up instead of duplicating.
+        """
+        seq = expected_seq + 1
+        props = {
+            PROP_WATERMARK: orjson.dumps(list(position)).decode(),
+            PROP_SEQ: str(seq),
+            PROP_RUN: run_id,
+            PROP_ROWS: str(sum(b.num_rows for b in batches)),
+        }
+        data = pa.Table.from_batches(list(batches))
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            mark = self.latest_mark()
+            current = mark.seq if mark else 0
+            if mark is not None and mark.seq == seq and mark.run_id == run_id:
+                return mark  # our previous attempt did commit
+            if current != expected_seq:
+                raise InconsistentState(
+                    f"{self.target}: Iceberg holds offloader commit {current}, this run expected "
+                    f"{expected_seq}; another worker committed meanwhile. This run's rows were not "
+                    "written; the next cycle continues from the new watermark."
+                )
+            try:
+                self._table.append(data, snapshot_properties=props)
+            except CommitFailedException as exc:
+                log.warning(
+                    "Iceberg commit conflict, refreshing",
+                    extra={"table": self.target, "attempt": attempt, "error": _brief(exc)},
+                )
+                self.refresh()
+                continue
+            except Exception as exc:
+                raise SinkError(f"{self.target}: Iceberg append failed: {_brief(exc)}") from exc
+            new = self.latest_mark()
+            assert new is not None and new.seq == seq
+            return new
+        raise SinkError(f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts")
+
+    def read(self, row_filter: str | None = None) -> pa.Table:
+        scan = self._table.scan(row_filter=row_filter) if row_filter else self._table.scan()
+        return scan.to_arrow()
+
+    def read_batches(self) -> Iterator[pa.RecordBatch]:
+        """Stream the table's rows batch by batch (bounded memory)."""
+        yield from self._table.scan().to_arrow_batch_reader()
+
+    def expire_snapshots(self, older_than: datetime) -> int:
+        """Expire snapshots older than `older_than`, never the current one nor the newest
+        offloader commit. Returns how many were expired."""
+        keep = {self.snapshot_id}
+        mark = self.latest_mark()
+        if mark is not None:
+            keep.add(mark.snapshot_id)
+        cutoff = older_than.timestamp() * 1000
+        victims = [
+            s.snapshot_id
+            for s in self._table.metadata.snapshots
+            if s.timestamp_ms < cutoff and s.snapshot_id not in keep
+        ]
+        if victims:
+            self._table.maintenance.expire_snapshots().by_ids(victims).commit()
+        return len(victims)
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:300]}"
+
+
+def describe(schema: pa.Schema, partition_by: Sequence[PartitionField]) -> str:
+    """The Iceberg schema and partitioning a table will get, as text (for `validate`)."""
+    iceberg_schema: Schema = Catalog._convert_schema_if_needed(schema)
+    lines = [
+        f"  {f.name}: {'required' if f.required else 'optional'} {_type_text(f.field_type)}"
+        for f in iceberg_schema.fields
+    ]
+    parts = ", ".join(str(p) for p in partition_by) or "unpartitioned"
+    return "\n".join([*lines, f"  partitioned by: {parts}"])

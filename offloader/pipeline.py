@@ -1,0 +1,382 @@
+"""One table's offload: lock, introspect, reconcile, page, convert, append, commit.
+
+Fetching runs in its own task and hands pages over a one-slot stream, so page
+n+1 is read from ClickHouse while page n converts (in a worker thread) and
+earlier pages are appended to Iceberg. Pages accumulate into appends of
+`append_rows`, so a cycle adds about one snapshot per table, none when idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pyarrow as pa
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from offloader import clickhouse, convert, plan
+from offloader.clickhouse import ClickHouseSession, Page
+from offloader.config import ClickHouseConfig, TableConfig
+from offloader.errors import SourceSchemaError, TableError
+from offloader.iceberg import IcebergCatalog, IcebergTable
+from offloader.sql import page_query, qualified, quote_ident
+from offloader.types import ChType, ColumnPlan, check_cursor_column, plan_column
+from offloader.watermarks import Watermarks
+
+log = logging.getLogger(__name__)
+
+# Test-only fault injection: the crash suite sets this to make the process die
+# between the Iceberg commit and the PostgreSQL commit.
+CRASH_ENV = "OFFLOADER_TEST_CRASH_AFTER_ICEBERG_COMMIT"
+
+
+@dataclass(slots=True)
+class TableReport:
+    target: str
+    source: str
+    status: str = "ok"  # ok | idle | failed | skipped
+    rows: int = 0
+    pages: int = 0
+    snapshots: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+    recovered: bool = False
+    watermark: list[Any] | None = None
+    more: bool = False  # stopped at max_rows_per_cycle with rows left
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {
+            "target": self.target,
+            "source": self.source,
+            "status": self.status,
+            "rows": self.rows,
+            "pages": self.pages,
+            "snapshots": self.snapshots,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+        if self.reason:
+            d["reason"] = self.reason
+        if self.recovered:
+            d["recovered"] = True
+        if self.more:
+            d["more"] = True
+        if self.watermark is not None:
+            d["watermark"] = self.watermark
+        d["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
+        return d
+
+
+@dataclass(slots=True)
+class Services:
+    """What a table run needs from the outside world, shared across a cycle."""
+
+    clickhouse: ClickHouseConfig
+    catalog: IcebergCatalog
+    watermarks: Watermarks
+    cpu: anyio.CapacityLimiter
+    io: anyio.CapacityLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    columns: tuple[ColumnPlan, ...]
+    order: tuple[tuple[str, ChType], ...]  # (watermark, keys...) with their types
+    order_index: tuple[int, ...]  # their positions in `columns`
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([c.field for c in self.columns])
+
+
+def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> SourcePlan:
+    """Map the source columns and check the watermark and key columns. Pure."""
+    plans = tuple(
+        plan_column(table.source, name, type_text, table.uint64, table.strings)
+        for name, type_text in columns
+    )
+    by_name = {p.name: i for i, p in enumerate(plans)}
+    order: list[tuple[str, ChType]] = []
+    index: list[int] = []
+    for role, name in [("watermark", table.watermark)] + [("key", k) for k in table.keys]:
+        if name not in by_name:
+            raise SourceSchemaError(
+                f"{table.source}: {role} column {name!r} does not exist; columns are "
+                + ", ".join(by_name),
+                reason="config",
+            )
+        t = plans[by_name[name]].ch_type
+        check_cursor_column(table.source, role, name, t)
+        order.append((name, t))
+        index.append(by_name[name])
+    return SourcePlan(plans, tuple(order), tuple(index))
+
+
+def position_of(page: Page, plan_: SourcePlan, row: int) -> list[Any]:
+    return [convert.encode_value(page.columns[i][row]) for i in plan_.order_index]
+
+
+async def offload_table(
+    services: Services, table: TableConfig, timeout: float | None = None
+) -> TableReport:
+    """Run one table to its high-water mark within `timeout` seconds.
+
+    Never raises for a table problem: it is reported. Commits made before a
+    timeout are kept; the rest continues next cycle.
+    """
+    report = TableReport(target=table.target, source=table.source)
+    started = time.monotonic()
+    started_at = datetime.now(UTC)
+    run_id = uuid.uuid4().hex
+    log.info("table started", extra={"table": table.target, "run_id": run_id})
+    try:
+        with anyio.move_on_after(timeout) as deadline:
+            async with services.watermarks.table_lock(table.target):
+                await _run(services, table, report, run_id)
+        if deadline.cancelled_caught:
+            report.status = "failed"
+            report.reason = "timeout"
+            report.error = (
+                f"{table.target}: table_timeout of {timeout:g}s exceeded after {report.rows} rows "
+                "(committed rows are kept; the rest continues next cycle)"
+            )
+    except TableError as exc:
+        report.status = "skipped" if exc.reason == "locked" else "failed"
+        report.error = str(exc)
+        report.reason = exc.reason
+    except Exception as exc:  # a bug, not an expected failure: keep the traceback in the log
+        log.exception("table run crashed", extra={"table": table.target})
+        report.status = "failed"
+        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
+        report.reason = "internal"
+    finally:
+        report.seconds = time.monotonic() - started
+    event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
+    event(
+        f"table {report.status}",
+        extra={"table": table.target, **{k: v for k, v in report.as_dict().items() if k != "target"}},
+    )
+    if report.status != "skipped":
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await services.watermarks.record_run(
+                    run_id=run_id,
+                    target=table.target,
+                    started_at=started_at,
+                    status=report.status,
+                    rows=report.rows,
+                    pages=report.pages,
+                    snapshots=report.snapshots,
+                    seconds=report.seconds,
+                    error=report.error,
+                )
+            except TableError as exc:
+                log.warning("could not record run", extra={"table": table.target, "error": str(exc)})
+    return report
+
+
+def _stage(report: TableReport, name: str, seconds: float) -> None:
+    report.stages[name] = report.stages.get(name, 0.0) + seconds
+
+
+async def _run(services: Services, table: TableConfig, report: TableReport, run_id: str) -> None:
+    label = table.target
+    db = table.source_database or services.clickhouse.database
+    source = qualified(db, table.source_table)
+    async with clickhouse.session(services.clickhouse, label) as ch:
+        t0 = time.monotonic()
+        src = plan_source(table, await ch.table_columns(db, table.source_table))
+        ice = await anyio.to_thread.run_sync(
+            services.catalog.ensure, table.target, src.schema, table.partition_by, limiter=services.io
+        )
+        state = await services.watermarks.get(table.target, table.source)
+        mark = await anyio.to_thread.run_sync(ice.latest_mark, limiter=services.io)
+        decision = plan.reconcile(
+            table.target,
+            state.seq,
+            state.position,
+            mark.seq if mark else None,
+            mark.position if mark else None,
+        )
+        if decision.action == "recover":
+            assert mark is not None
+            log.warning(
+                "recovering watermark from Iceberg: a previous run stopped between its Iceberg "
+                "and PostgreSQL commits",
+                extra={"table": label, "from_seq": state.seq, "to_seq": mark.seq},
+            )
+            await services.watermarks.commit(
+                table.target,
+                prev_seq=state.seq,
+                seq=mark.seq,
+                position=mark.position,
+                rows=mark.rows,
+                run_id=mark.run_id,
+                snapshot_id=mark.snapshot_id,
+                recovered=True,
+            )
+            report.recovered = True
+        seq, position = decision.seq, decision.position
+
+        wm_name, wm_type = src.order[0]
+        wm_q = quote_ident(wm_name)
+        hwm_row = await ch.rows(f"SELECT max({wm_q}), count(), now64(6, 'UTC') FROM {source}")
+        max_value, count, now = hwm_row[0]
+        _stage(report, "prepare", time.monotonic() - t0)
+        if not count:
+            report.status = "idle"
+            report.watermark = list(position) if position else None
+            return
+        upto = plan.high_water_mark(max_value, now, table.lag, wm_type)
+        report.watermark = list(position) if position else None
+
+        send, receive = anyio.create_memory_object_stream[Page](1)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_fetch, ch, table, src, source, position, upto, send, report)
+                seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+        if report.rows == 0:
+            report.status = "idle"
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that matters out of a task group's group: the first that is not a
+    cancellation (a failing fetch cancels the consumer and vice versa)."""
+    cancelled = anyio.get_cancelled_exc_class()
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _single(exc)
+        if not isinstance(exc, cancelled):
+            return exc
+    return group.exceptions[0]
+
+
+async def _fetch(
+    ch: ClickHouseSession,
+    table: TableConfig,
+    src: SourcePlan,
+    source: str,
+    after: Sequence[Any] | None,
+    upto: Any,
+    send: MemoryObjectSendStream[Page],
+    report: TableReport,
+) -> None:
+    select = [c.select for c in src.columns]
+    fetched = 0
+    async with send:
+        while True:
+            query = page_query(
+                source=source, select=select, order=src.order, after=after, upto=upto,
+                limit=table.batch_rows,
+            )
+            t0 = time.monotonic()
+            page = await ch.page(query, len(src.columns))
+            _stage(report, "clickhouse_read", time.monotonic() - t0)
+            if page.rows == 0:
+                return
+            log.debug(
+                "page read", extra={"table": table.target, "rows": page.rows, "page": report.pages + 1}
+            )
+            await send.send(page)
+            fetched += page.rows
+            if page.rows < table.batch_rows:
+                return
+            if fetched >= table.max_rows_per_cycle:
+                report.more = True
+                log.info(
+                    "max_rows_per_cycle reached; the rest waits for the next cycle",
+                    extra={"table": table.target, "rows": fetched},
+                )
+                return
+            after = position_of(page, src, page.rows - 1)
+
+
+async def _consume(
+    services: Services,
+    table: TableConfig,
+    src: SourcePlan,
+    ice: IcebergTable,
+    receive: MemoryObjectReceiveStream[Page],
+    seq: int,
+    run_id: str,
+    report: TableReport,
+) -> int:
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    position: list[Any] | None = None
+    async with receive:
+        async for page in receive:
+            t0 = time.monotonic()
+            batch = await anyio.to_thread.run_sync(
+                convert.to_record_batch, table.target, src.columns, page.columns,
+                limiter=services.cpu,
+            )
+            _stage(report, "convert", time.monotonic() - t0)
+            position = position_of(page, src, page.rows - 1)
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            report.pages += 1
+            if pending_rows >= table.append_rows:
+                seq = await _flush(services, table, ice, pending, position, seq, run_id, report)
+                pending, pending_rows = [], 0
+    if pending and position is not None:
+        seq = await _flush(services, table, ice, pending, position, seq, run_id, report)
+    return seq
+
+
+async def _flush(
+    services: Services,
+    table: TableConfig,
+    ice: IcebergTable,
+    batches: list[pa.RecordBatch],
+    position: list[Any],
+    seq: int,
+    run_id: str,
+    report: TableReport,
+) -> int:
+    """Append to Iceberg, then advance PostgreSQL. Shielded: once the Iceberg
+    append starts, a deadline or shutdown waits for both commits to finish."""
+    rows = sum(b.num_rows for b in batches)
+    nbytes = convert.batch_nbytes(batches)
+    with anyio.CancelScope(shield=True):
+        t0 = time.monotonic()
+        mark = await anyio.to_thread.run_sync(
+            lambda: ice.append(batches, expected_seq=seq, position=position, run_id=run_id),
+            limiter=services.io,
+        )
+        _stage(report, "iceberg_append", time.monotonic() - t0)
+        if os.environ.get(CRASH_ENV):
+            os._exit(137)
+        t0 = time.monotonic()
+        await services.watermarks.commit(
+            table.target,
+            prev_seq=seq,
+            seq=mark.seq,
+            position=position,
+            rows=rows,
+            run_id=run_id,
+            snapshot_id=mark.snapshot_id,
+        )
+        _stage(report, "watermark_commit", time.monotonic() - t0)
+    report.rows += rows
+    report.bytes += nbytes
+    report.snapshots += 1
+    report.watermark = position
+    log.info(
+        "committed",
+        extra={"table": table.target, "rows": rows, "seq": mark.seq, "watermark": position},
+    )
+    return mark.seq

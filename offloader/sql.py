@@ -1,0 +1,100 @@
+"""ClickHouse SQL text for introspection and keyset pages. Pure: no driver.
+
+Cursor values are rendered as typed literals rather than passed as driver
+parameters: asynch formats a `datetime` parameter without microseconds, which
+would make a DateTime64 keyset re-read the same rows forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from offloader.types import ChType, quote_ident
+
+
+def quote_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def qualified(database: str, table: str) -> str:
+    return f"{quote_ident(database)}.{quote_ident(table)}"
+
+
+def literal(t: ChType, encoded: Any) -> str:
+    """A SQL literal of ClickHouse type `t` for a value produced by convert.encode_value."""
+    base = t.unwrap()
+    name = base.name
+    if name == "DateTime64":
+        precision = base.args[0] if base.args else 3
+        return f"toDateTime64({quote_string(str(encoded))}, {int(precision)}, 'UTC')"  # type: ignore[call-overload]
+    if name == "DateTime":
+        text = str(encoded).split(".")[0]
+        return f"toDateTime({quote_string(text)}, 'UTC')"
+    if name in ("Date", "Date32"):
+        return f"to{name}({quote_string(str(encoded))})"
+    if name == "UUID":
+        return f"toUUID({quote_string(str(encoded))})"
+    if name.startswith(("Int", "UInt")):
+        value = int(encoded)
+        return str(value)
+    if name.startswith("Decimal"):
+        return f"toDecimal256({quote_string(str(encoded))}, {_decimal_scale(base)})"
+    if name in ("String", "FixedString"):
+        return quote_string(str(encoded))
+    raise ValueError(f"cannot render a literal of ClickHouse type {t}")
+
+
+def _decimal_scale(t: ChType) -> int:
+    if t.name == "Decimal":
+        return int(t.args[1]) if len(t.args) > 1 else 0  # type: ignore[call-overload]
+    return int(t.args[0])  # type: ignore[call-overload]
+
+
+def keyset_after(columns: Sequence[tuple[str, ChType]], position: Sequence[Any]) -> str:
+    """`(c1, c2, ...) > (v1, v2, ...)` expanded so every server version accepts it
+    and the leading column stays usable by the primary key: c1 >= v1 AND (c1 > v1 OR ...)."""
+    assert len(columns) == len(position) and columns
+    lits = [literal(t, v) for (_, t), v in zip(columns, position, strict=True)]
+    names = [quote_ident(c) for c, _ in columns]
+
+    def rest(i: int) -> str:
+        if i == len(names) - 1:
+            return f"{names[i]} > {lits[i]}"
+        return f"{names[i]} > {lits[i]} OR ({names[i]} = {lits[i]} AND ({rest(i + 1)}))"
+
+    return f"{names[0]} >= {lits[0]} AND ({rest(0)})"
+
+
+def page_query(
+    *,
+    source: str,
+    select: Sequence[str],
+    order: Sequence[tuple[str, ChType]],
+    after: Sequence[Any] | None,
+    upto: Any,
+    limit: int,
+) -> str:
+    """One keyset page: rows after `after`, watermark <= `upto`, in (watermark, keys) order.
+
+    `LIMIT n WITH TIES` ends every page on a complete (watermark, keys) group, so
+    rows that share a position with the page's last row are never split across
+    pages (and so never skipped) even if the keys are not unique.
+    """
+    wm_name, wm_type = order[0]
+    where = [f"{quote_ident(wm_name)} <= {literal(wm_type, upto)}"]
+    if after is not None:
+        where.append(f"({keyset_after(order, after)})")
+    order_by = ", ".join(quote_ident(c) for c, _ in order)
+    return (
+        f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)} "
+        f"ORDER BY {order_by} LIMIT {int(limit)} WITH TIES"
+    )
+
+
+def count_query(source: str, wm: tuple[str, ChType], after: Any | None, upto: Any) -> str:
+    """Rows of the source at or below the high-water mark (for status and verify)."""
+    where = [f"{quote_ident(wm[0])} <= {literal(wm[1], upto)}"]
+    if after is not None:
+        where.append(f"{quote_ident(wm[0])} > {literal(wm[1], after)}")
+    return f"SELECT count() FROM {source} WHERE {' AND '.join(where)}"

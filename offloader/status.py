@@ -1,0 +1,125 @@
+"""`offloader status`: what PostgreSQL recorded per table, and how far Iceberg trails ClickHouse."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from offloader import clickhouse
+from offloader.config import Config, TableConfig
+from offloader.errors import TableError
+from offloader.sql import literal, qualified, quote_ident
+from offloader.types import parse_type
+from offloader.watermarks import StatusRow, Watermarks
+
+
+@dataclass(slots=True)
+class TableStatus:
+    target: str
+    source: str
+    enabled: bool
+    watermark: list[Any] | None
+    rows_offloaded: int
+    commits: int
+    last_run_at: str | None
+    last_status: str | None
+    last_error: str | None
+    source_newest: str | None = None
+    lag_seconds: float | None = None
+    rows_behind: int | None = None
+    ttl: str | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def collect(cfg: Config) -> list[TableStatus]:
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+    try:
+        rows = {r.target: r for r in await watermarks.status()}
+    finally:
+        await watermarks.close()
+    result = []
+    for table in cfg.tables:
+        row = rows.get(table.target)
+        st = _from_row(table, row)
+        try:
+            await _source_side(cfg, table, st)
+        except TableError as exc:
+            st.problem = str(exc)
+        result.append(st)
+    return result
+
+
+def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
+    return TableStatus(
+        target=table.target,
+        source=table.source,
+        enabled=table.enabled,
+        watermark=list(row.position) if row and row.position else None,
+        rows_offloaded=row.rows_total if row else 0,
+        commits=row.seq if row else 0,
+        last_run_at=row.last_run_at.isoformat() if row and row.last_run_at else None,
+        last_status=row.last_status if row else None,
+        last_error=row.last_error if row else None,
+    )
+
+
+async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None:
+    db = table.source_database or cfg.clickhouse.database
+    async with clickhouse.session(cfg.clickhouse, table.target) as ch:
+        columns = dict(await ch.table_columns(db, table.source_table))
+        if table.watermark not in columns:
+            st.problem = f"watermark column {table.watermark!r} not in source"
+            return
+        wm_type = parse_type(columns[table.watermark])
+        src = qualified(db, table.source_table)
+        wm = quote_ident(table.watermark)
+        newest, now = (await ch.rows(f"SELECT max({wm}), now64(6, 'UTC') FROM {src}"))[0]
+        st.source_newest = str(newest)
+        st.ttl = await ch.table_ttl(db, table.source_table)
+        where = f"WHERE {wm} > {literal(wm_type, st.watermark[0])}" if st.watermark else ""
+        st.rows_behind = int(await ch.scalar(f"SELECT count() FROM {src} {where}"))
+        if st.rows_behind == 0:
+            st.lag_seconds = 0.0
+        elif isinstance(newest, dt.datetime):
+            if st.watermark:
+                done = dt.datetime.fromisoformat(str(st.watermark[0])).replace(tzinfo=dt.UTC)
+            else:
+                oldest = await ch.scalar(f"SELECT min({wm}) FROM {src}")
+                done = oldest.astimezone(dt.UTC) if isinstance(oldest, dt.datetime) else None
+            if done is not None:
+                st.lag_seconds = max(0.0, (now.astimezone(dt.UTC) - done).total_seconds())
+
+
+def render(statuses: list[TableStatus]) -> str:
+    lines = [
+        f"{'TARGET':<34} {'LAST RUN':<8} {'ROWS':>12} {'BEHIND':>10} {'LAG':>9}  WATERMARK",
+    ]
+    for s in statuses:
+        lag = "-" if s.lag_seconds is None else _human(s.lag_seconds)
+        behind = "-" if s.rows_behind is None else str(s.rows_behind)
+        wm = "(none yet)" if not s.watermark else ", ".join(str(v) for v in s.watermark)
+        status = (s.last_status or "never") if s.enabled else "disabled"
+        lines.append(
+            f"{s.target:<34} {status:<8} {s.rows_offloaded:>12} {behind:>10} {lag:>9}  {wm}"
+        )
+        if s.last_status == "failed" and s.last_error:
+            lines.append(f"    last error: {s.last_error}")
+        if s.problem:
+            lines.append(f"    problem: {s.problem}")
+        if s.ttl:
+            lines.append(f"    ClickHouse TTL: {s.ttl}")
+    return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

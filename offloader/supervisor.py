@@ -1,0 +1,152 @@
+"""One cycle: every enabled table as a coroutine behind max_parallel_tables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import orjson
+
+from offloader.config import Config, TableConfig
+from offloader.errors import TableError
+from offloader.iceberg import IcebergCatalog
+from offloader.pipeline import Services, TableReport, offload_table
+from offloader.watermarks import Watermarks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class CycleReport:
+    cycle_id: str
+    started_at: datetime
+    seconds: float = 0.0
+    tables: list[TableReport] = field(default_factory=list)
+    error: str | None = None  # a failure before any table could run (e.g. PostgreSQL down)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(t.status != "failed" for t in self.tables)
+
+    @property
+    def rows(self) -> int:
+        return sum(t.rows for t in self.tables)
+
+    def count(self, status: str) -> int:
+        return sum(1 for t in self.tables if t.status == status)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cycle_id": self.cycle_id,
+            "started_at": self.started_at.isoformat(),
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+            "rows": self.rows,
+            "error": self.error,
+            "tables": [t.as_dict() for t in self.tables],
+        }
+
+    def to_json(self) -> str:
+        return orjson.dumps(self.as_dict(), default=str).decode()
+
+    def summary(self) -> str:
+        parts = [
+            f"cycle {self.cycle_id[:8]}: {len(self.tables)} tables in {self.seconds:.2f}s, "
+            f"{self.rows} rows",
+            f"ok {self.count('ok')}, idle {self.count('idle')}, failed {self.count('failed')}, "
+            f"skipped {self.count('skipped')}",
+        ]
+        text = "; ".join(parts)
+        if self.error:
+            text += f"; error: {self.error}"
+        for t in self.tables:
+            if t.status == "failed" and t.error != self.error:
+                text += f"\n  FAILED {t.error}"
+        return text
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Connections that live across cycles: the state pool and the Iceberg catalog."""
+
+    services: Services
+
+
+@asynccontextmanager
+async def open_runtime(cfg: Config) -> AsyncIterator[Runtime]:
+    """Open PostgreSQL (migrating its schema) and the catalog for one process."""
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2 * cfg.service.max_parallel_tables + 2)
+    try:
+        services = Services(
+            clickhouse=cfg.clickhouse,
+            catalog=IcebergCatalog(cfg.catalog),
+            watermarks=watermarks,
+            cpu=anyio.CapacityLimiter(max(1, os.cpu_count() or 1)),
+            io=anyio.CapacityLimiter(max(2, cfg.service.max_parallel_tables)),
+        )
+        yield Runtime(services)
+    finally:
+        await watermarks.close()
+
+
+TableHook = Callable[[TableReport], None]
+
+
+async def run_cycle(
+    cfg: Config,
+    runtime: Runtime,
+    *,
+    stopping: anyio.Event | None = None,
+    on_table: TableHook | None = None,
+) -> CycleReport:
+    """Offload every enabled table once. One table's failure never cancels another."""
+    report = CycleReport(cycle_id=uuid.uuid4().hex, started_at=datetime.now(UTC))
+    started = time.monotonic()
+    limiter = anyio.CapacityLimiter(cfg.service.max_parallel_tables)
+    tables = cfg.enabled_tables
+    log.info("cycle started", extra={"cycle_id": report.cycle_id, "tables": len(tables)})
+
+    async def one(table: TableConfig) -> None:
+        async with limiter:
+            if stopping is not None and stopping.is_set():
+                result = TableReport(
+                    table.target, table.source, status="skipped", reason="shutdown",
+                    error=f"{table.target}: not started, offloader is shutting down",
+                )
+            else:
+                result = await offload_table(runtime.services, table, cfg.service.table_timeout)
+        report.tables.append(result)
+        if on_table is not None:
+            on_table(result)
+
+    async with anyio.create_task_group() as tg:
+        for table in tables:
+            tg.start_soon(one, table)
+    order = {t.target: i for i, t in enumerate(tables)}
+    report.tables.sort(key=lambda r: order[r.target])
+    report.seconds = time.monotonic() - started
+    log.info("cycle finished", extra={"report": report.as_dict()})
+    return report
+
+
+async def run_once(cfg: Config, on_table: TableHook | None = None) -> CycleReport:
+    """Open the runtime, run one cycle, close. A state database outage fails the cycle."""
+    try:
+        async with open_runtime(cfg) as runtime:
+            return await run_cycle(cfg, runtime, on_table=on_table)
+    except TableError as exc:
+        report = CycleReport(cycle_id=uuid.uuid4().hex, started_at=datetime.now(UTC), error=str(exc))
+        for t in cfg.enabled_tables:
+            report.tables.append(
+                TableReport(t.target, t.source, status="failed", reason=exc.reason, error=str(exc))
+            )
+        log.error("cycle failed", extra={"report": report.as_dict()})
+        return report

@@ -1,0 +1,350 @@
+"""ClickHouse type names -> a parsed type tree -> Arrow types (and so Iceberg types).
+
+Pure: no server, no driver. `parse_type` understands the type strings that
+`system.columns` and the native protocol report; `plan_columns` decides, once
+per run, how each column travels (SELECT expression, Arrow type, conversion).
+Anything without an exact mapping raises SourceSchemaError naming the table,
+the column and the type.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+
+from offloader.errors import SourceSchemaError
+
+@dataclass(frozen=True, slots=True)
+class ChType:
+    """A parsed ClickHouse type: name, arguments, and field names for named Tuples."""
+
+    name: str
+    args: tuple[ChType | str | int, ...] = ()
+    field_names: tuple[str, ...] = ()
+    source: str = ""
+
+    def __str__(self) -> str:
+        return self.source or self.name
+
+    @property
+    def inner(self) -> ChType:
+        arg = self.args[0]
+        assert isinstance(arg, ChType)
+        return arg
+
+    def unwrap(self) -> ChType:
+        """Strip LowCardinality and Nullable wrappers."""
+        t = self
+        while t.name in ("LowCardinality", "Nullable", "SimpleAggregateFunction"):
+            t = t.args[-1] if t.name == "SimpleAggregateFunction" else t.inner  # type: ignore[assignment]
+        return t
+
+    @property
+    def nullable(self) -> bool:
+        t = self
+        while t.name == "LowCardinality":
+            t = t.inner
+        return t.name == "Nullable"
+
+
+class _Parser:
+    _token = re.compile(
+        r"\s*(?:(?P<str>'(?:[^'\\]|\\.)*')|(?P<num>-?\d+)|(?P<ident>[A-Za-z_][A-Za-z0-9_]*|`(?:[^`\\]|\\.)*`)"
+        r"|(?P<punct>[(),=]))"
+    )
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.tokens: list[tuple[str, str]] = []
+        pos = 0
+        while pos < len(text):
+            if text[pos:].strip() == "":
+                break
+            m = self._token.match(text, pos)
+            if not m:
+                raise ValueError(f"cannot parse ClickHouse type {text!r} at {pos}")
+            kind = m.lastgroup
+            assert kind is not None
+            self.tokens.append((kind, m.group(kind)))
+            pos = m.end()
+        self.i = 0
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def take(self) -> tuple[str, str]:
+        tok = self.peek()
+        if tok is None:
+            raise ValueError(f"unexpected end of ClickHouse type {self.text!r}")
+        self.i += 1
+        return tok
+
+    def expect(self, value: str) -> None:
+        kind, tok = self.take()
+        if tok != value:
+            raise ValueError(f"expected {value!r} in ClickHouse type {self.text!r}, got {tok!r}")
+
+    def parse_type(self) -> ChType:
+        kind, name = self.take()
+        if kind != "ident":
+            raise ValueError(f"expected a type name in {self.text!r}, got {name!r}")
+        if self.peek() != ("punct", "("):
+            return ChType(name)
+        self.take()
+        args: list[ChType | str | int] = []
+        names: list[str] = []
+        while True:
+            if self.peek() == ("punct", ")"):
+                self.take()
+                break
+            args.append(self.parse_arg(names))
+            kind, tok = self.take()
+            if tok == ")":
+                break
+            if tok != ",":
+                raise ValueError(f"expected ',' or ')' in {self.text!r}, got {tok!r}")
+        if names and len(names) != len(args):
+            raise ValueError(f"mixed named and unnamed Tuple elements in {self.text!r}")
+        return ChType(name, tuple(args), tuple(names))
+
+    def parse_arg(self, names: list[str]) -> ChType | str | int:
+        kind, tok = self.tokens[self.i]
+        if kind == "str":
+            self.i += 1
+            value = _unquote(tok)
+            if self.peek() == ("punct", "="):  # Enum element 'name' = 1
+                self.take()
+                self.take()
+            return value
+        if kind == "num":
+            self.i += 1
+            return int(tok)
+        # A named tuple element is "name Type": two identifiers in a row.
+        nxt = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else None
+        if kind == "ident" and nxt is not None and nxt[0] == "ident":
+            self.i += 1
+            names.append(tok.strip("`"))
+        return self.parse_type()
+
+
+def _unquote(tok: str) -> str:
+    return re.sub(r"\\(.)", r"\1", tok[1:-1])
+
+
+def parse_type(text: str) -> ChType:
+    """Parse a ClickHouse type string such as "Nullable(DateTime64(6, 'UTC'))"."""
+    parser = _Parser(text)
+    result = parser.parse_type()
+    if parser.peek() is not None:
+        raise ValueError(f"trailing text in ClickHouse type {text!r}")
+    return _with_source(result, text.strip())
+
+
+def _with_source(t: ChType, text: str) -> ChType:
+    return ChType(t.name, t.args, t.field_names, text)
+
+
+# --- mapping -----------------------------------------------------------------
+
+UInt64Mode = Literal["error", "decimal"]
+StringMode = Literal["string", "binary"]
+
+_SIMPLE: dict[str, pa.DataType] = {
+    "Int8": pa.int32(),
+    "Int16": pa.int32(),
+    "Int32": pa.int32(),
+    "UInt8": pa.int32(),
+    "UInt16": pa.int32(),
+    "UInt32": pa.int64(),
+    "Int64": pa.int64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "Bool": pa.bool_(),
+    "Date": pa.date32(),
+    "Date32": pa.date32(),
+    "UUID": pa.uuid(),
+    "IPv4": pa.string(),
+    "IPv6": pa.string(),
+    "JSON": pa.string(),
+    "Object": pa.string(),
+}
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_DECIMAL_WIDTH = {"Decimal32": 9, "Decimal64": 18, "Decimal128": 38, "Decimal256": 76}
+
+
+class Unmappable(ValueError):
+    """A ClickHouse type offloader cannot store exactly in Iceberg."""
+
+
+def arrow_type(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "string") -> pa.DataType:
+    """The Arrow type a ClickHouse value of type `t` is stored as (nullability aside)."""
+    t0 = t
+    while t0.name in ("LowCardinality", "Nullable"):
+        t0 = t0.inner
+    name = t0.name
+    if name == "SimpleAggregateFunction":
+        last = t0.args[-1]
+        assert isinstance(last, ChType)
+        return arrow_type(last, uint64, strings)
+    if name in _SIMPLE:
+        return _SIMPLE[name]
+    if name == "UInt64":
+        return pa.decimal128(20, 0) if uint64 == "decimal" else pa.int64()
+    if name in ("String", "FixedString"):
+        return pa.binary() if strings == "binary" or name == "FixedString" else pa.string()
+    if name in ("Enum8", "Enum16", "Enum"):
+        return pa.string()
+    if name == "DateTime":
+        return TIMESTAMP
+    if name == "DateTime64":
+        precision = t0.args[0] if t0.args else 3
+        if not isinstance(precision, int) or precision > 6:
+            raise Unmappable(
+                f"DateTime64 precision {precision} exceeds Iceberg's microseconds; "
+                "cast it in a view to DateTime64(6) if truncation is acceptable"
+            )
+        return TIMESTAMP
+    if name == "Decimal" or name in _DECIMAL_WIDTH:
+        if name == "Decimal":
+            precision, scale = (t0.args + (0,))[:2] if len(t0.args) == 1 else t0.args[:2]
+        else:
+            precision, scale = _DECIMAL_WIDTH[name], t0.args[0]
+        assert isinstance(precision, int) and isinstance(scale, int)
+        if precision > 38:
+            raise Unmappable(f"Decimal precision {precision} exceeds Iceberg's 38")
+        return pa.decimal128(precision, scale)
+    if name == "Array":
+        return pa.list_(_field("element", t0.inner, uint64, strings))
+    if name == "Map":
+        key, value = t0.args
+        assert isinstance(key, ChType) and isinstance(value, ChType)
+        if key.nullable:
+            raise Unmappable("Map keys must not be Nullable")
+        return pa.map_(
+            pa.field("key", arrow_type(key, uint64, strings), nullable=False),
+            _field("value", value, uint64, strings),
+        )
+    if name == "Tuple":
+        names = t0.field_names or tuple(f"_{i + 1}" for i in range(len(t0.args)))
+        fields = []
+        for fname, arg in zip(names, t0.args, strict=True):
+            assert isinstance(arg, ChType)
+            fields.append(_field(fname, arg, uint64, strings))
+        return pa.struct(fields)
+    raise Unmappable(f"no Iceberg mapping for ClickHouse type {t0}")
+
+
+def _field(name: str, t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.Field:
+    return pa.field(name, arrow_type(t, uint64, strings), nullable=t.nullable)
+
+
+# Kinds of per-value work conversion must do before Arrow can take the values.
+Prep = Literal["none", "str", "json", "uuid", "decimal_int", "bytes", "nested"]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    """How one source column is read and converted."""
+
+    name: str
+    ch_type: ChType
+    field: pa.Field
+    select: str  # SQL expression in the page query
+    prep: Prep
+
+    @property
+    def arrow(self) -> pa.DataType:
+        return self.field.type
+
+
+def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "string") -> Prep:
+    """Which Python-side preparation a column's values need before pa.array()."""
+    base = t.unwrap()
+    name = base.name
+    if name in ("IPv4", "IPv6"):
+        return "str"
+    if name in ("JSON", "Object"):
+        return "json"
+    if name == "UUID":
+        return "uuid"
+    if name == "UInt64" and uint64 == "decimal":
+        return "decimal_int"
+    if name == "FixedString" or (name == "String" and strings == "binary"):
+        return "bytes"
+    if name in ("Array", "Map", "Tuple"):
+        return "nested" if _needs_prep_inside(base, uint64, strings) else "none"
+    return "none"
+
+
+def _needs_prep_inside(t: ChType, uint64: UInt64Mode, strings: StringMode) -> bool:
+    for arg in t.args:
+        if isinstance(arg, ChType) and (
+            prep_kind(arg, uint64, strings) != "none" or _needs_prep_inside(arg.unwrap(), uint64, strings)
+        ):
+            return True
+    return False
+
+
+def quote_ident(name: str) -> str:
+    """Quote a ClickHouse identifier with backticks, escaping backslashes and backticks."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def plan_column(
+    table: str, name: str, type_text: str, uint64: UInt64Mode = "error", strings: StringMode = "string"
+) -> ColumnPlan:
+    """Plan one column; raise SourceSchemaError naming table, column and type if unmappable."""
+    try:
+        t = parse_type(type_text)
+        arrow = arrow_type(t, uint64, strings)
+    except (Unmappable, ValueError) as exc:
+        raise SourceSchemaError(
+            f"{table}: column {name!r} has type {type_text} which offloader cannot store: {exc}",
+            reason="unmappable",
+        ) from None
+    if _contains(t, ("JSON", "Object")) and t.unwrap().name not in ("JSON", "Object"):
+        raise SourceSchemaError(
+            f"{table}: column {name!r} has type {type_text}: JSON nested in a container is not "
+            "supported; expose it as String in a view",
+            reason="unmappable",
+        )
+    return ColumnPlan(
+        name=name,
+        ch_type=t,
+        field=pa.field(name, arrow, nullable=t.nullable),
+        select=quote_ident(name),
+        prep=prep_kind(t, uint64, strings),
+    )
+
+
+def _contains(t: ChType, names: tuple[str, ...]) -> bool:
+    return t.name in names or any(isinstance(a, ChType) and _contains(a, names) for a in t.args)
+
+
+# Types a keyset cursor can be compared on, and how the watermark column may be typed.
+WATERMARK_TYPES = ("DateTime", "DateTime64", "Date", "Date32", *(
+    f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)
+))
+KEY_TYPES = (*WATERMARK_TYPES, "String", "FixedString", "UUID", "Decimal", "Decimal32",
+             "Decimal64", "Decimal128", "Int128", "UInt128", "Int256", "UInt256")
+
+
+def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
+    """The watermark and key columns must be non-Nullable and orderable."""
+    allowed = WATERMARK_TYPES if role == "watermark" else KEY_TYPES
+    if t.nullable:
+        raise SourceSchemaError(
+            f"{table}: {role} column {name!r} is {t}; it must not be Nullable "
+            "(NULLs have no place in a keyset order)",
+            reason="config",
+        )
+    base = t.unwrap()
+    if base.name not in allowed:
+        raise SourceSchemaError(
+            f"{table}: {role} column {name!r} has type {t}; a {role} column must be one of "
+            + ", ".join(allowed),
+            reason="config",
+        )

@@ -1,0 +1,352 @@
+"""Per-table watermarks, locks and the run log in PostgreSQL. The only module importing asyncpg.
+
+A watermark advances only by compare-and-set on its commit sequence number, in
+one transaction with a row of the commit log, so two workers can never both
+advance it from the same place.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import orjson
+
+from offloader.config import PostgresConfig, redact_dsn
+from offloader.errors import InconsistentState, Locked, StateError
+
+log = logging.getLogger(__name__)
+
+# First key of the two-int advisory lock: the letters "OF" so our locks are recognisable
+# in pg_locks and never collide with an application using single-bigint locks.
+LOCK_CLASS = 0x4F46
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS {s}.watermarks (
+        target      text PRIMARY KEY,
+        source      text NOT NULL,
+        seq         bigint NOT NULL DEFAULT 0,
+        position    jsonb,
+        rows_total  bigint NOT NULL DEFAULT 0,
+        updated_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE IF NOT EXISTS {s}.commits (
+        target       text NOT NULL,
+        seq          bigint NOT NULL,
+        position     jsonb NOT NULL,
+        rows         bigint NOT NULL,
+        run_id       text NOT NULL,
+        snapshot_id  bigint,
+        recovered    boolean NOT NULL DEFAULT false,
+        committed_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (target, seq)
+    );
+    CREATE TABLE IF NOT EXISTS {s}.runs (
+        id          bigserial PRIMARY KEY,
+        run_id      text NOT NULL,
+        target      text NOT NULL,
+        host        text NOT NULL,
+        started_at  timestamptz NOT NULL,
+        finished_at timestamptz NOT NULL DEFAULT now(),
+        status      text NOT NULL,
+        rows        bigint NOT NULL DEFAULT 0,
+        pages       integer NOT NULL DEFAULT 0,
+        snapshots   integer NOT NULL DEFAULT 0,
+        seconds     double precision NOT NULL DEFAULT 0,
+        error       text
+    );
+    CREATE INDEX IF NOT EXISTS runs_target_id ON {s}.runs (target, id DESC);
+    """,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TableState:
+    target: str
+    seq: int
+    position: tuple[Any, ...] | None
+    rows_total: int
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    target: str
+    source: str
+    seq: int
+    position: tuple[Any, ...] | None
+    rows_total: int
+    updated_at: datetime | None
+    last_status: str | None
+    last_run_at: datetime | None
+    last_rows: int | None
+    last_error: str | None
+
+
+def _loads(value: Any) -> tuple[Any, ...] | None:
+    if value is None:
+        return None
+    return tuple(orjson.loads(value))
+
+
+def _translate(exc: BaseException, what: str, dsn: str) -> BaseException:
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError | TimeoutError):
+        return StateError(f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}")
+    return exc
+
+
+class Watermarks:
+    """A connection pool to the state database plus the queries offloader needs."""
+
+    def __init__(self, cfg: PostgresConfig, pool: asyncpg.Pool) -> None:
+        self._cfg = cfg
+        self._pool = pool
+        self._s = '"' + cfg.schema + '"'
+
+    def __repr__(self) -> str:
+        return f"<Watermarks {redact_dsn(self._cfg.dsn)} schema={self._cfg.schema}>"
+
+    @classmethod
+    async def open(cls, cfg: PostgresConfig, max_size: int = 10) -> Watermarks:
+        """Connect and bring the state schema up to date; create the database if missing."""
+        for attempt in (1, 2):
+            try:
+                pool = await _create_pool(cfg.dsn, max_size)
+            except BaseException as exc:
+                raise _translate(exc, "connect", cfg.dsn) from exc
+            self = cls(cfg, pool)
+            try:
+                await self._migrate()
+                return self
+            except asyncpg.InvalidCatalogNameError:
+                await pool.close()
+                if attempt == 2:
+                    raise
+                await _create_database(cfg.dsn)
+            except BaseException as exc:
+                await pool.close()
+                raise _translate(exc, "schema migration", cfg.dsn) from exc
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        with anyio.move_on_after(5, shield=True):
+            await self._pool.close()
+
+    async def _migrate(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Serialise concurrent first starts: CREATE ... IF NOT EXISTS races otherwise.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, 0)", LOCK_CLASS)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self._s}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._s}.schema_version (version integer NOT NULL)"
+            )
+            version = await conn.fetchval(f"SELECT max(version) FROM {self._s}.schema_version")
+            version = version or 0
+            for number, sql in enumerate(MIGRATIONS, start=1):
+                if number > version:
+                    await conn.execute(sql.format(s=self._s))
+                    await conn.execute(
+                        f"INSERT INTO {self._s}.schema_version (version) VALUES ($1)", number
+                    )
+                    log.info("applied state migration", extra={"version": number})
+
+    async def _run(self, what: str, query: str, *args: Any) -> Any:
+        try:
+            async with self._pool.acquire() as conn:
+                return await conn.fetch(query, *args)
+        except BaseException as exc:
+            raise _translate(exc, what, self._cfg.dsn) from exc
+
+    @asynccontextmanager
+    async def table_lock(self, target: str) -> AsyncIterator[None]:
+        """Hold this table's advisory lock for the block, or raise Locked at once."""
+        try:
+            conn = await self._pool.acquire()
+        except BaseException as exc:
+            raise _translate(exc, "connect", self._cfg.dsn) from exc
+        try:
+            try:
+                got = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, target
+                )
+            except BaseException as exc:
+                raise _translate(exc, "lock", self._cfg.dsn) from exc
+            if not got:
+                raise Locked(f"{target}: another offloader worker is running this table; skipped")
+            try:
+                yield
+            finally:
+                with anyio.move_on_after(5, shield=True):
+                    try:
+                        await conn.execute(
+                            "SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, target
+                        )
+                    except Exception:
+                        # A dead connection has dropped the lock with itself.
+                        conn.terminate()
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                await self._pool.release(conn)
+
+    async def get(self, target: str, source: str) -> TableState:
+        rows = await self._run(
+            "read watermark",
+            f"""INSERT INTO {self._s}.watermarks (target, source) VALUES ($1, $2)
+                ON CONFLICT (target) DO UPDATE SET source = EXCLUDED.source
+                RETURNING seq, position::text, rows_total, updated_at""",
+            target,
+            source,
+        )
+        row = rows[0]
+        return TableState(target, row[0], _loads(row[1]), row[2], row[3])
+
+    async def commit(
+        self,
+        target: str,
+        *,
+        prev_seq: int,
+        seq: int,
+        position: Sequence[Any],
+        rows: int,
+        run_id: str,
+        snapshot_id: int | None,
+        recovered: bool = False,
+    ) -> None:
+        """Advance the watermark from prev_seq to seq, with its commit-log row, atomically."""
+        pos = orjson.dumps(list(position)).decode()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                updated = await conn.fetchval(
+                    f"""UPDATE {self._s}.watermarks
+                        SET seq = $3, position = $4::jsonb, rows_total = rows_total + $5,
+                            updated_at = now()
+                        WHERE target = $1 AND seq = $2 RETURNING seq""",
+                    target,
+                    prev_seq,
+                    seq,
+                    pos,
+                    rows,
+                )
+                if updated is None:
+                    current = await conn.fetchval(
+                        f"SELECT seq FROM {self._s}.watermarks WHERE target = $1", target
+                    )
+                    raise InconsistentState(
+                        f"{target}: PostgreSQL watermark is at commit {current}, expected "
+                        f"{prev_seq}; another worker moved it. Nothing was changed."
+                    )
+                await conn.execute(
+                    f"""INSERT INTO {self._s}.commits
+                        (target, seq, position, rows, run_id, snapshot_id, recovered)
+                        VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7)""",
+                    target,
+                    seq,
+                    pos,
+                    rows,
+                    run_id,
+                    snapshot_id,
+                    recovered,
+                )
+        except InconsistentState:
+            raise
+        except BaseException as exc:
+            raise _translate(exc, "watermark commit", self._cfg.dsn) from exc
+
+    async def record_run(
+        self,
+        *,
+        run_id: str,
+        target: str,
+        started_at: datetime,
+        status: str,
+        rows: int,
+        pages: int,
+        snapshots: int,
+        seconds: float,
+        error: str | None,
+    ) -> None:
+        await self._run(
+            "record run",
+            f"""INSERT INTO {self._s}.runs
+                (run_id, target, host, started_at, status, rows, pages, snapshots, seconds, error)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+            run_id,
+            target,
+            socket.gethostname(),
+            started_at,
+            status,
+            rows,
+            pages,
+            snapshots,
+            seconds,
+            error,
+        )
+
+    async def status(self) -> list[StatusRow]:
+        rows = await self._run(
+            "read status",
+            f"""SELECT w.target, w.source, w.seq, w.position::text, w.rows_total, w.updated_at,
+                       r.status, r.finished_at, r.rows, r.error
+                FROM {self._s}.watermarks w
+                LEFT JOIN LATERAL (
+                    SELECT status, finished_at, rows, error FROM {self._s}.runs
+                    WHERE target = w.target ORDER BY id DESC LIMIT 1
+                ) r ON true
+                ORDER BY w.target""",
+        )
+        return [
+            StatusRow(r[0], r[1], r[2], _loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+            for r in rows
+        ]
+
+    async def reset(self, target: str, seq: int, position: Sequence[Any] | None) -> None:
+        """Operator recovery: set a table's watermark (see README "Recovery")."""
+        pos = None if position is None else orjson.dumps(list(position)).decode()
+        await self._run(
+            "reset watermark",
+            f"""UPDATE {self._s}.watermarks SET seq = $2, position = $3::jsonb, updated_at = now()
+                WHERE target = $1""",
+            target,
+            seq,
+            pos,
+        )
+
+
+async def _create_pool(dsn: str, max_size: int) -> asyncpg.Pool:
+    with anyio.fail_after(15):
+        pool = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=max_size, command_timeout=60, timeout=10
+        )
+    assert pool is not None
+    return pool
+
+
+async def _create_database(dsn: str) -> None:
+    """Create the state database on first use, connecting to 'postgres' on the same server."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        conn = await asyncpg.connect(admin, timeout=10)
+    except BaseException as exc:
+        raise _translate(exc, f"create database {name!r}", dsn) from exc
+    try:
+        await conn.execute('CREATE DATABASE "' + name.replace('"', '""') + '"')
+        log.info("created state database", extra={"database": name})
+    except asyncpg.DuplicateDatabaseError:
+        pass
+    except BaseException as exc:
+        raise _translate(exc, f"create database {name!r}", dsn) from exc
+    finally:
+        await conn.close()
