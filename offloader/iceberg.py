@@ -209,8 +209,13 @@ class IcebergTable:
 
     def evolve(self, schema: pa.Schema) -> None:
         """Add new source columns; fail naming the column on an incompatible type change."""
-        wanted: Schema = Catalog._convert_schema_if_needed(schema)
         current = self._table.schema()
+        existing = {f.name for f in current.fields}
+        # Iceberg cannot add a required column (older rows have no value): new ones are optional.
+        schema = pa.schema(
+            [f if f.name in existing else f.with_nullable(True) for f in schema]
+        )
+        wanted: Schema = Catalog._convert_schema_if_needed(schema)
         changes = False
         for field in wanted.fields:
             try:

@@ -1,0 +1,240 @@
+"""Helpers shared by the integration tests: talk to the real services, compare tiers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import pyarrow as pa
+
+from offloader import clickhouse
+from offloader.config import ClickHouseConfig, Config, TableConfig, load_config
+from offloader.convert import to_record_batch
+from offloader.iceberg import IcebergCatalog
+from offloader.pipeline import plan_source
+from offloader.sql import qualified, quote_ident
+from offloader.supervisor import CycleReport, run_once
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pg_admin(dsn: str, *, create: bool) -> None:
+    name = dsn.rsplit("/", 1)[1]
+    admin = dsn.rsplit("/", 1)[0] + "/postgres"
+
+    async def go() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+            if create and not exists:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    anyio.run(go)
+
+
+TRADES = """
+CREATE TABLE {db}.{name} (
+    exchange_ts DateTime64(6, 'UTC'),
+    trade_id    UInt64,
+    symbol      LowCardinality(String),
+    price       Decimal(28, 10),
+    quantity    Decimal(28, 10),
+    side        Enum8('buy' = 1, 'sell' = 2),
+    note        Nullable(String)
+) ENGINE = MergeTree ORDER BY (exchange_ts, trade_id)
+"""
+
+
+def trades_rows(db: str, name: str, count: int, first_id: int, start: str, step_us: int,
+                ties: int = 3) -> str:
+    """INSERT of `count` trades from `start`, `ties` rows per microsecond timestamp."""
+    return f"""
+INSERT INTO {db}.{name} (exchange_ts, trade_id, symbol, price, quantity, side, note)
+SELECT toDateTime64('{start}', 6, 'UTC') + toIntervalMicrosecond(intDiv(number, {ties}) * {step_us}),
+       {first_id} + number,
+       ['BTC', 'ETH', 'SOL'][number % 3 + 1],
+       toDecimal128(60000 + (number % 1000) / 7, 10),
+       toDecimal128((number % 97 + 1) / 1000, 10),
+       if(number % 2 = 0, 'buy', 'sell'),
+       if(number % 7 = 0, NULL, concat('n', toString(number)))
+FROM numbers({count})
+"""
+
+
+@dataclass
+class Env:
+    tmp: Path
+    ch_port: int
+    ch_http_port: int
+    ch_database: str
+    pg_dsn: str
+    pg_schema: str
+    catalog_name: str
+    catalog_uri: str | None = None
+    config_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config_path = self.tmp / "tables.toml"
+
+    @property
+    def ch_config(self) -> ClickHouseConfig:
+        return ClickHouseConfig(port=self.ch_port)
+
+    def ch(self, sql: str) -> list[tuple[Any, ...]]:
+        async def go() -> list[tuple[Any, ...]]:
+            async with clickhouse.session(self.ch_config, "test") as s:
+                result = await s.execute(sql)
+                return list(result) if isinstance(result, list) else []
+
+        return anyio.run(go)
+
+    def create_trades(self, name: str) -> None:
+        self.ch(TRADES.format(db=self.ch_database, name=name))
+
+    def insert_trades(self, name: str, count: int, first_id: int, start: str,
+                      step_us: int = 1000, ties: int = 3) -> None:
+        self.ch(trades_rows(self.ch_database, name, count, first_id, start, step_us, ties))
+
+    def write_config(
+        self,
+        tables: list[dict[str, Any]],
+        *,
+        service: dict[str, Any] | None = None,
+        clickhouse_port: int | None = None,
+        pg_dsn: str | None = None,
+        catalog: dict[str, str] | None = None,
+    ) -> Path:
+        svc = {"interval": "1m", "max_parallel_tables": 4, "table_timeout": "5m"}
+        svc.update(service or {})
+        cat = catalog or {
+            "type": "sql",
+            "uri": self.catalog_uri or f"sqlite:///{self.tmp}/catalog.db",
+            "warehouse": f"file://{self.tmp}/warehouse",
+        }
+        lines = ["[offloader]"]
+        lines += [f"{k} = {_toml(v)}" for k, v in svc.items()]
+        lines += [
+            "",
+            "[clickhouse]",
+            'host = "127.0.0.1"',
+            f"port = {clickhouse_port or self.ch_port}",
+            f'database = "{self.ch_database}"',
+            'connect_timeout = "3s"',
+            "",
+            "[postgres]",
+            f'dsn = "{pg_dsn or self.pg_dsn}"',
+            f'schema = "{self.pg_schema}"',
+            "",
+            "[iceberg.catalog]",
+            f'name = "{self.catalog_name}"',
+        ]
+        lines += [f"{k} = {_toml(v)}" for k, v in cat.items()]
+        for t in tables:
+            lines += ["", "[[tables]]"]
+            lines += [f"{k} = {_toml(v)}" for k, v in t.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def table(self, name: str, **extra: Any) -> dict[str, Any]:
+        t: dict[str, Any] = {
+            "source": f"{self.ch_database}.{name}",
+            "target": f"cold.{name}",
+            "watermark": "exchange_ts",
+            "keys": ["trade_id"],
+            "lag": "0s",
+            "batch_rows": 20000,
+        }
+        t.update(extra)
+        return t
+
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def once(self) -> CycleReport:
+        return anyio.run(run_once, self.config())
+
+    def cli(self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        env.update(extra_env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "offloader", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        )
+
+    def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        env = dict(os.environ)
+        env.update(extra_env or {})
+        return subprocess.Popen(
+            [sys.executable, "-m", "offloader", "--config", str(self.config_path), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        )
+
+    # --- comparing the tiers ---------------------------------------------------
+
+    def source_arrow(self, t: TableConfig) -> pa.Table:
+        async def go() -> pa.Table:
+            db = t.source_database or self.ch_database
+            async with clickhouse.session(self.ch_config, "test") as s:
+                src = plan_source(t, await s.table_columns(db, t.source_table))
+                order = ", ".join(quote_ident(c) for c, _ in src.order)
+                page = await s.page(
+                    f"SELECT * FROM {qualified(db, t.source_table)} ORDER BY {order}",
+                    len(src.columns),
+                )
+                return pa.Table.from_batches(
+                    [to_record_batch(t.target, src.columns, page.columns)], schema=src.schema
+                )
+
+        return anyio.run(go)
+
+    def iceberg_arrow(self, t: TableConfig) -> pa.Table:
+        cat = IcebergCatalog(self.config().catalog)
+        data = cat.read(t.target)
+        order = [(c, "ascending") for c in (t.watermark, *t.keys)]
+        return data.sort_by(order)
+
+    def assert_tiers_equal(self, target: str, ignore: tuple[str, ...] = ()) -> int:
+        t = self.config().table(target)
+        src = self.source_arrow(t)
+        src = src.select([n for n in src.schema.names if n not in ignore])
+        ice = self.iceberg_arrow(t).select(src.schema.names)
+        assert ice.num_rows == src.num_rows, f"{target}: Iceberg {ice.num_rows} rows, ClickHouse {src.num_rows}"
+        ice = ice.cast(src.schema)
+        for name in src.schema.names:
+            if not src.column(name).equals(ice.column(name)):
+                raise AssertionError(f"{target}: column {name} differs")
+        return src.num_rows
+
+    def snapshots(self, target: str) -> int:
+        table = IcebergCatalog(self.config().catalog).load(target)
+        assert table is not None
+        return table.snapshot_count()
+
+    def drop_pg_schema(self) -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(self.pg_dsn)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{self.pg_schema}" CASCADE')
+            finally:
+                await conn.close()
+
+        anyio.run(go)
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
