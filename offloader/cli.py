@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="config file (default: $OFFLOADER_CONFIG or config/tables.toml)"
     )
     parser.add_argument(
-        "--log-format", choices=["json", "text"], default=None,
+        "--log-format",
+        choices=["json", "text"],
+        default=None,
         help="log lines as JSON objects (default when not a terminal) or text",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -47,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="per-table watermark, last run and lag")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument(
-        "--check", action="store_true",
+        "--check",
+        action="store_true",
         help="exit 1 when a table's lag exceeds [offloader] lag_alert or its last run failed",
     )
 
@@ -117,8 +120,10 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
     if not args.check:
         return EXIT_OK
     bad = [
-        s for s in statuses
-        if s.enabled and (
+        s
+        for s in statuses
+        if s.enabled
+        and (
             (s.lag_seconds is not None and s.lag_seconds > cfg.service.lag_alert)
             or s.last_status == "failed"
             or s.problem
@@ -135,8 +140,10 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _validate(cfg: Config, args: argparse.Namespace) -> int:
-    print(f"{cfg.path}: configuration OK, {len(cfg.tables)} tables "
-          f"({len(cfg.enabled_tables)} enabled)")
+    print(
+        f"{cfg.path}: configuration OK, {len(cfg.tables)} tables "
+        f"({len(cfg.enabled_tables)} enabled)"
+    )
     if args.offline:
         return EXIT_OK
     from offloader import clickhouse, iceberg
@@ -149,8 +156,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
         try:
             async with clickhouse.session(cfg.clickhouse, table.target) as ch:
                 src = plan_source(table, await ch.table_columns(db, table.source_table))
-            print(f"\n{table.source} -> {table.target}"
-                  f"{'' if table.enabled else ' (disabled)'}: OK")
+            print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
             print(iceberg.describe(src.schema, table.partition_by))
         except TableError as exc:
             failed += 1

@@ -53,7 +53,7 @@ class ClickHouseSession:
         kwargs: dict[str, Any] = {}
         if cfg.secure:
             kwargs.update(secure=True, verify=True)
-        self._conn = Connection(
+        self._conn = Connection(  # type: ignore[no-untyped-call]
             host=cfg.host,
             port=cfg.port,
             user=cfg.user,
@@ -67,7 +67,8 @@ class ClickHouseSession:
         self._open = False
 
     def __repr__(self) -> str:
-        return f"<ClickHouseSession {self._cfg.user}@{self._cfg.host}:{self._cfg.port} open={self._open}>"
+        cfg = self._cfg
+        return f"<ClickHouseSession {cfg.user}@{cfg.host}:{cfg.port} open={self._open}>"
 
     async def connect(self) -> None:
         try:
@@ -113,7 +114,9 @@ class ClickHouseSession:
             await self.connect()
         try:
             with anyio.fail_after(self._cfg.query_timeout):
-                return await self._conn.execute(query, columnar=columnar, with_column_types=columnar)
+                return await self._conn.execute(
+                    query, columnar=columnar, with_column_types=columnar
+                )
         except BaseException as exc:
             # Includes cancellation (deadline, shutdown): the connection is unusable now.
             await self._discard()

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from offloader.errors import ConfigError
 
@@ -298,7 +298,7 @@ class _Reader:
         self.path = path
         self.env = env
 
-    def fail(self, where: str, expected: str, got: object) -> None:
+    def fail(self, where: str, expected: str, got: object) -> NoReturn:
         shown = _show(got)
         suffix = f", got {shown}" if got is not None else ""
         raise ConfigError(f"{self.path}: {where} {expected}{suffix}")
@@ -366,9 +366,13 @@ class _Reader:
         self, data: Mapping[str, Any], where: str, key: str, default: int, low: int, high: int
     ) -> int:
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            rng = "a positive integer" if low == 1 and high >= 2**31 else f"an integer {low}..{high}"
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            rng = {0: "a non-negative integer", 1: "a positive integer"}.get(
+                low, f"an integer {low}..{high}"
+            )
             self.fail(f"{where}.{key}", f"must be {rng}", value)
+        if value > high:
+            self.fail(f"{where}.{key}", f"must be at most {high}", value)
         return int(value)
 
     def optional_integer(
@@ -402,7 +406,6 @@ class _Reader:
             seconds = parse_duration(value)
         except ValueError:
             self.fail(f"{where}.{key}", "must be a duration like '30s', '5m' or '1h30m'", value)
-            raise  # unreachable: fail() raises
         if seconds < minimum or seconds > 366 * 86400:
             self.fail(
                 f"{where}.{key}",
@@ -429,7 +432,7 @@ class _Reader:
         if keys_raw is None:
             raise ConfigError(
                 f"{self.path}: {label}.keys is required: the columns that, with the watermark, "
-                "identify a row (e.g. keys = [\"trade_id\"])"
+                'identify a row (e.g. keys = ["trade_id"])'
             )
         if (
             not isinstance(keys_raw, list)

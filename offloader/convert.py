@@ -40,12 +40,17 @@ def _column(table: str, plan: ColumnPlan, values: Sequence[Any]) -> pa.Array:
     prepare = _preparer(plan.ch_type, plan.prep)
     data: Sequence[Any] = values if prepare is None else [prepare(v) for v in values]
     try:
+        storage = _storage_type(plan.arrow)
+        if storage != plan.arrow and not isinstance(plan.arrow, pa.BaseExtensionType):
+            # pyarrow cannot build nested extension values (UUID in a Tuple) from Python
+            # objects; build them as their storage type and cast.
+            return pa.array(data, type=storage, from_pandas=False).cast(plan.arrow)
         return pa.array(data, type=plan.arrow, from_pandas=False)
-    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+    except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         bad = _first_bad_value(data, plan)
         shown = f" value {bad!r}" if bad is not None else ""
         hint = (
-            "; set uint64 = \"decimal\" on this table to store UInt64 as decimal(20,0)"
+            '; set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
             if plan.ch_type.unwrap().name == "UInt64"
             else ""
         )
@@ -53,6 +58,22 @@ def _column(table: str, plan: ColumnPlan, values: Sequence[Any]) -> pa.Array:
             f"{table}: column {plan.name!r} ({plan.ch_type}):{shown} cannot be stored as "
             f"{plan.arrow}: {exc}{hint}"
         ) from None
+
+
+def _storage_type(t: pa.DataType) -> pa.DataType:
+    """`t` with every extension type replaced by its storage type."""
+    if isinstance(t, pa.BaseExtensionType):
+        return t.storage_type
+    if pa.types.is_map(t):
+        return pa.map_(
+            t.key_field.with_type(_storage_type(t.key_type)),
+            t.item_field.with_type(_storage_type(t.item_type)),
+        )
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_storage_type(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_storage_type(f.type)) for f in t])
+    return t
 
 
 def _first_bad_value(values: Sequence[Any], plan: ColumnPlan) -> Any:

@@ -1,6 +1,6 @@
 """Sample data for the quick start and the benchmarks: realistic trades tables.
 
-    python -m offloader.demo --port 9000 --rows 200000 [--config-out var/quickstart.toml]
+python -m offloader.demo --port 9000 --rows 200000 [--config-out var/quickstart.toml]
 """
 
 from __future__ import annotations
@@ -53,15 +53,26 @@ FROM numbers({count})
 TABLES = ("bronze_trades_binance", "bronze_trades_kraken")
 
 
-async def load(cfg: ClickHouseConfig, db: str, rows: int, end_offset: int = 600,
-               span: int = 86400, first_id: int = 1, tables: tuple[str, ...] = TABLES) -> None:
+async def load(
+    cfg: ClickHouseConfig,
+    db: str,
+    rows: int,
+    end_offset: int = 600,
+    span: int = 86400,
+    first_id: int = 1,
+    tables: tuple[str, ...] = TABLES,
+) -> None:
     async with clickhouse.session(cfg, "demo") as ch:
         await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for name in tables:
             await ch.execute(TRADES_DDL.format(db=db, name=name))
             await ch.execute(
                 TRADES_INSERT.format(
-                    db=db, name=name, count=rows, end_offset=end_offset, span=span,
+                    db=db,
+                    name=name,
+                    count=rows,
+                    end_offset=end_offset,
+                    span=span,
                     first_id=first_id,
                 )
             )
@@ -122,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded {args.rows} rows into each of {', '.join(TABLES)} in {args.database}")
     if args.config_out:
         args.state_dir.mkdir(parents=True, exist_ok=True)
-        write_config(args.config_out, port=args.port, db=args.database,
-                     state_dir=args.state_dir, pg_dsn=args.postgres)
+        write_config(
+            args.config_out,
+            port=args.port,
+            db=args.database,
+            state_dir=args.state_dir,
+            pg_dsn=args.postgres,
+        )
         print(f"wrote {args.config_out}")
     return 0
 

@@ -53,8 +53,9 @@ class Server:
     directory: Path
 
 
-def start(directory: str | os.PathLike[str], tcp_port: int = 0, http_port: int = 0,
-          timeout: float = 60.0) -> Server:
+def start(
+    directory: str | os.PathLike[str], tcp_port: int = 0, http_port: int = 0, timeout: float = 60.0
+) -> Server:
     """Start the server in the background and wait until it accepts connections."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.action == "start":
         s = start(args.dir, args.tcp_port, args.http_port)
-        print(f"embedded ClickHouse pid {s.pid}: native 127.0.0.1:{s.tcp_port}, "
-              f"http 127.0.0.1:{s.http_port}, data {s.directory}/data")
+        print(
+            f"embedded ClickHouse pid {s.pid}: native 127.0.0.1:{s.tcp_port}, "
+            f"http 127.0.0.1:{s.http_port}, data {s.directory}/data"
+        )
         return 0
     if args.action == "stop":
         print("stopped" if stop(args.dir) else "not running")

@@ -139,7 +139,10 @@ class IcebergCatalog:
             with created.update_spec() as spec:
                 for p in partition_by:
                     spec.add_field(p.column, _transform(p), f"{p.column}_{p.transform}")
-        log.info("created Iceberg table", extra={"table": target, "partition_by": [str(p) for p in partition_by]})
+        log.info(
+            "created Iceberg table",
+            extra={"table": target, "partition_by": [str(p) for p in partition_by]},
+        )
         return IcebergTable(target, created)
 
     def read(self, target: str, row_filter: str | None = None) -> pa.Table:
@@ -212,9 +215,7 @@ class IcebergTable:
         current = self._table.schema()
         existing = {f.name for f in current.fields}
         # Iceberg cannot add a required column (older rows have no value): new ones are optional.
-        schema = pa.schema(
-            [f if f.name in existing else f.with_nullable(True) for f in schema]
-        )
+        schema = pa.schema([f if f.name in existing else f.with_nullable(True) for f in schema])
         wanted: Schema = Catalog._convert_schema_if_needed(schema)
         changes = False
         for field in wanted.fields:
@@ -265,7 +266,7 @@ class IcebergTable:
             if summary is None or summary[PROP_SEQ] is None:
                 continue
             return CommittedMark(
-                seq=int(summary[PROP_SEQ]),
+                seq=int(str(summary[PROP_SEQ])),
                 position=tuple(orjson.loads(summary[PROP_WATERMARK] or "[]")),
                 run_id=str(summary[PROP_RUN]),
                 snapshot_id=snap.snapshot_id,
@@ -327,7 +328,9 @@ class IcebergTable:
             new = self.latest_mark()
             assert new is not None and new.seq == seq
             return new
-        raise SinkError(f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts")
+        raise SinkError(
+            f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+        )
 
     def read(self, row_filter: str | None = None) -> pa.Table:
         scan = self._table.scan(row_filter=row_filter) if row_filter else self._table.scan()

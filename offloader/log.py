@@ -18,7 +18,9 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"mess
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    return {
+        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +48,9 @@ class TextFormatter(logging.Formatter):
         if fields:
             text += " " + " ".join(f"{k}={_short(v)}" for k, v in fields.items())
         if report is not None:
-            text += f" rows={report.get('rows')} seconds={report.get('seconds')} ok={report.get('ok')}"
+            text += (
+                f" rows={report.get('rows')} seconds={report.get('seconds')} ok={report.get('ok')}"
+            )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

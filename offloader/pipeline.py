@@ -128,7 +128,10 @@ def position_of(page: Page, plan_: SourcePlan, row: int) -> list[Any]:
 
 
 async def offload_table(
-    services: Services, table: TableConfig, timeout: float | None = None
+    services: Services,
+    table: TableConfig,
+    timeout: float | None = None,
+    stopping: anyio.Event | None = None,
 ) -> TableReport:
     """Run one table to its high-water mark within `timeout` seconds.
 
@@ -143,7 +146,7 @@ async def offload_table(
     try:
         with anyio.move_on_after(timeout) as deadline:
             async with services.watermarks.table_lock(table.target):
-                await _run(services, table, report, run_id)
+                await _run(services, table, report, run_id, stopping)
         if deadline.cancelled_caught:
             report.status = "failed"
             report.reason = "timeout"
@@ -165,7 +168,10 @@ async def offload_table(
     event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
     event(
         f"table {report.status}",
-        extra={"table": table.target, **{k: v for k, v in report.as_dict().items() if k != "target"}},
+        extra={
+            "table": table.target,
+            **{k: v for k, v in report.as_dict().items() if k != "target"},
+        },
     )
     if report.status != "skipped":
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -182,7 +188,9 @@ async def offload_table(
                     error=report.error,
                 )
             except TableError as exc:
-                log.warning("could not record run", extra={"table": table.target, "error": str(exc)})
+                log.warning(
+                    "could not record run", extra={"table": table.target, "error": str(exc)}
+                )
     return report
 
 
@@ -190,7 +198,13 @@ def _stage(report: TableReport, name: str, seconds: float) -> None:
     report.stages[name] = report.stages.get(name, 0.0) + seconds
 
 
-async def _run(services: Services, table: TableConfig, report: TableReport, run_id: str) -> None:
+async def _run(
+    services: Services,
+    table: TableConfig,
+    report: TableReport,
+    run_id: str,
+    stopping: anyio.Event | None,
+) -> None:
     label = table.target
     db = table.source_database or services.clickhouse.database
     source = qualified(db, table.source_table)
@@ -198,7 +212,11 @@ async def _run(services: Services, table: TableConfig, report: TableReport, run_
         t0 = time.monotonic()
         src = plan_source(table, await ch.table_columns(db, table.source_table))
         ice = await anyio.to_thread.run_sync(
-            services.catalog.ensure, table.target, src.schema, table.partition_by, limiter=services.io
+            services.catalog.ensure,
+            table.target,
+            src.schema,
+            table.partition_by,
+            limiter=services.io,
         )
         state = await services.watermarks.get(table.target, table.source)
         mark = await anyio.to_thread.run_sync(ice.latest_mark, limiter=services.io)
@@ -244,7 +262,9 @@ async def _run(services: Services, table: TableConfig, report: TableReport, run_
         send, receive = anyio.create_memory_object_stream[Page](1)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_fetch, ch, table, src, source, position, upto, send, report)
+                tg.start_soon(
+                    _fetch, ch, table, src, source, position, upto, send, report, stopping
+                )
                 seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
         except BaseExceptionGroup as group:
             raise _single(group) from None
@@ -273,13 +293,22 @@ async def _fetch(
     upto: Any,
     send: MemoryObjectSendStream[Page],
     report: TableReport,
+    stopping: anyio.Event | None,
 ) -> None:
     select = [c.select for c in src.columns]
     fetched = 0
     async with send:
         while True:
+            if stopping is not None and stopping.is_set():
+                # Shutting down: commit what was read, leave the rest for the next start.
+                report.more = True
+                return
             query = page_query(
-                source=source, select=select, order=src.order, after=after, upto=upto,
+                source=source,
+                select=select,
+                order=src.order,
+                after=after,
+                upto=upto,
                 limit=table.batch_rows,
             )
             t0 = time.monotonic()
@@ -288,7 +317,8 @@ async def _fetch(
             if page.rows == 0:
                 return
             log.debug(
-                "page read", extra={"table": table.target, "rows": page.rows, "page": report.pages + 1}
+                "page read",
+                extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
             )
             await send.send(page)
             fetched += page.rows
@@ -321,7 +351,10 @@ async def _consume(
         async for page in receive:
             t0 = time.monotonic()
             batch = await anyio.to_thread.run_sync(
-                convert.to_record_batch, table.target, src.columns, page.columns,
+                convert.to_record_batch,
+                table.target,
+                src.columns,
+                page.columns,
                 limiter=services.cpu,
             )
             _stage(report, "convert", time.monotonic() - t0)

@@ -1,1 +1,203 @@
-"""Placeholder replaced below."""
+"""`offloader run`: cycles on aligned ticks, config reload, graceful shutdown, sd_notify.
+
+Ticks fall on multiples of `interval` counted from the top of the hour (15m:
+:00, :15, :30, :45), all in UTC. A cycle that overruns skips the ticks it
+missed; they are never piled up or run back to back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from offloader.config import Config, load_config
+from offloader.errors import ConfigError, TableError
+from offloader.metrics import Metrics
+from offloader.supervisor import open_runtime, run_cycle
+
+log = logging.getLogger(__name__)
+
+
+def next_tick(now: float, interval: float) -> float:
+    """The first aligned tick strictly after `now` (epoch seconds, UTC)."""
+    if interval <= 3600:
+        hour = math.floor(now / 3600) * 3600
+        k = math.floor((now - hour) / interval) + 1
+        return min(hour + k * interval, hour + 3600)
+    return (math.floor(now / interval) + 1) * interval
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    next_at: float
+    skipped: int
+
+
+def after_cycle(scheduled: float, now: float, interval: float) -> Missed:
+    """Where to go after a cycle that was due at `scheduled` ends at `now`."""
+    nxt = next_tick(scheduled, interval)
+    skipped = 0
+    while nxt <= now:
+        skipped += 1
+        nxt = next_tick(nxt, interval)
+    return Missed(nxt, skipped)
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about readiness, watchdog or stopping. No-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError:
+            log.warning("sd_notify failed", extra={"socket": address})
+            return False
+    return True
+
+
+class Service:
+    def __init__(self, path: str, cfg: Config) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.stopping = anyio.Event()
+        self.wake = anyio.Event()
+        self.metrics = Metrics()
+        self.cycles = 0
+
+    def reload(self) -> None:
+        """Re-read the config; keep the last good one if the edit is broken."""
+        try:
+            new = load_config(self.path)
+        except ConfigError as exc:
+            self.metrics.config_errors.inc()
+            log.error(
+                "config reload rejected; keeping the last good config", extra={"error": str(exc)}
+            )
+            return
+        before = {t.target for t in self.cfg.enabled_tables}
+        after = {t.target for t in new.enabled_tables}
+        if new != self.cfg:
+            log.info(
+                "config reloaded",
+                extra={"added": sorted(after - before), "removed": sorted(before - after)},
+            )
+        self.cfg = new
+
+    async def signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            async for signum in received:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: re-reading config")
+                    self.reload()
+                    continue
+                if self.stopping.is_set():
+                    log.warning(
+                        "second signal: exiting now; the next start recovers any "
+                        "commit in flight from Iceberg"
+                    )
+                    logging.shutdown()
+                    os._exit(1)
+                name = signal.Signals(signum).name
+                log.info(
+                    f"{name}: stopping after in-flight commits",
+                    extra={"grace_seconds": self.cfg.service.shutdown_grace},
+                )
+                sd_notify("STOPPING=1")
+                self.stopping.set()
+                self.wake.set()
+                with anyio.move_on_after(self.cfg.service.shutdown_grace):
+                    await anyio.sleep_forever()
+                log.warning("shutdown grace period over: cancelling the cycle")
+                scope.cancel()
+
+    async def watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec:
+            return
+        period = int(usec) / 1e6 / 2
+        while True:
+            sd_notify("WATCHDOG=1")
+            await anyio.sleep(period)
+
+    async def cycle(self) -> None:
+        cfg = self.cfg
+        started = time.monotonic()
+        try:
+            async with open_runtime(cfg) as runtime:
+                report = await run_cycle(
+                    cfg, runtime, stopping=self.stopping, on_table=self.metrics.table
+                )
+            ok = report.ok
+            log.info(report.summary().splitlines()[0])
+        except TableError as exc:  # state database or catalog unavailable
+            ok = False
+            log.error("cycle failed", extra={"error": str(exc)})
+        self.cycles += 1
+        self.metrics.cycle(time.monotonic() - started, ok)
+
+    async def loop(self, run_now: bool) -> None:
+        scheduled = time.time() if run_now else next_tick(time.time(), self.cfg.service.interval)
+        while not self.stopping.is_set():
+            delay = scheduled - time.time()
+            if delay > 0:
+                log.info(
+                    "next cycle",
+                    extra={
+                        "at": time.strftime("%H:%M:%S", time.gmtime(scheduled)),
+                        "in_seconds": round(delay, 1),
+                    },
+                )
+                with anyio.move_on_after(delay):
+                    await self.wake.wait()
+                if self.stopping.is_set():
+                    break
+            self.reload()
+            await self.cycle()
+            missed = after_cycle(scheduled, time.time(), self.cfg.service.interval)
+            if missed.skipped:
+                self.metrics.skipped_ticks.inc(missed.skipped)
+                log.warning(
+                    "cycle overran its interval; skipping missed ticks",
+                    extra={"skipped": missed.skipped},
+                )
+            scheduled = missed.next_at
+
+
+async def serve(path: str, cfg: Config, *, run_now: bool = False) -> int:
+    service = Service(path, cfg)
+    server = None
+    if cfg.service.metrics_port is not None:
+        server = service.metrics.serve(cfg.service.metrics_host, cfg.service.metrics_port)
+    log.info(
+        "offloader started",
+        extra={
+            "config": path,
+            "tables": len(cfg.enabled_tables),
+            "interval_seconds": cfg.service.interval,
+        },
+    )
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(service.signals, tg.cancel_scope)
+            tg.start_soon(service.watchdog)
+            sd_notify("READY=1")
+            await service.loop(run_now)
+            tg.cancel_scope.cancel()
+    finally:
+        if server is not None:
+            server.shutdown()
+    log.info("offloader stopped", extra={"cycles": service.cycles})
+    return 0

@@ -12,6 +12,8 @@ from typing import Any
 
 from offloader.types import ChType, quote_ident
 
+__all__ = ["count_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
+
 
 def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -27,7 +29,7 @@ def literal(t: ChType, encoded: Any) -> str:
     name = base.name
     if name == "DateTime64":
         precision = base.args[0] if base.args else 3
-        return f"toDateTime64({quote_string(str(encoded))}, {int(precision)}, 'UTC')"  # type: ignore[call-overload]
+        return f"toDateTime64({quote_string(str(encoded))}, {int(str(precision))}, 'UTC')"
     if name == "DateTime":
         text = str(encoded).split(".")[0]
         return f"toDateTime({quote_string(text)}, 'UTC')"
@@ -47,8 +49,8 @@ def literal(t: ChType, encoded: Any) -> str:
 
 def _decimal_scale(t: ChType) -> int:
     if t.name == "Decimal":
-        return int(t.args[1]) if len(t.args) > 1 else 0  # type: ignore[call-overload]
-    return int(t.args[0])  # type: ignore[call-overload]
+        return int(str(t.args[1])) if len(t.args) > 1 else 0
+    return int(str(t.args[0]))
 
 
 def keyset_after(columns: Sequence[tuple[str, ChType]], position: Sequence[Any]) -> str:

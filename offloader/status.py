@@ -85,6 +85,7 @@ async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None
         if st.rows_behind == 0:
             st.lag_seconds = 0.0
         elif isinstance(newest, dt.datetime):
+            done: dt.datetime | None
             if st.watermark:
                 done = dt.datetime.fromisoformat(str(st.watermark[0])).replace(tzinfo=dt.UTC)
             else:

@@ -83,7 +83,9 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(cfg: Config) -> AsyncIterator[Runtime]:
     """Open PostgreSQL (migrating its schema) and the catalog for one process."""
-    watermarks = await Watermarks.open(cfg.postgres, max_size=2 * cfg.service.max_parallel_tables + 2)
+    watermarks = await Watermarks.open(
+        cfg.postgres, max_size=2 * cfg.service.max_parallel_tables + 2
+    )
     try:
         services = Services(
             clickhouse=cfg.clickhouse,
@@ -118,11 +120,16 @@ async def run_cycle(
         async with limiter:
             if stopping is not None and stopping.is_set():
                 result = TableReport(
-                    table.target, table.source, status="skipped", reason="shutdown",
+                    table.target,
+                    table.source,
+                    status="skipped",
+                    reason="shutdown",
                     error=f"{table.target}: not started, offloader is shutting down",
                 )
             else:
-                result = await offload_table(runtime.services, table, cfg.service.table_timeout)
+                result = await offload_table(
+                    runtime.services, table, cfg.service.table_timeout, stopping
+                )
         report.tables.append(result)
         if on_table is not None:
             on_table(result)
@@ -143,7 +150,9 @@ async def run_once(cfg: Config, on_table: TableHook | None = None) -> CycleRepor
         async with open_runtime(cfg) as runtime:
             return await run_cycle(cfg, runtime, on_table=on_table)
     except TableError as exc:
-        report = CycleReport(cycle_id=uuid.uuid4().hex, started_at=datetime.now(UTC), error=str(exc))
+        report = CycleReport(
+            cycle_id=uuid.uuid4().hex, started_at=datetime.now(UTC), error=str(exc)
+        )
         for t in cfg.enabled_tables:
             report.tables.append(
                 TableReport(t.target, t.source, status="failed", reason=exc.reason, error=str(exc))

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from offloader.errors import SourceSchemaError
 
+
 @dataclass(frozen=True, slots=True)
 class ChType:
     """A parsed ClickHouse type: name, arguments, and field names for named Tuples."""
@@ -83,7 +84,7 @@ class _Parser:
         return tok
 
     def expect(self, value: str) -> None:
-        kind, tok = self.take()
+        _, tok = self.take()
         if tok != value:
             raise ValueError(f"expected {value!r} in ClickHouse type {self.text!r}, got {tok!r}")
 
@@ -179,7 +180,9 @@ class Unmappable(ValueError):
     """A ClickHouse type offloader cannot store exactly in Iceberg."""
 
 
-def arrow_type(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "string") -> pa.DataType:
+def arrow_type(
+    t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "string"
+) -> pa.DataType:
     """The Arrow type a ClickHouse value of type `t` is stored as (nullability aside)."""
     t0 = t
     while t0.name in ("LowCardinality", "Nullable"):
@@ -209,7 +212,7 @@ def arrow_type(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "s
         return TIMESTAMP
     if name == "Decimal" or name in _DECIMAL_WIDTH:
         if name == "Decimal":
-            precision, scale = (t0.args + (0,))[:2] if len(t0.args) == 1 else t0.args[:2]
+            precision, scale = (*t0.args, 0)[:2] if len(t0.args) == 1 else t0.args[:2]
         else:
             precision, scale = _DECIMAL_WIDTH[name], t0.args[0]
         assert isinstance(precision, int) and isinstance(scale, int)
@@ -282,7 +285,8 @@ def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "st
 def _needs_prep_inside(t: ChType, uint64: UInt64Mode, strings: StringMode) -> bool:
     for arg in t.args:
         if isinstance(arg, ChType) and (
-            prep_kind(arg, uint64, strings) != "none" or _needs_prep_inside(arg.unwrap(), uint64, strings)
+            prep_kind(arg, uint64, strings) != "none"
+            or _needs_prep_inside(arg.unwrap(), uint64, strings)
         ):
             return True
     return False
@@ -294,7 +298,11 @@ def quote_ident(name: str) -> str:
 
 
 def plan_column(
-    table: str, name: str, type_text: str, uint64: UInt64Mode = "error", strings: StringMode = "string"
+    table: str,
+    name: str,
+    type_text: str,
+    uint64: UInt64Mode = "error",
+    strings: StringMode = "string",
 ) -> ColumnPlan:
     """Plan one column; raise SourceSchemaError naming table, column and type if unmappable."""
     try:
@@ -325,11 +333,27 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 
 
 # Types a keyset cursor can be compared on, and how the watermark column may be typed.
-WATERMARK_TYPES = ("DateTime", "DateTime64", "Date", "Date32", *(
-    f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)
-))
-KEY_TYPES = (*WATERMARK_TYPES, "String", "FixedString", "UUID", "Decimal", "Decimal32",
-             "Decimal64", "Decimal128", "Int128", "UInt128", "Int256", "UInt256")
+WATERMARK_TYPES = (
+    "DateTime",
+    "DateTime64",
+    "Date",
+    "Date32",
+    *(f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)),
+)
+KEY_TYPES = (
+    *WATERMARK_TYPES,
+    "String",
+    "FixedString",
+    "UUID",
+    "Decimal",
+    "Decimal32",
+    "Decimal64",
+    "Decimal128",
+    "Int128",
+    "UInt128",
+    "Int256",
+    "UInt256",
+)
 
 
 def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:

@@ -102,7 +102,9 @@ def _translate(exc: BaseException, what: str, dsn: str) -> BaseException:
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return exc
     if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError | TimeoutError):
-        return StateError(f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}")
+        return StateError(
+            f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}"
+        )
     return exc
 
 

@@ -53,12 +53,14 @@ CREATE TABLE {db}.{name} (
 """
 
 
-def trades_rows(db: str, name: str, count: int, first_id: int, start: str, step_us: int,
-                ties: int = 3) -> str:
+def trades_rows(
+    db: str, name: str, count: int, first_id: int, start: str, step_us: int, ties: int = 3
+) -> str:
     """INSERT of `count` trades from `start`, `ties` rows per microsecond timestamp."""
     return f"""
 INSERT INTO {db}.{name} (exchange_ts, trade_id, symbol, price, quantity, side, note)
-SELECT toDateTime64('{start}', 6, 'UTC') + toIntervalMicrosecond(intDiv(number, {ties}) * {step_us}),
+SELECT toDateTime64('{start}', 6, 'UTC')
+         + toIntervalMicrosecond(intDiv(number, {ties}) * {step_us}),
        {first_id} + number,
        ['BTC', 'ETH', 'SOL'][number % 3 + 1],
        toDecimal128(60000 + (number % 1000) / 7, 10),
@@ -99,8 +101,9 @@ class Env:
     def create_trades(self, name: str) -> None:
         self.ch(TRADES.format(db=self.ch_database, name=name))
 
-    def insert_trades(self, name: str, count: int, first_id: int, start: str,
-                      step_us: int = 1000, ties: int = 3) -> None:
+    def insert_trades(
+        self, name: str, count: int, first_id: int, start: str, step_us: int = 1000, ties: int = 3
+    ) -> None:
         self.ch(trades_rows(self.ch_database, name, count, first_id, start, step_us, ties))
 
     def write_config(
@@ -161,13 +164,18 @@ class Env:
     def once(self) -> CycleReport:
         return anyio.run(run_once, self.config())
 
-    def cli(self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         env.update(extra_env or {})
         return subprocess.run(
             [sys.executable, "-m", "offloader", "--config", str(self.config_path), *args],
-            capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=ROOT,
         )
 
     def popen(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -175,7 +183,11 @@ class Env:
         env.update(extra_env or {})
         return subprocess.Popen(
             [sys.executable, "-m", "offloader", "--config", str(self.config_path), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
         )
 
     # --- comparing the tiers ---------------------------------------------------
@@ -207,7 +219,9 @@ class Env:
         src = self.source_arrow(t)
         src = src.select([n for n in src.schema.names if n not in ignore])
         ice = self.iceberg_arrow(t).select(src.schema.names)
-        assert ice.num_rows == src.num_rows, f"{target}: Iceberg {ice.num_rows} rows, ClickHouse {src.num_rows}"
+        assert ice.num_rows == src.num_rows, (
+            f"{target}: Iceberg {ice.num_rows} rows, ClickHouse {src.num_rows}"
+        )
         ice = ice.cast(src.schema)
         for name in src.schema.names:
             if not src.column(name).equals(ice.column(name)):

@@ -47,7 +47,8 @@ def test_backlog_then_ties_then_nothing(env: Env) -> None:
 def test_lag_holds_back_recent_rows(env: Env) -> None:
     env.create_trades("recent")
     env.ch(
-        f"INSERT INTO {env.ch_database}.recent SELECT now64(6, 'UTC') - toIntervalSecond(number * 60), "
+        f"INSERT INTO {env.ch_database}.recent "
+        "SELECT now64(6, 'UTC') - toIntervalSecond(number * 60), "
         "number, 'BTC', 1, 1, 'buy', NULL FROM numbers(10)"
     )  # one row a minute over the last 10 minutes
     env.write_config([env.table("recent", lag="5m")])
@@ -60,11 +61,12 @@ def test_parallel_tables_and_failure_isolation(env: Env) -> None:
     for name in ("a", "b", "c"):
         env.create_trades(name)
         env.insert_trades(name, 5_000, first_id=1, start="2026-01-01 00:00:00")
-    env.ch(f"CREATE TABLE {env.ch_database}.weird (exchange_ts DateTime64(6), trade_id UInt64, "
-           "v Dynamic) ENGINE = MergeTree ORDER BY exchange_ts")
+    env.ch(
+        f"CREATE TABLE {env.ch_database}.weird (exchange_ts DateTime64(6), trade_id UInt64, "
+        "v Dynamic) ENGINE = MergeTree ORDER BY exchange_ts"
+    )
     env.write_config(
-        [env.table(n) for n in ("a", "b", "c")]
-        + [env.table("missing"), env.table("weird")],
+        [env.table(n) for n in ("a", "b", "c")] + [env.table("missing"), env.table("weird")],
         service={"max_parallel_tables": 2},
     )
     result = env.cli("once")

@@ -1,0 +1,98 @@
+"""Prometheus metrics (prometheus_client), served on [offloader] metrics_port when set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from offloader.pipeline import TableReport
+
+log = logging.getLogger(__name__)
+
+_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rows = Counter("offloader_rows", "Rows offloaded", ["table"], registry=r)
+        self.bytes = Counter("offloader_bytes", "Arrow bytes offloaded", ["table"], registry=r)
+        self.snapshots = Counter(
+            "offloader_snapshots", "Iceberg snapshots written", ["table"], registry=r
+        )
+        self.failures = Counter(
+            "offloader_table_failures", "Failed table runs", ["table", "reason"], registry=r
+        )
+        self.table_seconds = Histogram(
+            "offloader_table_duration_seconds",
+            "Duration of one table run",
+            ["table"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.cycle_seconds = Histogram(
+            "offloader_cycle_duration_seconds",
+            "Duration of one cycle",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.cycles = Counter("offloader_cycles", "Cycles run", ["result"], registry=r)
+        self.skipped_ticks = Counter(
+            "offloader_skipped_ticks", "Ticks skipped because a cycle overran", registry=r
+        )
+        self.last_success = Gauge(
+            "offloader_last_success_timestamp_seconds",
+            "Last successful run of a table",
+            ["table"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "offloader_watermark_lag_seconds",
+            "Now minus the table's watermark (time watermarks only)",
+            ["table"],
+            registry=r,
+        )
+        self.config_errors = Counter(
+            "offloader_config_reload_errors", "Config reloads rejected", registry=r
+        )
+
+    def serve(self, host: str, port: int) -> Any:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        log.info(
+            "metrics listening", extra={"address": f"http://{host}:{server.server_port}/metrics"}
+        )
+        return server
+
+    def table(self, report: TableReport) -> None:
+        t = report.target
+        self.table_seconds.labels(t).observe(report.seconds)
+        self.rows.labels(t).inc(report.rows)
+        self.bytes.labels(t).inc(report.bytes)
+        self.snapshots.labels(t).inc(report.snapshots)
+        if report.status == "failed":
+            self.failures.labels(t, report.reason or "error").inc()
+        elif report.status in ("ok", "idle"):
+            self.last_success.labels(t).set(time.time())
+        lag = watermark_lag(report.watermark)
+        if lag is not None:
+            self.lag.labels(t).set(lag)
+
+    def cycle(self, seconds: float, ok: bool) -> None:
+        self.cycle_seconds.observe(seconds)
+        self.cycles.labels("ok" if ok else "failed").inc()
+
+
+def watermark_lag(position: list[Any] | None) -> float | None:
+    """Seconds between now and a time watermark ("YYYY-MM-DD HH:MM:SS.ffffff" UTC)."""
+    if not position or not isinstance(position[0], str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(position[0]).replace(tzinfo=dt.UTC)
+    except ValueError:
+        return None
+    return max(0.0, time.time() - when.timestamp())

@@ -1,0 +1,226 @@
+"""Pure unit tests: ClickHouse type parsing and mapping, conversion, SQL, planning. No server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import ipaddress
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from offloader import plan
+from offloader.convert import encode_value, to_record_batch
+from offloader.errors import DataError, InconsistentState, SourceSchemaError
+from offloader.sql import keyset_after, literal, page_query, quote_string
+from offloader.types import arrow_type, check_cursor_column, parse_type, plan_column, quote_ident
+
+TS = pa.timestamp("us", tz="UTC")
+
+# DESIGN.md's mapping table, row by row.
+MAPPING = [
+    ("Int8", pa.int32()),
+    ("Int16", pa.int32()),
+    ("Int32", pa.int32()),
+    ("UInt8", pa.int32()),
+    ("UInt16", pa.int32()),
+    ("UInt32", pa.int64()),
+    ("Int64", pa.int64()),
+    ("UInt64", pa.int64()),
+    ("Float32", pa.float32()),
+    ("Float64", pa.float64()),
+    ("Decimal(38, 10)", pa.decimal128(38, 10)),
+    ("Decimal(9, 2)", pa.decimal128(9, 2)),
+    ("Decimal64(4)", pa.decimal128(18, 4)),
+    ("String", pa.string()),
+    ("FixedString(4)", pa.binary()),
+    ("Date", pa.date32()),
+    ("Date32", pa.date32()),
+    ("DateTime", TS),
+    ("DateTime('Asia/Tokyo')", TS),
+    ("DateTime64(3)", TS),
+    ("DateTime64(6, 'UTC')", TS),
+    ("Bool", pa.bool_()),
+    ("UUID", pa.uuid()),
+    ("Enum8('buy' = 1, 'sell' = 2)", pa.string()),
+    ("Enum16('a' = 1000)", pa.string()),
+    ("LowCardinality(String)", pa.string()),
+    ("LowCardinality(Nullable(String))", pa.string()),
+    ("Nullable(Int32)", pa.int32()),
+    ("Array(Int32)", pa.list_(pa.field("element", pa.int32(), nullable=False))),
+    ("Array(Nullable(String))", pa.list_(pa.field("element", pa.string()))),
+    (
+        "Map(String, Int64)",
+        pa.map_(
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("value", pa.int64(), nullable=False),
+        ),
+    ),
+    (
+        "Tuple(a Int32, b String)",
+        pa.struct(
+            [pa.field("a", pa.int32(), nullable=False), pa.field("b", pa.string(), nullable=False)]
+        ),
+    ),
+    (
+        "Tuple(Int32, String)",
+        pa.struct(
+            [
+                pa.field("_1", pa.int32(), nullable=False),
+                pa.field("_2", pa.string(), nullable=False),
+            ]
+        ),
+    ),
+    ("IPv4", pa.string()),
+    ("IPv6", pa.string()),
+    ("JSON", pa.string()),
+]
+
+
+@pytest.mark.parametrize(("ch", "expected"), MAPPING)
+def test_mapping(ch: str, expected: pa.DataType) -> None:
+    assert arrow_type(parse_type(ch)) == expected
+
+
+def test_uint64_decimal_option_and_binary_strings() -> None:
+    assert arrow_type(parse_type("UInt64"), uint64="decimal") == pa.decimal128(20, 0)
+    assert arrow_type(parse_type("String"), strings="binary") == pa.binary()
+
+
+def test_nullability() -> None:
+    assert plan_column("t", "c", "Nullable(Int8)").field.nullable
+    assert plan_column("t", "c", "LowCardinality(Nullable(String))").field.nullable
+    assert not plan_column("t", "c", "Int8").field.nullable
+
+
+@pytest.mark.parametrize(
+    "ch",
+    [
+        "Dynamic",
+        "Variant(String, UInt64)",
+        "DateTime64(9)",
+        "Decimal(50, 2)",
+        "Int128",
+        "AggregateFunction(sum, UInt64)",
+        "Array(JSON)",
+        "Nothing",
+    ],
+)
+def test_unmappable_names_table_column_type(ch: str) -> None:
+    with pytest.raises(SourceSchemaError) as err:
+        plan_column("market.trades", "weird col", ch)
+    text = str(err.value)
+    assert "market.trades" in text and "'weird col'" in text and ch.split("(")[0] in text
+
+
+def test_parse_keeps_quoted_names_and_escapes() -> None:
+    t = parse_type("Enum8('it\\'s' = 1, 'b' = 2)")
+    assert t.args == ("it's", "b")
+    t = parse_type("Tuple(`a b` String, c Nullable(UInt8))")
+    assert t.field_names == ("a b", "c")
+
+
+def test_cursor_column_checks() -> None:
+    check_cursor_column("t", "watermark", "ts", parse_type("DateTime64(6, 'UTC')"))
+    check_cursor_column("t", "key", "id", parse_type("String"))
+    with pytest.raises(SourceSchemaError, match="must not be Nullable"):
+        check_cursor_column("t", "watermark", "ts", parse_type("Nullable(DateTime)"))
+    with pytest.raises(SourceSchemaError, match="watermark column 'x' has type Float64"):
+        check_cursor_column("t", "watermark", "x", parse_type("Float64"))
+
+
+def _batch(ch: str, values: list[Any]) -> pa.Array:
+    p = plan_column("t", "c", ch)
+    return to_record_batch("t", [p], [values]).column(0)
+
+
+def test_convert_values_exactly() -> None:
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    assert _batch(
+        "DateTime64(6, 'Asia/Tokyo')", [dt.datetime(2026, 1, 1, 9, 0, 0, 123456, tzinfo=tokyo)]
+    ).to_pylist() == [dt.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=dt.UTC)]
+    u = uuid.uuid4()
+    assert _batch("Nullable(UUID)", [u, None]).to_pylist() == [u, None]
+    assert _batch("IPv4", [ipaddress.IPv4Address("1.2.3.4")]).to_pylist() == ["1.2.3.4"]
+    assert _batch("IPv6", [ipaddress.IPv6Address("::1")]).to_pylist() == ["::1"]
+    assert _batch("JSON", [{"b": 1, "a": [1, 2]}]).to_pylist() == ['{"a":[1,2],"b":1}']
+    assert _batch("Decimal(38, 10)", [decimal.Decimal("1.0000000001")]).to_pylist() == [
+        decimal.Decimal("1.0000000001")
+    ]
+    assert _batch("Nullable(Float64)", [float("inf"), None]).to_pylist() == [float("inf"), None]
+    assert _batch(
+        "Map(String, Array(IPv4))", [{"a": [ipaddress.IPv4Address("10.0.0.1")]}]
+    ).to_pylist() == [[("a", ["10.0.0.1"])]]
+    assert _batch("Tuple(a UUID, b Int8)", [(u, 1)]).to_pylist() == [{"a": u, "b": 1}]
+    assert _batch("UInt64", [2**63 - 1]).to_pylist() == [2**63 - 1]
+    assert _batch("FixedString(2)", ["ab"]).to_pylist() == [b"ab"]
+
+
+def test_uint64_overflow_names_column_and_value() -> None:
+    with pytest.raises(DataError) as err:
+        _batch("UInt64", [1, 2**64 - 1])
+    assert "'c'" in str(err.value) and str(2**64 - 1) in str(err.value)
+    assert 'uint64 = "decimal"' in str(err.value)
+    p = plan_column("t", "c", "UInt64", uint64="decimal")
+    out = to_record_batch("t", [p], [[2**64 - 1]]).column(0).to_pylist()
+    assert out == [decimal.Decimal(2**64 - 1)]
+
+
+def test_encode_value_round_trips_microseconds() -> None:
+    value = dt.datetime(2026, 3, 1, 12, 0, 0, 7, tzinfo=dt.UTC)
+    assert encode_value(value) == "2026-03-01 12:00:00.000007"
+    assert encode_value(dt.date(2026, 3, 1)) == "2026-03-01"
+    assert encode_value(2**64 - 1) == str(2**64 - 1)
+    assert encode_value(5) == 5
+
+
+def test_literals_and_keyset() -> None:
+    ts = parse_type("DateTime64(6, 'UTC')")
+    assert literal(ts, "2026-03-01 12:00:00.000007") == (
+        "toDateTime64('2026-03-01 12:00:00.000007', 6, 'UTC')"
+    )
+    assert literal(parse_type("DateTime"), "2026-03-01 12:00:00.000000") == (
+        "toDateTime('2026-03-01 12:00:00', 'UTC')"
+    )
+    assert literal(parse_type("String"), "it's") == "'it\\'s'"
+    assert quote_string("a\\b") == "'a\\\\b'"
+    assert quote_ident("we`ird") == "`we\\`ird`"
+    order = [("ts", ts), ("id", parse_type("UInt64"))]
+    where = keyset_after(order, ["2026-03-01 00:00:00.000000", 7])
+    assert where.startswith("`ts` >= toDateTime64(")
+    assert "`id` > 7" in where
+    q = page_query(
+        source="`db`.`t`",
+        select=["`ts`", "`id`"],
+        order=order,
+        after=None,
+        upto="2026-03-02 00:00:00.000000",
+        limit=10,
+    )
+    assert q.endswith("ORDER BY `ts`, `id` LIMIT 10 WITH TIES")
+
+
+def test_high_water_mark() -> None:
+    now = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
+    ts = parse_type("DateTime64(6)")
+    newest = dt.datetime(2026, 3, 1, 11, 59, 0, tzinfo=dt.UTC)
+    assert plan.high_water_mark(newest, now, 300, ts) == "2026-03-01 11:55:00.000000"
+    older = dt.datetime(2026, 3, 1, 10, 0, 0, 5, tzinfo=dt.UTC)
+    assert plan.high_water_mark(older, now, 300, ts) == "2026-03-01 10:00:00.000005"
+    assert plan.high_water_mark(dt.date(2026, 3, 1), now, 300, parse_type("Date")) == "2026-02-28"
+    assert plan.high_water_mark(42, now, 300, parse_type("UInt64")) == 42
+
+
+def test_reconcile() -> None:
+    assert plan.reconcile("t", 0, None, None, None).action == "fresh"
+    assert plan.reconcile("t", 2, (1, 2), 2, (1, 2)).action == "continue"
+    r = plan.reconcile("t", 2, (1, 2), 3, (5, 6))
+    assert (r.action, r.seq, r.position) == ("recover", 3, (5, 6))
+    with pytest.raises(InconsistentState, match="rolled back"):
+        plan.reconcile("t", 3, (5, 6), 2, (1, 2))
+    with pytest.raises(InconsistentState, match="has none"):
+        plan.reconcile("t", 3, (5, 6), None, None)
+    with pytest.raises(InconsistentState, match="different"):
+        plan.reconcile("t", 2, (1, 2), 2, (1, 3))
