@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install offloader and its development tools into .venv (idempotent), and make sure
+# a local PostgreSQL answers on 127.0.0.1:5432. Used by quickstart.sh, test.sh and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+stamp=.venv/.offloader-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    python -m pip install -q --upgrade pip
+    python -m pip install -q -e ".[dev]"
+    touch "$stamp"
+fi
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+        echo "setup: installing PostgreSQL (apt-get)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    fi
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    for _ in $(seq 1 30); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && break
+        sleep 1
+    done
+    pg_isready -h 127.0.0.1 -p 5432 || {
+        echo "setup: PostgreSQL is not answering on 127.0.0.1:5432" >&2
+        exit 1
+    }
+fi
