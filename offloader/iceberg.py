@@ -52,6 +52,10 @@ PROP_SEQ = "offloader.seq"
 PROP_RUN = "offloader.run_id"
 PROP_ROWS = "offloader.rows"
 COMMIT_ATTEMPTS = 5
+# pyiceberg retries a conflicting append by rebasing it onto the new snapshot. That
+# would defeat our compare-and-set and let two workers append the same rows, so
+# offloader's tables turn it off and retry themselves after re-checking the seq.
+TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,7 @@ class IcebergCatalog:
             table = self.load(target)
             if table is None:
                 table = self._create(target, schema, partition_by)
+            table.ensure_properties()
             table.evolve(schema)
             return table
         except (SinkError, SourceSchemaError):
@@ -132,7 +137,7 @@ class IcebergCatalog:
                     reason="config",
                 )
         try:
-            created = self.catalog.create_table(target, schema=schema)
+            created = self.catalog.create_table(target, schema=schema, properties=TABLE_PROPERTIES)
         except TableAlreadyExistsError:  # another worker won the race
             return IcebergTable(target, self.catalog.load_table(target))
         if partition_by:
@@ -170,7 +175,7 @@ def _transform(p: PartitionField) -> Transform[Any, Any]:
     return TruncateTransform(p.param)
 
 
-_IDS = re.compile(r"\b\d+: ")
+_IDS = re.compile(r"(?<![\w-])-?\d+: ")
 
 
 def _type_text(field_type: Any) -> str:
@@ -209,6 +214,13 @@ class IcebergTable:
 
     def snapshot_count(self) -> int:
         return len(self._table.metadata.snapshots)
+
+    def ensure_properties(self) -> None:
+        current = self._table.metadata.properties
+        missing = {k: v for k, v in TABLE_PROPERTIES.items() if current.get(k) != v}
+        if missing:
+            with self._table.transaction() as tx:
+                tx.set_properties(missing)
 
     def evolve(self, schema: pa.Schema) -> None:
         """Add new source columns; fail naming the column on an incompatible type change."""

@@ -40,6 +40,7 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at  timestamptz NOT NULL DEFAULT now()
     );
     CREATE TABLE IF NOT EXISTS {s}.commits (
+        id           bigserial PRIMARY KEY,
         target       text NOT NULL,
         seq          bigint NOT NULL,
         position     jsonb NOT NULL,
@@ -47,9 +48,9 @@ MIGRATIONS: tuple[str, ...] = (
         run_id       text NOT NULL,
         snapshot_id  bigint,
         recovered    boolean NOT NULL DEFAULT false,
-        committed_at timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (target, seq)
+        committed_at timestamptz NOT NULL DEFAULT now()
     );
+    CREATE INDEX IF NOT EXISTS commits_target_seq ON {s}.commits (target, seq);
     CREATE TABLE IF NOT EXISTS {s}.runs (
         id          bigserial PRIMARY KEY,
         run_id      text NOT NULL,

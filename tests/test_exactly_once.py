@@ -1,0 +1,113 @@
+"""Crashes, kills, conflicts and locks: nothing lost, nothing duplicated."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+
+import anyio
+import pyarrow as pa
+import pytest
+
+from offloader.errors import InconsistentState, Locked
+from offloader.iceberg import IcebergCatalog
+from offloader.pipeline import CRASH_ENV
+from offloader.watermarks import Watermarks
+from tests.helpers import Env
+
+pytestmark = pytest.mark.integration
+
+
+def test_crash_between_iceberg_and_postgres_commits_recovers(env: Env) -> None:
+    env.create_trades("crash")
+    env.insert_trades("crash", 50_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table("crash", batch_rows=10_000, append_rows=20_000)])
+    result = env.cli("once", extra_env={CRASH_ENV: "1"})
+    assert result.returncode == 137  # died right after its first Iceberg commit
+    report = env.once()
+    assert report.ok, report.summary()
+    [t] = report.tables
+    assert t.recovered, "PostgreSQL should have been advanced from the Iceberg snapshot"
+    assert t.rows == 30_000
+    assert env.assert_tiers_equal("cold.crash") == 50_000
+
+
+def test_sigkill_at_random_moments_then_rerun(env: Env) -> None:
+    env.create_trades("kill")
+    env.insert_trades("kill", 400_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table("kill", batch_rows=10_000, append_rows=30_000)])
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(6):
+        proc = env.popen("once")
+        time.sleep(rng.uniform(0.5, 3.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=120)
+    assert kills >= 3
+    final = env.cli("once")
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert env.assert_tiers_equal("cold.kill") == 400_000
+
+
+def test_iceberg_append_is_compare_and_set(env: Env) -> None:
+    env.write_config([env.table("cas")])
+    catalog = IcebergCatalog(env.config().catalog)
+    schema = pa.schema([pa.field("id", pa.int64(), nullable=False)])
+    first = catalog.ensure("cold.cas", schema, ())
+    stale = catalog.load("cold.cas")
+    assert stale is not None
+    batch = pa.RecordBatch.from_pylist([{"id": 1}], schema=schema)
+
+    mark = first.append([batch], expected_seq=0, position=[1], run_id="run-a")
+    assert mark.seq == 1
+    # Retrying the same commit (e.g. after a lost response) does not duplicate it.
+    again = first.append([batch], expected_seq=0, position=[1], run_id="run-a")
+    assert again.snapshot_id == mark.snapshot_id
+    # A second worker that started from the same state loses the race cleanly.
+    with pytest.raises(InconsistentState, match="another worker"):
+        stale.append([batch], expected_seq=0, position=[1], run_id="run-b")
+    assert catalog.read("cold.cas").num_rows == 1
+
+
+def test_locked_table_is_skipped(env: Env) -> None:
+    env.create_trades("locked")
+    env.insert_trades("locked", 100, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table("locked")])
+    cfg = env.config()
+
+    async def hold_lock_and_run() -> None:
+        wm = await Watermarks.open(cfg.postgres)
+        try:
+            async with wm.table_lock("cold.locked"):
+                with pytest.raises(Locked):
+                    async with wm.table_lock("cold.locked"):
+                        pass
+                result = await anyio.to_thread.run_sync(lambda: env.cli("once"))
+                assert result.returncode == 0, result.stdout
+                assert "skipped 1" in result.stdout
+        finally:
+            await wm.close()
+
+    anyio.run(hold_lock_and_run)
+    assert env.once().ok
+    assert env.assert_tiers_equal("cold.locked") == 100
+
+
+def test_rolled_back_iceberg_table_stops_that_table(env: Env) -> None:
+    env.create_trades("rb")
+    env.insert_trades("rb", 100, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table("rb")])
+    assert env.once().ok
+    catalog = IcebergCatalog(env.config().catalog)
+    catalog.catalog.drop_table("cold.rb")
+    env.insert_trades("rb", 10, first_id=1_000, start="2026-01-02 00:00:00")
+    report = env.once()
+    assert not report.ok
+    assert "offloader reset cold.rb" in (report.tables[0].error or "")
+    reset = env.cli("reset", "cold.rb", "--yes")
+    assert reset.returncode == 0, reset.stderr
+    assert env.once().ok  # starts over from the oldest row into the new table
+    assert env.assert_tiers_equal("cold.rb") == 110
