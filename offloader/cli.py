@@ -127,13 +127,15 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             (s.lag_seconds is not None and s.lag_seconds > cfg.service.lag_alert)
             or s.last_status == "failed"
             or s.problem
+            or s.ttl_warning
         )
     ]
     for s in bad:
         print(
             f"offloader: CHECK FAILED {s.target}: lag {s.lag_seconds}s "
             f"(limit {cfg.service.lag_alert:g}s), last run {s.last_status}"
-            + (f", problem: {s.problem}" if s.problem else ""),
+            + (f", problem: {s.problem}" if s.problem else "")
+            + (f", {s.ttl_warning}" if s.ttl_warning else ""),
             file=sys.stderr,
         )
     return EXIT_FAILED if bad else EXIT_OK

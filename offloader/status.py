@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,10 +30,53 @@ class TableStatus:
     lag_seconds: float | None = None
     rows_behind: int | None = None
     ttl: str | None = None
+    ttl_seconds: float | None = None
     problem: str | None = None
 
+    @property
+    def ttl_warning(self) -> str | None:
+        """Set when the lag eats more than half the hot tier's TTL: rows may be dropped
+        from ClickHouse before they reach Iceberg."""
+        if self.ttl_seconds is None or self.lag_seconds is None:
+            return None
+        share = self.lag_seconds / self.ttl_seconds
+        if share < 0.5:
+            return None
+        return (
+            f"lag {_human(self.lag_seconds)} is {share:.0%} of the ClickHouse TTL "
+            f"({_human(self.ttl_seconds)}): rows may be dropped before they are offloaded"
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "ttl_warning": self.ttl_warning}
+
+
+_INTERVAL = re.compile(
+    r"(?:toInterval(Second|Minute|Hour|Day|Week|Month|Quarter|Year)\((\d+)\)"
+    r"|INTERVAL\s+(\d+)\s+(SECOND|MINUTE|HOUR|DAY|WEEK|MONTH|QUARTER|YEAR))",
+    re.IGNORECASE,
+)
+_UNIT = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 7 * 86400,
+    "month": 30 * 86400,
+    "quarter": 91 * 86400,
+    "year": 365 * 86400,
+}
+
+
+def ttl_seconds(ttl: str | None) -> float | None:
+    """The shortest interval in a TTL clause such as `toDateTime(ts) + toIntervalDay(30)`."""
+    if not ttl:
+        return None
+    found = []
+    for m in _INTERVAL.finditer(ttl):
+        unit, count = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        found.append(int(count) * _UNIT[unit.lower()])
+    return float(min(found)) if found else None
 
 
 async def collect(cfg: Config) -> list[TableStatus]:
@@ -80,6 +124,7 @@ async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None
         newest, now = (await ch.rows(f"SELECT max({wm}), now64(6, 'UTC') FROM {src}"))[0]
         st.source_newest = str(newest)
         st.ttl = await ch.table_ttl(db, table.source_table)
+        st.ttl_seconds = ttl_seconds(st.ttl)
         where = f"WHERE {wm} > {literal(wm_type, st.watermark[0])}" if st.watermark else ""
         st.rows_behind = int(await ch.scalar(f"SELECT count() FROM {src} {where}"))
         if st.rows_behind == 0:
@@ -113,6 +158,8 @@ def render(statuses: list[TableStatus]) -> str:
             lines.append(f"    problem: {s.problem}")
         if s.ttl:
             lines.append(f"    ClickHouse TTL: {s.ttl}")
+        if s.ttl_warning:
+            lines.append(f"    WARNING: {s.ttl_warning}")
     return "\n".join(lines)
 
 

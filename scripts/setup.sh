@@ -6,7 +6,12 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        echo "setup: installing python3-venv (apt-get)" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        rm -rf .venv
+        "$PYTHON" -m venv .venv
+    fi
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
