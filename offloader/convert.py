@@ -11,11 +11,13 @@ import datetime as dt
 import decimal
 import ipaddress
 import uuid
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from offloader.errors import DataError
 from offloader.types import ChType, ColumnPlan
@@ -23,20 +25,32 @@ from offloader.types import ChType, ColumnPlan
 _INT64_MAX = 2**63 - 1
 
 
+def wire_width(plans: Sequence[ColumnPlan]) -> int:
+    return sum(len(p.select) for p in plans)
+
+
 def to_record_batch(
     table: str, plans: Sequence[ColumnPlan], columns: Sequence[Sequence[Any]]
 ) -> pa.RecordBatch:
-    """Build one RecordBatch from columnar Python values, one sequence per planned column."""
-    if len(columns) != len(plans):
+    """Build one RecordBatch from a page's wire columns (see types.wire_plan)."""
+    if len(columns) != wire_width(plans):
         raise DataError(
-            f"{table}: page has {len(columns)} columns, expected {len(plans)} "
+            f"{table}: page has {len(columns)} columns, expected {wire_width(plans)} "
             f"({', '.join(p.name for p in plans)})"
         )
-    arrays = [_column(table, plan, values) for plan, values in zip(plans, columns, strict=True)]
+    arrays = []
+    i = 0
+    for plan in plans:
+        width = len(plan.select)
+        arrays.append(_column(table, plan, columns[i : i + width]))
+        i += width
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema([p.field for p in plans]))
 
 
-def _column(table: str, plan: ColumnPlan, values: Sequence[Any]) -> pa.Array:
+def _column(table: str, plan: ColumnPlan, wire: Sequence[Sequence[Any]]) -> pa.Array:
+    if plan.wire != "plain":
+        return _from_wire(plan, wire)
+    values = wire[0]
     prepare = _preparer(plan.ch_type, plan.prep)
     data: Sequence[Any] = values if prepare is None else [prepare(v) for v in values]
     try:
@@ -58,6 +72,70 @@ def _column(table: str, plan: ColumnPlan, values: Sequence[Any]) -> pa.Array:
             f"{table}: column {plan.name!r} ({plan.ch_type}):{shown} cannot be stored as "
             f"{plan.arrow}: {exc}{hint}"
         ) from None
+
+
+def _from_wire(plan: ColumnPlan, wire: Sequence[Sequence[Any]]) -> pa.Array:
+    """Columnar rebuild of values the server sent as integers (no per-value Python work
+    beyond the driver's own)."""
+    kind = plan.wire
+    if kind == "ts_us":
+        return pa.array(wire[0], pa.int64()).cast(plan.arrow)
+    if kind == "ts_s":
+        seconds = pa.array(wire[0], pa.int64())
+        return pc.multiply(seconds, pa.scalar(1_000_000, pa.int64())).cast(plan.arrow)
+    if kind == "days":
+        return pa.array(wire[0], pa.int32()).cast(pa.date32())
+    n = len(wire[0])
+    if kind == "dec_small":
+        low = pa.array(wire[0], pa.int64())
+        # Sign extension: 0 or -1. (pc.shift_right by 63 is a no-op on int64 in pyarrow.)
+        high = pc.if_else(
+            pc.less(low, pa.scalar(0, pa.int64())),
+            pa.scalar(-1, pa.int64()),
+            pa.scalar(0, pa.int64()),
+        )
+        return _decimal128(plan.arrow, n, low, high)
+    if kind == "dec128":
+        low = pa.array(wire[0], pa.uint64())
+        high = pa.array(wire[1], pa.int64())
+        return _decimal128(plan.arrow, n, low, high)
+    raise AssertionError(f"unknown wire kind {kind}")
+
+
+def _decimal128(t: pa.DataType, n: int, low: pa.Array, high: pa.Array) -> pa.Array:
+    """decimal128 values from their low and high 64-bit halves (little-endian words)."""
+    words = array("Q", bytes(16 * n))
+    words[0::2] = _u64(low)
+    words[1::2] = _u64(high)
+    return pa.Array.from_buffers(t, n, [None, pa.py_buffer(words)])
+
+
+def _u64(a: pa.Array) -> array[int]:
+    out = array("Q")
+    out.frombytes(memoryview(a.buffers()[1])[a.offset * 8 : (a.offset + len(a)) * 8])
+    return out
+
+
+def cursor_value(plan: ColumnPlan, wire: Sequence[Any]) -> Any:
+    """The Python value of one row of a watermark or key column, from its wire form."""
+    kind = plan.wire
+    if kind == "plain":
+        return wire[0]
+    if kind == "ts_us":
+        return _EPOCH + dt.timedelta(microseconds=int(wire[0]))
+    if kind == "ts_s":
+        return _EPOCH + dt.timedelta(seconds=int(wire[0]))
+    if kind == "days":
+        return dt.date(1970, 1, 1) + dt.timedelta(days=int(wire[0]))
+    if kind == "dec_small":
+        return decimal.Decimal(int(wire[0])).scaleb(-plan.scale, _EXACT)
+    unscaled = (int(wire[1]) << 64) | int(wire[0])
+    return decimal.Decimal(unscaled).scaleb(-plan.scale, _EXACT)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Decimal arithmetic rounds to 28 digits by default; Decimal(38, S) needs all 38.
+_EXACT = decimal.Context(prec=80)
 
 
 def _storage_type(t: pa.DataType) -> pa.DataType:

@@ -99,6 +99,20 @@ class SourcePlan:
     def schema(self) -> pa.Schema:
         return pa.schema([c.field for c in self.columns])
 
+    @property
+    def select(self) -> list[str]:
+        """The page query's SELECT list: each column's wire expressions in order."""
+        return [expr for c in self.columns for expr in c.select]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Where each column's wire values start in a page."""
+        out, at = [], 0
+        for c in self.columns:
+            out.append(at)
+            at += len(c.select)
+        return tuple(out)
+
 
 def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> SourcePlan:
     """Map the source columns and check the watermark and key columns. Pure."""
@@ -124,7 +138,14 @@ def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> Sourc
 
 
 def position_of(page: Page, plan_: SourcePlan, row: int) -> list[Any]:
-    return [convert.encode_value(page.columns[i][row]) for i in plan_.order_index]
+    """The encoded (watermark, keys...) of one row of a page."""
+    offsets = plan_.offsets
+    out = []
+    for i in plan_.order_index:
+        col = plan_.columns[i]
+        wire = [page.columns[offsets[i] + k][row] for k in range(len(col.select))]
+        out.append(convert.encode_value(convert.cursor_value(col, wire)))
+    return out
 
 
 async def offload_table(
@@ -295,7 +316,7 @@ async def _fetch(
     report: TableReport,
     stopping: anyio.Event | None,
 ) -> None:
-    select = [c.select for c in src.columns]
+    select = src.select
     fetched = 0
     async with send:
         while True:
@@ -312,7 +333,7 @@ async def _fetch(
                 limit=table.batch_rows,
             )
             t0 = time.monotonic()
-            page = await ch.page(query, len(src.columns))
+            page = await ch.page(query, len(select))
             _stage(report, "clickhouse_read", time.monotonic() - t0)
             if page.rows == 0:
                 return
@@ -344,6 +365,35 @@ async def _consume(
     run_id: str,
     report: TableReport,
 ) -> int:
+    """Convert pages as they arrive; hand full appends to an appender task, so the
+    Iceberg write of one append overlaps reading and converting the next."""
+    committed = [seq]
+    send_append, receive_append = anyio.create_memory_object_stream[
+        tuple[list[pa.RecordBatch], list[Any]]
+    ](0)
+
+    async def appender() -> None:
+        async with receive_append:
+            async for batches, at in receive_append:
+                committed[0] = await _flush(
+                    services, table, ice, batches, at, committed[0], run_id, report
+                )
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(appender)
+        async with send_append:
+            await _convert_pages(services, table, src, receive, send_append, report)
+    return committed[0]
+
+
+async def _convert_pages(
+    services: Services,
+    table: TableConfig,
+    src: SourcePlan,
+    receive: MemoryObjectReceiveStream[Page],
+    appends: MemoryObjectSendStream[tuple[list[pa.RecordBatch], list[Any]]],
+    report: TableReport,
+) -> None:
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     position: list[Any] | None = None
@@ -363,11 +413,10 @@ async def _consume(
             pending_rows += batch.num_rows
             report.pages += 1
             if pending_rows >= table.append_rows:
-                seq = await _flush(services, table, ice, pending, position, seq, run_id, report)
+                await appends.send((pending, position))
                 pending, pending_rows = [], 0
     if pending and position is not None:
-        seq = await _flush(services, table, ice, pending, position, seq, run_id, report)
-    return seq
+        await appends.send((pending, position))
 
 
 async def _flush(

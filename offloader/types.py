@@ -248,6 +248,20 @@ def _field(name: str, t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.
 Prep = Literal["none", "str", "json", "uuid", "decimal_int", "bytes", "nested"]
 
 
+# How a column travels on the wire. The native driver builds a Python object per
+# value, and datetime, Decimal and Enum objects are several times slower to build
+# than ints and strs (measured: DateTime64 3.1M values/s vs 17M as Int64; Decimal 2.0M
+# vs 20M per Int64 half). So the page query asks the server for cheap integers and
+# conversion rebuilds the exact Arrow values column-wise:
+#   ts_us:    DateTime64 -> toUnixTimestamp64Micro      -> timestamp[us, UTC]
+#   ts_s:     DateTime   -> toUnixTimestamp             -> timestamp[us, UTC]
+#   days:     Date(32)   -> toInt32 (days since 1970)   -> date32
+#   dec_small Decimal(P<=18) -> its unscaled integer    -> decimal128(P, S)
+#   dec128:   Decimal(P<=38) -> low and high 64 bits    -> decimal128(P, S)
+#   plain:    the column itself (Enums as toString)
+Wire = Literal["plain", "ts_us", "ts_s", "days", "dec_small", "dec128"]
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnPlan:
     """How one source column is read and converted."""
@@ -255,12 +269,44 @@ class ColumnPlan:
     name: str
     ch_type: ChType
     field: pa.Field
-    select: str  # SQL expression in the page query
+    select: tuple[str, ...]  # SQL expressions in the page query (one or two)
     prep: Prep
+    wire: Wire = "plain"
 
     @property
     def arrow(self) -> pa.DataType:
         return self.field.type
+
+    @property
+    def scale(self) -> int:
+        t = self.arrow
+        return int(t.scale) if pa.types.is_decimal(t) else 0
+
+
+def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
+    """The cheapest exact wire form of a column, as (kind, SELECT expressions)."""
+    q = quote_ident(column)
+    base = t.unwrap()
+    name = base.name
+    if name == "DateTime64":
+        return "ts_us", (f"toUnixTimestamp64Micro({q})",)
+    if name == "DateTime":
+        return "ts_s", (f"toUnixTimestamp({q})",)
+    if name in ("Date", "Date32"):
+        return "days", (f"toInt32({q})",)
+    if name in ("Enum8", "Enum16"):
+        return "plain", (f"toString({q})",)
+    if (name == "Decimal" or name in _DECIMAL_WIDTH) and not t.nullable:
+        precision = arrow_type(base).precision
+        if precision <= 9:
+            return "dec_small", (f"reinterpretAsInt32({q})",)
+        if precision <= 18:
+            return "dec_small", (f"reinterpretAsInt64({q})",)
+        return "dec128", (
+            f"reinterpretAsUInt64({q})",
+            f"toInt64(bitShiftRight(reinterpretAsInt128({q}), 64))",
+        )
+    return "plain", (q,)
 
 
 def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "string") -> Prep:
@@ -319,12 +365,14 @@ def plan_column(
             "supported; expose it as String in a view",
             reason="unmappable",
         )
+    wire, select = wire_plan(t, name)
     return ColumnPlan(
         name=name,
         ch_type=t,
         field=pa.field(name, arrow, nullable=t.nullable),
-        select=quote_ident(name),
+        select=select,
         prep=prep_kind(t, uint64, strings),
+        wire=wire,
     )
 
 

@@ -199,8 +199,9 @@ class Env:
                 src = plan_source(t, await s.table_columns(db, t.source_table))
                 order = ", ".join(quote_ident(c) for c, _ in src.order)
                 page = await s.page(
-                    f"SELECT * FROM {qualified(db, t.source_table)} ORDER BY {order}",
-                    len(src.columns),
+                    f"SELECT {', '.join(src.select)} FROM {qualified(db, t.source_table)} "
+                    f"ORDER BY {order}",
+                    len(src.select),
                 )
                 return pa.Table.from_batches(
                     [to_record_batch(t.target, src.columns, page.columns)], schema=src.schema

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from offloader import plan
-from offloader.convert import encode_value, to_record_batch
+from offloader.convert import cursor_value, encode_value, to_record_batch
 from offloader.errors import DataError, InconsistentState, SourceSchemaError
 from offloader.sql import keyset_after, literal, page_query, quote_string
 from offloader.types import arrow_type, check_cursor_column, parse_type, plan_column, quote_ident
@@ -136,17 +136,56 @@ def _batch(ch: str, values: list[Any]) -> pa.Array:
     return to_record_batch("t", [p], [values]).column(0)
 
 
+def _wire(ch: str, wire: list[list[Any]]) -> tuple[list[Any], list[Any]]:
+    p = plan_column("t", "c", ch)
+    assert len(wire) == len(p.select)
+    values = to_record_batch("t", [p], wire).column(0).to_pylist()
+    cursors = [
+        cursor_value(p, [w[i] for w in wire]) if wire[0][i] is not None else None
+        for i in range(len(wire[0]))
+    ]
+    return values, cursors
+
+
+def _halves(unscaled: int) -> list[list[int]]:
+    return [[unscaled & (2**64 - 1)], [unscaled >> 64]]
+
+
+def test_wire_forms_rebuild_exact_values() -> None:
+    ts = dt.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=dt.UTC)
+    micros = 1767225600123456
+    assert _wire("DateTime64(6, 'Asia/Tokyo')", [[micros]]) == ([ts], [ts])
+    old = dt.datetime(1900, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC)
+    old_us = -2208988799999999
+    assert _wire("DateTime64(3)", [[old_us]]) == ([old], [old])
+    assert _wire("Nullable(DateTime64(6))", [[None]])[0] == [None]
+    assert _wire("DateTime('UTC')", [[1767225600]])[0] == [ts.replace(microsecond=0)]
+    assert _wire("Date32", [[-25567]]) == ([dt.date(1900, 1, 1)], [dt.date(1900, 1, 1)])
+    for text in ("-12345678901234567890.0123456789", "0.0000000001", "-0.0000000001", "7"):
+        value = decimal.Decimal(text)
+        unscaled = int(value.scaleb(10, decimal.Context(prec=80)))
+        got, cursor = _wire("Decimal(38, 10)", _halves(unscaled))
+        assert got == [value] and cursor == [value]
+    assert _wire("Decimal(9, 2)", [[-5]]) == (
+        [decimal.Decimal("-0.05")],
+        [decimal.Decimal("-0.05")],
+    )
+    assert _wire("Decimal(18, 4)", [[2**63 - 1]])[0] == [decimal.Decimal(2**63 - 1).scaleb(-4)]
+    # Nullable decimals travel as Decimal objects.
+    assert _wire("Nullable(Decimal(28, 10))", [[decimal.Decimal("1.5"), None]])[0] == [
+        decimal.Decimal("1.5"),
+        None,
+    ]
+    assert plan_column("t", "e", "Enum8('a' = 1)").select == ("toString(`e`)",)
+
+
 def test_convert_values_exactly() -> None:
-    tokyo = dt.timezone(dt.timedelta(hours=9))
-    assert _batch(
-        "DateTime64(6, 'Asia/Tokyo')", [dt.datetime(2026, 1, 1, 9, 0, 0, 123456, tzinfo=tokyo)]
-    ).to_pylist() == [dt.datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=dt.UTC)]
     u = uuid.uuid4()
     assert _batch("Nullable(UUID)", [u, None]).to_pylist() == [u, None]
     assert _batch("IPv4", [ipaddress.IPv4Address("1.2.3.4")]).to_pylist() == ["1.2.3.4"]
     assert _batch("IPv6", [ipaddress.IPv6Address("::1")]).to_pylist() == ["::1"]
     assert _batch("JSON", [{"b": 1, "a": [1, 2]}]).to_pylist() == ['{"a":[1,2],"b":1}']
-    assert _batch("Decimal(38, 10)", [decimal.Decimal("1.0000000001")]).to_pylist() == [
+    assert _batch("Nullable(Decimal(38, 10))", [decimal.Decimal("1.0000000001")]).to_pylist() == [
         decimal.Decimal("1.0000000001")
     ]
     assert _batch("Nullable(Float64)", [float("inf"), None]).to_pylist() == [float("inf"), None]
