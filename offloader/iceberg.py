@@ -76,7 +76,7 @@ class IcebergCatalog:
     def __init__(self, cfg: CatalogConfig) -> None:
         self._cfg = cfg
         self._catalog: Catalog | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"<IcebergCatalog {self._cfg.name} type={self._cfg.properties.get('type', '?')}>"
@@ -120,14 +120,27 @@ class IcebergCatalog:
         except Exception as exc:
             raise SinkError(f"{target}: cannot prepare Iceberg table: {_brief(exc)}") from exc
 
+    def _namespace_exists(self, namespace: str) -> bool:
+        try:
+            self.catalog.load_namespace_properties(namespace)
+        except Exception:
+            return False
+        return True
+
     def _create(
         self, target: str, schema: pa.Schema, partition_by: Sequence[PartitionField]
     ) -> IcebergTable:
         namespace = target.rsplit(".", 1)[0]
-        try:
-            self.catalog.create_namespace(namespace)
-        except NamespaceAlreadyExistsError:
-            pass
+        with self._lock:  # tables of one cycle create their shared namespace at once
+            try:
+                self.catalog.create_namespace(namespace)
+            except NamespaceAlreadyExistsError:
+                pass
+            except Exception:
+                # Another process won the race; some catalogs report it as a constraint
+                # violation rather than NamespaceAlreadyExistsError.
+                if not self._namespace_exists(namespace):
+                    raise
         names = set(schema.names)
         for p in partition_by:
             if p.column not in names:

@@ -82,6 +82,18 @@ def test_parallel_tables_and_failure_isolation(env: Env) -> None:
         assert env.assert_tiers_equal(f"cold.{name}") == 5_000
 
 
+def test_many_new_tables_in_one_new_namespace_at_once(env: Env) -> None:
+    names = [f"ns{i}" for i in range(6)]
+    for name in names:
+        env.create_trades(name)
+        env.insert_trades(name, 1_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table(n) for n in names], service={"max_parallel_tables": 6})
+    report = env.once()
+    assert report.ok, report.summary()
+    for name in names:
+        assert env.assert_tiers_equal(f"cold.{name}") == 1_000
+
+
 def test_unreachable_clickhouse_and_postgres(env: Env) -> None:
     env.create_trades("t")
     env.insert_trades("t", 10, first_id=1, start="2026-01-01 00:00:00")
