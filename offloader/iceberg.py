@@ -9,9 +9,11 @@ repaired from Iceberg after a crash.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +28,8 @@ from pyiceberg.exceptions import (
     NoSuchTableError,
     TableAlreadyExistsError,
 )
+from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
@@ -56,6 +60,15 @@ COMMIT_ATTEMPTS = 5
 # would defeat our compare-and-set and let two workers append the same rows, so
 # offloader's tables turn it off and retry themselves after re-checking the seq.
 TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFiles:
+    """Parquet data files written for a table but not committed yet."""
+
+    files: list[DataFile]
+    rows: int
+    nbytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +225,8 @@ class IcebergTable:
     def __init__(self, target: str, table: Table) -> None:
         self.target = target
         self._table = table
+        self._write_uuid = uuid.uuid4()
+        self._file_counter = itertools.count(0)
 
     def __repr__(self) -> str:
         return f"<IcebergTable {self.target} snapshot={self.snapshot_id}>"
@@ -306,28 +321,59 @@ class IcebergTable:
         except Exception as exc:
             raise SinkError(f"{self.target}: cannot refresh Iceberg table: {_brief(exc)}") from exc
 
-    def append(
+    def write_files(self, batches: Sequence[pa.RecordBatch]) -> WrittenFiles:
+        """Write `batches` as Parquet data files of this table, not yet committed.
+
+        The two-stage write pyiceberg's own docs recommend for retryable commits: the
+        files can be committed again after a conflict. Files of a run that dies
+        before committing are orphans, removed by Iceberg's orphan-file maintenance.
+        """
+        data = pa.Table.from_batches(list(batches))
+        metadata = self._table.metadata
+        try:
+            _check_pyarrow_schema_compatible(
+                metadata.schema(),
+                provided_schema=data.schema,
+                downcast_ns_timestamp_to_us=False,
+                format_version=metadata.format_version,
+            )
+            files = list(
+                _dataframe_to_data_files(
+                    table_metadata=metadata,
+                    df=data,
+                    io=self._table.io,
+                    write_uuid=self._write_uuid,
+                    counter=self._file_counter,
+                )
+            )
+        except Exception as exc:
+            raise SinkError(
+                f"{self.target}: writing Iceberg data files failed: {_brief(exc)}"
+            ) from exc
+        return WrittenFiles(files, data.num_rows, data.nbytes)
+
+    def commit_files(
         self,
-        batches: Sequence[pa.RecordBatch],
+        written: Sequence[WrittenFiles],
         *,
         expected_seq: int,
         position: Sequence[Any],
         run_id: str,
     ) -> CommittedMark:
-        """Append `batches` as one snapshot that records seq = expected_seq + 1.
+        """Commit written files as one snapshot that records seq = expected_seq + 1.
 
-        Compare-and-set: the snapshot's parent is the one we checked, so a
-        concurrent offloader commit makes ours fail (CommitFailedException), and
-        the retry sees the new offloader seq and gives up instead of duplicating.
+        Compare-and-set: the snapshot asserts the parent it was built on, and the
+        newest offloader seq is checked first, so a concurrent offloader commit makes
+        ours fail and the retry gives up instead of duplicating. A retry after a lost
+        response finds its own run id and stops.
         """
         seq = expected_seq + 1
         props = {
             PROP_WATERMARK: orjson.dumps(list(position)).decode(),
             PROP_SEQ: str(seq),
             PROP_RUN: run_id,
-            PROP_ROWS: str(sum(b.num_rows for b in batches)),
+            PROP_ROWS: str(sum(w.rows for w in written)),
         }
-        data = pa.Table.from_batches(list(batches))
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             mark = self.latest_mark()
             current = mark.seq if mark else 0
@@ -337,10 +383,15 @@ class IcebergTable:
                 raise InconsistentState(
                     f"{self.target}: Iceberg holds offloader commit {current}, this run expected "
                     f"{expected_seq}; another worker committed meanwhile. This run's rows were not "
-                    "written; the next cycle continues from the new watermark."
+                    "committed; the next cycle continues from the new watermark."
                 )
             try:
-                self._table.append(data, snapshot_properties=props)
+                with self._table.transaction() as tx:
+                    snapshot = tx.update_snapshot(snapshot_properties=props)
+                    with snapshot.fast_append() as append:
+                        for w in written:
+                            for data_file in w.files:
+                                append.append_data_file(data_file)
             except CommitFailedException as exc:
                 log.warning(
                     "Iceberg commit conflict, refreshing",
@@ -349,12 +400,26 @@ class IcebergTable:
                 self.refresh()
                 continue
             except Exception as exc:
-                raise SinkError(f"{self.target}: Iceberg append failed: {_brief(exc)}") from exc
+                raise SinkError(f"{self.target}: Iceberg commit failed: {_brief(exc)}") from exc
             new = self.latest_mark()
             assert new is not None and new.seq == seq
             return new
         raise SinkError(
             f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+        )
+
+    def append(
+        self,
+        batches: Sequence[pa.RecordBatch],
+        *,
+        expected_seq: int,
+        position: Sequence[Any],
+        run_id: str,
+    ) -> CommittedMark:
+        """Write and commit `batches` as one snapshot (see commit_files)."""
+        written = self.write_files(batches)
+        return self.commit_files(
+            [written], expected_seq=expected_seq, position=position, run_id=run_id
         )
 
     def read(self, row_filter: str | None = None) -> pa.Table:

@@ -25,7 +25,7 @@ from offloader import clickhouse, convert, plan
 from offloader.clickhouse import ClickHouseSession, Page
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceSchemaError, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable
+from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.sql import page_query, qualified, quote_ident
 from offloader.types import ChType, ColumnPlan, check_cursor_column, plan_column
 from offloader.watermarks import Watermarks
@@ -280,7 +280,7 @@ async def _run(
         upto = plan.high_water_mark(max_value, now, table.lag, wm_type)
         report.watermark = list(position) if position else None
 
-        send, receive = anyio.create_memory_object_stream[Page](1)
+        send, receive = anyio.create_memory_object_stream[Page](0)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(
@@ -355,6 +355,15 @@ async def _fetch(
             after = position_of(page, src, page.rows - 1)
 
 
+# Converted pages are written to Parquet data files in chunks of about this many rows
+# (or append_rows if smaller) while the run goes on; a commit then adds the files
+# of up to append_rows rows as one snapshot. Memory stays bounded by a chunk and a
+# few pages instead of a whole append.
+FILE_ROWS = 250_000
+
+Chunk = tuple[list[pa.RecordBatch], list[Any]]
+
+
 async def _consume(
     services: Services,
     table: TableConfig,
@@ -365,24 +374,39 @@ async def _consume(
     run_id: str,
     report: TableReport,
 ) -> int:
-    """Convert pages as they arrive; hand full appends to an appender task, so the
-    Iceberg write of one append overlaps reading and converting the next."""
+    """Convert pages as they arrive and hand chunks to a writer task, so writing
+    Parquet overlaps reading and converting the next pages."""
     committed = [seq]
-    send_append, receive_append = anyio.create_memory_object_stream[
-        tuple[list[pa.RecordBatch], list[Any]]
-    ](0)
+    send_chunk, receive_chunk = anyio.create_memory_object_stream[Chunk](0)
 
-    async def appender() -> None:
-        async with receive_append:
-            async for batches, at in receive_append:
-                committed[0] = await _flush(
-                    services, table, ice, batches, at, committed[0], run_id, report
+    async def writer() -> None:
+        written: list[WrittenFiles] = []
+        rows = 0
+        position: list[Any] | None = None
+        async with receive_chunk:
+            async for batches, at in receive_chunk:
+                t0 = time.monotonic()
+                files = await anyio.to_thread.run_sync(
+                    ice.write_files, batches, limiter=services.io
                 )
+                _stage(report, "iceberg_write", time.monotonic() - t0)
+                written.append(files)
+                rows += files.rows
+                position = at
+                if rows >= table.append_rows:
+                    committed[0] = await _commit(
+                        services, table, ice, written, position, committed[0], run_id, report
+                    )
+                    written, rows = [], 0
+        if written and position is not None:
+            committed[0] = await _commit(
+                services, table, ice, written, position, committed[0], run_id, report
+            )
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(appender)
-        async with send_append:
-            await _convert_pages(services, table, src, receive, send_append, report)
+        tg.start_soon(writer)
+        async with send_chunk:
+            await _convert_pages(services, table, src, receive, send_chunk, report)
     return committed[0]
 
 
@@ -391,9 +415,10 @@ async def _convert_pages(
     table: TableConfig,
     src: SourcePlan,
     receive: MemoryObjectReceiveStream[Page],
-    appends: MemoryObjectSendStream[tuple[list[pa.RecordBatch], list[Any]]],
+    chunks: MemoryObjectSendStream[Chunk],
     report: TableReport,
 ) -> None:
+    chunk_rows = min(FILE_ROWS, table.append_rows)
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     position: list[Any] | None = None
@@ -409,37 +434,37 @@ async def _convert_pages(
             )
             _stage(report, "convert", time.monotonic() - t0)
             position = position_of(page, src, page.rows - 1)
+            del page  # the driver's Python objects are the bulk of a page's memory
             pending.append(batch)
             pending_rows += batch.num_rows
             report.pages += 1
-            if pending_rows >= table.append_rows:
-                await appends.send((pending, position))
+            if pending_rows >= chunk_rows:
+                await chunks.send((pending, position))
                 pending, pending_rows = [], 0
     if pending and position is not None:
-        await appends.send((pending, position))
+        await chunks.send((pending, position))
 
 
-async def _flush(
+async def _commit(
     services: Services,
     table: TableConfig,
     ice: IcebergTable,
-    batches: list[pa.RecordBatch],
+    written: list[WrittenFiles],
     position: list[Any],
     seq: int,
     run_id: str,
     report: TableReport,
 ) -> int:
-    """Append to Iceberg, then advance PostgreSQL. Shielded: once the Iceberg
-    append starts, a deadline or shutdown waits for both commits to finish."""
-    rows = sum(b.num_rows for b in batches)
-    nbytes = convert.batch_nbytes(batches)
+    """Commit the written files to Iceberg, then advance PostgreSQL. Shielded: once the
+    Iceberg commit starts, a deadline or shutdown waits for both commits to finish."""
+    rows = sum(w.rows for w in written)
     with anyio.CancelScope(shield=True):
         t0 = time.monotonic()
         mark = await anyio.to_thread.run_sync(
-            lambda: ice.append(batches, expected_seq=seq, position=position, run_id=run_id),
+            lambda: ice.commit_files(written, expected_seq=seq, position=position, run_id=run_id),
             limiter=services.io,
         )
-        _stage(report, "iceberg_append", time.monotonic() - t0)
+        _stage(report, "iceberg_commit", time.monotonic() - t0)
         if os.environ.get(CRASH_ENV):
             os._exit(137)
         t0 = time.monotonic()
@@ -454,7 +479,7 @@ async def _flush(
         )
         _stage(report, "watermark_commit", time.monotonic() - t0)
     report.rows += rows
-    report.bytes += nbytes
+    report.bytes += sum(w.nbytes for w in written)
     report.snapshots += 1
     report.watermark = position
     log.info(
