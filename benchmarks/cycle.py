@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -296,21 +297,57 @@ def scenario_parallel(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """
     names = [f"par_{i}" for i in range(8)]
     b.make_tables(names, args.parallel_rows)
-    results = {}
+    results, cores = {}, {}
     for parallel in (1, 4):
-        times = []
+        times, used = [], []
         for _ in range(args.repeats):
             path = b.config(names, parallel=parallel)
-            started = time.perf_counter()
+            cpu0, started = _cpu_seconds(), time.perf_counter()
             cycle(path)
-            times.append(time.perf_counter() - started)
+            wall = time.perf_counter() - started
+            times.append(wall)
+            used.append((_cpu_seconds() - cpu0) / wall)
         results[parallel] = median(times)
+        cores[parallel] = median(used)
     return {
         "tables": 8,
         "rows_per_table": args.parallel_rows,
         "seconds_1_way": round(results[1], 2),
         "seconds_4_way": round(results[4], 2),
         "speedup": round(results[1] / results[4], 2),
+        # CPU seconds of offloader (this process) per wall second: how many of the
+        # machine's cores a cycle already keeps busy.
+        "cores_busy_1_way": round(cores[1], 2),
+        "cores_busy_4_way": round(cores[4], 2),
+    }
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def scenario_stages(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Hypothesis: after the integer wire forms, no single stage dominates a table's
+    run; the shares show where the next optimisation is (stage seconds overlap, so
+    they add up to more than the wall time).
+
+    python -m benchmarks.cycle --scenario stages --rows 2000000
+    """
+    b.make_tables(["st"], args.rows)
+    runs = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        report = cycle(b.config(["st"]))
+        runs.append((time.perf_counter() - started, report.tables[0].stages))
+    wall = median([w for w, _ in runs])
+    names = list(runs[0][1])
+    stages = {k: round(median([s.get(k, 0.0) for _, s in runs]), 2) for k in names}
+    return {
+        "rows": args.rows,
+        "wall_seconds": round(wall, 2),
+        "stage_seconds": stages,
+        "stage_share_of_wall": {k: round(v / wall, 2) for k, v in stages.items()},
     }
 
 
@@ -344,6 +381,7 @@ SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "throughput": scenario_throughput,
     "parallel": scenario_parallel,
     "memory": scenario_memory,
+    "stages": scenario_stages,
 }
 
 
