@@ -61,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="check the file only, without connecting"
     )
 
+    verify = sub.add_parser(
+        "verify", help="compare ClickHouse and Iceberg per day up to the committed watermark"
+    )
+    verify.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
+    verify.add_argument("--since", help="first day to compare (YYYY-MM-DD)")
+    verify.add_argument("--until", help="day to stop before (YYYY-MM-DD)")
+
+    expire = sub.add_parser(
+        "expire", help="expire old Iceberg snapshots, always keeping the newest offloader commit"
+    )
+    expire.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
+    expire.add_argument(
+        "--older-than", default="7d", help="retention, a duration such as 7d or 36h (default 7d)"
+    )
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -214,7 +229,47 @@ async def _reset(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _verify(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.verify import verify_table
+
+    tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
+    failed = 0
+    for table in tables:
+        verdict = await verify_table(cfg, table, args.since, args.until)
+        print(verdict.render())
+        failed += not verdict.ok
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _expire(cfg: Config, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from offloader.config import parse_duration
+    from offloader.iceberg import IcebergCatalog
+
+    try:
+        keep = parse_duration(args.older_than)
+    except ValueError as exc:
+        raise ConfigError(f"--older-than: {exc}") from None
+    cutoff = datetime.now(UTC) - timedelta(seconds=keep)
+    catalog = IcebergCatalog(cfg.catalog)
+    tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.tables)
+    for table in tables:
+        ice = await anyio.to_thread.run_sync(catalog.load, table.target)
+        if ice is None:
+            print(f"{table.target}: no Iceberg table yet")
+            continue
+        expired = await anyio.to_thread.run_sync(ice.expire_snapshots, cutoff)
+        print(
+            f"{table.target}: expired {expired} snapshots older than {cutoff:%Y-%m-%d %H:%M} UTC; "
+            f"{ice.snapshot_count()} kept"
+        )
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Any] = {
+    "verify": _verify,
+    "expire": _expire,
     "once": _once,
     "run": _run,
     "status": _status,
