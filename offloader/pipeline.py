@@ -9,7 +9,6 @@ earlier pages are appended to Iceberg. Pages accumulate into appends of
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import anyio
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import clickhouse, convert, plan
+from offloader import clickhouse, convert, faults, plan
 from offloader.clickhouse import ClickHouseSession, Page
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceSchemaError, TableError
@@ -31,10 +30,6 @@ from offloader.types import ChType, ColumnPlan, check_cursor_column, plan_column
 from offloader.watermarks import Watermarks
 
 log = logging.getLogger(__name__)
-
-# Test-only fault injection: the crash suite sets this to make the process die
-# between the Iceberg commit and the PostgreSQL commit.
-CRASH_ENV = "OFFLOADER_TEST_CRASH_AFTER_ICEBERG_COMMIT"
 
 
 @dataclass(slots=True)
@@ -335,6 +330,7 @@ async def _fetch(
             t0 = time.monotonic()
             page = await ch.page(query, len(select))
             _stage(report, "clickhouse_read", time.monotonic() - t0)
+            faults.point("read")
             if page.rows == 0:
                 return
             log.debug(
@@ -390,6 +386,7 @@ async def _consume(
                     ice.write_files, batches, limiter=services.io
                 )
                 _stage(report, "iceberg_write", time.monotonic() - t0)
+                faults.point("write")
                 written.append(files)
                 rows += files.rows
                 position = at
@@ -433,6 +430,7 @@ async def _convert_pages(
                 limiter=services.cpu,
             )
             _stage(report, "convert", time.monotonic() - t0)
+            faults.point("convert")
             position = position_of(page, src, page.rows - 1)
             del page  # the driver's Python objects are the bulk of a page's memory
             pending.append(batch)
@@ -465,8 +463,7 @@ async def _commit(
             limiter=services.io,
         )
         _stage(report, "iceberg_commit", time.monotonic() - t0)
-        if os.environ.get(CRASH_ENV):
-            os._exit(137)
+        faults.point("iceberg_commit")
         t0 = time.monotonic()
         await services.watermarks.commit(
             table.target,

@@ -20,6 +20,7 @@ import anyio
 import asyncpg
 import orjson
 
+from offloader import faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
 
@@ -249,6 +250,7 @@ class Watermarks:
                         f"{target}: PostgreSQL watermark is at commit {current}, expected "
                         f"{prev_seq}; another worker moved it. Nothing was changed."
                     )
+                faults.point("watermark_txn")
                 await conn.execute(
                     f"""INSERT INTO {self._s}.commits
                         (target, seq, position, rows, run_id, snapshot_id, recovered)

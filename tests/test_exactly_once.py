@@ -10,9 +10,9 @@ import anyio
 import pyarrow as pa
 import pytest
 
+from offloader import faults
 from offloader.errors import InconsistentState, Locked
 from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import CRASH_ENV
 from offloader.watermarks import Watermarks
 from tests.helpers import Env
 
@@ -23,8 +23,8 @@ def test_crash_between_iceberg_and_postgres_commits_recovers(env: Env) -> None:
     env.create_trades("crash")
     env.insert_trades("crash", 50_000, first_id=1, start="2026-01-01 00:00:00")
     env.write_config([env.table("crash", batch_rows=10_000, append_rows=20_000)])
-    result = env.cli("once", extra_env={CRASH_ENV: "1"})
-    assert result.returncode == 137  # died right after its first Iceberg commit
+    result = env.cli("once", extra_env={faults.ENV: "iceberg_commit"})
+    assert result.returncode == -9  # died right after its first Iceberg commit
     report = env.once()
     assert report.ok, report.summary()
     [t] = report.tables
