@@ -156,13 +156,18 @@ async def offload_table(
     """
     report = TableReport(target=table.target, source=table.source)
     started = time.monotonic()
-    started_at = datetime.now(UTC)
+    started_at = finished_at = datetime.now(UTC)
     run_id = uuid.uuid4().hex
     log.info("table started", extra={"table": table.target, "run_id": run_id})
     try:
         with anyio.move_on_after(timeout) as deadline:
             async with services.watermarks.table_lock(table.target):
-                await _run(services, table, report, run_id, stopping)
+                # The run's interval in the log is the time it held the table's lock.
+                started_at = datetime.now(UTC)
+                try:
+                    await _run(services, table, report, run_id, stopping)
+                finally:
+                    finished_at = datetime.now(UTC)
         if deadline.cancelled_caught:
             report.status = "failed"
             report.reason = "timeout"
@@ -196,6 +201,7 @@ async def offload_table(
                     run_id=run_id,
                     target=table.target,
                     started_at=started_at,
+                    finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
                     status=report.status,
                     rows=report.rows,
                     pages=report.pages,

@@ -8,6 +8,7 @@ advance it from the same place.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -56,7 +57,7 @@ MIGRATIONS: tuple[str, ...] = (
         id          bigserial PRIMARY KEY,
         run_id      text NOT NULL,
         target      text NOT NULL,
-        host        text NOT NULL,
+        host        text NOT NULL,  -- hostname:pid of the worker
         started_at  timestamptz NOT NULL,
         finished_at timestamptz NOT NULL DEFAULT now(),
         status      text NOT NULL,
@@ -274,6 +275,7 @@ class Watermarks:
         run_id: str,
         target: str,
         started_at: datetime,
+        finished_at: datetime,
         status: str,
         rows: int,
         pages: int,
@@ -284,11 +286,12 @@ class Watermarks:
         await self._run(
             "record run",
             f"""INSERT INTO {self._s}.runs
-                (run_id, target, host, started_at, status, rows, pages, snapshots, seconds, error)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                (run_id, target, host, started_at, finished_at, status, rows, pages, snapshots,
+                 seconds, error)
+                VALUES ($1, $2, $3, $4, $11, $5, $6, $7, $8, $9, $10)""",
             run_id,
             target,
-            socket.gethostname(),
+            f"{socket.gethostname()}:{os.getpid()}",
             started_at,
             status,
             rows,
@@ -296,6 +299,7 @@ class Watermarks:
             snapshots,
             seconds,
             error,
+            finished_at,
         )
 
     async def status(self) -> list[StatusRow]:
