@@ -87,7 +87,11 @@ class ClickHouseSession:
         with anyio.move_on_after(2, shield=True):
             try:
                 await self._conn.disconnect()
-            except Exception:  # the connection is being thrown away anyway
+            except (Exception, anyio.get_cancelled_exc_class()):
+                # The connection is being thrown away anyway. A cancellation here is not
+                # ours (the scope is shielded): asynch re-raises the CancelledError stored
+                # in its stream's close waiter when an earlier read was cancelled, and
+                # letting it escape would turn a table's real error into a silent cancel.
                 log.debug("ignored error closing ClickHouse connection", exc_info=True)
 
     def _translate(self, exc: BaseException, what: str) -> BaseException:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -298,12 +298,19 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that matters out of a task group's group: the first that is not a
     cancellation (a failing fetch cancels the consumer and vice versa)."""
     cancelled = anyio.get_cancelled_exc_class()
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _single(exc)
+    leaves = list(_leaves(group))
+    for exc in leaves:
         if not isinstance(exc, cancelled):
             return exc
-    return group.exceptions[0]
+    return leaves[0]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 async def _fetch(

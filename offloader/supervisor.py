@@ -137,6 +137,21 @@ async def run_cycle(
     async with anyio.create_task_group() as tg:
         for table in tables:
             tg.start_soon(one, table)
+    # A table must never vanish from the report: a run that ended without one is a bug,
+    # reported as a failure rather than hidden.
+    reported = {r.target for r in report.tables}
+    for table in tables:
+        if table.target not in reported and not (stopping is not None and stopping.is_set()):
+            log.error("table run ended without a report", extra={"table": table.target})
+            report.tables.append(
+                TableReport(
+                    table.target,
+                    table.source,
+                    status="failed",
+                    reason="internal",
+                    error=f"{table.target}: internal error: the run ended without a result",
+                )
+            )
     order = {t.target: i for i, t in enumerate(tables)}
     report.tables.sort(key=lambda r: order[r.target])
     report.seconds = time.monotonic() - started

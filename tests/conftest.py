@@ -40,19 +40,24 @@ def pg_database() -> str:
     return PG_DSN
 
 
-@pytest.fixture
-def env(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+def make_env(server: devserver.Server, pg_database: str, tmp_path: Path) -> Env:
     tag = uuid.uuid4().hex[:10]
     e = Env(
         tmp=tmp_path,
-        ch_port=clickhouse_server.tcp_port,
-        ch_http_port=clickhouse_server.http_port,
+        ch_port=server.tcp_port,
+        ch_http_port=server.http_port,
         ch_database=f"t_{tag}",
         pg_dsn=pg_database,
         pg_schema=f"t_{tag}",
         catalog_name=f"cold_{tag}",
     )
     e.ch(f"CREATE DATABASE {e.ch_database}")
+    return e
+
+
+@pytest.fixture
+def env(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    e = make_env(clickhouse_server, pg_database, tmp_path)
     try:
         yield e
     finally:

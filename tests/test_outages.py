@@ -1,0 +1,179 @@
+"""Outages: each failing table reports a clear error, the others finish, the next cycle
+recovers by itself, and verify passes afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+from offloader import devserver
+from tests.conftest import make_env
+from tests.helpers import Env
+
+pytestmark = pytest.mark.integration
+
+
+def _run_once_in_background(
+    env: Env,
+) -> tuple[threading.Thread, list[subprocess.CompletedProcess[str]]]:
+    out: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: out.append(env.cli("once")))
+    thread.start()
+    return thread, out
+
+
+def test_clickhouse_stopped_mid_cycle(pg_database: str, tmp_path: Path) -> None:
+    server = devserver.start(tmp_path / "ch")
+    env = make_env(server, pg_database, tmp_path)
+    try:
+        env.create_trades("big")
+        env.insert_trades("big", 1_000_000, first_id=1, start="2026-01-01 00:00:00")
+        env.write_config([env.table("big", batch_rows=10_000, append_rows=50_000)])
+        proc = env.popen("--log-format", "json", "once")
+        time.sleep(2.0)
+        devserver.kill(server.pid)  # the server dies mid-cycle
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert "FAILED cold.big: ClickHouse 127.0.0.1:" in out, out
+        assert "is ClickHouse running?" in out
+        # Restarted on the same data directory (new ports): the next cycle recovers.
+        server = devserver.start(tmp_path / "ch")
+        env.ch_port = server.tcp_port
+        env.write_config([env.table("big", batch_rows=10_000, append_rows=50_000)])
+        assert env.once().ok
+        assert env.cli("verify").returncode == 0
+        assert env.assert_tiers_equal("cold.big") == 1_000_000
+    finally:
+        env.drop_pg_schema()
+        devserver.stop(tmp_path / "ch")
+
+
+def test_postgres_connections_killed_mid_cycle(env: Env) -> None:
+    for name in ("k1", "k2"):
+        env.create_trades(name)
+        env.insert_trades(name, 600_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table(n, batch_rows=10_000, append_rows=30_000) for n in ("k1", "k2")])
+    thread, out = _run_once_in_background(env)
+    time.sleep(2.0)
+
+    async def terminate() -> int:
+        conn = await asyncpg.connect(env.pg_dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    killed = anyio.run(terminate)
+    thread.join(timeout=180)
+    assert killed >= 1
+    result = out[0]
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stdout
+    for _ in range(3):  # the next cycles recover by themselves
+        if env.once().ok:
+            break
+    report = env.once()
+    assert report.ok, report.summary()
+    assert env.cli("verify").returncode == 0
+    for name in ("k1", "k2"):
+        assert env.assert_tiers_equal(f"cold.{name}") == 600_000
+
+
+def test_catalog_unavailable_then_back(env: Env) -> None:
+    env.create_trades("cat")
+    env.insert_trades("cat", 1_000, first_id=1, start="2026-01-01 00:00:00")
+    broken = {
+        "type": "sql",
+        "uri": "postgresql+psycopg2://postgres@127.0.0.1:1/nothing",
+        "warehouse": f"file://{env.tmp}/warehouse",
+    }
+    env.write_config([env.table("cat")], catalog=broken)
+    result = env.cli("once")
+    assert result.returncode == 1
+    assert "cold.cat: cannot open Iceberg catalog" in result.stdout or (
+        "cannot open Iceberg catalog" in result.stdout
+    ), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    env.write_config([env.table("cat")])
+    assert env.once().ok
+    assert env.assert_tiers_equal("cold.cat") == 1_000
+
+
+def test_table_timeout_keeps_committed_progress(env: Env) -> None:
+    env.create_trades("slow")
+    env.insert_trades("slow", 1_500_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config(
+        [env.table("slow", batch_rows=10_000, append_rows=50_000)], service={"table_timeout": "1s"}
+    )
+    first = env.once()
+    [t] = first.tables
+    assert t.status == "failed" and t.reason == "timeout", t
+    assert "table_timeout of 1s exceeded" in (t.error or "")
+    env.write_config([env.table("slow", batch_rows=10_000, append_rows=50_000)])
+    assert env.once().ok
+    assert env.cli("verify").returncode == 0
+    assert env.assert_tiers_equal("cold.slow") == 1_500_000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_and_read_only_warehouse(env: Env, small_disk: Path) -> None:
+    env.create_trades("fine")
+    env.insert_trades("fine", 1_000, first_id=1, start="2026-01-01 00:00:00")
+    env.create_trades("full")
+    env.insert_trades("full", 600_000, first_id=1, start="2026-01-01 00:00:00")
+    tables = [env.table("fine"), env.table("full", batch_rows=20_000)]
+    catalog = {
+        "type": "sql",
+        "uri": f"sqlite:///{env.tmp}/catalog.db",
+        "warehouse": f"file://{small_disk}",
+    }
+    env.write_config(tables, catalog=catalog, service={"max_parallel_tables": 1})
+    report = env.once()
+    by = {t.target: t for t in report.tables}
+    assert by["cold.fine"].status == "ok", report.summary()
+    assert by["cold.full"].status == "failed", report.summary()
+    assert "No space left on device" in (by["cold.full"].error or ""), by["cold.full"].error
+
+    # More space, but read-only: the table fails again, the other one is unaffected.
+    subprocess.run(["mount", "-o", "remount,ro,size=64m", str(small_disk)], check=True)
+    env.insert_trades("fine", 10, first_id=10_000, start="2026-01-05 00:00:00")
+    report = env.once()
+    by = {t.target: t for t in report.tables}
+    assert "cold.full" in by, report.summary()
+    assert by["cold.full"].status == "failed"
+    assert "Read-only file system" in (by["cold.full"].error or ""), by["cold.full"].error
+
+    # Writable again: the next cycle recovers by itself.
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    report = env.once()
+    assert report.ok, report.summary()
+    assert env.cli("verify").returncode == 0
+    assert env.assert_tiers_equal("cold.full") == 600_000
+    assert env.assert_tiers_equal("cold.fine") == 1_010

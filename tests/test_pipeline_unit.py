@@ -1,0 +1,39 @@
+"""Pure parts of the pipeline: error selection from task groups, source planning."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from offloader.config import TableConfig
+from offloader.errors import SinkError, SourceSchemaError
+from offloader.pipeline import _single, plan_source
+
+
+def test_the_real_error_wins_over_nested_cancellations() -> None:
+    async def check() -> None:
+        real = SinkError("disk full")
+        group = BaseExceptionGroup(
+            "outer",
+            [BaseExceptionGroup("inner", [asyncio.CancelledError()]), real],
+        )
+        assert _single(group) is real
+        only_cancelled = BaseExceptionGroup("g", [asyncio.CancelledError()])
+        assert isinstance(_single(only_cancelled), asyncio.CancelledError)
+
+    anyio.run(check)
+
+
+def test_plan_source_orders_and_offsets() -> None:
+    t = TableConfig(source="db.t", target="cold.t", watermark="ts", keys=("id",))
+    src = plan_source(t, [("px", "Decimal(38, 10)"), ("ts", "DateTime64(6)"), ("id", "UInt64")])
+    assert src.order_index == (1, 2)
+    assert src.offsets == (0, 2, 3)  # a Decimal(38, S) travels as two 64-bit halves
+    assert len(src.select) == 4
+    with pytest.raises(SourceSchemaError, match="key column 'nope' does not exist"):
+        plan_source(
+            TableConfig(source="db.t", target="cold.t", watermark="ts", keys=("nope",)),
+            [("ts", "DateTime")],
+        )
