@@ -19,7 +19,7 @@ from asynch import errors as ch_errors
 from asynch.proto.connection import Connection
 
 from offloader.config import ClickHouseConfig
-from offloader.errors import SourceSchemaError, SourceUnavailable
+from offloader.errors import DataError, SourceSchemaError, SourceUnavailable
 from offloader.sql import quote_string
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,13 @@ class ClickHouseSession:
             if code in _SCHEMA_CODES:
                 return SourceSchemaError(f"{where}: {_SCHEMA_CODES[code]}: {text}", reason="schema")
             return SourceUnavailable(f"{where}: server error {code} during {what}: {text}")
+        if isinstance(exc, UnicodeDecodeError):
+            return DataError(
+                f"{self._label}: a String value is not valid UTF-8 ({exc.reason} at byte "
+                f'{exc.start}); set strings = "binary" on this table to store String columns '
+                "as Iceberg binary, byte for byte",
+                reason="utf8",
+            )
         if isinstance(exc, TimeoutError):
             return SourceUnavailable(f"{where}: {what} timed out", reason="timeout")
         if isinstance(exc, OSError | EOFError | ch_errors.ClickHouseException | ConnectionError):
@@ -113,13 +120,16 @@ class ClickHouseSession:
             )
         return exc
 
-    async def execute(self, query: str, *, columnar: bool = False) -> Any:
+    async def execute(
+        self, query: str, *, columnar: bool = False, strings_as_bytes: bool = False
+    ) -> Any:
         if not self._open:
             await self.connect()
+        settings = {"strings_as_bytes": True} if strings_as_bytes else None
         try:
             with anyio.fail_after(self._cfg.query_timeout):
                 return await self._conn.execute(
-                    query, columnar=columnar, with_column_types=columnar
+                    query, columnar=columnar, with_column_types=columnar, settings=settings
                 )
         except BaseException as exc:
             # Includes cancellation (deadline, shutdown): the connection is unusable now.
@@ -134,8 +144,12 @@ class ClickHouseSession:
         rows = await self.rows(query)
         return rows[0][0] if rows else None
 
-    async def page(self, query: str, expected_columns: int) -> Page:
-        columns, types = await self.execute(query, columnar=True)
+    async def page(
+        self, query: str, expected_columns: int, *, strings_as_bytes: bool = False
+    ) -> Page:
+        """One complete page. Strings are decoded as UTF-8 unless `strings_as_bytes`;
+        invalid UTF-8 then raises DataError (never a silently altered value)."""
+        columns, types = await self.execute(query, columnar=True, strings_as_bytes=strings_as_bytes)
         if not columns:  # an empty result carries types but no columns
             return Page(columns=[[] for _ in range(expected_columns)], types=[], rows=0)
         lengths = {len(c) for c in columns}

@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from offloader import clickhouse, convert, faults, plan
 from offloader.clickhouse import ClickHouseSession, Page
 from offloader.config import ClickHouseConfig, TableConfig
-from offloader.errors import SourceSchemaError, TableError
+from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.sql import page_query, qualified, quote_ident
 from offloader.types import ChType, ColumnPlan, check_cursor_column, plan_column
@@ -313,6 +313,24 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
+async def _invalid_utf8_columns(ch: ClickHouseSession, src: SourcePlan, source: str) -> str:
+    """Name the String columns holding invalid UTF-8, with one example, for the error."""
+    found = []
+    for col in src.columns:
+        if col.ch_type.unwrap().name not in ("String", "FixedString"):
+            continue
+        q = quote_ident(col.name)
+        try:
+            bad = await ch.rows(
+                f"SELECT hex(any({q})), count() FROM {source} WHERE NOT isValidUTF8({q})"
+            )
+        except TableError:
+            return ""
+        if bad and bad[0][1]:
+            found.append(f"column {col.name!r}: {bad[0][1]} values, e.g. hex {bad[0][0][:40]}")
+    return ("; " + "; ".join(found)) if found else ""
+
+
 async def _fetch(
     ch: ClickHouseSession,
     table: TableConfig,
@@ -325,6 +343,7 @@ async def _fetch(
     stopping: anyio.Event | None,
 ) -> None:
     select = src.select
+    binary = table.strings == "binary"
     fetched = 0
     async with send:
         while True:
@@ -341,7 +360,14 @@ async def _fetch(
                 limit=table.batch_rows,
             )
             t0 = time.monotonic()
-            page = await ch.page(query, len(select))
+            try:
+                page = await ch.page(query, len(select), strings_as_bytes=binary)
+            except DataError as exc:
+                if exc.reason == "utf8":
+                    raise DataError(
+                        str(exc) + await _invalid_utf8_columns(ch, src, source), reason="utf8"
+                    ) from exc
+                raise
             _stage(report, "clickhouse_read", time.monotonic() - t0)
             faults.point("read")
             if page.rows == 0:

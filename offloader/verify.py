@@ -150,12 +150,11 @@ class TableVerdict:
 def _bucket_sql(wm: ColumnPlan) -> str:
     q = quote_ident(wm.name)
     name = wm.ch_type.unwrap().name
-    if name in ("Date", "Date32", "DateTime", "DateTime64"):
-        return (
-            f"toString(toDate(toTimeZone({q}, 'UTC')))"
-            if name.startswith("DateTime")
-            else (f"toString({q})")
-        )
+    if name.startswith("DateTime"):
+        # Date32, not Date: Date cannot hold days before 1970 and wraps them.
+        return f"toString(toDate32(toTimeZone({q}, 'UTC')))"
+    if name in ("Date", "Date32"):
+        return f"toString({q})"
     return f"toString(intDiv({q}, {INT_BUCKET}) * {INT_BUCKET})"
 
 
