@@ -105,6 +105,8 @@ class ClickHouseConfig:
     secure: bool = False
     connect_timeout: float = 10.0
     query_timeout: float = 300.0
+    transport: Literal["native", "arrow"] = "native"
+    http_port: int = 8123
 
     def __repr__(self) -> str:
         return (
@@ -146,6 +148,7 @@ class TableConfig:
     enabled: bool = True
     uint64: Literal["error", "decimal"] = "error"
     strings: Literal["string", "binary"] = "string"
+    transport: Literal["native", "arrow"] | None = None  # None: [clickhouse] transport
 
     @property
     def source_database(self) -> str | None:
@@ -250,6 +253,8 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
         secure=reader.boolean(ch, "clickhouse", "secure", False),
         connect_timeout=reader.duration(ch, "clickhouse", "connect_timeout", 10.0, minimum=0.1),
         query_timeout=reader.duration(ch, "clickhouse", "query_timeout", 300.0, minimum=1.0),
+        transport=reader.transport(ch, "clickhouse", "native"),
+        http_port=reader.integer(ch, "clickhouse", "http_port", 8123, 1, 65535),
     )
     reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
 
@@ -414,6 +419,20 @@ class _Reader:
             )
         return seconds
 
+    def transport(
+        self, data: Mapping[str, Any], where: str, default: Literal["native", "arrow"] | None
+    ) -> Literal["native", "arrow"]:
+        value = data.get("transport", default)
+        if value == "native":
+            return "native"
+        if value == "arrow":
+            return "arrow"
+        self.fail(
+            f"{where}.transport",
+            "must be 'native' (asynch, native TCP) or 'arrow' (HTTP, FORMAT ArrowStream)",
+            value,
+        )
+
     def table(self, index: int, data: Mapping[str, Any]) -> TableConfig:
         label = f"tables[{index}]"
         source = data.get("source")
@@ -479,6 +498,7 @@ class _Reader:
             enabled=self.boolean(data, label, "enabled", True),
             uint64=uint64,
             strings=strings,
+            transport=self.transport(data, label, None) if "transport" in data else None,
         )
 
 

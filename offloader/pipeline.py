@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,13 +21,20 @@ import anyio
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import clickhouse, convert, faults, plan
+from offloader import clickhouse, clickhouse_http, convert, faults, plan
 from offloader.clickhouse import ClickHouseSession, Page
+from offloader.clickhouse_http import ArrowHttpSession
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.sql import page_query, qualified, quote_ident
-from offloader.types import ChType, ColumnPlan, check_cursor_column, plan_column
+from offloader.types import (
+    ChType,
+    ColumnPlan,
+    arrow_wire_expr,
+    check_cursor_column,
+    plan_column,
+)
 from offloader.watermarks import Watermarks
 
 log = logging.getLogger(__name__)
@@ -98,6 +106,11 @@ class SourcePlan:
     def select(self) -> list[str]:
         """The page query's SELECT list: each column's wire expressions in order."""
         return [expr for c in self.columns for expr in c.select]
+
+    @property
+    def arrow_select(self) -> list[str]:
+        """The SELECT list of the arrow transport (see types.arrow_wire_expr)."""
+        return [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in self.columns]
 
     @property
     def offsets(self) -> tuple[int, ...]:
@@ -281,17 +294,74 @@ async def _run(
         upto = plan.high_water_mark(max_value, now, table.lag, wm_type)
         report.watermark = list(position) if position else None
 
-        send, receive = anyio.create_memory_object_stream[Page](0)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    _fetch, ch, table, src, source, position, upto, send, report, stopping
+        transport = table.transport or services.clickhouse.transport
+        async with AsyncExitStack() as stack:
+            if transport == "arrow":
+                http = await stack.enter_async_context(
+                    clickhouse_http.session(services.clickhouse, label)
                 )
-                seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
-        except BaseExceptionGroup as group:
-            raise _single(group) from None
+                reader = _arrow_reader(http, src)
+            else:
+                reader = _native_reader(ch, table, src, source)
+            send, receive = anyio.create_memory_object_stream[Fetched](0)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        _fetch, reader, table, src, source, position, upto, send, report, stopping
+                    )
+                    seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
         if report.rows == 0:
             report.status = "idle"
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """One page as a transport read it, with the position of its last row."""
+
+    payload: Page | pa.RecordBatch  # native columns, or an Arrow batch of wire forms
+    rows: int
+    position: list[Any]
+
+
+Reader = Callable[[str, Sequence[str]], Awaitable[Fetched]]
+
+
+def _native_reader(
+    ch: ClickHouseSession, table: TableConfig, src: SourcePlan, source: str
+) -> tuple[Reader, list[str]]:
+    binary = table.strings == "binary"
+
+    async def read(query: str, select: Sequence[str]) -> Fetched:
+        try:
+            page = await ch.page(query, len(select), strings_as_bytes=binary)
+        except DataError as exc:
+            if exc.reason == "utf8":
+                detail = await _invalid_utf8_columns(ch, src, source)
+                raise DataError(str(exc) + detail, reason="utf8") from exc
+            raise
+        at = position_of(page, src, page.rows - 1) if page.rows else []
+        return Fetched(page, page.rows, at)
+
+    return read, src.select
+
+
+def _arrow_reader(http: ArrowHttpSession, src: SourcePlan) -> tuple[Reader, list[str]]:
+    async def read(query: str, select: Sequence[str]) -> Fetched:
+        batch = await http.page(query)
+        rows = batch.num_rows
+        at = arrow_position(batch, src, rows - 1) if rows else []
+        return Fetched(batch, rows, at)
+
+    return read, src.arrow_select
+
+
+def arrow_position(batch: pa.RecordBatch, src: SourcePlan, row: int) -> list[Any]:
+    return [
+        convert.encode_value(convert.arrow_cursor(src.columns[i], batch.column(i)[row].as_py()))
+        for i in src.order_index
+    ]
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -332,18 +402,17 @@ async def _invalid_utf8_columns(ch: ClickHouseSession, src: SourcePlan, source: 
 
 
 async def _fetch(
-    ch: ClickHouseSession,
+    reader: tuple[Reader, list[str]],
     table: TableConfig,
     src: SourcePlan,
     source: str,
     after: Sequence[Any] | None,
     upto: Any,
-    send: MemoryObjectSendStream[Page],
+    send: MemoryObjectSendStream[Fetched],
     report: TableReport,
     stopping: anyio.Event | None,
 ) -> None:
-    select = src.select
-    binary = table.strings == "binary"
+    read, select = reader
     fetched = 0
     async with send:
         while True:
@@ -360,14 +429,7 @@ async def _fetch(
                 limit=table.batch_rows,
             )
             t0 = time.monotonic()
-            try:
-                page = await ch.page(query, len(select), strings_as_bytes=binary)
-            except DataError as exc:
-                if exc.reason == "utf8":
-                    raise DataError(
-                        str(exc) + await _invalid_utf8_columns(ch, src, source), reason="utf8"
-                    ) from exc
-                raise
+            page = await read(query, select)
             _stage(report, "clickhouse_read", time.monotonic() - t0)
             faults.point("read")
             if page.rows == 0:
@@ -387,7 +449,7 @@ async def _fetch(
                     extra={"table": table.target, "rows": fetched},
                 )
                 return
-            after = position_of(page, src, page.rows - 1)
+            after = page.position
 
 
 # Converted pages are written to Parquet data files in chunks of about this many rows
@@ -404,7 +466,7 @@ async def _consume(
     table: TableConfig,
     src: SourcePlan,
     ice: IcebergTable,
-    receive: MemoryObjectReceiveStream[Page],
+    receive: MemoryObjectReceiveStream[Fetched],
     seq: int,
     run_id: str,
     report: TableReport,
@@ -450,7 +512,7 @@ async def _convert_pages(
     services: Services,
     table: TableConfig,
     src: SourcePlan,
-    receive: MemoryObjectReceiveStream[Page],
+    receive: MemoryObjectReceiveStream[Fetched],
     chunks: MemoryObjectSendStream[Chunk],
     report: TableReport,
 ) -> None:
@@ -461,17 +523,27 @@ async def _convert_pages(
     async with receive:
         async for page in receive:
             t0 = time.monotonic()
-            batch = await anyio.to_thread.run_sync(
-                convert.to_record_batch,
-                table.target,
-                src.columns,
-                page.columns,
-                limiter=services.cpu,
-            )
+            payload = page.payload
+            if isinstance(payload, pa.RecordBatch):
+                batch = await anyio.to_thread.run_sync(
+                    convert.conform_batch,
+                    table.target,
+                    src.columns,
+                    payload,
+                    limiter=services.cpu,
+                )
+            else:
+                batch = await anyio.to_thread.run_sync(
+                    convert.to_record_batch,
+                    table.target,
+                    src.columns,
+                    payload.columns,
+                    limiter=services.cpu,
+                )
             _stage(report, "convert", time.monotonic() - t0)
             faults.point("convert")
-            position = position_of(page, src, page.rows - 1)
-            del page  # the driver's Python objects are the bulk of a page's memory
+            position = page.position
+            del page, payload  # the driver's Python objects are the bulk of a page's memory
             pending.append(batch)
             pending_rows += batch.num_rows
             report.pages += 1

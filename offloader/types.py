@@ -294,7 +294,9 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
         return "ts_s", (f"toUnixTimestamp({q})",)
     if name in ("Date", "Date32"):
         return "days", (f"toInt32({q})",)
-    if name in ("Enum8", "Enum16"):
+    if name in ("Enum8", "Enum16", "JSON", "Object"):
+        # JSON: ClickHouse's own canonical text (sorted keys, compact), the same text the
+        # arrow transport reads, instead of re-serialising the driver's dicts.
         return "plain", (f"toString({q})",)
     if (name == "Decimal" or name in _DECIMAL_WIDTH) and not t.nullable:
         precision = arrow_type(base).precision
@@ -420,3 +422,66 @@ def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
             + ", ".join(allowed),
             reason="config",
         )
+
+
+# --- the arrow transport ---------------------------------------------------------------
+# ClickHouse's ArrowStream output has its own type choices (UUID as 16 bytes in its
+# internal order, Enum and IPv4 as integers, DateTime as seconds, ...). The page query
+# asks for wire forms whose Arrow types conform exactly to ours (convert.conform);
+# containers are rewritten element by element with arrayMap / mapApply / tuple.
+
+
+def arrow_wire_expr(t: ChType, expr: str, depth: int = 0) -> str:
+    """SQL turning a value of type `t` into the ArrowStream wire form offloader expects."""
+    base = t.unwrap()
+    name = base.name
+    if name == "DateTime64":
+        return f"toUnixTimestamp64Micro({expr})"
+    if name == "DateTime":
+        return f"toInt64(toUnixTimestamp({expr})) * 1000000"
+    if name in ("Date", "Date32"):
+        return f"toInt32({expr})"
+    if name == "UUID":
+        return f"UUIDStringToNum(toString({expr}))"
+    if name in ("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"):
+        return f"toString({expr})"
+    if not _needs_arrow_rewrite(base):
+        return expr
+    v = f"__v{depth}"
+    if name == "Array":
+        return f"arrayMap({v} -> {arrow_wire_expr(base.inner, v, depth + 1)}, {expr})"
+    if name == "Map":
+        key, value = base.args
+        assert isinstance(key, ChType) and isinstance(value, ChType)
+        k = f"__k{depth}"
+        return (
+            f"mapApply(({k}, {v}) -> ({arrow_wire_expr(key, k, depth + 1)}, "
+            f"{arrow_wire_expr(value, v, depth + 1)}), {expr})"
+        )
+    if name == "Tuple":
+        parts = [
+            arrow_wire_expr(arg, f"tupleElement({expr}, {i + 1})", depth + 1)
+            for i, arg in enumerate(base.args)
+            if isinstance(arg, ChType)
+        ]
+        return f"tuple({', '.join(parts)})"
+    return expr
+
+
+def _needs_arrow_rewrite(t: ChType) -> bool:
+    base = t.unwrap()
+    if base.name in (
+        "DateTime64",
+        "DateTime",
+        "Date",
+        "Date32",
+        "UUID",
+        "IPv4",
+        "IPv6",
+        "Enum8",
+        "Enum16",
+        "JSON",
+        "Object",
+    ):
+        return True
+    return any(isinstance(a, ChType) and _needs_arrow_rewrite(a) for a in base.args)

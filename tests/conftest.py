@@ -40,7 +40,9 @@ def pg_database() -> str:
     return PG_DSN
 
 
-def make_env(server: devserver.Server, pg_database: str, tmp_path: Path) -> Env:
+def make_env(
+    server: devserver.Server, pg_database: str, tmp_path: Path, transport: str = "native"
+) -> Env:
     tag = uuid.uuid4().hex[:10]
     e = Env(
         tmp=tmp_path,
@@ -50,14 +52,22 @@ def make_env(server: devserver.Server, pg_database: str, tmp_path: Path) -> Env:
         pg_dsn=pg_database,
         pg_schema=f"t_{tag}",
         catalog_name=f"cold_{tag}",
+        transport=transport,
     )
     e.ch(f"CREATE DATABASE {e.ch_database}")
     return e
 
 
-@pytest.fixture
-def env(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
-    e = make_env(clickhouse_server, pg_database, tmp_path)
+@pytest.fixture(params=["native", "arrow"])
+def env(
+    request: pytest.FixtureRequest,
+    clickhouse_server: devserver.Server,
+    pg_database: str,
+    tmp_path: Path,
+) -> Iterator[Env]:
+    """A fresh ClickHouse database, PostgreSQL schema and Iceberg catalog; every test
+    using it runs once per transport (native TCP and Arrow over HTTP)."""
+    e = make_env(clickhouse_server, pg_database, tmp_path, request.param)
     try:
         yield e
     finally:

@@ -81,6 +81,7 @@ class Env:
     pg_schema: str
     catalog_name: str
     catalog_uri: str | None = None
+    transport: str = "native"
     config_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +130,8 @@ class Env:
             "[clickhouse]",
             'host = "127.0.0.1"',
             f"port = {clickhouse_port or self.ch_port}",
+            f"http_port = {self.ch_http_port}",
+            f'transport = "{self.transport}"',
             f'database = "{self.ch_database}"',
             'connect_timeout = "3s"',
             "",

@@ -1,0 +1,130 @@
+"""The `arrow` transport: keyset pages read over ClickHouse's HTTP interface as
+`FORMAT ArrowStream`, parsed by pyarrow with no per-value Python work. The only module
+importing httpx.
+
+A page is trusted only if the response is complete: HTTP 200, no exception block that
+ClickHouse appends to a body it had already started (marked `__exception__`), the Arrow
+end-of-stream marker at the very end, and a stream pyarrow parses. Anything else fails
+the page, so the watermark never moves past rows that were not read. Credentials go in
+headers, never in URLs or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+import pyarrow as pa
+
+from offloader.config import ClickHouseConfig
+from offloader.errors import SourceSchemaError, SourceUnavailable
+
+log = logging.getLogger(__name__)
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+_SCHEMA_CODES = {"16", "47", "60", "81", "497", "516"}
+SETTINGS = {
+    # Strings arrive as binary and are validated as UTF-8 in conversion.
+    "output_format_arrow_string_as_string": "0",
+    "output_format_arrow_low_cardinality_as_dictionary": "0",
+    "output_format_arrow_compression_method": "none",
+}
+
+
+class ArrowHttpSession:
+    def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
+        self._cfg = cfg
+        self._label = label
+        scheme = "https" if cfg.secure else "http"
+        self._url = f"{scheme}://{cfg.host}:{cfg.http_port}/"
+        self._client = httpx.AsyncClient(
+            headers={
+                "X-ClickHouse-User": cfg.user,
+                "X-ClickHouse-Key": cfg.password,
+                "X-ClickHouse-Database": cfg.database,
+            },
+            timeout=httpx.Timeout(cfg.query_timeout, connect=cfg.connect_timeout),
+            verify=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ArrowHttpSession {self._cfg.user}@{self._url}>"
+
+    async def close(self) -> None:
+        with anyio.move_on_after(2, shield=True):
+            await self._client.aclose()
+
+    def _where(self) -> str:
+        return f"{self._label}: ClickHouse HTTP {self._cfg.host}:{self._cfg.http_port}"
+
+    async def page(self, query: str) -> pa.RecordBatch:
+        """Run one page query and return its rows as one RecordBatch (wire forms)."""
+        chunks: list[bytes] = []
+        cut: httpx.HTTPError | None = None
+        try:
+            with anyio.fail_after(self._cfg.query_timeout):
+                async with self._client.stream(
+                    "POST",
+                    self._url,
+                    params=SETTINGS,
+                    content=(query + " FORMAT ArrowStream").encode(),
+                ) as response:
+                    try:
+                        async for chunk in response.aiter_bytes():
+                            chunks.append(chunk)
+                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                        # ClickHouse ends a failed stream with an exception block and closes
+                        # the connection; a dying server just closes it. Either way the
+                        # page is incomplete: keep what came, to report why.
+                        cut = exc
+        except TimeoutError:
+            msg = f"{self._where()}: page query timed out"
+            raise SourceUnavailable(msg, reason="timeout") from None
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(
+                f"{self._where()}: {type(exc).__name__}: {exc}; is ClickHouse running and "
+                "its http_port right?"
+            ) from exc
+        body = b"".join(chunks)
+        code = response.headers.get("X-ClickHouse-Exception-Code")
+        if response.status_code != 200 or code:
+            text = body.decode("utf-8", "replace").strip().splitlines()
+            message = text[0][:500] if text else f"HTTP {response.status_code}"
+            error = SourceSchemaError if code in _SCHEMA_CODES else SourceUnavailable
+            raise error(f"{self._where()}: server error {code}: {message}")
+        if b"__exception__" in body[-4096:]:
+            tail = body[-2000:].decode("utf-8", "replace")
+            message = next((ln for ln in tail.splitlines() if "Code:" in ln), tail[-300:])
+            raise SourceUnavailable(
+                f"{self._where()}: the page failed mid-stream: {message.strip()[:500]}"
+            )
+        if cut is not None:
+            raise SourceUnavailable(
+                f"{self._where()}: the connection closed mid-page after {len(body)} bytes "
+                f"({type(cut).__name__}); the page is discarded"
+            )
+        if not body.endswith(_EOS):
+            raise SourceUnavailable(
+                f"{self._where()}: truncated ArrowStream ({len(body)} bytes, no end-of-stream "
+                "marker); the page is discarded"
+            )
+        try:
+            table = pa.ipc.open_stream(body).read_all()
+        except pa.ArrowInvalid as exc:
+            raise SourceUnavailable(f"{self._where()}: corrupt ArrowStream: {exc}") from exc
+        batches = table.combine_chunks().to_batches()
+        if not batches:
+            return pa.RecordBatch.from_pylist([], schema=table.schema)
+        return batches[0]
+
+
+@asynccontextmanager
+async def session(cfg: ClickHouseConfig, label: str) -> AsyncIterator[ArrowHttpSession]:
+    s = ArrowHttpSession(cfg, label)
+    try:
+        yield s
+    finally:
+        await s.close()

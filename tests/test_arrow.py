@@ -1,0 +1,129 @@
+"""The arrow transport: identical contents to native, and a broken stream never
+advances the watermark."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from offloader import clickhouse_http, devserver
+from offloader.config import ClickHouseConfig
+from offloader.errors import SourceSchemaError, SourceUnavailable
+from tests.conftest import make_env
+from tests.helpers import Env
+from tests.test_bad_input import EXTREMES
+from tests.test_types_live import ALL_TYPES, ROWS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("env", ["native"], indirect=True)  # both transports in one run
+def test_both_transports_store_identical_contents(env: Env) -> None:
+    env.ch(ALL_TYPES.format(db=env.ch_database))
+    env.ch(ROWS.format(db=env.ch_database))
+    env.ch(EXTREMES.format(db=env.ch_database))
+    env.ch(
+        f"INSERT INTO {env.ch_database}.extreme VALUES ('1999-01-01 00:00:00', 1, 'x', "
+        "'1900-01-01', '2299-12-31 23:59:59.999999', '2106-02-07 06:28:15', nan, -128, "
+        "9223372036854775807, '-9999999999999999999999999999.9999999999', true, "
+        "'ffffffff-ffff-ffff-ffff-ffffffffffff', 'a', ''), "
+        "('2000-01-01 00:00:00', 2, '', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "
+        "NULL, NULL)"
+    )
+    env.create_trades("trades")
+    env.insert_trades("trades", 50_000, first_id=1, start="2026-01-01 00:00:00")
+    tables = []
+    for name, wm in (("alltypes", "ts"), ("extreme", "ts"), ("trades", "exchange_ts")):
+        keys = ["trade_id"] if name == "trades" else ["id"]
+        for transport in ("native", "arrow"):
+            tables.append(
+                env.table(
+                    name,
+                    watermark=wm,
+                    keys=keys,
+                    transport=transport,
+                    target=f"{transport}.{name}",
+                    batch_rows=7_000,
+                )
+            )
+    env.write_config(tables)
+    report = env.once()
+    assert report.ok, report.summary()
+    cfg = env.config()
+    for name in ("alltypes", "extreme", "trades"):
+        native = env.iceberg_arrow(cfg.table(f"native.{name}"))
+        arrow = env.iceberg_arrow(cfg.table(f"arrow.{name}"))
+        assert native.schema == arrow.schema, name
+        assert native.num_rows == arrow.num_rows and native.num_rows > 0
+        for column in native.schema.names:
+            a, b = native.column(column), arrow.column(column)
+            if a.type in ("double", "float"):
+                a, b = a.cast("string"), b.cast("string")  # NaN equals NaN as text
+            assert a.equals(b), f"{name}.{column} differs between transports"
+    assert env.cli("verify").returncode == 0
+
+
+@pytest.mark.parametrize("env", ["arrow"], indirect=True)
+def test_mid_stream_server_error_fails_the_page(env: Env) -> None:
+    cfg = ClickHouseConfig(port=env.ch_port, http_port=env.ch_http_port)
+
+    async def go() -> None:
+        async with clickhouse_http.session(cfg, "test") as s:
+            ok = await s.page("SELECT number FROM numbers(10)")
+            assert ok.num_rows == 10
+            with pytest.raises(SourceUnavailable, match="failed mid-stream"):
+                await s.page(
+                    "SELECT number, throwIf(number = 150000) FROM numbers(200000) "
+                    "SETTINGS max_block_size = 1000"
+                )
+            with pytest.raises(SourceSchemaError, match="server error 60"):
+                await s.page("SELECT * FROM no_such_table")
+
+    anyio.run(go)
+
+
+@pytest.mark.parametrize("env", ["arrow"], indirect=True)
+def test_throwing_source_never_advances_past_unread_rows(env: Env) -> None:
+    env.create_trades("base")
+    env.insert_trades("base", 60_000, first_id=1, start="2026-01-01 00:00:00")
+    db = env.ch_database
+    env.ch(f"CREATE VIEW {db}.boom AS SELECT *, throwIf(trade_id = 45000) AS bad FROM {db}.base")
+    env.write_config([env.table("boom", batch_rows=10_000, append_rows=10_000)])
+    report = env.once()
+    [t] = report.tables
+    assert t.status == "failed"
+    assert t.rows <= 40_000  # only pages before the failing one were committed
+    committed = t.rows
+    env.ch(f"CREATE OR REPLACE VIEW {db}.boom AS SELECT *, toUInt8(0) AS bad FROM {db}.base")
+    report = env.once()
+    assert report.ok, report.summary()
+    assert report.tables[0].rows == 60_000 - committed
+    assert env.assert_tiers_equal("cold.boom") == 60_000
+
+
+def test_server_killed_mid_page_with_arrow(pg_database: str, tmp_path: Path) -> None:
+    server = devserver.start(tmp_path / "ch")
+    env = make_env(server, pg_database, tmp_path, "arrow")
+    try:
+        env.create_trades("big")
+        env.insert_trades("big", 3_000_000, first_id=1, start="2026-01-01 00:00:00")
+        env.write_config([env.table("big", batch_rows=200_000, append_rows=200_000)])
+        proc = env.popen("once")
+        time.sleep(1.6)
+        devserver.kill(server.pid)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        assert "FAILED cold.big" in out and "ClickHouse" in out, out
+        server = devserver.start(tmp_path / "ch")
+        env.ch_port, env.ch_http_port = server.tcp_port, server.http_port
+        env.write_config([env.table("big", batch_rows=200_000, append_rows=200_000)])
+        assert env.once().ok
+        verify = env.cli("verify")
+        assert verify.returncode == 0, verify.stdout
+        assert "3000000 rows" in verify.stdout
+    finally:
+        env.drop_pg_schema()
+        devserver.stop(tmp_path / "ch")
