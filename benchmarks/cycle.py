@@ -29,11 +29,13 @@ from typing import Any
 
 import anyio
 import orjson
+import pyarrow as pa
 
-from offloader import clickhouse, devserver
+from offloader import clickhouse, clickhouse_http, convert, devserver
 from offloader.config import ClickHouseConfig, Config, load_config
 from offloader.convert import encode_value
-from offloader.pipeline import plan_source, position_of
+from offloader.iceberg import IcebergCatalog
+from offloader.pipeline import FILE_ROWS, arrow_position, plan_source, position_of
 from offloader.sql import page_query, qualified, quote_ident
 from offloader.supervisor import CycleReport, open_runtime, run_cycle
 
@@ -77,6 +79,7 @@ class Bench:
 
     work: Path
     port: int
+    http_port: int
     db: str = field(default_factory=lambda: f"bench_{uuid.uuid4().hex[:8]}")
 
     @property
@@ -105,6 +108,7 @@ class Bench:
         parallel: int = 4,
         batch_rows: int = 100_000,
         append_rows: int = 1_000_000,
+        transport: str = "native",
     ) -> Path:
         tag = uuid.uuid4().hex[:8]
         state = self.work / f"state_{tag}"
@@ -130,6 +134,8 @@ max_parallel_tables = {parallel}
 table_timeout = "30m"
 [clickhouse]
 port = {self.port}
+http_port = {self.http_port}
+transport = "{transport}"
 [postgres]
 dsn = "{PG}"
 schema = "b_{tag}"
@@ -252,41 +258,113 @@ async def _ceiling(b: Bench, cfg: Config, rows: int, plain: bool) -> tuple[float
         return time.perf_counter() - started, total
 
 
+async def _arrow_ceiling(b: Bench, cfg: Config) -> tuple[float, int, list[pa.RecordBatch]]:
+    """Read the same keyset pages as ArrowStream over HTTP alone; keep the converted
+    batches for the write ceiling."""
+    table = cfg.tables[0]
+    async with clickhouse.session(b.ch, "ceiling") as s:
+        src = plan_source(table, await s.table_columns(b.db, table.source_table))
+    batches: list[pa.RecordBatch] = []
+    cfg_http = ClickHouseConfig(port=b.port, http_port=b.http_port)
+    async with clickhouse_http.session(cfg_http, "ceiling") as http:
+        after = None
+        total = 0
+        read = 0.0
+        while True:
+            q = page_query(
+                source=qualified(b.db, table.source_table),
+                select=src.arrow_select,
+                order=src.order,
+                after=after,
+                upto="2100-01-01 00:00:00.000000",
+                limit=table.batch_rows,
+            )
+            t0 = time.perf_counter()
+            batch = await http.page(q)
+            read += time.perf_counter() - t0
+            total += batch.num_rows
+            batches.append(convert.conform_batch(table.target, src.columns, batch))
+            if batch.num_rows < table.batch_rows:
+                break
+            after = arrow_position(batch, src, batch.num_rows - 1)
+    return read, total, batches
+
+
+def _write_ceiling(b: Bench, batches: list[pa.RecordBatch]) -> float:
+    """Write the same Arrow batches to a fresh Iceberg table the way offloader does
+    (Parquet files every 250k rows, a snapshot per 1M rows), with nothing else running."""
+    cfg = load_config(b.config(["tp"]))
+    catalog = IcebergCatalog(cfg.catalog)
+    ice = catalog.ensure("cold.write_ceiling", batches[0].schema, cfg.tables[0].partition_by)
+    started = time.perf_counter()
+    written, rows, seq = [], 0, 0
+    chunk: list[pa.RecordBatch] = []
+    for batch in batches:
+        chunk.append(batch)
+        if sum(c.num_rows for c in chunk) >= FILE_ROWS or batch is batches[-1]:
+            written.append(ice.write_files(chunk))
+            rows += sum(c.num_rows for c in chunk)
+            chunk = []
+            if rows >= 1_000_000 or batch is batches[-1]:
+                ice.commit_files(written, expected_seq=seq, position=[seq], run_id="ceiling")
+                seq, written, rows = seq + 1, [], 0
+    return time.perf_counter() - started
+
+
 def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
-    """Hypothesis: fetching page n+1 while page n converts and earlier pages are appended
-    keeps offloader within reach of what the driver alone can read: >= 0.6 of the
-    asynch-only ceiling on the same pages, measured side by side.
+    """Hypothesis: fetching page n+1 while page n converts and earlier pages are written
+    keeps each transport within reach of its ceilings, measured side by side on the same
+    data: native >= 0.6 of the asynch-only read; arrow >= 0.7 of the slower of the
+    ArrowStream-only read and the Iceberg-write-only of the same batches, and >= 8x dlt's
+    120k rows/s on this table shape.
 
     python -m benchmarks.cycle --scenario throughput --rows 2000000
     """
     b.make_tables(["tp"], args.rows)
-    ceilings, plain_ceilings, ends, mbs, stages = [], [], [], [], []
+    keys = ("native", "arrow", "asynch_read", "asynch_plain_read", "arrow_read", "iceberg_write")
+    rates: dict[str, list[float]] = {k: [] for k in keys}
+    mbs: dict[str, list[float]] = {"native": [], "arrow": []}
+    stages: dict[str, list[dict[str, float]]] = {"native": [], "arrow": []}
     for _ in range(args.repeats):
         path = b.config(["tp"])
         secs, total = anyio.run(_ceiling, b, load_config(path), args.rows, False)
         assert total == args.rows
-        ceilings.append(args.rows / secs)
+        rates["asynch_read"].append(args.rows / secs)
         secs, total = anyio.run(_ceiling, b, load_config(path), args.rows, True)
+        rates["asynch_plain_read"].append(args.rows / secs)
+        secs, total, batches = anyio.run(_arrow_ceiling, b, load_config(path))
         assert total == args.rows
-        plain_ceilings.append(args.rows / secs)
-        started = time.perf_counter()
-        report = cycle(path)
-        secs = time.perf_counter() - started
-        assert report.rows == args.rows
-        ends.append(args.rows / secs)
-        mbs.append(report.tables[0].bytes / secs / 1e6)
-        stages.append(report.tables[0].stages)
-    end, ceiling, plain = median(ends), median(ceilings), median(plain_ceilings)
-    return {
-        "rows": args.rows,
-        "offloader_rows_per_s": round(end),
-        "offloader_arrow_mb_per_s": round(median(mbs), 1),
-        "asynch_ceiling_rows_per_s": round(ceiling),
-        "ratio_to_ceiling": round(end / ceiling, 2),
-        "asynch_plain_select_rows_per_s": round(plain),
-        "ratio_to_plain_select": round(end / plain, 2),
-        "stages_seconds": {k: round(median([s.get(k, 0.0) for s in stages]), 2) for k in stages[0]},
-    }
+        rates["arrow_read"].append(args.rows / secs)
+        rates["iceberg_write"].append(args.rows / _write_ceiling(b, batches))
+        del batches
+        for transport in ("native", "arrow"):
+            path = b.config(["tp"], transport=transport)
+            started = time.perf_counter()
+            report = cycle(path)
+            secs = time.perf_counter() - started
+            assert report.rows == args.rows
+            rates[transport].append(args.rows / secs)
+            mbs[transport].append(report.tables[0].bytes / secs / 1e6)
+            stages[transport].append(report.tables[0].stages)
+    r = {k: median(v) for k, v in rates.items()}
+    native_ceiling = r["asynch_read"]
+    arrow_ceiling = min(r["arrow_read"], r["iceberg_write"])
+    out: dict[str, Any] = {"rows": args.rows}
+    out.update({f"{k}_rows_per_s": round(v) for k, v in r.items()})
+    out["native_ratio_to_asynch_read"] = round(r["native"] / native_ceiling, 2)
+    out["native_ratio_to_plain_asynch_read"] = round(r["native"] / r["asynch_plain_read"], 2)
+    out["native_ratio_to_slower_ceiling"] = round(
+        r["native"] / min(native_ceiling, r["iceberg_write"]), 2
+    )
+    out["arrow_ratio_to_slower_ceiling"] = round(r["arrow"] / arrow_ceiling, 2)
+    out["arrow_vs_dlt_120k"] = round(r["arrow"] / 120_000, 1)
+    for transport in ("native", "arrow"):
+        out[f"{transport}_arrow_mb_per_s"] = round(median(mbs[transport]), 1)
+        runs = stages[transport]
+        out[f"{transport}_stages_seconds"] = {
+            k: round(median([s.get(k, 0.0) for s in runs]), 2) for k in runs[0]
+        }
+    return out
 
 
 def scenario_parallel(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -353,26 +431,29 @@ def scenario_stages(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
 def scenario_memory(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Hypothesis: memory is bounded by page and append size, not by the backlog: a 5x
-    backlog peaks within 1.2x of the 1x backlog, and under 500 MB.
+    backlog peaks within 1.2x of the 1x backlog, and under 500 MB, with either transport.
 
     python -m benchmarks.cycle --scenario memory --memory-rows 1000000
     """
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"append_rows": args.append_rows}
     for factor in (1, 5):
-        name = f"mem_{factor}x"
-        rows = args.memory_rows * factor
-        b.make_tables([name], rows)
-        peaks, secs = [], []
-        for _ in range(args.repeats):
-            path = b.config([name], append_rows=args.append_rows)
-            s, peak = whole_process(path)
-            peaks.append(peak)
-            secs.append(s)
-        out[f"rows_{factor}x"] = rows
-        out[f"peak_rss_mb_{factor}x"] = round(median(peaks), 1)
-        out[f"seconds_{factor}x"] = round(median(secs), 2)
-    out["append_rows"] = args.append_rows
-    out["ratio_5x_to_1x"] = round(out["peak_rss_mb_5x"] / out["peak_rss_mb_1x"], 2)
+        b.make_tables([f"mem_{factor}x"], args.memory_rows * factor)
+        out[f"rows_{factor}x"] = args.memory_rows * factor
+    for transport in ("native", "arrow"):
+        for factor in (1, 5):
+            peaks, secs = [], []
+            for _ in range(args.repeats):
+                path = b.config(
+                    [f"mem_{factor}x"], append_rows=args.append_rows, transport=transport
+                )
+                s, peak = whole_process(path)
+                peaks.append(peak)
+                secs.append(s)
+            out[f"{transport}_peak_rss_mb_{factor}x"] = round(median(peaks), 1)
+            out[f"{transport}_seconds_{factor}x"] = round(median(secs), 2)
+        out[f"{transport}_ratio_5x_to_1x"] = round(
+            out[f"{transport}_peak_rss_mb_5x"] / out[f"{transport}_peak_rss_mb_1x"], 2
+        )
     return out
 
 
@@ -409,14 +490,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="the 1x backlog")
     parser.add_argument("--append-rows", type=int, default=1_000_000)
     parser.add_argument("--clickhouse-port", type=int, help="use a running ClickHouse")
+    parser.add_argument("--clickhouse-http-port", type=int, default=8123)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="offloader-bench-") as tmp:
         work = Path(tmp)
         server_dir = work / "clickhouse"
-        port = args.clickhouse_port or devserver.start(server_dir).tcp_port
+        if args.clickhouse_port:
+            port, http_port = args.clickhouse_port, args.clickhouse_http_port
+        else:
+            server = devserver.start(server_dir)
+            port, http_port = server.tcp_port, server.http_port
         try:
-            bench = Bench(work, port)
+            bench = Bench(work, port, http_port)
             names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
             results: dict[str, Any] = {"machine": machine(), "scenarios": {}}
             for name in names:

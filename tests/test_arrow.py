@@ -85,7 +85,6 @@ def test_mid_stream_server_error_fails_the_page(env: Env) -> None:
     anyio.run(go)
 
 
-@pytest.mark.parametrize("env", ["arrow"], indirect=True)
 def test_throwing_source_never_advances_past_unread_rows(env: Env) -> None:
     env.create_trades("base")
     env.insert_trades("base", 60_000, first_id=1, start="2026-01-01 00:00:00")
