@@ -80,6 +80,7 @@ class Bench:
     work: Path
     port: int
     http_port: int
+    server_pid: int | None = None
     db: str = field(default_factory=lambda: f"bench_{uuid.uuid4().hex[:8]}")
 
     @property
@@ -375,29 +376,43 @@ def scenario_parallel(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """
     names = [f"par_{i}" for i in range(8)]
     b.make_tables(names, args.parallel_rows)
-    results, cores = {}, {}
-    for parallel in (1, 4):
-        times, used = [], []
-        for _ in range(args.repeats):
-            path = b.config(names, parallel=parallel)
-            cpu0, started = _cpu_seconds(), time.perf_counter()
-            cycle(path)
-            wall = time.perf_counter() - started
-            times.append(wall)
-            used.append((_cpu_seconds() - cpu0) / wall)
-        results[parallel] = median(times)
-        cores[parallel] = median(used)
-    return {
-        "tables": 8,
-        "rows_per_table": args.parallel_rows,
-        "seconds_1_way": round(results[1], 2),
-        "seconds_4_way": round(results[4], 2),
-        "speedup": round(results[1] / results[4], 2),
+    out: dict[str, Any] = {"tables": 8, "rows_per_table": args.parallel_rows}
+    for transport in ("native", "arrow"):
+        results, cores, server = {}, {}, {}
+        for parallel in (1, 4):
+            times, used, used_server = [], [], []
+            for _ in range(args.repeats):
+                path = b.config(names, parallel=parallel, transport=transport)
+                cpu0, srv0, started = _cpu_seconds(), _pid_cpu(b.server_pid), time.perf_counter()
+                cycle(path)
+                wall = time.perf_counter() - started
+                times.append(wall)
+                used.append((_cpu_seconds() - cpu0) / wall)
+                used_server.append((_pid_cpu(b.server_pid) - srv0) / wall)
+            results[parallel] = median(times)
+            cores[parallel] = median(used)
+            server[parallel] = median(used_server)
+        out[f"{transport}_seconds_1_way"] = round(results[1], 2)
+        out[f"{transport}_seconds_4_way"] = round(results[4], 2)
+        out[f"{transport}_speedup"] = round(results[1] / results[4], 2)
         # CPU seconds of offloader (this process) per wall second: how many of the
         # machine's cores a cycle already keeps busy.
-        "cores_busy_1_way": round(cores[1], 2),
-        "cores_busy_4_way": round(cores[4], 2),
-    }
+        out[f"{transport}_cores_busy_1_way"] = round(cores[1], 2)
+        out[f"{transport}_cores_busy_4_way"] = round(cores[4], 2)
+        out[f"{transport}_clickhouse_cores_busy_4_way"] = round(server[4], 2)
+    return out
+
+
+def _pid_cpu(pid: int | None) -> float:
+    """CPU seconds used so far by a process (the embedded ClickHouse server)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 def _cpu_seconds() -> float:
@@ -502,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             server = devserver.start(server_dir)
             port, http_port = server.tcp_port, server.http_port
         try:
-            bench = Bench(work, port, http_port)
+            bench = Bench(work, port, http_port, None if args.clickhouse_port else server.pid)
             names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
             results: dict[str, Any] = {"machine": machine(), "scenarios": {}}
             for name in names:
