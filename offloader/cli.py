@@ -126,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `offloader status | head`
+        return EXIT_OK
 
 
 async def _once(cfg: Config, args: argparse.Namespace) -> int:
@@ -186,9 +188,18 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     from offloader import clickhouse, iceberg
     from offloader.errors import TableError
+    from offloader.iceberg import IcebergCatalog
     from offloader.pipeline import plan_source
 
     failed = 0
+    catalog = IcebergCatalog(cfg.catalog)
+    for namespace in sorted({t.target_namespace for t in cfg.tables}):
+        try:
+            checks = await anyio.to_thread.run_sync(catalog.probe, namespace)
+            print("Iceberg: " + "; ".join(checks))
+        except TableError as exc:
+            failed += 1
+            print(f"Iceberg: ERROR {exc}")
     for table in cfg.tables:
         db = table.source_database or cfg.clickhouse.database
         try:

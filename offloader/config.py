@@ -271,7 +271,7 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
     reader.reject_unknown(ice, "iceberg", {"catalog"})
     cat = reader.section(ice, "catalog", required=True, where="iceberg.catalog")
     props: dict[str, str] = {}
-    for key, value in cat.items():
+    for key, value in _flatten(cat).items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             reader.fail(f"iceberg.catalog.{key}", "must be a string or number", value)
         props[key] = reader.expand(str(value), f"iceberg.catalog.{key}")
@@ -500,6 +500,19 @@ class _Reader:
             strings=strings,
             transport=self.transport(data, label, None) if "transport" in data else None,
         )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`s3.endpoint = "..."` written without quotes is a nested table in TOML; pyiceberg
+    wants the dotted key, so both spellings work."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 def _show(value: object) -> str:

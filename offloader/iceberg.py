@@ -28,6 +28,7 @@ from pyiceberg.exceptions import (
     NoSuchTableError,
     TableAlreadyExistsError,
 )
+from pyiceberg.io import load_file_io
 from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
@@ -175,6 +176,40 @@ class IcebergCatalog:
             extra={"table": target, "partition_by": [str(p) for p in partition_by]},
         )
         return IcebergTable(target, created)
+
+    def probe(self, namespace: str) -> list[str]:
+        """`validate`'s checks: the catalog answers, the namespace exists or can be
+        created, and the warehouse takes a write and a delete. Returns what was checked;
+        raises SinkError naming the failing step."""
+        done = []
+        try:
+            self.catalog.list_namespaces()
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise SinkError(f"catalog {self._cfg.name!r} does not answer: {_brief(exc)}") from exc
+        done.append(f"catalog {self._cfg.name!r} reachable")
+        try:
+            self.catalog.create_namespace(namespace)
+            done.append(f"namespace {namespace!r} created")
+        except NamespaceAlreadyExistsError:
+            done.append(f"namespace {namespace!r} exists")
+        except Exception as exc:
+            if not self._namespace_exists(namespace):
+                raise SinkError(f"cannot create namespace {namespace!r}: {_brief(exc)}") from exc
+            done.append(f"namespace {namespace!r} exists")
+        warehouse = self._cfg.properties.get("warehouse")
+        if warehouse:
+            probe = f"{warehouse.rstrip('/')}/.offloader-probe-{uuid.uuid4().hex}"
+            try:
+                io = load_file_io(dict(self._cfg.properties), warehouse)
+                with io.new_output(probe).create(overwrite=True) as out:
+                    out.write(b"offloader write probe\n")
+                io.delete(probe)
+            except Exception as exc:
+                raise SinkError(f"warehouse {warehouse} is not writable: {_brief(exc)}") from exc
+            done.append(f"warehouse {warehouse} writable (probe written and deleted)")
+        return done
 
     def read(self, target: str, row_filter: str | None = None) -> pa.Table:
         """Read a whole table (tests, verify on small tables)."""
@@ -448,10 +483,34 @@ class IcebergTable:
         return len(victims)
 
 
+_HINTS = (
+    (
+        "NO_SUCH_BUCKET",
+        "the warehouse bucket does not exist: create it, or fix [iceberg.catalog] warehouse",
+    ),
+    (
+        "ACCESS_DENIED",
+        "access denied by the object store: check s3.access-key-id, "
+        "s3.secret-access-key and the bucket policy",
+    ),
+    ("INVALID_ACCESS_KEY_ID", "the object store does not know this key: check s3.access-key-id"),
+    ("SIGNATURE_DOES_NOT_MATCH", "wrong secret: check s3.secret-access-key"),
+    ("No space left on device", "the warehouse disk is full"),
+    ("Read-only file system", "the warehouse is read-only"),
+    ("Permission denied", "no permission to write the warehouse"),
+    ("Could not connect", "cannot reach the object store: check s3.endpoint"),
+    ("Connection refused", "connection refused: is the catalog or object store running?"),
+)
+
+
 def _brief(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """One line for a pyiceberg/pyarrow/SQLAlchemy error, with what to do where known."""
+    full = str(exc)
+    text = full.strip().splitlines()
     first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first[:300]}"
+    hint = next((h for marker, h in _HINTS if marker.lower() in full.lower()), None)
+    brief = f"{type(exc).__name__}: {first[:300]}"
+    return f"{hint} ({brief})" if hint else brief
 
 
 def describe(schema: pa.Schema, partition_by: Sequence[PartitionField]) -> str:

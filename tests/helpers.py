@@ -142,7 +142,7 @@ class Env:
             "[iceberg.catalog]",
             f'name = "{self.catalog_name}"',
         ]
-        lines += [f"{k} = {_toml(v)}" for k, v in cat.items()]
+        lines += [f"{_toml(k)} = {_toml(v)}" for k, v in cat.items()]
         for t in tables:
             lines += ["", "[[tables]]"]
             lines += [f"{k} = {_toml(v)}" for k, v in t.items()]
