@@ -45,8 +45,8 @@ def test_overrun_skips_missed_ticks() -> None:
 class Service:
     """An `offloader run` subprocess whose JSON log lines are collected as they come."""
 
-    def __init__(self, env: Env) -> None:
-        self.proc = env.popen("--log-format", "json", "run", "--now")
+    def __init__(self, env: Env, extra_env: dict[str, str] | None = None) -> None:
+        self.proc = env.popen("--log-format", "json", "run", "--now", extra_env=extra_env)
         self.events: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
@@ -184,3 +184,76 @@ def test_validate_runs_without_servers_offline() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("env", ["native"], indirect=True)
+def test_one_minute_interval_ticks_on_the_minute_and_notifies_systemd(
+    env: Env, tmp_path: Any
+) -> None:
+    """The issue's own setting: a 1-minute interval. The first cycle runs at once
+    (--now); the second starts at second :00 of the next minute. Readiness, watchdog and
+    stopping are sent to a NOTIFY_SOCKET the way systemd listens for them."""
+    import socket as socketlib
+
+    env.create_trades("m1")
+    env.insert_trades("m1", 1_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table("m1")], service={"interval": "1m"})
+    sock_path = str(tmp_path / "notify.sock")
+    listener = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM)
+    listener.bind(sock_path)
+    listener.settimeout(0.2)
+    messages: list[str] = []
+
+    def collect() -> None:
+        while True:
+            try:
+                messages.append(listener.recv(1024).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    threading.Thread(target=collect, daemon=True).start()
+    svc = Service(env, extra_env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "2000000"})
+    try:
+        svc.wait_for(committed("cold.m1"))
+        env.insert_trades("m1", 10, first_id=10_000, start="2026-01-02 00:00:00")
+        second = svc.wait_for(
+            lambda e: e.get("msg") == "cycle started" and svc.count("cycle started") >= 2,
+            timeout=75,
+        )
+        assert second["ts"][17:19] == "00", second["ts"]  # hh:mm:00
+        svc.wait_for(lambda e: committed("cold.m1")(e) and e.get("rows") == 10)
+        svc.proc.send_signal(signal.SIGHUP)
+        svc.wait_for(lambda e: e.get("msg") == "SIGHUP: re-reading config")
+        svc.proc.send_signal(signal.SIGTERM)
+        assert svc.proc.wait(timeout=30) == 0
+    finally:
+        svc.stop()
+        listener.close()
+    assert "READY=1" in messages
+    assert "WATCHDOG=1" in messages
+    assert "STOPPING=1" in messages
+    assert env.assert_tiers_equal("cold.m1") == 1_010
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("env", ["native"], indirect=True)
+def test_big_new_table_is_worked_off_in_bounded_chunks(env: Env) -> None:
+    env.create_trades("big")
+    env.create_trades("small")
+    env.insert_trades("big", 60_000, first_id=1, start="2026-01-01 00:00:00")
+    env.insert_trades("small", 100, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config(
+        [env.table("big", batch_rows=10_000, max_rows_per_cycle=25_000), env.table("small")]
+    )
+    rows = []
+    for _ in range(4):
+        report = env.once()
+        assert report.ok
+        big = report.tables[0]
+        rows.append(big.rows)
+        assert report.tables[1].status in ("ok", "idle")  # never starved
+    assert rows == [30_000, 30_000, 0, 0]  # 25k cap reached at a page boundary
+    assert env.assert_tiers_equal("cold.big") == 60_000
