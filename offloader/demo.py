@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from pathlib import Path
 
 import anyio
@@ -109,6 +110,8 @@ database = "{db}"
 
 [postgres]
 dsn = "{pg_dsn}"
+# State schema of this quick start's own warehouse (a new one per fresh var/ directory).
+schema = "quickstart_{uuid.uuid4().hex[:8]}"
 
 [iceberg.catalog]
 name = "cold"
