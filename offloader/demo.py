@@ -32,13 +32,13 @@ ORDER BY (exchange_ts, trade_id)
 TTL toDateTime(exchange_ts) + INTERVAL 30 DAY
 """
 
-# Rows spread over the last `span` seconds up to `end_offset` seconds ago; several
-# trades share a microsecond so ties at page boundaries are exercised.
+# `count` trades spread evenly after `start_us` over `span_us` microseconds (UTC), three
+# trades per timestamp so ties at page boundaries are exercised.
 TRADES_INSERT = """
 INSERT INTO {db}.{name}
 SELECT
-    now64(6, 'UTC') - toIntervalMicrosecond({end_offset} * 1000000
-        + intDiv(({count} - intDiv(number, 3) * 3) * {span} * 1000000, {count})) AS exchange_ts,
+    fromUnixTimestamp64Micro(toInt64({start_us}
+        + intDiv((intDiv(number, 3) * 3 + 1) * {span_us}, {count})), 'UTC') AS exchange_ts,
     exchange_ts + toIntervalMillisecond(number % 50) AS received_ts,
     {first_id} + number AS trade_id,
     ['BTC-USDT', 'ETH-USDT', 'SOL-USDT', 'XRP-USDT'][number % 4 + 1] AS symbol,
@@ -54,26 +54,39 @@ FROM numbers({count})
 TABLES = ("bronze_trades_binance", "bronze_trades_kraken")
 
 
-async def load(
-    cfg: ClickHouseConfig,
-    db: str,
-    rows: int,
-    end_offset: int = 600,
-    span: int = 86400,
-    first_id: int = 1,
-    tables: tuple[str, ...] = TABLES,
-) -> None:
+async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...] = TABLES) -> None:
+    """Create the tables if needed and add `rows` trades to each.
+
+    A new table gets a day of trades ending 30 minutes ago. A table that has rows gets
+    new trades after its newest one, ending 6 minutes ago, so they are past the 5-minute
+    lag and land after the watermark (never "late" rows offloader would not see).
+    """
     async with clickhouse.session(cfg, "demo") as ch:
         await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for name in tables:
             await ch.execute(TRADES_DDL.format(db=db, name=name))
+            newest, last_id, now, count = (
+                await ch.rows(
+                    "SELECT toUnixTimestamp64Micro(max(exchange_ts)), max(trade_id), "
+                    f"toUnixTimestamp64Micro(now64(6, 'UTC')), count() FROM {db}.{name}"
+                )
+            )[0]
+            if count:
+                start, end = int(newest), int(now) - 360_000_000
+                if end <= start:
+                    print(f"{name}: newest row is recent; no rows added this time")
+                    continue
+                first_id = int(last_id) + 1
+            else:
+                end = int(now) - 1_800_000_000
+                start, first_id = end - 86_400_000_000, 1
             await ch.execute(
                 TRADES_INSERT.format(
                     db=db,
                     name=name,
                     count=rows,
-                    end_offset=end_offset,
-                    span=span,
+                    start_us=start,
+                    span_us=end - start,
                     first_id=first_id,
                 )
             )
