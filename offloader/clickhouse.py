@@ -19,28 +19,22 @@ from asynch import errors as ch_errors
 from asynch.proto.connection import Connection
 
 from offloader.config import ClickHouseConfig
-from offloader.errors import DataError, SourceSchemaError, SourceUnavailable
+from offloader.errors import (
+    CLICKHOUSE_SCHEMA_CODES,
+    DataError,
+    SourceSchemaError,
+    SourceUnavailable,
+)
 from offloader.sql import quote_string
 
 log = logging.getLogger(__name__)
 
-# ClickHouse error codes that mean "fix the table or config", not "retry later".
-_SCHEMA_CODES = {
-    16: "no such column",
-    47: "unknown identifier",
-    60: "unknown table",
-    81: "unknown database",
-    497: "access denied",
-    516: "authentication failed",
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One complete page: one sequence of values per column, plus the server's column types."""
+    """One complete page: one sequence of values per column."""
 
     columns: Sequence[Sequence[Any]]
-    types: Sequence[tuple[str, str]]
     rows: int
 
 
@@ -102,8 +96,9 @@ class ClickHouseSession:
             code = getattr(exc, "code", None)
             first = str(exc).strip().splitlines()
             text = first[1] if len(first) > 1 else (first[0] if first else repr(exc))
-            if code in _SCHEMA_CODES:
-                return SourceSchemaError(f"{where}: {_SCHEMA_CODES[code]}: {text}", reason="schema")
+            if code in CLICKHOUSE_SCHEMA_CODES:
+                kind = CLICKHOUSE_SCHEMA_CODES[code]
+                return SourceSchemaError(f"{where}: {kind}: {text}", reason="schema")
             return SourceUnavailable(f"{where}: server error {code} during {what}: {text}")
         if isinstance(exc, UnicodeDecodeError):
             return DataError(
@@ -149,16 +144,18 @@ class ClickHouseSession:
     ) -> Page:
         """One complete page. Strings are decoded as UTF-8 unless `strings_as_bytes`;
         invalid UTF-8 then raises DataError (never a silently altered value)."""
-        columns, types = await self.execute(query, columnar=True, strings_as_bytes=strings_as_bytes)
+        columns, _types = await self.execute(
+            query, columnar=True, strings_as_bytes=strings_as_bytes
+        )
         if not columns:  # an empty result carries types but no columns
-            return Page(columns=[[] for _ in range(expected_columns)], types=[], rows=0)
+            return Page(columns=[[] for _ in range(expected_columns)], rows=0)
         lengths = {len(c) for c in columns}
         if len(columns) != expected_columns or len(lengths) > 1:
             raise SourceUnavailable(
                 f"{self._label}: malformed page from ClickHouse: {len(columns)} columns "
                 f"(expected {expected_columns}), lengths {sorted(lengths)}"
             )
-        return Page(columns=columns, types=list(types), rows=lengths.pop() if lengths else 0)
+        return Page(columns=columns, rows=lengths.pop() if lengths else 0)
 
     async def table_columns(self, database: str, table: str) -> list[tuple[str, str]]:
         rows = await self.rows(

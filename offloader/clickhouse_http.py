@@ -20,12 +20,11 @@ import httpx
 import pyarrow as pa
 
 from offloader.config import ClickHouseConfig
-from offloader.errors import SourceSchemaError, SourceUnavailable
+from offloader.errors import CLICKHOUSE_SCHEMA_CODES, SourceSchemaError, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-_SCHEMA_CODES = {"16", "47", "60", "81", "497", "516"}
 SETTINGS = {
     # Strings arrive as binary and are validated as UTF-8 in conversion.
     "output_format_arrow_string_as_string": "0",
@@ -93,7 +92,8 @@ class ArrowHttpSession:
         if response.status_code != 200 or code:
             text = body.decode("utf-8", "replace").strip().splitlines()
             message = text[0][:500] if text else f"HTTP {response.status_code}"
-            error = SourceSchemaError if code in _SCHEMA_CODES else SourceUnavailable
+            schema = code is not None and code.isdigit() and int(code) in CLICKHOUSE_SCHEMA_CODES
+            error = SourceSchemaError if schema else SourceUnavailable
             raise error(f"{self._where()}: server error {code}: {message}")
         if b"__exception__" in body[-4096:]:
             tail = body[-2000:].decode("utf-8", "replace")

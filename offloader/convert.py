@@ -15,7 +15,6 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -172,8 +171,6 @@ def _preparer(t: ChType, prep: str) -> Callable[[Any], Any] | None:
     base = t.unwrap()
     if prep == "str":
         return _nullsafe(str)
-    if prep == "json":
-        return _nullsafe(_json_text)
     if prep == "uuid":
         return _nullsafe(_uuid_bytes)
     if prep == "decimal_int":
@@ -190,12 +187,6 @@ def _nullsafe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
         return None if v is None else fn(v)
 
     return wrapped
-
-
-def _json_text(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    return orjson.dumps(v, default=str, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def _uuid_bytes(v: Any) -> bytes:
@@ -361,7 +352,3 @@ def arrow_cursor(plan: ColumnPlan, value: Any) -> Any:
     if isinstance(value, bytes) and plan.arrow == pa.string():
         return value.decode("utf-8")
     return value
-
-
-def batch_nbytes(batches: Sequence[pa.RecordBatch]) -> int:
-    return sum(b.nbytes for b in batches)

@@ -7,6 +7,16 @@ which library raised.
 
 from __future__ import annotations
 
+# ClickHouse error codes that mean "fix the table or config", not "retry later".
+CLICKHOUSE_SCHEMA_CODES = {
+    16: "no such column",
+    47: "unknown identifier",
+    60: "unknown table",
+    81: "unknown database",
+    497: "access denied",
+    516: "authentication failed",
+}
+
 
 class OffloaderError(Exception):
     """Base of every error offloader raises on purpose."""

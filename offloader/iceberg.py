@@ -271,10 +271,6 @@ class IcebergTable:
         snap = self._table.current_snapshot()
         return snap.snapshot_id if snap else None
 
-    @property
-    def location(self) -> str:
-        return str(self._table.location())
-
     def snapshot_count(self) -> int:
         return len(self._table.metadata.snapshots)
 
@@ -323,9 +319,6 @@ class IcebergTable:
             "evolved Iceberg schema",
             extra={"table": self.target, "schema": _type_text(self._table.schema())},
         )
-
-    def arrow_schema(self) -> pa.Schema:
-        return self._table.schema().as_arrow()
 
     def _snapshots_newest_first(self) -> Iterator[Snapshot]:
         snap = self._table.current_snapshot()

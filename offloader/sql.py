@@ -12,7 +12,7 @@ from typing import Any
 
 from offloader.types import ChType, quote_ident
 
-__all__ = ["count_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
+__all__ = ["keyset_after", "literal", "page_query", "qualified", "quote_ident"]
 
 
 def quote_string(value: str) -> str:
@@ -92,11 +92,3 @@ def page_query(
         f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)} "
         f"ORDER BY {order_by} LIMIT {int(limit)} WITH TIES"
     )
-
-
-def count_query(source: str, wm: tuple[str, ChType], after: Any | None, upto: Any) -> str:
-    """Rows of the source at or below the high-water mark (for status and verify)."""
-    where = [f"{quote_ident(wm[0])} <= {literal(wm[1], upto)}"]
-    if after is not None:
-        where.append(f"{quote_ident(wm[0])} > {literal(wm[1], after)}")
-    return f"SELECT count() FROM {source} WHERE {' AND '.join(where)}"

@@ -245,7 +245,7 @@ def _field(name: str, t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.
 
 
 # Kinds of per-value work conversion must do before Arrow can take the values.
-Prep = Literal["none", "str", "json", "uuid", "decimal_int", "bytes", "nested"]
+Prep = Literal["none", "str", "uuid", "decimal_int", "bytes", "nested"]
 
 
 # How a column travels on the wire. The native driver builds a Python object per
@@ -317,8 +317,6 @@ def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "st
     name = base.name
     if name in ("IPv4", "IPv6"):
         return "str"
-    if name in ("JSON", "Object"):
-        return "json"
     if name == "UUID":
         return "uuid"
     if name == "UInt64" and uint64 == "decimal":

@@ -85,8 +85,10 @@ def mutated_configs(draw: st.DrawFn) -> dict[str, Any]:
         if action == "replace_section":
             cfg[section] = draw(scalars)
             continue
-        if action == "dup_table" and isinstance(cfg.get("tables"), list) and cfg["tables"]:
-            cfg["tables"].append(dict(cfg["tables"][0]))
+        if action == "dup_table":
+            tables = cfg.get("tables")
+            if isinstance(tables, list) and tables and isinstance(tables[0], dict):
+                tables.append(dict(tables[0]))
             continue
         target = cfg.get(section)
         if section == "tables" and isinstance(target, list) and target:
