@@ -199,14 +199,6 @@ async def offload_table(
         report.reason = "internal"
     finally:
         report.seconds = time.monotonic() - started
-    event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
-    event(
-        f"table {report.status}",
-        extra={
-            "table": table.target,
-            **{k: v for k, v in report.as_dict().items() if k != "target"},
-        },
-    )
     if report.status != "skipped":
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
@@ -226,6 +218,15 @@ async def offload_table(
                 log.warning(
                     "could not record run", extra={"table": table.target, "error": str(exc)}
                 )
+    # Logged last, once the run is recorded, so `status` agrees with the log line.
+    event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
+    event(
+        f"table {report.status}",
+        extra={
+            "table": table.target,
+            **{k: v for k, v in report.as_dict().items() if k != "target"},
+        },
+    )
     return report
 
 
