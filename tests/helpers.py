@@ -24,6 +24,22 @@ from offloader.supervisor import CycleReport, run_once
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def wait_for_log(proc: subprocess.Popen[str], msg: str) -> list[str]:
+    """Read a `--log-format json` process's stderr up to its first event `msg`.
+
+    Tests that kill a server "mid-cycle" wait for a real event instead of sleeping, so
+    a slow or fast machine cannot move the kill before the cycle or after its end.
+    """
+    assert proc.stderr is not None
+    seen: list[str] = []
+    needle = f'"msg":"{msg}"'
+    for line in proc.stderr:
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"process ended before logging {msg!r}: {''.join(seen[-20:])}")
+
+
 def pg_admin(dsn: str, *, create: bool) -> None:
     name = dsn.rsplit("/", 1)[1]
     admin = dsn.rsplit("/", 1)[0] + "/postgres"

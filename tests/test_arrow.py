@@ -3,7 +3,6 @@ advances the watermark."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import anyio
@@ -13,7 +12,7 @@ from offloader import clickhouse_http, devserver
 from offloader.config import ClickHouseConfig
 from offloader.errors import SourceSchemaError, SourceUnavailable
 from tests.conftest import make_env
-from tests.helpers import Env
+from tests.helpers import Env, wait_for_log
 from tests.test_bad_input import EXTREMES
 from tests.test_types_live import ALL_TYPES, ROWS
 
@@ -110,8 +109,8 @@ def test_server_killed_mid_page_with_arrow(pg_database: str, tmp_path: Path) -> 
         env.create_trades("big")
         env.insert_trades("big", 3_000_000, first_id=1, start="2026-01-01 00:00:00")
         env.write_config([env.table("big", batch_rows=200_000, append_rows=200_000)])
-        proc = env.popen("once")
-        time.sleep(1.6)
+        proc = env.popen("--log-format", "json", "once")
+        wait_for_log(proc, "committed")  # mid-cycle: one append is in, pages are flowing
         devserver.kill(server.pid)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 1

@@ -4,8 +4,6 @@ recovers by itself, and verify passes afterwards."""
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import anyio
@@ -14,18 +12,9 @@ import pytest
 
 from offloader import devserver
 from tests.conftest import make_env
-from tests.helpers import Env
+from tests.helpers import Env, wait_for_log
 
 pytestmark = pytest.mark.integration
-
-
-def _run_once_in_background(
-    env: Env,
-) -> tuple[threading.Thread, list[subprocess.CompletedProcess[str]]]:
-    out: list[subprocess.CompletedProcess[str]] = []
-    thread = threading.Thread(target=lambda: out.append(env.cli("once")))
-    thread.start()
-    return thread, out
 
 
 def test_clickhouse_stopped_mid_cycle(pg_database: str, tmp_path: Path) -> None:
@@ -36,7 +25,7 @@ def test_clickhouse_stopped_mid_cycle(pg_database: str, tmp_path: Path) -> None:
         env.insert_trades("big", 1_000_000, first_id=1, start="2026-01-01 00:00:00")
         env.write_config([env.table("big", batch_rows=10_000, append_rows=50_000)])
         proc = env.popen("--log-format", "json", "once")
-        time.sleep(2.0)
+        wait_for_log(proc, "committed")
         devserver.kill(server.pid)  # the server dies mid-cycle
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 1
@@ -59,8 +48,8 @@ def test_postgres_connections_killed_mid_cycle(env: Env) -> None:
         env.create_trades(name)
         env.insert_trades(name, 600_000, first_id=1, start="2026-01-01 00:00:00")
     env.write_config([env.table(n, batch_rows=10_000, append_rows=30_000) for n in ("k1", "k2")])
-    thread, out = _run_once_in_background(env)
-    time.sleep(2.0)
+    proc = env.popen("--log-format", "json", "once")
+    wait_for_log(proc, "committed")  # mid-cycle, with connections in use
 
     async def terminate() -> int:
         conn = await asyncpg.connect(env.pg_dsn)
@@ -75,11 +64,10 @@ def test_postgres_connections_killed_mid_cycle(env: Env) -> None:
             await conn.close()
 
     killed = anyio.run(terminate)
-    thread.join(timeout=180)
+    stdout, stderr = proc.communicate(timeout=180)
     assert killed >= 1
-    result = out[0]
-    assert result.returncode in (0, 1), result.stderr
-    assert "Traceback" not in result.stdout
+    assert proc.returncode in (0, 1), stderr
+    assert "Traceback" not in stdout
     for _ in range(3):  # the next cycles recover by themselves
         if env.once().ok:
             break
