@@ -170,7 +170,7 @@ def _preparer(t: ChType, prep: str) -> Callable[[Any], Any] | None:
         return None
     base = t.unwrap()
     if prep == "str":
-        return _nullsafe(str)
+        return _nullsafe(ip_text)
     if prep == "uuid":
         return _nullsafe(_uuid_bytes)
     if prep == "decimal_int":
@@ -180,6 +180,21 @@ def _preparer(t: ChType, prep: str) -> Callable[[Any], Any] | None:
     if prep == "nested":
         return _nullsafe(_nested(base))
     raise AssertionError(f"unknown prep {prep}")
+
+
+def ip_text(v: Any) -> str:
+    """An IP address in ClickHouse's text form, which the arrow transport reads.
+
+    Python writes IPv4-mapped and IPv4-compatible IPv6 addresses in hex groups
+    (`::ffff:102:304`); ClickHouse writes their last 32 bits dotted (`::ffff:1.2.3.4`).
+    """
+    if isinstance(v, ipaddress.IPv6Address):
+        packed = v.packed
+        if packed[:10] == bytes(10) and (
+            packed[10:12] == b"\xff\xff" or (packed[10:12] == b"\0\0" and packed[12:14] != b"\0\0")
+        ):
+            return f"::{'ffff:' if packed[10] else ''}{ipaddress.IPv4Address(packed[12:])}"
+    return str(v)
 
 
 def _nullsafe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:

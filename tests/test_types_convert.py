@@ -265,3 +265,26 @@ def test_reconcile() -> None:
         plan.reconcile("t", 3, (5, 6), None, None)
     with pytest.raises(InconsistentState, match="different"):
         plan.reconcile("t", 2, (1, 2), 2, (1, 3))
+
+
+# What ClickHouse 26.9's toString(toIPv6(x)) prints; the native transport must agree.
+CLICKHOUSE_IPV6_TEXT = [
+    ("::ffff:1.2.3.4", "::ffff:1.2.3.4"),
+    ("::1.2.3.4", "::1.2.3.4"),
+    ("::1", "::1"),
+    ("::", "::"),
+    ("::0.0.1.2", "::102"),
+    ("::ffff:0:1", "::ffff:0.0.0.1"),
+    ("::ffff:1:2:3", "::ffff:1:2:3"),
+    ("0:0:0:0:ffff:0:0:1", "::ffff:0:0:1"),
+    ("::a:b", "::0.10.0.11"),
+    ("2001:db8::1", "2001:db8::1"),
+    ("fe80::1:2", "fe80::1:2"),
+]
+
+
+@pytest.mark.parametrize(("given", "clickhouse"), CLICKHOUSE_IPV6_TEXT)
+def test_ipv6_text_matches_clickhouse(given: str, clickhouse: str) -> None:
+    assert _batch("IPv6", [ipaddress.IPv6Address(given)]).to_pylist() == [clickhouse]
+    nested = _batch("Array(IPv6)", [[ipaddress.IPv6Address(given)]]).to_pylist()
+    assert nested == [[clickhouse]]
