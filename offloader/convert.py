@@ -247,7 +247,11 @@ def _nested(base: ChType) -> Callable[[Any], Any]:
 
 
 def encode_value(v: Any) -> Any:
-    """A cursor value as a JSON scalar that round-trips exactly (see sql.literal)."""
+    """A cursor value as JSON that round-trips exactly (see sql.literal).
+
+    Strings that JSON or PostgreSQL's jsonb cannot carry as text (invalid UTF-8, NUL
+    bytes, e.g. FixedString padding) become {"hex": "..."} of their bytes.
+    """
     if isinstance(v, dt.datetime):
         if v.tzinfo is None:
             v = v.replace(tzinfo=dt.UTC)
@@ -261,9 +265,13 @@ def encode_value(v: Any) -> Any:
     if isinstance(v, decimal.Decimal | uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(v)
     if isinstance(v, bytes):
-        return v.decode("utf-8", "surrogateescape")
+        try:
+            text = v.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"hex": v.hex()}
+        return {"hex": v.hex()} if "\0" in text else text
     if isinstance(v, str):
-        return v
+        return {"hex": v.encode().hex()} if "\0" in v else v
     raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a watermark")
 
 

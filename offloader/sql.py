@@ -43,6 +43,8 @@ def literal(t: ChType, encoded: Any) -> str:
     if name.startswith("Decimal"):
         return f"toDecimal256({quote_string(str(encoded))}, {_decimal_scale(base)})"
     if name in ("String", "FixedString"):
+        if isinstance(encoded, dict):  # bytes that are not plain text, see encode_value
+            return f"unhex({quote_string(bytes.fromhex(encoded['hex']).hex())})"
         return quote_string(str(encoded))
     raise ValueError(f"cannot render a literal of ClickHouse type {t}")
 

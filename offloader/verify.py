@@ -57,7 +57,9 @@ def _kind(t: ChType) -> str | None:
         return "micros"
     if name == "Decimal" or name.startswith("Decimal"):
         return "decimal"
-    if name in ("String", "FixedString"):
+    if name == "FixedString":
+        return "hex"  # toString(FixedString) drops trailing NUL bytes; hex keeps them
+    if name == "String":
         return "bytes"
     return "text"  # ints, UUID, Enum, IPv4/IPv6
 
@@ -75,6 +77,7 @@ def canonical_sql(plan: ColumnPlan) -> str | None:
         "micros": f"toString(toUnixTimestamp64Micro(toDateTime64({q}, 6)))",
         "decimal": f"toString({q})",
         "bytes": f"toString({q})",
+        "hex": f"hex({q})",
         "text": f"toString({q})",
     }[kind]
     return f"ifNull({expr}, {quote_string(NULL)})" if plan.ch_type.nullable else expr
@@ -96,6 +99,8 @@ def canonical_value(kind: str, v: Any) -> bytes:
     if kind == "decimal":
         assert isinstance(v, decimal.Decimal)
         return _decimal_text(v).encode()
+    if kind == "hex":
+        return (v if isinstance(v, bytes) else str(v).encode()).hex().upper().encode()
     if kind == "bytes":
         return v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape")
     if isinstance(v, uuid.UUID):

@@ -254,3 +254,34 @@ def test_invalid_utf8_fails_naming_the_column_then_binary_stores_bytes(env: Env)
 
 def test_toml_helper_quotes() -> None:
     assert _toml('a"b') == '"a\\"b"'
+
+
+@pytest.mark.integration
+def test_awkward_string_keys_page_exactly(env: Env) -> None:
+    """Keys that JSON or PostgreSQL's jsonb cannot hold as text (invalid UTF-8, NUL bytes,
+    FixedString padding) still make exact keyset positions across many small pages."""
+    env.ch(
+        f"CREATE TABLE {env.ch_database}.awk (ts DateTime, k String, f FixedString(4), "
+        "n UInt32) ENGINE = MergeTree ORDER BY (ts, k, f)"
+    )
+    keys = ["unhex('68C328FF69')", "'a\\0b'", "'plain'", "unhex('FF')", "''", "'é'"]
+    values = [
+        f"('2026-01-01 00:00:00', {k}, {f}, {i})"
+        for i, (k, f) in enumerate(
+            (k, f) for k in keys for f in ("'ab'", "unhex('00FF')", "'abcd'", "''")
+        )
+    ]
+    env.ch(f"INSERT INTO {env.ch_database}.awk VALUES {', '.join(values)}")
+    env.write_config(
+        [env.table("awk", watermark="ts", keys=["k", "f"], strings="binary", batch_rows=1)]
+    )
+    report = env.once()
+    assert report.ok, report.summary()
+    assert report.tables[0].rows == len(values) and report.tables[0].pages >= len(values)
+    rows = env.iceberg_arrow(env.config().table("cold.awk")).to_pylist()
+    assert sorted(r["n"] for r in rows) == list(range(len(values)))
+    env.ch(f"INSERT INTO {env.ch_database}.awk VALUES ('2026-01-01 00:00:01', 'zz', 'zz', 99)")
+    again = env.once()  # resumes from a stored position holding those bytes
+    assert again.ok and again.tables[0].rows == 1, again.summary()
+    verify = env.cli("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr

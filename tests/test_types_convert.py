@@ -8,6 +8,7 @@ import ipaddress
 import uuid
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -215,6 +216,13 @@ def test_encode_value_round_trips_microseconds() -> None:
     assert encode_value(dt.date(2026, 3, 1)) == "2026-03-01"
     assert encode_value(2**64 - 1) == str(2**64 - 1)
     assert encode_value(5) == 5
+    # Strings jsonb cannot hold as text travel as the hex of their bytes.
+    assert encode_value(b"plain") == "plain" and encode_value("é") == "é"
+    assert encode_value(b"h\xc3(") == {"hex": "68c328"}
+    assert encode_value(b"ab\0\0") == {"hex": "61620000"}
+    assert encode_value("a\0b") == {"hex": "610062"}
+    assert orjson.loads(orjson.dumps(encode_value(b"\xff"))) == {"hex": "ff"}
+    assert literal(parse_type("FixedString(4)"), {"hex": "61620000"}) == "unhex('61620000')"
 
 
 def test_literals_and_keyset() -> None:
