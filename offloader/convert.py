@@ -62,15 +62,16 @@ def _column(table: str, plan: ColumnPlan, wire: Sequence[Sequence[Any]]) -> pa.A
     except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         bad = _first_bad_value(data, plan)
         shown = f" value {bad!r}" if bad is not None else ""
-        hint = (
-            '; set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
-            if plan.ch_type.unwrap().name == "UInt64"
-            else ""
-        )
         raise DataError(
             f"{table}: column {plan.name!r} ({plan.ch_type}):{shown} cannot be stored as "
-            f"{plan.arrow}: {exc}{hint}"
+            f"{plan.arrow}: {exc}{_uint64_hint(plan)}"
         ) from None
+
+
+def _uint64_hint(plan: ColumnPlan) -> str:
+    if "UInt64" not in str(plan.ch_type):  # at the top or inside an Array, Map or Tuple
+        return ""
+    return '; set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
 
 
 def _from_wire(plan: ColumnPlan, wire: Sequence[Sequence[Any]]) -> pa.Array:
@@ -219,9 +220,15 @@ def _to_bytes(v: Any) -> bytes:
 def _element_fn(t: ChType) -> Callable[[Any], Any]:
     from offloader.types import prep_kind
 
+    if t.unwrap().name == "DateTime64":  # read as integer microseconds (NATIVE_NESTED_LEAVES)
+        return _nullsafe(_from_micros)
     kind = prep_kind(t)
     fn = _preparer(t, kind)
     return fn if fn is not None else _identity
+
+
+def _from_micros(v: Any) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=int(v))
 
 
 def _identity(v: Any) -> Any:
@@ -311,7 +318,7 @@ def _arrow_problem(arr: pa.Array, plan: ColumnPlan, exc: Exception) -> str:
             f"a String value is not valid UTF-8 (e.g. hex {bad.hex().upper()[:40]}); set "
             'strings = "binary" on this table to store String columns as Iceberg binary'
         )
-    return f"cannot be stored as {plan.arrow}: {exc}"
+    return f"cannot be stored as {plan.arrow}: {exc}{_uint64_hint(plan)}"
 
 
 def _is_utf8(v: bytes) -> bool:

@@ -308,6 +308,8 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
             f"reinterpretAsUInt64({q})",
             f"toInt64(bitShiftRight(reinterpretAsInt128({q}), 64))",
         )
+    if name in ("Array", "Map", "Tuple") and has_leaf(base, NATIVE_NESTED_LEAVES):
+        return "plain", (rewrite_leaves(t, q, NATIVE_NESTED_LEAVES),)
     return "plain", (q,)
 
 
@@ -329,6 +331,8 @@ def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "st
 
 
 def _needs_prep_inside(t: ChType, uint64: UInt64Mode, strings: StringMode) -> bool:
+    if has_leaf(t, NATIVE_NESTED_LEAVES):
+        return True
     for arg in t.args:
         if isinstance(arg, ChType) and (
             prep_kind(arg, uint64, strings) != "none"
@@ -429,36 +433,48 @@ def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
 # containers are rewritten element by element with arrayMap / mapApply / tuple.
 
 
-def arrow_wire_expr(t: ChType, expr: str, depth: int = 0) -> str:
+_ARROW_LEAVES = {
+    "DateTime64": "toUnixTimestamp64Micro({})",
+    "DateTime": "toInt64(toUnixTimestamp({})) * 1000000",
+    "Date": "toInt32({})",
+    "Date32": "toInt32({})",
+    "UUID": "UUIDStringToNum(toString({}))",
+    **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
+}
+# The native driver decodes DateTime64 through a float, which is off by a microsecond
+# for some values; inside containers (where no top-level wire form applies) they are
+# read as integer microseconds and rebuilt exactly (convert._element_fn).
+NATIVE_NESTED_LEAVES = {"DateTime64": "toUnixTimestamp64Micro({})"}
+
+
+def arrow_wire_expr(t: ChType, expr: str) -> str:
     """SQL turning a value of type `t` into the ArrowStream wire form offloader expects."""
+    return rewrite_leaves(t, expr, _ARROW_LEAVES)
+
+
+def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0) -> str:
+    """`expr` with every value whose type is a key of `leaves` replaced by that SQL
+    template, containers rewritten element by element (arrayMap, mapApply, tuple)."""
     base = t.unwrap()
     name = base.name
-    if name == "DateTime64":
-        return f"toUnixTimestamp64Micro({expr})"
-    if name == "DateTime":
-        return f"toInt64(toUnixTimestamp({expr})) * 1000000"
-    if name in ("Date", "Date32"):
-        return f"toInt32({expr})"
-    if name == "UUID":
-        return f"UUIDStringToNum(toString({expr}))"
-    if name in ("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"):
-        return f"toString({expr})"
-    if not _needs_arrow_rewrite(base):
+    if name in leaves:
+        return leaves[name].format(expr)
+    if not has_leaf(base, leaves):
         return expr
     v = f"__v{depth}"
     if name == "Array":
-        return f"arrayMap({v} -> {arrow_wire_expr(base.inner, v, depth + 1)}, {expr})"
+        return f"arrayMap({v} -> {rewrite_leaves(base.inner, v, leaves, depth + 1)}, {expr})"
     if name == "Map":
         key, value = base.args
         assert isinstance(key, ChType) and isinstance(value, ChType)
         k = f"__k{depth}"
         return (
-            f"mapApply(({k}, {v}) -> ({arrow_wire_expr(key, k, depth + 1)}, "
-            f"{arrow_wire_expr(value, v, depth + 1)}), {expr})"
+            f"mapApply(({k}, {v}) -> ({rewrite_leaves(key, k, leaves, depth + 1)}, "
+            f"{rewrite_leaves(value, v, leaves, depth + 1)}), {expr})"
         )
     if name == "Tuple":
         parts = [
-            arrow_wire_expr(arg, f"tupleElement({expr}, {i + 1})", depth + 1)
+            rewrite_leaves(arg, f"tupleElement({expr}, {i + 1})", leaves, depth + 1)
             for i, arg in enumerate(base.args)
             if isinstance(arg, ChType)
         ]
@@ -466,20 +482,8 @@ def arrow_wire_expr(t: ChType, expr: str, depth: int = 0) -> str:
     return expr
 
 
-def _needs_arrow_rewrite(t: ChType) -> bool:
+def has_leaf(t: ChType, leaves: dict[str, str]) -> bool:
     base = t.unwrap()
-    if base.name in (
-        "DateTime64",
-        "DateTime",
-        "Date",
-        "Date32",
-        "UUID",
-        "IPv4",
-        "IPv6",
-        "Enum8",
-        "Enum16",
-        "JSON",
-        "Object",
-    ):
+    if base.name in leaves:
         return True
-    return any(isinstance(a, ChType) and _needs_arrow_rewrite(a) for a in base.args)
+    return any(isinstance(a, ChType) and has_leaf(a, leaves) for a in base.args)

@@ -4,9 +4,9 @@ Per day of the watermark column: the row count and an order-independent checksum
 the sum (mod 2^64) of CRC-32s of each row's canonical text. ClickHouse computes its
 side as one server-side aggregate; the Iceberg side is an Arrow scan, batch by
 batch, so memory stays bounded by a batch. The canonical text of a value is the
-same on both sides by construction (`canonical_sql` and `canonical_value`).
-Columns of container types (Array, Map, Tuple) are counted but left out of the
-checksum (their text forms differ between ClickHouse and Arrow); the report names them.
+same on both sides by construction (`canonical_sql` and `canonical_of`), containers
+included: an Array or Map is its length and its elements' canonical texts, a Tuple
+its elements' texts, built element by element with arrayMap on the server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import decimal
 import struct
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,16 +37,16 @@ NULL = "\\N"
 SEP = "\x1f"
 INT_BUCKET = 1_000_000  # integer watermarks are grouped in buckets of this many values
 
-# Containers are counted but not checksummed: their text forms differ between
-# ClickHouse and Arrow. JSON is stored as ClickHouse's own toString text, so it is.
-_NESTED = ("Array", "Map", "Tuple", "Nested")
+ITEM = "\x1e"  # between the elements of an Array or Map
+PAIR = "\x1d"  # between a Map's key and value, and between a Tuple's elements
+_NESTED = ("Array", "Map", "Tuple")
 
 
-def _kind(t: ChType) -> str | None:
+def _kind(t: ChType) -> str:
+    """How a scalar value is written canonically. JSON is stored as ClickHouse's own
+    toString text, so it compares as text."""
     base = t.unwrap()
     name = base.name
-    if name in _NESTED:
-        return None
     if name in ("Float32", "Float64"):
         return "float"
     if name == "Bool":
@@ -66,21 +66,84 @@ def _kind(t: ChType) -> str | None:
 
 def canonical_sql(plan: ColumnPlan) -> str | None:
     """ClickHouse expression giving a column's canonical text, or None if not checksummed."""
-    kind = _kind(plan.ch_type)
-    if kind is None:
+    if not _checksummed(plan.ch_type):
         return None
-    q = quote_ident(plan.name)
-    expr = {
-        "float": f"toString(reinterpretAsUInt64(toFloat64({q})))",
-        "bool": f"toString(toUInt8({q}))",
-        "days": f"toString(toInt32({q}))",
-        "micros": f"toString(toUnixTimestamp64Micro(toDateTime64({q}, 6)))",
-        "decimal": f"toString({q})",
-        "bytes": f"toString({q})",
-        "hex": f"hex({q})",
-        "text": f"toString({q})",
-    }[kind]
-    return f"ifNull({expr}, {quote_string(NULL)})" if plan.ch_type.nullable else expr
+    return _canonical_sql(plan.ch_type, quote_ident(plan.name), 0)
+
+
+def _checksummed(t: ChType) -> bool:
+    base = t.unwrap()
+    if base.name == "Nested" or (base.name in _NESTED and not base.args):
+        return False
+    return all(_checksummed(a) for a in base.args if isinstance(a, ChType))
+
+
+def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
+    base = t.unwrap()
+    name = base.name
+    if name == "Array":
+        v = f"__c{depth}"
+        inner = _canonical_sql(base.inner, v, depth + 1)
+        text = (
+            f"concat(toString(length({expr})), ':', "
+            f"arrayStringConcat(arrayMap({v} -> {inner}, {expr}), {quote_string(ITEM)}))"
+        )
+    elif name == "Map":
+        key_t, value_t = (a for a in base.args if isinstance(a, ChType))
+        k, v = f"__k{depth}", f"__v{depth}"
+        pair = (
+            f"concat({_canonical_sql(key_t, k, depth + 1)}, {quote_string(PAIR)}, "
+            f"{_canonical_sql(value_t, v, depth + 1)})"
+        )
+        text = (
+            f"concat(toString(length({expr})), ':', arrayStringConcat(arrayMap(({k}, {v}) -> "
+            f"{pair}, mapKeys({expr}), mapValues({expr})), {quote_string(ITEM)}))"
+        )
+    elif name == "Tuple":
+        parts = [
+            _canonical_sql(a, f"tupleElement({expr}, {i + 1})", depth + 1)
+            for i, a in enumerate(x for x in base.args if isinstance(x, ChType))
+        ]
+        text = f"concat('(', {f', {quote_string(PAIR)}, '.join(parts)}, ')')"
+    else:
+        text = {
+            "float": f"toString(reinterpretAsUInt64(toFloat64({expr})))",
+            "bool": f"toString(toUInt8({expr}))",
+            "days": f"toString(toInt32({expr}))",
+            "micros": f"toString(toUnixTimestamp64Micro(toDateTime64({expr}, 6)))",
+            "hex": f"hex({expr})",
+        }.get(_kind(t), f"toString({expr})")
+    return f"ifNull({text}, {quote_string(NULL)})" if t.nullable else text
+
+
+def canonical_of(t: ChType) -> Callable[[Any], bytes]:
+    """The canonical text of a value of type `t` as read back from Iceberg (to_pylist)."""
+    base = t.unwrap()
+    if base.name == "Array":
+        elem = canonical_of(base.inner)
+        return _nullable(lambda v: _items(len(v), (elem(x) for x in v)))
+    if base.name == "Map":
+        key_t, value_t = (a for a in base.args if isinstance(a, ChType))
+        kf, vf = canonical_of(key_t), canonical_of(value_t)
+        # Arrow reads a map back as a list of (key, value) pairs, in the stored order.
+        return _nullable(lambda v: _items(len(v), (kf(k) + PAIR.encode() + vf(x) for k, x in v)))
+    if base.name == "Tuple":
+        fns = [canonical_of(a) for a in base.args if isinstance(a, ChType)]
+        sep = PAIR.encode()
+        # A Tuple is stored as a struct and read back as a dict in field order.
+        return _nullable(
+            lambda v: b"(" + sep.join(f(x) for f, x in zip(fns, v.values(), strict=True)) + b")"
+        )
+    kind = _kind(t)
+    return lambda v: canonical_value(kind, v)
+
+
+def _items(n: int, parts: Iterable[bytes]) -> bytes:
+    return str(n).encode() + b":" + ITEM.encode().join(parts)
+
+
+def _nullable(fn: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    return lambda v: NULL.encode() if v is None else fn(v)
 
 
 def canonical_value(kind: str, v: Any) -> bytes:
@@ -185,9 +248,9 @@ async def verify_table(
         async with clickhouse.session(cfg.clickhouse, table.target) as ch:
             src = plan_source(table, await ch.table_columns(db, table.source_table))
             wm = src.columns[src.order_index[0]]
-            kinds = [(p, _kind(p.ch_type), canonical_sql(p)) for p in src.columns]
-            verdict.excluded = [p.name for p, k, _ in kinds if k is None]
-            canon = [expr for _, k, expr in kinds if expr is not None]
+            checked = [p for p in src.columns if canonical_sql(p) is not None]
+            verdict.excluded = [p.name for p in src.columns if canonical_sql(p) is None]
+            canon = [str(canonical_sql(p)) for p in checked]
             where = ["1"] if mark is None else [f"NOT ({keyset_after(src.order, mark.position)})"]
             bucket = _bucket_sql(wm)
             if since:
@@ -208,7 +271,7 @@ async def verify_table(
     except TableError as exc:
         verdict.error = str(exc)
         return verdict
-    cold = await anyio.to_thread.run_sync(_scan_iceberg, ice, src, kinds, since, until)
+    cold = await anyio.to_thread.run_sync(_scan_iceberg, ice, src, checked, since, until)
     days = sorted(set(source) | set(cold))
     verdict.days = len(days)
     verdict.rows = sum(b.rows for b in source.values())
@@ -239,7 +302,7 @@ def _interleave(exprs: list[str]) -> list[str]:
 def _scan_iceberg(
     ice: Any,
     src: Any,
-    kinds: list[tuple[ColumnPlan, str | None, str | None]],
+    checked: list[ColumnPlan],
     since: str | None,
     until: str | None,
 ) -> dict[str, Bucket]:
@@ -248,19 +311,19 @@ def _scan_iceberg(
         return buckets
     wm = src.columns[src.order_index[0]]
     bucket_of = _bucket_of(wm)
-    used = [(p.name, k) for p, k, _ in kinds if k is not None]
+    used = [(p.name, canonical_of(p.ch_type)) for p in checked]
     for batch in ice.read_batches():
         names = set(batch.schema.names)
         wm_values = batch.column(wm.name).to_pylist()
         columns = [
-            (kind, batch.column(name).to_pylist() if name in names else [None] * batch.num_rows)
-            for name, kind in used
+            (canon, batch.column(name).to_pylist() if name in names else [None] * batch.num_rows)
+            for name, canon in used
         ]
         for i, w in enumerate(wm_values):
             b = bucket_of(w)
             if (since and b < since) or (until and b >= until):
                 continue
-            parts = [canonical_value(kind, values[i]) for kind, values in columns]
+            parts = [canon(values[i]) for canon, values in columns]
             entry = buckets.setdefault(b, Bucket())
             entry.rows += 1
             entry.checksum = (entry.checksum + row_crc(parts)) & _MASK

@@ -38,7 +38,7 @@ def test_verify_equal_then_differences(env: Env) -> None:
     assert env.once().ok
     result = env.cli("verify")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "cold.alltypes: 1 days, 2 rows up to the committed watermark: EQUAL" in result.stdout
+    assert "cold.alltypes: 1 days, 2 rows up to the committed watermark: EQUAL\n" in result.stdout
     assert "cold.v: 4 days, 30000 rows" in result.stdout and "EQUAL" in result.stdout
 
     # A row arriving late, below the watermark, is missing from Iceberg.
@@ -51,6 +51,14 @@ def test_verify_equal_then_differences(env: Env) -> None:
         f"ALTER TABLE {env.ch_database}.v UPDATE price = 1 WHERE trade_id = 5 "
         "SETTINGS mutations_sync = 2"
     )
+    # Values inside containers are compared too.
+    env.ch(
+        f"ALTER TABLE {env.ch_database}.alltypes UPDATE m = map('k', 2) WHERE id = 1 "
+        "SETTINGS mutations_sync = 2"
+    )
+    nested = env.cli("verify", "cold.alltypes")
+    assert nested.returncode == 1, nested.stdout
+    assert "2 rows on both sides but values differ" in nested.stdout
     result = env.cli("verify", "cold.v")
     assert result.returncode == 1
     assert "2026-01-01: 8640 rows on both sides but values differ" in result.stdout
@@ -76,3 +84,48 @@ def test_expire_keeps_the_newest_offloader_commit(env: Env) -> None:
     assert report.ok and report.tables[0].rows == 10
     assert env.assert_tiers_equal("cold.exp") == 410
     assert env.cli("verify").returncode == 0
+
+
+def test_verify_checksums_values_inside_containers(env: Env) -> None:
+    env.ch(
+        f"CREATE TABLE {env.ch_database}.deep (ts DateTime64(6, 'UTC'), id UInt64, "
+        "a2 Array(Array(Nullable(Decimal(20, 4)))), md Map(LowCardinality(String), "
+        "Array(DateTime64(3, 'UTC'))), tp Tuple(d Date, b Bool, e Enum8('x' = 1, 'y' = 2)), "
+        "af Array(FixedString(2)), ai Array(IPv6), au Array(UUID), af32 Array(Float32), "
+        "mi Map(UInt64, Nullable(String))) ENGINE = MergeTree ORDER BY (ts, id)"
+    )
+    env.ch(
+        f"INSERT INTO {env.ch_database}.deep VALUES "
+        "('2026-01-01 00:00:00', 1, [[1.5, NULL], [], [-0.0001]], "
+        "{'k': ['2026-01-01 00:00:00.001', '1960-01-01 00:00:00'], '': []}, "
+        "('1970-01-01', true, 'y'), ['a', ''], ['::ffff:1.2.3.4', '2001:db8::1'], "
+        "['00000000-0000-0000-0000-00000000000a'], [nan, -inf, 1.1], "
+        "{18446744073709551615: NULL}), "
+        "('2026-01-01 00:00:01', 2, [], {}, ('2149-06-06', false, 'x'), [], [], [], [], {}), "
+        "('2026-01-01 00:00:02', 3, [[NULL]], {'': ['2299-12-31 23:59:59.999']}, "
+        "('2000-02-29', true, 'x'), ['zz'], ['::'], [], [0], {0: '', 1: 'é'})"
+    )
+    env.write_config([env.table("deep", watermark="ts", keys=["id"])])
+    refused = env.once()
+    assert not refused.ok
+    assert "column 'mi'" in str(refused.tables[0].error)
+    assert 'set uint64 = "decimal"' in str(refused.tables[0].error)
+    env.write_config(
+        [env.table("deep", watermark="ts", keys=["id"], uint64="decimal", target="cold.deep_dec")]
+    )
+    report = env.once()
+    assert report.ok, report.summary()
+    # Exact inside containers too: the native driver's float decoding would give .999001.
+    rows = env.iceberg_arrow(env.config().table("cold.deep_dec")).to_pylist()
+    last = next(r for r in rows if r["id"] == 3)
+    assert last["md"] == [("", [dt.datetime(2299, 12, 31, 23, 59, 59, 999000, tzinfo=dt.UTC)])]
+    result = env.cli("verify", "cold.deep_dec")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cold.deep_dec: 1 days, 3 rows up to the committed watermark: EQUAL\n" in result.stdout
+    env.ch(
+        f"ALTER TABLE {env.ch_database}.deep UPDATE a2 = [[1.5, NULL], [], [0.0001]] "
+        "WHERE id = 1 SETTINGS mutations_sync = 2"
+    )
+    changed = env.cli("verify", "cold.deep_dec")
+    assert changed.returncode == 1, changed.stdout
+    assert "3 rows on both sides but values differ" in changed.stdout
