@@ -274,6 +274,11 @@ class IcebergTable:
     def snapshot_count(self) -> int:
         return len(self._table.metadata.snapshots)
 
+    def initial_columns(self) -> set[str]:
+        """Top-level column names of the table's first schema (before any evolution)."""
+        schemas = self._table.schemas()
+        return {f.name for f in schemas[min(schemas)].fields}
+
     def ensure_properties(self) -> None:
         current = self._table.metadata.properties
         missing = {k: v for k, v in TABLE_PROPERTIES.items() if current.get(k) != v}
