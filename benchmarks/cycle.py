@@ -31,7 +31,7 @@ import anyio
 import orjson
 import pyarrow as pa
 
-from offloader import clickhouse, clickhouse_http, convert, devserver
+from offloader import clickhouse, clickhouse_http, convert, devserver, source
 from offloader.config import ClickHouseConfig, Config, load_config
 from offloader.convert import encode_value
 from offloader.iceberg import IcebergCatalog
@@ -232,7 +232,7 @@ async def _ceiling(b: Bench, cfg: Config, rows: int, plain: bool) -> tuple[float
     """
     table = cfg.tables[0]
     async with clickhouse.session(b.ch, "ceiling") as s:
-        src = plan_source(table, await s.table_columns(b.db, table.source_table))
+        src = plan_source(table, await source.table_columns(s, b.db, table.source_table))
         select = [quote_ident(c.name) for c in src.columns] if plain else src.select
         after = None
         upto = "2100-01-01 00:00:00.000000"
@@ -263,11 +263,10 @@ async def _arrow_ceiling(b: Bench, cfg: Config) -> tuple[float, int, list[pa.Rec
     """Read the same keyset pages as ArrowStream over HTTP alone; keep the converted
     batches for the write ceiling."""
     table = cfg.tables[0]
-    async with clickhouse.session(b.ch, "ceiling") as s:
-        src = plan_source(table, await s.table_columns(b.db, table.source_table))
-    batches: list[pa.RecordBatch] = []
     cfg_http = ClickHouseConfig(port=b.port, http_port=b.http_port)
+    batches: list[pa.RecordBatch] = []
     async with clickhouse_http.session(cfg_http, "ceiling") as http:
+        src = plan_source(table, await source.table_columns(http, b.db, table.source_table))
         after = None
         total = 0
         read = 0.0

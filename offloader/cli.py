@@ -186,7 +186,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     )
     if args.offline:
         return EXIT_OK
-    from offloader import clickhouse, iceberg
+    from offloader import iceberg, source
     from offloader.errors import TableError
     from offloader.iceberg import IcebergCatalog
     from offloader.pipeline import plan_source
@@ -203,8 +203,9 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     for table in cfg.tables:
         db = table.source_database or cfg.clickhouse.database
         try:
-            async with clickhouse.session(cfg.clickhouse, table.target) as ch:
-                src = plan_source(table, await ch.table_columns(db, table.source_table))
+            transport = source.transport_of(cfg.clickhouse, table)
+            async with source.session(cfg.clickhouse, table.target, transport) as ch:
+                src = plan_source(table, await source.table_columns(ch, db, table.source_table))
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
             print(iceberg.describe(src.schema, table.partition_by))
         except TableError as exc:

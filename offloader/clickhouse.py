@@ -25,7 +25,6 @@ from offloader.errors import (
     SourceSchemaError,
     SourceUnavailable,
 )
-from offloader.sql import quote_string
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,8 @@ class ClickHouseSession:
 
     def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
         self._cfg = cfg
-        self._label = label
+        self.label = label
+        self.endpoint = f"{cfg.host}:{cfg.port}"
         kwargs: dict[str, Any] = {}
         if cfg.secure:
             kwargs.update(secure=True, verify=True)
@@ -91,7 +91,7 @@ class ClickHouseSession:
     def _translate(self, exc: BaseException, what: str) -> BaseException:
         if isinstance(exc, anyio.get_cancelled_exc_class()):
             return exc
-        where = f"{self._label}: ClickHouse {self._cfg.host}:{self._cfg.port}"
+        where = f"{self.label}: ClickHouse {self._cfg.host}:{self._cfg.port}"
         if isinstance(exc, ch_errors.ServerException):
             code = getattr(exc, "code", None)
             first = str(exc).strip().splitlines()
@@ -102,7 +102,7 @@ class ClickHouseSession:
             return SourceUnavailable(f"{where}: server error {code} during {what}: {text}")
         if isinstance(exc, UnicodeDecodeError):
             return DataError(
-                f"{self._label}: a String value is not valid UTF-8 ({exc.reason} at byte "
+                f"{self.label}: a String value is not valid UTF-8 ({exc.reason} at byte "
                 f'{exc.start}); set strings = "binary" on this table to store String columns '
                 "as Iceberg binary, byte for byte",
                 reason="utf8",
@@ -152,39 +152,10 @@ class ClickHouseSession:
         lengths = {len(c) for c in columns}
         if len(columns) != expected_columns or len(lengths) > 1:
             raise SourceUnavailable(
-                f"{self._label}: malformed page from ClickHouse: {len(columns)} columns "
+                f"{self.label}: malformed page from ClickHouse: {len(columns)} columns "
                 f"(expected {expected_columns}), lengths {sorted(lengths)}"
             )
         return Page(columns=columns, rows=lengths.pop() if lengths else 0)
-
-    async def table_columns(self, database: str, table: str) -> list[tuple[str, str]]:
-        rows = await self.rows(
-            "SELECT name, type FROM system.columns WHERE database = "
-            f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
-        )
-        if not rows:
-            exists = await self.scalar(
-                "SELECT count() FROM system.tables WHERE database = "
-                f"{quote_string(database)} AND name = {quote_string(table)}"
-            )
-            raise SourceSchemaError(
-                f"{self._label}: source table {database}.{table} "
-                + ("has no columns" if exists else "does not exist in ClickHouse")
-                + f" ({self._cfg.host}:{self._cfg.port}); check tables.source in the config",
-                reason="missing_table",
-            )
-        return [(str(name), str(type_)) for name, type_ in rows]
-
-    async def table_ttl(self, database: str, table: str) -> str | None:
-        """The table's TTL clause, if any (from its CREATE statement)."""
-        create = await self.scalar(
-            "SELECT create_table_query FROM system.tables WHERE database = "
-            f"{quote_string(database)} AND name = {quote_string(table)}"
-        )
-        if not create or " TTL " not in str(create):
-            return None
-        ttl = str(create).split(" TTL ", 1)[1]
-        return ttl.split(" SETTINGS ", 1)[0].strip()
 
 
 @asynccontextmanager

@@ -1,6 +1,6 @@
 """The `arrow` transport: keyset pages read over ClickHouse's HTTP interface as
-`FORMAT ArrowStream`, parsed by pyarrow with no per-value Python work. The only module
-importing httpx.
+`FORMAT ArrowStream`, parsed by pyarrow with no per-value Python work; small queries
+(introspection, the high-water mark) as `JSONCompact`. The only module importing httpx.
 
 A page is trusted only if the response is complete: HTTP 200, no exception block that
 ClickHouse appends to a body it had already started (marked `__exception__`), the Arrow
@@ -14,12 +14,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx
+import orjson
 import pyarrow as pa
 
 from offloader.config import ClickHouseConfig
+from offloader.convert import json_value_parser
 from offloader.errors import CLICKHOUSE_SCHEMA_CODES, SourceSchemaError, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,8 @@ SETTINGS = {
 class ArrowHttpSession:
     def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
         self._cfg = cfg
-        self._label = label
+        self.label = label
+        self.endpoint = f"{cfg.host}:{cfg.http_port}"
         scheme = "https" if cfg.secure else "http"
         self._url = f"{scheme}://{cfg.host}:{cfg.http_port}/"
         self._client = httpx.AsyncClient(
@@ -57,19 +61,20 @@ class ArrowHttpSession:
             await self._client.aclose()
 
     def _where(self) -> str:
-        return f"{self._label}: ClickHouse HTTP {self._cfg.host}:{self._cfg.http_port}"
+        return f"{self.label}: ClickHouse HTTP {self._cfg.host}:{self._cfg.http_port}"
 
-    async def page(self, query: str) -> pa.RecordBatch:
-        """Run one page query and return its rows as one RecordBatch (wire forms)."""
+    async def _post(self, query: str, settings: dict[str, str], what: str) -> bytes:
+        """POST one query; the whole body, or an error if the server reported one.
+
+        A body cut short is returned as far as it came only if the server said nothing;
+        callers check their format's own end marker.
+        """
         chunks: list[bytes] = []
         cut: httpx.HTTPError | None = None
         try:
             with anyio.fail_after(self._cfg.query_timeout):
                 async with self._client.stream(
-                    "POST",
-                    self._url,
-                    params=SETTINGS,
-                    content=(query + " FORMAT ArrowStream").encode(),
+                    "POST", self._url, params=settings, content=query.encode()
                 ) as response:
                     try:
                         async for chunk in response.aiter_bytes():
@@ -77,10 +82,10 @@ class ArrowHttpSession:
                     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                         # ClickHouse ends a failed stream with an exception block and closes
                         # the connection; a dying server just closes it. Either way the
-                        # page is incomplete: keep what came, to report why.
+                        # body is incomplete: keep what came, to report why.
                         cut = exc
         except TimeoutError:
-            msg = f"{self._where()}: page query timed out"
+            msg = f"{self._where()}: {what} timed out"
             raise SourceUnavailable(msg, reason="timeout") from None
         except httpx.HTTPError as exc:
             raise SourceUnavailable(
@@ -99,13 +104,18 @@ class ArrowHttpSession:
             tail = body[-2000:].decode("utf-8", "replace")
             message = next((ln for ln in tail.splitlines() if "Code:" in ln), tail[-300:])
             raise SourceUnavailable(
-                f"{self._where()}: the page failed mid-stream: {message.strip()[:500]}"
+                f"{self._where()}: the {what} failed mid-stream: {message.strip()[:500]}"
             )
         if cut is not None:
             raise SourceUnavailable(
-                f"{self._where()}: the connection closed mid-page after {len(body)} bytes "
-                f"({type(cut).__name__}); the page is discarded"
+                f"{self._where()}: the connection closed mid-{what} after {len(body)} bytes "
+                f"({type(cut).__name__}); the {what} is discarded"
             )
+        return body
+
+    async def page(self, query: str) -> pa.RecordBatch:
+        """Run one page query and return its rows as one RecordBatch (wire forms)."""
+        body = await self._post(query + " FORMAT ArrowStream", SETTINGS, "page")
         if not body.endswith(_EOS):
             raise SourceUnavailable(
                 f"{self._where()}: truncated ArrowStream ({len(body)} bytes, no end-of-stream "
@@ -119,6 +129,30 @@ class ArrowHttpSession:
         if not batches:
             return pa.RecordBatch.from_pylist([], schema=table.schema)
         return batches[0]
+
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        """A small query's rows, from JSONCompact and its column types: integers as int
+        (however the server's settings quote them), other values as JSON gives them.
+
+        No output setting is changed here: they also shape toString() of some types
+        (JSON), which verify compares with what pages stored. Time values travel as
+        integers instead (sql.watermark_int).
+        """
+        body = await self._post(query + " FORMAT JSONCompact", {}, "query")
+        try:
+            doc = orjson.loads(body)
+            if doc.get("exception"):
+                raise SourceUnavailable(f"{self._where()}: query failed: {doc['exception']}")
+            parsers = [json_value_parser(str(m["type"])) for m in doc["meta"]]
+            return [tuple(p(v) for p, v in zip(parsers, row, strict=True)) for row in doc["data"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise SourceUnavailable(
+                f"{self._where()}: malformed JSON reply ({type(exc).__name__}: {exc})"
+            ) from None
+
+    async def scalar(self, query: str) -> Any:
+        rows = await self.rows(query)
+        return rows[0][0] if rows else None
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from offloader.errors import DataError
-from offloader.types import ChType, ColumnPlan
+from offloader.types import ChType, ColumnPlan, parse_type
 
 _INT64_MAX = 2**63 - 1
 
@@ -221,13 +221,13 @@ def _element_fn(t: ChType) -> Callable[[Any], Any]:
     from offloader.types import prep_kind
 
     if t.unwrap().name == "DateTime64":  # read as integer microseconds (NATIVE_NESTED_LEAVES)
-        return _nullsafe(_from_micros)
+        return _nullsafe(from_micros)
     kind = prep_kind(t)
     fn = _preparer(t, kind)
     return fn if fn is not None else _identity
 
 
-def _from_micros(v: Any) -> dt.datetime:
+def from_micros(v: Any) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=int(v))
 
 
@@ -283,6 +283,26 @@ def encode_value(v: Any) -> Any:
 
 
 # --- the arrow transport ---------------------------------------------------------------
+
+
+def json_value_parser(type_text: str) -> Callable[[Any], Any]:
+    """Turn one JSONCompact value of ClickHouse type `type_text` into Python: integers
+    as int (a server may quote 64-bit ones), anything else as JSON has it."""
+    try:
+        name = parse_type(type_text).unwrap().name
+    except ValueError:
+        return _identity
+    return _nullsafe(int) if name.startswith(("Int", "UInt")) else _identity
+
+
+def watermark_from_int(t: ChType, v: Any) -> Any:
+    """The watermark value of type `t` from its integer form (sql.watermark_int)."""
+    name = t.unwrap().name
+    if name in ("DateTime", "DateTime64"):
+        return from_micros(v)
+    if name in ("Date", "Date32"):
+        return dt.date(1970, 1, 1) + dt.timedelta(days=int(v))
+    return int(v)
 
 
 def conform_batch(table: str, plans: Sequence[ColumnPlan], wire: pa.RecordBatch) -> pa.RecordBatch:

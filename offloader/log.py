@@ -84,6 +84,8 @@ def setup(fmt: str = "json", level: str = "INFO", stream: TextIO | None = None) 
                 "pyiceberg": {"level": "WARNING"},
                 "asynch": {"level": "WARNING"},
                 "asyncio": {"level": "WARNING"},
+                "httpx": {"level": "WARNING"},  # a line per request otherwise
+                "httpcore": {"level": "WARNING"},
             },
         }
     )

@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,13 +20,15 @@ import anyio
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import clickhouse, clickhouse_http, convert, faults, plan
+from offloader import convert, faults, plan
 from offloader.clickhouse import ClickHouseSession, Page
 from offloader.clickhouse_http import ArrowHttpSession
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
-from offloader.sql import page_query, qualified, quote_ident
+from offloader.source import Source, table_columns, transport_of
+from offloader.source import session as source_session
+from offloader.sql import NOW_MICROS, page_query, qualified, quote_ident, watermark_int
 from offloader.types import (
     ChType,
     ColumnPlan,
@@ -244,9 +245,10 @@ async def _run(
     label = table.target
     db = table.source_database or services.clickhouse.database
     source = qualified(db, table.source_table)
-    async with clickhouse.session(services.clickhouse, label) as ch:
+    transport = transport_of(services.clickhouse, table)
+    async with source_session(services.clickhouse, label, transport) as ch:
         t0 = time.monotonic()
-        src = plan_source(table, await ch.table_columns(db, table.source_table))
+        src = plan_source(table, await table_columns(ch, db, table.source_table))
         ice = await anyio.to_thread.run_sync(
             services.catalog.ensure,
             table.target,
@@ -285,8 +287,11 @@ async def _run(
 
         wm_name, wm_type = src.order[0]
         wm_q = quote_ident(wm_name)
-        hwm_row = await ch.rows(f"SELECT max({wm_q}), count(), now64(6, 'UTC') FROM {source}")
-        max_value, count, now = hwm_row[0]
+        hwm_row = await ch.rows(
+            f"SELECT {watermark_int(wm_type, f'max({wm_q})')}, count(), {NOW_MICROS} FROM {source}"
+        )
+        max_value = convert.watermark_from_int(wm_type, hwm_row[0][0])
+        count, now = int(hwm_row[0][1]), convert.from_micros(hwm_row[0][2])
         _stage(report, "prepare", time.monotonic() - t0)
         if not count:
             report.status = "idle"
@@ -295,24 +300,19 @@ async def _run(
         upto = plan.high_water_mark(max_value, now, table.lag, wm_type)
         report.watermark = list(position) if position else None
 
-        transport = table.transport or services.clickhouse.transport
-        async with AsyncExitStack() as stack:
-            if transport == "arrow":
-                http = await stack.enter_async_context(
-                    clickhouse_http.session(services.clickhouse, label)
+        if isinstance(ch, ArrowHttpSession):
+            reader = _arrow_reader(ch, src)
+        else:
+            reader = _native_reader(ch, table, src, source)
+        send, receive = anyio.create_memory_object_stream[Fetched](0)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    _fetch, reader, table, src, source, position, upto, send, report, stopping
                 )
-                reader = _arrow_reader(http, src)
-            else:
-                reader = _native_reader(ch, table, src, source)
-            send, receive = anyio.create_memory_object_stream[Fetched](0)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(
-                        _fetch, reader, table, src, source, position, upto, send, report, stopping
-                    )
-                    seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
-            except BaseExceptionGroup as group:
-                raise _single(group) from None
+                seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
         if report.rows == 0:
             report.status = "idle"
 
@@ -384,7 +384,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
-async def _invalid_utf8_columns(ch: ClickHouseSession, src: SourcePlan, source: str) -> str:
+async def _invalid_utf8_columns(ch: Source, src: SourcePlan, source: str) -> str:
     """Name the String columns holding invalid UTF-8, with one example, for the error."""
     found = []
     for col in src.columns:

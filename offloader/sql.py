@@ -49,6 +49,21 @@ def literal(t: ChType, encoded: Any) -> str:
     raise ValueError(f"cannot render a literal of ClickHouse type {t}")
 
 
+def watermark_int(t: ChType, expr: str) -> str:
+    """A watermark value as an integer (microseconds since 1970 for times, days for
+    dates): read the same over both transports, whatever the server's output settings
+    (convert.watermark_from_int turns it back)."""
+    name = t.unwrap().name
+    if name in ("DateTime", "DateTime64"):
+        return f"toUnixTimestamp64Micro(toDateTime64({expr}, 6, 'UTC'))"
+    if name in ("Date", "Date32"):
+        return f"toInt32({expr})"
+    return expr
+
+
+NOW_MICROS = "toUnixTimestamp64Micro(now64(6, 'UTC'))"
+
+
 def _decimal_scale(t: ChType) -> int:
     if t.name == "Decimal":
         return int(str(t.args[1])) if len(t.args) > 1 else 0

@@ -7,10 +7,11 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from offloader import clickhouse
+from offloader import source
 from offloader.config import Config, TableConfig
+from offloader.convert import from_micros, watermark_from_int
 from offloader.errors import TableError
-from offloader.sql import literal, qualified, quote_ident
+from offloader.sql import NOW_MICROS, literal, qualified, quote_ident, watermark_int
 from offloader.types import parse_type
 from offloader.watermarks import StatusRow, Watermarks
 
@@ -113,31 +114,36 @@ def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
 
 async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None:
     db = table.source_database or cfg.clickhouse.database
-    async with clickhouse.session(cfg.clickhouse, table.target) as ch:
-        columns = dict(await ch.table_columns(db, table.source_table))
+    transport = source.transport_of(cfg.clickhouse, table)
+    async with source.session(cfg.clickhouse, table.target, transport) as ch:
+        columns = dict(await source.table_columns(ch, db, table.source_table))
         if table.watermark not in columns:
             st.problem = f"watermark column {table.watermark!r} not in source"
             return
         wm_type = parse_type(columns[table.watermark])
         src = qualified(db, table.source_table)
         wm = quote_ident(table.watermark)
-        newest, now = (await ch.rows(f"SELECT max({wm}), now64(6, 'UTC') FROM {src}"))[0]
+        raw_newest, raw_now = (
+            await ch.rows(f"SELECT {watermark_int(wm_type, f'max({wm})')}, {NOW_MICROS} FROM {src}")
+        )[0]
+        newest, now = watermark_from_int(wm_type, raw_newest), from_micros(raw_now)
         st.source_newest = str(newest)
-        st.ttl = await ch.table_ttl(db, table.source_table)
+        st.ttl = await source.table_ttl(ch, db, table.source_table)
         st.ttl_seconds = ttl_seconds(st.ttl)
         where = f"WHERE {wm} > {literal(wm_type, st.watermark[0])}" if st.watermark else ""
         st.rows_behind = int(await ch.scalar(f"SELECT count() FROM {src} {where}"))
         if st.rows_behind == 0:
             st.lag_seconds = 0.0
         elif isinstance(newest, dt.datetime):
-            done: dt.datetime | None
+            done: dt.datetime
             if st.watermark:
                 done = dt.datetime.fromisoformat(str(st.watermark[0])).replace(tzinfo=dt.UTC)
             else:
-                oldest = await ch.scalar(f"SELECT min({wm}) FROM {src}")
-                done = oldest.astimezone(dt.UTC) if isinstance(oldest, dt.datetime) else None
-            if done is not None:
-                st.lag_seconds = max(0.0, (now.astimezone(dt.UTC) - done).total_seconds())
+                oldest = await ch.scalar(
+                    f"SELECT {watermark_int(wm_type, f'min({wm})')} FROM {src}"
+                )
+                done = from_micros(oldest)
+            st.lag_seconds = max(0.0, (now - done).total_seconds())
 
 
 def render(statuses: list[TableStatus]) -> str:

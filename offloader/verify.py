@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from offloader import clickhouse
+from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
@@ -245,8 +245,9 @@ async def verify_table(
     try:
         ice = await anyio.to_thread.run_sync(catalog.load, table.target)
         mark = await anyio.to_thread.run_sync(ice.latest_mark) if ice is not None else None
-        async with clickhouse.session(cfg.clickhouse, table.target) as ch:
-            src = plan_source(table, await ch.table_columns(db, table.source_table))
+        transport = source.transport_of(cfg.clickhouse, table)
+        async with source.session(cfg.clickhouse, table.target, transport) as ch:
+            src = plan_source(table, await source.table_columns(ch, db, table.source_table))
             wm = src.columns[src.order_index[0]]
             # A column added to the source after the first offload holds NULL in Iceberg
             # for the rows offloaded before, and its default in ClickHouse: it is counted
@@ -271,18 +272,18 @@ async def verify_table(
                 f"WHERE {' AND '.join(where) if mark is not None else '0'} "
                 "GROUP BY __offloader_day ORDER BY __offloader_day"
             )
-            source: dict[str, Bucket] = {}
+            hot: dict[str, Bucket] = {}
             for b, count, total in await ch.rows(query):
-                source[str(b)] = Bucket(int(count), int(total) & _MASK)
+                hot[str(b)] = Bucket(int(count), int(total) & _MASK)
     except TableError as exc:
         verdict.error = str(exc)
         return verdict
     cold = await anyio.to_thread.run_sync(_scan_iceberg, ice, src, checked, since, until)
-    days = sorted(set(source) | set(cold))
+    days = sorted(set(hot) | set(cold))
     verdict.days = len(days)
-    verdict.rows = sum(b.rows for b in source.values())
+    verdict.rows = sum(b.rows for b in hot.values())
     for day in days:
-        s, c = source.get(day, Bucket()), cold.get(day, Bucket())
+        s, c = hot.get(day, Bucket()), cold.get(day, Bucket())
         if s.rows != c.rows:
             verdict.differences.append(
                 f"{day}: ClickHouse {s.rows} rows, Iceberg {c.rows} rows "

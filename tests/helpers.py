@@ -13,7 +13,7 @@ import anyio
 import asyncpg
 import pyarrow as pa
 
-from offloader import clickhouse
+from offloader import clickhouse, source
 from offloader.config import ClickHouseConfig, Config, TableConfig, load_config
 from offloader.convert import to_record_batch
 from offloader.iceberg import IcebergCatalog
@@ -129,6 +129,7 @@ class Env:
         *,
         service: dict[str, Any] | None = None,
         clickhouse_port: int | None = None,
+        clickhouse_http_port: int | None = None,
         pg_dsn: str | None = None,
         catalog: dict[str, str] | None = None,
     ) -> Path:
@@ -146,7 +147,7 @@ class Env:
             "[clickhouse]",
             'host = "127.0.0.1"',
             f"port = {clickhouse_port or self.ch_port}",
-            f"http_port = {self.ch_http_port}",
+            f"http_port = {clickhouse_http_port or self.ch_http_port}",
             f'transport = "{self.transport}"',
             f'database = "{self.ch_database}"',
             'connect_timeout = "3s"',
@@ -215,7 +216,7 @@ class Env:
         async def go() -> pa.Table:
             db = t.source_database or self.ch_database
             async with clickhouse.session(self.ch_config, "test") as s:
-                src = plan_source(t, await s.table_columns(db, t.source_table))
+                src = plan_source(t, await source.table_columns(s, db, t.source_table))
                 order = ", ".join(quote_ident(c) for c, _ in src.order)
                 page = await s.page(
                     f"SELECT {', '.join(src.select)} FROM {qualified(db, t.source_table)} "

@@ -125,3 +125,21 @@ def test_server_killed_mid_page_with_arrow(pg_database: str, tmp_path: Path) -> 
     finally:
         env.drop_pg_schema()
         devserver.stop(tmp_path / "ch")
+
+
+@pytest.mark.parametrize("env", ["arrow"], indirect=True)
+def test_arrow_tables_need_only_the_http_port(env: Env) -> None:
+    """Introspection, the high-water mark, status, verify and validate all go over HTTP:
+    a closed native port does not matter to a table on the arrow transport."""
+    env.create_trades("h")
+    env.insert_trades("h", 30_000, first_id=1, start="2026-01-01 00:00:00")
+    env.write_config([env.table("h", lag="5m")], clickhouse_port=1)
+    report = env.once()
+    assert report.ok, report.summary()
+    assert report.tables[0].rows == 30_000
+    for command in (["verify"], ["status"], ["validate"]):
+        result = env.cli(*command)
+        assert result.returncode == 0, (command, result.stdout, result.stderr)
+        assert "127.0.0.1:1" not in result.stdout + result.stderr, result.stdout
+        assert "EQUAL" in result.stdout or "ok" in result.stdout or "OK" in result.stdout
+    assert env.assert_tiers_equal("cold.h") == 30_000

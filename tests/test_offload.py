@@ -97,10 +97,16 @@ def test_many_new_tables_in_one_new_namespace_at_once(env: Env) -> None:
 def test_unreachable_clickhouse_and_postgres(env: Env) -> None:
     env.create_trades("t")
     env.insert_trades("t", 10, first_id=1, start="2026-01-01 00:00:00")
-    env.write_config([env.table("t")], clickhouse_port=1)
+    # Each transport uses only its own port: break that one.
+    if env.transport == "arrow":
+        env.write_config([env.table("t")], clickhouse_http_port=1)
+        where = "ClickHouse HTTP 127.0.0.1:1"
+    else:
+        env.write_config([env.table("t")], clickhouse_port=1)
+        where = "ClickHouse 127.0.0.1:1"
     result = env.cli("once")
     assert result.returncode == 1
-    assert "cold.t" in result.stdout and "ClickHouse 127.0.0.1:1" in result.stdout
+    assert "cold.t" in result.stdout and where in result.stdout, result.stdout
     assert "Traceback" not in result.stderr
 
     env.write_config([env.table("t")], pg_dsn="postgresql://postgres@127.0.0.1:1/nothing")

@@ -13,9 +13,15 @@ import pyarrow as pa
 import pytest
 
 from offloader import plan
-from offloader.convert import cursor_value, encode_value, to_record_batch
+from offloader.convert import (
+    cursor_value,
+    encode_value,
+    json_value_parser,
+    to_record_batch,
+    watermark_from_int,
+)
 from offloader.errors import DataError, InconsistentState, SourceSchemaError
-from offloader.sql import keyset_after, literal, page_query, quote_string
+from offloader.sql import keyset_after, literal, page_query, quote_string, watermark_int
 from offloader.types import arrow_type, check_cursor_column, parse_type, plan_column, quote_ident
 
 TS = pa.timestamp("us", tz="UTC")
@@ -296,3 +302,34 @@ def test_ipv6_text_matches_clickhouse(given: str, clickhouse: str) -> None:
     assert _batch("IPv6", [ipaddress.IPv6Address(given)]).to_pylist() == [clickhouse]
     nested = _batch("Array(IPv6)", [[ipaddress.IPv6Address(given)]]).to_pylist()
     assert nested == [[clickhouse]]
+
+
+@pytest.mark.parametrize(
+    ("ch_type", "value", "expected"),
+    [
+        ("DateTime64(3, 'Asia/Tokyo')", -2208988800000000, dt.datetime(1900, 1, 1, tzinfo=dt.UTC)),
+        ("DateTime", 1767225600000000, dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+        ("Date32", -25567, dt.date(1900, 1, 1)),
+        ("UInt64", "18446744073709551615", 2**64 - 1),
+    ],
+)
+def test_watermark_travels_as_an_integer(ch_type: str, value: object, expected: object) -> None:
+    t = parse_type(ch_type)
+    assert watermark_from_int(t, value) == expected
+    expr = watermark_int(t, "max(`c`)")
+    assert (
+        expr
+        == {
+            "DateTime64": "toUnixTimestamp64Micro(toDateTime64(max(`c`), 6, 'UTC'))",
+            "DateTime": "toUnixTimestamp64Micro(toDateTime64(max(`c`), 6, 'UTC'))",
+            "Date32": "toInt32(max(`c`))",
+            "UInt64": "max(`c`)",
+        }[t.name]
+    )
+
+
+def test_json_values_parse_by_type() -> None:
+    assert json_value_parser("UInt64")("18446744073709551615") == 2**64 - 1  # quoted by a profile
+    assert json_value_parser("Nullable(Int64)")(None) is None
+    assert json_value_parser("String")("2026-01-01") == "2026-01-01"
+    assert json_value_parser("AggregateFunction(sum, UInt64)")("x") == "x"
