@@ -145,7 +145,7 @@ class ArrowHttpSession:
                 raise SourceUnavailable(f"{self._where()}: query failed: {doc['exception']}")
             parsers = [json_value_parser(str(m["type"])) for m in doc["meta"]]
             return [tuple(p(v) for p, v in zip(parsers, row, strict=True)) for row in doc["data"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise SourceUnavailable(
                 f"{self._where()}: malformed JSON reply ({type(exc).__name__}: {exc})"
             ) from None
