@@ -107,6 +107,7 @@ class ClickHouseConfig:
     query_timeout: float = 300.0
     transport: Literal["native", "arrow"] = "native"
     http_port: int = 8123
+    http_compression: bool = False
 
     def __repr__(self) -> str:
         return (
@@ -255,6 +256,7 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
         query_timeout=reader.duration(ch, "clickhouse", "query_timeout", 300.0, minimum=1.0),
         transport=reader.transport(ch, "clickhouse", "native"),
         http_port=reader.integer(ch, "clickhouse", "http_port", 8123, 1, 65535),
+        http_compression=reader.boolean(ch, "clickhouse", "http_compression", False),
     )
     reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
 

@@ -130,6 +130,7 @@ class Env:
         service: dict[str, Any] | None = None,
         clickhouse_port: int | None = None,
         clickhouse_http_port: int | None = None,
+        clickhouse_extra: dict[str, Any] | None = None,
         pg_dsn: str | None = None,
         catalog: dict[str, str] | None = None,
     ) -> Path:
@@ -151,6 +152,7 @@ class Env:
             f'transport = "{self.transport}"',
             f'database = "{self.ch_database}"',
             'connect_timeout = "3s"',
+            *(f"{k} = {_toml(v)}" for k, v in (clickhouse_extra or {}).items()),
             "",
             "[postgres]",
             f'dsn = "{pg_dsn or self.pg_dsn}"',

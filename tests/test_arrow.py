@@ -133,7 +133,9 @@ def test_arrow_tables_need_only_the_http_port(env: Env) -> None:
     a closed native port does not matter to a table on the arrow transport."""
     env.create_trades("h")
     env.insert_trades("h", 30_000, first_id=1, start="2026-01-01 00:00:00")
-    env.write_config([env.table("h", lag="5m")], clickhouse_port=1)
+    # Compressed replies (zstd) too, as over a slow link.
+    extra = {"http_compression": True}
+    env.write_config([env.table("h", lag="5m")], clickhouse_port=1, clickhouse_extra=extra)
     report = env.once()
     assert report.ok, report.summary()
     assert report.tables[0].rows == 30_000

@@ -66,6 +66,7 @@ def test_base_config(tmp_path: Path) -> None:
     assert t.keys == ("trade_id",) and t.lag == 300 and t.batch_rows == 100_000
     assert str(t.partition_by[0]) == "day(exchange_ts)"
     assert t.append_rows == 1_000_000
+    assert cfg.clickhouse.http_compression is False  # identity replies unless asked
 
 
 @pytest.mark.parametrize(
@@ -100,6 +101,7 @@ def test_base_config(tmp_path: Path) -> None:
         ),
         ('password = "${CH_PASS:-}"', 'password = "${CH_PASS}"', "refers to ${CH_PASS}"),
         ("enabled = true", 'enabled = "yes"', "enabled must be true or false"),
+        ("port = 9000", 'port = 9000\nhttp_compression = "zstd"', "http_compression must be"),
     ],
 )
 def test_mistakes_are_one_clear_line(tmp_path: Path, old: str, new: str, message: str) -> None:
