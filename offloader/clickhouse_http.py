@@ -28,6 +28,7 @@ from offloader.errors import CLICKHOUSE_SCHEMA_CODES, SourceSchemaError, SourceU
 log = logging.getLogger(__name__)
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+QUERY_SETTINGS: dict[str, str] = {}  # small queries: the server's own settings
 SETTINGS = {
     # Strings arrive as binary and are validated as UTF-8 in conversion.
     "output_format_arrow_string_as_string": "0",
@@ -142,7 +143,7 @@ class ArrowHttpSession:
         (JSON), which verify compares with what pages stored. Time values travel as
         integers instead (sql.watermark_int).
         """
-        body = await self._post(query + " FORMAT JSONCompact", {}, "query")
+        body = await self._post(query + " FORMAT JSONCompact", QUERY_SETTINGS, "query")
         try:
             doc = orjson.loads(body)
             if doc.get("exception"):

@@ -15,6 +15,25 @@ from offloader.types import ChType, quote_ident
 __all__ = ["keyset_after", "literal", "page_query", "qualified", "quote_ident"]
 
 
+# Output settings that shape the text of JSON values (stored as ClickHouse's toString
+# text) and of Decimals (verify's checksum), pinned to ClickHouse's defaults on the
+# queries that produce them, so a user's settings profile cannot change what is stored
+# or compared.
+TEXT_SETTINGS = (
+    "date_time_output_format = 'simple'",
+    "output_format_json_quote_64bit_integers = 0",
+    "output_format_json_quote_64bit_floats = 0",
+    "output_format_json_quote_decimals = 0",
+    "output_format_json_quote_denormals = 0",
+    "output_format_json_escape_forward_slashes = 1",
+    "output_format_decimal_trailing_zeros = 0",
+)
+
+
+def with_text_settings(query: str) -> str:
+    return f"{query} SETTINGS {', '.join(TEXT_SETTINGS)}"
+
+
 def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -105,7 +124,7 @@ def page_query(
     if after is not None:
         where.append(f"({keyset_after(order, after)})")
     order_by = ", ".join(quote_ident(c) for c, _ in order)
-    return (
+    return with_text_settings(
         f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)} "
         f"ORDER BY {order_by} LIMIT {int(limit)} WITH TIES"
     )

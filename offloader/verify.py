@@ -27,7 +27,7 @@ from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
 from offloader.pipeline import plan_source
-from offloader.sql import keyset_after, qualified, quote_ident, quote_string
+from offloader.sql import keyset_after, qualified, quote_ident, quote_string, with_text_settings
 from offloader.types import ChType, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -265,7 +265,7 @@ async def verify_table(
             if until:
                 where.append(f"{bucket} < {quote_string(until)}")
             row_text = f"concat({', '.join(_interleave(canon))})" if canon else "''"
-            query = (
+            query = with_text_settings(
                 f"SELECT {bucket} AS __offloader_day, count(), "
                 f"toString(sum(toUInt64(CRC32({row_text})))) "
                 f"FROM {qualified(db, table.source_table)} "

@@ -11,6 +11,7 @@ import pytest
 from offloader import clickhouse_http, devserver
 from offloader.config import ClickHouseConfig
 from offloader.errors import SourceSchemaError, SourceUnavailable
+from offloader.verify import verify_table
 from tests.conftest import make_env
 from tests.helpers import Env, wait_for_log
 from tests.test_bad_input import EXTREMES
@@ -145,3 +146,35 @@ def test_arrow_tables_need_only_the_http_port(env: Env) -> None:
         assert "127.0.0.1:1" not in result.stdout + result.stderr, result.stdout
         assert "EQUAL" in result.stdout or "ok" in result.stdout or "OK" in result.stdout
     assert env.assert_tiers_equal("cold.h") == 30_000
+
+
+@pytest.mark.parametrize("env", ["arrow"], indirect=True)
+def test_a_settings_profile_cannot_change_stored_text(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output settings a user's ClickHouse profile might set (here sent with every
+    request) change toString() of JSON and Decimal; pages and verify pin them."""
+    profile = {
+        "date_time_output_format": "iso",
+        "output_format_json_quote_64bit_integers": "1",
+        "output_format_decimal_trailing_zeros": "1",
+    }
+    monkeypatch.setattr(clickhouse_http, "SETTINGS", {**clickhouse_http.SETTINGS, **profile})
+    monkeypatch.setattr(clickhouse_http, "QUERY_SETTINGS", profile)
+    db = env.ch_database
+    env.ch(
+        f"CREATE TABLE {db}.prof (ts DateTime64(6, 'UTC'), id UInt64, j JSON, "
+        "d Decimal(10, 4)) ENGINE = MergeTree ORDER BY (ts, id)"
+    )
+    env.ch(
+        f"INSERT INTO {db}.prof VALUES ('2026-01-01 00:00:00', 1, "
+        """'{"n": 1, "t": "2026-01-01 00:00:00"}', 1.5)"""
+    )
+    env.write_config([env.table("prof", watermark="ts", keys=["id"])])
+    report = env.once()
+    assert report.ok, report.summary()
+    [row] = env.iceberg_arrow(env.config().table("cold.prof")).to_pylist()
+    assert row["j"] == '{"n":1,"t":"2026-01-01 00:00:00"}'  # the defaults' text
+    cfg = env.config()
+    verdict = anyio.run(verify_table, cfg, cfg.table("cold.prof"), None, None)
+    assert verdict.ok, verdict.render()

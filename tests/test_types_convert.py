@@ -21,7 +21,14 @@ from offloader.convert import (
     watermark_from_int,
 )
 from offloader.errors import DataError, InconsistentState, SourceSchemaError
-from offloader.sql import keyset_after, literal, page_query, quote_string, watermark_int
+from offloader.sql import (
+    TEXT_SETTINGS,
+    keyset_after,
+    literal,
+    page_query,
+    quote_string,
+    watermark_int,
+)
 from offloader.types import arrow_type, check_cursor_column, parse_type, plan_column, quote_ident
 
 TS = pa.timestamp("us", tz="UTC")
@@ -254,7 +261,8 @@ def test_literals_and_keyset() -> None:
         upto="2026-03-02 00:00:00.000000",
         limit=10,
     )
-    assert q.endswith("ORDER BY `ts`, `id` LIMIT 10 WITH TIES")
+    assert "ORDER BY `ts`, `id` LIMIT 10 WITH TIES SETTINGS " in q
+    assert q.endswith(", ".join(TEXT_SETTINGS))
 
 
 def test_high_water_mark() -> None:
