@@ -174,6 +174,8 @@ def _preparer(t: ChType, prep: str) -> Callable[[Any], Any] | None:
         return _nullsafe(ip_text)
     if prep == "uuid":
         return _nullsafe(_uuid_bytes)
+    if prep == "micros":
+        return _nullsafe(from_micros)
     if prep == "decimal_int":
         return _nullsafe(decimal.Decimal)
     if prep == "bytes":
@@ -220,8 +222,6 @@ def _to_bytes(v: Any) -> bytes:
 def _element_fn(t: ChType) -> Callable[[Any], Any]:
     from offloader.types import prep_kind
 
-    if t.unwrap().name == "DateTime64":  # read as integer microseconds (NATIVE_NESTED_LEAVES)
-        return _nullsafe(from_micros)
     kind = prep_kind(t)
     fn = _preparer(t, kind)
     return fn if fn is not None else _identity

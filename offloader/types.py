@@ -245,7 +245,7 @@ def _field(name: str, t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.
 
 
 # Kinds of per-value work conversion must do before Arrow can take the values.
-Prep = Literal["none", "str", "uuid", "decimal_int", "bytes", "nested"]
+Prep = Literal["none", "str", "uuid", "decimal_int", "bytes", "micros", "nested"]
 
 
 # How a column travels on the wire. The native driver builds a Python object per
@@ -308,7 +308,7 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
             f"reinterpretAsUInt64({q})",
             f"toInt64(bitShiftRight(reinterpretAsInt128({q}), 64))",
         )
-    if name in ("Array", "Map", "Tuple") and has_leaf(base, NATIVE_NESTED_LEAVES):
+    if name in ("Array", "Map", "Tuple"):
         return "plain", (rewrite_leaves(t, q, NATIVE_NESTED_LEAVES),)
     return "plain", (q,)
 
@@ -319,6 +319,10 @@ def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "st
     name = base.name
     if name in ("IPv4", "IPv6"):
         return "str"
+    if name == "DateTime64":
+        # Integer microseconds wherever it is read plain: inside containers through
+        # NATIVE_NESTED_LEAVES (a top-level column uses the ts_us wire form instead).
+        return "micros"
     if name == "UUID":
         return "uuid"
     if name == "UInt64" and uint64 == "decimal":
@@ -331,8 +335,6 @@ def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "st
 
 
 def _needs_prep_inside(t: ChType, uint64: UInt64Mode, strings: StringMode) -> bool:
-    if has_leaf(t, NATIVE_NESTED_LEAVES):
-        return True
     for arg in t.args:
         if isinstance(arg, ChType) and (
             prep_kind(arg, uint64, strings) != "none"
@@ -443,7 +445,7 @@ _ARROW_LEAVES = {
 }
 # The native driver decodes DateTime64 through a float, which is off by a microsecond
 # for some values; inside containers (where no top-level wire form applies) they are
-# read as integer microseconds and rebuilt exactly (convert._element_fn).
+# read as integer microseconds and rebuilt exactly (prep "micros").
 NATIVE_NESTED_LEAVES = {"DateTime64": "toUnixTimestamp64Micro({})"}
 
 

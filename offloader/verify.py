@@ -254,10 +254,11 @@ async def verify_table(
             # but cannot be compared value by value.
             initial = await anyio.to_thread.run_sync(ice.initial_columns) if ice else set()
             late = [p.name for p in src.columns if ice is not None and p.name not in initial]
-            checked = [p for p in src.columns if p.name not in late and canonical_sql(p)]
-            verdict.excluded = [p.name for p in src.columns if canonical_sql(p) is None]
+            sqls = {p.name: canonical_sql(p) for p in src.columns}
+            checked = [p for p in src.columns if p.name not in late and sqls[p.name]]
+            verdict.excluded = [p.name for p in src.columns if sqls[p.name] is None]
             verdict.excluded += [f"{n} (added after the first offload)" for n in late]
-            canon = [str(canonical_sql(p)) for p in checked]
+            canon = [str(sqls[p.name]) for p in checked]
             where = ["1"] if mark is None else [f"NOT ({keyset_after(src.order, mark.position)})"]
             bucket = _bucket_sql(wm)
             if since:
