@@ -76,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", default="7d", help="retention, a duration such as 7d or 36h (default 7d)"
     )
 
+    maintain = sub.add_parser(
+        "maintain",
+        help="compact small files, expire snapshots, delete orphan files (see [maintenance])",
+    )
+    maintain.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
+    maintain.add_argument(
+        "--dry-run", action="store_true", help="print what would be rewritten and deleted"
+    )
+    maintain.add_argument("--json", action="store_true", help="print the reports as JSON")
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -253,11 +263,42 @@ async def _verify(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.iceberg import IcebergCatalog
+    from offloader.maintenance import maintain
+    from offloader.watermarks import Watermarks
+
+    tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+    try:
+        reports = await maintain(
+            IcebergCatalog(cfg.catalog, cfg.maintenance),
+            watermarks,
+            tables,
+            cfg.maintenance,
+            dry_run=args.dry_run,
+        )
+    finally:
+        await watermarks.close()
+    if args.json:
+        print(orjson.dumps([r.as_dict() for r in reports], option=orjson.OPT_INDENT_2).decode())
+    else:
+        for r in reports:
+            print(r.line())
+            for step in r.planned:
+                print(f"  {step}")
+    failed = [r for r in reports if r.status == "failed"]
+    for r in failed:
+        print(f"offloader: maintenance FAILED {r.error}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from offloader.config import parse_duration
     from offloader.iceberg import IcebergCatalog
+    from offloader.iceberg import maintenance as ops
 
     try:
         keep = parse_duration(args.older_than)
@@ -271,7 +312,9 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
         if ice is None:
             print(f"{table.target}: no Iceberg table yet")
             continue
-        expired = await anyio.to_thread.run_sync(ice.expire_snapshots, cutoff)
+        victims = await anyio.to_thread.run_sync(ops.expirable_snapshots, ice, cutoff)
+        await anyio.to_thread.run_sync(ops.expire, ice, victims)
+        expired = len(victims)
         print(
             f"{table.target}: expired {expired} snapshots older than {cutoff:%Y-%m-%d %H:%M} UTC; "
             f"{ice.snapshot_count()} kept"
@@ -282,6 +325,7 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Any] = {
     "verify": _verify,
     "expire": _expire,
+    "maintain": _maintain,
     "once": _once,
     "run": _run,
     "status": _status,

@@ -21,6 +21,18 @@ DEFAULT_CONFIG_PATH = "config/tables.toml"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _IDENT = re.compile(r"^[^\x00-\x1f]+$")
 _PARTITION = re.compile(
@@ -43,6 +55,14 @@ def parse_duration(text: str) -> float:
     if pos != len(text) or not text:
         raise ValueError(f"not a duration: {text!r} (use e.g. '30s', '5m', '1h30m')")
     return total
+
+
+def parse_size(text: str) -> int:
+    """'128MB' -> 128_000_000, '1GiB' -> 1_073_741_824, '4096' -> 4096. Raises ValueError."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. '128MB', '1GiB' or a number of bytes)")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
 
 
 def format_duration(seconds: float) -> str:
@@ -93,6 +113,20 @@ class ServiceConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     lag_alert: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceConfig:
+    """`[maintenance]`: keeps each Iceberg table's shape bounded (README "Maintenance")."""
+
+    enabled: bool = True  # run a pass inside `offloader run`
+    interval: float = 3600.0  # between passes of the service
+    budget: float = 600.0  # time budget of one pass (never delays a cycle tick)
+    settle: float = 3600.0  # a partition is closed when its rows are older than now-lag-settle
+    target_file_size: int = 128 * 1000**2  # compacted data files, Parquet bytes
+    snapshot_retention: float = 7 * 86400.0  # older snapshots are expired (never the newest)
+    metadata_versions: int = 20  # metadata files kept (write.metadata.previous-versions-max)
+    orphan_age: float = 3 * 86400.0  # unreferenced files younger than this are never deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +212,7 @@ class Config:
     postgres: PostgresConfig
     catalog: CatalogConfig
     tables: tuple[TableConfig, ...]
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @property
     def enabled_tables(self) -> tuple[TableConfig, ...]:
@@ -230,7 +265,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> Config:
     reader = _Reader(path, env)
-    reader.reject_unknown(data, "", {"offloader", "clickhouse", "postgres", "iceberg", "tables"})
+    reader.reject_unknown(
+        data, "", {"offloader", "clickhouse", "postgres", "iceberg", "tables", "maintenance"}
+    )
 
     svc = reader.section(data, "offloader", required=False)
     service = ServiceConfig(
@@ -295,7 +332,8 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
                 table.target,
             )
         seen[table.target] = i
-    return Config(path, service, clickhouse, postgres, catalog, tables)
+    maintenance = reader.maintenance(reader.section(data, "maintenance", required=False))
+    return Config(path, service, clickhouse, postgres, catalog, tables, maintenance)
 
 
 class _Reader:
@@ -420,6 +458,43 @@ class _Reader:
                 value,
             )
         return seconds
+
+    def size(
+        self, data: Mapping[str, Any], where: str, key: str, default: int, minimum: int
+    ) -> int:
+        if key not in data:
+            return default
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.fail(f"{where}.{key}", "must be a size like '128MB' or a number of bytes", value)
+        try:
+            size = value if isinstance(value, int) else parse_size(value)
+        except ValueError:
+            self.fail(f"{where}.{key}", "must be a size like '128MB', '1GiB' or bytes", value)
+        if size < minimum:
+            self.fail(f"{where}.{key}", f"must be at least {minimum} bytes", value)
+        return size
+
+    def maintenance(self, data: Mapping[str, Any]) -> MaintenanceConfig:
+        w = "maintenance"
+        d = MaintenanceConfig()
+        self.reject_unknown(data, w, set(MaintenanceConfig.__slots__))
+        return MaintenanceConfig(
+            enabled=self.boolean(data, w, "enabled", d.enabled),
+            interval=self.duration(data, w, "interval", d.interval, minimum=60.0),
+            budget=self.duration(data, w, "budget", d.budget, minimum=1.0),
+            settle=self.duration(data, w, "settle", d.settle, minimum=0.0),
+            target_file_size=self.size(data, w, "target_file_size", d.target_file_size, 1 << 20),
+            snapshot_retention=self.duration(
+                data, w, "snapshot_retention", d.snapshot_retention, minimum=0.0
+            ),
+            metadata_versions=self.integer(
+                data, w, "metadata_versions", d.metadata_versions, 1, 1000
+            ),
+            # Below an hour a slow in-flight write (files written, commit not yet done)
+            # could be taken for an orphan.
+            orphan_age=self.duration(data, w, "orphan_age", d.orphan_age, minimum=3600.0),
+        )
 
     def transport(
         self, data: Mapping[str, Any], where: str, default: Literal["native", "arrow"] | None

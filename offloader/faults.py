@@ -4,7 +4,10 @@
 1st) it passes `point`. Points: read (a page was read from ClickHouse), convert (a page
 was converted), write (Parquet files were written, not committed), iceberg_commit (the
 Iceberg snapshot is committed, PostgreSQL not yet), watermark_txn (inside the
-PostgreSQL transaction, before COMMIT). Unset in production: one dict lookup per call.
+PostgreSQL transaction, before COMMIT). Maintenance points: compact_write (compacted
+files written, not committed), compact_commit (the replacing snapshot is committed),
+expire (snapshots expired), orphan_delete (one orphan file deleted). Unset in
+production: one dict lookup per call.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 
 ENV = "OFFLOADER_TEST_KILL_AT"
 POINTS = ("read", "convert", "write", "iceberg_commit", "watermark_txn")
+MAINTENANCE_POINTS = ("compact_write", "compact_commit", "expire", "orphan_delete")
 _hits: dict[str, int] = {}
 
 

@@ -254,6 +254,7 @@ async def _run(
             table.target,
             src.schema,
             table.partition_by,
+            (table.watermark, *table.keys),
             limiter=services.io,
         )
         state = await services.watermarks.get(table.target, table.source)

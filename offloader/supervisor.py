@@ -89,7 +89,7 @@ async def open_runtime(cfg: Config) -> AsyncIterator[Runtime]:
     try:
         services = Services(
             clickhouse=cfg.clickhouse,
-            catalog=IcebergCatalog(cfg.catalog),
+            catalog=IcebergCatalog(cfg.catalog, cfg.maintenance),
             watermarks=watermarks,
             cpu=anyio.CapacityLimiter(max(1, os.cpu_count() or 1)),
             io=anyio.CapacityLimiter(max(2, cfg.service.max_parallel_tables)),

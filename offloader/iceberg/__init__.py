@@ -47,7 +47,7 @@ from pyiceberg.transforms import (
 )
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
 
-from offloader.config import CatalogConfig, PartitionField
+from offloader.config import CatalogConfig, MaintenanceConfig, PartitionField
 from offloader.errors import InconsistentState, SinkError, SourceSchemaError
 
 log = logging.getLogger(__name__)
@@ -56,11 +56,27 @@ PROP_WATERMARK = "offloader.watermark"
 PROP_SEQ = "offloader.seq"
 PROP_RUN = "offloader.run_id"
 PROP_ROWS = "offloader.rows"
+PROP_OPERATION = "offloader.operation"  # absent on appends; "compact" on maintenance rewrites
 COMMIT_ATTEMPTS = 5
-# pyiceberg retries a conflicting append by rebasing it onto the new snapshot. That
-# would defeat our compare-and-set and let two workers append the same rows, so
-# offloader's tables turn it off and retry themselves after re-checking the seq.
-TABLE_PROPERTIES = {"commit.retry.num-retries": "0"}
+
+
+def table_properties(maintenance: MaintenanceConfig) -> dict[str, str]:
+    """The Iceberg table properties offloader sets on its tables (created or found)."""
+    return {
+        # pyiceberg retries a conflicting append by rebasing it onto the new snapshot. That
+        # would defeat our compare-and-set and let two workers append the same rows, so
+        # offloader's tables turn it off and retry themselves after re-checking the seq.
+        "commit.retry.num-retries": "0",
+        # Appends merge the current snapshot's manifests once there are this many, so a
+        # table's manifest count stays small however many cycles ran.
+        "commit.manifest-merge.enabled": "true",
+        "commit.manifest.min-count-to-merge": "4",
+        # Old metadata files are deleted on commit, keeping this many.
+        "write.metadata.delete-after-commit.enabled": "true",
+        "write.metadata.previous-versions-max": str(maintenance.metadata_versions),
+        # Compaction's target; other engines' rewrite jobs read the same property.
+        "write.target-file-size-bytes": str(maintenance.target_file_size),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +103,9 @@ class CommittedMark:
 class IcebergCatalog:
     """A lazily loaded pyiceberg catalog shared by all table runs of a process."""
 
-    def __init__(self, cfg: CatalogConfig) -> None:
+    def __init__(self, cfg: CatalogConfig, maintenance: MaintenanceConfig | None = None) -> None:
         self._cfg = cfg
+        self.properties = table_properties(maintenance or MaintenanceConfig())
         self._catalog: Catalog | None = None
         self._lock = threading.RLock()
 
@@ -119,15 +136,21 @@ class IcebergCatalog:
             raise SinkError(f"{target}: cannot load Iceberg table: {_brief(exc)}") from exc
 
     def ensure(
-        self, target: str, schema: pa.Schema, partition_by: Sequence[PartitionField]
+        self,
+        target: str,
+        schema: pa.Schema,
+        partition_by: Sequence[PartitionField],
+        sort_by: Sequence[str] = (),
     ) -> IcebergTable:
-        """Load the table, creating it or adding columns so it can take `schema`."""
+        """Load the table, creating it or adding columns so it can take `schema`; set
+        offloader's properties and the sort order `sort_by` (watermark, keys)."""
         try:
             table = self.load(target)
             if table is None:
                 table = self._create(target, schema, partition_by)
-            table.ensure_properties()
+            table.ensure_properties(self.properties)
             table.evolve(schema)
+            table.ensure_sort_order(sort_by)
             return table
         except (SinkError, SourceSchemaError):
             raise
@@ -164,7 +187,7 @@ class IcebergCatalog:
                     reason="config",
                 )
         try:
-            created = self.catalog.create_table(target, schema=schema, properties=TABLE_PROPERTIES)
+            created = self.catalog.create_table(target, schema=schema, properties=self.properties)
         except TableAlreadyExistsError:  # another worker won the race
             return IcebergTable(target, self.catalog.load_table(target))
         if partition_by:
@@ -279,12 +302,32 @@ class IcebergTable:
         schemas = self._table.schemas()
         return {f.name for f in schemas[min(schemas)].fields}
 
-    def ensure_properties(self) -> None:
+    def ensure_properties(self, wanted: dict[str, str]) -> None:
         current = self._table.metadata.properties
-        missing = {k: v for k, v in TABLE_PROPERTIES.items() if current.get(k) != v}
+        missing = {k: v for k, v in wanted.items() if current.get(k) != v}
         if missing:
             with self._table.transaction() as tx:
                 tx.set_properties(missing)
+
+    def ensure_sort_order(self, columns: Sequence[str]) -> bool:
+        """Declare the table sorted by `columns` (ascending) unless it already is.
+        Returns whether the sort order was changed."""
+        names = [f.name for f in self._table.schema().fields]
+        columns = [c for c in columns if c in names]
+        current = self._table.sort_order()
+        schema = self._table.schema()
+        have = [schema.find_column_name(f.source_id) for f in current.fields]
+        if not columns or have == list(columns):
+            return False
+        with self._table.update_sort_order() as update:
+            for column in columns:
+                update.asc(column, IdentityTransform())
+        return True
+
+    @property
+    def table(self) -> Table:
+        """The pyiceberg table (for offloader.iceberg.maintenance only)."""
+        return self._table
 
     def evolve(self, schema: pa.Schema) -> None:
         """Add new source columns; fail naming the column on an incompatible type change."""
@@ -421,7 +464,8 @@ class IcebergTable:
             try:
                 with self._table.transaction() as tx:
                     snapshot = tx.update_snapshot(snapshot_properties=props)
-                    with snapshot.fast_append() as append:
+                    # merge_append: merges manifests past commit.manifest.min-count-to-merge
+                    with snapshot.merge_append() as append:
                         for w in written:
                             for data_file in w.files:
                                 append.append_data_file(data_file)
@@ -462,23 +506,6 @@ class IcebergTable:
     def read_batches(self) -> Iterator[pa.RecordBatch]:
         """Stream the table's rows batch by batch (bounded memory)."""
         yield from self._table.scan().to_arrow_batch_reader()
-
-    def expire_snapshots(self, older_than: datetime) -> int:
-        """Expire snapshots older than `older_than`, never the current one nor the newest
-        offloader commit. Returns how many were expired."""
-        keep = {self.snapshot_id}
-        mark = self.latest_mark()
-        if mark is not None:
-            keep.add(mark.snapshot_id)
-        cutoff = older_than.timestamp() * 1000
-        victims = [
-            s.snapshot_id
-            for s in self._table.metadata.snapshots
-            if s.timestamp_ms < cutoff and s.snapshot_id not in keep
-        ]
-        if victims:
-            self._table.maintenance.expire_snapshots().by_ids(victims).commit()
-        return len(victims)
 
 
 _HINTS = (

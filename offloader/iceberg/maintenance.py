@@ -1,0 +1,485 @@
+"""Table maintenance on the Iceberg side: the live files with their watermark bounds,
+compaction (read, merge sorted, write, replace in one snapshot), snapshot expiry and
+orphan files. Part of the `offloader.iceberg` package, the only importer of pyiceberg.
+
+Every call blocks; `offloader.maintenance` runs them in worker threads and decides
+what to do (`plan.compaction_groups`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyarrow.fs import FileSelector, FileType
+from pyiceberg.conversions import from_bytes
+from pyiceberg.exceptions import CommitFailedException, ValidationException
+from pyiceberg.expressions import AlwaysTrue
+from pyiceberg.io.fileformat import FileFormatFactory
+from pyiceberg.io.pyarrow import (
+    ArrowScan,
+    PyArrowFileIO,
+    _to_requested_schema,
+    pyarrow_to_schema,
+)
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestContent, ManifestFile
+from pyiceberg.schema import sanitize_column_names
+from pyiceberg.table import FileScanTask
+from pyiceberg.table.snapshots import Operation
+from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFiles
+from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
+from pyiceberg.types import DateType, PrimitiveType, TimestampType, TimestamptzType
+
+from offloader import faults
+from offloader.errors import InconsistentState, SinkError
+from offloader.iceberg import (
+    COMMIT_ATTEMPTS,
+    PROP_OPERATION,
+    PROP_ROWS,
+    PROP_RUN,
+    PROP_SEQ,
+    PROP_WATERMARK,
+    IcebergTable,
+    _brief,
+)
+from offloader.plan import FileStat, RewriteGroup
+
+log = logging.getLogger(__name__)
+
+PROP_MAINTENANCE_RUN = "offloader.maintenance_run"
+_TIME_TRANSFORMS = (YearTransform, MonthTransform, DayTransform, HourTransform)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How big a table's current state is: what maintenance keeps bounded."""
+
+    data_files: int
+    data_bytes: int
+    rows: int
+    manifests: int
+    snapshots: int
+    metadata_files: int  # the current one and those in the metadata log
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFiles:
+    """The data files of the current snapshot with their watermark bounds."""
+
+    stats: list[FileStat]
+    files: dict[str, DataFile]
+    kind: str  # the watermark's unit: "micros" (timestamps), "days" (dates) or "value"
+    whole_partitions: bool  # partitioned by a time transform of the watermark column
+
+
+def shape(ice: IcebergTable) -> Shape:
+    table = ice.table
+    snap = table.current_snapshot()
+    summary = snap.summary if snap is not None and snap.summary is not None else None
+
+    def total(key: str) -> int:
+        value = summary.get(key) if summary is not None else None
+        return int(value) if value else 0
+
+    manifests = len(snap.manifests(table.io)) if snap is not None else 0
+    return Shape(
+        data_files=total("total-data-files"),
+        data_bytes=total("total-files-size"),
+        rows=total("total-records"),
+        manifests=manifests,
+        snapshots=len(table.metadata.snapshots),
+        metadata_files=len(table.metadata.metadata_log) + 1,
+    )
+
+
+def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
+    """Read the current snapshot's manifests: every live data file and its bounds."""
+    table = ice.table
+    schema = table.schema()
+    field = schema.find_field(watermark)
+    wm_type = field.field_type
+    assert isinstance(wm_type, PrimitiveType)  # watermark columns are never nested
+    if isinstance(wm_type, TimestampType | TimestamptzType):
+        kind = "micros"
+    elif isinstance(wm_type, DateType):
+        kind = "days"
+    else:
+        kind = "value"
+    spec = table.spec()
+    whole = bool(spec.fields) and any(
+        f.source_id == field.field_id and isinstance(f.transform, _TIME_TRANSFORMS)
+        for f in spec.fields
+    )
+    stats: list[FileStat] = []
+    files: dict[str, DataFile] = {}
+    snap = table.current_snapshot()
+    for manifest in snap.manifests(table.io) if snap is not None else []:
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            df = entry.data_file
+            if df.content != DataFileContent.DATA:
+                continue
+            lower = (df.lower_bounds or {}).get(field.field_id)
+            upper = (df.upper_bounds or {}).get(field.field_id)
+            files[df.file_path] = df
+            stats.append(
+                FileStat(
+                    path=df.file_path,
+                    bytes=df.file_size_in_bytes,
+                    rows=df.record_count,
+                    partition=(df.spec_id, *_values(df.partition)),
+                    lower=from_bytes(wm_type, lower) if lower is not None else None,
+                    upper=from_bytes(wm_type, upper) if upper is not None else None,
+                )
+            )
+    return LiveFiles(stats, files, kind, whole)
+
+
+def _values(record: Any) -> tuple[Any, ...]:
+    return tuple(record[i] for i in range(len(record))) if record is not None else ()
+
+
+class _RollingWriter:
+    """Writes sorted Arrow tables into Parquet data files of at most `rows_per_file`
+    rows each, in one partition's directory, and returns their Iceberg entries."""
+
+    def __init__(self, ice: IcebergTable, template: DataFile, rows_per_file: int) -> None:
+        table = ice.table
+        self._table = table
+        self._template = template
+        self._rows_per_file = rows_per_file
+        self._directory = template.file_path.rsplit("/", 1)[0]
+        self._prefix = f"{uuid.uuid4()}-compact"
+        self._counter = itertools.count()
+        schema = table.schema()
+        sanitized = sanitize_column_names(schema)
+        self._file_schema = sanitized if sanitized != schema else schema
+        self._name_mapping = schema.name_mapping
+        self._format = FileFormatFactory.get(FileFormat.PARQUET)
+        self._sort_order_id = table.sort_order().order_id
+        self._writer: Any = None
+        self._path = ""
+        self._rows_in_file = 0
+        self.done: list[DataFile] = []
+        self.paths: list[str] = []
+
+    def write(self, data: pa.Table) -> None:
+        at = 0
+        while at < data.num_rows:
+            if self._writer is None:
+                self._open()
+            take = min(self._rows_per_file - self._rows_in_file, data.num_rows - at)
+            self._write(data.slice(at, take))
+            at += take
+            self._rows_in_file += take
+            if self._rows_in_file >= self._rows_per_file:
+                self._close()
+
+    def _open(self) -> None:
+        self._path = f"{self._directory}/{self._prefix}-{next(self._counter):05d}.parquet"
+        self.paths.append(self._path)
+        self._output = self._table.io.new_output(self._path)
+        self._writer = self._format.create_writer(
+            self._output, self._file_schema, self._table.metadata.properties
+        )
+        self._rows_in_file = 0
+
+    def _write(self, data: pa.Table) -> None:
+        task_schema = pyarrow_to_schema(data.schema, name_mapping=self._name_mapping)
+        batches = [
+            _to_requested_schema(
+                requested_schema=self._file_schema,
+                file_schema=task_schema,
+                batch=batch,
+                include_field_ids=True,
+                format_model=self._format,
+            )
+            for batch in data.to_batches()
+        ]
+        self._writer.write(pa.Table.from_batches(batches))
+
+    def _close(self) -> None:
+        if self._writer is None:
+            return
+        stats = self._writer.close()
+        self._writer = None
+        self.done.append(
+            DataFile.from_args(
+                content=DataFileContent.DATA,
+                file_path=self._path,
+                file_format=FileFormat.PARQUET,
+                partition=self._template.partition,
+                file_size_in_bytes=len(self._output),
+                sort_order_id=self._sort_order_id,
+                spec_id=self._template.spec_id,
+                equality_ids=None,
+                key_metadata=None,
+                **stats.to_serialized_dict(),
+            )
+        )
+
+    def close(self) -> list[DataFile]:
+        self._close()
+        return self.done
+
+
+def rewrite_group(
+    ice: IcebergTable,
+    live: LiveFiles,
+    group: RewriteGroup,
+    sort_by: Sequence[str],
+    target_bytes: int,
+) -> list[DataFile]:
+    """Merge one group's files into new data files sorted by `sort_by`, not committed.
+
+    Memory stays bounded by about one input file: inputs are read in the order of their
+    watermark lower bounds, and after each, the buffered rows below the next input's
+    lower bound can no longer be preceded by anything unread, so they are sorted and
+    written. Files appended by offloader do not overlap, so the buffer rarely holds
+    more than the file just read. The row count is checked against the manifests.
+    """
+    wm = sort_by[0]
+    order = [(c, "ascending") for c in sort_by]
+    scan = ArrowScan(ice.table.metadata, ice.table.io, ice.table.schema(), AlwaysTrue())
+    inputs = [live.files[f.path] for f in group.files]
+    writer = _RollingWriter(ice, inputs[0], group.rows_per_file(target_bytes))
+    written_rows = 0
+    try:
+        buffer: pa.Table | None = None
+        for i, data_file in enumerate(inputs):
+            data = scan.to_table([FileScanTask(data_file)])
+            buffer = data if buffer is None else pa.concat_tables([buffer, data])
+            if i + 1 < len(inputs):
+                bound = _scalar(group.files[i + 1].lower, live.kind, buffer.schema.field(wm).type)
+                below = pc.fill_null(pc.less(buffer[wm], bound), False)
+                ready, buffer = buffer.filter(below), buffer.filter(pc.invert(below))
+            else:
+                ready, buffer = buffer, None
+            if ready.num_rows:
+                writer.write(ready.sort_by(order))
+                written_rows += ready.num_rows
+        files = writer.close()
+    except BaseException:
+        writer.close() if writer._writer is not None else None
+        _delete_quietly(ice, writer.paths)
+        raise
+    if written_rows != group.rows or sum(f.record_count for f in files) != group.rows:
+        _delete_quietly(ice, writer.paths)
+        raise SinkError(
+            f"{ice.target}: compaction read {written_rows} rows from {len(inputs)} files whose "
+            f"manifests say {group.rows}; nothing was committed"
+        )
+    return files
+
+
+def _scalar(value: Any, kind: str, arrow_type: pa.DataType) -> pa.Scalar:
+    """A watermark bound (Iceberg's own unit) as an Arrow scalar of the column's type."""
+    if kind == "micros":
+        return pa.scalar(value, pa.int64()).cast(arrow_type)
+    if kind == "days":
+        return pa.scalar(value, pa.int32()).cast(arrow_type)
+    return pa.scalar(value).cast(arrow_type)
+
+
+def _delete_quietly(ice: IcebergTable, paths: Iterable[str]) -> None:
+    for path in paths:
+        try:
+            ice.table.io.delete(path)
+        except Exception:
+            log.warning("could not delete an uncommitted file", extra={"path": path})
+
+
+# Manifests merged by a compaction are packed up to this size (Iceberg's default
+# commit.manifest.target-size-bytes).
+MANIFEST_TARGET_BYTES = 8 * 1024 * 1024
+
+
+class _CompactFiles(_OverwriteFiles):
+    """An overwrite that also merges the snapshot's data manifests, so a table leaves
+    maintenance with one or two manifests however many appends came before."""
+
+    def _process_manifests(self, manifests: list[ManifestFile]) -> list[ManifestFile]:
+        data = [m for m in manifests if m.content == ManifestContent.DATA]
+        other = [m for m in manifests if m.content != ManifestContent.DATA]
+        merger = _ManifestMergeManager(
+            target_size_bytes=MANIFEST_TARGET_BYTES,
+            min_count_to_merge=2,
+            merge_enabled=True,
+            snapshot_producer=self,
+        )
+        return merger.merge_manifests(data) + other
+
+
+def replace_files(
+    ice: IcebergTable, deleted: Sequence[DataFile], added: Sequence[DataFile], run_id: str
+) -> int:
+    """Swap `deleted` for `added` in one snapshot; returns its id.
+
+    Compare-and-set like an append: the snapshot asserts its parent, so a concurrent
+    commit makes it fail, and the retry re-checks that every replaced file is still
+    live (pyiceberg refuses to delete a file that is not) before committing again. The
+    snapshot carries the newest offloader commit's marker forward (seq, watermark, run
+    id), so reconciliation finds it on the newest snapshot whatever is expired later.
+    On giving up, the new files are deleted: nothing of a failed rewrite stays.
+    """
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        mark = ice.latest_mark()
+        props = {PROP_OPERATION: "compact", PROP_MAINTENANCE_RUN: run_id}
+        if mark is not None:
+            props |= {
+                PROP_SEQ: str(mark.seq),
+                PROP_WATERMARK: orjson.dumps(list(mark.position)).decode(),
+                PROP_RUN: mark.run_id,
+                PROP_ROWS: str(mark.rows),
+            }
+        try:
+            with (
+                ice.table.transaction() as tx,
+                _CompactFiles(
+                    Operation.OVERWRITE, tx, ice.table.io, snapshot_properties=props
+                ) as overwrite,
+            ):
+                # The predicate only selects which manifests are read; the files
+                # deleted are exactly those named.
+                overwrite.delete_by_predicate(AlwaysTrue())
+                for data_file in deleted:
+                    overwrite.delete_data_file(data_file)
+                for data_file in added:
+                    overwrite.append_data_file(data_file)
+        except CommitFailedException as exc:
+            log.warning(
+                "Iceberg commit conflict during compaction, refreshing",
+                extra={"table": ice.target, "attempt": attempt, "error": _brief(exc)},
+            )
+            ice.refresh()
+            continue
+        except ValidationException as exc:
+            _delete_quietly(ice, [f.file_path for f in added])
+            raise InconsistentState(
+                f"{ice.target}: files to compact were changed by another writer meanwhile "
+                f"({_brief(exc)}); nothing was committed, the next pass plans again"
+            ) from exc
+        except Exception as exc:
+            raise SinkError(f"{ice.target}: compaction commit failed: {_brief(exc)}") from exc
+        snap = ice.table.current_snapshot()
+        assert snap is not None
+        return snap.snapshot_id
+    _delete_quietly(ice, [f.file_path for f in added])
+    raise SinkError(
+        f"{ice.target}: compaction commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+    )
+
+
+def expirable_snapshots(ice: IcebergTable, older_than: datetime) -> list[int]:
+    """Snapshots older than `older_than`, except the current one, the newest offloader
+    commit and the heads of branches and tags."""
+    keep = {ice.snapshot_id}
+    mark = ice.latest_mark()
+    if mark is not None:
+        keep.add(mark.snapshot_id)
+    keep |= {ref.snapshot_id for ref in ice.table.metadata.refs.values()}
+    cutoff = older_than.timestamp() * 1000
+    return [
+        s.snapshot_id
+        for s in ice.table.metadata.snapshots
+        if s.timestamp_ms < cutoff and s.snapshot_id not in keep
+    ]
+
+
+def expire(ice: IcebergTable, snapshot_ids: Sequence[int]) -> None:
+    if snapshot_ids:
+        ice.table.maintenance.expire_snapshots().by_ids(list(snapshot_ids)).commit()
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    path: str  # a full location, as the table's FileIO takes it
+    bytes: int
+    age_seconds: float
+
+
+def referenced_files(ice: IcebergTable) -> set[str]:
+    """Every file a retained snapshot or metadata file refers to, as FileIO locations
+    without scheme: manifest lists, manifests, data and delete files (of every entry,
+    deleted ones too: a conservative superset), statistics and metadata files."""
+    table = ice.table
+    metadata = table.metadata
+    seen_manifests: set[str] = set()
+    out = {table.metadata_location, *(m.metadata_file for m in metadata.metadata_log)}
+    for stats in [*metadata.statistics, *metadata.partition_statistics]:
+        out.add(stats.statistics_path)
+    for snap in metadata.snapshots:
+        out.add(snap.manifest_list)
+        for manifest in snap.manifests(table.io):
+            if manifest.manifest_path in seen_manifests:
+                continue
+            seen_manifests.add(manifest.manifest_path)
+            out.add(manifest.manifest_path)
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                out.add(entry.data_file.file_path)
+    return {_strip(p) for p in out}
+
+
+def _strip(location: str) -> str:
+    return PyArrowFileIO.parse_location(location)[2]
+
+
+def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
+    """Files under the table's data/ and metadata/ directories that nothing retained
+    refers to and that are older than `min_age` seconds.
+
+    Why the age: a run writes its data files, manifests and metadata before the commit
+    that refers to them; only files older than any run could take are crash leftovers.
+    The listing is taken before the references are read, so a file committed between
+    the two is seen as referenced.
+    """
+    table = ice.table
+    location = table.location().rstrip("/")
+    io = table.io
+    if not isinstance(io, PyArrowFileIO):
+        raise SinkError(f"{ice.target}: orphan cleanup needs pyiceberg's PyArrowFileIO")
+    scheme, netloc, base = PyArrowFileIO.parse_location(location, io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    listed = []
+    now = time.time()
+    for sub in ("data", "metadata"):
+        try:
+            infos = fs.get_file_info(FileSelector(f"{base}/{sub}", recursive=True))
+        except FileNotFoundError:
+            continue
+        for info in infos:
+            if info.type != FileType.File:
+                continue
+            mtime = info.mtime.timestamp() if info.mtime is not None else now
+            listed.append((info.path, info.size or 0, now - mtime))
+    referenced = referenced_files(ice)
+    prefix = f"{scheme}://" if scheme != "file" else "file://"
+    return [
+        Orphan(prefix + path, size, age)
+        for path, size, age in listed
+        if age >= min_age and path not in referenced
+    ]
+
+
+def delete_orphans(ice: IcebergTable, orphans: Sequence[Orphan]) -> int:
+    deleted = 0
+    for orphan in orphans:
+        try:
+            ice.table.io.delete(orphan.path)
+        except FileNotFoundError:
+            continue
+        except Exception as exc:
+            raise SinkError(
+                f"{ice.target}: cannot delete orphan file {orphan.path}: {_brief(exc)}"
+            ) from exc
+        deleted += 1
+        faults.point("orphan_delete")
+    return deleted

@@ -1,0 +1,244 @@
+"""`offloader maintain` and the service's maintenance pass: keep each table's shape
+bounded however many cycles ran.
+
+One pass over a table, under the table's lock (a concurrent offload of the same table
+by another process is also safe: every commit is compare-and-set):
+1. offloader's table properties and the sort order (watermark, keys) are set;
+2. compaction: closed partitions' small files are merged, sorted, into files of about
+   `target_file_size`, all in one snapshot that changes no row;
+3. snapshots older than `snapshot_retention` are expired (never the newest offloader
+   commit); old metadata files go on every commit (table properties);
+4. files nothing retained refers to, older than `orphan_age`, are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+
+from offloader import faults, plan
+from offloader.config import MaintenanceConfig, TableConfig
+from offloader.errors import TableError
+from offloader.iceberg import IcebergCatalog, IcebergTable
+from offloader.iceberg import maintenance as ops
+from offloader.watermarks import Watermarks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class MaintenanceReport:
+    target: str
+    dry_run: bool = False
+    status: str = "ok"  # ok | missing (no Iceberg table yet) | skipped (locked) | failed
+    sort_order_set: bool = False
+    groups: int = 0  # partitions compacted
+    files_rewritten: int = 0
+    files_written: int = 0
+    bytes_rewritten: int = 0
+    rows_rewritten: int = 0
+    partial: bool = False  # the time budget ended the compaction early
+    snapshots_expired: int = 0
+    orphans_deleted: int = 0
+    orphan_bytes: int = 0
+    shape: ops.Shape | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+    planned: list[str] = field(default_factory=list)  # what a dry run would do
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+    def line(self) -> str:
+        if self.status != "ok":
+            return f"{self.target}: {self.status}" + (f": {self.error}" if self.error else "")
+        verb = "would rewrite" if self.dry_run else "rewrote"
+        text = (
+            f"{self.target}: {verb} {self.files_rewritten} files ({_mb(self.bytes_rewritten)}, "
+            f"{self.rows_rewritten} rows) in {self.groups} partitions"
+            + (f" into {self.files_written}" if not self.dry_run else "")
+            + f"; {'would expire' if self.dry_run else 'expired'} {self.snapshots_expired} "
+            f"snapshots; {'would delete' if self.dry_run else 'deleted'} "
+            f"{self.orphans_deleted} orphan files ({_mb(self.orphan_bytes)})"
+        )
+        if self.partial:
+            text += "; time budget reached, the rest waits for the next pass"
+        if self.shape is not None:
+            s = self.shape
+            text += (
+                f"; now {s.data_files} data files, {s.manifests} manifests, "
+                f"{s.snapshots} snapshots, {s.metadata_files} metadata files"
+            )
+        return text + f" ({self.seconds:.1f}s)"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+async def maintain_table(
+    catalog: IcebergCatalog,
+    watermarks: Watermarks,
+    table: TableConfig,
+    cfg: MaintenanceConfig,
+    *,
+    dry_run: bool = False,
+    deadline: float | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> MaintenanceReport:
+    """One maintenance pass over one table. Never raises for a table problem.
+
+    `deadline` (time.monotonic()) bounds the compaction: no new partition is started
+    past it; what was rewritten by then is committed.
+    """
+    report = MaintenanceReport(table.target, dry_run=dry_run)
+    started = time.monotonic()
+    try:
+        async with watermarks.table_lock(table.target):
+            ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=limiter)
+            if ice is None:
+                report.status = "missing"
+                report.error = "no Iceberg table yet (it is created by the first offload)"
+            else:
+                await anyio.to_thread.run_sync(
+                    _pass, catalog, ice, table, cfg, report, deadline, limiter=limiter
+                )
+    except TableError as exc:
+        report.status = "skipped" if exc.reason == "locked" else "failed"
+        report.error = str(exc)
+        report.reason = exc.reason
+    except Exception as exc:  # a bug: keep the traceback in the log
+        log.exception("maintenance crashed", extra={"table": table.target})
+        report.status = "failed"
+        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
+        report.reason = "internal"
+    report.seconds = time.monotonic() - started
+    event = log.error if report.status == "failed" else log.info
+    event(f"maintenance {report.status}", extra={"table": table.target, **report.as_dict()})
+    return report
+
+
+def _pass(
+    catalog: IcebergCatalog,
+    ice: IcebergTable,
+    table: TableConfig,
+    cfg: MaintenanceConfig,
+    report: MaintenanceReport,
+    deadline: float | None,
+) -> None:
+    sort_by = (table.watermark, *table.keys)
+    if not report.dry_run:
+        ice.ensure_properties(catalog.properties)
+        report.sort_order_set = ice.ensure_sort_order(sort_by)
+    _compact(ice, table, cfg, report, deadline, sort_by)
+    ice.refresh()
+    older = datetime.now(UTC) - timedelta(seconds=cfg.snapshot_retention)
+    victims = ops.expirable_snapshots(ice, older)
+    report.snapshots_expired = len(victims)
+    if report.dry_run:
+        report.planned += [f"expire {len(victims)} snapshots older than {older:%Y-%m-%d %H:%M}"]
+    elif victims:
+        ops.expire(ice, victims)
+        faults.point("expire")
+    orphans = ops.orphan_files(ice, cfg.orphan_age)
+    report.orphan_bytes = sum(o.bytes for o in orphans)
+    if report.dry_run:
+        report.orphans_deleted = len(orphans)
+        report.planned += [f"delete orphan {o.path} ({o.bytes} bytes)" for o in orphans]
+    else:
+        report.orphans_deleted = ops.delete_orphans(ice, orphans)
+    report.shape = ops.shape(ice)
+
+
+def _compact(
+    ice: IcebergTable,
+    table: TableConfig,
+    cfg: MaintenanceConfig,
+    report: MaintenanceReport,
+    deadline: float | None,
+    sort_by: tuple[str, ...],
+) -> None:
+    live = ops.live_files(ice, table.watermark)
+    cutoff = plan.compaction_cutoff(
+        [f.upper for f in live.stats if f.upper is not None],
+        live.kind,
+        time.time(),
+        table.lag + cfg.settle,
+    )
+    groups = plan.compaction_groups(
+        live.stats, cutoff, cfg.target_file_size, whole_partitions=live.whole_partitions
+    )
+    deleted, added = [], []
+    for group in groups:
+        if deadline is not None and time.monotonic() > deadline:
+            report.partial = True
+            break
+        report.groups += 1
+        report.files_rewritten += len(group.files)
+        report.bytes_rewritten += group.bytes
+        report.rows_rewritten += group.rows
+        if report.dry_run:
+            report.planned.append(
+                f"compact partition {group.partition[1:]}: {len(group.files)} files, "
+                f"{group.rows} rows, {_mb(group.bytes)}"
+            )
+            continue
+        files = ops.rewrite_group(ice, live, group, sort_by, cfg.target_file_size)
+        deleted += [live.files[f.path] for f in group.files]
+        added += files
+        report.files_written += len(files)
+    if not added:
+        return
+    faults.point("compact_write")
+    ops.replace_files(ice, deleted, added, uuid.uuid4().hex)
+    faults.point("compact_commit")
+    log.info(
+        "compacted",
+        extra={
+            "table": table.target,
+            "partitions": report.groups,
+            "files_rewritten": report.files_rewritten,
+            "files_written": report.files_written,
+            "rows": report.rows_rewritten,
+        },
+    )
+
+
+async def maintain(
+    catalog: IcebergCatalog,
+    watermarks: Watermarks,
+    tables: list[TableConfig],
+    cfg: MaintenanceConfig,
+    *,
+    dry_run: bool = False,
+    deadline: float | None = None,
+    stopping: anyio.Event | None = None,
+) -> list[MaintenanceReport]:
+    """A pass over `tables`, one after another (maintenance is not urgent, and one at a
+    time keeps its memory to one table's work). Tables not reached before `deadline`
+    or a shutdown are left for the next pass."""
+    reports: list[MaintenanceReport] = []
+    for table in tables:
+        if (deadline is not None and time.monotonic() > deadline) or (
+            stopping is not None and stopping.is_set()
+        ):
+            log.info(
+                "maintenance pass out of time; the remaining tables wait for the next pass",
+                extra={"remaining": [t.target for t in tables[len(reports) :]]},
+            )
+            break
+        reports.append(
+            await maintain_table(
+                catalog, watermarks, table, cfg, dry_run=dry_run, deadline=deadline
+            )
+        )
+    return reports

@@ -1,0 +1,209 @@
+"""`offloader maintain`: compaction, manifest and metadata bounds, expiry and orphan files,
+against real ClickHouse, PostgreSQL and an Iceberg warehouse; the tiers stay equal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from offloader import devserver
+from offloader.config import MaintenanceConfig
+from offloader.iceberg import IcebergCatalog
+from offloader.iceberg import maintenance as ops
+from tests.conftest import make_env
+from tests.helpers import Env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def native(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    """Maintenance works on Iceberg alone: one transport is enough."""
+    e = make_env(clickhouse_server, pg_database, tmp_path)
+    try:
+        yield e
+    finally:
+        e.ch(f"DROP DATABASE IF EXISTS {e.ch_database}")
+        e.drop_pg_schema()
+
+
+def cycles(env: Env, name: str, count: int, *, start: dt.datetime, step: dt.timedelta) -> int:
+    """`count` cycles, each after inserting a few rows `step` later than the last."""
+    rows = 0
+    for i in range(count):
+        at = start + i * step
+        n = 30 + i % 7
+        env.insert_trades(name, n, first_id=1 + i * 1000, start=f"{at:%Y-%m-%d %H:%M:%S}")
+        rows += n
+        report = env.once()
+        assert report.ok, report.summary()
+    return rows
+
+
+def table_files(env: Env, target: str) -> list[tuple[tuple[object, ...], str]]:
+    ice = IcebergCatalog(env.config().catalog).load(target)
+    assert ice is not None
+    live = ops.live_files(ice, "exchange_ts")
+    return [(f.partition, f.path) for f in live.stats]
+
+
+def shape(env: Env, target: str) -> ops.Shape:
+    ice = IcebergCatalog(env.config().catalog).load(target)
+    assert ice is not None
+    return ops.shape(ice)
+
+
+def age(path: Path, days: float) -> None:
+    when = time.time() - days * 86400
+    os.utime(path, (when, when))
+
+
+def test_maintain_compacts_closed_days_and_keeps_every_row(native: Env) -> None:
+    env = native
+    env.create_trades("m")
+    env.write_config([env.table("m", partition_by=["day(exchange_ts)"], batch_rows=50)])
+    start = dt.datetime(2026, 1, 1, 1)
+    rows = cycles(env, "m", 30, start=start, step=dt.timedelta(hours=2))
+    before = Counter(p for p, _ in table_files(env, "cold.m"))
+    assert max(before.values()) >= 10  # one small file per cycle and day
+
+    dry = env.cli("maintain", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "would rewrite" in dry.stdout and "compact partition" in dry.stdout
+    assert Counter(p for p, _ in table_files(env, "cold.m")) == before  # nothing changed
+
+    # A crash leftover (old) and an in-flight write (young) next to the data files.
+    data_dir = next((env.tmp / "warehouse").rglob("*.parquet")).parent
+    old, young = data_dir / "leftover-old.parquet", data_dir / "inflight-young.parquet"
+    old.write_bytes(b"x" * 100)
+    young.write_bytes(b"y" * 100)
+    age(old, 4)
+
+    result = env.cli("maintain", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (report,) = orjson.loads(result.stdout)
+    assert report["status"] == "ok" and report["groups"] == 2, report
+    assert report["orphans_deleted"] == 1 and not old.exists() and young.exists()
+    assert report["sort_order_set"] is False  # the first offload declared it already
+
+    after = Counter(p for p, _ in table_files(env, "cold.m"))
+    days = sorted(after)
+    # The two closed days hold one file each now; the open day (newest rows) is untouched.
+    assert [after[d] for d in days[:-1]] == [1, 1], after
+    assert after[days[-1]] == before[days[-1]]
+    s = shape(env, "cold.m")
+    assert s.manifests <= 4 and s.rows == rows
+    assert env.assert_tiers_equal("cold.m") == rows
+    assert env.cli("verify").returncode == 0
+
+    # Compacted files are sorted by (watermark, keys).
+    for _, path in table_files(env, "cold.m"):
+        if "compact" in path:
+            data = pq.read_table(path.removeprefix("file://")).select(["exchange_ts", "trade_id"])
+            assert data.equals(
+                data.sort_by([("exchange_ts", "ascending"), ("trade_id", "ascending")])
+            )
+
+    # The commit marker was carried forward: offloading continues without recovery or error.
+    more = cycles(env, "m", 3, start=start + 30 * dt.timedelta(hours=2), step=dt.timedelta(hours=2))
+    assert env.assert_tiers_equal("cold.m") == rows + more
+    # A second pass finds nothing new to rewrite in the compacted days.
+    again = orjson.loads(env.cli("maintain", "--json").stdout)[0]
+    assert again["files_rewritten"] == 0 or again["groups"] == 1, again
+
+
+def test_metadata_and_manifests_stay_bounded(native: Env) -> None:
+    env = native
+    env.create_trades("b")
+    env.write_config([env.table("b", batch_rows=50)])
+    env.config_path.write_text(
+        env.config_path.read_text()
+        + '\n[maintenance]\nmetadata_versions = 5\nsnapshot_retention = "0s"\n'
+    )
+    cycles(env, "b", 14, start=dt.datetime(2026, 3, 1), step=dt.timedelta(minutes=10))
+    metadata = list((env.tmp / "warehouse").rglob("*.metadata.json"))
+    assert len(metadata) <= 6, len(metadata)  # previous-versions-max 5, plus the current one
+    s = shape(env, "cold.b")
+    assert s.manifests <= 4, s
+    result = env.cli("maintain", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = orjson.loads(result.stdout)[0]
+    assert report["snapshots_expired"] >= 10, report
+    assert report["shape"]["snapshots"] <= 2, report
+    # Unpartitioned: the closed range was compacted into one file, the newest file stays.
+    assert report["shape"]["data_files"] <= 2, report
+    assert env.assert_tiers_equal("cold.b")
+    # Expiry and orphan cleanup left every referenced file in place: a fresh cycle works.
+    assert cycles(env, "b", 1, start=dt.datetime(2026, 3, 2), step=dt.timedelta(minutes=1))
+    assert env.assert_tiers_equal("cold.b")
+
+
+def test_compaction_commit_is_compare_and_set_against_an_append(native: Env) -> None:
+    """A compaction planned and written before a concurrent append still commits (its
+    files are still live) and loses nothing; one whose inputs vanished gives up."""
+    env = native
+    env.create_trades("c")
+    env.write_config([env.table("c", batch_rows=50)])
+    rows = cycles(env, "c", 6, start=dt.datetime(2026, 4, 1), step=dt.timedelta(hours=1))
+    catalog = IcebergCatalog(env.config().catalog, MaintenanceConfig())
+    ice = catalog.load("cold.c")
+    assert ice is not None
+    from offloader import plan
+
+    live = ops.live_files(ice, "exchange_ts")
+    cutoff = plan.compaction_cutoff([f.upper for f in live.stats], live.kind, time.time(), 0)
+    (group,) = plan.compaction_groups(live.stats, cutoff, 1 << 27, whole_partitions=False)
+    written = ops.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
+    # Another process appends meanwhile.
+    rows += cycles(env, "c", 1, start=dt.datetime(2026, 4, 2), step=dt.timedelta(hours=1))
+    deleted = [live.files[f.path] for f in group.files]
+    ops.replace_files(ice, deleted, written, "test")
+    assert env.assert_tiers_equal("cold.c") == rows
+    # The same inputs again: already replaced, so the commit refuses and cleans up.
+    again = ops.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
+    from offloader.errors import InconsistentState
+
+    with pytest.raises(InconsistentState, match="changed by another writer"):
+        ops.replace_files(ice, deleted, again, "test")
+    assert not any(Path(f.file_path.removeprefix("file://")).exists() for f in again)
+    assert env.assert_tiers_equal("cold.c") == rows
+    assert env.once().ok
+    assert env.cli("verify").returncode == 0
+
+
+def test_independent_reader_after_compaction(native: Env) -> None:
+    """ClickHouse's own Iceberg reader (in-process chDB) counts the same rows per day."""
+    env = native
+    env.create_trades("r")
+    env.write_config([env.table("r", partition_by=["day(exchange_ts)"], batch_rows=50)])
+    rows = cycles(env, "r", 12, start=dt.datetime(2026, 5, 1), step=dt.timedelta(hours=5))
+    assert env.cli("maintain").returncode == 0
+    ice = IcebergCatalog(env.config().catalog).load("cold.r")
+    assert ice is not None
+    location = ice.table.location().removeprefix("file://")
+
+    def read() -> str:
+        import chdb
+
+        os.chdir("/")
+        return str(
+            chdb.query(f"SELECT count(), sum(trade_id) FROM icebergLocal('{location}')", "CSV")
+        ).strip()
+
+    cwd = os.getcwd()
+    try:
+        got = anyio.run(anyio.to_thread.run_sync, read)
+    finally:
+        os.chdir(cwd)
+    expected = env.ch(f"SELECT count(), sum(trade_id) FROM {env.ch_database}.r")[0]
+    assert got == f"{expected[0]},{expected[1]}", got
+    assert expected[0] == rows
