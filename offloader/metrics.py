@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from offloader.pipeline import TableReport
+
+if TYPE_CHECKING:
+    from offloader.maintenance import MaintenanceReport
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,65 @@ class Metrics:
             "offloader_config_reload_errors", "Config reloads rejected", registry=r
         )
 
+        self.maintenance_runs = Counter(
+            "offloader_maintenance_runs",
+            "Maintenance passes of a table, by result (ok, failed, skipped, missing)",
+            ["table", "result"],
+            registry=r,
+        )
+        self.maintenance_seconds = Histogram(
+            "offloader_maintenance_duration_seconds",
+            "Duration of one table's maintenance pass",
+            ["table"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.files_rewritten = Counter(
+            "offloader_maintenance_files_rewritten",
+            "Data files replaced by compaction",
+            ["table"],
+            registry=r,
+        )
+        self.bytes_rewritten = Counter(
+            "offloader_maintenance_bytes_rewritten",
+            "Bytes of data files replaced by compaction",
+            ["table"],
+            registry=r,
+        )
+        self.snapshots_expired = Counter(
+            "offloader_maintenance_snapshots_expired", "Snapshots expired", ["table"], registry=r
+        )
+        self.orphans_deleted = Counter(
+            "offloader_maintenance_orphan_files_deleted",
+            "Unreferenced files deleted",
+            ["table"],
+            registry=r,
+        )
+        self.data_files = Gauge(
+            "offloader_table_data_files",
+            "Data files in the table's current snapshot (after the last maintenance pass)",
+            ["table"],
+            registry=r,
+        )
+        self.manifests = Gauge(
+            "offloader_table_manifests",
+            "Manifests of the table's current snapshot (after the last maintenance pass)",
+            ["table"],
+            registry=r,
+        )
+        self.table_snapshots = Gauge(
+            "offloader_table_snapshots",
+            "Snapshots the table's metadata holds (after the last maintenance pass)",
+            ["table"],
+            registry=r,
+        )
+        self.metadata_files = Gauge(
+            "offloader_table_metadata_files",
+            "Metadata files kept (after the last maintenance pass)",
+            ["table"],
+            registry=r,
+        )
+
     def serve(self, host: str, port: int) -> Any:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         log.info(
@@ -81,6 +143,20 @@ class Metrics:
         lag = watermark_lag(report.watermark)
         if lag is not None:
             self.lag.labels(t).set(lag)
+
+    def maintenance(self, report: MaintenanceReport) -> None:
+        t = report.target
+        self.maintenance_runs.labels(t, report.status).inc()
+        self.maintenance_seconds.labels(t).observe(report.seconds)
+        self.files_rewritten.labels(t).inc(report.files_rewritten)
+        self.bytes_rewritten.labels(t).inc(report.bytes_rewritten)
+        self.snapshots_expired.labels(t).inc(report.snapshots_expired)
+        self.orphans_deleted.labels(t).inc(report.orphans_deleted)
+        if report.shape is not None:
+            self.data_files.labels(t).set(report.shape.data_files)
+            self.manifests.labels(t).set(report.shape.manifests)
+            self.table_snapshots.labels(t).set(report.shape.snapshots)
+            self.metadata_files.labels(t).set(report.shape.metadata_files)
 
     def cycle(self, seconds: float, ok: bool) -> None:
         self.cycle_seconds.observe(seconds)

@@ -23,6 +23,11 @@ from offloader.errors import ConfigError, TableError
 from offloader.metrics import Metrics
 from offloader.supervisor import open_runtime, run_cycle
 
+# A maintenance pass only starts when at least this much time is left before the next
+# tick, and ends this long before it: maintenance never delays a cycle.
+MAINTENANCE_MIN_WINDOW = 10.0
+MAINTENANCE_TICK_MARGIN = 5.0
+
 log = logging.getLogger(__name__)
 
 
@@ -76,6 +81,7 @@ class Service:
         self.wake = anyio.Event()
         self.metrics = Metrics()
         self.cycles = 0
+        self.next_maintenance = 0.0  # epoch seconds; the first pass follows the first cycle
 
     def reload(self) -> None:
         """Re-read the config; keep the last good one if the edit is broken."""
@@ -148,6 +154,46 @@ class Service:
         self.cycles += 1
         self.metrics.cycle(time.monotonic() - started, ok)
 
+    async def maintenance(self, next_tick_at: float) -> None:
+        """A maintenance pass between cycles when one is due, within its budget and
+        never past the next tick (less a margin). Tables it does not reach wait."""
+        cfg = self.cfg
+        mcfg = cfg.maintenance
+        now = time.time()
+        if not mcfg.enabled or now < self.next_maintenance or self.stopping.is_set():
+            return
+        window = next_tick_at - now - MAINTENANCE_TICK_MARGIN
+        if window < MAINTENANCE_MIN_WINDOW:
+            return
+        from offloader.maintenance import maintain
+
+        self.next_maintenance = now + mcfg.interval
+        deadline = time.monotonic() + min(mcfg.budget, window)
+        started = time.monotonic()
+        try:
+            async with open_runtime(cfg) as runtime:
+                reports = await maintain(
+                    runtime.services.catalog,
+                    runtime.services.watermarks,
+                    list(cfg.enabled_tables),
+                    mcfg,
+                    deadline=deadline,
+                    stopping=self.stopping,
+                )
+        except TableError as exc:
+            log.error("maintenance pass failed", extra={"error": str(exc)})
+            return
+        for report in reports:
+            self.metrics.maintenance(report)
+        log.info(
+            "maintenance pass finished",
+            extra={
+                "tables": len(reports),
+                "failed": sum(r.status == "failed" for r in reports),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
+
     async def loop(self, run_now: bool) -> None:
         scheduled = time.time() if run_now else next_tick(time.time(), self.cfg.service.interval)
         while not self.stopping.is_set():
@@ -174,6 +220,7 @@ class Service:
                     extra={"skipped": missed.skipped},
                 )
             scheduled = missed.next_at
+            await self.maintenance(scheduled)
 
 
 async def serve(path: str, cfg: Config, *, run_now: bool = False) -> int:

@@ -7,10 +7,14 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import anyio
+
 from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.convert import from_micros, watermark_from_int
 from offloader.errors import TableError
+from offloader.iceberg import IcebergCatalog
+from offloader.iceberg import maintenance as ops
 from offloader.sql import NOW_MICROS, literal, qualified, quote_ident, watermark_int
 from offloader.types import parse_type
 from offloader.watermarks import StatusRow, Watermarks
@@ -33,6 +37,10 @@ class TableStatus:
     ttl: str | None = None
     ttl_seconds: float | None = None
     problem: str | None = None
+    data_files: int | None = None  # the Iceberg table's shape (what maintenance bounds)
+    manifests: int | None = None
+    snapshots: int | None = None
+    metadata_files: int | None = None
 
     @property
     def ttl_warning(self) -> str | None:
@@ -87,15 +95,26 @@ async def collect(cfg: Config) -> list[TableStatus]:
     finally:
         await watermarks.close()
     result = []
+    catalog = IcebergCatalog(cfg.catalog)
     for table in cfg.tables:
         row = rows.get(table.target)
         st = _from_row(table, row)
         try:
             await _source_side(cfg, table, st)
+            await anyio.to_thread.run_sync(_iceberg_side, catalog, table, st)
         except TableError as exc:
             st.problem = str(exc)
         result.append(st)
     return result
+
+
+def _iceberg_side(catalog: IcebergCatalog, table: TableConfig, st: TableStatus) -> None:
+    ice = catalog.load(table.target)
+    if ice is None:
+        return
+    shape = ops.shape(ice)
+    st.data_files, st.manifests = shape.data_files, shape.manifests
+    st.snapshots, st.metadata_files = shape.snapshots, shape.metadata_files
 
 
 def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
@@ -158,6 +177,11 @@ def render(statuses: list[TableStatus]) -> str:
         lines.append(
             f"{s.target:<34} {status:<8} {s.rows_offloaded:>12} {behind:>10} {lag:>9}  {wm}"
         )
+        if s.data_files is not None:
+            lines.append(
+                f"    Iceberg: {s.data_files} data files, {s.manifests} manifests, "
+                f"{s.snapshots} snapshots, {s.metadata_files} metadata files"
+            )
         if s.last_status == "failed" and s.last_error:
             lines.append(f"    last error: {s.last_error}")
         if s.problem:

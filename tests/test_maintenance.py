@@ -207,3 +207,29 @@ def test_independent_reader_after_compaction(native: Env) -> None:
     expected = env.ch(f"SELECT count(), sum(trade_id) FROM {env.ch_database}.r")[0]
     assert got == f"{expected[0]},{expected[1]}", got
     assert expected[0] == rows
+
+
+def test_service_runs_maintenance_between_cycles(native: Env) -> None:
+    """`offloader run` compacts on its own between cycles and exports the table's shape."""
+    from tests.test_service import Service, scrape_until
+
+    env = native
+    env.create_trades("sv")
+    for day in range(3):
+        for hour in (1, 7, 13, 19):
+            at = f"2026-06-0{day + 1} {hour:02d}:00:00"
+            env.insert_trades("sv", 40, first_id=day * 10_000 + hour * 100, start=at)
+    # Small appends: one data file per page, so each day ends up with several files.
+    table = env.table("sv", partition_by=["day(exchange_ts)"], batch_rows=25, append_rows=25)
+    env.write_config([table], service={"interval": "1m", "metrics_port": 0})
+    svc = Service(env)
+    try:
+        url = svc.wait_for(lambda e: e.get("msg") == "metrics listening")["address"]
+        done = svc.wait_for(lambda e: e.get("msg") == "maintenance ok", timeout=200)
+        assert done["files_rewritten"] > 0 and done["groups"] == 2, done
+        svc.wait_for(lambda e: e.get("msg") == "maintenance pass finished")
+        body = scrape_until(url, 'offloader_table_data_files{table="cold.sv"}')
+        assert 'offloader_maintenance_runs_total{result="ok",table="cold.sv"} 1.0' in body
+    finally:
+        svc.stop()
+    assert env.assert_tiers_equal("cold.sv") == 480

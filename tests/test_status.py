@@ -38,10 +38,12 @@ def test_status_and_check(env: Env) -> None:
     assert st["rows_behind"] in (8, 9)
     assert st["lag_seconds"] > 40 * 3600
     assert "of the ClickHouse TTL" in st["ttl_warning"]
+    assert st["data_files"] == 1 and st["snapshots"] == 1 and st["manifests"] == 1, st
     check = env.cli("status", "--check")
     assert check.returncode == 1
     assert "CHECK FAILED cold.ttl" in check.stderr
     assert "WARNING: lag" in check.stdout
+    assert "Iceberg: 1 data files, 1 manifests, 1 snapshots" in check.stdout
 
     env.write_config([env.table("ttl", lag="0s")], service={"lag_alert": "1h"})
     assert env.once().ok
