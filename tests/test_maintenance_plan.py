@@ -1,0 +1,103 @@
+"""Compaction planning and the [maintenance] config, pure: no servers."""
+
+from __future__ import annotations
+
+import pytest
+
+from offloader.config import MaintenanceConfig, parse_config, parse_size
+from offloader.errors import ConfigError
+from offloader.plan import FileStat, compaction_cutoff, compaction_groups
+
+MB = 1_000_000
+
+
+def f(name: str, day: int, lower: int, upper: int, size: int = MB) -> FileStat:
+    return FileStat(name, size, 100, (0, day), lower, upper)
+
+
+def test_cutoff_is_the_newest_row_or_the_settled_clock() -> None:
+    now = 1_000_000.0
+    assert compaction_cutoff([5, 9, 7], "value", now, 3600) == 9
+    assert compaction_cutoff([], "micros", now, 0) is None
+    old = int((now - 7200) * 1e6)
+    assert compaction_cutoff([old], "micros", now, 3600) == old  # data older than the clock
+    fresh = int(now * 1e6)
+    assert compaction_cutoff([fresh], "micros", now, 3600) == int((now - 3600) * 1e6)
+    assert compaction_cutoff([30, 20], "days", 86400 * 25, 86400) == 24
+
+
+def test_closed_partitions_with_small_files_are_grouped_oldest_first() -> None:
+    files = [
+        f("d2a", 2, 20, 21),
+        f("d1b", 1, 12, 13),
+        f("d1a", 1, 10, 11),
+        f("d3a", 3, 30, 31),  # holds the newest row: the day is open
+        f("d3b", 3, 31, 40),
+        f("d2b", 2, 22, 23),
+    ]
+    groups = compaction_groups(files, 40, 128 * MB, whole_partitions=True)
+    assert [[x.path for x in g.files] for g in groups] == [["d1a", "d1b"], ["d2a", "d2b"]]
+    assert groups[0].rows == 200 and groups[0].bytes == 2 * MB
+
+
+def test_whole_partitions_wait_until_every_file_is_closed() -> None:
+    files = [f("a", 1, 1, 2), f("b", 1, 3, 4), f("c", 1, 5, 50)]
+    assert compaction_groups(files, 40, 128 * MB, whole_partitions=True) == []
+    # Unpartitioned (or partitioned by another column): the closed range is compacted.
+    (group,) = compaction_groups(files, 40, 128 * MB, whole_partitions=False)
+    assert [x.path for x in group.files] == ["a", "b"]
+
+
+def test_files_near_the_target_are_left_alone_so_passes_converge() -> None:
+    big = 100 * MB
+    files = [f("big1", 1, 1, 2, big), f("big2", 1, 3, 4, big), f("small", 1, 5, 6)]
+    assert compaction_groups(files, 40, 128 * MB, whole_partitions=True) == []
+    files.append(f("small2", 1, 7, 8))
+    (group,) = compaction_groups(files, 40, 128 * MB, whole_partitions=True)
+    assert [x.path for x in group.files] == ["small", "small2"]
+    # Output files are sized from the inputs' bytes per row (10 kB per row here).
+    assert group.rows_per_file(128 * MB) == 12_800
+
+
+def test_files_without_bounds_are_never_rewritten() -> None:
+    files = [FileStat("x", MB, 1, (0,), None, None), FileStat("y", MB, 1, (0,), None, None)]
+    assert compaction_groups(files, 10, 128 * MB, whole_partitions=False) == []
+    assert (
+        compaction_groups([f("a", 1, 1, 2), f("b", 1, 3, 4)], None, MB, whole_partitions=False)
+        == []
+    )
+
+
+BASE = {
+    "clickhouse": {},
+    "postgres": {"dsn": "postgresql://x@127.0.0.1/db"},
+    "iceberg": {"catalog": {"name": "cold", "type": "sql", "uri": "sqlite://"}},
+}
+
+
+def test_maintenance_config_defaults_and_values() -> None:
+    assert parse_config(BASE, "t.toml", {}).maintenance == MaintenanceConfig()
+    cfg = parse_config(
+        {
+            **BASE,
+            "maintenance": {"interval": "2h", "target_file_size": "64MiB", "orphan_age": "1d"},
+        },
+        "t.toml",
+        {},
+    ).maintenance
+    assert (cfg.interval, cfg.target_file_size, cfg.orphan_age) == (7200, 64 * 2**20, 86400)
+    assert parse_size("1.5GB") == 1_500_000_000 and parse_size("4096") == 4096
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"orphan_age": "5m"}, "maintenance.orphan_age must be between 1h and 366d"),
+        ({"target_file_size": "lots"}, "maintenance.target_file_size must be a size"),
+        ({"metadata_versions": 0}, "maintenance.metadata_versions must be a positive integer"),
+        ({"retention": "7d"}, "maintenance.retention is not a known key"),
+    ],
+)
+def test_maintenance_config_errors_name_the_key(section: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**BASE, "maintenance": section}, "t.toml", {})
