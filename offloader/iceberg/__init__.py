@@ -13,6 +13,7 @@ import itertools
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -117,13 +118,25 @@ class IcebergCatalog:
         with self._lock:
             if self._catalog is None:
                 try:
-                    self._catalog = load_catalog(self._cfg.name, **dict(self._cfg.properties))
+                    self._catalog = self._load()
                 except Exception as exc:
                     raise SinkError(
                         f"cannot open Iceberg catalog {self._cfg.name!r}: {_brief(exc)}; "
                         "check [iceberg.catalog] in the config"
                     ) from exc
             return self._catalog
+
+    def _load(self) -> Catalog:
+        for attempt in range(3):
+            try:
+                return load_catalog(self._cfg.name, **dict(self._cfg.properties))
+            except Exception as exc:
+                # Processes starting on a fresh SQL catalog at once race to create its
+                # tables; the loser sees "already exists" and succeeds on a second try.
+                if "already exists" not in str(exc) or attempt == 2:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def load(self, target: str) -> IcebergTable | None:
         try:
