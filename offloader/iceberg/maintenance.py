@@ -50,6 +50,7 @@ from offloader.iceberg import (
     PROP_WATERMARK,
     IcebergTable,
     _brief,
+    transaction,
 )
 from offloader.plan import FileStat, RewriteGroup
 
@@ -342,7 +343,7 @@ def replace_files(
             }
         try:
             with (
-                ice.table.transaction() as tx,
+                transaction(ice.table) as tx,
                 _CompactFiles(
                     Operation.OVERWRITE, tx, ice.table.io, snapshot_properties=props
                 ) as overwrite,
