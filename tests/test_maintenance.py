@@ -87,15 +87,19 @@ def test_maintain_compacts_closed_days_and_keeps_every_row(native: Env) -> None:
     # A crash leftover (old) and an in-flight write (young) next to the data files.
     data_dir = next((env.tmp / "warehouse").rglob("*.parquet")).parent
     old, young = data_dir / "leftover-old.parquet", data_dir / "inflight-young.parquet"
+    foreign = data_dir / "notes.txt"  # not an Iceberg file: never deleted
     old.write_bytes(b"x" * 100)
     young.write_bytes(b"y" * 100)
+    foreign.write_text("kept")
     age(old, 4)
+    age(foreign, 4)
 
     result = env.cli("maintain", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     (report,) = orjson.loads(result.stdout)
     assert report["status"] == "ok" and report["groups"] == 2, report
-    assert report["orphans_deleted"] == 1 and not old.exists() and young.exists()
+    assert report["orphans_deleted"] == 1 and not old.exists()
+    assert young.exists() and foreign.exists()
     assert report["sort_order_set"] is False  # the first offload declared it already
 
     after = Counter(p for p, _ in table_files(env, "cold.m"))

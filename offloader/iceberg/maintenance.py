@@ -433,9 +433,24 @@ def _strip(location: str) -> str:
     return PyArrowFileIO.parse_location(location)[2]
 
 
+# Only files of these kinds are ever deleted as orphans: what Iceberg writers leave
+# (data, manifests and lists, metadata, statistics), never e.g. a catalog's
+# version-hint.text or a file someone put there by hand.
+_ICEBERG_SUFFIXES = (
+    ".parquet",
+    ".orc",
+    ".avro",
+    ".metadata.json",
+    ".metadata.json.gz",
+    ".gz.metadata.json",
+    ".stats",
+    ".puffin",
+)
+
+
 def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
-    """Files under the table's data/ and metadata/ directories that nothing retained
-    refers to and that are older than `min_age` seconds.
+    """Iceberg files under the table's data/ and metadata/ directories that nothing
+    retained refers to and that are older than `min_age` seconds.
 
     Why the age: a run writes its data files, manifests and metadata before the commit
     that refers to them; only files older than any run could take are crash leftovers.
@@ -457,7 +472,7 @@ def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
         except FileNotFoundError:
             continue
         for info in infos:
-            if info.type != FileType.File:
+            if info.type != FileType.File or not info.path.endswith(_ICEBERG_SUFFIXES):
                 continue
             mtime = info.mtime.timestamp() if info.mtime is not None else now
             listed.append((info.path, info.size or 0, now - mtime))
