@@ -38,6 +38,31 @@ def high_water_mark(max_value: Any, server_now: dt.datetime, lag: float, wm_type
     return encode_value(max_value)
 
 
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """How far Iceberg is behind ClickHouse: the one definition of lag that `status`,
+    `status --check` and the metrics share."""
+
+    rows: int  # rows not yet offloaded
+    seconds: float | None  # age of the oldest of them on ClickHouse's clock; 0 when none
+    # waits; None for integer watermarks (no time to measure)
+
+
+def behind(rows: int, oldest: Any, server_now: dt.datetime, wm_type: ChType) -> Behind:
+    """`oldest` is the oldest waiting row's watermark (datetime, date or integer)."""
+    name = wm_type.unwrap().name
+    if name not in ("DateTime", "DateTime64", "Date", "Date32"):
+        return Behind(rows, None)
+    if not rows:
+        return Behind(0, 0.0)
+    if isinstance(oldest, dt.datetime):
+        when = oldest if oldest.tzinfo else oldest.replace(tzinfo=dt.UTC)
+    else:
+        when = dt.datetime.combine(oldest, dt.time(), dt.UTC)
+    now = server_now if server_now.tzinfo else server_now.replace(tzinfo=dt.UTC)
+    return Behind(rows, max(0.0, (now - when).total_seconds()))
+
+
 Action = Literal["fresh", "continue", "recover"]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from offloader.types import ChType, quote_ident
 
-__all__ = ["keyset_after", "literal", "page_query", "qualified", "quote_ident"]
+__all__ = ["behind_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
 
 
 # Output settings that shape the text of JSON values (stored as ClickHouse's toString
@@ -128,3 +128,15 @@ def page_query(
         f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)} "
         f"ORDER BY {order_by} LIMIT {int(limit)} WITH TIES"
     )
+
+
+def behind_query(
+    source: str, order: Sequence[tuple[str, ChType]], after: Sequence[Any] | None
+) -> str:
+    """Rows not yet offloaded (after the committed position `after`): how many, the
+    oldest one's watermark (as watermark_int) and the server's time. The keyset
+    predicate leads with the watermark, so ClickHouse reads only the newest granules."""
+    wm_name, wm_type = order[0]
+    where = f" WHERE {keyset_after(order, after)}" if after is not None else ""
+    oldest = watermark_int(wm_type, f"min({quote_ident(wm_name)})")
+    return f"SELECT count(), {oldest}, {NOW_MICROS} FROM {source}{where}"

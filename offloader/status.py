@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,7 +14,8 @@ from offloader.convert import from_micros, watermark_from_int
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
 from offloader.iceberg import maintenance as ops
-from offloader.sql import NOW_MICROS, literal, qualified, quote_ident, watermark_int
+from offloader.plan import behind
+from offloader.sql import behind_query, qualified, quote_ident, watermark_int
 from offloader.types import parse_type
 from offloader.watermarks import StatusRow, Watermarks
 
@@ -139,30 +139,25 @@ async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None
         if table.watermark not in columns:
             st.problem = f"watermark column {table.watermark!r} not in source"
             return
-        wm_type = parse_type(columns[table.watermark])
+        order = []
+        for name in (table.watermark, *table.keys):
+            if name not in columns:
+                st.problem = f"column {name!r} (watermark or key) not in source"
+                return
+            order.append((name, parse_type(columns[name])))
+        wm_type = order[0][1]
         src = qualified(db, table.source_table)
         wm = quote_ident(table.watermark)
-        raw_newest, raw_now = (
-            await ch.rows(f"SELECT {watermark_int(wm_type, f'max({wm})')}, {NOW_MICROS} FROM {src}")
-        )[0]
-        newest, now = watermark_from_int(wm_type, raw_newest), from_micros(raw_now)
-        st.source_newest = str(newest)
+        raw_newest = await ch.scalar(f"SELECT {watermark_int(wm_type, f'max({wm})')} FROM {src}")
+        st.source_newest = str(watermark_from_int(wm_type, raw_newest))
         st.ttl = await source.table_ttl(ch, db, table.source_table)
         st.ttl_seconds = ttl_seconds(st.ttl)
-        where = f"WHERE {wm} > {literal(wm_type, st.watermark[0])}" if st.watermark else ""
-        st.rows_behind = int(await ch.scalar(f"SELECT count() FROM {src} {where}"))
-        if st.rows_behind == 0:
-            st.lag_seconds = 0.0
-        elif isinstance(newest, dt.datetime):
-            done: dt.datetime
-            if st.watermark:
-                done = dt.datetime.fromisoformat(str(st.watermark[0])).replace(tzinfo=dt.UTC)
-            else:
-                oldest = await ch.scalar(
-                    f"SELECT {watermark_int(wm_type, f'min({wm})')} FROM {src}"
-                )
-                done = from_micros(oldest)
-            st.lag_seconds = max(0.0, (now - done).total_seconds())
+        # The same measure as each run's (pipeline._measure_behind), so status, --check
+        # and the offloader_lag_seconds metric agree.
+        rows, oldest, now = (await ch.rows(behind_query(src, order, st.watermark)))[0]
+        first = watermark_from_int(wm_type, oldest) if rows else None
+        lag = behind(int(rows), first, from_micros(now), wm_type)
+        st.rows_behind, st.lag_seconds = lag.rows, lag.seconds
 
 
 def render(statuses: list[TableStatus]) -> str:

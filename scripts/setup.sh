@@ -22,6 +22,18 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# promtool (from Debian's prometheus package, unpacked, no service) checks and unit-tests
+# the alert rules in ops/.
+if [ ! -x .venv/promtool/usr/bin/promtool ]; then
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+        apt-get update -qq >/dev/null
+        (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1)
+    fi
+    dpkg -x "$tmp"/prometheus_*.deb .venv/promtool
+    rm -rf "$tmp"
+fi
+
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     if ! command -v pg_ctlcluster >/dev/null 2>&1; then
         echo "setup: installing PostgreSQL (apt-get)" >&2

@@ -138,7 +138,7 @@ def test_service_ticks_reloads_scrapes_and_stops_cleanly(env: Env) -> None:
         body = scrape_until(metrics_at, 'offloader_rows_total{table="cold.s1"} 20010.0')
         assert 'offloader_rows_total{table="cold.s2"} 20000.0' in body
         assert 'offloader_table_duration_seconds_count{table="cold.s2"}' in body
-        assert 'offloader_watermark_lag_seconds{table="cold.s1"}' in body
+        assert 'offloader_lag_seconds{table="cold.s1"}' in body
         errors = re.search(r"^offloader_config_reload_errors_total (\S+)$", body, re.M)
         assert errors is not None and float(errors.group(1)) >= 1
 

@@ -49,3 +49,86 @@ def test_status_and_check(env: Env) -> None:
     assert env.once().ok
     check = env.cli("status", "--check")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _gauge(exposition: str, name: str, table: str) -> float:
+    for line in exposition.splitlines():
+        if line.startswith(f'{name}{{table="{table}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} for {table} in the scrape")
+
+
+@pytest.mark.integration
+def test_status_check_and_metrics_agree_on_lag(env: Env) -> None:
+    """A quiet source is not lagging; a table that falls behind is — and `status`,
+    `status --check` and the scraped metrics say the same about both."""
+    import anyio
+    from prometheus_client import generate_latest
+
+    from offloader.metrics import Metrics
+    from offloader.supervisor import run_once
+
+    env.create_trades("quiet")
+    env.create_trades("behind")
+    # Both hold only rows from 2024: the quiet one is offloaded in one cycle, the other
+    # can take only 1,000 rows a cycle (max_rows_per_cycle) and falls behind.
+    env.insert_trades("quiet", 3_000, first_id=1, start="2024-03-01 00:00:00")
+    env.insert_trades("behind", 20_000, first_id=1, start="2024-03-01 00:00:00")
+    env.write_config(
+        [
+            env.table("quiet"),
+            env.table("behind", batch_rows=500, max_rows_per_cycle=1_000),
+        ],
+        service={"lag_alert": "1h"},
+    )
+    metrics = Metrics()
+    for _ in range(2):
+        report = anyio.run(lambda: run_once(env.config(), on_table=metrics.table))
+        assert report.ok, report.summary()
+    scrape = generate_latest(metrics.registry).decode()
+    assert "_created" not in scrape
+
+    statuses = {s["target"]: s for s in orjson.loads(env.cli("status", "--json").stdout)}
+    quiet, behind = statuses["cold.quiet"], statuses["cold.behind"]
+    # Quiet: nothing waits, lag 0 everywhere, although its newest row is years old.
+    assert quiet["rows_behind"] == 0 and quiet["lag_seconds"] == 0
+    assert _gauge(scrape, "offloader_lag_seconds", "cold.quiet") == 0
+    assert _gauge(scrape, "offloader_rows_behind", "cold.quiet") == 0
+    assert _gauge(scrape, "offloader_newest_offloaded_row_age_seconds", "cold.quiet") > 86400
+    # Behind: 18,000 rows wait; the oldest is from 2024.
+    assert behind["rows_behind"] == 18_000
+    assert _gauge(scrape, "offloader_rows_behind", "cold.behind") == 18_000
+    scraped_lag = _gauge(scrape, "offloader_lag_seconds", "cold.behind")
+    assert scraped_lag > 86400
+    assert abs(behind["lag_seconds"] - scraped_lag) < 120  # the same measure, moments apart
+
+    check = env.cli("status", "--check")
+    assert check.returncode == 1
+    assert "CHECK FAILED cold.behind" in check.stderr
+    assert "cold.quiet" not in check.stderr
+
+
+@pytest.mark.integration
+def test_alert_rules_pass_promtool() -> None:
+    """ops/alerts.yml is valid, and its unit tests (ops/alerts.test.yml) show the lag
+    alert firing for a stuck table and not for a quiet one."""
+    import subprocess
+
+    from tests.helpers import ROOT
+
+    promtool = ROOT / ".venv" / "promtool" / "usr" / "bin" / "promtool"
+    assert promtool.exists(), "promtool is missing: run scripts/setup.sh"
+    check = subprocess.run(
+        [str(promtool), "check", "rules", "alerts.yml"],
+        cwd=ROOT / "ops",
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run(
+        [str(promtool), "test", "rules", "alerts.test.yml"],
+        cwd=ROOT / "ops",
+        capture_output=True,
+        text=True,
+    )
+    assert test.returncode == 0, test.stdout + test.stderr
