@@ -184,6 +184,9 @@ class TableConfig:
     uint64: Literal["error", "decimal"] = "error"
     strings: Literal["string", "binary"] = "string"
     transport: Literal["native", "arrow"] | None = None  # None: [clickhouse] transport
+    audit_days: int = 4  # days audited each run, ending at the watermark's day; 0: off
+    late_rows: Literal["alert", "repair"] = "alert"  # what a run does with drifted days
+    final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
 
     @property
     def source_database(self) -> str | None:
@@ -562,6 +565,13 @@ class _Reader:
         batch_rows = self.integer(data, label, "batch_rows", 100_000, 1, 10_000_000)
         append_rows = self.integer(data, label, "append_rows", 1_000_000, 1, 100_000_000)
         max_rows = self.integer(data, label, "max_rows_per_cycle", 50_000_000, 1, 2**62)
+        late_rows = data.get("late_rows", "alert")
+        if late_rows not in ("alert", "repair"):
+            self.fail(
+                f"{label}.late_rows",
+                "must be 'alert' (report drifted days) or 'repair' (also repair them)",
+                late_rows,
+            )
         return TableConfig(
             source=source,
             target=target,
@@ -576,6 +586,9 @@ class _Reader:
             uint64=uint64,
             strings=strings,
             transport=self.transport(data, label, None) if "transport" in data else None,
+            audit_days=self.integer(data, label, "audit_days", 4, 0, 366),
+            late_rows=late_rows,
+            final=self.boolean(data, label, "final", False),
         )
 
 

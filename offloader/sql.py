@@ -112,6 +112,8 @@ def page_query(
     after: Sequence[Any] | None,
     upto: Any,
     limit: int,
+    since: Any = None,
+    through: Sequence[Any] | None = None,
 ) -> str:
     """One keyset page: rows after `after`, watermark <= `upto`, in (watermark, keys) order.
 
@@ -123,6 +125,10 @@ def page_query(
     where = [f"{quote_ident(wm_name)} <= {literal(wm_type, upto)}"]
     if after is not None:
         where.append(f"({keyset_after(order, after)})")
+    if since is not None:  # repair: a range of days
+        where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, since)}")
+    if through is not None:  # ... never past the committed position
+        where.append(f"NOT ({keyset_after(order, through)})")
     order_by = ", ".join(quote_ident(c) for c, _ in order)
     return with_text_settings(
         f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)} "
@@ -140,3 +146,25 @@ def behind_query(
     where = f" WHERE {keyset_after(order, after)}" if after is not None else ""
     oldest = watermark_int(wm_type, f"min({quote_ident(wm_name)})")
     return f"SELECT count(), {oldest}, {NOW_MICROS} FROM {source}{where}"
+
+
+def day_expr(wm_name: str, wm_type: ChType) -> str:
+    """The UTC day of a watermark value as days since 1970 (Int32)."""
+    q = quote_ident(wm_name)
+    if wm_type.unwrap().name in ("Date", "Date32"):
+        return f"toInt32({q})"
+    return f"toInt32(toDate({q}, 'UTC'))"
+
+
+def day_counts_query(
+    source: str, order: Sequence[tuple[str, ChType]], since: Any, through: Sequence[Any]
+) -> str:
+    """Rows per UTC day from `since` (an encoded watermark value) up to and including
+    the committed position `through`: the audit's ClickHouse side, one grouped query."""
+    wm_name, wm_type = order[0]
+    day = day_expr(wm_name, wm_type)
+    return (
+        f"SELECT {day} AS d, count() FROM {source} "
+        f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} "
+        f"AND NOT ({keyset_after(order, through)}) GROUP BY d ORDER BY d"
+    )

@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -144,6 +144,39 @@ def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
     return LiveFiles(stats, files, kind, whole)
 
 
+MICROS_PER_DAY = 86_400_000_000
+
+
+def day_of(value: Any, kind: str) -> int | None:
+    """The UTC day (days since 1970) of a watermark bound, None for non-time kinds."""
+    if value is None:
+        return None
+    if kind == "micros":
+        return int(value) // MICROS_PER_DAY
+    if kind == "days":
+        return int(value)
+    return None
+
+
+def day_counts(live: LiveFiles, first_day: int, last_day: int) -> tuple[dict[int, int], set[int]]:
+    """Rows per UTC day in [first_day, last_day] from the manifests alone (no data is
+    read): every file whose rows all fall on one day counts for that day. Days touched
+    by a file spanning several days cannot be counted this way; they are returned as
+    unknown. (Offloader's files rarely span days: day-partitioned tables never, and
+    compaction cuts its files at midnight.)"""
+    counts: dict[int, int] = {}
+    unknown: set[int] = set()
+    for f in live.stats:
+        lo, hi = day_of(f.lower, live.kind), day_of(f.upper, live.kind)
+        if lo is None or hi is None or hi < first_day or lo > last_day:
+            continue
+        if lo == hi:
+            counts[lo] = counts.get(lo, 0) + f.rows
+        else:
+            unknown |= set(range(max(lo, first_day), min(hi, last_day) + 1))
+    return counts, unknown
+
+
 def _values(record: Any) -> tuple[Any, ...]:
     return tuple(record[i] for i in range(len(record))) if record is not None else ()
 
@@ -152,8 +185,16 @@ class _RollingWriter:
     """Writes sorted Arrow tables into Parquet data files of at most `rows_per_file`
     rows each, in one partition's directory, and returns their Iceberg entries."""
 
-    def __init__(self, ice: IcebergTable, template: DataFile, rows_per_file: int) -> None:
+    def __init__(
+        self,
+        ice: IcebergTable,
+        template: DataFile,
+        rows_per_file: int,
+        day_column: str | None = None,
+    ) -> None:
         table = ice.table
+        self._day_column = day_column
+        self._day: Any = None
         self._table = table
         self._template = template
         self._rows_per_file = rows_per_file
@@ -173,6 +214,25 @@ class _RollingWriter:
         self.paths: list[str] = []
 
     def write(self, data: pa.Table) -> None:
+        """Write sorted rows; with a day column, a file never spans two UTC days (so
+        the audit can count a day from the manifests)."""
+        if self._day_column is None:
+            self._write_rows(data)
+            return
+        if not data.num_rows:
+            return
+        column = data[self._day_column].combine_chunks()
+        days = pc.floor_temporal(pc.cast(column, pa.timestamp("us", tz="UTC")), unit="day")
+        runs = pc.run_end_encode(days)
+        at = 0
+        for end, day in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+            if day != self._day:
+                self._close()
+                self._day = day
+            self._write_rows(data.slice(at, end - at))
+            at = end
+
+    def _write_rows(self, data: pa.Table) -> None:
         at = 0
         while at < data.num_rows:
             if self._writer is None:
@@ -251,7 +311,8 @@ def rewrite_group(
     order = [(c, "ascending") for c in sort_by]
     scan = ArrowScan(ice.table.metadata, ice.table.io, ice.table.schema(), AlwaysTrue())
     inputs = [live.files[f.path] for f in group.files]
-    writer = _RollingWriter(ice, inputs[0], group.rows_per_file(target_bytes))
+    day_column = wm if live.kind in ("micros", "days") else None
+    writer = _RollingWriter(ice, inputs[0], group.rows_per_file(target_bytes), day_column)
     written_rows = 0
     try:
         buffer: pa.Table | None = None
@@ -320,21 +381,50 @@ class _CompactFiles(_OverwriteFiles):
 
 
 def replace_files(
-    ice: IcebergTable, deleted: Sequence[DataFile], added: Sequence[DataFile], run_id: str
+    ice: IcebergTable,
+    deleted: Sequence[DataFile],
+    added: Sequence[DataFile],
+    run_id: str,
+    *,
+    operation: str = "compact",
+    expected_seq: int | None = None,
+    position: Sequence[Any] = (),
+    rows: int = 0,
 ) -> int:
     """Swap `deleted` for `added` in one snapshot; returns its id.
 
     Compare-and-set like an append: the snapshot asserts its parent, so a concurrent
     commit makes it fail, and the retry re-checks that every replaced file is still
-    live (pyiceberg refuses to delete a file that is not) before committing again. The
-    snapshot carries the newest offloader commit's marker forward (seq, watermark, run
-    id), so reconciliation finds it on the newest snapshot whatever is expired later.
+    live (pyiceberg refuses to delete a file that is not) before committing again.
+
+    Compaction (`expected_seq` None) changes no row: its snapshot carries the newest
+    offloader commit's marker forward (seq, watermark, run id), so reconciliation finds
+    it on the newest snapshot whatever is expired later. A repair changes rows: it is
+    an offloader commit of its own, seq `expected_seq + 1` at `position`, refused if
+    another commit came first, like an append (`IcebergTable.commit_files`).
     On giving up, the new files are deleted: nothing of a failed rewrite stays.
     """
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         mark = ice.latest_mark()
-        props = {PROP_OPERATION: "compact", PROP_MAINTENANCE_RUN: run_id}
-        if mark is not None:
+        props = {PROP_OPERATION: operation, PROP_MAINTENANCE_RUN: run_id}
+        if expected_seq is not None:
+            if mark is not None and mark.seq == expected_seq + 1 and mark.run_id == run_id:
+                return mark.snapshot_id  # our previous attempt did commit
+            current = mark.seq if mark else 0
+            if current != expected_seq:
+                _delete_quietly(ice, [f.file_path for f in added])
+                raise InconsistentState(
+                    f"{ice.target}: Iceberg holds offloader commit {current}, this {operation} "
+                    f"expected {expected_seq}; another worker committed meanwhile. Nothing was "
+                    "changed; run it again."
+                )
+            props |= {
+                PROP_SEQ: str(expected_seq + 1),
+                PROP_WATERMARK: orjson.dumps(list(position)).decode(),
+                PROP_RUN: run_id,
+                PROP_ROWS: str(rows),
+            }
+        elif mark is not None:
             props |= {
                 PROP_SEQ: str(mark.seq),
                 PROP_WATERMARK: orjson.dumps(list(mark.position)).decode(),
@@ -357,7 +447,7 @@ def replace_files(
                     overwrite.append_data_file(data_file)
         except CommitFailedException as exc:
             log.warning(
-                "Iceberg commit conflict during compaction, refreshing",
+                f"Iceberg commit conflict during {operation}, refreshing",
                 extra={"table": ice.target, "attempt": attempt, "error": _brief(exc)},
             )
             ice.refresh()
@@ -365,18 +455,33 @@ def replace_files(
         except ValidationException as exc:
             _delete_quietly(ice, [f.file_path for f in added])
             raise InconsistentState(
-                f"{ice.target}: files to compact were changed by another writer meanwhile "
-                f"({_brief(exc)}); nothing was committed, the next pass plans again"
+                f"{ice.target}: files to rewrite were changed by another writer meanwhile "
+                f"({_brief(exc)}); nothing was committed, run it again"
             ) from exc
         except Exception as exc:
-            raise SinkError(f"{ice.target}: compaction commit failed: {_brief(exc)}") from exc
+            raise SinkError(f"{ice.target}: {operation} commit failed: {_brief(exc)}") from exc
         snap = ice.table.current_snapshot()
         assert snap is not None
         return snap.snapshot_id
     _delete_quietly(ice, [f.file_path for f in added])
     raise SinkError(
-        f"{ice.target}: compaction commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+        f"{ice.target}: {operation} commit still conflicting after {COMMIT_ATTEMPTS} attempts"
     )
+
+
+def rows_outside_days(
+    ice: IcebergTable, live: LiveFiles, paths: Sequence[str], wm: str, days: set[int]
+) -> Iterator[pa.Table]:
+    """The rows of the files `paths` whose watermark day is not in `days`, file by file
+    (what a repair keeps of a file it rewrites)."""
+    scan = ArrowScan(ice.table.metadata, ice.table.io, ice.table.schema(), AlwaysTrue())
+    for path in paths:
+        data = scan.to_table([FileScanTask(live.files[path])])
+        day = pc.cast(pc.cast(data[wm], pa.date32()), pa.int32())
+        keep = pc.invert(pc.is_in(day, pa.array(sorted(days), day.type)))
+        kept = data.filter(keep)
+        if kept.num_rows:
+            yield kept
 
 
 def expirable_snapshots(ice: IcebergTable, older_than: datetime) -> list[int]:
