@@ -86,6 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     maintain.add_argument("--json", action="store_true", help="print the reports as JSON")
 
+    repair = sub.add_parser(
+        "repair",
+        help="replace days of an Iceberg table with ClickHouse's rows (late rows, mutations)",
+    )
+    repair.add_argument("table", help="target (or source) name of the table")
+    repair.add_argument("--since", help="first day to replace (YYYY-MM-DD)")
+    repair.add_argument("--until", help="day to stop before (YYYY-MM-DD)")
+    repair.add_argument(
+        "--dry-run", action="store_true", help="print the days and row counts, change nothing"
+    )
+    repair.add_argument(
+        "--force",
+        action="store_true",
+        help="also replace named days ClickHouse may no longer fully hold (Iceberg's rows "
+        "of those days are lost)",
+    )
+    repair.add_argument("--json", action="store_true", help="print the report as JSON")
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -176,6 +194,7 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             or s.last_status == "failed"
             or s.problem
             or s.ttl_warning
+            or s.drifted_days
         )
     ]
     for s in bad:
@@ -183,7 +202,14 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             f"offloader: CHECK FAILED {s.target}: lag {s.lag_seconds}s "
             f"(limit {cfg.service.lag_alert:g}s), last run {s.last_status}"
             + (f", problem: {s.problem}" if s.problem else "")
-            + (f", {s.ttl_warning}" if s.ttl_warning else ""),
+            + (f", {s.ttl_warning}" if s.ttl_warning else "")
+            + (
+                f", late rows on {len(s.drifted_days)} days "
+                f"({', '.join(d['day'] for d in s.drifted_days)}): run `offloader repair "
+                f"{s.target}`"
+                if s.drifted_days
+                else ""
+            ),
             file=sys.stderr,
         )
     return EXIT_FAILED if bad else EXIT_OK
@@ -293,6 +319,44 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _day(option: str, text: str | None) -> Any:
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option}: not a day: {text!r} (use YYYY-MM-DD)") from None
+
+
+async def _repair(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.repair import repair_table
+
+    table = cfg.table(args.table)
+    since, until = _day("--since", args.since), _day("--until", args.until)
+    if since and until and since >= until:
+        raise ConfigError(f"--since {since} must be before --until {until}")
+    if args.force and not (since or until):
+        raise ConfigError("--force needs the days named with --since/--until")
+    report = await repair_table(
+        cfg, table, since=since, until=until, force=args.force, dry_run=args.dry_run
+    )
+    if args.json:
+        print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for line in report.lines():
+            print(line)
+    if report.status in ("failed", "refused") or report.refused:
+        print(
+            f"offloader: repair of {table.target} {report.status}"
+            + (f": {report.error}" if report.error else "; see the REFUSED lines"),
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
@@ -326,6 +390,7 @@ _COMMANDS: dict[str, Any] = {
     "verify": _verify,
     "expire": _expire,
     "maintain": _maintain,
+    "repair": _repair,
     "once": _once,
     "run": _run,
     "status": _status,

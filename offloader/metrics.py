@@ -90,6 +90,13 @@ class Metrics:
             "offloader_config_reload_errors", "Config reloads rejected", registry=r
         )
 
+        self.drifted_days = Gauge(
+            "offloader_drifted_days",
+            "Days in the audit window whose row counts differ between ClickHouse and Iceberg "
+            "after the last run (late rows, deletes); see `offloader repair`",
+            ["table"],
+            registry=r,
+        )
         self.maintenance_runs = Counter(
             "offloader_maintenance_runs",
             "Maintenance passes of a table, by result (ok, failed, skipped, missing)",
@@ -166,6 +173,8 @@ class Metrics:
             self.failures.labels(t, report.reason or "error").inc()
         elif report.status in ("ok", "idle"):
             self.last_success.labels(t).set(time.time())
+        if report.drifted is not None:
+            self.drifted_days.labels(t).set(len(report.drifted))
         if report.rows_behind is not None:
             self.rows_behind.labels(t).set(report.rows_behind)
         if report.lag_seconds is not None:

@@ -32,8 +32,8 @@ from offloader.sql import (
     NOW_MICROS,
     behind_query,
     page_query,
-    qualified,
     quote_ident,
+    read_from,
     watermark_int,
 )
 from offloader.types import (
@@ -66,6 +66,8 @@ class TableReport:
     stages: dict[str, float] = field(default_factory=dict)
     rows_behind: int | None = None  # after the run: rows ClickHouse holds past the watermark
     lag_seconds: float | None = None  # age of the oldest of them (plan.behind)
+    drifted: list[dict[str, Any]] | None = None  # audited days whose tiers differ (after repair)
+    repaired: list[str] = field(default_factory=list)  # days the late_rows policy repaired
 
     def as_dict(self) -> dict[str, Any]:
         d = {
@@ -87,6 +89,10 @@ class TableReport:
             d["more"] = True
         if self.watermark is not None:
             d["watermark"] = self.watermark
+        if self.drifted is not None:
+            d["drifted"] = self.drifted
+        if self.repaired:
+            d["repaired"] = self.repaired
         if self.rows_behind is not None:
             d["rows_behind"] = self.rows_behind
             d["lag_seconds"] = None if self.lag_seconds is None else round(self.lag_seconds, 3)
@@ -256,7 +262,7 @@ async def _run(
 ) -> None:
     label = table.target
     db = table.source_database or services.clickhouse.database
-    source = qualified(db, table.source_table)
+    source = read_from(db, table.source_table, table.final)
     transport = transport_of(services.clickhouse, table)
     async with source_session(services.clickhouse, label, transport) as ch:
         t0 = time.monotonic()
@@ -315,10 +321,7 @@ async def _run(
         upto = plan.high_water_mark(max_value, now, table.lag, wm_type)
         report.watermark = list(position) if position else None
 
-        if isinstance(ch, ArrowHttpSession):
-            reader = _arrow_reader(ch, src)
-        else:
-            reader = _native_reader(ch, table, src, source)
+        reader = page_reader(ch, table, src, source)
         send, receive = anyio.create_memory_object_stream[Fetched](0)
         try:
             async with anyio.create_task_group() as tg:
@@ -331,6 +334,65 @@ async def _run(
         if report.rows == 0:
             report.status = "idle"
         await _measure_behind(ch, src, source, report)
+        await _audit(services, table, src, source, db, ch, ice, seq, report)
+
+
+async def _audit(
+    services: Services,
+    table: TableConfig,
+    src: SourcePlan,
+    source: str,
+    db: str,
+    ch: Source,
+    ice: IcebergTable,
+    seq: int,
+    report: TableReport,
+) -> None:
+    """Compare both tiers per day over the audit window (audit.py) after the run's
+    commits; with `late_rows = "repair"`, replace the drifted days at once."""
+    from offloader import audit, repair  # repair builds on this module's page reading
+
+    wm_type = src.order[0][1]
+    bounds = audit.window(wm_type, report.watermark, table.audit_days)
+    if bounds is None or report.watermark is None:
+        return
+    position = list(report.watermark)
+    t0 = time.monotonic()
+    found = await audit.audit_days(ch, source, src.order, position, ice, *bounds, services.io)
+    for day in found.drifted:
+        log.warning(
+            "late rows: the tiers differ on a day below the watermark",
+            extra={
+                "table": table.target,
+                "day": day.day.isoformat(),
+                "clickhouse_rows": day.clickhouse,
+                "iceberg_rows": day.iceberg,
+                "policy": table.late_rows,
+            },
+        )
+    drifted = found.drifted
+    if drifted and table.late_rows == "repair":
+        fixed = await repair.repair(
+            ch,
+            services.watermarks,
+            table,
+            src,
+            source,
+            db,
+            ice,
+            seq=seq,
+            position=position,
+            days=[d.day for d in drifted],
+            limiter=services.io,
+        )
+        report.repaired = [d.day.isoformat() for d in fixed.days]
+        if fixed.seq is not None:
+            report.snapshots += 1
+        for why in fixed.refused:
+            log.error("late rows not repaired", extra={"table": table.target, "reason": why})
+        drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
+    report.drifted = [d.as_dict() for d in drifted]
+    _stage(report, "audit", time.monotonic() - t0)
 
 
 async def _measure_behind(ch: Source, src: SourcePlan, source: str, report: TableReport) -> None:
@@ -358,6 +420,25 @@ class Fetched:
 
 
 Reader = Callable[[str, Sequence[str]], Awaitable[Fetched]]
+
+
+def page_reader(
+    ch: Source, table: TableConfig, src: SourcePlan, source: str
+) -> tuple[Reader, list[str]]:
+    """How this table's transport reads a page: a reader and the SELECT list it wants."""
+    if isinstance(ch, ArrowHttpSession):
+        return _arrow_reader(ch, src)
+    assert isinstance(ch, ClickHouseSession)
+    return _native_reader(ch, table, src, source)
+
+
+def to_batch(table: TableConfig, src: SourcePlan, page: Fetched) -> pa.RecordBatch:
+    """Turn a fetched page into an Arrow batch of the Iceberg schema (blocking: run it in
+    a worker thread)."""
+    payload = page.payload
+    if isinstance(payload, pa.RecordBatch):
+        return convert.conform_batch(table.target, src.columns, payload)
+    return convert.to_record_batch(table.target, src.columns, payload.columns)
 
 
 def _native_reader(
@@ -555,27 +636,11 @@ async def _convert_pages(
     async with receive:
         async for page in receive:
             t0 = time.monotonic()
-            payload = page.payload
-            if isinstance(payload, pa.RecordBatch):
-                batch = await anyio.to_thread.run_sync(
-                    convert.conform_batch,
-                    table.target,
-                    src.columns,
-                    payload,
-                    limiter=services.cpu,
-                )
-            else:
-                batch = await anyio.to_thread.run_sync(
-                    convert.to_record_batch,
-                    table.target,
-                    src.columns,
-                    payload.columns,
-                    limiter=services.cpu,
-                )
+            batch = await anyio.to_thread.run_sync(to_batch, table, src, page, limiter=services.cpu)
             _stage(report, "convert", time.monotonic() - t0)
             faults.point("convert")
             position = page.position
-            del page, payload  # the driver's Python objects are the bulk of a page's memory
+            del page  # the driver's Python objects are the bulk of a page's memory
             pending.append(batch)
             pending_rows += batch.num_rows
             report.pages += 1

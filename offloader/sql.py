@@ -7,6 +7,7 @@ would make a DateTime64 keyset re-read the same rows forever.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,12 @@ def quote_string(value: str) -> str:
 
 def qualified(database: str, table: str) -> str:
     return f"{quote_ident(database)}.{quote_ident(table)}"
+
+
+def read_from(database: str, table: str, final: bool) -> str:
+    """The FROM target of every query reading a table's rows: with FINAL for tables
+    configured `final = true`, so all of offloader sees the rows as ClickHouse shows them."""
+    return f"{qualified(database, table)} FINAL" if final else qualified(database, table)
 
 
 def literal(t: ChType, encoded: Any) -> str:
@@ -113,6 +120,7 @@ def page_query(
     upto: Any,
     limit: int,
     since: Any = None,
+    before: Any = None,
     through: Sequence[Any] | None = None,
 ) -> str:
     """One keyset page: rows after `after`, watermark <= `upto`, in (watermark, keys) order.
@@ -127,6 +135,8 @@ def page_query(
         where.append(f"({keyset_after(order, after)})")
     if since is not None:  # repair: a range of days
         where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, since)}")
+    if before is not None:
+        where.append(f"{quote_ident(wm_name)} < {literal(wm_type, before)}")
     if through is not None:  # ... never past the committed position
         where.append(f"NOT ({keyset_after(order, through)})")
     order_by = ", ".join(quote_ident(c) for c, _ in order)
@@ -168,3 +178,31 @@ def day_counts_query(
         f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} "
         f"AND NOT ({keyset_after(order, through)}) GROUP BY d ORDER BY d"
     )
+
+
+_INTERVAL = re.compile(
+    r"(?:toInterval(Second|Minute|Hour|Day|Week|Month|Quarter|Year)\((\d+)\)"
+    r"|INTERVAL\s+(\d+)\s+(SECOND|MINUTE|HOUR|DAY|WEEK|MONTH|QUARTER|YEAR))",
+    re.IGNORECASE,
+)
+_UNIT = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": 86400,
+    "week": 7 * 86400,
+    "month": 30 * 86400,
+    "quarter": 91 * 86400,
+    "year": 365 * 86400,
+}
+
+
+def ttl_seconds(ttl: str | None) -> float | None:
+    """The shortest interval in a TTL clause such as `toDateTime(ts) + toIntervalDay(30)`."""
+    if not ttl:
+        return None
+    found = []
+    for m in _INTERVAL.finditer(ttl):
+        unit, count = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        found.append(int(count) * _UNIT[unit.lower()])
+    return float(min(found)) if found else None

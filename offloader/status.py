@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
 
-from offloader import source
+from offloader import audit, source
 from offloader.config import Config, TableConfig
 from offloader.convert import from_micros, watermark_from_int
 from offloader.errors import TableError
-from offloader.iceberg import IcebergCatalog
+from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
 from offloader.plan import behind
-from offloader.sql import behind_query, qualified, quote_ident, watermark_int
+from offloader.sql import behind_query, quote_ident, read_from, ttl_seconds, watermark_int
 from offloader.types import parse_type
 from offloader.watermarks import StatusRow, Watermarks
 
@@ -41,6 +40,7 @@ class TableStatus:
     manifests: int | None = None
     snapshots: int | None = None
     metadata_files: int | None = None
+    drifted_days: list[dict[str, Any]] | None = None  # audit: days whose tiers differ
 
     @property
     def ttl_warning(self) -> str | None:
@@ -60,34 +60,6 @@ class TableStatus:
         return {**asdict(self), "ttl_warning": self.ttl_warning}
 
 
-_INTERVAL = re.compile(
-    r"(?:toInterval(Second|Minute|Hour|Day|Week|Month|Quarter|Year)\((\d+)\)"
-    r"|INTERVAL\s+(\d+)\s+(SECOND|MINUTE|HOUR|DAY|WEEK|MONTH|QUARTER|YEAR))",
-    re.IGNORECASE,
-)
-_UNIT = {
-    "second": 1,
-    "minute": 60,
-    "hour": 3600,
-    "day": 86400,
-    "week": 7 * 86400,
-    "month": 30 * 86400,
-    "quarter": 91 * 86400,
-    "year": 365 * 86400,
-}
-
-
-def ttl_seconds(ttl: str | None) -> float | None:
-    """The shortest interval in a TTL clause such as `toDateTime(ts) + toIntervalDay(30)`."""
-    if not ttl:
-        return None
-    found = []
-    for m in _INTERVAL.finditer(ttl):
-        unit, count = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
-        found.append(int(count) * _UNIT[unit.lower()])
-    return float(min(found)) if found else None
-
-
 async def collect(cfg: Config) -> list[TableStatus]:
     watermarks = await Watermarks.open(cfg.postgres, max_size=2)
     try:
@@ -100,21 +72,24 @@ async def collect(cfg: Config) -> list[TableStatus]:
         row = rows.get(table.target)
         st = _from_row(table, row)
         try:
-            await _source_side(cfg, table, st)
-            await anyio.to_thread.run_sync(_iceberg_side, catalog, table, st)
+            ice = await anyio.to_thread.run_sync(_iceberg_side, catalog, table, st)
+            await _source_side(cfg, table, st, ice)
         except TableError as exc:
             st.problem = str(exc)
         result.append(st)
     return result
 
 
-def _iceberg_side(catalog: IcebergCatalog, table: TableConfig, st: TableStatus) -> None:
+def _iceberg_side(
+    catalog: IcebergCatalog, table: TableConfig, st: TableStatus
+) -> IcebergTable | None:
     ice = catalog.load(table.target)
     if ice is None:
-        return
+        return None
     shape = ops.shape(ice)
     st.data_files, st.manifests = shape.data_files, shape.manifests
     st.snapshots, st.metadata_files = shape.snapshots, shape.metadata_files
+    return ice
 
 
 def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
@@ -131,7 +106,9 @@ def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
     )
 
 
-async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None:
+async def _source_side(
+    cfg: Config, table: TableConfig, st: TableStatus, ice: IcebergTable | None
+) -> None:
     db = table.source_database or cfg.clickhouse.database
     transport = source.transport_of(cfg.clickhouse, table)
     async with source.session(cfg.clickhouse, table.target, transport) as ch:
@@ -146,7 +123,7 @@ async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None
                 return
             order.append((name, parse_type(columns[name])))
         wm_type = order[0][1]
-        src = qualified(db, table.source_table)
+        src = read_from(db, table.source_table, table.final)
         wm = quote_ident(table.watermark)
         raw_newest = await ch.scalar(f"SELECT {watermark_int(wm_type, f'max({wm})')} FROM {src}")
         st.source_newest = str(watermark_from_int(wm_type, raw_newest))
@@ -158,6 +135,11 @@ async def _source_side(cfg: Config, table: TableConfig, st: TableStatus) -> None
         first = watermark_from_int(wm_type, oldest) if rows else None
         lag = behind(int(rows), first, from_micros(now), wm_type)
         st.rows_behind, st.lag_seconds = lag.rows, lag.seconds
+        # A fresh audit of the table's window, as each run does (audit.py).
+        bounds = audit.window(wm_type, st.watermark, table.audit_days)
+        if ice is not None and bounds is not None and st.watermark is not None:
+            found = await audit.audit_days(ch, src, tuple(order), st.watermark, ice, *bounds)
+            st.drifted_days = [d.as_dict() for d in found.drifted]
 
 
 def render(statuses: list[TableStatus]) -> str:
@@ -176,6 +158,11 @@ def render(statuses: list[TableStatus]) -> str:
             lines.append(
                 f"    Iceberg: {s.data_files} data files, {s.manifests} manifests, "
                 f"{s.snapshots} snapshots, {s.metadata_files} metadata files"
+            )
+        for d in s.drifted_days or []:
+            lines.append(
+                f"    LATE ROWS {d['day']}: ClickHouse {d['clickhouse']} rows, Iceberg "
+                f"{d['iceberg']} rows (offloader repair {s.target})"
             )
         if s.last_status == "failed" and s.last_error:
             lines.append(f"    last error: {s.last_error}")

@@ -27,7 +27,13 @@ from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
 from offloader.pipeline import plan_source
-from offloader.sql import keyset_after, qualified, quote_ident, quote_string, with_text_settings
+from offloader.sql import (
+    keyset_after,
+    quote_ident,
+    quote_string,
+    read_from,
+    with_text_settings,
+)
 from offloader.types import ChType, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -269,7 +275,7 @@ async def verify_table(
             query = with_text_settings(
                 f"SELECT {bucket} AS __offloader_day, count(), "
                 f"toString(sum(toUInt64(CRC32({row_text})))) "
-                f"FROM {qualified(db, table.source_table)} "
+                f"FROM {read_from(db, table.source_table, table.final)} "
                 f"WHERE {' AND '.join(where) if mark is not None else '0'} "
                 "GROUP BY __offloader_day ORDER BY __offloader_day"
             )

@@ -1,0 +1,383 @@
+"""`offloader repair` and the `late_rows = "repair"` policy: replace whole days of an
+Iceberg table with ClickHouse's current rows, exactly once.
+
+A repair is an offloader commit like an append: one snapshot that deletes the files
+holding the days' rows (rows of other days in those files are written again) and adds
+ClickHouse's rows of those days up to the committed watermark, with the marker
+seq + 1 at the same watermark, compare-and-set against any other commit; then
+PostgreSQL, by compare-and-set on seq. A crash between the two is recovered like an
+append's. Rows past the committed watermark are never touched: the next cycle takes
+them.
+
+What it may never touch: a day ClickHouse no longer fully holds. Iceberg is then the
+only copy (TTL, a dropped or detached partition, a truncated or recreated table). Such
+days are refused with the reason; `--force` overrides that only for days named with
+`--since/--until`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from offloader import faults, plan
+from offloader.audit import DayCount, audit_days, day_number, day_start, watermark_day
+from offloader.config import Config, TableConfig
+from offloader.convert import from_micros, watermark_from_int
+from offloader.errors import InconsistentState, SourceSchemaError, TableError
+from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
+from offloader.iceberg import maintenance as ops
+from offloader.pipeline import FILE_ROWS, SourcePlan, page_reader, plan_source, to_batch
+from offloader.source import Source, session, table_columns, table_ttl, transport_of
+from offloader.sql import (
+    NOW_MICROS,
+    page_query,
+    quote_ident,
+    read_from,
+    ttl_seconds,
+    watermark_int,
+)
+from offloader.watermarks import Watermarks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RepairReport:
+    target: str
+    dry_run: bool = False
+    status: str = "ok"  # ok | nothing (no day to repair) | refused | failed
+    days: list[DayCount] = field(default_factory=list)  # replaced (counts before)
+    refused: list[str] = field(default_factory=list)  # "day: why"
+    rows_before: int = 0  # Iceberg rows of the replaced days
+    rows_after: int = 0  # ClickHouse rows written for them
+    files_replaced: int = 0
+    seq: int | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "dry_run": self.dry_run,
+            "status": self.status,
+            "days": [d.as_dict() for d in self.days],
+            "refused": self.refused,
+            "rows_before": self.rows_before,
+            "rows_after": self.rows_after,
+            "files_replaced": self.files_replaced,
+            "seq": self.seq,
+            "error": self.error,
+        }
+
+    def lines(self) -> list[str]:
+        out = []
+        verb = "would replace" if self.dry_run else "replaced"
+        for d in self.days:
+            out.append(f"{self.target}: {verb} {d}")
+        if self.days and not self.dry_run:
+            out.append(
+                f"{self.target}: {len(self.days)} days repaired in commit {self.seq}: "
+                f"{self.rows_before} rows -> {self.rows_after} rows"
+            )
+        out += [f"{self.target}: REFUSED {r}" for r in self.refused]
+        if self.status == "nothing":
+            out.append(f"{self.target}: no day to repair")
+        if self.error:
+            out.append(f"{self.target}: FAILED {self.error}")
+        return out
+
+
+async def _source_facts(
+    ch: Source, source: str, db: str, table: TableConfig, src: SourcePlan
+) -> tuple[dt.date | None, float | None, dt.datetime]:
+    """The day of ClickHouse's oldest row (None: the table is empty), the TTL in
+    seconds (None: no TTL) and the server's time."""
+    wm_name, wm_type = src.order[0]
+    oldest, count, now = (
+        await ch.rows(
+            f"SELECT {watermark_int(wm_type, f'min({quote_ident(wm_name)})')}, count(), "
+            f"{NOW_MICROS} FROM {source}"
+        )
+    )[0]
+    first = watermark_from_int(wm_type, oldest) if int(count) else None
+    first_day = first.date() if isinstance(first, dt.datetime) else first
+    ttl = ttl_seconds(await table_ttl(ch, db, table.source_table))
+    return first_day, ttl, from_micros(now)
+
+
+def refusal(
+    count: DayCount, oldest_day: dt.date | None, ttl: float | None, now: dt.datetime
+) -> str | None:
+    """Why a day must not be replaced from ClickHouse, or None. Pure."""
+    day = count.day
+    if oldest_day is None:
+        return (
+            f"{day}: ClickHouse holds no rows at all (truncated or recreated?); Iceberg is the "
+            "only copy of this day"
+        )
+    if day < oldest_day or (ttl is not None and day == oldest_day):
+        return (
+            f"{day}: ClickHouse's oldest row is from {oldest_day}, so it no longer holds all "
+            "of this day (TTL or a dropped partition); Iceberg is the only copy"
+        )
+    if ttl is not None:
+        horizon = now - dt.timedelta(seconds=ttl)
+        if dt.datetime.combine(day, dt.time(), dt.UTC) < horizon:
+            return (
+                f"{day}: older than the ClickHouse TTL horizon ({horizon:%Y-%m-%d %H:%M} UTC); "
+                "its rows may be partly dropped, Iceberg is the only complete copy"
+            )
+    if count.clickhouse == 0 and count.iceberg:
+        return (
+            f"{day}: ClickHouse holds none of this day's {count.iceberg} rows (a dropped or "
+            "detached partition?); Iceberg is the only copy"
+        )
+    return None
+
+
+async def repair(
+    ch: Source,
+    watermarks: Watermarks,
+    table: TableConfig,
+    src: SourcePlan,
+    source: str,
+    db: str,
+    ice: IcebergTable,
+    *,
+    seq: int,
+    position: list[Any],
+    days: list[dt.date],
+    force: bool = False,
+    dry_run: bool = False,
+    limiter: anyio.CapacityLimiter | None = None,
+) -> RepairReport:
+    """Replace `days` (each at or before the committed watermark's day) of the Iceberg
+    table with ClickHouse's rows. The caller holds the table's lock and has reconciled
+    PostgreSQL with Iceberg (`seq`, `position`). Raises TableError on a failure."""
+    report = RepairReport(table.target, dry_run=dry_run)
+    if not days:
+        report.status = "nothing"
+        return report
+    audit = await audit_days(ch, source, src.order, position, ice, min(days), max(days), limiter)
+    counts = {c.day: c for c in audit.days}
+    oldest_day, ttl, now = await _source_facts(ch, source, db, table, src)
+    accepted: list[DayCount] = []
+    for day in sorted(set(days)):
+        count = counts[day]
+        why = refusal(count, oldest_day, ttl, now)
+        if why is not None and not force:
+            report.refused.append(why)
+            log.error("repair refused", extra={"table": table.target, "reason": why})
+            continue
+        accepted.append(count)
+    report.days = accepted
+    if not accepted:
+        report.status = "refused" if report.refused else "nothing"
+        return report
+    if dry_run:
+        return report
+    run_id = uuid.uuid4().hex
+    written = await _read_days(ch, table, src, source, ice, position, accepted, limiter)
+    report.rows_after = sum(w.rows for w in written)
+    wanted = {day_number(c.day) for c in accepted}
+    wm_name = src.order[0][0]
+    live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
+    deleted, kept_rows = [], 0
+    for f in live.stats:
+        lo, hi = ops.day_of(f.lower, live.kind), ops.day_of(f.upper, live.kind)
+        if lo is not None and hi is not None and not wanted & set(range(lo, hi + 1)):
+            continue
+        deleted.append(f)
+        if lo is None or hi is None or not set(range(lo, hi + 1)) <= wanted:
+            kept = await anyio.to_thread.run_sync(
+                _keep_rows, ice, live, f.path, wm_name, wanted, limiter=limiter
+            )
+            if kept is not None:
+                written.append(kept)
+                kept_rows += kept.rows
+    report.files_replaced = len(deleted)
+    report.rows_before = sum(f.rows for f in deleted) - kept_rows
+    faults.point("repair_write")
+    delta = report.rows_after - report.rows_before
+    snapshot_id = await anyio.to_thread.run_sync(
+        lambda: ops.replace_files(
+            ice,
+            [live.files[f.path] for f in deleted],
+            [df for w in written for df in w.files],
+            run_id,
+            operation="repair",
+            expected_seq=seq,
+            position=position,
+            rows=delta,
+        ),
+        limiter=limiter,
+    )
+    faults.point("repair_commit")
+    with anyio.CancelScope(shield=True):
+        await watermarks.commit(
+            table.target,
+            prev_seq=seq,
+            seq=seq + 1,
+            position=position,
+            rows=delta,
+            run_id=run_id,
+            snapshot_id=snapshot_id,
+        )
+    report.seq = seq + 1
+    log.info(
+        "repaired",
+        extra={
+            "table": table.target,
+            "days": [c.day.isoformat() for c in accepted],
+            "rows_before": report.rows_before,
+            "rows_after": report.rows_after,
+            "seq": report.seq,
+        },
+    )
+    return report
+
+
+def _keep_rows(
+    ice: IcebergTable, live: ops.LiveFiles, path: str, wm: str, days: set[int]
+) -> WrittenFiles | None:
+    """Write again the rows of a replaced file that fall outside the repaired days."""
+    batches = [
+        b for t in ops.rows_outside_days(ice, live, [path], wm, days) for b in t.to_batches()
+    ]
+    return ice.write_files(batches) if batches else None
+
+
+async def _read_days(
+    ch: Source,
+    table: TableConfig,
+    src: SourcePlan,
+    source: str,
+    ice: IcebergTable,
+    position: list[Any],
+    days: list[DayCount],
+    limiter: anyio.CapacityLimiter | None,
+) -> list[WrittenFiles]:
+    """ClickHouse's rows of `days` up to the committed position, written as data files
+    (not committed) every FILE_ROWS rows, so memory stays bounded by a file."""
+    read, select = page_reader(ch, table, src, source)
+    wm_type = src.order[0][1]
+    written: list[WrittenFiles] = []
+    pending: list[Any] = []
+    pending_rows = 0
+    for count in days:
+        after: list[Any] | None = None
+        while True:
+            query = page_query(
+                source=source,
+                select=select,
+                order=src.order,
+                after=after,
+                upto=position[0],
+                limit=table.batch_rows,
+                since=day_start(wm_type, count.day),
+                before=day_start(wm_type, count.day + dt.timedelta(days=1)),
+                through=position,
+            )
+            page = await read(query, select)
+            if page.rows == 0:
+                break
+            batch = await anyio.to_thread.run_sync(to_batch, table, src, page, limiter=limiter)
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows >= FILE_ROWS:
+                written.append(await anyio.to_thread.run_sync(ice.write_files, pending))
+                pending, pending_rows = [], 0
+            if page.rows < table.batch_rows:
+                break
+            after = page.position
+    if pending:
+        written.append(await anyio.to_thread.run_sync(ice.write_files, pending))
+    return written
+
+
+async def repair_table(
+    cfg: Config,
+    table: TableConfig,
+    *,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> RepairReport:
+    """`offloader repair`: the days in [since, until) (up to the watermark's day), or
+    without them the days a fresh audit of the table's window finds drifted. Never
+    raises for a table problem: it is in the report."""
+    report = RepairReport(table.target, dry_run=dry_run)
+    db = table.source_database or cfg.clickhouse.database
+    source = read_from(db, table.source_table, table.final)
+    catalog = IcebergCatalog(cfg.catalog, cfg.maintenance)
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+    try:
+        async with (
+            watermarks.table_lock(table.target),
+            session(cfg.clickhouse, table.target, transport_of(cfg.clickhouse, table)) as ch,
+        ):
+            src = plan_source(table, await table_columns(ch, db, table.source_table))
+            ice = await anyio.to_thread.run_sync(catalog.load, table.target)
+            if ice is None:
+                raise SourceSchemaError(f"{table.target}: no Iceberg table yet", reason="config")
+            state = await watermarks.get(table.target, table.source)
+            mark = await anyio.to_thread.run_sync(ice.latest_mark)
+            decision = plan.reconcile(
+                table.target,
+                state.seq,
+                state.position,
+                mark.seq if mark else None,
+                mark.position if mark else None,
+            )
+            if decision.action == "recover":
+                raise InconsistentState(
+                    f"{table.target}: a previous run stopped between its Iceberg and PostgreSQL "
+                    "commits; run `offloader once` (it recovers), then repair"
+                )
+            if decision.position is None:
+                report.status = "nothing"
+                return report
+            position = list(decision.position)
+            wm_type = src.order[0][1]
+            last = watermark_day(wm_type, position[0])
+            if last is None:
+                raise SourceSchemaError(
+                    f"{table.target}: the watermark {table.watermark!r} is an integer; repair "
+                    "works on days of a time or date watermark",
+                    reason="config",
+                )
+            explicit = since is not None or until is not None
+            if explicit:
+                end = min(until or last + dt.timedelta(days=1), last + dt.timedelta(days=1))
+                first = since or end - dt.timedelta(days=1)
+                days = [first + dt.timedelta(days=k) for k in range((end - first).days)]
+            else:
+                first_day, last_day = last - dt.timedelta(days=max(table.audit_days, 1) - 1), last
+                found = await audit_days(ch, source, src.order, position, ice, first_day, last_day)
+                days = [d.day for d in found.drifted]
+            return await repair(
+                ch,
+                watermarks,
+                table,
+                src,
+                source,
+                db,
+                ice,
+                seq=decision.seq,
+                position=position,
+                days=days,
+                force=force and explicit,
+                dry_run=dry_run,
+            )
+    except TableError as exc:
+        report.status = "skipped" if exc.reason == "locked" else "failed"
+        report.error = str(exc)
+        return report
+    finally:
+        await watermarks.close()
