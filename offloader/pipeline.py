@@ -597,7 +597,7 @@ async def _consume(
             async for batches, at in receive_chunk:
                 t0 = time.monotonic()
                 files = await anyio.to_thread.run_sync(
-                    ice.write_files, batches, limiter=services.io
+                    ice.write_files, batches, table.watermark, limiter=services.io
                 )
                 _stage(report, "iceberg_write", time.monotonic() - t0)
                 faults.point("write")

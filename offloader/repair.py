@@ -249,7 +249,7 @@ def _keep_rows(
     batches = [
         b for t in ops.rows_outside_days(ice, live, [path], wm, days) for b in t.to_batches()
     ]
-    return ice.write_files(batches) if batches else None
+    return ice.write_files(batches, wm) if batches else None
 
 
 async def _read_days(
@@ -290,14 +290,20 @@ async def _read_days(
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= FILE_ROWS:
-                written.append(await anyio.to_thread.run_sync(ice.write_files, pending))
+                written.append(await _write(ice, pending, table.watermark, limiter))
                 pending, pending_rows = [], 0
             if page.rows < table.batch_rows:
                 break
             after = page.position
     if pending:
-        written.append(await anyio.to_thread.run_sync(ice.write_files, pending))
+        written.append(await _write(ice, pending, table.watermark, limiter))
     return written
+
+
+async def _write(
+    ice: IcebergTable, batches: list[Any], wm: str, limiter: anyio.CapacityLimiter | None
+) -> WrittenFiles:
+    return await anyio.to_thread.run_sync(ice.write_files, batches, wm, limiter=limiter)
 
 
 async def repair_table(

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
@@ -324,6 +325,26 @@ def _promotable(old: Any, new: Any) -> bool:
     )
 
 
+def day_runs(data: pa.Table, day_column: str | None) -> list[tuple[int, int]]:
+    """[start, end) row ranges of `data` whose `day_column` values fall on one UTC day,
+    for rows sorted by that column (or the whole table when it is None or not a time
+    or date column)."""
+    if not data.num_rows:
+        return []
+    if day_column is None:
+        return [(0, data.num_rows)]
+    column = data[day_column].combine_chunks()
+    if not (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+        return [(0, data.num_rows)]
+    days = pc.cast(column, pa.date32())
+    runs = pc.run_end_encode(days)
+    out, start = [], 0
+    for end in runs.run_ends.to_pylist():
+        out.append((start, end))
+        start = end
+    return out
+
+
 class IcebergTable:
     def __init__(self, target: str, table: Table) -> None:
         self.target = target
@@ -442,15 +463,20 @@ class IcebergTable:
         except Exception as exc:
             raise SinkError(f"{self.target}: cannot refresh Iceberg table: {_brief(exc)}") from exc
 
-    def write_files(self, batches: Sequence[pa.RecordBatch]) -> WrittenFiles:
+    def write_files(
+        self, batches: Sequence[pa.RecordBatch], day_column: str | None = None
+    ) -> WrittenFiles:
         """Write `batches` as Parquet data files of this table, not yet committed.
 
         The two-stage write pyiceberg's own docs recommend for retryable commits: the
         files can be committed again after a conflict. Files of a run that dies
-        before committing are orphans, removed by Iceberg's orphan-file maintenance.
+        before committing are orphans, removed by maintenance's orphan cleanup.
+        With `day_column` (the watermark, rows in its order) no file spans two UTC
+        days, so the late-rows audit can count each day from the manifests alone.
         """
         data = pa.Table.from_batches(list(batches))
         metadata = self._table.metadata
+        files: list[DataFile] = []
         try:
             _check_pyarrow_schema_compatible(
                 metadata.schema(),
@@ -458,15 +484,14 @@ class IcebergTable:
                 downcast_ns_timestamp_to_us=False,
                 format_version=metadata.format_version,
             )
-            files = list(
-                _dataframe_to_data_files(
+            for start, end in day_runs(data, day_column):
+                files += _dataframe_to_data_files(
                     table_metadata=metadata,
-                    df=data,
+                    df=data.slice(start, end - start),
                     io=self._table.io,
                     write_uuid=self._write_uuid,
                     counter=self._file_counter,
                 )
-            )
         except Exception as exc:
             raise SinkError(
                 f"{self.target}: writing Iceberg data files failed: {_brief(exc)}"

@@ -50,6 +50,7 @@ from offloader.iceberg import (
     PROP_WATERMARK,
     IcebergTable,
     _brief,
+    day_runs,
     transaction,
 )
 from offloader.plan import FileStat, RewriteGroup
@@ -219,18 +220,13 @@ class _RollingWriter:
         if self._day_column is None:
             self._write_rows(data)
             return
-        if not data.num_rows:
-            return
-        column = data[self._day_column].combine_chunks()
-        days = pc.floor_temporal(pc.cast(column, pa.timestamp("us", tz="UTC")), unit="day")
-        runs = pc.run_end_encode(days)
-        at = 0
-        for end, day in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+        for start, end in day_runs(data, self._day_column):
+            day = data[self._day_column][start].as_py()
+            day = day.date() if isinstance(day, datetime) else day
             if day != self._day:
                 self._close()
                 self._day = day
-            self._write_rows(data.slice(at, end - at))
-            at = end
+            self._write_rows(data.slice(start, end - start))
 
     def _write_rows(self, data: pa.Table) -> None:
         at = 0
