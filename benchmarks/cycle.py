@@ -110,6 +110,7 @@ class Bench:
         batch_rows: int = 100_000,
         append_rows: int = 1_000_000,
         transport: str = "native",
+        audit_days: int = 4,
     ) -> Path:
         tag = uuid.uuid4().hex[:8]
         state = self.work / f"state_{tag}"
@@ -125,6 +126,7 @@ lag = "0s"
 batch_rows = {batch_rows}
 append_rows = {append_rows}
 partition_by = ["day(exchange_ts)"]
+audit_days = {audit_days}
 """
             for n in names
         )
@@ -216,8 +218,21 @@ def scenario_idle(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         in_process.append(time.perf_counter() - started)
         assert report.rows == 0
     whole = [whole_process(path)[0] for _ in range(args.repeats)]
+    # The late-rows audit (one grouped ClickHouse query and a manifest read per table)
+    # against the same tables with it switched off, alternating, in the same run.
+    no_audit = b.config(names, audit_days=0)
+    cycle(no_audit)
+    audited, unaudited = [], []
+    for _ in range(max(5, args.repeats)):
+        for target, paths in ((audited, path), (unaudited, no_audit)):
+            started = time.perf_counter()
+            cycle(paths)
+            target.append(time.perf_counter() - started)
     return {
         "in_process_seconds": round(median(in_process), 3),
+        "in_process_with_audit_seconds": round(median(audited), 4),
+        "in_process_without_audit_seconds": round(median(unaudited), 4),
+        "audit_share_of_idle_cycle": round(median(audited) / median(unaudited) - 1, 3),
         "whole_process_seconds": round(median(whole), 3),
         "old_script_seconds": 12.4,
         "speedup_vs_old_script": round(12.4 / median(whole), 1),

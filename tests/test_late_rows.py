@@ -164,3 +164,68 @@ def test_kill_during_repair_then_exact(env: Env, point: str) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert env.cli("verify").returncode == 0
     env.assert_tiers_equal("cold.kr")
+
+
+def test_final_reads_collapsed_rows(env: Env) -> None:
+    """final = true offloads a ReplacingMergeTree as ClickHouse shows it with FINAL: one
+    row per key, the newest version, even before the background merge."""
+    db = env.ch_database
+    env.ch(
+        f"CREATE TABLE {db}.rmt (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64, "
+        "price Float64, ver UInt32) ENGINE = ReplacingMergeTree(ver) "
+        "ORDER BY (exchange_ts, trade_id)"
+    )
+    env.ch(
+        f"INSERT INTO {db}.rmt SELECT toDateTime64('2026-02-01 00:00:00', 6, 'UTC') + "
+        "toIntervalSecond(number), number, 1.0, 1 FROM numbers(100)"
+    )
+    env.ch(
+        f"INSERT INTO {db}.rmt SELECT toDateTime64('2026-02-01 00:00:00', 6, 'UTC') + "
+        "toIntervalSecond(number), number, 2.0, 2 FROM numbers(50)"
+    )
+    env.write_config([env.table("rmt", final=True, audit_days=2)])
+    report = env.once()
+    assert report.ok and report.rows == 100, report.summary()
+    data = env.iceberg_arrow(env.config().table("cold.rmt"))
+    prices = data.column("price").to_pylist()
+    assert prices.count(2.0) == 50 and prices.count(1.0) == 50
+    assert env.cli("verify").returncode == 0
+
+
+def test_repair_commit_is_compare_and_set(env: Env) -> None:
+    """A repair built on a stale commit sequence is refused and leaves nothing behind."""
+    from pathlib import Path
+
+    from offloader.errors import InconsistentState
+    from offloader.iceberg import IcebergCatalog
+    from offloader.iceberg import maintenance as ops
+
+    setup_days(env, "cas")
+    env.write_config([env.table("cas", batch_rows=1000)])
+    assert env.once().ok
+    ice = IcebergCatalog(env.config().catalog).load("cold.cas")
+    assert ice is not None
+    mark = ice.latest_mark()
+    assert mark is not None
+    live = ops.live_files(ice, "exchange_ts")
+    victim = live.files[live.stats[0].path]
+    kept = ice.write_files(
+        [
+            b
+            for t in ops.rows_outside_days(ice, live, [victim.file_path], "exchange_ts", set())
+            for b in t.to_batches()
+        ],
+        "exchange_ts",
+    )
+    with pytest.raises(InconsistentState, match="another worker committed meanwhile"):
+        ops.replace_files(
+            ice,
+            [victim],
+            kept.files,
+            "stale",
+            operation="repair",
+            expected_seq=mark.seq - 1,
+            position=list(mark.position),
+        )
+    assert not any(Path(f.file_path.removeprefix("file://")).exists() for f in kept.files)
+    env.assert_tiers_equal("cold.cas")

@@ -118,17 +118,8 @@ def test_alert_rules_pass_promtool() -> None:
 
     promtool = ROOT / ".venv" / "promtool" / "usr" / "bin" / "promtool"
     assert promtool.exists(), "promtool is missing: run scripts/setup.sh"
-    check = subprocess.run(
-        [str(promtool), "check", "rules", "alerts.yml"],
-        cwd=ROOT / "ops",
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    test = subprocess.run(
-        [str(promtool), "test", "rules", "alerts.test.yml"],
-        cwd=ROOT / "ops",
-        capture_output=True,
-        text=True,
-    )
-    assert test.returncode == 0, test.stdout + test.stderr
+    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
+        done = subprocess.run(
+            [str(promtool), *args], cwd=ROOT / "ops", capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
