@@ -25,22 +25,48 @@ logger = logging.getLogger("offloader")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
+def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """--config, --log-format and --log-level, for the main parser (with defaults) and
+    for every command (without: a default there would override the value given before
+    the command)."""
+    options = argparse.ArgumentParser(add_help=False)
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    options.add_argument(
+        "--config",
+        default=default(None),
+        help="config file (default: $OFFLOADER_CONFIG or config/tables.toml)",
+    )
+    options.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default=default(None),
+        help="log lines as JSON objects (default when not a terminal) or text",
+    )
+    options.add_argument(
+        "--log-level", default=default("INFO"), help="DEBUG, INFO, WARNING or ERROR"
+    )
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="offloader",
         description="Move rows from ClickHouse to Apache Iceberg, exactly once.",
+        parents=[_global_options(suppress=False)],
     )
-    parser.add_argument(
-        "--config", help="config file (default: $OFFLOADER_CONFIG or config/tables.toml)"
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["json", "text"],
-        default=None,
-        help="log lines as JSON objects (default when not a terminal) or text",
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Global options are accepted after the command too (`offloader once --config X`);
+    # there they only override what was given before it.
+    sub_add = sub.add_parser
+    globals_after = _global_options(suppress=True)
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub_add(name, parents=[globals_after], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     once = sub.add_parser("once", help="run one cycle over every enabled table and exit")
     once.add_argument("--json", action="store_true", help="print the cycle report as JSON")

@@ -117,41 +117,41 @@ async def run_cycle(
     log.info("cycle started", extra={"cycle_id": report.cycle_id, "tables": len(tables)})
 
     async def one(table: TableConfig) -> None:
-        async with limiter:
-            if stopping is not None and stopping.is_set():
-                result = TableReport(
-                    table.target,
-                    table.source,
-                    status="skipped",
-                    reason="shutdown",
-                    error=f"{table.target}: not started, offloader is shutting down",
-                )
-            else:
-                result = await offload_table(
-                    runtime.services, table, cfg.service.table_timeout, stopping
-                )
+        # Guarded here, not only inside offload_table: an exception escaping this
+        # coroutine would make the task group cancel every other table of the cycle.
+        try:
+            async with limiter:
+                if stopping is not None and stopping.is_set():
+                    result = TableReport(
+                        table.target,
+                        table.source,
+                        status="skipped",
+                        reason="shutdown",
+                        error=f"{table.target}: not started, offloader is shutting down",
+                    )
+                else:
+                    result = await offload_table(
+                        runtime.services, table, cfg.service.table_timeout, stopping
+                    )
+        except Exception as exc:
+            log.exception("table run crashed outside its guard", extra={"table": table.target})
+            result = TableReport(
+                table.target,
+                table.source,
+                status="failed",
+                reason="internal",
+                error=f"{table.target}: internal error {type(exc).__name__}: {exc}",
+            )
         report.tables.append(result)
         if on_table is not None:
-            on_table(result)
+            try:
+                on_table(result)
+            except Exception:
+                log.exception("reporting a table's run failed", extra={"table": table.target})
 
     async with anyio.create_task_group() as tg:
         for table in tables:
             tg.start_soon(one, table)
-    # A table must never vanish from the report: a run that ended without one is a bug,
-    # reported as a failure rather than hidden.
-    reported = {r.target for r in report.tables}
-    for table in tables:
-        if table.target not in reported and not (stopping is not None and stopping.is_set()):
-            log.error("table run ended without a report", extra={"table": table.target})
-            report.tables.append(
-                TableReport(
-                    table.target,
-                    table.source,
-                    status="failed",
-                    reason="internal",
-                    error=f"{table.target}: internal error: the run ended without a result",
-                )
-            )
     order = {t.target: i for i, t in enumerate(tables)}
     report.tables.sort(key=lambda r: order[r.target])
     report.seconds = time.monotonic() - started

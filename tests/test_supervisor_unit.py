@@ -1,0 +1,68 @@
+"""The supervisor guards each table: nothing one table raises cancels another. No servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from offloader import supervisor
+from offloader.config import parse_config
+from offloader.pipeline import TableReport
+
+CONFIG = {
+    "clickhouse": {},
+    "postgres": {"dsn": "postgresql://x@127.0.0.1/db"},
+    "iceberg": {"catalog": {"name": "cold", "type": "sql", "uri": "sqlite://"}},
+    "tables": [
+        {"source": f"db.t{i}", "target": f"cold.t{i}", "watermark": "ts", "keys": ["id"]}
+        for i in range(3)
+    ],
+}
+
+
+def test_one_table_raising_never_cancels_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_config(CONFIG, "t.toml", {})
+    finished: list[str] = []
+
+    async def fake(services: Any, table: Any, timeout: Any, stopping: Any) -> TableReport:
+        if table.target == "cold.t1":
+            raise RuntimeError("boom")  # escapes: a bug outside offload_table's own guard
+        await anyio.sleep(0.2)  # still running when cold.t1 fails
+        finished.append(table.target)
+        return TableReport(table.target, table.source)
+
+    monkeypatch.setattr(supervisor, "offload_table", fake)
+    seen: list[str] = []
+
+    def hook(report: TableReport) -> None:
+        seen.append(report.target)
+        if report.target == "cold.t2":
+            raise ValueError("a broken metrics hook")
+
+    runtime = supervisor.Runtime(services=None)  # type: ignore[arg-type]
+    report = anyio.run(lambda: supervisor.run_cycle(cfg, runtime, on_table=hook))
+    assert sorted(finished) == ["cold.t0", "cold.t2"]
+    assert [t.status for t in report.tables] == ["ok", "failed", "ok"]
+    assert "RuntimeError: boom" in (report.tables[1].error or "")
+    assert sorted(seen) == ["cold.t0", "cold.t1", "cold.t2"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "config", "level"),
+    [
+        (["once"], None, "INFO"),
+        (["--config", "a.toml", "once"], "a.toml", "INFO"),
+        (["once", "--config", "b.toml", "--log-level", "DEBUG"], "b.toml", "DEBUG"),
+        (["--config", "a.toml", "status", "--config", "b.toml", "--check"], "b.toml", "INFO"),
+        (["--log-level", "WARNING", "maintain", "--dry-run"], None, "WARNING"),
+    ],
+)
+def test_global_options_before_or_after_the_command(
+    argv: list[str], config: str | None, level: str
+) -> None:
+    from offloader.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert (args.config, args.log_level) == (config, level)
