@@ -76,6 +76,9 @@ class Audit:
     first_day: dt.date
     last_day: dt.date
     days: list[DayCount] = field(default_factory=list)
+    waiting: int = 0  # rows after the committed position (not offloaded yet)
+    oldest_waiting: int | None = None  # the oldest one's watermark, as sql.watermark_int
+    server_now: int | None = None  # ClickHouse's time, microseconds
 
     @property
     def drifted(self) -> list[DayCount]:
@@ -120,10 +123,32 @@ async def audit_days(
     `position` (rows after it are not offloaded yet, on either side)."""
     wm_name, wm_type = order[0]
     query = day_counts_query(source, order, day_start(wm_type, first_day), position)
-    hot = {int(d): int(n) for d, n in await ch.rows(query)}
-    live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
-    cold, unknown = ops.day_counts(live, day_number(first_day), day_number(last_day))
-    return compare(first_day, last_day, hot, cold, unknown)
+    hot: dict[int, int] = {}
+    waiting, oldest, now = 0, None, None
+    for d, done, after, first, at in await ch.rows(query):
+        hot[int(d)] = int(done)
+        now = int(at)
+        if int(after):
+            waiting += int(after)
+            oldest = int(first) if oldest is None else min(oldest, int(first))
+    days = (day_number(first_day), day_number(last_day))
+    key = (ice.snapshot_id, wm_name, *days)
+    last = _ICEBERG_DAYS.get(ice.target)
+    if last is not None and last[0] == key:
+        cached = last[1]
+    else:
+        live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
+        cached = ops.day_counts(live, *days)
+        _ICEBERG_DAYS[ice.target] = (key, cached)
+    cold, unknown = cached
+    result = compare(first_day, last_day, hot, cold, unknown)
+    result.waiting, result.oldest_waiting, result.server_now = waiting, oldest, now
+    return result
+
+
+# Each table's last Iceberg per-day counts with the (snapshot, window) they are for: a
+# snapshot never changes, so an idle cycle (no new snapshot) reads no manifest.
+_ICEBERG_DAYS: dict[str, tuple[tuple[Any, ...], tuple[dict[int, int], set[int]]]] = {}
 
 
 def window(

@@ -333,8 +333,8 @@ async def _run(
             raise _single(group) from None
         if report.rows == 0:
             report.status = "idle"
-        await _measure_behind(ch, src, source, report)
-        await _audit(services, table, src, source, db, ch, ice, seq, report)
+        if not await _audit(services, table, src, source, db, ch, ice, seq, report):
+            await _measure_behind(ch, src, source, report)
 
 
 async def _audit(
@@ -347,18 +347,29 @@ async def _audit(
     ice: IcebergTable,
     seq: int,
     report: TableReport,
-) -> None:
+) -> bool:
     """Compare both tiers per day over the audit window (audit.py) after the run's
-    commits; with `late_rows = "repair"`, replace the drifted days at once."""
+    commits; with `late_rows = "repair"`, replace the drifted days at once. The same
+    query tells how far the table is behind (report.rows_behind, lag_seconds). Returns
+    whether it ran (the table has an audit window)."""
     from offloader import audit, repair  # repair builds on this module's page reading
 
     wm_type = src.order[0][1]
     bounds = audit.window(wm_type, report.watermark, table.audit_days)
     if bounds is None or report.watermark is None:
-        return
+        return False
     position = list(report.watermark)
     t0 = time.monotonic()
-    found = await audit.audit_days(ch, source, src.order, position, ice, *bounds, services.io)
+    try:
+        found = await audit.audit_days(ch, source, src.order, position, ice, *bounds, services.io)
+    except TableError as exc:
+        log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
+        return False
+    oldest = found.oldest_waiting
+    first = convert.watermark_from_int(wm_type, oldest) if oldest is not None else None
+    now = convert.from_micros(found.server_now) if found.server_now else datetime.now(UTC)
+    behind = plan.behind(found.waiting, first, now, wm_type)
+    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
     for day in found.drifted:
         log.warning(
             "late rows: the tiers differ on a day below the watermark",
@@ -393,6 +404,7 @@ async def _audit(
         drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
     report.drifted = [d.as_dict() for d in drifted]
     _stage(report, "audit", time.monotonic() - t0)
+    return True
 
 
 async def _measure_behind(ch: Source, src: SourcePlan, source: str, report: TableReport) -> None:

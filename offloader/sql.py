@@ -169,14 +169,18 @@ def day_expr(wm_name: str, wm_type: ChType) -> str:
 def day_counts_query(
     source: str, order: Sequence[tuple[str, ChType]], since: Any, through: Sequence[Any]
 ) -> str:
-    """Rows per UTC day from `since` (an encoded watermark value) up to and including
-    the committed position `through`: the audit's ClickHouse side, one grouped query."""
+    """Per UTC day from `since` (an encoded watermark value): the rows up to and including
+    the committed position `through` (the audit's ClickHouse side), and the rows after it
+    with the oldest one's watermark (how far Iceberg is behind: every row after the
+    position is on or after its day), plus the server's time. One grouped query."""
     wm_name, wm_type = order[0]
     day = day_expr(wm_name, wm_type)
+    after = keyset_after(order, through)
+    oldest = watermark_int(wm_type, f"minIf({quote_ident(wm_name)}, {after})")
     return (
-        f"SELECT {day} AS d, count() FROM {source} "
-        f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} "
-        f"AND NOT ({keyset_after(order, through)}) GROUP BY d ORDER BY d"
+        f"SELECT {day} AS d, countIf(NOT ({after})), countIf({after}), {oldest}, "
+        f"any({NOW_MICROS}) FROM {source} "
+        f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} GROUP BY d ORDER BY d"
     )
 
 
