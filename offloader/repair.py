@@ -204,21 +204,23 @@ async def repair(
     report.rows_before = sum(f.rows for f in deleted) - kept_rows
     faults.point("repair_write")
     delta = report.rows_after - report.rows_before
-    snapshot_id = await anyio.to_thread.run_sync(
-        lambda: ops.replace_files(
-            ice,
-            [live.files[f.path] for f in deleted],
-            [df for w in written for df in w.files],
-            run_id,
-            operation="repair",
-            expected_seq=seq,
-            position=position,
-            rows=delta,
-        ),
-        limiter=limiter,
-    )
-    faults.point("repair_commit")
+    # Shielded like an append's commit: once the Iceberg commit starts, a deadline or
+    # shutdown waits for both commits (a kill in between is recovered from Iceberg).
     with anyio.CancelScope(shield=True):
+        snapshot_id = await anyio.to_thread.run_sync(
+            lambda: ops.replace_files(
+                ice,
+                [live.files[f.path] for f in deleted],
+                [df for w in written for df in w.files],
+                run_id,
+                operation="repair",
+                expected_seq=seq,
+                position=position,
+                rows=delta,
+            ),
+            limiter=limiter,
+        )
+        faults.point("repair_commit")
         await watermarks.commit(
             table.target,
             prev_seq=seq,
