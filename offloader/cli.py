@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -19,8 +18,6 @@ import orjson
 from offloader import log as logsetup
 from offloader.config import Config, config_path, load_config
 from offloader.errors import ConfigError, OffloaderError
-
-logger = logging.getLogger("offloader")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 

@@ -202,10 +202,6 @@ class TableConfig:
     def target_namespace(self) -> str:
         return self.target.rsplit(".", 1)[0]
 
-    @property
-    def target_name(self) -> str:
-        return self.target.rsplit(".", 1)[1]
-
 
 @dataclass(frozen=True, slots=True)
 class Config:

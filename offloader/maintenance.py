@@ -24,7 +24,7 @@ import anyio
 
 from offloader import faults, plan
 from offloader.config import MaintenanceConfig, TableConfig
-from offloader.errors import TableError
+from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
 from offloader.watermarks import Watermarks
@@ -113,7 +113,7 @@ async def maintain_table(
                     _pass, catalog, ice, table, cfg, report, deadline, limiter=limiter
                 )
     except TableError as exc:
-        report.status = "skipped" if exc.reason == "locked" else "failed"
+        report.status = "skipped" if isinstance(exc, Locked) else "failed"
         report.error = str(exc)
         report.reason = exc.reason
     except Exception as exc:  # a bug: keep the traceback in the log

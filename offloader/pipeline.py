@@ -24,7 +24,7 @@ from offloader import convert, faults, plan
 from offloader.clickhouse import ClickHouseSession, Page
 from offloader.clickhouse_http import ArrowHttpSession
 from offloader.config import ClickHouseConfig, TableConfig
-from offloader.errors import DataError, SourceSchemaError, TableError
+from offloader.errors import DataError, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.source import Source, table_columns, transport_of
 from offloader.source import session as source_session
@@ -208,7 +208,7 @@ async def offload_table(
                 "(committed rows are kept; the rest continues next cycle)"
             )
     except TableError as exc:
-        report.status = "skipped" if exc.reason == "locked" else "failed"
+        report.status = "skipped" if isinstance(exc, Locked) else "failed"
         report.error = str(exc)
         report.reason = exc.reason
     except Exception as exc:  # a bug, not an expected failure: keep the traceback in the log

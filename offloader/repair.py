@@ -29,7 +29,7 @@ from offloader import faults, plan
 from offloader.audit import DayCount, audit_days, day_number, day_start, watermark_day
 from offloader.config import Config, TableConfig
 from offloader.convert import from_micros, watermark_from_int
-from offloader.errors import InconsistentState, SourceSchemaError, TableError
+from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
 from offloader.pipeline import FILE_ROWS, SourcePlan, page_reader, plan_source, to_batch
@@ -384,7 +384,7 @@ async def repair_table(
                 dry_run=dry_run,
             )
     except TableError as exc:
-        report.status = "skipped" if exc.reason == "locked" else "failed"
+        report.status = "skipped" if isinstance(exc, Locked) else "failed"
         report.error = str(exc)
         return report
     finally:

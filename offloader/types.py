@@ -1,7 +1,7 @@
 """ClickHouse type names -> a parsed type tree -> Arrow types (and so Iceberg types).
 
 Pure: no server, no driver. `parse_type` understands the type strings that
-`system.columns` and the native protocol report; `plan_columns` decides, once
+`system.columns` and the native protocol report; `plan_column` decides, once
 per run, how each column travels (SELECT expression, Arrow type, conversion).
 Anything without an exact mapping raises SourceSchemaError naming the table,
 the column and the type.

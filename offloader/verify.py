@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import struct
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -172,8 +171,6 @@ def canonical_value(kind: str, v: Any) -> bytes:
         return (v if isinstance(v, bytes) else str(v).encode()).hex().upper().encode()
     if kind == "bytes":
         return v if isinstance(v, bytes) else str(v).encode("utf-8", "surrogateescape")
-    if isinstance(v, uuid.UUID):
-        return str(v).encode()
     return str(v).encode()
 
 

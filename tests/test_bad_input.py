@@ -111,10 +111,14 @@ def test_fuzzed_configs_give_one_clear_line(cfg: dict[str, Any]) -> None:
     try:
         parse_config(cfg, "tables.toml", env={})
     except ConfigError as exc:
-        text = str(exc)
-        assert text.startswith("tables.toml: ")
-        assert "\n" not in text
-        assert "Traceback" not in text
+        error = exc
+    else:
+        return
+    text = str(error)
+    assert text.startswith("tables.toml: ")
+    assert "\n" not in text
+    # Its own words, not a chained driver or parser error shown instead of them.
+    assert error.__cause__ is None, error.__cause__
 
 
 @settings(
@@ -135,9 +139,11 @@ def test_garbage_files_exit_2_without_traceback(tmp_path: Path, data: bytes) -> 
     if not parsed:
         assert code == 2
     assert code in (0, 2)
-    assert "Traceback" not in err.getvalue()
-    if code == 2:
+    if code == 2:  # one line of offloader's own, naming the file
+        assert err.getvalue().startswith(f"offloader: {path}: "), err.getvalue()
         assert err.getvalue().count("\n") == 1
+    else:
+        assert err.getvalue() == ""
 
 
 HOSTILE = """

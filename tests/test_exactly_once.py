@@ -61,14 +61,16 @@ def test_iceberg_append_is_compare_and_set(env: Env) -> None:
     assert stale is not None
     batch = pa.RecordBatch.from_pylist([{"id": 1}], schema=schema)
 
-    mark = first.append([batch], expected_seq=0, position=[1], run_id="run-a")
+    written = [first.write_files([batch])]
+    mark = first.commit_files(written, expected_seq=0, position=[1], run_id="run-a")
     assert mark.seq == 1
     # Retrying the same commit (e.g. after a lost response) does not duplicate it.
-    again = first.append([batch], expected_seq=0, position=[1], run_id="run-a")
+    again = first.commit_files(written, expected_seq=0, position=[1], run_id="run-a")
     assert again.snapshot_id == mark.snapshot_id
     # A second worker that started from the same state loses the race cleanly.
+    theirs = [stale.write_files([batch])]
     with pytest.raises(InconsistentState, match="another worker"):
-        stale.append([batch], expected_seq=0, position=[1], run_id="run-b")
+        stale.commit_files(theirs, expected_seq=0, position=[1], run_id="run-b")
     assert catalog.read("cold.cas").num_rows == 1
 
 

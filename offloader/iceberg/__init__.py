@@ -555,20 +555,6 @@ class IcebergTable:
             f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts"
         )
 
-    def append(
-        self,
-        batches: Sequence[pa.RecordBatch],
-        *,
-        expected_seq: int,
-        position: Sequence[Any],
-        run_id: str,
-    ) -> CommittedMark:
-        """Write and commit `batches` as one snapshot (see commit_files)."""
-        written = self.write_files(batches)
-        return self.commit_files(
-            [written], expected_seq=expected_seq, position=position, run_id=run_id
-        )
-
     def read(self, row_filter: str | None = None) -> pa.Table:
         scan = self._table.scan(row_filter=row_filter) if row_filter else self._table.scan()
         return scan.to_arrow()
