@@ -7,17 +7,20 @@ print it and exit 2 without a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from offloader.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "config/tables.toml"
+
+Transport = Literal["native", "arrow"]  # how a table's pages are read (README [clickhouse])
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -139,7 +142,7 @@ class ClickHouseConfig:
     secure: bool = False
     connect_timeout: float = 10.0
     query_timeout: float = 300.0
-    transport: Literal["native", "arrow"] = "native"
+    transport: Transport = "native"
     http_port: int = 8123
     http_compression: bool = False
 
@@ -183,7 +186,7 @@ class TableConfig:
     enabled: bool = True
     uint64: Literal["error", "decimal"] = "error"
     strings: Literal["string", "binary"] = "string"
-    transport: Literal["native", "arrow"] | None = None  # None: [clickhouse] transport
+    transport: Transport | None = None  # None: [clickhouse] transport
     audit_days: int = 4  # days audited each run, ending at the watermark's day; 0: off
     late_rows: Literal["alert", "repair"] = "alert"  # what a run does with drifted days
     final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
@@ -269,30 +272,42 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
     )
 
     svc = reader.section(data, "offloader", required=False)
+    d = ServiceConfig()  # the defaults are the dataclasses' own, written once
     service = ServiceConfig(
-        interval=reader.duration(svc, "offloader", "interval", 900.0, minimum=1.0),
-        max_parallel_tables=reader.integer(svc, "offloader", "max_parallel_tables", 4, 1, 256),
-        table_timeout=reader.duration(svc, "offloader", "table_timeout", 600.0, minimum=1.0),
-        shutdown_grace=reader.duration(svc, "offloader", "shutdown_grace", 60.0, minimum=0.0),
+        interval=reader.duration(svc, "offloader", "interval", d.interval, minimum=1.0),
+        max_parallel_tables=reader.integer(
+            svc, "offloader", "max_parallel_tables", d.max_parallel_tables, 1, 256
+        ),
+        table_timeout=reader.duration(
+            svc, "offloader", "table_timeout", d.table_timeout, minimum=1.0
+        ),
+        shutdown_grace=reader.duration(
+            svc, "offloader", "shutdown_grace", d.shutdown_grace, minimum=0.0
+        ),
         metrics_port=reader.optional_integer(svc, "offloader", "metrics_port", 0, 65535),
-        metrics_host=reader.string(svc, "offloader", "metrics_host", "127.0.0.1"),
-        lag_alert=reader.duration(svc, "offloader", "lag_alert", 3600.0, minimum=1.0),
+        metrics_host=reader.string(svc, "offloader", "metrics_host", d.metrics_host),
+        lag_alert=reader.duration(svc, "offloader", "lag_alert", d.lag_alert, minimum=1.0),
     )
     reader.reject_unknown(svc, "offloader", set(ServiceConfig.__slots__))
 
     ch = reader.section(data, "clickhouse", required=True)
+    c = ClickHouseConfig()
     clickhouse = ClickHouseConfig(
-        host=reader.string(ch, "clickhouse", "host", "127.0.0.1"),
-        port=reader.integer(ch, "clickhouse", "port", 9000, 1, 65535),
-        user=reader.string(ch, "clickhouse", "user", "default"),
-        password=reader.string(ch, "clickhouse", "password", "", allow_empty=True),
-        database=reader.string(ch, "clickhouse", "database", "default"),
-        secure=reader.boolean(ch, "clickhouse", "secure", False),
-        connect_timeout=reader.duration(ch, "clickhouse", "connect_timeout", 10.0, minimum=0.1),
-        query_timeout=reader.duration(ch, "clickhouse", "query_timeout", 300.0, minimum=1.0),
-        transport=reader.transport(ch, "clickhouse", "native"),
-        http_port=reader.integer(ch, "clickhouse", "http_port", 8123, 1, 65535),
-        http_compression=reader.boolean(ch, "clickhouse", "http_compression", False),
+        host=reader.string(ch, "clickhouse", "host", c.host),
+        port=reader.integer(ch, "clickhouse", "port", c.port, 1, 65535),
+        user=reader.string(ch, "clickhouse", "user", c.user),
+        password=reader.string(ch, "clickhouse", "password", c.password, allow_empty=True),
+        database=reader.string(ch, "clickhouse", "database", c.database),
+        secure=reader.boolean(ch, "clickhouse", "secure", c.secure),
+        connect_timeout=reader.duration(
+            ch, "clickhouse", "connect_timeout", c.connect_timeout, minimum=0.1
+        ),
+        query_timeout=reader.duration(
+            ch, "clickhouse", "query_timeout", c.query_timeout, minimum=1.0
+        ),
+        transport=reader.transport(ch, "clickhouse", c.transport),
+        http_port=reader.integer(ch, "clickhouse", "http_port", c.http_port, 1, 65535),
+        http_compression=reader.boolean(ch, "clickhouse", "http_compression", c.http_compression),
     )
     reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
 
@@ -496,8 +511,8 @@ class _Reader:
         )
 
     def transport(
-        self, data: Mapping[str, Any], where: str, default: Literal["native", "arrow"] | None
-    ) -> Literal["native", "arrow"]:
+        self, data: Mapping[str, Any], where: str, default: Transport | None
+    ) -> Transport:
         value = data.get("transport", default)
         if value == "native":
             return "native"
@@ -552,16 +567,19 @@ class _Reader:
                 partitions.append(parse_partition(p))
             except ValueError as exc:
                 raise ConfigError(f"{self.path}: {label}.partition_by: {exc}") from None
-        uint64 = data.get("uint64", "error")
+        d = _TABLE_DEFAULTS
+        uint64 = data.get("uint64", d["uint64"])
         if uint64 not in ("error", "decimal"):
             self.fail(f"{label}.uint64", "must be 'error' or 'decimal'", uint64)
-        strings = data.get("strings", "string")
+        strings = data.get("strings", d["strings"])
         if strings not in ("string", "binary"):
             self.fail(f"{label}.strings", "must be 'string' or 'binary'", strings)
-        batch_rows = self.integer(data, label, "batch_rows", 100_000, 1, 10_000_000)
-        append_rows = self.integer(data, label, "append_rows", 1_000_000, 1, 100_000_000)
-        max_rows = self.integer(data, label, "max_rows_per_cycle", 50_000_000, 1, 2**62)
-        late_rows = data.get("late_rows", "alert")
+        batch_rows = self.integer(data, label, "batch_rows", d["batch_rows"], 1, 10_000_000)
+        append_rows = self.integer(data, label, "append_rows", d["append_rows"], 1, 100_000_000)
+        max_rows = self.integer(
+            data, label, "max_rows_per_cycle", d["max_rows_per_cycle"], 1, 2**62
+        )
+        late_rows = data.get("late_rows", d["late_rows"])
         if late_rows not in ("alert", "repair"):
             self.fail(
                 f"{label}.late_rows",
@@ -573,19 +591,24 @@ class _Reader:
             target=target,
             watermark=watermark,
             keys=keys,
-            lag=self.duration(data, label, "lag", 300.0, minimum=0.0),
+            lag=self.duration(data, label, "lag", d["lag"], minimum=0.0),
             batch_rows=batch_rows,
             append_rows=max(append_rows, batch_rows),
             max_rows_per_cycle=max_rows,
             partition_by=tuple(partitions),
-            enabled=self.boolean(data, label, "enabled", True),
+            enabled=self.boolean(data, label, "enabled", d["enabled"]),
             uint64=uint64,
             strings=strings,
             transport=self.transport(data, label, None) if "transport" in data else None,
-            audit_days=self.integer(data, label, "audit_days", 4, 0, 366),
+            audit_days=self.integer(data, label, "audit_days", d["audit_days"], 0, 366),
             late_rows=late_rows,
-            final=self.boolean(data, label, "final", False),
+            final=self.boolean(data, label, "final", d["final"]),
         )
+
+
+_TABLE_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(TableConfig) if f.default is not MISSING
+}
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

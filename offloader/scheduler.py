@@ -183,6 +183,9 @@ class Service:
         except TableError as exc:
             log.error("maintenance pass failed", extra={"error": str(exc)})
             return
+        except Exception:  # a bug in maintenance must never stop the offloading service
+            log.exception("maintenance pass crashed")
+            return
         for report in reports:
             self.metrics.maintenance(report)
         log.info(

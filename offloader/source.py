@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from offloader import clickhouse, clickhouse_http
-from offloader.config import ClickHouseConfig, TableConfig
+from offloader.config import ClickHouseConfig, TableConfig, Transport
 from offloader.errors import SourceSchemaError
 from offloader.sql import quote_string
 
-Transport = Literal["native", "arrow"]
+__all__ = ["Source", "Transport", "session", "table_columns", "table_ttl", "transport_of"]
 
 
 class Source(Protocol):
