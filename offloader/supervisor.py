@@ -102,6 +102,13 @@ async def open_runtime(cfg: Config) -> AsyncIterator[Runtime]:
 TableHook = Callable[[TableReport], None]
 
 
+def _unrun(table: TableConfig, status: str, reason: str, why: str) -> TableReport:
+    """The report of a table whose run did not happen or did not end normally."""
+    return TableReport(
+        table.target, table.source, status=status, reason=reason, error=f"{table.target}: {why}"
+    )
+
+
 async def run_cycle(
     cfg: Config,
     runtime: Runtime,
@@ -122,25 +129,15 @@ async def run_cycle(
         try:
             async with limiter:
                 if stopping is not None and stopping.is_set():
-                    result = TableReport(
-                        table.target,
-                        table.source,
-                        status="skipped",
-                        reason="shutdown",
-                        error=f"{table.target}: not started, offloader is shutting down",
-                    )
+                    result = _unrun(table, "skipped", "shutdown", "not started, shutting down")
                 else:
                     result = await offload_table(
                         runtime.services, table, cfg.service.table_timeout, stopping
                     )
         except Exception as exc:
             log.exception("table run crashed outside its guard", extra={"table": table.target})
-            result = TableReport(
-                table.target,
-                table.source,
-                status="failed",
-                reason="internal",
-                error=f"{table.target}: internal error {type(exc).__name__}: {exc}",
+            result = _unrun(
+                table, "failed", "internal", f"internal error {type(exc).__name__}: {exc}"
             )
         report.tables.append(result)
         if on_table is not None:
