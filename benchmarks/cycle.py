@@ -35,7 +35,8 @@ from offloader import clickhouse, clickhouse_http, convert, devserver, source
 from offloader.config import ClickHouseConfig, Config, load_config
 from offloader.convert import encode_value
 from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import FILE_ROWS, arrow_position, plan_source, position_of
+from offloader.pages import FILE_ROWS, arrow_position, position_of
+from offloader.plan import plan_source
 from offloader.sql import page_query, qualified, quote_ident
 from offloader.supervisor import CycleReport, open_runtime, run_cycle
 

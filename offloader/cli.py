@@ -248,7 +248,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     from offloader import iceberg, source
     from offloader.errors import TableError
     from offloader.iceberg import IcebergCatalog
-    from offloader.pipeline import plan_source
+    from offloader.plan import plan_source
 
     failed = 0
     catalog = IcebergCatalog(cfg.catalog)

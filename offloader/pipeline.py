@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,12 +20,12 @@ import anyio
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import convert, faults, plan
-from offloader.clickhouse import ClickHouseSession, Page
-from offloader.clickhouse_http import ArrowHttpSession
+from offloader import audit, convert, faults, plan, repair
 from offloader.config import ClickHouseConfig, TableConfig
-from offloader.errors import DataError, Locked, SourceSchemaError, TableError
+from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
+from offloader.pages import FILE_ROWS, Fetched, Reader, page_reader, to_batch
+from offloader.plan import SourcePlan, plan_source
 from offloader.source import Source, table_columns, transport_of
 from offloader.source import session as source_session
 from offloader.sql import (
@@ -35,13 +35,6 @@ from offloader.sql import (
     quote_ident,
     read_from,
     watermark_int,
-)
-from offloader.types import (
-    ChType,
-    ColumnPlan,
-    arrow_wire_expr,
-    check_cursor_column,
-    plan_column,
 )
 from offloader.watermarks import Watermarks
 
@@ -109,70 +102,6 @@ class Services:
     watermarks: Watermarks
     cpu: anyio.CapacityLimiter
     io: anyio.CapacityLimiter
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePlan:
-    columns: tuple[ColumnPlan, ...]
-    order: tuple[tuple[str, ChType], ...]  # (watermark, keys...) with their types
-    order_index: tuple[int, ...]  # their positions in `columns`
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema([c.field for c in self.columns])
-
-    @property
-    def select(self) -> list[str]:
-        """The page query's SELECT list: each column's wire expressions in order."""
-        return [expr for c in self.columns for expr in c.select]
-
-    @property
-    def arrow_select(self) -> list[str]:
-        """The SELECT list of the arrow transport (see types.arrow_wire_expr)."""
-        return [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in self.columns]
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """Where each column's wire values start in a page."""
-        out, at = [], 0
-        for c in self.columns:
-            out.append(at)
-            at += len(c.select)
-        return tuple(out)
-
-
-def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> SourcePlan:
-    """Map the source columns and check the watermark and key columns. Pure."""
-    plans = tuple(
-        plan_column(table.source, name, type_text, table.uint64, table.strings)
-        for name, type_text in columns
-    )
-    by_name = {p.name: i for i, p in enumerate(plans)}
-    order: list[tuple[str, ChType]] = []
-    index: list[int] = []
-    for role, name in [("watermark", table.watermark)] + [("key", k) for k in table.keys]:
-        if name not in by_name:
-            raise SourceSchemaError(
-                f"{table.source}: {role} column {name!r} does not exist; columns are "
-                + ", ".join(by_name),
-                reason="config",
-            )
-        t = plans[by_name[name]].ch_type
-        check_cursor_column(table.source, role, name, t)
-        order.append((name, t))
-        index.append(by_name[name])
-    return SourcePlan(plans, tuple(order), tuple(index))
-
-
-def position_of(page: Page, plan_: SourcePlan, row: int) -> list[Any]:
-    """The encoded (watermark, keys...) of one row of a page."""
-    offsets = plan_.offsets
-    out = []
-    for i in plan_.order_index:
-        col = plan_.columns[i]
-        wire = [page.columns[offsets[i] + k][row] for k in range(len(col.select))]
-        out.append(convert.encode_value(convert.cursor_value(col, wire)))
-    return out
 
 
 async def offload_table(
@@ -352,8 +281,6 @@ async def _audit(
     commits; with `late_rows = "repair"`, replace the drifted days at once. The same
     query tells how far the table is behind (report.rows_behind, lag_seconds). Returns
     whether it ran (the table has an audit window)."""
-    from offloader import audit, repair  # repair builds on this module's page reading
-
     wm_type = src.order[0][1]
     bounds = audit.window(wm_type, report.watermark, table.audit_days)
     if bounds is None or report.watermark is None:
@@ -422,73 +349,6 @@ async def _measure_behind(ch: Source, src: SourcePlan, source: str, report: Tabl
     report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """One page as a transport read it, with the position of its last row."""
-
-    payload: Page | pa.RecordBatch  # native columns, or an Arrow batch of wire forms
-    rows: int
-    position: list[Any]
-
-
-Reader = Callable[[str, Sequence[str]], Awaitable[Fetched]]
-
-
-def page_reader(
-    ch: Source, table: TableConfig, src: SourcePlan, source: str
-) -> tuple[Reader, list[str]]:
-    """How this table's transport reads a page: a reader and the SELECT list it wants."""
-    if isinstance(ch, ArrowHttpSession):
-        return _arrow_reader(ch, src)
-    assert isinstance(ch, ClickHouseSession)
-    return _native_reader(ch, table, src, source)
-
-
-def to_batch(table: TableConfig, src: SourcePlan, page: Fetched) -> pa.RecordBatch:
-    """Turn a fetched page into an Arrow batch of the Iceberg schema (blocking: run it in
-    a worker thread)."""
-    payload = page.payload
-    if isinstance(payload, pa.RecordBatch):
-        return convert.conform_batch(table.target, src.columns, payload)
-    return convert.to_record_batch(table.target, src.columns, payload.columns)
-
-
-def _native_reader(
-    ch: ClickHouseSession, table: TableConfig, src: SourcePlan, source: str
-) -> tuple[Reader, list[str]]:
-    binary = table.strings == "binary"
-
-    async def read(query: str, select: Sequence[str]) -> Fetched:
-        try:
-            page = await ch.page(query, len(select), strings_as_bytes=binary)
-        except DataError as exc:
-            if exc.reason == "utf8":
-                detail = await _invalid_utf8_columns(ch, src, source)
-                raise DataError(str(exc) + detail, reason="utf8") from exc
-            raise
-        at = position_of(page, src, page.rows - 1) if page.rows else []
-        return Fetched(page, page.rows, at)
-
-    return read, src.select
-
-
-def _arrow_reader(http: ArrowHttpSession, src: SourcePlan) -> tuple[Reader, list[str]]:
-    async def read(query: str, select: Sequence[str]) -> Fetched:
-        batch = await http.page(query)
-        rows = batch.num_rows
-        at = arrow_position(batch, src, rows - 1) if rows else []
-        return Fetched(batch, rows, at)
-
-    return read, src.arrow_select
-
-
-def arrow_position(batch: pa.RecordBatch, src: SourcePlan, row: int) -> list[Any]:
-    return [
-        convert.encode_value(convert.arrow_cursor(src.columns[i], batch.column(i)[row].as_py()))
-        for i in src.order_index
-    ]
-
-
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error that matters out of a task group's group: the first that is not a
     cancellation (a failing fetch cancels the consumer and vice versa)."""
@@ -506,24 +366,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
-
-
-async def _invalid_utf8_columns(ch: Source, src: SourcePlan, source: str) -> str:
-    """Name the String columns holding invalid UTF-8, with one example, for the error."""
-    found = []
-    for col in src.columns:
-        if col.ch_type.unwrap().name not in ("String", "FixedString"):
-            continue
-        q = quote_ident(col.name)
-        try:
-            bad = await ch.rows(
-                f"SELECT hex(any({q})), count() FROM {source} WHERE NOT isValidUTF8({q})"
-            )
-        except TableError:
-            return ""
-        if bad and bad[0][1]:
-            found.append(f"column {col.name!r}: {bad[0][1]} values, e.g. hex {bad[0][0][:40]}")
-    return ("; " + "; ".join(found)) if found else ""
 
 
 async def _fetch(
@@ -576,12 +418,6 @@ async def _fetch(
                 return
             after = page.position
 
-
-# Converted pages are written to Parquet data files in chunks of about this many rows
-# (or append_rows if smaller) while the run goes on; a commit then adds the files
-# of up to append_rows rows as one snapshot. Memory stays bounded by a chunk and a
-# few pages instead of a whole append.
-FILE_ROWS = 250_000
 
 Chunk = tuple[list[pa.RecordBatch], list[Any]]
 

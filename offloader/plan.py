@@ -1,4 +1,5 @@
-"""Pure planning decisions of a table run: the high-water mark and state reconciliation."""
+"""Pure planning decisions of a table run: how the source columns travel (SourcePlan),
+the high-water mark, state reconciliation, lag, and which files compaction rewrites."""
 
 from __future__ import annotations
 
@@ -7,9 +8,72 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pyarrow as pa
+
+from offloader.config import TableConfig
 from offloader.convert import encode_value
-from offloader.errors import InconsistentState
-from offloader.types import ChType
+from offloader.errors import InconsistentState, SourceSchemaError
+from offloader.types import (
+    ChType,
+    ColumnPlan,
+    arrow_wire_expr,
+    check_cursor_column,
+    plan_column,
+    quote_ident,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    columns: tuple[ColumnPlan, ...]
+    order: tuple[tuple[str, ChType], ...]  # (watermark, keys...) with their types
+    order_index: tuple[int, ...]  # their positions in `columns`
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([c.field for c in self.columns])
+
+    @property
+    def select(self) -> list[str]:
+        """The page query's SELECT list: each column's wire expressions in order."""
+        return [expr for c in self.columns for expr in c.select]
+
+    @property
+    def arrow_select(self) -> list[str]:
+        """The SELECT list of the arrow transport (see types.arrow_wire_expr)."""
+        return [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in self.columns]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Where each column's wire values start in a page."""
+        out, at = [], 0
+        for c in self.columns:
+            out.append(at)
+            at += len(c.select)
+        return tuple(out)
+
+
+def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> SourcePlan:
+    """Map the source columns and check the watermark and key columns. Pure."""
+    plans = tuple(
+        plan_column(table.source, name, type_text, table.uint64, table.strings)
+        for name, type_text in columns
+    )
+    by_name = {p.name: i for i, p in enumerate(plans)}
+    order: list[tuple[str, ChType]] = []
+    index: list[int] = []
+    for role, name in [("watermark", table.watermark)] + [("key", k) for k in table.keys]:
+        if name not in by_name:
+            raise SourceSchemaError(
+                f"{table.source}: {role} column {name!r} does not exist; columns are "
+                + ", ".join(by_name),
+                reason="config",
+            )
+        t = plans[by_name[name]].ch_type
+        check_cursor_column(table.source, role, name, t)
+        order.append((name, t))
+        index.append(by_name[name])
+    return SourcePlan(plans, tuple(order), tuple(index))
 
 
 def high_water_mark(max_value: Any, server_now: dt.datetime, lag: float, wm_type: ChType) -> Any:

@@ -32,7 +32,8 @@ from offloader.convert import from_micros, watermark_from_int
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
-from offloader.pipeline import FILE_ROWS, SourcePlan, page_reader, plan_source, to_batch
+from offloader.pages import FILE_ROWS, page_reader, to_batch
+from offloader.plan import SourcePlan, plan_source
 from offloader.source import Source, session, table_columns, table_ttl, transport_of
 from offloader.sql import (
     NOW_MICROS,

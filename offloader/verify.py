@@ -25,7 +25,7 @@ from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import plan_source
+from offloader.plan import plan_source
 from offloader.sql import (
     keyset_after,
     quote_ident,

@@ -17,7 +17,7 @@ from offloader import clickhouse, source
 from offloader.config import ClickHouseConfig, Config, TableConfig, load_config
 from offloader.convert import to_record_batch
 from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import plan_source
+from offloader.plan import plan_source
 from offloader.sql import qualified, quote_ident
 from offloader.supervisor import CycleReport, run_once
 

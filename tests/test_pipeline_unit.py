@@ -9,7 +9,8 @@ import pytest
 
 from offloader.config import TableConfig
 from offloader.errors import SinkError, SourceSchemaError
-from offloader.pipeline import _single, plan_source
+from offloader.pipeline import _single
+from offloader.plan import plan_source
 
 
 def test_the_real_error_wins_over_nested_cancellations() -> None:
