@@ -283,7 +283,9 @@ async def _audit(
     whether it ran (the table has an audit window)."""
     wm_type = src.order[0][1]
     bounds = audit.window(wm_type, report.watermark, table.audit_days)
-    if bounds is None or report.watermark is None:
+    if bounds is None or report.watermark is None or report.more:
+        # `more`: a backlog is being worked off in chunks; the run that catches up audits
+        # (and the audit window would mostly hold rows this very run just wrote).
         return False
     position = list(report.watermark)
     t0 = time.monotonic()
