@@ -7,7 +7,7 @@ batch of the Iceberg schema. The pipeline and repair use only these.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,3 +123,23 @@ async def _invalid_utf8_columns(ch: Source, src: SourcePlan, source: str) -> str
         if bad and bad[0][1]:
             found.append(f"column {col.name!r}: {bad[0][1]} values, e.g. hex {bad[0][0][:40]}")
     return ("; " + "; ".join(found)) if found else ""
+
+
+async def keyset_pages(
+    read: Reader,
+    select: Sequence[str],
+    query: Callable[[Sequence[Any] | None], str],
+    after: Sequence[Any] | None,
+    batch_rows: int,
+) -> AsyncGenerator[Fetched, None]:
+    """The pages of a keyset scan, in order: `query(after)` is the page query after a
+    position; each next page starts after the previous page's last row. Ends after an
+    empty or short page."""
+    while True:
+        page = await read(query(after), select)
+        if page.rows == 0:
+            return
+        yield page
+        if page.rows < batch_rows:
+            return
+        after = page.position

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +25,7 @@ from offloader import audit, convert, faults, plan, repair
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
-from offloader.pages import FILE_ROWS, Fetched, Reader, page_reader, to_batch
+from offloader.pages import FILE_ROWS, Fetched, Reader, keyset_pages, page_reader, to_batch
 from offloader.plan import SourcePlan, plan_source
 from offloader.source import Source, table_columns, transport_of
 from offloader.source import session as source_session
@@ -382,27 +383,35 @@ async def _fetch(
     stopping: anyio.Event | None,
 ) -> None:
     read, select = reader
+
+    async def timed_read(query: str, select: Sequence[str]) -> Fetched:
+        t0 = time.monotonic()
+        page = await read(query, select)
+        _stage(report, "clickhouse_read", time.monotonic() - t0)
+        faults.point("read")
+        return page
+
+    def query(after: Sequence[Any] | None) -> str:
+        return page_query(
+            source=source,
+            select=select,
+            order=src.order,
+            after=after,
+            upto=upto,
+            limit=table.batch_rows,
+        )
+
+    def stopped() -> bool:
+        # Shutting down: commit what was read, leave the rest for the next start.
+        return stopping is not None and stopping.is_set()
+
     fetched = 0
-    async with send:
-        while True:
-            if stopping is not None and stopping.is_set():
-                # Shutting down: commit what was read, leave the rest for the next start.
-                report.more = True
-                return
-            query = page_query(
-                source=source,
-                select=select,
-                order=src.order,
-                after=after,
-                upto=upto,
-                limit=table.batch_rows,
-            )
-            t0 = time.monotonic()
-            page = await read(query, select)
-            _stage(report, "clickhouse_read", time.monotonic() - t0)
-            faults.point("read")
-            if page.rows == 0:
-                return
+    pages = keyset_pages(timed_read, select, query, after, table.batch_rows)
+    async with send, aclosing(pages):
+        if stopped():
+            report.more = True
+            return
+        async for page in pages:
             log.debug(
                 "page read",
                 extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
@@ -418,7 +427,9 @@ async def _fetch(
                     extra={"table": table.target, "rows": fetched},
                 )
                 return
-            after = page.position
+            if stopped():
+                report.more = True
+                return
 
 
 Chunk = tuple[list[pa.RecordBatch], list[Any]]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from offloader.convert import from_micros, watermark_from_int
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
-from offloader.pages import FILE_ROWS, page_reader, to_batch
+from offloader.pages import FILE_ROWS, keyset_pages, page_reader, to_batch
 from offloader.plan import SourcePlan, plan_source
 from offloader.source import Source, session, table_columns, table_ttl, transport_of
 from offloader.sql import (
@@ -273,31 +274,27 @@ async def _read_days(
     pending: list[Any] = []
     pending_rows = 0
     for count in days:
-        after: list[Any] | None = None
-        while True:
-            query = page_query(
+
+        def query(after: Sequence[Any] | None, day: dt.date = count.day) -> str:
+            return page_query(
                 source=source,
                 select=select,
                 order=src.order,
                 after=after,
                 upto=position[0],
                 limit=table.batch_rows,
-                since=day_start(wm_type, count.day),
-                before=day_start(wm_type, count.day + dt.timedelta(days=1)),
+                since=day_start(wm_type, day),
+                before=day_start(wm_type, day + dt.timedelta(days=1)),
                 through=position,
             )
-            page = await read(query, select)
-            if page.rows == 0:
-                break
+
+        async for page in keyset_pages(read, select, query, None, table.batch_rows):
             batch = await anyio.to_thread.run_sync(to_batch, table, src, page, limiter=limiter)
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= FILE_ROWS:
                 written.append(await _write(ice, pending, table.watermark, limiter))
                 pending, pending_rows = [], 0
-            if page.rows < table.batch_rows:
-                break
-            after = page.position
     if pending:
         written.append(await _write(ice, pending, table.watermark, limiter))
     return written

@@ -279,3 +279,30 @@ def _toml(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def independent_reads(target_location: str, metadata_location: str, query: str) -> list[str]:
+    """`query` (with FROM {t}) answered by two Iceberg readers nobody here wrote:
+    ClickHouse's icebergLocal (in-process chDB) and DuckDB's iceberg extension. Returns
+    each reader's first row as text, for comparison with ClickHouse's own answer."""
+    import chdb
+    import duckdb
+
+    table_dir = target_location.removeprefix("file://")
+    cwd = os.getcwd()
+    os.chdir("/")  # chDB resolves icebergLocal from the working directory
+    try:
+        ch = str(chdb.query(query.format(t=f"icebergLocal('{table_dir}')"), "CSV")).strip()
+    finally:
+        os.chdir(cwd)
+    ext = Path(duckdb.__file__).parent.parent / "duckdb_ext/extensions/v1.4.4/linux_amd64"
+    con = duckdb.connect()
+    try:
+        for name in ("avro", "iceberg"):
+            con.execute(f"LOAD '{ext / f'{name}.duckdb_extension'}'")
+        meta = metadata_location.removeprefix("file://")
+        row = con.execute(query.format(t=f"iceberg_scan('{meta}')")).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    return [ch, ",".join(str(v) for v in row)]

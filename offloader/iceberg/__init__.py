@@ -60,7 +60,7 @@ PROP_WATERMARK = "offloader.watermark"
 PROP_SEQ = "offloader.seq"
 PROP_RUN = "offloader.run_id"
 PROP_ROWS = "offloader.rows"
-PROP_OPERATION = "offloader.operation"  # absent on appends; "compact" on maintenance rewrites
+PROP_OPERATION = "offloader.operation"  # absent on appends; "compact" or "repair"
 COMMIT_ATTEMPTS = 5
 
 

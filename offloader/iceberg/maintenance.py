@@ -8,6 +8,7 @@ what to do (`plan.compaction_groups`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -326,7 +327,8 @@ def rewrite_group(
                 written_rows += ready.num_rows
         files = writer.close()
     except BaseException:
-        writer.close() if writer._writer is not None else None
+        with contextlib.suppress(Exception):  # the original error is the one to report
+            writer.close()
         _delete_quietly(ice, writer.paths)
         raise
     if written_rows != group.rows or sum(f.record_count for f in files) != group.rows:
@@ -578,9 +580,8 @@ def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
             mtime = info.mtime.timestamp() if info.mtime is not None else now
             listed.append((info.path, info.size or 0, now - mtime))
     referenced = referenced_files(ice)
-    prefix = f"{scheme}://" if scheme != "file" else "file://"
     return [
-        Orphan(prefix + path, size, age)
+        Orphan(f"{scheme}://{path}", size, age)
         for path, size, age in listed
         if age >= min_age and path not in referenced
     ]
