@@ -31,13 +31,14 @@ import anyio
 import orjson
 import pyarrow as pa
 
-from offloader import clickhouse, clickhouse_http, convert, devserver, source
+from offloader import devserver, source
 from offloader.config import ClickHouseConfig, Config, load_config
-from offloader.convert import encode_value
+from offloader.cursor import encode_value
 from offloader.iceberg import IcebergCatalog
-from offloader.pages import FILE_ROWS, arrow_position, position_of
+from offloader.pipeline import FILE_ROWS
 from offloader.plan import plan_source
-from offloader.sql import page_query, qualified, quote_ident
+from offloader.source import Scan, arrow, native
+from offloader.sql import qualified, quote_ident
 from offloader.supervisor import CycleReport, open_runtime, run_cycle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +91,7 @@ class Bench:
 
     def sql(self, query: str) -> None:
         async def go() -> None:
-            async with clickhouse.session(self.ch, "bench") as s:
+            async with native.session(self.ch, "bench") as s:
                 await s.execute(query)
 
         anyio.run(go)
@@ -223,7 +224,8 @@ def scenario_idle(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     # against the same tables with it switched off, alternating, in the same run.
     no_audit = b.config(names, audit_days=0)
     cycle(no_audit)
-    audited, unaudited = [], []
+    audited: list[float] = []
+    unaudited: list[float] = []
     for _ in range(max(5, args.repeats)):
         for target, paths in ((audited, path), (unaudited, no_audit)):
             started = time.perf_counter()
@@ -243,35 +245,31 @@ def scenario_idle(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
 async def _ceiling(b: Bench, cfg: Config, rows: int, plain: bool) -> tuple[float, int]:
     """Read the same keyset pages with the driver alone: no conversion, no Iceberg.
 
-    plain=False: offloader's own page queries (integer wire forms, see types.wire_plan).
+    plain=False: offloader's own pages through the source interface (integer wire forms,
+    see types.wire_plan), not converted.
     plain=True: the naive `SELECT *` of the same pages, decoded into datetime/Decimal.
     """
     table = cfg.tables[0]
-    async with clickhouse.session(b.ch, "ceiling") as s:
+    scan = Scan(qualified(b.db, table.source_table), upto="2100-01-01 00:00:00.000000")
+    async with native.session(b.ch, "ceiling") as s:
         src = plan_source(table, await source.table_columns(s, b.db, table.source_table))
-        select = [quote_ident(c.name) for c in src.columns] if plain else src.select
-        after = None
-        upto = "2100-01-01 00:00:00.000000"
         total = 0
         started = time.perf_counter()
+        if not plain:
+            async for page in source.keyset_pages(
+                s.pager(table, src), scan, None, table.batch_rows
+            ):
+                total += page.rows
+            return time.perf_counter() - started, total
+        select = [quote_ident(c.name) for c in src.columns]
+        after = None
         while True:
-            q = page_query(
-                source=qualified(b.db, table.source_table),
-                select=select,
-                order=src.order,
-                after=after,
-                upto=upto,
-                limit=table.batch_rows,
-            )
-            page = await s.page(q, len(select))
-            total += page.rows
-            if page.rows < table.batch_rows:
+            data = await s.columns(scan.query(src, select, after, table.batch_rows), len(select))
+            total += data.rows
+            if data.rows < table.batch_rows:
                 break
-            if plain:
-                last = page.rows - 1
-                after = [encode_value(page.columns[i][last]) for i in src.order_index]
-            else:
-                after = position_of(page, src, page.rows - 1)
+            last = data.rows - 1
+            after = [encode_value(data.columns[i][last]) for i in src.order_index]
         return time.perf_counter() - started, total
 
 
@@ -280,29 +278,21 @@ async def _arrow_ceiling(b: Bench, cfg: Config) -> tuple[float, int, list[pa.Rec
     batches for the write ceiling."""
     table = cfg.tables[0]
     cfg_http = ClickHouseConfig(port=b.port, http_port=b.http_port)
+    scan = Scan(qualified(b.db, table.source_table), upto="2100-01-01 00:00:00.000000")
     batches: list[pa.RecordBatch] = []
-    async with clickhouse_http.session(cfg_http, "ceiling") as http:
+    async with arrow.session(cfg_http, "ceiling") as http:
         src = plan_source(table, await source.table_columns(http, b.db, table.source_table))
-        after = None
+        pages = source.keyset_pages(http.pager(table, src), scan, None, table.batch_rows)
         total = 0
         read = 0.0
         while True:
-            q = page_query(
-                source=qualified(b.db, table.source_table),
-                select=src.arrow_select,
-                order=src.order,
-                after=after,
-                upto="2100-01-01 00:00:00.000000",
-                limit=table.batch_rows,
-            )
             t0 = time.perf_counter()
-            batch = await http.page(q)
+            page = await anext(pages, None)
             read += time.perf_counter() - t0
-            total += batch.num_rows
-            batches.append(convert.conform_batch(table.target, src.columns, batch))
-            if batch.num_rows < table.batch_rows:
+            if page is None:
                 break
-            after = arrow_position(batch, src, batch.num_rows - 1)
+            total += page.rows
+            batches.append(page.to_batch())
     return read, total, batches
 
 

@@ -24,8 +24,8 @@ import anyio
 from offloader.iceberg import IcebergTable
 from offloader.iceberg import maintenance as ops
 from offloader.source import Source
+from offloader.source.types import ChType
 from offloader.sql import day_counts_query
-from offloader.types import ChType
 
 EPOCH = dt.date(1970, 1, 1)
 

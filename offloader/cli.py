@@ -248,7 +248,6 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     from offloader import iceberg, source
     from offloader.errors import TableError
     from offloader.iceberg import IcebergCatalog
-    from offloader.plan import plan_source
 
     failed = 0
     catalog = IcebergCatalog(cfg.catalog)
@@ -260,13 +259,11 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
             failed += 1
             print(f"Iceberg: ERROR {exc}")
     for table in cfg.tables:
-        db = table.source_database or cfg.clickhouse.database
         try:
-            transport = source.transport_of(cfg.clickhouse, table)
-            async with source.session(cfg.clickhouse, table.target, transport) as ch:
-                src = plan_source(table, await source.table_columns(ch, db, table.source_table))
+            async with source.open_table(cfg.clickhouse, table) as src:
+                schema = src.plan.schema
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
-            print(iceberg.describe(src.schema, table.partition_by))
+            print(iceberg.describe(schema, table.partition_by))
         except TableError as exc:
             failed += 1
             print(f"\n{table.source} -> {table.target}: ERROR {exc}")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import anyio
 
-from offloader import clickhouse
 from offloader.config import ClickHouseConfig
+from offloader.source import native
 
 TRADES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.{name} (
@@ -61,7 +61,7 @@ async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...
     new trades after its newest one, ending 6 minutes ago, so they are past the 5-minute
     lag and land after the watermark (never "late" rows offloader would not see).
     """
-    async with clickhouse.session(cfg, "demo") as ch:
+    async with native.session(cfg, "demo") as ch:
         await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for name in tables:
             await ch.execute(TRADES_DDL.format(db=db, name=name))

@@ -27,7 +27,7 @@ from offloader.config import MaintenanceConfig, TableConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
-from offloader.watermarks import Watermarks
+from offloader.watermarks import Store
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _mb(n: int) -> str:
 
 async def maintain_table(
     catalog: IcebergCatalog,
-    watermarks: Watermarks,
+    watermarks: Store,
     table: TableConfig,
     cfg: MaintenanceConfig,
     *,
@@ -215,7 +215,7 @@ def _compact(
 
 async def maintain(
     catalog: IcebergCatalog,
-    watermarks: Watermarks,
+    watermarks: Store,
     tables: list[TableConfig],
     cfg: MaintenanceConfig,
     *,

@@ -16,7 +16,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from offloader.pipeline import TableReport
+from offloader.report import TableReport
 
 if TYPE_CHECKING:
     from offloader.maintenance import MaintenanceReport

@@ -1,9 +1,14 @@
 """One table's offload: lock, introspect, reconcile, page, convert, append, commit.
 
+A `TableRun` holds everything one run of one table needs (services, table, source
+plan, report, run id, committed seq) and goes through its steps: `prepare`
+(introspect, open the Iceberg table, reconcile state, the high-water mark),
+`transfer` (page, convert, write, commit) and `audit` (late rows, lag).
+
 Fetching runs in its own task and hands pages over a one-slot stream, so page
 n+1 is read from ClickHouse while page n converts (in a worker thread) and
-earlier pages are appended to Iceberg. Pages accumulate into appends of
-`append_rows`, so a cycle adds about one snapshot per table, none when idle.
+earlier pages are written to Iceberg by a third task. Pages accumulate into appends
+of `append_rows`, so a cycle adds about one snapshot per table, none when idle.
 """
 
 from __future__ import annotations
@@ -11,9 +16,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,77 +26,22 @@ import anyio
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import audit, convert, faults, plan, repair
+from offloader import audit, cursor, faults, plan, repair
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import Locked, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
-from offloader.pages import FILE_ROWS, Fetched, Reader, keyset_pages, page_reader, to_batch
-from offloader.plan import SourcePlan, plan_source
-from offloader.source import Source, table_columns, transport_of
-from offloader.source import session as source_session
-from offloader.sql import (
-    NOW_MICROS,
-    behind_query,
-    page_query,
-    quote_ident,
-    read_from,
-    watermark_int,
-)
-from offloader.watermarks import Watermarks
+from offloader.iceberg import IcebergCatalog, WrittenFiles
+from offloader.report import TableReport
+from offloader.source import Page, Scan, keyset_pages, open_table
+from offloader.sql import NOW_MICROS, behind_query, quote_ident, watermark_int
+from offloader.watermarks import Store
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class TableReport:
-    target: str
-    source: str
-    status: str = "ok"  # ok | idle | failed | skipped
-    rows: int = 0
-    pages: int = 0
-    snapshots: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    reason: str | None = None
-    recovered: bool = False
-    watermark: list[Any] | None = None
-    more: bool = False  # stopped at max_rows_per_cycle with rows left
-    stages: dict[str, float] = field(default_factory=dict)
-    rows_behind: int | None = None  # after the run: rows ClickHouse holds past the watermark
-    lag_seconds: float | None = None  # age of the oldest of them (plan.behind)
-    drifted: list[dict[str, Any]] | None = None  # audited days whose tiers differ (after repair)
-    repaired: list[str] = field(default_factory=list)  # days the late_rows policy repaired
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {
-            "target": self.target,
-            "source": self.source,
-            "status": self.status,
-            "rows": self.rows,
-            "pages": self.pages,
-            "snapshots": self.snapshots,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 3),
-            "error": self.error,
-        }
-        if self.reason:
-            d["reason"] = self.reason
-        if self.recovered:
-            d["recovered"] = True
-        if self.more:
-            d["more"] = True
-        if self.watermark is not None:
-            d["watermark"] = self.watermark
-        if self.drifted is not None:
-            d["drifted"] = self.drifted
-        if self.repaired:
-            d["repaired"] = self.repaired
-        if self.rows_behind is not None:
-            d["rows_behind"] = self.rows_behind
-            d["lag_seconds"] = None if self.lag_seconds is None else round(self.lag_seconds, 3)
-        d["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
-        return d
+# Converted pages are written to Parquet data files in chunks of about this many rows
+# (or append_rows if smaller) while the run goes on; a commit then adds the files
+# of up to append_rows rows as one snapshot. Memory stays bounded by a chunk and a
+# few pages instead of a whole append.
+FILE_ROWS = 250_000
 
 
 @dataclass(slots=True)
@@ -100,7 +50,7 @@ class Services:
 
     clickhouse: ClickHouseConfig
     catalog: IcebergCatalog
-    watermarks: Watermarks
+    watermarks: Store
     cpu: anyio.CapacityLimiter
     io: anyio.CapacityLimiter
 
@@ -127,7 +77,7 @@ async def offload_table(
                 # The run's interval in the log is the time it held the table's lock.
                 started_at = datetime.now(UTC)
                 try:
-                    await _run(services, table, report, run_id, stopping)
+                    await TableRun(services, table, report, run_id, stopping).run()
                 finally:
                     finished_at = datetime.now(UTC)
         if deadline.cancelled_caught:
@@ -179,34 +129,52 @@ async def offload_table(
     return report
 
 
-def _stage(report: TableReport, name: str, seconds: float) -> None:
-    report.stages[name] = report.stages.get(name, 0.0) + seconds
+class TableRun:
+    """One run of one table, under its lock."""
 
+    def __init__(
+        self,
+        services: Services,
+        table: TableConfig,
+        report: TableReport,
+        run_id: str,
+        stopping: anyio.Event | None = None,
+    ) -> None:
+        self.services = services
+        self.table = table
+        self.report = report
+        self.run_id = run_id
+        self.stopping = stopping
+        self.seq = 0  # the committed offloader seq (Iceberg marker and PostgreSQL)
 
-async def _run(
-    services: Services,
-    table: TableConfig,
-    report: TableReport,
-    run_id: str,
-    stopping: anyio.Event | None,
-) -> None:
-    label = table.target
-    db = table.source_database or services.clickhouse.database
-    source = read_from(db, table.source_table, table.final)
-    transport = transport_of(services.clickhouse, table)
-    async with source_session(services.clickhouse, label, transport) as ch:
+    async def run(self) -> None:
+        async with open_table(self.services.clickhouse, self.table) as src:
+            self.src = src
+            upto = await self.prepare()
+            if upto is None:
+                return
+            await self.transfer(upto)
+            if self.report.rows == 0:
+                self.report.status = "idle"
+            if not await self.audit():
+                await self.measure_behind()
+
+    async def prepare(self) -> Any | None:
+        """Open the Iceberg table, reconcile PostgreSQL with its newest commit marker and
+        find the high-water mark: the newest watermark this run may read, or None when
+        the source is empty."""
         t0 = time.monotonic()
-        src = plan_source(table, await table_columns(ch, db, table.source_table))
-        ice = await anyio.to_thread.run_sync(
+        services, table, report, src = self.services, self.table, self.report, self.src
+        self.ice = await anyio.to_thread.run_sync(
             services.catalog.ensure,
             table.target,
-            src.schema,
+            src.plan.schema,
             table.partition_by,
             (table.watermark, *table.keys),
             limiter=services.io,
         )
         state = await services.watermarks.get(table.target, table.source)
-        mark = await anyio.to_thread.run_sync(ice.latest_mark, limiter=services.io)
+        mark = await anyio.to_thread.run_sync(self.ice.latest_mark, limiter=services.io)
         decision = plan.reconcile(
             table.target,
             state.seq,
@@ -219,7 +187,7 @@ async def _run(
             log.warning(
                 "recovering watermark from Iceberg: a previous run stopped between its Iceberg "
                 "and PostgreSQL commits",
-                extra={"table": label, "from_seq": state.seq, "to_seq": mark.seq},
+                extra={"table": table.target, "from_seq": state.seq, "to_seq": mark.seq},
             )
             await services.watermarks.commit(
                 table.target,
@@ -232,124 +200,250 @@ async def _run(
                 recovered=True,
             )
             report.recovered = True
-        seq, position = decision.seq, decision.position
+        self.seq = decision.seq
+        report.watermark = list(decision.position) if decision.position else None
 
-        wm_name, wm_type = src.order[0]
+        wm_name, wm_type = src.plan.order[0]
         wm_q = quote_ident(wm_name)
-        hwm_row = await ch.rows(
-            f"SELECT {watermark_int(wm_type, f'max({wm_q})')}, count(), {NOW_MICROS} FROM {source}"
+        hwm_row = await src.source.rows(
+            f"SELECT {watermark_int(wm_type, f'max({wm_q})')}, count(), {NOW_MICROS} "
+            f"FROM {src.relation}"
         )
-        max_value = convert.watermark_from_int(wm_type, hwm_row[0][0])
-        count, now = int(hwm_row[0][1]), convert.from_micros(hwm_row[0][2])
-        _stage(report, "prepare", time.monotonic() - t0)
+        max_value = cursor.watermark_from_int(wm_type, hwm_row[0][0])
+        count, now = int(hwm_row[0][1]), cursor.from_micros(hwm_row[0][2])
+        report.stage("prepare", time.monotonic() - t0)
         if not count:
             report.status = "idle"
-            report.watermark = list(position) if position else None
             behind = plan.behind(0, None, now, wm_type)
             report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
-            return
-        upto = plan.high_water_mark(max_value, now, table.lag, wm_type)
-        report.watermark = list(position) if position else None
+            return None
+        return plan.high_water_mark(max_value, now, table.lag, wm_type)
 
-        reader = page_reader(ch, table, src, source)
-        send, receive = anyio.create_memory_object_stream[Fetched](0)
+    async def transfer(self, upto: Any) -> None:
+        """Page the rows after the committed position up to `upto` into Iceberg."""
+        send, receive = anyio.create_memory_object_stream[Page](0)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(
-                    _fetch, reader, table, src, source, position, upto, send, report, stopping
-                )
-                seq = await _consume(services, table, src, ice, receive, seq, run_id, report)
+                tg.start_soon(self._fetch, Scan(self.src.relation, upto), send)
+                await self._consume(receive)
         except BaseExceptionGroup as group:
             raise _single(group) from None
-        if report.rows == 0:
-            report.status = "idle"
-        if not await _audit(services, table, src, source, db, ch, ice, seq, report):
-            await _measure_behind(ch, src, source, report)
 
+    def _stopped(self) -> bool:
+        # Shutting down: commit what was read, leave the rest for the next start.
+        return self.stopping is not None and self.stopping.is_set()
 
-async def _audit(
-    services: Services,
-    table: TableConfig,
-    src: SourcePlan,
-    source: str,
-    db: str,
-    ch: Source,
-    ice: IcebergTable,
-    seq: int,
-    report: TableReport,
-) -> bool:
-    """Compare both tiers per day over the audit window (audit.py) after the run's
-    commits; with `late_rows = "repair"`, replace the drifted days at once. The same
-    query tells how far the table is behind (report.rows_behind, lag_seconds). Returns
-    whether it ran (the table has an audit window)."""
-    wm_type = src.order[0][1]
-    bounds = audit.window(wm_type, report.watermark, table.audit_days)
-    if bounds is None or report.watermark is None or report.more:
-        # `more`: a backlog is being worked off in chunks; the run that catches up audits
-        # (and the audit window would mostly hold rows this very run just wrote).
-        return False
-    position = list(report.watermark)
-    t0 = time.monotonic()
-    try:
-        found = await audit.audit_days(ch, source, src.order, position, ice, *bounds, services.io)
-    except TableError as exc:
-        log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
-        return False
-    oldest = found.oldest_waiting
-    first = convert.watermark_from_int(wm_type, oldest) if oldest is not None else None
-    now = convert.from_micros(found.server_now) if found.server_now else datetime.now(UTC)
-    behind = plan.behind(found.waiting, first, now, wm_type)
-    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
-    for day in found.drifted:
-        log.warning(
-            "late rows: the tiers differ on a day below the watermark",
-            extra={
-                "table": table.target,
-                "day": day.day.isoformat(),
-                "clickhouse_rows": day.clickhouse,
-                "iceberg_rows": day.iceberg,
-                "policy": table.late_rows,
-            },
+    async def _fetch(self, scan: Scan, send: MemoryObjectSendStream[Page]) -> None:
+        table, report = self.table, self.report
+        pager = self.src.source.pager(table, self.src.plan)
+        fetched = 0
+        after = report.watermark
+        pages = keyset_pages(pager, scan, after, table.batch_rows)
+        async with send, aclosing(pages):
+            if self._stopped():
+                report.more = True
+                return
+            while True:
+                t0 = time.monotonic()
+                page = await anext(pages, None)
+                report.stage("clickhouse_read", time.monotonic() - t0)
+                if page is None:
+                    return
+                faults.point("read")
+                log.debug(
+                    "page read",
+                    extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
+                )
+                await send.send(page)
+                fetched += page.rows
+                if page.rows < table.batch_rows:
+                    return
+                if fetched >= table.max_rows_per_cycle:
+                    report.more = True
+                    log.info(
+                        "max_rows_per_cycle reached; the rest waits for the next cycle",
+                        extra={"table": table.target, "rows": fetched},
+                    )
+                    return
+                if self._stopped():
+                    report.more = True
+                    return
+
+    async def _consume(self, receive: MemoryObjectReceiveStream[Page]) -> None:
+        """Convert pages as they arrive and hand chunks to a writer task, so writing
+        Parquet overlaps reading and converting the next pages."""
+        send_chunk, receive_chunk = anyio.create_memory_object_stream[_Chunk](0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write, receive_chunk)
+            async with send_chunk:
+                await self._convert(receive, send_chunk)
+
+    async def _convert(
+        self, receive: MemoryObjectReceiveStream[Page], chunks: MemoryObjectSendStream[_Chunk]
+    ) -> None:
+        chunk_rows = min(FILE_ROWS, self.table.append_rows)
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        position: list[Any] | None = None
+        async with receive:
+            async for page in receive:
+                t0 = time.monotonic()
+                batch = await anyio.to_thread.run_sync(page.to_batch, limiter=self.services.cpu)
+                self.report.stage("convert", time.monotonic() - t0)
+                faults.point("convert")
+                position = page.position
+                del page  # the driver's Python objects are the bulk of a page's memory
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                self.report.pages += 1
+                if pending_rows >= chunk_rows:
+                    await chunks.send((pending, position))
+                    pending, pending_rows = [], 0
+        if pending and position is not None:
+            await chunks.send((pending, position))
+
+    async def _write(self, receive: MemoryObjectReceiveStream[_Chunk]) -> None:
+        """Write chunks as data files; commit every `append_rows` rows and at the end."""
+        written: list[WrittenFiles] = []
+        rows = 0
+        position: list[Any] | None = None
+        async with receive:
+            async for batches, at in receive:
+                t0 = time.monotonic()
+                files = await anyio.to_thread.run_sync(
+                    self.ice.write_files, batches, self.table.watermark, limiter=self.services.io
+                )
+                self.report.stage("iceberg_write", time.monotonic() - t0)
+                faults.point("write")
+                written.append(files)
+                rows += files.rows
+                position = at
+                if rows >= self.table.append_rows:
+                    await self._commit(written, position)
+                    written, rows = [], 0
+        if written and position is not None:
+            await self._commit(written, position)
+
+    async def _commit(self, written: list[WrittenFiles], position: list[Any]) -> None:
+        """Commit the written files to Iceberg, then advance PostgreSQL. Shielded: once the
+        Iceberg commit starts, a deadline or shutdown waits for both commits to finish."""
+        services, table, report = self.services, self.table, self.report
+        rows = sum(w.rows for w in written)
+        with anyio.CancelScope(shield=True):
+            t0 = time.monotonic()
+            mark = await anyio.to_thread.run_sync(
+                lambda: self.ice.commit_files(
+                    written, expected_seq=self.seq, position=position, run_id=self.run_id
+                ),
+                limiter=services.io,
+            )
+            report.stage("iceberg_commit", time.monotonic() - t0)
+            faults.point("iceberg_commit")
+            t0 = time.monotonic()
+            await services.watermarks.commit(
+                table.target,
+                prev_seq=self.seq,
+                seq=mark.seq,
+                position=position,
+                rows=rows,
+                run_id=self.run_id,
+                snapshot_id=mark.snapshot_id,
+            )
+            report.stage("watermark_commit", time.monotonic() - t0)
+        self.seq = mark.seq
+        report.rows += rows
+        report.bytes += sum(w.nbytes for w in written)
+        report.snapshots += 1
+        report.watermark = position
+        log.info(
+            "committed",
+            extra={"table": table.target, "rows": rows, "seq": mark.seq, "watermark": position},
         )
-    drifted = found.drifted
-    if drifted and table.late_rows == "repair":
-        fixed = await repair.repair(
-            ch,
-            services.watermarks,
-            table,
-            src,
-            source,
-            db,
-            ice,
-            seq=seq,
-            position=position,
-            days=[d.day for d in drifted],
-            limiter=services.io,
-        )
-        report.repaired = [d.day.isoformat() for d in fixed.days]
-        if fixed.seq is not None:
-            report.snapshots += 1
-        for why in fixed.refused:
-            log.error("late rows not repaired", extra={"table": table.target, "reason": why})
-        drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
-    report.drifted = [d.as_dict() for d in drifted]
-    _stage(report, "audit", time.monotonic() - t0)
-    return True
+
+    async def audit(self) -> bool:
+        """Compare both tiers per day over the audit window (audit.py) after the run's
+        commits; with `late_rows = "repair"`, replace the drifted days at once. The same
+        query tells how far the table is behind (report.rows_behind, lag_seconds).
+        Returns whether it ran (the table has an audit window)."""
+        table, report, src = self.table, self.report, self.src
+        wm_type = src.plan.order[0][1]
+        bounds = audit.window(wm_type, report.watermark, table.audit_days)
+        if bounds is None or report.watermark is None or report.more:
+            # `more`: a backlog is being worked off in chunks; the run that catches up
+            # audits (the window would mostly hold rows this very run just wrote).
+            return False
+        position = list(report.watermark)
+        t0 = time.monotonic()
+        try:
+            found = await audit.audit_days(
+                src.source,
+                src.relation,
+                src.plan.order,
+                position,
+                self.ice,
+                *bounds,
+                self.services.io,
+            )
+        except TableError as exc:
+            log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
+            return False
+        oldest = found.oldest_waiting
+        first = cursor.watermark_from_int(wm_type, oldest) if oldest is not None else None
+        now = cursor.from_micros(found.server_now) if found.server_now else datetime.now(UTC)
+        behind = plan.behind(found.waiting, first, now, wm_type)
+        report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
+        for day in found.drifted:
+            log.warning(
+                "late rows: the tiers differ on a day below the watermark",
+                extra={
+                    "table": table.target,
+                    "day": day.day.isoformat(),
+                    "clickhouse_rows": day.clickhouse,
+                    "iceberg_rows": day.iceberg,
+                    "policy": table.late_rows,
+                },
+            )
+        drifted = found.drifted
+        if drifted and table.late_rows == "repair":
+            fixed = await repair.repair(
+                src,
+                self.services.watermarks,
+                table,
+                self.ice,
+                seq=self.seq,
+                position=position,
+                days=[d.day for d in drifted],
+                limiter=self.services.io,
+            )
+            report.repaired = [d.day.isoformat() for d in fixed.days]
+            if fixed.seq is not None:
+                self.seq = fixed.seq
+                report.snapshots += 1
+            for why in fixed.refused:
+                log.error("late rows not repaired", extra={"table": table.target, "reason": why})
+            drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
+        report.drifted = [d.as_dict() for d in drifted]
+        report.stage("audit", time.monotonic() - t0)
+        return True
+
+    async def measure_behind(self) -> None:
+        """How far Iceberg is behind ClickHouse after the run (status and metrics agree
+        on it): one small query that reads only the granules past the watermark. Its
+        failure does not fail a run whose commits are done."""
+        src, report = self.src, self.report
+        wm_type = src.plan.order[0][1]
+        query = behind_query(src.relation, src.plan.order, report.watermark)
+        try:
+            rows, oldest, now = (await src.source.rows(query))[0]
+        except TableError as exc:
+            log.warning("could not measure lag", extra={"table": report.target, "error": str(exc)})
+            return
+        first = cursor.watermark_from_int(wm_type, oldest) if rows else None
+        behind = plan.behind(int(rows), first, cursor.from_micros(now), wm_type)
+        report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
 
 
-async def _measure_behind(ch: Source, src: SourcePlan, source: str, report: TableReport) -> None:
-    """How far Iceberg is behind ClickHouse after the run (status and metrics agree on
-    it): one small query that reads only the granules past the watermark. Its failure
-    does not fail a run whose commits are done."""
-    wm_type = src.order[0][1]
-    try:
-        rows, oldest, now = (await ch.rows(behind_query(source, src.order, report.watermark)))[0]
-    except TableError as exc:
-        log.warning("could not measure lag", extra={"table": report.target, "error": str(exc)})
-        return
-    first = convert.watermark_from_int(wm_type, oldest) if rows else None
-    behind = plan.behind(int(rows), first, convert.from_micros(now), wm_type)
-    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
+_Chunk = tuple[list[pa.RecordBatch], list[Any]]
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -369,187 +463,3 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield from _leaves(exc)
         else:
             yield exc
-
-
-async def _fetch(
-    reader: tuple[Reader, list[str]],
-    table: TableConfig,
-    src: SourcePlan,
-    source: str,
-    after: Sequence[Any] | None,
-    upto: Any,
-    send: MemoryObjectSendStream[Fetched],
-    report: TableReport,
-    stopping: anyio.Event | None,
-) -> None:
-    read, select = reader
-
-    async def timed_read(query: str, select: Sequence[str]) -> Fetched:
-        t0 = time.monotonic()
-        page = await read(query, select)
-        _stage(report, "clickhouse_read", time.monotonic() - t0)
-        faults.point("read")
-        return page
-
-    def query(after: Sequence[Any] | None) -> str:
-        return page_query(
-            source=source,
-            select=select,
-            order=src.order,
-            after=after,
-            upto=upto,
-            limit=table.batch_rows,
-        )
-
-    def stopped() -> bool:
-        # Shutting down: commit what was read, leave the rest for the next start.
-        return stopping is not None and stopping.is_set()
-
-    fetched = 0
-    pages = keyset_pages(timed_read, select, query, after, table.batch_rows)
-    async with send, aclosing(pages):
-        if stopped():
-            report.more = True
-            return
-        async for page in pages:
-            log.debug(
-                "page read",
-                extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
-            )
-            await send.send(page)
-            fetched += page.rows
-            if page.rows < table.batch_rows:
-                return
-            if fetched >= table.max_rows_per_cycle:
-                report.more = True
-                log.info(
-                    "max_rows_per_cycle reached; the rest waits for the next cycle",
-                    extra={"table": table.target, "rows": fetched},
-                )
-                return
-            if stopped():
-                report.more = True
-                return
-
-
-Chunk = tuple[list[pa.RecordBatch], list[Any]]
-
-
-async def _consume(
-    services: Services,
-    table: TableConfig,
-    src: SourcePlan,
-    ice: IcebergTable,
-    receive: MemoryObjectReceiveStream[Fetched],
-    seq: int,
-    run_id: str,
-    report: TableReport,
-) -> int:
-    """Convert pages as they arrive and hand chunks to a writer task, so writing
-    Parquet overlaps reading and converting the next pages."""
-    committed = [seq]
-    send_chunk, receive_chunk = anyio.create_memory_object_stream[Chunk](0)
-
-    async def writer() -> None:
-        written: list[WrittenFiles] = []
-        rows = 0
-        position: list[Any] | None = None
-        async with receive_chunk:
-            async for batches, at in receive_chunk:
-                t0 = time.monotonic()
-                files = await anyio.to_thread.run_sync(
-                    ice.write_files, batches, table.watermark, limiter=services.io
-                )
-                _stage(report, "iceberg_write", time.monotonic() - t0)
-                faults.point("write")
-                written.append(files)
-                rows += files.rows
-                position = at
-                if rows >= table.append_rows:
-                    committed[0] = await _commit(
-                        services, table, ice, written, position, committed[0], run_id, report
-                    )
-                    written, rows = [], 0
-        if written and position is not None:
-            committed[0] = await _commit(
-                services, table, ice, written, position, committed[0], run_id, report
-            )
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(writer)
-        async with send_chunk:
-            await _convert_pages(services, table, src, receive, send_chunk, report)
-    return committed[0]
-
-
-async def _convert_pages(
-    services: Services,
-    table: TableConfig,
-    src: SourcePlan,
-    receive: MemoryObjectReceiveStream[Fetched],
-    chunks: MemoryObjectSendStream[Chunk],
-    report: TableReport,
-) -> None:
-    chunk_rows = min(FILE_ROWS, table.append_rows)
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-    position: list[Any] | None = None
-    async with receive:
-        async for page in receive:
-            t0 = time.monotonic()
-            batch = await anyio.to_thread.run_sync(to_batch, table, src, page, limiter=services.cpu)
-            _stage(report, "convert", time.monotonic() - t0)
-            faults.point("convert")
-            position = page.position
-            del page  # the driver's Python objects are the bulk of a page's memory
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            report.pages += 1
-            if pending_rows >= chunk_rows:
-                await chunks.send((pending, position))
-                pending, pending_rows = [], 0
-    if pending and position is not None:
-        await chunks.send((pending, position))
-
-
-async def _commit(
-    services: Services,
-    table: TableConfig,
-    ice: IcebergTable,
-    written: list[WrittenFiles],
-    position: list[Any],
-    seq: int,
-    run_id: str,
-    report: TableReport,
-) -> int:
-    """Commit the written files to Iceberg, then advance PostgreSQL. Shielded: once the
-    Iceberg commit starts, a deadline or shutdown waits for both commits to finish."""
-    rows = sum(w.rows for w in written)
-    with anyio.CancelScope(shield=True):
-        t0 = time.monotonic()
-        mark = await anyio.to_thread.run_sync(
-            lambda: ice.commit_files(written, expected_seq=seq, position=position, run_id=run_id),
-            limiter=services.io,
-        )
-        _stage(report, "iceberg_commit", time.monotonic() - t0)
-        faults.point("iceberg_commit")
-        t0 = time.monotonic()
-        await services.watermarks.commit(
-            table.target,
-            prev_seq=seq,
-            seq=mark.seq,
-            position=position,
-            rows=rows,
-            run_id=run_id,
-            snapshot_id=mark.snapshot_id,
-        )
-        _stage(report, "watermark_commit", time.monotonic() - t0)
-    report.rows += rows
-    report.bytes += sum(w.nbytes for w in written)
-    report.snapshots += 1
-    report.watermark = position
-    log.info(
-        "committed",
-        extra={"table": table.target, "rows": rows, "seq": mark.seq, "watermark": position},
-    )
-    return mark.seq

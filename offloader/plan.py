@@ -11,15 +11,13 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from offloader.config import TableConfig
-from offloader.convert import encode_value
+from offloader.cursor import encode_value
 from offloader.errors import InconsistentState, SourceSchemaError
-from offloader.types import (
+from offloader.source.types import (
     ChType,
     ColumnPlan,
-    arrow_wire_expr,
     check_cursor_column,
     plan_column,
-    quote_ident,
 )
 
 
@@ -35,13 +33,8 @@ class SourcePlan:
 
     @property
     def select(self) -> list[str]:
-        """The page query's SELECT list: each column's wire expressions in order."""
+        """The native transport's SELECT list: each column's wire expressions in order."""
         return [expr for c in self.columns for expr in c.select]
-
-    @property
-    def arrow_select(self) -> list[str]:
-        """The SELECT list of the arrow transport (see types.arrow_wire_expr)."""
-        return [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in self.columns]
 
     @property
     def offsets(self) -> tuple[int, ...]:

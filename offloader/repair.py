@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,22 +28,16 @@ import anyio
 from offloader import faults, plan
 from offloader.audit import DayCount, audit_days, day_number, day_start, watermark_day
 from offloader.config import Config, TableConfig
-from offloader.convert import from_micros, watermark_from_int
+from offloader.cursor import from_micros, watermark_from_int
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
-from offloader.pages import FILE_ROWS, keyset_pages, page_reader, to_batch
-from offloader.plan import SourcePlan, plan_source
-from offloader.source import Source, session, table_columns, table_ttl, transport_of
-from offloader.sql import (
-    NOW_MICROS,
-    page_query,
-    quote_ident,
-    read_from,
-    ttl_seconds,
-    watermark_int,
-)
-from offloader.watermarks import Watermarks
+from offloader.source import Scan, SourceTable, keyset_pages, open_table, table_ttl
+from offloader.sql import NOW_MICROS, quote_ident, ttl_seconds, watermark_int
+from offloader.watermarks import Store, Watermarks
+
+# Repaired rows are written to data files of about this many rows while they are read.
+FILE_ROWS = 250_000
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +88,20 @@ class RepairReport:
 
 
 async def _source_facts(
-    ch: Source, source: str, db: str, table: TableConfig, src: SourcePlan
+    src: SourceTable, table: TableConfig
 ) -> tuple[dt.date | None, float | None, dt.datetime]:
     """The day of ClickHouse's oldest row (None: the table is empty), the TTL in
     seconds (None: no TTL) and the server's time."""
-    wm_name, wm_type = src.order[0]
+    wm_name, wm_type = src.plan.order[0]
     oldest, count, now = (
-        await ch.rows(
+        await src.source.rows(
             f"SELECT {watermark_int(wm_type, f'min({quote_ident(wm_name)})')}, count(), "
-            f"{NOW_MICROS} FROM {source}"
+            f"{NOW_MICROS} FROM {src.relation}"
         )
     )[0]
     first = watermark_from_int(wm_type, oldest) if int(count) else None
     first_day = first.date() if isinstance(first, dt.datetime) else first
-    ttl = ttl_seconds(await table_ttl(ch, db, table.source_table))
+    ttl = ttl_seconds(await table_ttl(src.source, src.database, table.source_table))
     return first_day, ttl, from_micros(now)
 
 
@@ -143,12 +136,9 @@ def refusal(
 
 
 async def repair(
-    ch: Source,
-    watermarks: Watermarks,
+    src: SourceTable,
+    watermarks: Store,
     table: TableConfig,
-    src: SourcePlan,
-    source: str,
-    db: str,
     ice: IcebergTable,
     *,
     seq: int,
@@ -165,9 +155,11 @@ async def repair(
     if not days:
         report.status = "nothing"
         return report
-    audit = await audit_days(ch, source, src.order, position, ice, min(days), max(days), limiter)
+    audit = await audit_days(
+        src.source, src.relation, src.plan.order, position, ice, min(days), max(days), limiter
+    )
     counts = {c.day: c for c in audit.days}
-    oldest_day, ttl, now = await _source_facts(ch, source, db, table, src)
+    oldest_day, ttl, now = await _source_facts(src, table)
     accepted: list[DayCount] = []
     for day in sorted(set(days)):
         count = counts[day]
@@ -184,10 +176,10 @@ async def repair(
     if dry_run:
         return report
     run_id = uuid.uuid4().hex
-    written = await _read_days(ch, table, src, source, ice, position, accepted, limiter)
+    written = await _read_days(src, table, ice, position, accepted, limiter)
     report.rows_after = sum(w.rows for w in written)
     wanted = {day_number(c.day) for c in accepted}
-    wm_name = src.order[0][0]
+    wm_name = src.plan.order[0][0]
     live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
     deleted, kept_rows = [], 0
     for f in live.stats:
@@ -257,10 +249,8 @@ def _keep_rows(
 
 
 async def _read_days(
-    ch: Source,
+    src: SourceTable,
     table: TableConfig,
-    src: SourcePlan,
-    source: str,
     ice: IcebergTable,
     position: list[Any],
     days: list[DayCount],
@@ -268,28 +258,21 @@ async def _read_days(
 ) -> list[WrittenFiles]:
     """ClickHouse's rows of `days` up to the committed position, written as data files
     (not committed) every FILE_ROWS rows, so memory stays bounded by a file."""
-    read, select = page_reader(ch, table, src, source)
-    wm_type = src.order[0][1]
+    pager = src.source.pager(table, src.plan)
+    wm_type = src.plan.order[0][1]
     written: list[WrittenFiles] = []
     pending: list[Any] = []
     pending_rows = 0
     for count in days:
-
-        def query(after: Sequence[Any] | None, day: dt.date = count.day) -> str:
-            return page_query(
-                source=source,
-                select=select,
-                order=src.order,
-                after=after,
-                upto=position[0],
-                limit=table.batch_rows,
-                since=day_start(wm_type, day),
-                before=day_start(wm_type, day + dt.timedelta(days=1)),
-                through=position,
-            )
-
-        async for page in keyset_pages(read, select, query, None, table.batch_rows):
-            batch = await anyio.to_thread.run_sync(to_batch, table, src, page, limiter=limiter)
+        scan = Scan(
+            src.relation,
+            upto=position[0],
+            since=day_start(wm_type, count.day),
+            before=day_start(wm_type, count.day + dt.timedelta(days=1)),
+            through=position,
+        )
+        async for page in keyset_pages(pager, scan, None, table.batch_rows):
+            batch = await anyio.to_thread.run_sync(page.to_batch, limiter=limiter)
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= FILE_ROWS:
@@ -319,16 +302,13 @@ async def repair_table(
     without them the days a fresh audit of the table's window finds drifted. Never
     raises for a table problem: it is in the report."""
     report = RepairReport(table.target, dry_run=dry_run)
-    db = table.source_database or cfg.clickhouse.database
-    source = read_from(db, table.source_table, table.final)
     catalog = IcebergCatalog(cfg.catalog, cfg.maintenance)
     watermarks = await Watermarks.open(cfg.postgres, max_size=2)
     try:
         async with (
             watermarks.table_lock(table.target),
-            session(cfg.clickhouse, table.target, transport_of(cfg.clickhouse, table)) as ch,
+            open_table(cfg.clickhouse, table) as src,
         ):
-            src = plan_source(table, await table_columns(ch, db, table.source_table))
             ice = await anyio.to_thread.run_sync(catalog.load, table.target)
             if ice is None:
                 raise SourceSchemaError(f"{table.target}: no Iceberg table yet", reason="config")
@@ -350,7 +330,7 @@ async def repair_table(
                 report.status = "nothing"
                 return report
             position = list(decision.position)
-            wm_type = src.order[0][1]
+            wm_type = src.plan.order[0][1]
             last = watermark_day(wm_type, position[0])
             if last is None:
                 raise SourceSchemaError(
@@ -365,15 +345,14 @@ async def repair_table(
                 days = [first + dt.timedelta(days=k) for k in range((end - first).days)]
             else:
                 first_day, last_day = last - dt.timedelta(days=max(table.audit_days, 1) - 1), last
-                found = await audit_days(ch, source, src.order, position, ice, first_day, last_day)
+                found = await audit_days(
+                    src.source, src.relation, src.plan.order, position, ice, first_day, last_day
+                )
                 days = [d.day for d in found.drifted]
             return await repair(
-                ch,
+                src,
                 watermarks,
                 table,
-                src,
-                source,
-                db,
                 ice,
                 seq=decision.seq,
                 position=position,

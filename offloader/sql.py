@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from offloader.types import ChType, quote_ident
+from offloader.source.types import ChType, quote_ident
 
 __all__ = ["behind_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
 

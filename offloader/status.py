@@ -9,13 +9,13 @@ import anyio
 
 from offloader import audit, source
 from offloader.config import Config, TableConfig
-from offloader.convert import from_micros, watermark_from_int
+from offloader.cursor import from_micros, watermark_from_int
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
 from offloader.plan import behind
+from offloader.source.types import parse_type
 from offloader.sql import behind_query, quote_ident, read_from, ttl_seconds, watermark_int
-from offloader.types import parse_type
 from offloader.watermarks import StatusRow, Watermarks
 
 
@@ -111,7 +111,7 @@ async def _source_side(
 ) -> None:
     db = table.source_database or cfg.clickhouse.database
     transport = source.transport_of(cfg.clickhouse, table)
-    async with source.session(cfg.clickhouse, table.target, transport) as ch:
+    async with source.open_source(cfg.clickhouse, table.target, transport) as ch:
         columns = dict(await source.table_columns(ch, db, table.source_table))
         if table.watermark not in columns:
             st.problem = f"watermark column {table.watermark!r} not in source"

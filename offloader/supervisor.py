@@ -18,7 +18,8 @@ import orjson
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import Services, TableReport, offload_table
+from offloader.pipeline import Services, offload_table
+from offloader.report import TableReport
 from offloader.watermarks import Watermarks
 
 log = logging.getLogger(__name__)

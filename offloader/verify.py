@@ -25,15 +25,13 @@ from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
-from offloader.plan import plan_source
+from offloader.source.types import ChType, ColumnPlan
 from offloader.sql import (
     keyset_after,
     quote_ident,
     quote_string,
-    read_from,
     with_text_settings,
 )
-from offloader.types import ChType, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)
@@ -243,14 +241,12 @@ async def verify_table(
     cfg: Config, table: TableConfig, since: str | None, until: str | None
 ) -> TableVerdict:
     verdict = TableVerdict(table.target)
-    db = table.source_database or cfg.clickhouse.database
     catalog = IcebergCatalog(cfg.catalog)
     try:
         ice = await anyio.to_thread.run_sync(catalog.load, table.target)
         mark = await anyio.to_thread.run_sync(ice.latest_mark) if ice is not None else None
-        transport = source.transport_of(cfg.clickhouse, table)
-        async with source.session(cfg.clickhouse, table.target, transport) as ch:
-            src = plan_source(table, await source.table_columns(ch, db, table.source_table))
+        async with source.open_table(cfg.clickhouse, table) as opened:
+            ch, src = opened.source, opened.plan
             wm = src.columns[src.order_index[0]]
             # A column added to the source after the first offload holds NULL in Iceberg
             # for the rows offloaded before, and its default in ClickHouse: it is counted
@@ -272,7 +268,7 @@ async def verify_table(
             query = with_text_settings(
                 f"SELECT {bucket} AS __offloader_day, count(), "
                 f"toString(sum(toUInt64(CRC32({row_text})))) "
-                f"FROM {read_from(db, table.source_table, table.final)} "
+                f"FROM {opened.relation} "
                 f"WHERE {' AND '.join(where) if mark is not None else '0'} "
                 "GROUP BY __offloader_day ORDER BY __offloader_day"
             )

@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
-import orjson
 
-from offloader import faults
+from offloader import cursor, faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
 
@@ -95,20 +94,52 @@ class StatusRow:
     last_error: str | None
 
 
-def _loads(value: Any) -> tuple[Any, ...] | None:
-    if value is None:
-        return None
-    return tuple(orjson.loads(value))
-
-
-def _translate(exc: BaseException, what: str, dsn: str) -> BaseException:
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
-        return exc
-    if isinstance(exc, asyncpg.PostgresError | OSError | asyncpg.InterfaceError | TimeoutError):
-        return StateError(
+@contextmanager
+def _mapped(what: str, dsn: str) -> Iterator[None]:
+    """asyncpg's and the socket's exceptions -> StateError (Exception only:
+    cancellation and offloader's own errors pass through untouched)."""
+    try:
+        yield
+    except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise StateError(
             f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}"
-        )
-    return exc
+        ) from exc
+
+
+class Store(Protocol):
+    """What a table run needs of the state store (Watermarks; a fake in the unit tests)."""
+
+    def table_lock(self, target: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def get(self, target: str, source: str) -> TableState: ...
+
+    async def commit(
+        self,
+        target: str,
+        *,
+        prev_seq: int,
+        seq: int,
+        position: Sequence[Any],
+        rows: int,
+        run_id: str,
+        snapshot_id: int | None,
+        recovered: bool = False,
+    ) -> None: ...
+
+    async def record_run(
+        self,
+        *,
+        run_id: str,
+        target: str,
+        started_at: datetime,
+        finished_at: datetime,
+        status: str,
+        rows: int,
+        pages: int,
+        snapshots: int,
+        seconds: float,
+        error: str | None,
+    ) -> None: ...
 
 
 class Watermarks:
@@ -126,22 +157,22 @@ class Watermarks:
     async def open(cls, cfg: PostgresConfig, max_size: int = 10) -> Watermarks:
         """Connect and bring the state schema up to date; create the database if missing."""
         for attempt in (1, 2):
-            try:
+            with _mapped("connect", cfg.dsn):
                 pool = await _create_pool(cfg.dsn, max_size)
-            except BaseException as exc:
-                raise _translate(exc, "connect", cfg.dsn) from exc
             self = cls(cfg, pool)
             try:
-                await self._migrate()
+                with _mapped("schema migration", cfg.dsn):
+                    await self._migrate()
                 return self
-            except asyncpg.InvalidCatalogNameError:
+            except StateError as exc:
                 await pool.close()
-                if attempt == 2:
+                missing = isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError)
+                if not missing or attempt == 2:
                     raise
-                await _create_database(cfg.dsn)
-            except BaseException as exc:
+            except BaseException:
                 await pool.close()
-                raise _translate(exc, "schema migration", cfg.dsn) from exc
+                raise
+            await _create_database(cfg.dsn)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
@@ -167,26 +198,20 @@ class Watermarks:
                     log.info("applied state migration", extra={"version": number})
 
     async def _run(self, what: str, query: str, *args: Any) -> Any:
-        try:
+        with _mapped(what, self._cfg.dsn):
             async with self._pool.acquire() as conn:
                 return await conn.fetch(query, *args)
-        except BaseException as exc:
-            raise _translate(exc, what, self._cfg.dsn) from exc
 
     @asynccontextmanager
     async def table_lock(self, target: str) -> AsyncIterator[None]:
         """Hold this table's advisory lock for the block, or raise Locked at once."""
-        try:
+        with _mapped("connect", self._cfg.dsn):
             conn = await self._pool.acquire()
-        except BaseException as exc:
-            raise _translate(exc, "connect", self._cfg.dsn) from exc
         try:
-            try:
+            with _mapped("lock", self._cfg.dsn):
                 got = await conn.fetchval(
                     "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, target
                 )
-            except BaseException as exc:
-                raise _translate(exc, "lock", self._cfg.dsn) from exc
             if not got:
                 raise Locked(f"{target}: another offloader worker is running this table; skipped")
             try:
@@ -214,7 +239,7 @@ class Watermarks:
             source,
         )
         row = rows[0]
-        return TableState(target, row[0], _loads(row[1]), row[2], row[3])
+        return TableState(target, row[0], cursor.loads(row[1]), row[2], row[3])
 
     async def commit(
         self,
@@ -229,8 +254,8 @@ class Watermarks:
         recovered: bool = False,
     ) -> None:
         """Advance the watermark from prev_seq to seq, with its commit-log row, atomically."""
-        pos = orjson.dumps(list(position)).decode()
-        try:
+        pos = cursor.dumps(position)
+        with _mapped("watermark commit", self._cfg.dsn):
             async with self._pool.acquire() as conn, conn.transaction():
                 updated = await conn.fetchval(
                     f"""UPDATE {self._s}.watermarks
@@ -264,10 +289,6 @@ class Watermarks:
                     snapshot_id,
                     recovered,
                 )
-        except InconsistentState:
-            raise
-        except BaseException as exc:
-            raise _translate(exc, "watermark commit", self._cfg.dsn) from exc
 
     async def record_run(
         self,
@@ -315,13 +336,13 @@ class Watermarks:
                 ORDER BY w.target""",
         )
         return [
-            StatusRow(r[0], r[1], r[2], _loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+            StatusRow(r[0], r[1], r[2], cursor.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
             for r in rows
         ]
 
     async def reset(self, target: str, seq: int, position: Sequence[Any] | None) -> None:
         """Operator recovery: set a table's watermark (see README "Recovery")."""
-        pos = None if position is None else orjson.dumps(list(position)).decode()
+        pos = None if position is None else cursor.dumps(position)
         await self._run(
             "reset watermark",
             f"""UPDATE {self._s}.watermarks SET seq = $2, position = $3::jsonb, updated_at = now()
@@ -346,16 +367,12 @@ async def _create_database(dsn: str) -> None:
     parts = urlsplit(dsn)
     name = parts.path.lstrip("/")
     admin = urlunsplit(parts._replace(path="/postgres"))
-    try:
+    with _mapped(f"create database {name!r}", dsn):
         conn = await asyncpg.connect(admin, timeout=10)
-    except BaseException as exc:
-        raise _translate(exc, f"create database {name!r}", dsn) from exc
-    try:
-        await conn.execute('CREATE DATABASE "' + name.replace('"', '""') + '"')
-        log.info("created state database", extra={"database": name})
-    except asyncpg.DuplicateDatabaseError:
-        pass
-    except BaseException as exc:
-        raise _translate(exc, f"create database {name!r}", dsn) from exc
-    finally:
-        await conn.close()
+        try:
+            await conn.execute('CREATE DATABASE "' + name.replace('"', '""') + '"')
+            log.info("created state database", extra={"database": name})
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await conn.close()

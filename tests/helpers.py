@@ -13,11 +13,12 @@ import anyio
 import asyncpg
 import pyarrow as pa
 
-from offloader import clickhouse, source
+from offloader import source
 from offloader.config import ClickHouseConfig, Config, TableConfig, load_config
-from offloader.convert import to_record_batch
 from offloader.iceberg import IcebergCatalog
 from offloader.plan import plan_source
+from offloader.source import native
+from offloader.source.native_convert import to_record_batch
 from offloader.sql import qualified, quote_ident
 from offloader.supervisor import CycleReport, run_once
 
@@ -109,7 +110,7 @@ class Env:
 
     def ch(self, sql: str) -> list[tuple[Any, ...]]:
         async def go() -> list[tuple[Any, ...]]:
-            async with clickhouse.session(self.ch_config, "test") as s:
+            async with native.session(self.ch_config, "test") as s:
                 result = await s.execute(sql)
                 return list(result) if isinstance(result, list) else []
 
@@ -217,10 +218,10 @@ class Env:
     def source_arrow(self, t: TableConfig) -> pa.Table:
         async def go() -> pa.Table:
             db = t.source_database or self.ch_database
-            async with clickhouse.session(self.ch_config, "test") as s:
+            async with native.session(self.ch_config, "test") as s:
                 src = plan_source(t, await source.table_columns(s, db, t.source_table))
                 order = ", ".join(quote_ident(c) for c, _ in src.order)
-                page = await s.page(
+                page = await s.columns(
                     f"SELECT {', '.join(src.select)} FROM {qualified(db, t.source_table)} "
                     f"ORDER BY {order}",
                     len(src.select),

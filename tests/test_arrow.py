@@ -8,9 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offloader import clickhouse_http, devserver
+from offloader import devserver
 from offloader.config import ClickHouseConfig
 from offloader.errors import SourceSchemaError, SourceUnavailable
+from offloader.source import arrow as clickhouse_http
 from offloader.verify import verify_table
 from tests.conftest import make_env
 from tests.helpers import Env, wait_for_log

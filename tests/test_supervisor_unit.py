@@ -9,7 +9,7 @@ import pytest
 
 from offloader import supervisor
 from offloader.config import parse_config
-from offloader.pipeline import TableReport
+from offloader.report import TableReport
 
 CONFIG = {
     "clickhouse": {},

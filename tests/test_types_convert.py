@@ -13,14 +13,17 @@ import pyarrow as pa
 import pytest
 
 from offloader import plan
-from offloader.convert import (
-    cursor_value,
-    encode_value,
-    json_value_parser,
-    to_record_batch,
-    watermark_from_int,
-)
+from offloader.cursor import encode_value, watermark_from_int
 from offloader.errors import DataError, InconsistentState, SourceSchemaError
+from offloader.source.arrow import json_value_parser
+from offloader.source.native_convert import cursor_value, to_record_batch
+from offloader.source.types import (
+    arrow_type,
+    check_cursor_column,
+    parse_type,
+    plan_column,
+    quote_ident,
+)
 from offloader.sql import (
     TEXT_SETTINGS,
     keyset_after,
@@ -29,7 +32,6 @@ from offloader.sql import (
     quote_string,
     watermark_int,
 )
-from offloader.types import arrow_type, check_cursor_column, parse_type, plan_column, quote_ident
 
 TS = pa.timestamp("us", tz="UTC")
 

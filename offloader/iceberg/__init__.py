@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog, load_catalog
@@ -51,6 +50,7 @@ from pyiceberg.transforms import (
 )
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
 
+from offloader import cursor
 from offloader.config import CatalogConfig, MaintenanceConfig, PartitionField
 from offloader.errors import InconsistentState, SinkError, SourceSchemaError
 
@@ -449,7 +449,7 @@ class IcebergTable:
                 continue
             return CommittedMark(
                 seq=int(str(summary[PROP_SEQ])),
-                position=tuple(orjson.loads(summary[PROP_WATERMARK] or "[]")),
+                position=cursor.loads(summary[PROP_WATERMARK] or "[]") or (),
                 run_id=str(summary[PROP_RUN]),
                 snapshot_id=snap.snapshot_id,
                 committed_at=datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC),
@@ -515,7 +515,7 @@ class IcebergTable:
         """
         seq = expected_seq + 1
         props = {
-            PROP_WATERMARK: orjson.dumps(list(position)).decode(),
+            PROP_WATERMARK: cursor.dumps(position),
             PROP_SEQ: str(seq),
             PROP_RUN: run_id,
             PROP_ROWS: str(sum(w.rows for w in written)),

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyarrow.fs import FileSelector, FileType
@@ -40,7 +39,7 @@ from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFil
 from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
 from pyiceberg.types import DateType, PrimitiveType, TimestampType, TimestamptzType
 
-from offloader import faults
+from offloader import cursor, faults
 from offloader.errors import InconsistentState, SinkError
 from offloader.iceberg import (
     COMMIT_ATTEMPTS,
@@ -418,14 +417,14 @@ def replace_files(
                 )
             props |= {
                 PROP_SEQ: str(expected_seq + 1),
-                PROP_WATERMARK: orjson.dumps(list(position)).decode(),
+                PROP_WATERMARK: cursor.dumps(position),
                 PROP_RUN: run_id,
                 PROP_ROWS: str(rows),
             }
         elif mark is not None:
             props |= {
                 PROP_SEQ: str(mark.seq),
-                PROP_WATERMARK: orjson.dumps(list(mark.position)).decode(),
+                PROP_WATERMARK: cursor.dumps(mark.position),
                 PROP_RUN: mark.run_id,
                 PROP_ROWS: str(mark.rows),
             }

@@ -344,6 +344,13 @@ def _needs_prep_inside(t: ChType, uint64: UInt64Mode, strings: StringMode) -> bo
     return False
 
 
+def uint64_hint(plan: ColumnPlan) -> str:
+    """What to do about a UInt64 value above 2^63-1, for a DataError message."""
+    if "UInt64" not in str(plan.ch_type):  # at the top or inside an Array, Map or Tuple
+        return ""
+    return '; set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
+
+
 def quote_ident(name: str) -> str:
     """Quote a ClickHouse identifier with backticks, escaping backslashes and backticks."""
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
@@ -428,30 +435,12 @@ def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
         )
 
 
-# --- the arrow transport ---------------------------------------------------------------
-# ClickHouse's ArrowStream output has its own type choices (UUID as 16 bytes in its
-# internal order, Enum and IPv4 as integers, DateTime as seconds, ...). The page query
-# asks for wire forms whose Arrow types conform exactly to ours (convert.conform);
-# containers are rewritten element by element with arrayMap / mapApply / tuple.
+# --- wire forms ---------------------------------------------------------------------
 
-
-_ARROW_LEAVES = {
-    "DateTime64": "toUnixTimestamp64Micro({})",
-    "DateTime": "toInt64(toUnixTimestamp({})) * 1000000",
-    "Date": "toInt32({})",
-    "Date32": "toInt32({})",
-    "UUID": "UUIDStringToNum(toString({}))",
-    **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
-}
 # The native driver decodes DateTime64 through a float, which is off by a microsecond
 # for some values; inside containers (where no top-level wire form applies) they are
 # read as integer microseconds and rebuilt exactly (prep "micros").
 NATIVE_NESTED_LEAVES = {"DateTime64": "toUnixTimestamp64Micro({})"}
-
-
-def arrow_wire_expr(t: ChType, expr: str) -> str:
-    """SQL turning a value of type `t` into the ArrowStream wire form offloader expects."""
-    return rewrite_leaves(t, expr, _ARROW_LEAVES)
 
 
 def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0) -> str:

@@ -1,4 +1,5 @@
-"""The source: ClickHouse over its native TCP protocol (asynch). The only module importing asynch.
+"""The `native` transport: ClickHouse over its native TCP protocol (asynch). The only
+module importing asynch.
 
 Each page is one complete, non-streaming query: asynch's streaming cursor turns a
 mid-stream server error into a normal end of results, so offloader never relies
@@ -9,29 +10,36 @@ cancelled asynch query leaves the connection unusable.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+import pyarrow as pa
 from asynch import errors as ch_errors
 from asynch.proto.connection import Connection
 
-from offloader.config import ClickHouseConfig
+from offloader import cursor
+from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import (
     CLICKHOUSE_SCHEMA_CODES,
     DataError,
     SourceSchemaError,
     SourceUnavailable,
 )
+from offloader.source import Scan, invalid_utf8_columns
+from offloader.source.native_convert import cursor_value, to_record_batch
+
+if TYPE_CHECKING:
+    from offloader.plan import SourcePlan
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Page:
-    """One complete page: one sequence of values per column."""
+class Columns:
+    """One complete result: one sequence of values per column."""
 
     columns: Sequence[Sequence[Any]]
     rows: int
@@ -66,11 +74,11 @@ class ClickHouseSession:
 
     async def connect(self) -> None:
         try:
-            with anyio.fail_after(self._cfg.connect_timeout + 1):
+            with self._mapped("connect"), anyio.fail_after(self._cfg.connect_timeout + 1):
                 await self._conn.connect()
-        except BaseException as exc:
+        except BaseException:
             await self._discard()
-            raise self._translate(exc, "connect") from exc
+            raise
         self._open = True
 
     async def close(self) -> None:
@@ -88,32 +96,34 @@ class ClickHouseSession:
                 # letting it escape would turn a table's real error into a silent cancel.
                 log.debug("ignored error closing ClickHouse connection", exc_info=True)
 
-    def _translate(self, exc: BaseException, what: str) -> BaseException:
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        """asynch's and the socket's exceptions -> offloader's (Exception only:
+        cancellation passes through untouched)."""
         where = f"{self.label}: ClickHouse {self._cfg.host}:{self._cfg.port}"
-        if isinstance(exc, ch_errors.ServerException):
+        try:
+            yield
+        except ch_errors.ServerException as exc:
             code = getattr(exc, "code", None)
             first = str(exc).strip().splitlines()
             text = first[1] if len(first) > 1 else (first[0] if first else repr(exc))
             if code in CLICKHOUSE_SCHEMA_CODES:
                 kind = CLICKHOUSE_SCHEMA_CODES[code]
-                return SourceSchemaError(f"{where}: {kind}: {text}", reason="schema")
-            return SourceUnavailable(f"{where}: server error {code} during {what}: {text}")
-        if isinstance(exc, UnicodeDecodeError):
-            return DataError(
+                raise SourceSchemaError(f"{where}: {kind}: {text}", reason="schema") from exc
+            raise SourceUnavailable(f"{where}: server error {code} during {what}: {text}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(
                 f"{self.label}: a String value is not valid UTF-8 ({exc.reason} at byte "
                 f'{exc.start}); set strings = "binary" on this table to store String columns '
                 "as Iceberg binary, byte for byte",
                 reason="utf8",
-            )
-        if isinstance(exc, TimeoutError):
-            return SourceUnavailable(f"{where}: {what} timed out", reason="timeout")
-        if isinstance(exc, OSError | EOFError | ch_errors.ClickHouseException | ConnectionError):
-            return SourceUnavailable(
+            ) from exc
+        except TimeoutError as exc:
+            raise SourceUnavailable(f"{where}: {what} timed out", reason="timeout") from exc
+        except (OSError, EOFError, ch_errors.ClickHouseException, ConnectionError) as exc:
+            raise SourceUnavailable(
                 f"{where}: {what} failed ({type(exc).__name__}: {exc}); is ClickHouse running?"
-            )
-        return exc
+            ) from exc
 
     async def execute(
         self, query: str, *, columnar: bool = False, strings_as_bytes: bool = False
@@ -122,14 +132,14 @@ class ClickHouseSession:
             await self.connect()
         settings = {"strings_as_bytes": True} if strings_as_bytes else None
         try:
-            with anyio.fail_after(self._cfg.query_timeout):
+            with self._mapped("query"), anyio.fail_after(self._cfg.query_timeout):
                 return await self._conn.execute(
                     query, columnar=columnar, with_column_types=columnar, settings=settings
                 )
-        except BaseException as exc:
+        except BaseException:
             # Includes cancellation (deadline, shutdown): the connection is unusable now.
             await self._discard()
-            raise self._translate(exc, "query") from exc
+            raise
 
     async def rows(self, query: str) -> list[tuple[Any, ...]]:
         result = await self.execute(query)
@@ -139,23 +149,76 @@ class ClickHouseSession:
         rows = await self.rows(query)
         return rows[0][0] if rows else None
 
-    async def page(
+    def pager(self, table: TableConfig, plan: SourcePlan) -> NativePager:
+        return NativePager(self, table, plan)
+
+    async def columns(
         self, query: str, expected_columns: int, *, strings_as_bytes: bool = False
-    ) -> Page:
+    ) -> Columns:
         """One complete page. Strings are decoded as UTF-8 unless `strings_as_bytes`;
         invalid UTF-8 then raises DataError (never a silently altered value)."""
         columns, _types = await self.execute(
             query, columnar=True, strings_as_bytes=strings_as_bytes
         )
         if not columns:  # an empty result carries types but no columns
-            return Page(columns=[[] for _ in range(expected_columns)], rows=0)
+            return Columns(columns=[[] for _ in range(expected_columns)], rows=0)
         lengths = {len(c) for c in columns}
         if len(columns) != expected_columns or len(lengths) > 1:
             raise SourceUnavailable(
                 f"{self.label}: malformed page from ClickHouse: {len(columns)} columns "
                 f"(expected {expected_columns}), lengths {sorted(lengths)}"
             )
-        return Page(columns=columns, rows=lengths.pop() if lengths else 0)
+        return Columns(columns=columns, rows=lengths.pop() if lengths else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class NativePage:
+    """A page of wire columns (types.wire_plan); converted by native_convert."""
+
+    target: str
+    plan: SourcePlan
+    data: Columns
+
+    @property
+    def rows(self) -> int:
+        return self.data.rows
+
+    @property
+    def position(self) -> list[Any]:
+        if not self.data.rows:
+            return []
+        row, plan, offsets = self.data.rows - 1, self.plan, self.plan.offsets
+        out = []
+        for i in plan.order_index:
+            col = plan.columns[i]
+            wire = [self.data.columns[offsets[i] + k][row] for k in range(len(col.select))]
+            out.append(cursor.encode_value(cursor_value(col, wire)))
+        return out
+
+    def to_batch(self) -> pa.RecordBatch:
+        return to_record_batch(self.target, self.plan.columns, self.data.columns)
+
+
+class NativePager:
+    def __init__(self, session: ClickHouseSession, table: TableConfig, plan: SourcePlan) -> None:
+        self._session = session
+        self._target = table.target
+        self._plan = plan
+        self._binary = table.strings == "binary"
+        self.select = plan.select
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> NativePage:
+        query = scan.query(self._plan, self.select, after, limit)
+        try:
+            data = await self._session.columns(
+                query, len(self.select), strings_as_bytes=self._binary
+            )
+        except DataError as exc:
+            if exc.reason != "utf8":
+                raise
+            detail = await invalid_utf8_columns(self._session, self._plan, scan.relation)
+            raise DataError(str(exc) + detail, reason="utf8") from exc
+        return NativePage(self._target, self._plan, data)
 
 
 @asynccontextmanager

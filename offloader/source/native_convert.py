@@ -1,4 +1,5 @@
-"""Columns of Python values (as the native driver returns them) -> Arrow.
+"""The native transport's conversion: columns of Python values (as asynch returns
+them for the wire forms of types.wire_plan) -> Arrow.
 
 Pure and CPU-bound: the pipeline runs it in a worker thread. Values that cannot
 be stored exactly raise DataError naming the table, the column and the value;
@@ -18,10 +19,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from offloader.cursor import EPOCH, from_micros
 from offloader.errors import DataError
-from offloader.types import ChType, ColumnPlan, parse_type
-
-_INT64_MAX = 2**63 - 1
+from offloader.source.types import ChType, ColumnPlan, prep_kind, uint64_hint
 
 
 def wire_width(plans: Sequence[ColumnPlan]) -> int:
@@ -64,14 +64,8 @@ def _column(table: str, plan: ColumnPlan, wire: Sequence[Sequence[Any]]) -> pa.A
         shown = f" value {bad!r}" if bad is not None else ""
         raise DataError(
             f"{table}: column {plan.name!r} ({plan.ch_type}):{shown} cannot be stored as "
-            f"{plan.arrow}: {exc}{_uint64_hint(plan)}"
+            f"{plan.arrow}: {exc}{uint64_hint(plan)}"
         ) from None
-
-
-def _uint64_hint(plan: ColumnPlan) -> str:
-    if "UInt64" not in str(plan.ch_type):  # at the top or inside an Array, Map or Tuple
-        return ""
-    return '; set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
 
 
 def _from_wire(plan: ColumnPlan, wire: Sequence[Sequence[Any]]) -> pa.Array:
@@ -122,9 +116,9 @@ def cursor_value(plan: ColumnPlan, wire: Sequence[Any]) -> Any:
     if kind == "plain":
         return wire[0]
     if kind == "ts_us":
-        return _EPOCH + dt.timedelta(microseconds=int(wire[0]))
+        return EPOCH + dt.timedelta(microseconds=int(wire[0]))
     if kind == "ts_s":
-        return _EPOCH + dt.timedelta(seconds=int(wire[0]))
+        return EPOCH + dt.timedelta(seconds=int(wire[0]))
     if kind == "days":
         return dt.date(1970, 1, 1) + dt.timedelta(days=int(wire[0]))
     if kind == "dec_small":
@@ -133,7 +127,6 @@ def cursor_value(plan: ColumnPlan, wire: Sequence[Any]) -> Any:
     return decimal.Decimal(unscaled).scaleb(-plan.scale, _EXACT)
 
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Decimal arithmetic rounds to 28 digits by default; Decimal(38, S) needs all 38.
 _EXACT = decimal.Context(prec=80)
 
@@ -220,15 +213,9 @@ def _to_bytes(v: Any) -> bytes:
 
 
 def _element_fn(t: ChType) -> Callable[[Any], Any]:
-    from offloader.types import prep_kind
-
     kind = prep_kind(t)
     fn = _preparer(t, kind)
     return fn if fn is not None else _identity
-
-
-def from_micros(v: Any) -> dt.datetime:
-    return _EPOCH + dt.timedelta(microseconds=int(v))
 
 
 def _identity(v: Any) -> Any:
@@ -248,157 +235,3 @@ def _nested(base: ChType) -> Callable[[Any], Any]:
         fns = [_element_fn(a) for a in base.args if isinstance(a, ChType)]
         return lambda v: tuple(f(x) for f, x in zip(fns, v, strict=True))
     return _identity
-
-
-# --- watermark values --------------------------------------------------------
-
-
-def encode_value(v: Any) -> Any:
-    """A cursor value as JSON that round-trips exactly (see sql.literal).
-
-    Strings that JSON or PostgreSQL's jsonb cannot carry as text (invalid UTF-8, NUL
-    bytes, e.g. FixedString padding) become {"hex": "..."} of their bytes.
-    """
-    if isinstance(v, dt.datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=dt.UTC)
-        return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return v if -_INT64_MAX - 1 <= v <= _INT64_MAX else str(v)
-    if isinstance(v, decimal.Decimal | uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return str(v)
-    if isinstance(v, bytes):
-        try:
-            text = v.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"hex": v.hex()}
-        return {"hex": v.hex()} if "\0" in text else text
-    if isinstance(v, str):
-        return {"hex": v.encode().hex()} if "\0" in v else v
-    raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a watermark")
-
-
-# --- the arrow transport ---------------------------------------------------------------
-
-
-def json_value_parser(type_text: str) -> Callable[[Any], Any]:
-    """Turn one JSONCompact value of ClickHouse type `type_text` into Python: integers
-    as int (a server may quote 64-bit ones), anything else as JSON has it."""
-    try:
-        name = parse_type(type_text).unwrap().name
-    except ValueError:
-        return _identity
-    return _nullsafe(int) if name.startswith(("Int", "UInt")) else _identity
-
-
-def watermark_from_int(t: ChType, v: Any) -> Any:
-    """The watermark value of type `t` from its integer form (sql.watermark_int)."""
-    name = t.unwrap().name
-    if name in ("DateTime", "DateTime64"):
-        return from_micros(v)
-    if name in ("Date", "Date32"):
-        return dt.date(1970, 1, 1) + dt.timedelta(days=int(v))
-    return int(v)
-
-
-def conform_batch(table: str, plans: Sequence[ColumnPlan], wire: pa.RecordBatch) -> pa.RecordBatch:
-    """A page read as Arrow (wire forms of types.arrow_wire_expr) -> offloader's schema.
-
-    Column-wise casts and rebuilds only; strings are validated as UTF-8 here (ClickHouse
-    is asked for binary), so an invalid value fails the table naming the column.
-    """
-    if wire.num_columns != len(plans):
-        raise DataError(
-            f"{table}: Arrow page has {wire.num_columns} columns, expected {len(plans)}"
-        )
-    arrays = []
-    for i, plan in enumerate(plans):
-        try:
-            arrays.append(conform(wire.column(i), plan.arrow))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            problem = _arrow_problem(wire.column(i), plan, exc)
-            raise DataError(f"{table}: column {plan.name!r} ({plan.ch_type}): {problem}") from None
-    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema([p.field for p in plans]))
-
-
-def _arrow_problem(arr: pa.Array, plan: ColumnPlan, exc: Exception) -> str:
-    if plan.ch_type.unwrap().name == "UInt64" and pa.types.is_unsigned_integer(arr.type):
-        top = pc.max(arr).as_py()
-        return (
-            f'value {top} cannot be stored as {plan.arrow}; set uint64 = "decimal" on this '
-            "table to store UInt64 as decimal(20,0)"
-        )
-    if "utf8" in str(exc).lower() or "utf-8" in str(exc).lower():
-        bad = next((v for v in arr.to_pylist() if isinstance(v, bytes) and not _is_utf8(v)), b"")
-        return (
-            f"a String value is not valid UTF-8 (e.g. hex {bad.hex().upper()[:40]}); set "
-            'strings = "binary" on this table to store String columns as Iceberg binary'
-        )
-    return f"cannot be stored as {plan.arrow}: {exc}{_uint64_hint(plan)}"
-
-
-def _is_utf8(v: bytes) -> bool:
-    try:
-        v.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def conform(arr: pa.Array, target: pa.DataType) -> pa.Array:
-    """Rebuild `arr` as `target`, recursing into lists, maps and structs by position."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if isinstance(target, pa.BaseExtensionType):  # UUID: 16 bytes in standard order
-        storage = arr if arr.type == target.storage_type else arr.cast(target.storage_type)
-        return pa.ExtensionArray.from_storage(target, storage)
-    if pa.types.is_map(target):
-        assert isinstance(arr, pa.MapArray)
-        return pa.MapArray.from_arrays(
-            arr.offsets,
-            conform(arr.keys, target.key_type),
-            conform(arr.items, target.item_type),
-            type=target,
-            mask=arr.is_null() if arr.null_count else None,
-        )
-    if pa.types.is_list(target):
-        assert isinstance(arr, pa.ListArray)
-        return pa.ListArray.from_arrays(
-            arr.offsets,
-            conform(arr.values, target.value_type),
-            type=target,
-            mask=arr.is_null() if arr.null_count else None,
-        )
-    if pa.types.is_struct(target):
-        assert isinstance(arr, pa.StructArray)
-        children = [conform(arr.field(i), target.field(i).type) for i in range(target.num_fields)]
-        return pa.StructArray.from_arrays(
-            children, fields=list(target), mask=arr.is_null() if arr.null_count else None
-        )
-    if arr.type == target:
-        return arr
-    if pa.types.is_timestamp(target) and pa.types.is_integer(arr.type):
-        return arr.cast(pa.int64()).cast(target)
-    if pa.types.is_date32(target) and pa.types.is_integer(arr.type):
-        return arr.cast(pa.int32()).cast(target)
-    if pa.types.is_string(target) and pa.types.is_fixed_size_binary(arr.type):
-        arr = arr.cast(pa.binary())
-    return arr.cast(target, safe=True)
-
-
-def arrow_cursor(plan: ColumnPlan, value: Any) -> Any:
-    """The Python value of a watermark or key column read from an Arrow wire page."""
-    name = plan.ch_type.unwrap().name
-    if name in ("DateTime", "DateTime64"):
-        return _EPOCH + dt.timedelta(microseconds=int(value))
-    if name in ("Date", "Date32"):
-        return dt.date(1970, 1, 1) + dt.timedelta(days=int(value))
-    if name == "UUID":
-        return uuid.UUID(bytes=bytes(value))
-    if isinstance(value, bytes) and plan.arrow == pa.string():
-        return value.decode("utf-8")
-    return value

@@ -1,0 +1,82 @@
+"""The cursor codec: how a keyset position (watermark, keys...) is written and read.
+
+One place for it: the pipeline encodes the last row of a page with `encode_value`,
+PostgreSQL and the Iceberg commit marker store `dumps(position)`, `loads` reads
+either back, and sql.literal turns an encoded value into a SQL literal again.
+Encoded values round-trip exactly (no float, no time zone drift, no lost bytes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import ipaddress
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from offloader.source.types import ChType
+
+_INT64_MAX = 2**63 - 1
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def encode_value(v: Any) -> Any:
+    """A cursor value as JSON that round-trips exactly (see sql.literal).
+
+    Strings that JSON or PostgreSQL's jsonb cannot carry as text (invalid UTF-8, NUL
+    bytes, e.g. FixedString padding) become {"hex": "..."} of their bytes.
+    """
+    if isinstance(v, dt.datetime):
+        if v.tzinfo is None:
+            v = v.replace(tzinfo=dt.UTC)
+        return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(v, dt.date):
+        return v.isoformat()
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, int):
+        return v if -_INT64_MAX - 1 <= v <= _INT64_MAX else str(v)
+    if isinstance(v, decimal.Decimal | uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(v)
+    if isinstance(v, bytes):
+        try:
+            text = v.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"hex": v.hex()}
+        return {"hex": v.hex()} if "\0" in text else text
+    if isinstance(v, str):
+        return {"hex": v.encode().hex()} if "\0" in v else v
+    raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a watermark")
+
+
+def dumps(position: Sequence[Any]) -> str:
+    """A position of encoded values as the JSON text PostgreSQL and Iceberg store."""
+    return orjson.dumps(list(position)).decode()
+
+
+def loads(value: Any) -> tuple[Any, ...] | None:
+    """A stored position (JSON text, or what asyncpg returns for jsonb) as a tuple."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes):
+        value = orjson.loads(value)
+    return tuple(value)
+
+
+def from_micros(v: Any) -> dt.datetime:
+    """A UTC datetime from integer microseconds since the epoch."""
+    return EPOCH + dt.timedelta(microseconds=int(v))
+
+
+def watermark_from_int(t: ChType, v: Any) -> Any:
+    """The watermark value of type `t` from its integer form (sql.watermark_int)."""
+    name = t.unwrap().name
+    if name in ("DateTime", "DateTime64"):
+        return from_micros(v)
+    if name in ("Date", "Date32"):
+        return dt.date(1970, 1, 1) + dt.timedelta(days=int(v))
+    return int(v)

@@ -1,0 +1,221 @@
+"""The source: ClickHouse, read through one of two transports behind one interface.
+
+    Source  — a session: small typed queries (introspection, high-water mark, audit)
+              and `pager()`, the table's page reader
+    Pager   — reads one keyset page of a `Scan` after a position
+    Page    — its row count, the encoded position of its last row, and `to_batch()`
+              (blocking: run it in a worker thread), an Arrow batch of the Iceberg schema
+
+`native` (source/native.py, asynch over TCP) and `arrow` (source/arrow.py, ArrowStream
+over HTTP) implement it; each transport's wire forms and conversion sit next to its
+reader. The pipeline, repair and the benchmarks use only this module; the tests use a
+fake source (tests/fakes.py) that implements the same three protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+# Modules, not names: offloader.sql and offloader.plan import source.types, which
+# initialises this package first.
+from offloader import plan as planning
+from offloader import sql
+from offloader.config import ClickHouseConfig, TableConfig, Transport
+from offloader.errors import SourceSchemaError, TableError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offloader.plan import SourcePlan
+
+__all__ = [
+    "Page",
+    "Pager",
+    "Scan",
+    "Source",
+    "SourceTable",
+    "Transport",
+    "keyset_pages",
+    "open_source",
+    "open_table",
+    "table_columns",
+    "table_ttl",
+    "transport_of",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """Which rows a keyset scan reads, in (watermark, keys) order: `relation` (a table,
+    with FINAL when configured) up to watermark `upto`; for repair, only the watermarks
+    in [since, before) and never past the committed position `through`."""
+
+    relation: str
+    upto: Any
+    since: Any = None
+    before: Any = None
+    through: Sequence[Any] | None = None
+
+    def query(self, plan: SourcePlan, select: Sequence[str], after: Any, limit: int) -> str:
+        """The SQL of one page of this scan after position `after`."""
+        return sql.page_query(
+            source=self.relation,
+            select=select,
+            order=plan.order,
+            after=after,
+            upto=self.upto,
+            limit=limit,
+            since=self.since,
+            before=self.before,
+            through=self.through,
+        )
+
+
+class Page(Protocol):
+    """One page as a transport read it."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def position(self) -> list[Any]:
+        """The encoded (watermark, keys...) of the last row ([] for an empty page)."""
+        ...
+
+    def to_batch(self) -> pa.RecordBatch:
+        """The page as an Arrow batch of the Iceberg schema (CPU-bound: run it in a
+        worker thread). Raises DataError naming the column of a value it cannot keep."""
+        ...
+
+
+class Pager(Protocol):
+    """Reads keyset pages of one table."""
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> Page:
+        """The rows of `scan` after `after`, at most `limit` plus the ties of the last."""
+        ...
+
+
+class Source(Protocol):
+    """A session of a table's transport."""
+
+    label: str
+    endpoint: str
+
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        """A small query's rows, typed (integers as int)."""
+        ...
+
+    async def scalar(self, query: str) -> Any: ...
+
+    def pager(self, table: TableConfig, plan: SourcePlan) -> Pager: ...
+
+
+def transport_of(cfg: ClickHouseConfig, table: TableConfig) -> Transport:
+    return table.transport or cfg.transport
+
+
+@asynccontextmanager
+async def open_source(
+    cfg: ClickHouseConfig, label: str, transport: Transport
+) -> AsyncIterator[Source]:
+    """A session of `transport` (its driver is imported here, on first use)."""
+    if transport == "arrow":
+        from offloader.source import arrow
+
+        async with arrow.session(cfg, label) as http:
+            yield http
+    else:
+        from offloader.source import native
+
+        async with native.session(cfg, label) as tcp:
+            yield tcp
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTable:
+    """A table's source, opened: its session, the plan of its columns, and the relation
+    pages read (`db`.`table`, with FINAL when configured)."""
+
+    source: Source
+    plan: SourcePlan
+    relation: str
+    database: str
+
+
+@asynccontextmanager
+async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator[SourceTable]:
+    """Open the table's transport and plan its columns (SourceSchemaError if one
+    cannot be stored exactly)."""
+    db = table.source_database or cfg.database
+    async with open_source(cfg, table.target, transport_of(cfg, table)) as s:
+        plan = planning.plan_source(table, await table_columns(s, db, table.source_table))
+        yield SourceTable(s, plan, sql.read_from(db, table.source_table, table.final), db)
+
+
+async def keyset_pages(
+    pager: Pager, scan: Scan, after: Sequence[Any] | None, limit: int
+) -> AsyncGenerator[Page, None]:
+    """The pages of a keyset scan, in order: each next page starts after the previous
+    page's last row. Ends after an empty or short page."""
+    while True:
+        page = await pager.read(scan, after, limit)
+        if page.rows == 0:
+            return
+        yield page
+        if page.rows < limit:
+            return
+        after = page.position
+
+
+async def table_columns(s: Source, database: str, table: str) -> list[tuple[str, str]]:
+    """(name, type) of every column in table order; SourceSchemaError if there are none."""
+    rows = await s.rows(
+        "SELECT name, type FROM system.columns WHERE database = "
+        f"{sql.quote_string(database)} AND table = {sql.quote_string(table)} ORDER BY position"
+    )
+    if not rows:
+        exists = await s.scalar(
+            "SELECT count() FROM system.tables WHERE database = "
+            f"{sql.quote_string(database)} AND name = {sql.quote_string(table)}"
+        )
+        raise SourceSchemaError(
+            f"{s.label}: source table {database}.{table} "
+            + ("has no columns" if exists else "does not exist in ClickHouse")
+            + f" ({s.endpoint}); check tables.source in the config",
+            reason="missing_table",
+        )
+    return [(str(name), str(type_)) for name, type_ in rows]
+
+
+async def table_ttl(s: Source, database: str, table: str) -> str | None:
+    """The table's TTL clause, if any (from its CREATE statement)."""
+    create = await s.scalar(
+        "SELECT create_table_query FROM system.tables WHERE database = "
+        f"{sql.quote_string(database)} AND name = {sql.quote_string(table)}"
+    )
+    if not create or " TTL " not in str(create):
+        return None
+    ttl = str(create).split(" TTL ", 1)[1]
+    return ttl.split(" SETTINGS ", 1)[0].strip()
+
+
+async def invalid_utf8_columns(s: Source, plan: SourcePlan, relation: str) -> str:
+    """Name the String columns holding invalid UTF-8, with one example, for an error."""
+    found = []
+    for col in plan.columns:
+        if col.ch_type.unwrap().name not in ("String", "FixedString"):
+            continue
+        q = sql.quote_ident(col.name)
+        try:
+            bad = await s.rows(
+                f"SELECT hex(any({q})), count() FROM {relation} WHERE NOT isValidUTF8({q})"
+            )
+        except TableError:
+            return ""
+        if bad and bad[0][1]:
+            found.append(f"column {col.name!r}: {bad[0][1]} values, e.g. hex {bad[0][0][:40]}")
+    return ("; " + "; ".join(found)) if found else ""

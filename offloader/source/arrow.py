@@ -1,0 +1,365 @@
+"""The `arrow` transport: keyset pages read over ClickHouse's HTTP interface as
+`FORMAT ArrowStream`, parsed by pyarrow with no per-value Python work; small queries
+(introspection, the high-water mark) as `JSONCompact`. The only module importing httpx.
+
+The page query asks for wire forms (arrow_wire_expr) whose Arrow types conform exactly
+to offloader's schema (conform_batch), column-wise, with no per-value Python work.
+
+A page is trusted only if the response is complete: HTTP 200, no exception block that
+ClickHouse appends to a body it had already started (marked `__exception__`), the Arrow
+end-of-stream marker at the very end, and a stream pyarrow parses. Anything else fails
+the page, so the watermark never moves past rows that were not read. Credentials go in
+headers, never in URLs or logs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from offloader import cursor
+from offloader.config import ClickHouseConfig, TableConfig
+from offloader.cursor import from_micros
+from offloader.errors import (
+    CLICKHOUSE_SCHEMA_CODES,
+    DataError,
+    SourceSchemaError,
+    SourceUnavailable,
+)
+from offloader.source import Scan
+from offloader.source.types import ChType, ColumnPlan, parse_type, rewrite_leaves, uint64_hint
+from offloader.sql import quote_ident
+
+if TYPE_CHECKING:
+    from offloader.plan import SourcePlan
+
+log = logging.getLogger(__name__)
+
+_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+QUERY_SETTINGS: dict[str, str] = {}  # small queries: the server's own settings
+SETTINGS = {
+    # Strings arrive as binary and are validated as UTF-8 in conversion.
+    "output_format_arrow_string_as_string": "0",
+    "output_format_arrow_low_cardinality_as_dictionary": "0",
+    "output_format_arrow_compression_method": "none",
+}
+
+
+class ArrowHttpSession:
+    def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
+        self._cfg = cfg
+        self.label = label
+        self.endpoint = f"{cfg.host}:{cfg.http_port}"
+        scheme = "https" if cfg.secure else "http"
+        self._url = f"{scheme}://{cfg.host}:{cfg.http_port}/"
+        self._client = httpx.AsyncClient(
+            headers={
+                "X-ClickHouse-User": cfg.user,
+                "X-ClickHouse-Key": cfg.password,
+                "X-ClickHouse-Database": cfg.database,
+                # ClickHouse compresses HTTP replies (zstd) when asked; on a fast link
+                # that costs CPU on both ends: 1.45M -> 1.67M rows/s end to end
+                # without it (benchmarks/RESULTS.md).
+                "Accept-Encoding": "zstd, gzip" if cfg.http_compression else "identity",
+            },
+            timeout=httpx.Timeout(cfg.query_timeout, connect=cfg.connect_timeout),
+            verify=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"<ArrowHttpSession {self._cfg.user}@{self._url}>"
+
+    async def close(self) -> None:
+        with anyio.move_on_after(2, shield=True):
+            await self._client.aclose()
+
+    def _where(self) -> str:
+        return f"{self.label}: ClickHouse HTTP {self._cfg.host}:{self._cfg.http_port}"
+
+    async def _post(self, query: str, settings: dict[str, str], what: str) -> bytes:
+        """POST one query; the whole body, or an error if the server reported one.
+
+        A body cut short is returned as far as it came only if the server said nothing;
+        callers check their format's own end marker.
+        """
+        chunks: list[bytes] = []
+        cut: httpx.HTTPError | None = None
+        try:
+            with anyio.fail_after(self._cfg.query_timeout):
+                async with self._client.stream(
+                    "POST", self._url, params=settings, content=query.encode()
+                ) as response:
+                    try:
+                        async for chunk in response.aiter_bytes():
+                            chunks.append(chunk)
+                    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                        # ClickHouse ends a failed stream with an exception block and closes
+                        # the connection; a dying server just closes it. Either way the
+                        # body is incomplete: keep what came, to report why.
+                        cut = exc
+        except TimeoutError:
+            msg = f"{self._where()}: {what} timed out"
+            raise SourceUnavailable(msg, reason="timeout") from None
+        except httpx.HTTPError as exc:
+            raise SourceUnavailable(
+                f"{self._where()}: {type(exc).__name__}: {exc}; is ClickHouse running and "
+                "its http_port right?"
+            ) from exc
+        body = b"".join(chunks)
+        code = response.headers.get("X-ClickHouse-Exception-Code")
+        if response.status_code != 200 or code:
+            text = body.decode("utf-8", "replace").strip().splitlines()
+            message = text[0][:500] if text else f"HTTP {response.status_code}"
+            schema = code is not None and code.isdigit() and int(code) in CLICKHOUSE_SCHEMA_CODES
+            error = SourceSchemaError if schema else SourceUnavailable
+            raise error(f"{self._where()}: server error {code}: {message}")
+        if b"__exception__" in body[-4096:]:
+            tail = body[-2000:].decode("utf-8", "replace")
+            message = next((ln for ln in tail.splitlines() if "Code:" in ln), tail[-300:])
+            raise SourceUnavailable(
+                f"{self._where()}: the {what} failed mid-stream: {message.strip()[:500]}"
+            )
+        if cut is not None:
+            raise SourceUnavailable(
+                f"{self._where()}: the connection closed mid-{what} after {len(body)} bytes "
+                f"({type(cut).__name__}); the {what} is discarded"
+            )
+        return body
+
+    def pager(self, table: TableConfig, plan: SourcePlan) -> ArrowPager:
+        return ArrowPager(self, table, plan)
+
+    async def page(self, query: str) -> pa.RecordBatch:
+        """Run one page query and return its rows as one RecordBatch (wire forms)."""
+        body = await self._post(query + " FORMAT ArrowStream", SETTINGS, "page")
+        if not body.endswith(_EOS):
+            raise SourceUnavailable(
+                f"{self._where()}: truncated ArrowStream ({len(body)} bytes, no end-of-stream "
+                "marker); the page is discarded"
+            )
+        try:
+            table = pa.ipc.open_stream(body).read_all()
+        except pa.ArrowInvalid as exc:
+            raise SourceUnavailable(f"{self._where()}: corrupt ArrowStream: {exc}") from exc
+        batches = table.combine_chunks().to_batches()
+        if not batches:
+            return pa.RecordBatch.from_pylist([], schema=table.schema)
+        return batches[0]
+
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        """A small query's rows, from JSONCompact and its column types: integers as int
+        (however the server's settings quote them), other values as JSON gives them.
+
+        No output setting is changed here: they also shape toString() of some types
+        (JSON), which verify compares with what pages stored. Time values travel as
+        integers instead (sql.watermark_int).
+        """
+        body = await self._post(query + " FORMAT JSONCompact", QUERY_SETTINGS, "query")
+        try:
+            doc = orjson.loads(body)
+            if doc.get("exception"):
+                raise SourceUnavailable(f"{self._where()}: query failed: {doc['exception']}")
+            parsers = [json_value_parser(str(m["type"])) for m in doc["meta"]]
+            return [tuple(p(v) for p, v in zip(parsers, row, strict=True)) for row in doc["data"]]
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise SourceUnavailable(
+                f"{self._where()}: malformed JSON reply ({type(exc).__name__}: {exc})"
+            ) from None
+
+    async def scalar(self, query: str) -> Any:
+        rows = await self.rows(query)
+        return rows[0][0] if rows else None
+
+
+@dataclass(frozen=True, slots=True)
+class ArrowPage:
+    target: str
+    plan: SourcePlan
+    batch: pa.RecordBatch  # wire forms
+
+    @property
+    def rows(self) -> int:
+        return int(self.batch.num_rows)
+
+    @property
+    def position(self) -> list[Any]:
+        if not self.batch.num_rows:
+            return []
+        row, plan = self.batch.num_rows - 1, self.plan
+        return [
+            cursor.encode_value(arrow_cursor(plan.columns[i], self.batch.column(i)[row].as_py()))
+            for i in plan.order_index
+        ]
+
+    def to_batch(self) -> pa.RecordBatch:
+        return conform_batch(self.target, self.plan.columns, self.batch)
+
+
+class ArrowPager:
+    def __init__(self, http: ArrowHttpSession, table: TableConfig, plan: SourcePlan) -> None:
+        self._http = http
+        self._target = table.target
+        self._plan = plan
+        self.select = [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in plan.columns]
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ArrowPage:
+        batch = await self._http.page(scan.query(self._plan, self.select, after, limit))
+        return ArrowPage(self._target, self._plan, batch)
+
+
+@asynccontextmanager
+async def session(cfg: ClickHouseConfig, label: str) -> AsyncIterator[ArrowHttpSession]:
+    s = ArrowHttpSession(cfg, label)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+# --- wire forms and conversion ---------------------------------------------------------
+# ClickHouse's ArrowStream output has its own type choices (UUID as 16 bytes in its
+# internal order, Enum and IPv4 as integers, DateTime as seconds, ...). The page query
+# asks for wire forms whose Arrow types conform exactly to ours (conform);
+# containers are rewritten element by element with arrayMap / mapApply / tuple.
+
+_ARROW_LEAVES = {
+    "DateTime64": "toUnixTimestamp64Micro({})",
+    "DateTime": "toInt64(toUnixTimestamp({})) * 1000000",
+    "Date": "toInt32({})",
+    "Date32": "toInt32({})",
+    "UUID": "UUIDStringToNum(toString({}))",
+    **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
+}
+
+
+def arrow_wire_expr(t: ChType, expr: str) -> str:
+    """SQL turning a value of type `t` into the ArrowStream wire form offloader expects."""
+    return rewrite_leaves(t, expr, _ARROW_LEAVES)
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def _int_or_none(v: Any) -> Any:
+    return None if v is None else int(v)
+
+
+def json_value_parser(type_text: str) -> Callable[[Any], Any]:
+    """Turn one JSONCompact value of ClickHouse type `type_text` into Python: integers
+    as int (a server may quote 64-bit ones), anything else as JSON has it."""
+    try:
+        name = parse_type(type_text).unwrap().name
+    except ValueError:
+        return _identity
+    return _int_or_none if name.startswith(("Int", "UInt")) else _identity
+
+
+def conform_batch(table: str, plans: Sequence[ColumnPlan], wire: pa.RecordBatch) -> pa.RecordBatch:
+    """A page read as Arrow (wire forms of arrow_wire_expr) -> offloader's schema.
+
+    Column-wise casts and rebuilds only; strings are validated as UTF-8 here (ClickHouse
+    is asked for binary), so an invalid value fails the table naming the column.
+    """
+    if wire.num_columns != len(plans):
+        raise DataError(
+            f"{table}: Arrow page has {wire.num_columns} columns, expected {len(plans)}"
+        )
+    arrays = []
+    for i, plan in enumerate(plans):
+        try:
+            arrays.append(conform(wire.column(i), plan.arrow))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            problem = _arrow_problem(wire.column(i), plan, exc)
+            raise DataError(f"{table}: column {plan.name!r} ({plan.ch_type}): {problem}") from None
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema([p.field for p in plans]))
+
+
+def _arrow_problem(arr: pa.Array, plan: ColumnPlan, exc: Exception) -> str:
+    if plan.ch_type.unwrap().name == "UInt64" and pa.types.is_unsigned_integer(arr.type):
+        top = pc.max(arr).as_py()
+        return (
+            f'value {top} cannot be stored as {plan.arrow}; set uint64 = "decimal" on this '
+            "table to store UInt64 as decimal(20,0)"
+        )
+    if "utf8" in str(exc).lower() or "utf-8" in str(exc).lower():
+        bad = next((v for v in arr.to_pylist() if isinstance(v, bytes) and not _is_utf8(v)), b"")
+        return (
+            f"a String value is not valid UTF-8 (e.g. hex {bad.hex().upper()[:40]}); set "
+            'strings = "binary" on this table to store String columns as Iceberg binary'
+        )
+    return f"cannot be stored as {plan.arrow}: {exc}{uint64_hint(plan)}"
+
+
+def _is_utf8(v: bytes) -> bool:
+    try:
+        v.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def conform(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """Rebuild `arr` as `target`, recursing into lists, maps and structs by position."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if isinstance(target, pa.BaseExtensionType):  # UUID: 16 bytes in standard order
+        storage = arr if arr.type == target.storage_type else arr.cast(target.storage_type)
+        return pa.ExtensionArray.from_storage(target, storage)
+    if pa.types.is_map(target):
+        assert isinstance(arr, pa.MapArray)
+        return pa.MapArray.from_arrays(
+            arr.offsets,
+            conform(arr.keys, target.key_type),
+            conform(arr.items, target.item_type),
+            type=target,
+            mask=arr.is_null() if arr.null_count else None,
+        )
+    if pa.types.is_list(target):
+        assert isinstance(arr, pa.ListArray)
+        return pa.ListArray.from_arrays(
+            arr.offsets,
+            conform(arr.values, target.value_type),
+            type=target,
+            mask=arr.is_null() if arr.null_count else None,
+        )
+    if pa.types.is_struct(target):
+        assert isinstance(arr, pa.StructArray)
+        children = [conform(arr.field(i), target.field(i).type) for i in range(target.num_fields)]
+        return pa.StructArray.from_arrays(
+            children, fields=list(target), mask=arr.is_null() if arr.null_count else None
+        )
+    if arr.type == target:
+        return arr
+    if pa.types.is_timestamp(target) and pa.types.is_integer(arr.type):
+        return arr.cast(pa.int64()).cast(target)
+    if pa.types.is_date32(target) and pa.types.is_integer(arr.type):
+        return arr.cast(pa.int32()).cast(target)
+    if pa.types.is_string(target) and pa.types.is_fixed_size_binary(arr.type):
+        arr = arr.cast(pa.binary())
+    return arr.cast(target, safe=True)
+
+
+def arrow_cursor(plan: ColumnPlan, value: Any) -> Any:
+    """The Python value of a watermark or key column read from an Arrow wire page."""
+    name = plan.ch_type.unwrap().name
+    if name in ("DateTime", "DateTime64"):
+        return from_micros(value)
+    if name in ("Date", "Date32"):
+        return dt.date(1970, 1, 1) + dt.timedelta(days=int(value))
+    if name == "UUID":
+        return uuid.UUID(bytes=bytes(value))
+    if isinstance(value, bytes) and plan.arrow == pa.string():
+        return value.decode("utf-8")
+    return value

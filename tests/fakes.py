@@ -1,0 +1,146 @@
+"""In-memory stand-ins for ClickHouse (the source interface) and PostgreSQL (the state
+store), so a whole table run can be unit-tested without servers.
+
+FakeSource holds rows of (id Int64 watermark, v String) in memory and answers the page
+interface by filtering and sorting them in Python, with ClickHouse's `LIMIT n WITH
+TIES` semantics; its small queries are recognised by what they ask for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from offloader.config import TableConfig
+from offloader.errors import InconsistentState, Locked
+from offloader.plan import SourcePlan
+from offloader.source import Scan
+from offloader.watermarks import TableState
+
+COLUMNS = [("id", "Int64"), ("v", "String")]
+NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)
+
+
+@dataclass
+class FakePage:
+    data: list[tuple[int, str]]
+    plan: SourcePlan
+
+    @property
+    def rows(self) -> int:
+        return len(self.data)
+
+    @property
+    def position(self) -> list[Any]:
+        return [self.data[-1][0]] if self.data else []
+
+    def to_batch(self) -> pa.RecordBatch:
+        ids, vs = zip(*self.data, strict=True) if self.data else ((), ())
+        return pa.RecordBatch.from_arrays(
+            [pa.array(ids, pa.int64()), pa.array(vs, pa.string())], schema=self.plan.schema
+        )
+
+
+@dataclass
+class FakeSource:
+    data: list[tuple[int, str]]
+    label: str = "fake"
+    endpoint: str = "memory"
+    # Called with the page number (1-based) before a page is served: raise to fail it.
+    on_page: Callable[[int], None] | None = None
+    pages_served: int = 0
+
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        if "system.columns" in query:
+            return list(COLUMNS)
+        if "max(" in query and "count()" in query:  # the high-water mark
+            top = max((r[0] for r in self.data), default=0)
+            return [(top, len(self.data), NOW_MICROS)]
+        if query.startswith("SELECT count(), min("):  # rows behind (sql.behind_query)
+            after = _after_value(query)
+            waiting = [r[0] for r in self.data if after is None or r[0] > after]
+            return [(len(waiting), min(waiting, default=0), NOW_MICROS)]
+        raise AssertionError(f"FakeSource cannot answer {query!r}")
+
+    async def scalar(self, query: str) -> Any:
+        return (await self.rows(query))[0][0]
+
+    def pager(self, table: TableConfig, plan: SourcePlan) -> FakePager:
+        return FakePager(self, plan)
+
+
+def _after_value(query: str) -> int | None:
+    """The position in a behind query: `id` > N (None without one)."""
+    found = re.search(r"`id` > (-?\d+)", query)
+    return int(found.group(1)) if found else None
+
+
+@dataclass
+class FakePager:
+    source: FakeSource
+    plan: SourcePlan
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> FakePage:
+        self.source.pages_served += 1
+        if self.source.on_page is not None:
+            self.source.on_page(self.source.pages_served)
+        rows = sorted(
+            (r for r in self.source.data if r[0] <= int(scan.upto)),
+            key=lambda r: r[0],
+        )
+        if after is not None:
+            rows = [r for r in rows if r[0] > int(after[0])]
+        page = rows[:limit]
+        # LIMIT n WITH TIES: the rows sharing the last row's position come along.
+        while page and len(page) < len(rows) and rows[len(page)][0] == page[-1][0]:
+            page.append(rows[len(page)])
+        return FakePage(page, self.plan)
+
+
+@dataclass
+class FakeStore:
+    """The state store (PostgreSQL's Watermarks) in memory, with its compare-and-set."""
+
+    seq: dict[str, int] = field(default_factory=dict)
+    position: dict[str, tuple[Any, ...] | None] = field(default_factory=dict)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    locked: set[str] = field(default_factory=set)
+
+    @asynccontextmanager
+    async def table_lock(self, target: str) -> AsyncIterator[None]:
+        if target in self.locked:
+            raise Locked(f"{target}: locked")
+        self.locked.add(target)
+        try:
+            yield
+        finally:
+            self.locked.discard(target)
+
+    async def get(self, target: str, source: str) -> TableState:
+        return TableState(target, self.seq.get(target, 0), self.position.get(target), None, None)
+
+    async def commit(
+        self,
+        target: str,
+        *,
+        prev_seq: int,
+        seq: int,
+        position: Sequence[Any],
+        rows: int,
+        run_id: str,
+        snapshot_id: int | None,
+        recovered: bool = False,
+    ) -> None:
+        if self.seq.get(target, 0) != prev_seq:
+            raise InconsistentState(f"{target}: at {self.seq.get(target)}, expected {prev_seq}")
+        self.seq[target] = seq
+        self.position[target] = tuple(position)
+
+    async def record_run(self, **run: Any) -> None:
+        self.runs.append(run)

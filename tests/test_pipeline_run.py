@@ -1,0 +1,161 @@
+"""A whole table run against the fake source and state store (tests/fakes.py): paging,
+ties at page ends, max_rows_per_cycle, shutdown mid-run and a failing page, without
+ClickHouse or PostgreSQL. Iceberg is a real SQL catalog on SQLite in a temp dir."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from offloader.config import CatalogConfig, ClickHouseConfig, TableConfig
+from offloader.errors import SourceUnavailable
+from offloader.iceberg import IcebergCatalog
+from offloader.pipeline import Services, offload_table
+from offloader.report import TableReport
+from offloader.source import SourceTable
+from tests.fakes import FakeSource, FakeStore
+
+
+class Harness:
+    def __init__(self, tmp: Path, data: list[tuple[int, str]]) -> None:
+        self.fake = FakeSource(data)
+        self.store = FakeStore()
+        warehouse = tmp / "warehouse"
+        warehouse.mkdir()
+        self.catalog = IcebergCatalog(
+            CatalogConfig(
+                "unit",
+                {
+                    "type": "sql",
+                    "uri": f"sqlite:///{tmp}/catalog.db",
+                    "warehouse": f"file://{warehouse}",
+                },
+            )
+        )
+
+    def run(self, table: TableConfig, stopping_after: int | None = None) -> TableReport:
+        async def go() -> TableReport:
+            stopping = anyio.Event()
+            if stopping_after is not None:
+                self.fake.on_page = lambda n: stopping.set() if n >= stopping_after else None
+            services = Services(
+                ClickHouseConfig(),
+                self.catalog,
+                self.store,
+                anyio.CapacityLimiter(1),
+                anyio.CapacityLimiter(2),
+            )
+            return await offload_table(services, table, timeout=60, stopping=stopping)
+
+        return anyio.run(go)
+
+    def iceberg_rows(self, target: str = "cold.t") -> list[tuple[int, str]]:
+        data = self.catalog.read(target).sort_by("id")
+        return list(zip(data.column("id").to_pylist(), data.column("v").to_pylist(), strict=True))
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeSource], None]:
+    """Route the pipeline's open_table to a FakeSource."""
+    from contextlib import asynccontextmanager
+
+    from offloader import pipeline
+    from offloader.plan import plan_source
+    from tests.fakes import COLUMNS
+
+    def install(fake: FakeSource) -> None:
+        @asynccontextmanager
+        async def open_table(cfg: ClickHouseConfig, table: TableConfig):  # type: ignore[no-untyped-def]
+            yield SourceTable(fake, plan_source(table, COLUMNS), "db.t", "db")
+
+        monkeypatch.setattr(pipeline, "open_table", open_table)
+
+    return install
+
+
+def table(**kw: object) -> TableConfig:
+    args: dict[str, object] = dict(
+        source="db.t", target="cold.t", watermark="id", keys=(), batch_rows=100, append_rows=250
+    )
+    args.update(kw)
+    return TableConfig(**args)  # type: ignore[arg-type]
+
+
+def rows(n: int, start: int = 1) -> list[tuple[int, str]]:
+    return [(i, f"v{i}") for i in range(start, start + n)]
+
+
+def test_pages_and_appends_reach_the_high_water_mark(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    h = Harness(tmp_path, rows(1_050))
+    opened(h.fake)
+    report = h.run(table())
+    assert report.status == "ok", report.error
+    assert report.rows == 1_050 and report.pages == 11
+    assert report.snapshots == 4  # appends of >= 250 rows: 300, 300, 300, 150
+    assert report.watermark == [1_050] and h.store.position["cold.t"] == (1_050,)
+    assert h.iceberg_rows() == rows(1_050)
+    assert report.rows_behind == 0
+    again = h.run(table())
+    assert again.status == "idle" and again.rows == 0 and h.iceberg_rows() == rows(1_050)
+
+
+def test_ties_at_a_page_end_are_never_split(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    # 40 rows share the watermark that ends the first page: WITH TIES keeps them together,
+    # and the next page starts after them, so none is skipped or read twice.
+    data = rows(90) + [(95, f"tie{k}") for k in range(40)] + rows(50, start=200)
+    h = Harness(tmp_path, data)
+    opened(h.fake)
+    report = h.run(table(batch_rows=100))
+    assert report.status == "ok", report.error
+    assert report.rows == len(data)
+    assert sorted(h.iceberg_rows()) == sorted(data)
+
+
+def test_max_rows_per_cycle_leaves_the_rest_for_the_next_run(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    h = Harness(tmp_path, rows(1_000))
+    opened(h.fake)
+    first = h.run(table(max_rows_per_cycle=300))
+    assert first.status == "ok" and first.more and first.rows == 300
+    assert h.iceberg_rows() == rows(300)
+    while True:
+        report = h.run(table(max_rows_per_cycle=300))
+        if not report.more:
+            break
+    assert h.iceberg_rows() == rows(1_000)
+
+
+def test_shutdown_mid_run_commits_what_was_read(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    h = Harness(tmp_path, rows(1_000))
+    opened(h.fake)
+    report = h.run(table(), stopping_after=3)
+    assert report.status == "ok" and report.more
+    assert 0 < report.rows < 1_000 and report.rows % 100 == 0
+    assert h.iceberg_rows() == rows(report.rows)
+    h.fake.on_page = None
+    rest = h.run(table())
+    assert rest.rows == 1_000 - report.rows and h.iceberg_rows() == rows(1_000)
+
+
+def test_a_failing_page_fails_the_run_and_loses_nothing(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    h = Harness(tmp_path, rows(1_000))
+    opened(h.fake)
+
+    def fail_fifth(n: int) -> None:
+        if n == 5:
+            raise SourceUnavailable("fake: connection reset on page 5")
+
+    h.fake.on_page = fail_fifth
+    report = h.run(table())
+    assert report.status == "failed" and report.reason == "clickhouse"
+    assert "page 5" in (report.error or "")
+    committed = h.iceberg_rows()
+    assert committed == rows(len(committed)) and len(committed) < 1_000  # a prefix, kept
+    assert h.store.position.get("cold.t", (0,)) == ((committed[-1][0],) if committed else (0,))
+    h.fake.on_page = None
+    h.fake.pages_served = 0
+    again = h.run(table())
+    assert again.status == "ok" and h.iceberg_rows() == rows(1_000)
+    assert [r["status"] for r in h.store.runs] == ["failed", "ok"]
