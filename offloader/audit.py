@@ -8,9 +8,15 @@ ClickHouse answers one grouped count over the window (reading only the watermark
 key columns of those days), Iceberg's counts come from the manifests (no data file is
 read). A day whose counts differ is *drifted*; `repair` replaces it.
 
-Counts catch inserted and deleted rows. A row updated in place keeps its day's count:
-`offloader verify` (which checksums every value) finds those, and `offloader repair
---since DAY --until DAY` replaces any day on request.
+Counts catch inserted and deleted rows. A row updated in place keeps its day's count,
+so each day also has a checksum: every page carries ClickHouse's hash of each row
+(sql.RowHash), each commit adds the per-day sums of the rows it moved to PostgreSQL
+(day_sums, in the watermark's transaction), and the audit's grouped query sums the
+same hash over ClickHouse's current rows. A day whose counts agree but whose sums
+differ has rows changed in place (ALTER UPDATE, a collapsed or replaced version).
+Sums are compared only where they are complete: the recorded rows equal Iceberg's
+count and cover the same columns (a column added later, a recovered commit or a
+table offloaded before checksums existed leave a day to the counts alone).
 """
 
 from __future__ import annotations
@@ -20,12 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from offloader.config import TableConfig
 from offloader.iceberg import IcebergTable
 from offloader.iceberg import maintenance as ops
-from offloader.source import Source
+from offloader.plan import SourcePlan
+from offloader.source import Page, Source
 from offloader.source.types import ChType
-from offloader.sql import day_counts_query
+from offloader.sql import RowHash, day_counts_query, row_hash
+from offloader.watermarks import DaySum
 
 EPOCH = dt.date(1970, 1, 1)
 
@@ -59,16 +70,26 @@ class DayCount:
     day: dt.date
     clickhouse: int
     iceberg: int | None  # None: a data file spans several days, the manifests cannot say
+    values_differ: bool = False  # same counts, different checksums: rows changed in place
 
     @property
     def drifted(self) -> bool:
-        return self.iceberg is not None and self.iceberg != self.clickhouse
+        counts = self.iceberg is not None and self.iceberg != self.clickhouse
+        return counts or self.values_differ
 
     def as_dict(self) -> dict[str, Any]:
-        return {"day": self.day.isoformat(), "clickhouse": self.clickhouse, "iceberg": self.iceberg}
+        d: dict[str, Any] = {
+            "day": self.day.isoformat(),
+            "clickhouse": self.clickhouse,
+            "iceberg": self.iceberg,
+        }
+        if self.values_differ:
+            d["values_differ"] = True
+        return d
 
     def __str__(self) -> str:
-        return f"{self.day}: ClickHouse {self.clickhouse} rows, Iceberg {self.iceberg} rows"
+        text = f"{self.day}: ClickHouse {self.clickhouse} rows, Iceberg {self.iceberg} rows"
+        return text + (" (values differ)" if self.values_differ else "")
 
 
 @dataclass(slots=True)
@@ -95,18 +116,53 @@ def compare(
     clickhouse: dict[int, int],
     iceberg: dict[int, int],
     unknown: set[int],
+    checksums: dict[int, int] | None = None,
+    recorded: dict[int, DaySum] | None = None,
+    columns_key: str = "",
 ) -> Audit:
-    """Day by day, ClickHouse's counts against Iceberg's. Pure."""
+    """Day by day, ClickHouse's counts against Iceberg's, and where the counts agree
+    and the recorded sums are complete (their rows are Iceberg's count, over the same
+    columns), ClickHouse's checksum against the recorded one. Pure."""
     audit = Audit(first_day, last_day)
     for n in range(day_number(first_day), day_number(last_day) + 1):
-        audit.days.append(
-            DayCount(
-                day_of_number(n),
-                clickhouse.get(n, 0),
-                None if n in unknown else iceberg.get(n, 0),
-            )
-        )
+        hot = clickhouse.get(n, 0)
+        cold = None if n in unknown else iceberg.get(n, 0)
+        differ = False
+        kept = (recorded or {}).get(n)
+        complete = kept is not None and kept.rows == cold and kept.columns_key == columns_key
+        if checksums is not None and kept is not None and complete and cold == hot:
+            differ = kept.checksum % 2**64 != checksums.get(n, 0) % 2**64
+        audit.days.append(DayCount(day_of_number(n), hot, cold, differ))
     return audit
+
+
+def day_sums(watermarks: pa.Array, hashes: pa.Array, columns_key: str) -> dict[int, DaySum]:
+    """Per UTC day of a converted page's watermark column: its rows and the sum (mod
+    2^64) of their row hashes. Pure; vectorised."""
+    wm = watermarks.combine_chunks() if isinstance(watermarks, pa.ChunkedArray) else watermarks
+    days = wm.cast(pa.date32()).cast(pa.int32())
+    grouped = pa.table({"d": days, "h": hashes.cast(pa.uint64())}).group_by("d")
+    out = grouped.aggregate([("h", "sum"), ("h", "count")])
+    return {
+        int(d): DaySum(int(n), int(h), columns_key)
+        for d, h, n in zip(
+            out.column("d").to_pylist(),
+            pc.fill_null(out.column("h_sum"), 0).to_pylist(),
+            out.column("h_count").to_pylist(),
+            strict=True,
+        )
+    }
+
+
+def add_sums(into: dict[int, DaySum], more: dict[int, DaySum]) -> None:
+    """Add `more` to `into`, day by day (sums mod 2^64)."""
+    for day, s in more.items():
+        old = into.get(day)
+        into[day] = (
+            s
+            if old is None
+            else DaySum(old.rows + s.rows, (old.checksum + s.checksum) % 2**64, s.columns_key)
+        )
 
 
 async def audit_days(
@@ -118,15 +174,20 @@ async def audit_days(
     first_day: dt.date,
     last_day: dt.date,
     limiter: anyio.CapacityLimiter | None = None,
+    hashed: RowHash | None = None,
+    recorded: dict[int, DaySum] | None = None,
 ) -> Audit:
     """Counts of both tiers per day in [first_day, last_day], up to the committed
-    `position` (rows after it are not offloaded yet, on either side)."""
+    `position` (rows after it are not offloaded yet, on either side); with `hashed`
+    and the `recorded` day sums, checksums too."""
     wm_name, wm_type = order[0]
-    query = day_counts_query(source, order, day_start(wm_type, first_day), position)
+    query = day_counts_query(source, order, day_start(wm_type, first_day), position, hashed)
     hot: dict[int, int] = {}
+    sums: dict[int, int] = {}
     waiting, oldest, now = 0, None, None
-    for d, done, after, first, at in await ch.rows(query):
+    for d, done, after, first, at, checksum in await ch.rows(query):
         hot[int(d)] = int(done)
+        sums[int(d)] = int(checksum)
         now = int(at)
         if int(after):
             waiting += int(after)
@@ -141,7 +202,10 @@ async def audit_days(
         cached = ops.day_counts(live, *days)
         _ICEBERG_DAYS[ice.target] = (key, cached)
     cold, unknown = cached
-    result = compare(first_day, last_day, hot, cold, unknown)
+    if hashed is None or recorded is None:
+        result = compare(first_day, last_day, hot, cold, unknown)
+    else:
+        result = compare(first_day, last_day, hot, cold, unknown, sums, recorded, hashed.key)
     result.waiting, result.oldest_waiting, result.server_now = waiting, oldest, now
     return result
 
@@ -162,3 +226,28 @@ def window(
     if last is None:
         return None
     return last - dt.timedelta(days=days - 1), last
+
+
+def checksummed(table: TableConfig, plan: SourcePlan) -> RowHash | None:
+    """The row hash pages carry for the audit's checksums, or None: checksums are off,
+    or the table has no audit window (integer watermark, audit_days = 0)."""
+    wm_type = plan.order[0][1]
+    if not table.audit_checksums or window(wm_type, ["1970-01-01"], table.audit_days) is None:
+        return None
+    return plan_hash(plan)
+
+
+def plan_hash(plan: SourcePlan) -> RowHash:
+    """The row hash over every column of the plan."""
+    return row_hash([(c.name, str(c.ch_type)) for c in plan.columns])
+
+
+def convert_page(
+    page: Page, watermark: str, hashed: RowHash | None
+) -> tuple[pa.RecordBatch, dict[int, DaySum]]:
+    """A page as Arrow, and the per-day sums of its row hashes (worker thread)."""
+    batch = page.to_batch()
+    hashes = page.checksums()
+    if hashed is None or hashes is None or not batch.num_rows:
+        return batch, {}
+    return batch, day_sums(batch.column(watermark), hashes, hashed.key)

@@ -182,9 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _once(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader import progress
     from offloader.supervisor import run_once
 
-    report = await run_once(cfg)
+    if progress.wanted(args.json):
+        with progress.TerminalProgress() as bars:
+            report = await run_once(cfg, progress=bars)
+    else:
+        report = await run_once(cfg)
     if args.json:
         print(report.to_json())
     else:
@@ -351,7 +356,7 @@ def _day(option: str, text: str | None) -> Any:
 
 
 async def _repair(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.repair import repair_table
+    from offloader.repair import RepairReport, repair_table
 
     table = cfg.table(args.table)
     since, until = _day("--since", args.since), _day("--until", args.until)
@@ -359,9 +364,24 @@ async def _repair(cfg: Config, args: argparse.Namespace) -> int:
         raise ConfigError(f"--since {since} must be before --until {until}")
     if args.force and not (since or until):
         raise ConfigError("--force needs the days named with --since/--until")
-    report = await repair_table(
-        cfg, table, since=since, until=until, force=args.force, dry_run=args.dry_run
-    )
+    from offloader import progress
+
+    async def run(bars: progress.Progress | None = None) -> RepairReport:
+        return await repair_table(
+            cfg,
+            table,
+            since=since,
+            until=until,
+            force=args.force,
+            dry_run=args.dry_run,
+            progress=bars,
+        )
+
+    if progress.wanted(args.json) and not args.dry_run:
+        with progress.TerminalProgress() as bars:
+            report = await run(bars)
+    else:
+        report = await run()
     if args.json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

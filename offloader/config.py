@@ -189,6 +189,7 @@ class TableConfig:
     transport: Transport | None = None  # None: [clickhouse] transport
     audit_days: int = 4  # days audited each run, ending at the watermark's day; 0: off
     late_rows: Literal["alert", "repair"] = "alert"  # what a run does with drifted days
+    audit_checksums: bool = True  # the audit also compares per-day row-hash sums
     final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
 
     @property
@@ -602,6 +603,7 @@ class _Reader:
             transport=self.transport(data, label, None) if "transport" in data else None,
             audit_days=self.integer(data, label, "audit_days", d["audit_days"], 0, 366),
             late_rows=late_rows,
+            audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
             final=self.boolean(data, label, "final", d["final"]),
         )
 

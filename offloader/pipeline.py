@@ -30,10 +30,11 @@ from offloader import audit, cursor, faults, plan, repair
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, WrittenFiles
+from offloader.progress import Progress
 from offloader.report import TableReport
 from offloader.source import Page, Scan, keyset_pages, open_table
 from offloader.sql import NOW_MICROS, behind_query, quote_ident, watermark_int
-from offloader.watermarks import Store
+from offloader.watermarks import DaySum, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Services:
     watermarks: Store
     cpu: anyio.CapacityLimiter
     io: anyio.CapacityLimiter
+    progress: Progress | None = None  # live bars on a terminal (progress.py)
 
 
 async def offload_table(
@@ -117,6 +119,8 @@ async def offload_table(
                 log.warning(
                     "could not record run", extra={"table": table.target, "error": str(exc)}
                 )
+    if services.progress is not None:
+        services.progress.finish(table.target, report.status)
     # Logged last, once the run is recorded, so `status` agrees with the log line.
     event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
     event(
@@ -150,6 +154,7 @@ class TableRun:
     async def run(self) -> None:
         async with open_table(self.services.clickhouse, self.table) as src:
             self.src = src
+            self.hashed = audit.checksummed(self.table, src.plan)
             upto = await self.prepare()
             if upto is None:
                 return
@@ -221,6 +226,13 @@ class TableRun:
 
     async def transfer(self, upto: Any) -> None:
         """Page the rows after the committed position up to `upto` into Iceberg."""
+        if self.services.progress is not None:
+            src = self.src
+            query = behind_query(src.relation, src.plan.order, self.report.watermark)
+            total = int((await src.source.rows(query))[0][0])
+            self.services.progress.start(
+                self.table.target, min(total, self.table.max_rows_per_cycle)
+            )
         send, receive = anyio.create_memory_object_stream[Page](0)
         try:
             async with anyio.create_task_group() as tg:
@@ -235,7 +247,9 @@ class TableRun:
 
     async def _fetch(self, scan: Scan, send: MemoryObjectSendStream[Page]) -> None:
         table, report = self.table, self.report
-        pager = self.src.source.pager(table, self.src.plan)
+        pager = self.src.source.pager(
+            table, self.src.plan, self.hashed.expr if self.hashed else None
+        )
         fetched = 0
         after = report.watermark
         pages = keyset_pages(pager, scan, after, table.batch_rows)
@@ -284,31 +298,42 @@ class TableRun:
         chunk_rows = min(FILE_ROWS, self.table.append_rows)
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
+        sums: dict[int, DaySum] = {}
         position: list[Any] | None = None
         async with receive:
             async for page in receive:
                 t0 = time.monotonic()
-                batch = await anyio.to_thread.run_sync(page.to_batch, limiter=self.services.cpu)
+                batch, page_sums = await anyio.to_thread.run_sync(
+                    audit.convert_page,
+                    page,
+                    self.table.watermark,
+                    self.hashed,
+                    limiter=self.services.cpu,
+                )
                 self.report.stage("convert", time.monotonic() - t0)
                 faults.point("convert")
                 position = page.position
                 del page  # the driver's Python objects are the bulk of a page's memory
                 pending.append(batch)
                 pending_rows += batch.num_rows
+                audit.add_sums(sums, page_sums)
                 self.report.pages += 1
+                if self.services.progress is not None:
+                    self.services.progress.advance(self.table.target, batch.num_rows)
                 if pending_rows >= chunk_rows:
-                    await chunks.send((pending, position))
-                    pending, pending_rows = [], 0
+                    await chunks.send((pending, position, sums))
+                    pending, pending_rows, sums = [], 0, {}
         if pending and position is not None:
-            await chunks.send((pending, position))
+            await chunks.send((pending, position, sums))
 
     async def _write(self, receive: MemoryObjectReceiveStream[_Chunk]) -> None:
         """Write chunks as data files; commit every `append_rows` rows and at the end."""
         written: list[WrittenFiles] = []
         rows = 0
+        sums: dict[int, DaySum] = {}
         position: list[Any] | None = None
         async with receive:
-            async for batches, at in receive:
+            async for batches, at, chunk_sums in receive:
                 t0 = time.monotonic()
                 files = await anyio.to_thread.run_sync(
                     self.ice.write_files, batches, self.table.watermark, limiter=self.services.io
@@ -317,14 +342,17 @@ class TableRun:
                 faults.point("write")
                 written.append(files)
                 rows += files.rows
+                audit.add_sums(sums, chunk_sums)
                 position = at
                 if rows >= self.table.append_rows:
-                    await self._commit(written, position)
-                    written, rows = [], 0
+                    await self._commit(written, position, sums)
+                    written, rows, sums = [], 0, {}
         if written and position is not None:
-            await self._commit(written, position)
+            await self._commit(written, position, sums)
 
-    async def _commit(self, written: list[WrittenFiles], position: list[Any]) -> None:
+    async def _commit(
+        self, written: list[WrittenFiles], position: list[Any], sums: dict[int, DaySum]
+    ) -> None:
         """Commit the written files to Iceberg, then advance PostgreSQL. Shielded: once the
         Iceberg commit starts, a deadline or shutdown waits for both commits to finish."""
         services, table, report = self.services, self.table, self.report
@@ -348,6 +376,7 @@ class TableRun:
                 rows=rows,
                 run_id=self.run_id,
                 snapshot_id=mark.snapshot_id,
+                days=sums,
             )
             report.stage("watermark_commit", time.monotonic() - t0)
         self.seq = mark.seq
@@ -375,6 +404,10 @@ class TableRun:
         position = list(report.watermark)
         t0 = time.monotonic()
         try:
+            recorded = None
+            if self.hashed is not None:
+                lo, hi = (audit.day_number(d) for d in bounds)
+                recorded = await self.services.watermarks.day_sums(table.target, lo, hi)
             found = await audit.audit_days(
                 src.source,
                 src.relation,
@@ -383,6 +416,8 @@ class TableRun:
                 self.ice,
                 *bounds,
                 self.services.io,
+                self.hashed,
+                recorded,
             )
         except TableError as exc:
             log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
@@ -400,6 +435,7 @@ class TableRun:
                     "day": day.day.isoformat(),
                     "clickhouse_rows": day.clickhouse,
                     "iceberg_rows": day.iceberg,
+                    "values_differ": day.values_differ,
                     "policy": table.late_rows,
                 },
             )
@@ -443,7 +479,7 @@ class TableRun:
         report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
 
 
-_Chunk = tuple[list[pa.RecordBatch], list[Any]]
+_Chunk = tuple[list[pa.RecordBatch], list[Any], dict[int, DaySum]]
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -26,15 +26,25 @@ from typing import Any
 import anyio
 
 from offloader import faults, plan
-from offloader.audit import DayCount, audit_days, day_number, day_start, watermark_day
+from offloader.audit import (
+    DayCount,
+    add_sums,
+    audit_days,
+    convert_page,
+    day_number,
+    day_start,
+    plan_hash,
+    watermark_day,
+)
 from offloader.config import Config, TableConfig
 from offloader.cursor import from_micros, watermark_from_int
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
+from offloader.progress import Progress
 from offloader.source import Scan, SourceTable, keyset_pages, open_table, table_ttl
-from offloader.sql import NOW_MICROS, quote_ident, ttl_seconds, watermark_int
-from offloader.watermarks import Store, Watermarks
+from offloader.sql import NOW_MICROS, RowHash, quote_ident, ttl_seconds, watermark_int
+from offloader.watermarks import DaySum, Store, Watermarks
 
 # Repaired rows are written to data files of about this many rows while they are read.
 FILE_ROWS = 250_000
@@ -147,6 +157,7 @@ async def repair(
     force: bool = False,
     dry_run: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
+    progress: Progress | None = None,
 ) -> RepairReport:
     """Replace `days` (each at or before the committed watermark's day) of the Iceberg
     table with ClickHouse's rows. The caller holds the table's lock and has reconciled
@@ -155,8 +166,23 @@ async def repair(
     if not days:
         report.status = "nothing"
         return report
+    checked = plan_hash(src.plan) if table.audit_checksums else None
+    recorded = None
+    if checked is not None:
+        recorded = await watermarks.day_sums(
+            table.target, day_number(min(days)), day_number(max(days))
+        )
     audit = await audit_days(
-        src.source, src.relation, src.plan.order, position, ice, min(days), max(days), limiter
+        src.source,
+        src.relation,
+        src.plan.order,
+        position,
+        ice,
+        min(days),
+        max(days),
+        limiter,
+        checked,
+        recorded,
     )
     counts = {c.day: c for c in audit.days}
     oldest_day, ttl, now = await _source_facts(src, table)
@@ -176,9 +202,14 @@ async def repair(
     if dry_run:
         return report
     run_id = uuid.uuid4().hex
-    written = await _read_days(src, table, ice, position, accepted, limiter)
-    report.rows_after = sum(w.rows for w in written)
+    hashed = plan_hash(src.plan)
     wanted = {day_number(c.day) for c in accepted}
+    # The repaired days' sums start again from what is written now (empty days too).
+    sums = {n: DaySum(0, 0, hashed.key) for n in wanted}
+    if progress is not None:
+        progress.start(table.target, sum(c.clickhouse for c in accepted))
+    written = await _read_days(src, table, ice, position, accepted, limiter, hashed, sums, progress)
+    report.rows_after = sum(w.rows for w in written)
     wm_name = src.plan.order[0][0]
     live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
     deleted, kept_rows = [], 0
@@ -223,6 +254,8 @@ async def repair(
             rows=delta,
             run_id=run_id,
             snapshot_id=snapshot_id,
+            days=sums,
+            replace_days=True,
         )
     report.seq = seq + 1
     log.info(
@@ -255,10 +288,14 @@ async def _read_days(
     position: list[Any],
     days: list[DayCount],
     limiter: anyio.CapacityLimiter | None,
+    hashed: RowHash,
+    sums: dict[int, DaySum],
+    progress: Progress | None = None,
 ) -> list[WrittenFiles]:
     """ClickHouse's rows of `days` up to the committed position, written as data files
-    (not committed) every FILE_ROWS rows, so memory stays bounded by a file."""
-    pager = src.source.pager(table, src.plan)
+    (not committed) every FILE_ROWS rows, so memory stays bounded by a file; their
+    per-day row-hash sums are added to `sums`."""
+    pager = src.source.pager(table, src.plan, hashed.expr)
     wm_type = src.plan.order[0][1]
     written: list[WrittenFiles] = []
     pending: list[Any] = []
@@ -272,7 +309,12 @@ async def _read_days(
             through=position,
         )
         async for page in keyset_pages(pager, scan, None, table.batch_rows):
-            batch = await anyio.to_thread.run_sync(page.to_batch, limiter=limiter)
+            batch, page_sums = await anyio.to_thread.run_sync(
+                convert_page, page, table.watermark, hashed, limiter=limiter
+            )
+            add_sums(sums, page_sums)
+            if progress is not None:
+                progress.advance(table.target, batch.num_rows)
             pending.append(batch)
             pending_rows += batch.num_rows
             if pending_rows >= FILE_ROWS:
@@ -297,6 +339,7 @@ async def repair_table(
     until: dt.date | None = None,
     force: bool = False,
     dry_run: bool = False,
+    progress: Progress | None = None,
 ) -> RepairReport:
     """`offloader repair`: the days in [since, until) (up to the watermark's day), or
     without them the days a fresh audit of the table's window finds drifted. Never
@@ -345,8 +388,21 @@ async def repair_table(
                 days = [first + dt.timedelta(days=k) for k in range((end - first).days)]
             else:
                 first_day, last_day = last - dt.timedelta(days=max(table.audit_days, 1) - 1), last
+                hashed = plan_hash(src.plan) if table.audit_checksums else None
+                recorded = await watermarks.day_sums(
+                    table.target, day_number(first_day), day_number(last_day)
+                )
                 found = await audit_days(
-                    src.source, src.relation, src.plan.order, position, ice, first_day, last_day
+                    src.source,
+                    src.relation,
+                    src.plan.order,
+                    position,
+                    ice,
+                    first_day,
+                    last_day,
+                    None,
+                    hashed,
+                    recorded,
                 )
                 days = [d.day for d in found.drifted]
             return await repair(
@@ -359,6 +415,7 @@ async def repair_table(
                 days=days,
                 force=force and explicit,
                 dry_run=dry_run,
+                progress=progress,
             )
     except TableError as exc:
         report.status = "skipped" if isinstance(exc, Locked) else "failed"

@@ -7,8 +7,10 @@ would make a DateTime64 keyset re-read the same rows forever.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from offloader.source.types import ChType, quote_ident
@@ -166,20 +168,45 @@ def day_expr(wm_name: str, wm_type: ChType) -> str:
     return f"toInt32(toDate({q}, 'UTC'))"
 
 
+@dataclass(frozen=True, slots=True)
+class RowHash:
+    """A 64-bit hash of a whole row, computed by ClickHouse: pages carry it so each
+    commit records per-day sums, and the audit sums it again to find rows whose values
+    changed in place. `key` names the columns (and types) it covers: sums are compared
+    only when they cover the same columns."""
+
+    expr: str
+    key: str
+
+
+def row_hash(columns: Sequence[tuple[str, str]]) -> RowHash:
+    """The row hash over (name, type) columns. A tuple, because cityHash64 of several
+    arguments is NULL when any of them is; a tuple hashes NULL apart from 0 and ''."""
+    expr = f"cityHash64(tuple({', '.join(quote_ident(name) for name, _ in columns)}))"
+    text = ";".join(f"{name} {type_}" for name, type_ in columns)
+    return RowHash(expr, hashlib.sha1(text.encode()).hexdigest()[:16])
+
+
 def day_counts_query(
-    source: str, order: Sequence[tuple[str, ChType]], since: Any, through: Sequence[Any]
+    source: str,
+    order: Sequence[tuple[str, ChType]],
+    since: Any,
+    through: Sequence[Any],
+    hashed: RowHash | None = None,
 ) -> str:
     """Per UTC day from `since` (an encoded watermark value): the rows up to and including
-    the committed position `through` (the audit's ClickHouse side), and the rows after it
-    with the oldest one's watermark (how far Iceberg is behind: every row after the
-    position is on or after its day), plus the server's time. One grouped query."""
+    the committed position `through` (the audit's ClickHouse side) and the sum of their
+    row hashes (0 without `hashed`), and the rows after it with the oldest one's
+    watermark (how far Iceberg is behind: every row after the position is on or after
+    its day), plus the server's time. One grouped query."""
     wm_name, wm_type = order[0]
     day = day_expr(wm_name, wm_type)
     after = keyset_after(order, through)
     oldest = watermark_int(wm_type, f"minIf({quote_ident(wm_name)}, {after})")
+    checksum = f"toString(sumIf({hashed.expr}, NOT ({after})))" if hashed else "'0'"
     return (
         f"SELECT {day} AS d, countIf(NOT ({after})), countIf({after}), {oldest}, "
-        f"any({NOW_MICROS}) FROM {source} "
+        f"any({NOW_MICROS}), {checksum} FROM {source} "
         f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} GROUP BY d ORDER BY d"
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,8 +16,15 @@ from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
 from offloader.plan import behind
 from offloader.source.types import parse_type
-from offloader.sql import behind_query, quote_ident, read_from, ttl_seconds, watermark_int
-from offloader.watermarks import StatusRow, Watermarks
+from offloader.sql import (
+    behind_query,
+    quote_ident,
+    read_from,
+    row_hash,
+    ttl_seconds,
+    watermark_int,
+)
+from offloader.watermarks import DaySum, StatusRow, Watermarks
 
 
 @dataclass(slots=True)
@@ -138,8 +146,24 @@ async def _source_side(
         # A fresh audit of the table's window, as each run does (audit.py).
         bounds = audit.window(wm_type, st.watermark, table.audit_days)
         if ice is not None and bounds is not None and st.watermark is not None:
-            found = await audit.audit_days(ch, src, tuple(order), st.watermark, ice, *bounds)
+            hashed = row_hash(list(columns.items())) if table.audit_checksums else None
+            recorded = None
+            if hashed is not None:
+                recorded = await recorded_sums(cfg, table.target, *bounds)
+            found = await audit.audit_days(
+                ch, src, tuple(order), st.watermark, ice, *bounds, None, hashed, recorded
+            )
             st.drifted_days = [d.as_dict() for d in found.drifted]
+
+
+async def recorded_sums(
+    cfg: Config, target: str, first: dt.date, last: dt.date
+) -> dict[int, DaySum]:
+    watermarks = await Watermarks.open(cfg.postgres, max_size=1)
+    try:
+        return await watermarks.day_sums(target, audit.day_number(first), audit.day_number(last))
+    finally:
+        await watermarks.close()
 
 
 def render(statuses: list[TableStatus]) -> str:

@@ -19,6 +19,7 @@ from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
 from offloader.pipeline import Services, offload_table
+from offloader.progress import Progress
 from offloader.report import TableReport
 from offloader.watermarks import Watermarks
 
@@ -82,7 +83,7 @@ class Runtime:
 
 
 @asynccontextmanager
-async def open_runtime(cfg: Config) -> AsyncIterator[Runtime]:
+async def open_runtime(cfg: Config, progress: Progress | None = None) -> AsyncIterator[Runtime]:
     """Open PostgreSQL (migrating its schema) and the catalog for one process."""
     watermarks = await Watermarks.open(
         cfg.postgres, max_size=2 * cfg.service.max_parallel_tables + 2
@@ -94,6 +95,7 @@ async def open_runtime(cfg: Config) -> AsyncIterator[Runtime]:
             watermarks=watermarks,
             cpu=anyio.CapacityLimiter(max(1, os.cpu_count() or 1)),
             io=anyio.CapacityLimiter(max(2, cfg.service.max_parallel_tables)),
+            progress=progress,
         )
         yield Runtime(services)
     finally:
@@ -157,10 +159,12 @@ async def run_cycle(
     return report
 
 
-async def run_once(cfg: Config, on_table: TableHook | None = None) -> CycleReport:
+async def run_once(
+    cfg: Config, on_table: TableHook | None = None, progress: Progress | None = None
+) -> CycleReport:
     """Open the runtime, run one cycle, close. A state database outage fails the cycle."""
     try:
-        async with open_runtime(cfg) as runtime:
+        async with open_runtime(cfg, progress) as runtime:
             return await run_cycle(cfg, runtime, on_table=on_table)
     except TableError as exc:
         report = CycleReport(

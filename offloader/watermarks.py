@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
@@ -68,7 +69,33 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS runs_target_id ON {s}.runs (target, id DESC);
     """,
+    # Per table and UTC day: the rows offloaded and the sum (mod 2^64) of their row
+    # hashes (sql.RowHash), added in the same transaction as the watermark they moved,
+    # replaced by a repair. The late-rows audit compares them with ClickHouse's.
+    """
+    CREATE TABLE IF NOT EXISTS {s}.day_sums (
+        target      text NOT NULL,
+        day         integer NOT NULL,  -- days since 1970-01-01
+        rows        bigint NOT NULL,
+        checksum    numeric(20, 0) NOT NULL,
+        columns_key text NOT NULL,  -- sql.RowHash.key; '' when the day mixes two
+        PRIMARY KEY (target, day)
+    );
+    """,
 )
+_MOD64 = 2**64
+
+
+@dataclass(frozen=True, slots=True)
+class DaySum:
+    """A day's offloaded rows and the sum of their row hashes (sql.RowHash)."""
+
+    rows: int
+    checksum: int
+    columns_key: str = ""
+
+
+DaySums = Mapping[int, DaySum]  # by day number (days since 1970-01-01)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +151,11 @@ class Store(Protocol):
         run_id: str,
         snapshot_id: int | None,
         recovered: bool = False,
+        days: DaySums | None = None,
+        replace_days: bool = False,
     ) -> None: ...
+
+    async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]: ...
 
     async def record_run(
         self,
@@ -252,8 +283,12 @@ class Watermarks:
         run_id: str,
         snapshot_id: int | None,
         recovered: bool = False,
+        days: DaySums | None = None,
+        replace_days: bool = False,
     ) -> None:
-        """Advance the watermark from prev_seq to seq, with its commit-log row, atomically."""
+        """Advance the watermark from prev_seq to seq, with its commit-log row and the
+        per-day sums of the rows it moved (added; replaced with `replace_days`, as a
+        repair does), atomically."""
         pos = cursor.dumps(position)
         with _mapped("watermark commit", self._cfg.dsn):
             async with self._pool.acquire() as conn, conn.transaction():
@@ -289,6 +324,41 @@ class Watermarks:
                     snapshot_id,
                     recovered,
                 )
+                if days:
+                    await self._add_days(conn, target, days, replace_days)
+
+    async def _add_days(self, conn: Any, target: str, days: DaySums, replace: bool) -> None:
+        ordered = sorted(days.items())
+        await conn.execute(
+            f"""INSERT INTO {self._s}.day_sums AS d (target, day, rows, checksum, columns_key)
+                SELECT $1, u.day, u.rows, u.checksum, u.key
+                FROM unnest($2::int[], $3::bigint[], $4::numeric[], $5::text[])
+                     AS u(day, rows, checksum, key)
+                ON CONFLICT (target, day) DO UPDATE SET
+                    rows = CASE WHEN $6 THEN EXCLUDED.rows ELSE d.rows + EXCLUDED.rows END,
+                    checksum = CASE WHEN $6 THEN EXCLUDED.checksum
+                                    ELSE (d.checksum + EXCLUDED.checksum) % {_MOD64} END,
+                    columns_key = CASE WHEN $6 OR d.columns_key = EXCLUDED.columns_key
+                                       THEN EXCLUDED.columns_key ELSE '' END""",
+            target,
+            [day for day, _ in ordered],
+            [s.rows for _, s in ordered],
+            [Decimal(s.checksum % _MOD64) for _, s in ordered],
+            [s.columns_key for _, s in ordered],
+            replace,
+        )
+
+    async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]:
+        """The recorded sums of days first..last (day numbers)."""
+        rows = await self._run(
+            "read day sums",
+            f"""SELECT day, rows, checksum, columns_key FROM {self._s}.day_sums
+                WHERE target = $1 AND day BETWEEN $2 AND $3""",
+            target,
+            first,
+            last,
+        )
+        return {int(r[0]): DaySum(int(r[1]), int(r[2]), str(r[3])) for r in rows}
 
     async def record_run(
         self,
@@ -341,16 +411,21 @@ class Watermarks:
         ]
 
     async def reset(self, target: str, seq: int, position: Sequence[Any] | None) -> None:
-        """Operator recovery: set a table's watermark (see README "Recovery")."""
+        """Operator recovery: set a table's watermark (see README "Recovery"). The
+        per-day sums are forgotten: the Iceberg table may not be the one they describe
+        (the audit then compares counts only, until a repair records them again)."""
         pos = None if position is None else cursor.dumps(position)
-        await self._run(
-            "reset watermark",
-            f"""UPDATE {self._s}.watermarks SET seq = $2, position = $3::jsonb, updated_at = now()
-                WHERE target = $1""",
-            target,
-            seq,
-            pos,
-        )
+        with _mapped("reset watermark", self._cfg.dsn):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    f"""UPDATE {self._s}.watermarks
+                        SET seq = $2, position = $3::jsonb, updated_at = now()
+                        WHERE target = $1""",
+                    target,
+                    seq,
+                    pos,
+                )
+                await conn.execute(f"DELETE FROM {self._s}.day_sums WHERE target = $1", target)
 
 
 async def _create_pool(dsn: str, max_size: int) -> asyncpg.Pool:

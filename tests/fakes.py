@@ -21,7 +21,7 @@ from offloader.config import TableConfig
 from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
-from offloader.watermarks import TableState
+from offloader.watermarks import DaySum, DaySums, TableState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
 NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)
@@ -39,6 +39,9 @@ class FakePage:
     @property
     def position(self) -> list[Any]:
         return [self.data[-1][0]] if self.data else []
+
+    def checksums(self) -> pa.Array | None:
+        return None
 
     def to_batch(self) -> pa.RecordBatch:
         ids, vs = zip(*self.data, strict=True) if self.data else ((), ())
@@ -71,7 +74,7 @@ class FakeSource:
     async def scalar(self, query: str) -> Any:
         return (await self.rows(query))[0][0]
 
-    def pager(self, table: TableConfig, plan: SourcePlan) -> FakePager:
+    def pager(self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None) -> FakePager:
         return FakePager(self, plan)
 
 
@@ -111,6 +114,7 @@ class FakeStore:
     position: dict[str, tuple[Any, ...] | None] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
     locked: set[str] = field(default_factory=set)
+    sums: dict[tuple[str, int], DaySum] = field(default_factory=dict)
 
     @asynccontextmanager
     async def table_lock(self, target: str) -> AsyncIterator[None]:
@@ -136,11 +140,23 @@ class FakeStore:
         run_id: str,
         snapshot_id: int | None,
         recovered: bool = False,
+        days: DaySums | None = None,
+        replace_days: bool = False,
     ) -> None:
         if self.seq.get(target, 0) != prev_seq:
             raise InconsistentState(f"{target}: at {self.seq.get(target)}, expected {prev_seq}")
         self.seq[target] = seq
         self.position[target] = tuple(position)
+        for day, add in (days or {}).items():
+            old = self.sums.get((target, day))
+            if old is not None and not replace_days:
+                add = DaySum(
+                    old.rows + add.rows, (old.checksum + add.checksum) % 2**64, add.columns_key
+                )
+            self.sums[(target, day)] = add
+
+    async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]:
+        return {d: s for (t, d), s in self.sums.items() if t == target and first <= d <= last}
 
     async def record_run(self, **run: Any) -> None:
         self.runs.append(run)

@@ -90,6 +90,10 @@ class Page(Protocol):
         worker thread). Raises DataError naming the column of a value it cannot keep."""
         ...
 
+    def checksums(self) -> pa.Array | None:
+        """Each row's hash (uint64, sql.RowHash) when the pager was asked for it."""
+        ...
+
 
 class Pager(Protocol):
     """Reads keyset pages of one table."""
@@ -111,7 +115,10 @@ class Source(Protocol):
 
     async def scalar(self, query: str) -> Any: ...
 
-    def pager(self, table: TableConfig, plan: SourcePlan) -> Pager: ...
+    def pager(self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None) -> Pager:
+        """The table's page reader; with `row_hash` (SQL), pages also carry each row's
+        hash (Page.checksums)."""
+        ...
 
 
 def transport_of(cfg: ClickHouseConfig, table: TableConfig) -> Transport:

@@ -137,8 +137,10 @@ class ArrowHttpSession:
             )
         return body
 
-    def pager(self, table: TableConfig, plan: SourcePlan) -> ArrowPager:
-        return ArrowPager(self, table, plan)
+    def pager(
+        self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None
+    ) -> ArrowPager:
+        return ArrowPager(self, table, plan, row_hash)
 
     async def page(self, query: str) -> pa.RecordBatch:
         """Run one page query and return its rows as one RecordBatch (wire forms)."""
@@ -187,6 +189,7 @@ class ArrowPage:
     target: str
     plan: SourcePlan
     batch: pa.RecordBatch  # wire forms
+    hashes: pa.Array | None = None
 
     @property
     def rows(self) -> int:
@@ -205,17 +208,34 @@ class ArrowPage:
     def to_batch(self) -> pa.RecordBatch:
         return conform_batch(self.target, self.plan.columns, self.batch)
 
+    def checksums(self) -> pa.Array | None:
+        return self.hashes
+
 
 class ArrowPager:
-    def __init__(self, http: ArrowHttpSession, table: TableConfig, plan: SourcePlan) -> None:
+    def __init__(
+        self,
+        http: ArrowHttpSession,
+        table: TableConfig,
+        plan: SourcePlan,
+        row_hash: str | None = None,
+    ) -> None:
         self._http = http
         self._target = table.target
         self._plan = plan
+        self._hashed = row_hash is not None
         self.select = [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in plan.columns]
+        if row_hash:
+            self.select.append(row_hash)
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ArrowPage:
         batch = await self._http.page(scan.query(self._plan, self.select, after, limit))
-        return ArrowPage(self._target, self._plan, batch)
+        if not self._hashed:
+            return ArrowPage(self._target, self._plan, batch)
+        n = batch.num_columns - 1
+        hashes = batch.column(n).cast(pa.uint64())
+        data = pa.RecordBatch.from_arrays(batch.columns[:n], names=batch.schema.names[:n])
+        return ArrowPage(self._target, self._plan, data, hashes)
 
 
 @asynccontextmanager

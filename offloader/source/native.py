@@ -149,8 +149,10 @@ class ClickHouseSession:
         rows = await self.rows(query)
         return rows[0][0] if rows else None
 
-    def pager(self, table: TableConfig, plan: SourcePlan) -> NativePager:
-        return NativePager(self, table, plan)
+    def pager(
+        self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None
+    ) -> NativePager:
+        return NativePager(self, table, plan, row_hash)
 
     async def columns(
         self, query: str, expected_columns: int, *, strings_as_bytes: bool = False
@@ -178,6 +180,7 @@ class NativePage:
     target: str
     plan: SourcePlan
     data: Columns
+    hashes: Sequence[int] | None = None
 
     @property
     def rows(self) -> int:
@@ -198,14 +201,24 @@ class NativePage:
     def to_batch(self) -> pa.RecordBatch:
         return to_record_batch(self.target, self.plan.columns, self.data.columns)
 
+    def checksums(self) -> pa.Array | None:
+        return None if self.hashes is None else pa.array(self.hashes, pa.uint64())
+
 
 class NativePager:
-    def __init__(self, session: ClickHouseSession, table: TableConfig, plan: SourcePlan) -> None:
+    def __init__(
+        self,
+        session: ClickHouseSession,
+        table: TableConfig,
+        plan: SourcePlan,
+        row_hash: str | None = None,
+    ) -> None:
         self._session = session
         self._target = table.target
         self._plan = plan
         self._binary = table.strings == "binary"
-        self.select = plan.select
+        self._hashed = row_hash is not None
+        self.select = plan.select + ([row_hash] if row_hash else [])
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> NativePage:
         query = scan.query(self._plan, self.select, after, limit)
@@ -218,7 +231,10 @@ class NativePager:
                 raise
             detail = await invalid_utf8_columns(self._session, self._plan, scan.relation)
             raise DataError(str(exc) + detail, reason="utf8") from exc
-        return NativePage(self._target, self._plan, data)
+        if not self._hashed:
+            return NativePage(self._target, self._plan, data)
+        *columns, hashes = data.columns
+        return NativePage(self._target, self._plan, Columns(columns, data.rows), hashes)
 
 
 @asynccontextmanager
