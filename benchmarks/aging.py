@@ -34,7 +34,7 @@ import orjson
 
 from benchmarks.cycle import Bench, machine
 from offloader import devserver
-from offloader.config import load_config
+from offloader.configfile import load_config
 from offloader.iceberg import IcebergCatalog
 from offloader.iceberg import maintenance as ops
 from offloader.maintenance import maintain

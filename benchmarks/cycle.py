@@ -32,7 +32,8 @@ import orjson
 import pyarrow as pa
 
 from offloader import devserver, source
-from offloader.config import ClickHouseConfig, Config, load_config
+from offloader.config import ClickHouseConfig, Config
+from offloader.configfile import load_config
 from offloader.cursor import encode_value
 from offloader.iceberg import IcebergCatalog
 from offloader.pipeline import FILE_ROWS

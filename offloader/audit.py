@@ -36,7 +36,7 @@ from offloader.plan import SourcePlan
 from offloader.source import Page, Source
 from offloader.source.types import ChType
 from offloader.sql import RowHash, day_counts_query, row_hash
-from offloader.watermarks import DaySum
+from offloader.state import DaySum
 
 EPOCH = dt.date(1970, 1, 1)
 

@@ -16,7 +16,8 @@ import anyio
 import orjson
 
 from offloader import log as logsetup
-from offloader.config import Config, config_path, load_config
+from offloader.config import Config, config_path
+from offloader.configfile import load_config
 from offloader.errors import ConfigError, OffloaderError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2

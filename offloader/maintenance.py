@@ -27,7 +27,7 @@ from offloader.config import MaintenanceConfig, TableConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
-from offloader.watermarks import Store
+from offloader.state import Store
 
 log = logging.getLogger(__name__)
 

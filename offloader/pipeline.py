@@ -26,7 +26,7 @@ import anyio
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import audit, cursor, faults, plan, repair
+from offloader import audit, checkup, cursor, faults, plan
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, WrittenFiles
@@ -34,7 +34,7 @@ from offloader.progress import Progress
 from offloader.report import TableReport
 from offloader.source import Page, Scan, keyset_pages, open_table
 from offloader.sql import NOW_MICROS, behind_query, quote_ident, watermark_int
-from offloader.watermarks import DaySum, Store
+from offloader.state import DaySum, Store
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ class TableRun:
             await self.transfer(upto)
             if self.report.rows == 0:
                 self.report.status = "idle"
-            if not await self.audit():
-                await self.measure_behind()
+            if not await checkup.audit(self):
+                await checkup.measure_behind(self)
 
     async def prepare(self) -> Any | None:
         """Open the Iceberg table, reconcile PostgreSQL with its newest commit marker and
@@ -388,95 +388,6 @@ class TableRun:
             "committed",
             extra={"table": table.target, "rows": rows, "seq": mark.seq, "watermark": position},
         )
-
-    async def audit(self) -> bool:
-        """Compare both tiers per day over the audit window (audit.py) after the run's
-        commits; with `late_rows = "repair"`, replace the drifted days at once. The same
-        query tells how far the table is behind (report.rows_behind, lag_seconds).
-        Returns whether it ran (the table has an audit window)."""
-        table, report, src = self.table, self.report, self.src
-        wm_type = src.plan.order[0][1]
-        bounds = audit.window(wm_type, report.watermark, table.audit_days)
-        if bounds is None or report.watermark is None or report.more:
-            # `more`: a backlog is being worked off in chunks; the run that catches up
-            # audits (the window would mostly hold rows this very run just wrote).
-            return False
-        position = list(report.watermark)
-        t0 = time.monotonic()
-        try:
-            recorded = None
-            if self.hashed is not None:
-                lo, hi = (audit.day_number(d) for d in bounds)
-                recorded = await self.services.watermarks.day_sums(table.target, lo, hi)
-            found = await audit.audit_days(
-                src.source,
-                src.relation,
-                src.plan.order,
-                position,
-                self.ice,
-                *bounds,
-                self.services.io,
-                self.hashed,
-                recorded,
-            )
-        except TableError as exc:
-            log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
-            return False
-        oldest = found.oldest_waiting
-        first = cursor.watermark_from_int(wm_type, oldest) if oldest is not None else None
-        now = cursor.from_micros(found.server_now) if found.server_now else datetime.now(UTC)
-        behind = plan.behind(found.waiting, first, now, wm_type)
-        report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
-        for day in found.drifted:
-            log.warning(
-                "late rows: the tiers differ on a day below the watermark",
-                extra={
-                    "table": table.target,
-                    "day": day.day.isoformat(),
-                    "clickhouse_rows": day.clickhouse,
-                    "iceberg_rows": day.iceberg,
-                    "values_differ": day.values_differ,
-                    "policy": table.late_rows,
-                },
-            )
-        drifted = found.drifted
-        if drifted and table.late_rows == "repair":
-            fixed = await repair.repair(
-                src,
-                self.services.watermarks,
-                table,
-                self.ice,
-                seq=self.seq,
-                position=position,
-                days=[d.day for d in drifted],
-                limiter=self.services.io,
-            )
-            report.repaired = [d.day.isoformat() for d in fixed.days]
-            if fixed.seq is not None:
-                self.seq = fixed.seq
-                report.snapshots += 1
-            for why in fixed.refused:
-                log.error("late rows not repaired", extra={"table": table.target, "reason": why})
-            drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
-        report.drifted = [d.as_dict() for d in drifted]
-        report.stage("audit", time.monotonic() - t0)
-        return True
-
-    async def measure_behind(self) -> None:
-        """How far Iceberg is behind ClickHouse after the run (status and metrics agree
-        on it): one small query that reads only the granules past the watermark. Its
-        failure does not fail a run whose commits are done."""
-        src, report = self.src, self.report
-        wm_type = src.plan.order[0][1]
-        query = behind_query(src.relation, src.plan.order, report.watermark)
-        try:
-            rows, oldest, now = (await src.source.rows(query))[0]
-        except TableError as exc:
-            log.warning("could not measure lag", extra={"table": report.target, "error": str(exc)})
-            return
-        first = cursor.watermark_from_int(wm_type, oldest) if rows else None
-        behind = plan.behind(int(rows), first, cursor.from_micros(now), wm_type)
-        report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
 
 
 _Chunk = tuple[list[pa.RecordBatch], list[Any], dict[int, DaySum]]

@@ -44,7 +44,8 @@ from offloader.iceberg import maintenance as ops
 from offloader.progress import Progress
 from offloader.source import Scan, SourceTable, keyset_pages, open_table, table_ttl
 from offloader.sql import NOW_MICROS, RowHash, quote_ident, ttl_seconds, watermark_int
-from offloader.watermarks import DaySum, Store, Watermarks
+from offloader.state import DaySum, Store
+from offloader.watermarks import Watermarks
 
 # Repaired rows are written to data files of about this many rows while they are read.
 FILE_ROWS = 250_000

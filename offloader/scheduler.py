@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 
-from offloader.config import Config, load_config
+from offloader.config import Config
+from offloader.configfile import load_config
 from offloader.errors import ConfigError, TableError
 from offloader.metrics import Metrics
 from offloader.supervisor import open_runtime, run_cycle

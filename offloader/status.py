@@ -24,7 +24,8 @@ from offloader.sql import (
     ttl_seconds,
     watermark_int,
 )
-from offloader.watermarks import DaySum, StatusRow, Watermarks
+from offloader.state import DaySum, StatusRow
+from offloader.watermarks import Watermarks
 
 
 @dataclass(slots=True)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -24,6 +23,7 @@ import asyncpg
 from offloader import cursor, faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
+from offloader.state import DaySum, DaySums, StatusRow, TableState
 
 log = logging.getLogger(__name__)
 
@@ -86,41 +86,6 @@ MIGRATIONS: tuple[str, ...] = (
 _MOD64 = 2**64
 
 
-@dataclass(frozen=True, slots=True)
-class DaySum:
-    """A day's offloaded rows and the sum of their row hashes (sql.RowHash)."""
-
-    rows: int
-    checksum: int
-    columns_key: str = ""
-
-
-DaySums = Mapping[int, DaySum]  # by day number (days since 1970-01-01)
-
-
-@dataclass(frozen=True, slots=True)
-class TableState:
-    target: str
-    seq: int
-    position: tuple[Any, ...] | None
-    rows_total: int
-    updated_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class StatusRow:
-    target: str
-    source: str
-    seq: int
-    position: tuple[Any, ...] | None
-    rows_total: int
-    updated_at: datetime | None
-    last_status: str | None
-    last_run_at: datetime | None
-    last_rows: int | None
-    last_error: str | None
-
-
 @contextmanager
 def _mapped(what: str, dsn: str) -> Iterator[None]:
     """asyncpg's and the socket's exceptions -> StateError (Exception only:
@@ -131,46 +96,6 @@ def _mapped(what: str, dsn: str) -> Iterator[None]:
         raise StateError(
             f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}"
         ) from exc
-
-
-class Store(Protocol):
-    """What a table run needs of the state store (Watermarks; a fake in the unit tests)."""
-
-    def table_lock(self, target: str) -> AbstractAsyncContextManager[None]: ...
-
-    async def get(self, target: str, source: str) -> TableState: ...
-
-    async def commit(
-        self,
-        target: str,
-        *,
-        prev_seq: int,
-        seq: int,
-        position: Sequence[Any],
-        rows: int,
-        run_id: str,
-        snapshot_id: int | None,
-        recovered: bool = False,
-        days: DaySums | None = None,
-        replace_days: bool = False,
-    ) -> None: ...
-
-    async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]: ...
-
-    async def record_run(
-        self,
-        *,
-        run_id: str,
-        target: str,
-        started_at: datetime,
-        finished_at: datetime,
-        status: str,
-        rows: int,
-        pages: int,
-        snapshots: int,
-        seconds: float,
-        error: str | None,
-    ) -> None: ...
 
 
 class Watermarks:

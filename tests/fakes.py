@@ -21,7 +21,7 @@ from offloader.config import TableConfig
 from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
-from offloader.watermarks import DaySum, DaySums, TableState
+from offloader.state import DaySum, DaySums, TableState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
 NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)

@@ -14,7 +14,8 @@ import asyncpg
 import pyarrow as pa
 
 from offloader import source
-from offloader.config import ClickHouseConfig, Config, TableConfig, load_config
+from offloader.config import ClickHouseConfig, Config, TableConfig
+from offloader.configfile import load_config
 from offloader.iceberg import IcebergCatalog
 from offloader.plan import plan_source
 from offloader.source import native

@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from offloader.audit import add_sums, compare, day_number, day_sums
 from offloader.sql import row_hash
-from offloader.watermarks import DaySum
+from offloader.state import DaySum
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 N1, N2 = day_number(D1), day_number(D2)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from offloader import cli
-from offloader.config import parse_config
+from offloader.configfile import parse_config
 from offloader.errors import ConfigError
 from tests.helpers import Env, _toml
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from offloader.config import load_config, parse_duration, parse_partition
+from offloader.config import parse_duration, parse_partition
+from offloader.configfile import load_config
 from offloader.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from offloader.config import MaintenanceConfig, parse_config, parse_size
+from offloader.config import MaintenanceConfig, parse_size
+from offloader.configfile import parse_config
 from offloader.errors import ConfigError
 from offloader.plan import FileStat, compaction_cutoff, compaction_groups
 

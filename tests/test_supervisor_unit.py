@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from offloader import supervisor
-from offloader.config import parse_config
+from offloader.configfile import parse_config
 from offloader.report import TableReport
 
 CONFIG = {

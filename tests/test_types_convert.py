@@ -15,11 +15,11 @@ import pytest
 from offloader import plan
 from offloader.cursor import encode_value, watermark_from_int
 from offloader.errors import DataError, InconsistentState, SourceSchemaError
+from offloader.plan import check_cursor_column
 from offloader.source.arrow import json_value_parser
 from offloader.source.native_convert import cursor_value, to_record_batch
 from offloader.source.types import (
     arrow_type,
-    check_cursor_column,
     parse_type,
     plan_column,
     quote_ident,

@@ -393,48 +393,6 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
     return t.name in names or any(isinstance(a, ChType) and _contains(a, names) for a in t.args)
 
 
-# Types a keyset cursor can be compared on, and how the watermark column may be typed.
-WATERMARK_TYPES = (
-    "DateTime",
-    "DateTime64",
-    "Date",
-    "Date32",
-    *(f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)),
-)
-KEY_TYPES = (
-    *WATERMARK_TYPES,
-    "String",
-    "FixedString",
-    "UUID",
-    "Decimal",
-    "Decimal32",
-    "Decimal64",
-    "Decimal128",
-    "Int128",
-    "UInt128",
-    "Int256",
-    "UInt256",
-)
-
-
-def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
-    """The watermark and key columns must be non-Nullable and orderable."""
-    allowed = WATERMARK_TYPES if role == "watermark" else KEY_TYPES
-    if t.nullable:
-        raise SourceSchemaError(
-            f"{table}: {role} column {name!r} is {t}; it must not be Nullable "
-            "(NULLs have no place in a keyset order)",
-            reason="config",
-        )
-    base = t.unwrap()
-    if base.name not in allowed:
-        raise SourceSchemaError(
-            f"{table}: {role} column {name!r} has type {t}; a {role} column must be one of "
-            + ", ".join(allowed),
-            reason="config",
-        )
-
-
 # --- wire forms ---------------------------------------------------------------------
 
 # The native driver decodes DateTime64 through a float, which is off by a microsecond

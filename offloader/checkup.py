@@ -1,0 +1,111 @@
+"""After a table run's commits: the late-rows audit of its window (alerting on drifted
+days, or repairing them with `late_rows = "repair"`) and how far Iceberg is behind
+ClickHouse (rows and seconds, for status and metrics)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from offloader import audit as tiers
+from offloader import cursor, plan, repair
+from offloader.errors import TableError
+from offloader.sql import behind_query
+
+if TYPE_CHECKING:
+    from offloader.pipeline import TableRun
+
+log = logging.getLogger(__name__)
+
+
+async def audit(run: TableRun) -> bool:
+    """Compare both tiers per day over the audit window (audit.py) after the run's
+    commits; with `late_rows = "repair"`, replace the drifted days at once. The same
+    query tells how far the table is behind (report.rows_behind, lag_seconds).
+    Returns whether it ran (the table has an audit window)."""
+    table, report, src = run.table, run.report, run.src
+    wm_type = src.plan.order[0][1]
+    bounds = tiers.window(wm_type, report.watermark, table.audit_days)
+    if bounds is None or report.watermark is None or report.more:
+        # `more`: a backlog is being worked off in chunks; the run that catches up
+        # audits (the window would mostly hold rows this very run just wrote).
+        return False
+    position = list(report.watermark)
+    t0 = time.monotonic()
+    try:
+        recorded = None
+        if run.hashed is not None:
+            lo, hi = (tiers.day_number(d) for d in bounds)
+            recorded = await run.services.watermarks.day_sums(table.target, lo, hi)
+        found = await tiers.audit_days(
+            src.source,
+            src.relation,
+            src.plan.order,
+            position,
+            run.ice,
+            *bounds,
+            run.services.io,
+            run.hashed,
+            recorded,
+        )
+    except TableError as exc:
+        log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
+        return False
+    oldest = found.oldest_waiting
+    first = cursor.watermark_from_int(wm_type, oldest) if oldest is not None else None
+    now = cursor.from_micros(found.server_now) if found.server_now else datetime.now(UTC)
+    behind = plan.behind(found.waiting, first, now, wm_type)
+    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
+    for day in found.drifted:
+        log.warning(
+            "late rows: the tiers differ on a day below the watermark",
+            extra={
+                "table": table.target,
+                "day": day.day.isoformat(),
+                "clickhouse_rows": day.clickhouse,
+                "iceberg_rows": day.iceberg,
+                "values_differ": day.values_differ,
+                "policy": table.late_rows,
+            },
+        )
+    drifted = found.drifted
+    if drifted and table.late_rows == "repair":
+        fixed = await repair.repair(
+            src,
+            run.services.watermarks,
+            table,
+            run.ice,
+            seq=run.seq,
+            position=position,
+            days=[d.day for d in drifted],
+            limiter=run.services.io,
+        )
+        report.repaired = [d.day.isoformat() for d in fixed.days]
+        if fixed.seq is not None:
+            run.seq = fixed.seq
+            report.snapshots += 1
+        for why in fixed.refused:
+            log.error("late rows not repaired", extra={"table": table.target, "reason": why})
+        drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
+    report.drifted = [d.as_dict() for d in drifted]
+    report.stage("audit", time.monotonic() - t0)
+    return True
+
+
+async def measure_behind(run: TableRun) -> None:
+    """How far Iceberg is behind ClickHouse after the run (status and metrics agree
+    on it): one small query that reads only the granules past the watermark. Its
+    failure does not fail a run whose commits are done."""
+    src, report = run.src, run.report
+    wm_type = src.plan.order[0][1]
+    query = behind_query(src.relation, src.plan.order, report.watermark)
+    try:
+        rows, oldest, now = (await src.source.rows(query))[0]
+    except TableError as exc:
+        log.warning("could not measure lag", extra={"table": report.target, "error": str(exc)})
+        return
+    first = cursor.watermark_from_int(wm_type, oldest) if rows else None
+    behind = plan.behind(int(rows), first, cursor.from_micros(now), wm_type)
+    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds

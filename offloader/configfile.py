@@ -1,0 +1,430 @@
+"""Read and validate `config/tables.toml` into the objects of config.py.
+
+Every mistake becomes one `ConfigError` line naming the file, the place
+(`tables[2] (market.trades).batch_rows`) and what was expected, so the CLI can
+print it and exit 2 without a traceback. Defaults come from the config dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING
+from pathlib import Path
+from typing import Any, NoReturn
+
+from offloader.config import (
+    CatalogConfig,
+    ClickHouseConfig,
+    Config,
+    MaintenanceConfig,
+    PostgresConfig,
+    ServiceConfig,
+    TableConfig,
+    Transport,
+    format_duration,
+    parse_duration,
+    parse_partition,
+    parse_size,
+)
+from offloader.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_IDENT = re.compile(r"^[^\x00-\x1f]+$")
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError with one clear line."""
+    shown = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{shown}: file not found (pass --config PATH or set OFFLOADER_CONFIG)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{shown}: TOML syntax error: {exc}") from None
+    return parse_config(data, shown, os.environ if env is None else env)
+
+
+def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> Config:
+    reader = _Reader(path, env)
+    reader.reject_unknown(
+        data, "", {"offloader", "clickhouse", "postgres", "iceberg", "tables", "maintenance"}
+    )
+
+    svc = reader.section(data, "offloader", required=False)
+    d = ServiceConfig()  # the defaults are the dataclasses' own, written once
+    service = ServiceConfig(
+        interval=reader.duration(svc, "offloader", "interval", d.interval, minimum=1.0),
+        max_parallel_tables=reader.integer(
+            svc, "offloader", "max_parallel_tables", d.max_parallel_tables, 1, 256
+        ),
+        table_timeout=reader.duration(
+            svc, "offloader", "table_timeout", d.table_timeout, minimum=1.0
+        ),
+        shutdown_grace=reader.duration(
+            svc, "offloader", "shutdown_grace", d.shutdown_grace, minimum=0.0
+        ),
+        metrics_port=reader.optional_integer(svc, "offloader", "metrics_port", 0, 65535),
+        metrics_host=reader.string(svc, "offloader", "metrics_host", d.metrics_host),
+        lag_alert=reader.duration(svc, "offloader", "lag_alert", d.lag_alert, minimum=1.0),
+    )
+    reader.reject_unknown(svc, "offloader", set(ServiceConfig.__slots__))
+
+    ch = reader.section(data, "clickhouse", required=True)
+    c = ClickHouseConfig()
+    clickhouse = ClickHouseConfig(
+        host=reader.string(ch, "clickhouse", "host", c.host),
+        port=reader.integer(ch, "clickhouse", "port", c.port, 1, 65535),
+        user=reader.string(ch, "clickhouse", "user", c.user),
+        password=reader.string(ch, "clickhouse", "password", c.password, allow_empty=True),
+        database=reader.string(ch, "clickhouse", "database", c.database),
+        secure=reader.boolean(ch, "clickhouse", "secure", c.secure),
+        connect_timeout=reader.duration(
+            ch, "clickhouse", "connect_timeout", c.connect_timeout, minimum=0.1
+        ),
+        query_timeout=reader.duration(
+            ch, "clickhouse", "query_timeout", c.query_timeout, minimum=1.0
+        ),
+        transport=reader.transport(ch, "clickhouse", c.transport),
+        http_port=reader.integer(ch, "clickhouse", "http_port", c.http_port, 1, 65535),
+        http_compression=reader.boolean(ch, "clickhouse", "http_compression", c.http_compression),
+    )
+    reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
+
+    pg = reader.section(data, "postgres", required=True)
+    postgres = PostgresConfig(
+        dsn=reader.string(pg, "postgres", "dsn", None),
+        schema=reader.string(pg, "postgres", "schema", "offloader"),
+    )
+    reader.reject_unknown(pg, "postgres", {"dsn", "schema"})
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", postgres.schema):
+        reader.fail("postgres.schema", "must be a lower-case SQL identifier", postgres.schema)
+
+    ice = reader.section(data, "iceberg", required=True)
+    reader.reject_unknown(ice, "iceberg", {"catalog"})
+    cat = reader.section(ice, "catalog", required=True, where="iceberg.catalog")
+    props: dict[str, str] = {}
+    for key, value in _flatten(cat).items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            reader.fail(f"iceberg.catalog.{key}", "must be a string or number", value)
+        props[key] = reader.expand(str(value), f"iceberg.catalog.{key}")
+    name = props.pop("name", None)
+    if not name:
+        reader.fail("iceberg.catalog.name", "is required (the catalog's name, e.g. 'cold')", None)
+    catalog = CatalogConfig(name=str(name), properties=props)
+
+    raw_tables = data.get("tables", [])
+    if not isinstance(raw_tables, list) or not all(isinstance(t, dict) for t in raw_tables):
+        reader.fail("tables", "must be an array of tables ([[tables]] blocks)", raw_tables)
+    tables = tuple(reader.table(i, t) for i, t in enumerate(raw_tables))
+    seen: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        if table.target in seen:
+            reader.fail(
+                f"tables[{i}] ({table.source}).target",
+                f"duplicates tables[{seen[table.target]}].target; each target needs one source",
+                table.target,
+            )
+        seen[table.target] = i
+    maintenance = reader.maintenance(reader.section(data, "maintenance", required=False))
+    return Config(path, service, clickhouse, postgres, catalog, tables, maintenance)
+
+
+class _Reader:
+    """Typed access to raw TOML values with errors that say where and what."""
+
+    def __init__(self, path: str, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+
+    def fail(self, where: str, expected: str, got: object) -> NoReturn:
+        shown = _show(got)
+        suffix = f", got {shown}" if got is not None else ""
+        raise ConfigError(f"{self.path}: {where} {expected}{suffix}")
+
+    def reject_unknown(self, data: Mapping[str, Any], where: str, known: set[str]) -> None:
+        for key in data:
+            if key not in known:
+                hint = _closest(key, known)
+                place = f"{where}.{key}" if where else key
+                extra = f" (did you mean {hint!r}?)" if hint else ""
+                raise ConfigError(
+                    f"{self.path}: {place} is not a known key{extra}; known: "
+                    + ", ".join(sorted(known))
+                )
+
+    def section(
+        self, data: Mapping[str, Any], key: str, *, required: bool, where: str | None = None
+    ) -> dict[str, Any]:
+        where = where or key
+        if key not in data:
+            if required:
+                raise ConfigError(f"{self.path}: missing section [{where}]")
+            return {}
+        value = data[key]
+        if not isinstance(value, dict):
+            self.fail(where, "must be a section (a [table] in TOML)", value)
+        return value
+
+    def expand(self, value: str, where: str) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            raise ConfigError(
+                f"{self.path}: {where} refers to ${{{name}}}, which is not set in the environment "
+                f"(set it, or write ${{{name}:-default}})"
+            )
+
+        return _ENV_REF.sub(sub, value)
+
+    def string(
+        self,
+        data: Mapping[str, Any],
+        where: str,
+        key: str,
+        default: str | None,
+        *,
+        allow_empty: bool = False,
+    ) -> str:
+        if key not in data:
+            if default is None:
+                raise ConfigError(f"{self.path}: {where}.{key} is required")
+            return default
+        value = data[key]
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}", "must be a string", value)
+        value = self.expand(value, f"{where}.{key}")
+        if not allow_empty and not value.strip():
+            self.fail(f"{where}.{key}", "must not be empty", value)
+        return value
+
+    def integer(
+        self, data: Mapping[str, Any], where: str, key: str, default: int, low: int, high: int
+    ) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            rng = {0: "a non-negative integer", 1: "a positive integer"}.get(
+                low, f"an integer {low}..{high}"
+            )
+            self.fail(f"{where}.{key}", f"must be {rng}", value)
+        if value > high:
+            self.fail(f"{where}.{key}", f"must be at most {high}", value)
+        return int(value)
+
+    def optional_integer(
+        self, data: Mapping[str, Any], where: str, key: str, low: int, high: int
+    ) -> int | None:
+        if key not in data:
+            return None
+        return self.integer(data, where, key, 0, low, high)
+
+    def boolean(self, data: Mapping[str, Any], where: str, key: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(f"{where}.{key}", "must be true or false", value)
+        return bool(value)
+
+    def duration(
+        self,
+        data: Mapping[str, Any],
+        where: str,
+        key: str,
+        default: float,
+        *,
+        minimum: float,
+    ) -> float:
+        if key not in data:
+            return default
+        value = data[key]
+        if not isinstance(value, str):
+            self.fail(f"{where}.{key}", "must be a duration string like '30s', '5m' or '1h'", value)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            self.fail(f"{where}.{key}", "must be a duration like '30s', '5m' or '1h30m'", value)
+        if seconds < minimum or seconds > 366 * 86400:
+            self.fail(
+                f"{where}.{key}",
+                f"must be between {format_duration(minimum)} and 366d",
+                value,
+            )
+        return seconds
+
+    def size(
+        self, data: Mapping[str, Any], where: str, key: str, default: int, minimum: int
+    ) -> int:
+        if key not in data:
+            return default
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            self.fail(f"{where}.{key}", "must be a size like '128MB' or a number of bytes", value)
+        try:
+            size = value if isinstance(value, int) else parse_size(value)
+        except ValueError:
+            self.fail(f"{where}.{key}", "must be a size like '128MB', '1GiB' or bytes", value)
+        if size < minimum:
+            self.fail(f"{where}.{key}", f"must be at least {minimum} bytes", value)
+        return size
+
+    def maintenance(self, data: Mapping[str, Any]) -> MaintenanceConfig:
+        w = "maintenance"
+        d = MaintenanceConfig()
+        self.reject_unknown(data, w, set(MaintenanceConfig.__slots__))
+        return MaintenanceConfig(
+            enabled=self.boolean(data, w, "enabled", d.enabled),
+            interval=self.duration(data, w, "interval", d.interval, minimum=60.0),
+            budget=self.duration(data, w, "budget", d.budget, minimum=1.0),
+            settle=self.duration(data, w, "settle", d.settle, minimum=0.0),
+            target_file_size=self.size(data, w, "target_file_size", d.target_file_size, 1 << 20),
+            snapshot_retention=self.duration(
+                data, w, "snapshot_retention", d.snapshot_retention, minimum=0.0
+            ),
+            metadata_versions=self.integer(
+                data, w, "metadata_versions", d.metadata_versions, 1, 1000
+            ),
+            # Below an hour a slow in-flight write (files written, commit not yet done)
+            # could be taken for an orphan.
+            orphan_age=self.duration(data, w, "orphan_age", d.orphan_age, minimum=3600.0),
+        )
+
+    def transport(
+        self, data: Mapping[str, Any], where: str, default: Transport | None
+    ) -> Transport:
+        value = data.get("transport", default)
+        if value == "native":
+            return "native"
+        if value == "arrow":
+            return "arrow"
+        self.fail(
+            f"{where}.transport",
+            "must be 'native' (asynch, native TCP) or 'arrow' (HTTP, FORMAT ArrowStream)",
+            value,
+        )
+
+    def table(self, index: int, data: Mapping[str, Any]) -> TableConfig:
+        label = f"tables[{index}]"
+        source = data.get("source")
+        if isinstance(source, str) and source.strip():
+            label = f"tables[{index}] ({source})"
+        known = set(TableConfig.__slots__)
+        self.reject_unknown(data, label, known)
+        source = self.string(data, label, "source", None)
+        target = self.string(data, label, "target", None)
+        if target.count(".") < 1 or any(not part for part in target.split(".")):
+            self.fail(f"{label}.target", "must be 'namespace.table'", target)
+        if source.count(".") > 1 or any(not part for part in source.split(".")):
+            self.fail(f"{label}.source", "must be 'database.table' or 'table'", source)
+        watermark = self.string(data, label, "watermark", None)
+        keys_raw = data.get("keys")
+        if keys_raw is None:
+            raise ConfigError(
+                f"{self.path}: {label}.keys is required: the columns that, with the watermark, "
+                'identify a row (e.g. keys = ["trade_id"])'
+            )
+        if (
+            not isinstance(keys_raw, list)
+            or not keys_raw
+            or not all(isinstance(k, str) and k.strip() for k in keys_raw)
+        ):
+            self.fail(f"{label}.keys", "must be a non-empty list of column names", keys_raw)
+        keys = tuple(str(k) for k in keys_raw)
+        if len(set(keys)) != len(keys) or watermark in keys:
+            self.fail(f"{label}.keys", "must not repeat a column or the watermark column", keys_raw)
+        for name in (source, target, watermark, *keys):
+            if not _IDENT.match(name):
+                self.fail(label, "names must not contain control characters", name)
+        partitions_raw = data.get("partition_by", [])
+        if not isinstance(partitions_raw, list) or not all(
+            isinstance(p, str) for p in partitions_raw
+        ):
+            self.fail(f"{label}.partition_by", "must be a list of strings", partitions_raw)
+        partitions = []
+        for p in partitions_raw:
+            try:
+                partitions.append(parse_partition(p))
+            except ValueError as exc:
+                raise ConfigError(f"{self.path}: {label}.partition_by: {exc}") from None
+        d = _TABLE_DEFAULTS
+        uint64 = data.get("uint64", d["uint64"])
+        if uint64 not in ("error", "decimal"):
+            self.fail(f"{label}.uint64", "must be 'error' or 'decimal'", uint64)
+        strings = data.get("strings", d["strings"])
+        if strings not in ("string", "binary"):
+            self.fail(f"{label}.strings", "must be 'string' or 'binary'", strings)
+        batch_rows = self.integer(data, label, "batch_rows", d["batch_rows"], 1, 10_000_000)
+        append_rows = self.integer(data, label, "append_rows", d["append_rows"], 1, 100_000_000)
+        max_rows = self.integer(
+            data, label, "max_rows_per_cycle", d["max_rows_per_cycle"], 1, 2**62
+        )
+        late_rows = data.get("late_rows", d["late_rows"])
+        if late_rows not in ("alert", "repair"):
+            self.fail(
+                f"{label}.late_rows",
+                "must be 'alert' (report drifted days) or 'repair' (also repair them)",
+                late_rows,
+            )
+        return TableConfig(
+            source=source,
+            target=target,
+            watermark=watermark,
+            keys=keys,
+            lag=self.duration(data, label, "lag", d["lag"], minimum=0.0),
+            batch_rows=batch_rows,
+            append_rows=max(append_rows, batch_rows),
+            max_rows_per_cycle=max_rows,
+            partition_by=tuple(partitions),
+            enabled=self.boolean(data, label, "enabled", d["enabled"]),
+            uint64=uint64,
+            strings=strings,
+            transport=self.transport(data, label, None) if "transport" in data else None,
+            audit_days=self.integer(data, label, "audit_days", d["audit_days"], 0, 366),
+            late_rows=late_rows,
+            audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
+            final=self.boolean(data, label, "final", d["final"]),
+        )
+
+
+_TABLE_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclasses.fields(TableConfig) if f.default is not MISSING
+}
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`s3.endpoint = "..."` written without quotes is a nested table in TOML; pyiceberg
+    wants the dotted key, so both spellings work."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -1,0 +1,276 @@
+"""What an Iceberg table holds, read from its metadata and manifests only: the live
+data files with their watermark bounds, per-day counts, the table's shape; and the
+housekeeping that keeps it bounded: snapshot expiry and orphan files. Part of the
+`offloader.iceberg` package (the only importer of pyiceberg); every call blocks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pyarrow.fs import FileSelector, FileType
+from pyiceberg.conversions import from_bytes
+from pyiceberg.io.pyarrow import (
+    PyArrowFileIO,
+)
+from pyiceberg.manifest import DataFile, DataFileContent
+from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
+from pyiceberg.types import DateType, PrimitiveType, TimestampType, TimestamptzType
+
+from offloader import faults
+from offloader.errors import SinkError
+from offloader.iceberg import (
+    brief,
+)
+from offloader.iceberg.table import IcebergTable
+from offloader.plan import FileStat
+
+log = logging.getLogger(__name__)
+
+_TIME_TRANSFORMS = (YearTransform, MonthTransform, DayTransform, HourTransform)
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """How big a table's current state is: what maintenance keeps bounded."""
+
+    data_files: int
+    data_bytes: int
+    rows: int
+    manifests: int
+    snapshots: int
+    metadata_files: int  # the current one and those in the metadata log
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFiles:
+    """The data files of the current snapshot with their watermark bounds."""
+
+    stats: list[FileStat]
+    files: dict[str, DataFile]
+    kind: str  # the watermark's unit: "micros" (timestamps), "days" (dates) or "value"
+    whole_partitions: bool  # partitioned by a time transform of the watermark column
+
+
+def shape(ice: IcebergTable) -> Shape:
+    table = ice.table
+    snap = table.current_snapshot()
+    summary = snap.summary if snap is not None and snap.summary is not None else None
+
+    def total(key: str) -> int:
+        value = summary.get(key) if summary is not None else None
+        return int(value) if value else 0
+
+    manifests = len(snap.manifests(table.io)) if snap is not None else 0
+    return Shape(
+        data_files=total("total-data-files"),
+        data_bytes=total("total-files-size"),
+        rows=total("total-records"),
+        manifests=manifests,
+        snapshots=len(table.metadata.snapshots),
+        metadata_files=len(table.metadata.metadata_log) + 1,
+    )
+
+
+def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
+    """Read the current snapshot's manifests: every live data file and its bounds."""
+    table = ice.table
+    schema = table.schema()
+    field = schema.find_field(watermark)
+    wm_type = field.field_type
+    assert isinstance(wm_type, PrimitiveType)  # watermark columns are never nested
+    if isinstance(wm_type, TimestampType | TimestamptzType):
+        kind = "micros"
+    elif isinstance(wm_type, DateType):
+        kind = "days"
+    else:
+        kind = "value"
+    spec = table.spec()
+    whole = bool(spec.fields) and any(
+        f.source_id == field.field_id and isinstance(f.transform, _TIME_TRANSFORMS)
+        for f in spec.fields
+    )
+    stats: list[FileStat] = []
+    files: dict[str, DataFile] = {}
+    snap = table.current_snapshot()
+    for manifest in snap.manifests(table.io) if snap is not None else []:
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            df = entry.data_file
+            if df.content != DataFileContent.DATA:
+                continue
+            lower = (df.lower_bounds or {}).get(field.field_id)
+            upper = (df.upper_bounds or {}).get(field.field_id)
+            files[df.file_path] = df
+            stats.append(
+                FileStat(
+                    path=df.file_path,
+                    bytes=df.file_size_in_bytes,
+                    rows=df.record_count,
+                    partition=(df.spec_id, *_values(df.partition)),
+                    lower=from_bytes(wm_type, lower) if lower is not None else None,
+                    upper=from_bytes(wm_type, upper) if upper is not None else None,
+                )
+            )
+    return LiveFiles(stats, files, kind, whole)
+
+
+MICROS_PER_DAY = 86_400_000_000
+
+
+def day_of(value: Any, kind: str) -> int | None:
+    """The UTC day (days since 1970) of a watermark bound, None for non-time kinds."""
+    if value is None:
+        return None
+    if kind == "micros":
+        return int(value) // MICROS_PER_DAY
+    if kind == "days":
+        return int(value)
+    return None
+
+
+def day_counts(live: LiveFiles, first_day: int, last_day: int) -> tuple[dict[int, int], set[int]]:
+    """Rows per UTC day in [first_day, last_day] from the manifests alone (no data is
+    read): every file whose rows all fall on one day counts for that day. Days touched
+    by a file spanning several days cannot be counted this way; they are returned as
+    unknown. (Offloader's files rarely span days: day-partitioned tables never, and
+    compaction cuts its files at midnight.)"""
+    counts: dict[int, int] = {}
+    unknown: set[int] = set()
+    for f in live.stats:
+        lo, hi = day_of(f.lower, live.kind), day_of(f.upper, live.kind)
+        if lo is None or hi is None or hi < first_day or lo > last_day:
+            continue
+        if lo == hi:
+            counts[lo] = counts.get(lo, 0) + f.rows
+        else:
+            unknown |= set(range(max(lo, first_day), min(hi, last_day) + 1))
+    return counts, unknown
+
+
+def _values(record: Any) -> tuple[Any, ...]:
+    return tuple(record[i] for i in range(len(record))) if record is not None else ()
+
+
+def expirable_snapshots(ice: IcebergTable, older_than: datetime) -> list[int]:
+    """Snapshots older than `older_than`, except the current one, the newest offloader
+    commit and the heads of branches and tags."""
+    keep = {ice.snapshot_id}
+    mark = ice.latest_mark()
+    if mark is not None:
+        keep.add(mark.snapshot_id)
+    keep |= {ref.snapshot_id for ref in ice.table.metadata.refs.values()}
+    cutoff = older_than.timestamp() * 1000
+    return [
+        s.snapshot_id
+        for s in ice.table.metadata.snapshots
+        if s.timestamp_ms < cutoff and s.snapshot_id not in keep
+    ]
+
+
+def expire(ice: IcebergTable, snapshot_ids: Sequence[int]) -> None:
+    if snapshot_ids:
+        ice.table.maintenance.expire_snapshots().by_ids(list(snapshot_ids)).commit()
+
+
+@dataclass(frozen=True, slots=True)
+class Orphan:
+    path: str  # a full location, as the table's FileIO takes it
+    bytes: int
+    age_seconds: float
+
+
+def referenced_files(ice: IcebergTable) -> set[str]:
+    """Every file a retained snapshot or metadata file refers to, as FileIO locations
+    without scheme: manifest lists, manifests, data and delete files (of every entry,
+    deleted ones too: a conservative superset), statistics and metadata files."""
+    table = ice.table
+    metadata = table.metadata
+    seen_manifests: set[str] = set()
+    out = {table.metadata_location, *(m.metadata_file for m in metadata.metadata_log)}
+    for stats in [*metadata.statistics, *metadata.partition_statistics]:
+        out.add(stats.statistics_path)
+    for snap in metadata.snapshots:
+        out.add(snap.manifest_list)
+        for manifest in snap.manifests(table.io):
+            if manifest.manifest_path in seen_manifests:
+                continue
+            seen_manifests.add(manifest.manifest_path)
+            out.add(manifest.manifest_path)
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                out.add(entry.data_file.file_path)
+    return {_strip(p) for p in out}
+
+
+def _strip(location: str) -> str:
+    return PyArrowFileIO.parse_location(location)[2]
+
+
+# Only files of these kinds are ever deleted as orphans: what Iceberg writers leave
+# (data, manifests and lists, metadata, statistics), never e.g. a catalog's
+# version-hint.text or a file someone put there by hand.
+_ICEBERG_SUFFIXES = (
+    ".parquet",
+    ".orc",
+    ".avro",
+    ".metadata.json",
+    ".metadata.json.gz",
+    ".gz.metadata.json",
+    ".stats",
+    ".puffin",
+)
+
+
+def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
+    """Iceberg files under the table's data/ and metadata/ directories that nothing
+    retained refers to and that are older than `min_age` seconds.
+
+    Why the age: a run writes its data files, manifests and metadata before the commit
+    that refers to them; only files older than any run could take are crash leftovers.
+    The listing is taken before the references are read, so a file committed between
+    the two is seen as referenced.
+    """
+    table = ice.table
+    location = table.location().rstrip("/")
+    io = table.io
+    if not isinstance(io, PyArrowFileIO):
+        raise SinkError(f"{ice.target}: orphan cleanup needs pyiceberg's PyArrowFileIO")
+    scheme, netloc, base = PyArrowFileIO.parse_location(location, io.properties)
+    fs = io.fs_by_scheme(scheme, netloc)
+    listed = []
+    now = time.time()
+    for sub in ("data", "metadata"):
+        try:
+            infos = fs.get_file_info(FileSelector(f"{base}/{sub}", recursive=True))
+        except FileNotFoundError:
+            continue
+        for info in infos:
+            if info.type != FileType.File or not info.path.endswith(_ICEBERG_SUFFIXES):
+                continue
+            mtime = info.mtime.timestamp() if info.mtime is not None else now
+            listed.append((info.path, info.size or 0, now - mtime))
+    referenced = referenced_files(ice)
+    return [
+        Orphan(f"{scheme}://{path}", size, age)
+        for path, size, age in listed
+        if age >= min_age and path not in referenced
+    ]
+
+
+def delete_orphans(ice: IcebergTable, orphans: Sequence[Orphan]) -> int:
+    deleted = 0
+    for orphan in orphans:
+        try:
+            ice.table.io.delete(orphan.path)
+        except FileNotFoundError:
+            continue
+        except Exception as exc:
+            raise SinkError(
+                f"{ice.target}: cannot delete orphan file {orphan.path}: {brief(exc)}"
+            ) from exc
+        deleted += 1
+        faults.point("orphan_delete")
+    return deleted

@@ -1,0 +1,329 @@
+"""An offloader Iceberg table: write data files, commit them with the offloader marker
+(compare-and-set on the commit sequence), read the newest marker, evolve the schema."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import (
+    CommitFailedException,
+)
+from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+from pyiceberg.manifest import DataFile
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table, Transaction
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table.snapshots import Snapshot
+from pyiceberg.table.update import update_table_metadata
+from pyiceberg.transforms import (
+    IdentityTransform,
+)
+from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
+
+from offloader import cursor
+from offloader.errors import InconsistentState, SinkError, SourceSchemaError
+from offloader.iceberg import (
+    COMMIT_ATTEMPTS,
+    PROP_ROWS,
+    PROP_RUN,
+    PROP_SEQ,
+    PROP_WATERMARK,
+    CommittedMark,
+    WrittenFiles,
+    brief,
+    sink_errors,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _Transaction(Transaction):
+    """pyiceberg's Transaction with its `table_metadata` computed once per state.
+
+    Why: pyiceberg 0.12 rebuilds and deep-copies the whole table metadata (every
+    snapshot) each time a snapshot producer reads `table_metadata`, about fifteen times
+    per append, so a commit's cost grew with the table's snapshot count (0.02 s fresh,
+    0.3 s at 400 snapshots here). The result depends only on the base metadata and the
+    staged updates, both replaced (never mutated) when they change, so it is cached
+    on their identity; the copy is still pyiceberg's own. Snapshot producers only
+    read it.
+    """
+
+    _cached: tuple[object, object, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates = self._table.metadata, self._updates
+        if not updates:
+            return base  # nothing staged: read-only use of the loaded metadata
+        cached = self._cached
+        if cached is None or cached[0] is not base or cached[1] is not updates:
+            cached = (base, updates, update_table_metadata(base, updates))
+            self._cached = cached
+        return cached[2]
+
+
+def transaction(table: Table) -> Transaction:
+    return _Transaction(table)
+
+
+_IDS = re.compile(r"(?<![\w-])-?\d+: ")
+
+
+def type_text(field_type: Any) -> str:
+    return _IDS.sub("", str(field_type))
+
+
+def _promotable(old: Any, new: Any) -> bool:
+    if isinstance(old, IntegerType) and isinstance(new, LongType):
+        return True
+    if isinstance(old, FloatType) and isinstance(new, DoubleType):
+        return True
+    return (
+        isinstance(old, DecimalType)
+        and isinstance(new, DecimalType)
+        and old.scale == new.scale
+        and new.precision >= old.precision
+    )
+
+
+def day_runs(data: pa.Table, day_column: str | None) -> list[tuple[int, int]]:
+    """[start, end) row ranges of `data` whose `day_column` values fall on one UTC day,
+    for rows sorted by that column (or the whole table when it is None or not a time
+    or date column)."""
+    if not data.num_rows:
+        return []
+    if day_column is None:
+        return [(0, data.num_rows)]
+    column = data[day_column].combine_chunks()
+    if not (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
+        return [(0, data.num_rows)]
+    days = pc.cast(column, pa.date32())
+    runs = pc.run_end_encode(days)
+    out, start = [], 0
+    for end in runs.run_ends.to_pylist():
+        out.append((start, end))
+        start = end
+    return out
+
+
+class IcebergTable:
+    def __init__(self, target: str, table: Table) -> None:
+        self.target = target
+        self._table = table
+        self._write_uuid = uuid.uuid4()
+        self._file_counter = itertools.count(0)
+
+    def __repr__(self) -> str:
+        return f"<IcebergTable {self.target} snapshot={self.snapshot_id}>"
+
+    @property
+    def snapshot_id(self) -> int | None:
+        snap = self._table.current_snapshot()
+        return snap.snapshot_id if snap else None
+
+    def snapshot_count(self) -> int:
+        return len(self._table.metadata.snapshots)
+
+    def initial_columns(self) -> set[str]:
+        """Top-level column names of the table's first schema (before any evolution)."""
+        schemas = self._table.schemas()
+        return {f.name for f in schemas[min(schemas)].fields}
+
+    def ensure_properties(self, wanted: dict[str, str]) -> None:
+        current = self._table.metadata.properties
+        missing = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if missing:
+            with transaction(self._table) as tx:
+                tx.set_properties(missing)
+
+    def ensure_sort_order(self, columns: Sequence[str]) -> bool:
+        """Declare the table sorted by `columns` (ascending) unless it already is.
+        Returns whether the sort order was changed."""
+        names = [f.name for f in self._table.schema().fields]
+        columns = [c for c in columns if c in names]
+        current = self._table.sort_order()
+        schema = self._table.schema()
+        have = [schema.find_column_name(f.source_id) for f in current.fields]
+        if not columns or have == list(columns):
+            return False
+        with self._table.update_sort_order() as update:
+            for column in columns:
+                update.asc(column, IdentityTransform())
+        return True
+
+    @property
+    def table(self) -> Table:
+        """The pyiceberg table (for offloader.iceberg.maintenance only)."""
+        return self._table
+
+    def evolve(self, schema: pa.Schema) -> None:
+        """Add new source columns; fail naming the column on an incompatible type change."""
+        current = self._table.schema()
+        existing = {f.name for f in current.fields}
+        # Iceberg cannot add a required column (older rows have no value): new ones are optional.
+        schema = pa.schema([f if f.name in existing else f.with_nullable(True) for f in schema])
+        wanted: Schema = Catalog._convert_schema_if_needed(schema)
+        changes = False
+        for field in wanted.fields:
+            try:
+                old = current.find_field(field.name)
+            except ValueError:
+                changes = True
+                continue
+            if type_text(old.field_type) == type_text(field.field_type):
+                if old.required and not field.required:
+                    changes = True
+                continue
+            if _promotable(old.field_type, field.field_type):
+                changes = True
+                continue
+            raise SourceSchemaError(
+                f"{self.target}: column {field.name!r} changed type in ClickHouse from "
+                f"{type_text(old.field_type)} to {type_text(field.field_type)}, which Iceberg "
+                "cannot evolve to; offload into a new target table or cast it back in a view",
+                reason="schema_change",
+            )
+        dropped = [f.name for f in current.fields if f.required and f.name not in schema.names]
+        if not changes and not dropped:
+            return
+        with self._table.update_schema() as update:
+            update.union_by_name(wanted)
+            for name in dropped:
+                update.make_column_optional(name)
+        log.info(
+            "evolved Iceberg schema",
+            extra={"table": self.target, "schema": type_text(self._table.schema())},
+        )
+
+    def _snapshots_newest_first(self) -> Iterator[Snapshot]:
+        snap = self._table.current_snapshot()
+        while snap is not None:
+            yield snap
+            parent = snap.parent_snapshot_id
+            snap = self._table.snapshot_by_id(parent) if parent is not None else None
+
+    def latest_mark(self) -> CommittedMark | None:
+        """The newest offloader commit on the main branch, or None if there is none."""
+        for snap in self._snapshots_newest_first():
+            summary = snap.summary
+            if summary is None or summary[PROP_SEQ] is None:
+                continue
+            return CommittedMark(
+                seq=int(str(summary[PROP_SEQ])),
+                position=cursor.loads(summary[PROP_WATERMARK] or "[]") or (),
+                run_id=str(summary[PROP_RUN]),
+                snapshot_id=snap.snapshot_id,
+                committed_at=datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC),
+                rows=int(summary[PROP_ROWS] or 0),
+            )
+        return None
+
+    def refresh(self) -> None:
+        with sink_errors(f"{self.target}: cannot refresh Iceberg table"):
+            self._table.refresh()
+
+    def write_files(
+        self, batches: Sequence[pa.RecordBatch], day_column: str | None = None
+    ) -> WrittenFiles:
+        """Write `batches` as Parquet data files of this table, not yet committed.
+
+        The two-stage write pyiceberg's own docs recommend for retryable commits: the
+        files can be committed again after a conflict. Files of a run that dies
+        before committing are orphans, removed by maintenance's orphan cleanup.
+        With `day_column` (the watermark, rows in its order) no file spans two UTC
+        days, so the late-rows audit can count each day from the manifests alone.
+        """
+        data = pa.Table.from_batches(list(batches))
+        metadata = self._table.metadata
+        files: list[DataFile] = []
+        with sink_errors(f"{self.target}: writing Iceberg data files failed"):
+            _check_pyarrow_schema_compatible(
+                metadata.schema(),
+                provided_schema=data.schema,
+                downcast_ns_timestamp_to_us=False,
+                format_version=metadata.format_version,
+            )
+            for start, end in day_runs(data, day_column):
+                files += _dataframe_to_data_files(
+                    table_metadata=metadata,
+                    df=data.slice(start, end - start),
+                    io=self._table.io,
+                    write_uuid=self._write_uuid,
+                    counter=self._file_counter,
+                )
+        return WrittenFiles(files, data.num_rows, data.nbytes)
+
+    def commit_files(
+        self,
+        written: Sequence[WrittenFiles],
+        *,
+        expected_seq: int,
+        position: Sequence[Any],
+        run_id: str,
+    ) -> CommittedMark:
+        """Commit written files as one snapshot that records seq = expected_seq + 1.
+
+        Compare-and-set: the snapshot asserts the parent it was built on, and the
+        newest offloader seq is checked first, so a concurrent offloader commit makes
+        ours fail and the retry gives up instead of duplicating. A retry after a lost
+        response finds its own run id and stops.
+        """
+        seq = expected_seq + 1
+        props = {
+            PROP_WATERMARK: cursor.dumps(position),
+            PROP_SEQ: str(seq),
+            PROP_RUN: run_id,
+            PROP_ROWS: str(sum(w.rows for w in written)),
+        }
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            mark = self.latest_mark()
+            current = mark.seq if mark else 0
+            if mark is not None and mark.seq == seq and mark.run_id == run_id:
+                return mark  # our previous attempt did commit
+            if current != expected_seq:
+                raise InconsistentState(
+                    f"{self.target}: Iceberg holds offloader commit {current}, this run expected "
+                    f"{expected_seq}; another worker committed meanwhile. This run's rows were not "
+                    "committed; the next cycle continues from the new watermark."
+                )
+            try:
+                with transaction(self._table) as tx:
+                    snapshot = tx.update_snapshot(snapshot_properties=props)
+                    # merge_append: merges manifests past commit.manifest.min-count-to-merge
+                    with snapshot.merge_append() as append:
+                        for w in written:
+                            for data_file in w.files:
+                                append.append_data_file(data_file)
+            except CommitFailedException as exc:
+                log.warning(
+                    "Iceberg commit conflict, refreshing",
+                    extra={"table": self.target, "attempt": attempt, "error": brief(exc)},
+                )
+                self.refresh()
+                continue
+            except Exception as exc:
+                raise SinkError(f"{self.target}: Iceberg commit failed: {brief(exc)}") from exc
+            new = self.latest_mark()
+            assert new is not None and new.seq == seq
+            return new
+        raise SinkError(
+            f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+        )
+
+    def read(self, row_filter: str | None = None) -> pa.Table:
+        scan = self._table.scan(row_filter=row_filter) if row_filter else self._table.scan()
+        return scan.to_arrow()
+
+    def read_batches(self) -> Iterator[pa.RecordBatch]:
+        """Stream the table's rows batch by batch (bounded memory)."""
+        yield from self._table.scan().to_arrow_batch_reader()

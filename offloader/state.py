@@ -1,0 +1,88 @@
+"""What offloader keeps per table in its state store, and what a table run needs of
+that store: the `Store` protocol PostgreSQL's `Watermarks` implements (and the unit
+tests' in-memory fake). Pure: no driver."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+__all__ = ["DaySum", "DaySums", "StatusRow", "Store", "TableState"]
+
+
+@dataclass(frozen=True, slots=True)
+class DaySum:
+    """A day's offloaded rows and the sum of their row hashes (sql.RowHash)."""
+
+    rows: int
+    checksum: int
+    columns_key: str = ""
+
+
+DaySums = Mapping[int, DaySum]  # by day number (days since 1970-01-01)
+
+
+@dataclass(frozen=True, slots=True)
+class TableState:
+    target: str
+    seq: int
+    position: tuple[Any, ...] | None
+    rows_total: int
+    updated_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    target: str
+    source: str
+    seq: int
+    position: tuple[Any, ...] | None
+    rows_total: int
+    updated_at: datetime | None
+    last_status: str | None
+    last_run_at: datetime | None
+    last_rows: int | None
+    last_error: str | None
+
+
+class Store(Protocol):
+    """What a table run needs of the state store (Watermarks; a fake in the unit tests)."""
+
+    def table_lock(self, target: str) -> AbstractAsyncContextManager[None]: ...
+
+    async def get(self, target: str, source: str) -> TableState: ...
+
+    async def commit(
+        self,
+        target: str,
+        *,
+        prev_seq: int,
+        seq: int,
+        position: Sequence[Any],
+        rows: int,
+        run_id: str,
+        snapshot_id: int | None,
+        recovered: bool = False,
+        days: DaySums | None = None,
+        replace_days: bool = False,
+    ) -> None: ...
+
+    async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]: ...
+
+    async def record_run(
+        self,
+        *,
+        run_id: str,
+        target: str,
+        started_at: datetime,
+        finished_at: datetime,
+        status: str,
+        rows: int,
+        pages: int,
+        snapshots: int,
+        seconds: float,
+        error: str | None,
+    ) -> None: ...
