@@ -22,21 +22,23 @@ table offloaded before checksums existed leave a day to the counts alone).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from offloader.config import TableConfig
-from offloader.iceberg import IcebergTable
-from offloader.iceberg import maintenance as ops
-from offloader.plan import SourcePlan
+from offloader.plan import Order
 from offloader.source import Page, Source
 from offloader.source.types import ChType
 from offloader.sql import RowHash, day_counts_query, row_hash
 from offloader.state import DaySum
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offloader.iceberg.table import IcebergTable
 
 EPOCH = dt.date(1970, 1, 1)
 
@@ -139,16 +141,19 @@ def compare(
 def day_sums(watermarks: pa.Array, hashes: pa.Array, columns_key: str) -> dict[int, DaySum]:
     """Per UTC day of a converted page's watermark column: its rows and the sum (mod
     2^64) of their row hashes. Pure; vectorised."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     wm = watermarks.combine_chunks() if isinstance(watermarks, pa.ChunkedArray) else watermarks
     days = wm.cast(pa.date32()).cast(pa.int32())
     grouped = pa.table({"d": days, "h": hashes.cast(pa.uint64())}).group_by("d")
-    out = grouped.aggregate([("h", "sum"), ("h", "count")])
+    out = grouped.aggregate([("h", "sum"), ("d", "count")])
     return {
         int(d): DaySum(int(n), int(h), columns_key)
         for d, h, n in zip(
             out.column("d").to_pylist(),
             pc.fill_null(out.column("h_sum"), 0).to_pylist(),
-            out.column("h_count").to_pylist(),
+            out.column("d_count").to_pylist(),
             strict=True,
         )
     }
@@ -165,6 +170,57 @@ def add_sums(into: dict[int, DaySum], more: dict[int, DaySum]) -> None:
         )
 
 
+@dataclass(slots=True)
+class ClickHouseDays:
+    """ClickHouse's side of an audit: per day, the rows up to the committed position and
+    the sum of their row hashes; the rows after it and the oldest one's watermark."""
+
+    rows: dict[int, int] = field(default_factory=dict)
+    sums: dict[int, int] = field(default_factory=dict)
+    waiting: int = 0
+    oldest_waiting: int | None = None
+    server_now: int | None = None
+
+
+async def clickhouse_days(
+    ch: Source,
+    source: str,
+    order: tuple[tuple[str, ChType], ...],
+    position: list[Any],
+    first_day: dt.date,
+    hashed: RowHash | None = None,
+) -> ClickHouseDays:
+    """One grouped query over the days from `first_day` on."""
+    wm_type = order[0][1]
+    query = day_counts_query(source, order, day_start(wm_type, first_day), position, hashed)
+    out = ClickHouseDays()
+    for d, done, after, first, at, checksum in await ch.rows(query):
+        out.rows[int(d)] = int(done)
+        out.sums[int(d)] = int(checksum)
+        out.server_now = int(at)
+        if int(after):
+            out.waiting += int(after)
+            oldest = out.oldest_waiting
+            out.oldest_waiting = int(first) if oldest is None else min(oldest, int(first))
+    return out
+
+
+def agrees(
+    first: int, last: int, hot: ClickHouseDays, recorded: dict[int, DaySum], hashed: RowHash | None
+) -> bool:
+    """Whether ClickHouse's days first..last (day numbers) match what PostgreSQL recorded
+    as committed: the same rows, and the same row-hash sum where one was recorded over
+    the same columns. Pure."""
+    for n in range(first, last + 1):
+        kept = recorded.get(n)
+        if (kept.rows if kept else 0) != hot.rows.get(n, 0):
+            return False
+        same_columns = hashed is not None and kept is not None and kept.columns_key == hashed.key
+        if same_columns and kept and kept.checksum % 2**64 != hot.sums.get(n, 0) % 2**64:
+            return False
+    return True
+
+
 async def audit_days(
     ch: Source,
     source: str,
@@ -179,19 +235,12 @@ async def audit_days(
 ) -> Audit:
     """Counts of both tiers per day in [first_day, last_day], up to the committed
     `position` (rows after it are not offloaded yet, on either side); with `hashed`
-    and the `recorded` day sums, checksums too."""
-    wm_name, wm_type = order[0]
-    query = day_counts_query(source, order, day_start(wm_type, first_day), position, hashed)
-    hot: dict[int, int] = {}
-    sums: dict[int, int] = {}
-    waiting, oldest, now = 0, None, None
-    for d, done, after, first, at, checksum in await ch.rows(query):
-        hot[int(d)] = int(done)
-        sums[int(d)] = int(checksum)
-        now = int(at)
-        if int(after):
-            waiting += int(after)
-            oldest = int(first) if oldest is None else min(oldest, int(first))
+    and the `recorded` day sums, checksums too. Iceberg's counts come from the
+    manifests, cached per snapshot."""
+    from offloader.iceberg import maintenance as ops  # pyiceberg: only when auditing it
+
+    wm_name = order[0][0]
+    hot = await clickhouse_days(ch, source, order, position, first_day, hashed)
     days = (day_number(first_day), day_number(last_day))
     key = (ice.snapshot_id, wm_name, *days)
     last = _ICEBERG_DAYS.get(ice.target)
@@ -203,10 +252,13 @@ async def audit_days(
         _ICEBERG_DAYS[ice.target] = (key, cached)
     cold, unknown = cached
     if hashed is None or recorded is None:
-        result = compare(first_day, last_day, hot, cold, unknown)
+        result = compare(first_day, last_day, hot.rows, cold, unknown)
     else:
-        result = compare(first_day, last_day, hot, cold, unknown, sums, recorded, hashed.key)
-    result.waiting, result.oldest_waiting, result.server_now = waiting, oldest, now
+        result = compare(
+            first_day, last_day, hot.rows, cold, unknown, hot.sums, recorded, hashed.key
+        )
+    result.waiting, result.oldest_waiting = hot.waiting, hot.oldest_waiting
+    result.server_now = hot.server_now
     return result
 
 
@@ -228,26 +280,32 @@ def window(
     return last - dt.timedelta(days=days - 1), last
 
 
-def checksummed(table: TableConfig, plan: SourcePlan) -> RowHash | None:
+def audited(table: TableConfig, order: Order) -> bool:
+    """Whether the table has an audit window (a time or date watermark, audit_days > 0)."""
+    return window(order[0][1], ["1970-01-01"], table.audit_days) is not None
+
+
+def checksummed(
+    table: TableConfig, order: Order, columns: Sequence[tuple[str, str]]
+) -> RowHash | None:
     """The row hash pages carry for the audit's checksums, or None: checksums are off,
     or the table has no audit window (integer watermark, audit_days = 0)."""
-    wm_type = plan.order[0][1]
-    if not table.audit_checksums or window(wm_type, ["1970-01-01"], table.audit_days) is None:
+    if not table.audit_checksums or not audited(table, order):
         return None
-    return plan_hash(plan)
-
-
-def plan_hash(plan: SourcePlan) -> RowHash:
-    """The row hash over every column of the plan."""
-    return row_hash([(c.name, str(c.ch_type)) for c in plan.columns])
+    return row_hash(columns)
 
 
 def convert_page(
-    page: Page, watermark: str, hashed: RowHash | None
+    page: Page, watermark: str | None, hashed: RowHash | None
 ) -> tuple[pa.RecordBatch, dict[int, DaySum]]:
-    """A page as Arrow, and the per-day sums of its row hashes (worker thread)."""
+    """A page as Arrow, and its rows per day of `watermark` with the sums of their row
+    hashes when the page carries them (worker thread). No days without `watermark`."""
+    import pyarrow as pa
+
     batch = page.to_batch()
     hashes = page.checksums()
-    if hashed is None or hashes is None or not batch.num_rows:
+    if watermark is None or not batch.num_rows:
         return batch, {}
+    if hashed is None or hashes is None:
+        return batch, day_sums(batch.column(watermark), pa.nulls(batch.num_rows, pa.uint64()), "")
     return batch, day_sums(batch.column(watermark), hashes, hashed.key)

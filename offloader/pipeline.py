@@ -16,25 +16,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from offloader import audit, checkup, cursor, faults, plan
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import Locked, TableError
-from offloader.iceberg import IcebergCatalog, WrittenFiles
+from offloader.iceberg import WrittenFiles
 from offloader.progress import Progress
 from offloader.report import TableReport
 from offloader.source import Page, Scan, keyset_pages, open_table
-from offloader.sql import NOW_MICROS, behind_query, quote_ident, watermark_int
+from offloader.sql import behind_query
 from offloader.state import DaySum, Store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offloader.iceberg.catalog import IcebergCatalog
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +54,20 @@ class Services:
     """What a table run needs from the outside world, shared across a cycle."""
 
     clickhouse: ClickHouseConfig
-    catalog: IcebergCatalog
     watermarks: Store
     cpu: anyio.CapacityLimiter
     io: anyio.CapacityLimiter
+    # The Iceberg catalog is opened on first use: a cycle with nothing to write never
+    # imports pyiceberg nor opens the catalog.
+    open_catalog: Callable[[], IcebergCatalog]
     progress: Progress | None = None  # live bars on a terminal (progress.py)
+    _catalog: IcebergCatalog | None = None
+
+    @property
+    def catalog(self) -> IcebergCatalog:
+        if self._catalog is None:
+            self._catalog = self.open_catalog()
+        return self._catalog
 
 
 async def offload_table(
@@ -154,10 +167,19 @@ class TableRun:
     async def run(self) -> None:
         async with open_table(self.services.clickhouse, self.table) as src:
             self.src = src
-            self.hashed = audit.checksummed(self.table, src.plan)
+            self.hashed = audit.checksummed(self.table, src.order, src.columns)
+            # Rows (and row-hash sums) per day are recorded with each commit for the audit.
+            audited = audit.audited(self.table, src.order)
+            self.day_column = self.table.watermark if audited else None
             upto = await self.prepare()
             if upto is None:
+                # Nothing to read: Iceberg is not touched unless the audit of what
+                # PostgreSQL recorded finds a day to look at.
+                if not await checkup.audit_recorded(self):
+                    await self.open_iceberg()
+                    await checkup.audit(self)
                 return
+            await self.open_iceberg()
             await self.transfer(upto)
             if self.report.rows == 0:
                 self.report.status = "idle"
@@ -165,11 +187,45 @@ class TableRun:
                 await checkup.measure_behind(self)
 
     async def prepare(self) -> Any | None:
-        """Open the Iceberg table, reconcile PostgreSQL with its newest commit marker and
-        find the high-water mark: the newest watermark this run may read, or None when
-        the source is empty."""
+        """Read the committed state and what ClickHouse holds past it (one query that
+        reads only the granules after the position): the high-water mark this run may
+        read up to, or None when there is nothing to read (the run is idle)."""
         t0 = time.monotonic()
         services, table, report, src = self.services, self.table, self.report, self.src
+        self.state = await services.watermarks.get(table.target, table.source)
+        self.seq = self.state.seq
+        report.watermark = list(self.state.position) if self.state.position else None
+        wm_type = src.order[0][1]
+        query = behind_query(src.relation, src.order, report.watermark)
+        waiting, oldest, now_micros, newest = (await src.source.rows(query))[0]
+        now = cursor.from_micros(now_micros)
+        first = cursor.watermark_from_int(wm_type, oldest) if int(waiting) else None
+        behind = plan.behind(int(waiting), first, now, wm_type)
+        report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
+        self.waiting = int(waiting)
+        report.stage("prepare", time.monotonic() - t0)
+        if not self.waiting:
+            report.status = "idle"
+            return None
+        top = cursor.watermark_from_int(wm_type, newest)
+        upto = plan.high_water_value(top, now, table.lag, wm_type)
+        if first is not None and first > upto:  # only rows still inside `lag`
+            report.status = "idle"
+            return None
+        return cursor.encode_value(upto)
+
+    async def open_iceberg(self) -> None:
+        """Open (create, evolve) the Iceberg table and reconcile PostgreSQL with its
+        newest commit marker: a run that died between its Iceberg and PostgreSQL
+        commits is recovered here, before anything new is written."""
+        t0 = time.monotonic()
+        services, table, report, src, state = (
+            self.services,
+            self.table,
+            self.report,
+            self.src,
+            self.state,
+        )
         self.ice = await anyio.to_thread.run_sync(
             services.catalog.ensure,
             table.target,
@@ -178,7 +234,6 @@ class TableRun:
             (table.watermark, *table.keys),
             limiter=services.io,
         )
-        state = await services.watermarks.get(table.target, table.source)
         mark = await anyio.to_thread.run_sync(self.ice.latest_mark, limiter=services.io)
         decision = plan.reconcile(
             table.target,
@@ -207,32 +262,13 @@ class TableRun:
             report.recovered = True
         self.seq = decision.seq
         report.watermark = list(decision.position) if decision.position else None
-
-        wm_name, wm_type = src.plan.order[0]
-        wm_q = quote_ident(wm_name)
-        hwm_row = await src.source.rows(
-            f"SELECT {watermark_int(wm_type, f'max({wm_q})')}, count(), {NOW_MICROS} "
-            f"FROM {src.relation}"
-        )
-        max_value = cursor.watermark_from_int(wm_type, hwm_row[0][0])
-        count, now = int(hwm_row[0][1]), cursor.from_micros(hwm_row[0][2])
-        report.stage("prepare", time.monotonic() - t0)
-        if not count:
-            report.status = "idle"
-            behind = plan.behind(0, None, now, wm_type)
-            report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
-            return None
-        return plan.high_water_mark(max_value, now, table.lag, wm_type)
+        report.stage("open_iceberg", time.monotonic() - t0)
 
     async def transfer(self, upto: Any) -> None:
         """Page the rows after the committed position up to `upto` into Iceberg."""
         if self.services.progress is not None:
-            src = self.src
-            query = behind_query(src.relation, src.plan.order, self.report.watermark)
-            total = int((await src.source.rows(query))[0][0])
-            self.services.progress.start(
-                self.table.target, min(total, self.table.max_rows_per_cycle)
-            )
+            total = min(self.waiting, self.table.max_rows_per_cycle)
+            self.services.progress.start(self.table.target, total)
         send, receive = anyio.create_memory_object_stream[Page](0)
         try:
             async with anyio.create_task_group() as tg:
@@ -306,7 +342,7 @@ class TableRun:
                 batch, page_sums = await anyio.to_thread.run_sync(
                     audit.convert_page,
                     page,
-                    self.table.watermark,
+                    self.day_column,
                     self.hashed,
                     limiter=self.services.cpu,
                 )
@@ -390,7 +426,7 @@ class TableRun:
         )
 
 
-_Chunk = tuple[list[pa.RecordBatch], list[Any], dict[int, DaySum]]
+_Chunk = tuple[list["pa.RecordBatch"], list[Any], dict[int, DaySum]]
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

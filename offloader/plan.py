@@ -6,18 +6,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Literal
 
 from offloader.config import TableConfig
 from offloader.cursor import encode_value
 from offloader.errors import InconsistentState, SourceSchemaError
-from offloader.source.types import (
-    ChType,
-    ColumnPlan,
-    plan_column,
-)
+from offloader.source.types import ChType, ColumnPlan, parse_type, plan_column
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +25,8 @@ class SourcePlan:
 
     @property
     def schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         return pa.schema([c.field for c in self.columns])
 
     @property
@@ -87,13 +86,15 @@ def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
         )
 
 
-def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> SourcePlan:
-    """Map the source columns and check the watermark and key columns. Pure."""
-    plans = tuple(
-        plan_column(table.source, name, type_text, table.uint64, table.strings)
-        for name, type_text in columns
-    )
-    by_name = {p.name: i for i, p in enumerate(plans)}
+Order = tuple[tuple[str, ChType], ...]  # (watermark, keys...) with their types
+
+
+def plan_order(
+    table: TableConfig, columns: Sequence[tuple[str, str]]
+) -> tuple[Order, tuple[int, ...]]:
+    """The watermark and key columns with their types and positions, checked. Pure, and
+    cheap: no column is mapped (an idle run needs no more)."""
+    by_name = {name: i for i, (name, _) in enumerate(columns)}
     order: list[tuple[str, ChType]] = []
     index: list[int] = []
     for role, name in [("watermark", table.watermark)] + [("key", k) for k in table.keys]:
@@ -103,15 +104,32 @@ def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> Sourc
                 + ", ".join(by_name),
                 reason="config",
             )
-        t = plans[by_name[name]].ch_type
+        t = parse_type(columns[by_name[name]][1])
         check_cursor_column(table.source, role, name, t)
         order.append((name, t))
         index.append(by_name[name])
-    return SourcePlan(plans, tuple(order), tuple(index))
+    return tuple(order), tuple(index)
+
+
+def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> SourcePlan:
+    """Map the source columns and check the watermark and key columns. Pure."""
+    order, index = plan_order(table, columns)
+    plans = tuple(
+        plan_column(table.source, name, type_text, table.uint64, table.strings)
+        for name, type_text in columns
+    )
+    order = tuple((name, plans[i].ch_type) for (name, _), i in zip(order, index, strict=True))
+    return SourcePlan(plans, order, index)
 
 
 def high_water_mark(max_value: Any, server_now: dt.datetime, lag: float, wm_type: ChType) -> Any:
-    """The newest watermark value this run may read, as an encoded cursor value.
+    """The newest watermark value this run may read, as an encoded cursor value
+    (high_water_value, encoded)."""
+    return encode_value(high_water_value(max_value, server_now, lag, wm_type))
+
+
+def high_water_value(max_value: Any, server_now: dt.datetime, lag: float, wm_type: ChType) -> Any:
+    """The newest watermark value this run may read.
 
     Time columns: min(max(column), now - lag), so rows still being inserted wait.
     Date columns: only whole days that ended before now - lag.
@@ -128,12 +146,12 @@ def high_water_mark(max_value: Any, server_now: dt.datetime, lag: float, wm_type
         upto = min(max_value, cutoff)
         if name == "DateTime":
             upto = upto.replace(microsecond=0)
-        return encode_value(upto)
+        return upto
     if name in ("Date", "Date32"):
         assert isinstance(max_value, dt.date)
         last_complete_day = cutoff.astimezone(dt.UTC).date() - dt.timedelta(days=1)
-        return encode_value(min(max_value, last_complete_day))
-    return encode_value(max_value)
+        return min(max_value, last_complete_day)
+    return max_value
 
 
 @dataclass(frozen=True, slots=True)

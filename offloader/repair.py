@@ -33,7 +33,6 @@ from offloader.audit import (
     convert_page,
     day_number,
     day_start,
-    plan_hash,
     watermark_day,
 )
 from offloader.config import Config, TableConfig
@@ -43,7 +42,7 @@ from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
 from offloader.progress import Progress
 from offloader.source import Scan, SourceTable, keyset_pages, open_table, table_ttl
-from offloader.sql import NOW_MICROS, RowHash, quote_ident, ttl_seconds, watermark_int
+from offloader.sql import NOW_MICROS, RowHash, quote_ident, row_hash, ttl_seconds, watermark_int
 from offloader.state import DaySum, Store
 from offloader.watermarks import Watermarks
 
@@ -167,7 +166,7 @@ async def repair(
     if not days:
         report.status = "nothing"
         return report
-    checked = plan_hash(src.plan) if table.audit_checksums else None
+    checked = row_hash(src.columns) if table.audit_checksums else None
     recorded = None
     if checked is not None:
         recorded = await watermarks.day_sums(
@@ -203,7 +202,7 @@ async def repair(
     if dry_run:
         return report
     run_id = uuid.uuid4().hex
-    hashed = plan_hash(src.plan)
+    hashed = row_hash(src.columns)
     wanted = {day_number(c.day) for c in accepted}
     # The repaired days' sums start again from what is written now (empty days too).
     sums = {n: DaySum(0, 0, hashed.key) for n in wanted}
@@ -389,7 +388,7 @@ async def repair_table(
                 days = [first + dt.timedelta(days=k) for k in range((end - first).days)]
             else:
                 first_day, last_day = last - dt.timedelta(days=max(table.audit_days, 1) - 1), last
-                hashed = plan_hash(src.plan) if table.audit_checksums else None
+                hashed = row_hash(src.columns) if table.audit_checksums else None
                 recorded = await watermarks.day_sums(
                     table.target, day_number(first_day), day_number(last_day)
                 )

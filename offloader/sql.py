@@ -152,12 +152,14 @@ def behind_query(
     source: str, order: Sequence[tuple[str, ChType]], after: Sequence[Any] | None
 ) -> str:
     """Rows not yet offloaded (after the committed position `after`): how many, the
-    oldest one's watermark (as watermark_int) and the server's time. The keyset
-    predicate leads with the watermark, so ClickHouse reads only the newest granules."""
+    oldest one's watermark, the server's time and the newest one's watermark (times as
+    watermark_int). The keyset predicate leads with the watermark, so ClickHouse reads
+    only the newest granules; the newest row past the position is the table's newest."""
     wm_name, wm_type = order[0]
     where = f" WHERE {keyset_after(order, after)}" if after is not None else ""
     oldest = watermark_int(wm_type, f"min({quote_ident(wm_name)})")
-    return f"SELECT count(), {oldest}, {NOW_MICROS} FROM {source}{where}"
+    newest = watermark_int(wm_type, f"max({quote_ident(wm_name)})")
+    return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest} FROM {source}{where}"
 
 
 def day_expr(wm_name: str, wm_type: ChType) -> str:

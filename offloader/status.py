@@ -140,7 +140,7 @@ async def _source_side(
         st.ttl_seconds = ttl_seconds(st.ttl)
         # The same measure as each run's (pipeline._measure_behind), so status, --check
         # and the offloader_lag_seconds metric agree.
-        rows, oldest, now = (await ch.rows(behind_query(src, order, st.watermark)))[0]
+        rows, oldest, now, _ = (await ch.rows(behind_query(src, order, st.watermark)))[0]
         first = watermark_from_int(wm_type, oldest) if rows else None
         lag = behind(int(rows), first, from_micros(now), wm_type)
         st.rows_behind, st.lag_seconds = lag.rows, lag.seconds

@@ -10,18 +10,20 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
-from offloader.iceberg import IcebergCatalog
 from offloader.pipeline import Services, offload_table
 from offloader.progress import Progress
 from offloader.report import TableReport
 from offloader.watermarks import Watermarks
+
+if TYPE_CHECKING:
+    from offloader.iceberg.catalog import IcebergCatalog
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ async def open_runtime(cfg: Config, progress: Progress | None = None) -> AsyncIt
     try:
         services = Services(
             clickhouse=cfg.clickhouse,
-            catalog=IcebergCatalog(cfg.catalog, cfg.maintenance),
+            open_catalog=lambda: _open_catalog(cfg),
             watermarks=watermarks,
             cpu=anyio.CapacityLimiter(max(1, os.cpu_count() or 1)),
             io=anyio.CapacityLimiter(max(2, cfg.service.max_parallel_tables)),
@@ -100,6 +102,12 @@ async def open_runtime(cfg: Config, progress: Progress | None = None) -> AsyncIt
         yield Runtime(services)
     finally:
         await watermarks.close()
+
+
+def _open_catalog(cfg: Config) -> IcebergCatalog:
+    from offloader.iceberg.catalog import IcebergCatalog
+
+    return IcebergCatalog(cfg.catalog, cfg.maintenance)
 
 
 TableHook = Callable[[TableReport], None]

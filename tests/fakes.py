@@ -62,13 +62,10 @@ class FakeSource:
     async def rows(self, query: str) -> list[tuple[Any, ...]]:
         if "system.columns" in query:
             return list(COLUMNS)
-        if "max(" in query and "count()" in query:  # the high-water mark
-            top = max((r[0] for r in self.data), default=0)
-            return [(top, len(self.data), NOW_MICROS)]
         if query.startswith("SELECT count(), min("):  # rows behind (sql.behind_query)
             after = _after_value(query)
             waiting = [r[0] for r in self.data if after is None or r[0] > after]
-            return [(len(waiting), min(waiting, default=0), NOW_MICROS)]
+            return [(len(waiting), min(waiting, default=0), NOW_MICROS, max(waiting, default=0))]
         raise AssertionError(f"FakeSource cannot answer {query!r}")
 
     async def scalar(self, query: str) -> Any:

@@ -43,10 +43,10 @@ class Harness:
                 self.fake.on_page = lambda n: stopping.set() if n >= stopping_after else None
             services = Services(
                 ClickHouseConfig(),
-                self.catalog,
                 self.store,
                 anyio.CapacityLimiter(1),
                 anyio.CapacityLimiter(2),
+                lambda: self.catalog,
             )
             return await offload_table(services, table, timeout=60, stopping=stopping)
 
@@ -63,13 +63,12 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeSource], None]:
     from contextlib import asynccontextmanager
 
     from offloader import pipeline
-    from offloader.plan import plan_source
     from tests.fakes import COLUMNS
 
     def install(fake: FakeSource) -> None:
         @asynccontextmanager
         async def open_table(cfg: ClickHouseConfig, table: TableConfig):  # type: ignore[no-untyped-def]
-            yield SourceTable(fake, plan_source(table, COLUMNS), "db.t", "db")
+            yield SourceTable(fake, table, list(COLUMNS), "db.t", "db")
 
         monkeypatch.setattr(pipeline, "open_table", open_table)
 

@@ -142,25 +142,44 @@ async def open_source(
             yield tcp
 
 
-@dataclass(frozen=True, slots=True)
 class SourceTable:
-    """A table's source, opened: its session, the plan of its columns, and the relation
-    pages read (`db`.`table`, with FINAL when configured)."""
+    """A table's source, opened: its session, its columns, the watermark and key columns
+    (`order`, checked), the relation pages read (`db`.`table`, with FINAL when
+    configured) and, on first use, the plan of every column (which needs pyarrow; an
+    idle run never asks for it)."""
 
-    source: Source
-    plan: SourcePlan
-    relation: str
-    database: str
+    def __init__(
+        self,
+        source: Source,
+        table: TableConfig,
+        columns: list[tuple[str, str]],
+        relation: str,
+        database: str,
+    ) -> None:
+        self.source = source
+        self.table = table
+        self.columns = columns
+        self.relation = relation
+        self.database = database
+        self.order, self.order_index = planning.plan_order(table, columns)
+        self._plan: SourcePlan | None = None
+
+    @property
+    def plan(self) -> SourcePlan:
+        if self._plan is None:
+            self._plan = planning.plan_source(self.table, self.columns)
+        return self._plan
 
 
 @asynccontextmanager
 async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator[SourceTable]:
-    """Open the table's transport and plan its columns (SourceSchemaError if one
-    cannot be stored exactly)."""
+    """Open the table's transport and read its columns (SourceSchemaError if the
+    watermark or a key is missing or unfit; a column that cannot be stored exactly
+    fails when the plan is first used)."""
     db = table.source_database or cfg.database
     async with open_source(cfg, table.target, transport_of(cfg, table)) as s:
-        plan = planning.plan_source(table, await table_columns(s, db, table.source_table))
-        yield SourceTable(s, plan, sql.read_from(db, table.source_table, table.final), db)
+        columns = await table_columns(s, db, table.source_table)
+        yield SourceTable(s, table, columns, sql.read_from(db, table.source_table, table.final), db)
 
 
 async def keyset_pages(

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import pyarrow as pa
 from asynch import errors as ch_errors
 from asynch.proto.connection import Connection
 
@@ -29,9 +28,10 @@ from offloader.errors import (
     SourceUnavailable,
 )
 from offloader.source import Scan, invalid_utf8_columns
-from offloader.source.native_convert import cursor_value, to_record_batch
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from offloader.plan import SourcePlan
 
 log = logging.getLogger(__name__)
@@ -190,18 +190,25 @@ class NativePage:
     def position(self) -> list[Any]:
         if not self.data.rows:
             return []
+        from offloader.source import native_convert
+
         row, plan, offsets = self.data.rows - 1, self.plan, self.plan.offsets
         out = []
         for i in plan.order_index:
             col = plan.columns[i]
             wire = [self.data.columns[offsets[i] + k][row] for k in range(len(col.select))]
-            out.append(cursor.encode_value(cursor_value(col, wire)))
+            out.append(cursor.encode_value(native_convert.cursor_value(col, wire)))
         return out
 
     def to_batch(self) -> pa.RecordBatch:
-        return to_record_batch(self.target, self.plan.columns, self.data.columns)
+        # Conversion (and pyarrow) load with the first page: an idle run needs neither.
+        from offloader.source import native_convert
+
+        return native_convert.to_record_batch(self.target, self.plan.columns, self.data.columns)
 
     def checksums(self) -> pa.Array | None:
+        import pyarrow as pa
+
         return None if self.hashes is None else pa.array(self.hashes, pa.uint64())
 
 

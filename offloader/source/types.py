@@ -9,13 +9,15 @@ the column and the type.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-from typing import Literal
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Literal
 
 from offloader.errors import SourceSchemaError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,26 +155,34 @@ def _with_source(t: ChType, text: str) -> ChType:
 UInt64Mode = Literal["error", "decimal"]
 StringMode = Literal["string", "binary"]
 
-_SIMPLE: dict[str, pa.DataType] = {
-    "Int8": pa.int32(),
-    "Int16": pa.int32(),
-    "Int32": pa.int32(),
-    "UInt8": pa.int32(),
-    "UInt16": pa.int32(),
-    "UInt32": pa.int64(),
-    "Int64": pa.int64(),
-    "Float32": pa.float32(),
-    "Float64": pa.float64(),
-    "Bool": pa.bool_(),
-    "Date": pa.date32(),
-    "Date32": pa.date32(),
-    "UUID": pa.uuid(),
-    "IPv4": pa.string(),
-    "IPv6": pa.string(),
-    "JSON": pa.string(),
-    "Object": pa.string(),
-}
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+@functools.cache
+def _simple() -> dict[str, pa.DataType]:
+    """The Arrow types of the scalar ClickHouse types (pyarrow is imported on first use:
+    an idle run parses types but never maps them)."""
+    import pyarrow as pa
+
+    return {
+        "Int8": pa.int32(),
+        "Int16": pa.int32(),
+        "Int32": pa.int32(),
+        "UInt8": pa.int32(),
+        "UInt16": pa.int32(),
+        "UInt32": pa.int64(),
+        "Int64": pa.int64(),
+        "Float32": pa.float32(),
+        "Float64": pa.float64(),
+        "Bool": pa.bool_(),
+        "Date": pa.date32(),
+        "Date32": pa.date32(),
+        "UUID": pa.uuid(),
+        "IPv4": pa.string(),
+        "IPv6": pa.string(),
+        "JSON": pa.string(),
+        "Object": pa.string(),
+    }
+
+
 _DECIMAL_WIDTH = {"Decimal32": 9, "Decimal64": 18, "Decimal128": 38, "Decimal256": 76}
 
 
@@ -192,8 +202,11 @@ def arrow_type(
         last = t0.args[-1]
         assert isinstance(last, ChType)
         return arrow_type(last, uint64, strings)
-    if name in _SIMPLE:
-        return _SIMPLE[name]
+    import pyarrow as pa
+
+    simple = _simple()
+    if name in simple:
+        return simple[name]
     if name == "UInt64":
         return pa.decimal128(20, 0) if uint64 == "decimal" else pa.int64()
     if name in ("String", "FixedString"):
@@ -201,7 +214,7 @@ def arrow_type(
     if name in ("Enum8", "Enum16", "Enum"):
         return pa.string()
     if name == "DateTime":
-        return TIMESTAMP
+        return pa.timestamp("us", tz="UTC")
     if name == "DateTime64":
         precision = t0.args[0] if t0.args else 3
         if not isinstance(precision, int) or precision > 6:
@@ -209,7 +222,7 @@ def arrow_type(
                 f"DateTime64 precision {precision} exceeds Iceberg's microseconds; "
                 "cast it in a view to DateTime64(6) if truncation is acceptable"
             )
-        return TIMESTAMP
+        return pa.timestamp("us", tz="UTC")
     if name == "Decimal" or name in _DECIMAL_WIDTH:
         if name == "Decimal":
             precision, scale = (*t0.args, 0)[:2] if len(t0.args) == 1 else t0.args[:2]
@@ -241,6 +254,8 @@ def arrow_type(
 
 
 def _field(name: str, t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.Field:
+    import pyarrow as pa
+
     return pa.field(name, arrow_type(t, uint64, strings), nullable=t.nullable)
 
 
@@ -280,6 +295,8 @@ class ColumnPlan:
     @property
     def scale(self) -> int:
         t = self.arrow
+        import pyarrow as pa
+
         return int(t.scale) if pa.types.is_decimal(t) else 0
 
 
@@ -378,6 +395,8 @@ def plan_column(
             "supported; expose it as String in a view",
             reason="unmappable",
         )
+    import pyarrow as pa
+
     wire, select = wire_plan(t, name)
     return ColumnPlan(
         name=name,

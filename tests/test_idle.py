@@ -1,0 +1,62 @@
+"""A cycle with nothing new to write costs only what it must: no pyiceberg import, no
+catalog, no Iceberg table; its audit checks ClickHouse's days against what PostgreSQL
+recorded at commit, and only a disagreement reads Iceberg's manifests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from tests.helpers import ROOT, Env
+
+pytestmark = pytest.mark.integration
+
+PROBE = """
+import sys
+from offloader.cli import main
+code = main(["--config", sys.argv[1], "once", "--json"])
+loaded = sorted(m for m in ("pyiceberg", "pyarrow", "pandas") if m in sys.modules)
+print("LOADED " + ",".join(loaded), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def once_loading(env: Env) -> tuple[dict[str, object], list[str]]:
+    """`offloader once --json` in a fresh process: the table's report and which heavy
+    modules the process loaded."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(env.config_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("LOADED"))
+    report = orjson.loads(proc.stdout)["tables"][0]
+    return report, [m for m in line.removeprefix("LOADED ").split(",") if m]
+
+
+def test_idle_cycle_loads_no_iceberg_until_a_day_disagrees(env: Env) -> None:
+    env.create_trades("quiet")
+    env.insert_trades("quiet", 3_000, first_id=1, start="2026-01-01 00:00:00", step_us=10**8)
+    env.write_config([env.table("quiet", audit_days=4)])
+    first, loaded = once_loading(env)
+    assert first["status"] == "ok" and first["rows"] == 3_000
+    assert "pyiceberg" in loaded
+
+    idle, loaded = once_loading(env)
+    assert idle["status"] == "idle" and idle["drifted"] == []
+    assert loaded == [], loaded  # neither pyiceberg nor pyarrow
+    assert "open_iceberg" not in idle["stages"]
+
+    # A late row below the watermark: the idle run's audit disagrees with PostgreSQL's
+    # record, reads Iceberg's manifests and reports the day.
+    env.insert_trades("quiet", 1, first_id=900_000, start="2026-01-01 00:00:30")
+    late, loaded = once_loading(env)
+    assert late["status"] == "idle" and "pyiceberg" in loaded
+    [day] = late["drifted"]  # type: ignore[misc]
+    assert day["day"] == "2026-01-01" and day["clickhouse"] == day["iceberg"] + 1
