@@ -31,9 +31,9 @@ import anyio
 from offloader.config import TableConfig
 from offloader.plan import Order
 from offloader.source import Page, Source
-from offloader.source.types import ChType
 from offloader.sql import RowHash, day_counts_query, row_hash
 from offloader.state import DaySum
+from offloader.types import ChType
 
 if TYPE_CHECKING:
     import pyarrow as pa

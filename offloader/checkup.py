@@ -7,17 +7,45 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
 
 from offloader import audit as tiers
 from offloader import cursor, plan
+from offloader.config import TableConfig
 from offloader.errors import TableError
-from offloader.sql import behind_query
+from offloader.report import TableReport
+from offloader.source import SourceTable
+from offloader.sql import RowHash, behind_query
+from offloader.state import Store
 
 if TYPE_CHECKING:
-    from offloader.pipeline import TableRun
+    from offloader.iceberg.table import IcebergTable
 
 log = logging.getLogger(__name__)
+
+
+class _Services(Protocol):
+    @property
+    def watermarks(self) -> Store: ...
+
+    @property
+    def io(self) -> anyio.CapacityLimiter: ...
+
+
+class TableRun(Protocol):
+    """What a check needs of a table run (pipeline.TableRun)."""
+
+    @property
+    def services(self) -> _Services: ...
+
+    table: TableConfig
+    report: TableReport
+    src: SourceTable
+    ice: IcebergTable
+    seq: int
+    hashed: RowHash | None
 
 
 async def audit(run: TableRun) -> bool:

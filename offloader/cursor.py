@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 if TYPE_CHECKING:
-    from offloader.source.types import ChType
+    from offloader.types import ChType
 
 _INT64_MAX = 2**63 - 1
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

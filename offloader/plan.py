@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from offloader.config import TableConfig
 from offloader.cursor import encode_value
 from offloader.errors import InconsistentState, SourceSchemaError
-from offloader.source.types import ChType, ColumnPlan, parse_type, plan_column
+from offloader.types import ChType, ColumnPlan, parse_type, plan_column
 
 if TYPE_CHECKING:
     import pyarrow as pa

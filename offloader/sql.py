@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from offloader.source.types import ChType, quote_ident
+from offloader.types import ChType, quote_ident
 
 __all__ = ["behind_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
 

@@ -15,7 +15,6 @@ from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
 from offloader.plan import behind
-from offloader.source.types import parse_type
 from offloader.sql import (
     behind_query,
     quote_ident,
@@ -25,6 +24,7 @@ from offloader.sql import (
     watermark_int,
 )
 from offloader.state import DaySum, StatusRow
+from offloader.types import parse_type
 from offloader.watermarks import Watermarks
 
 

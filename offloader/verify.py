@@ -25,13 +25,13 @@ from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
-from offloader.source.types import ChType, ColumnPlan
 from offloader.sql import (
     keyset_after,
     quote_ident,
     quote_string,
     with_text_settings,
 )
+from offloader.types import ChType, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)

@@ -18,12 +18,6 @@ from offloader.errors import DataError, InconsistentState, SourceSchemaError
 from offloader.plan import check_cursor_column
 from offloader.source.arrow import json_value_parser
 from offloader.source.native_convert import cursor_value, to_record_batch
-from offloader.source.types import (
-    arrow_type,
-    parse_type,
-    plan_column,
-    quote_ident,
-)
 from offloader.sql import (
     TEXT_SETTINGS,
     keyset_after,
@@ -31,6 +25,12 @@ from offloader.sql import (
     page_query,
     quote_string,
     watermark_int,
+)
+from offloader.types import (
+    arrow_type,
+    parse_type,
+    plan_column,
+    quote_ident,
 )
 
 TS = pa.timestamp("us", tz="UTC")

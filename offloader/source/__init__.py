@@ -19,17 +19,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-# Modules, not names: offloader.sql and offloader.plan import source.types, which
-# initialises this package first.
-from offloader import plan as planning
-from offloader import sql
 from offloader.config import ClickHouseConfig, TableConfig, Transport
 from offloader.errors import SourceSchemaError, TableError
+from offloader.plan import SourcePlan, plan_order, plan_source
+from offloader.sql import page_query, quote_ident, quote_string, read_from
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from offloader.plan import SourcePlan
 
 __all__ = [
     "Page",
@@ -61,7 +57,7 @@ class Scan:
 
     def query(self, plan: SourcePlan, select: Sequence[str], after: Any, limit: int) -> str:
         """The SQL of one page of this scan after position `after`."""
-        return sql.page_query(
+        return page_query(
             source=self.relation,
             select=select,
             order=plan.order,
@@ -161,13 +157,13 @@ class SourceTable:
         self.columns = columns
         self.relation = relation
         self.database = database
-        self.order, self.order_index = planning.plan_order(table, columns)
+        self.order, self.order_index = plan_order(table, columns)
         self._plan: SourcePlan | None = None
 
     @property
     def plan(self) -> SourcePlan:
         if self._plan is None:
-            self._plan = planning.plan_source(self.table, self.columns)
+            self._plan = plan_source(self.table, self.columns)
         return self._plan
 
 
@@ -179,7 +175,7 @@ async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator
     db = table.source_database or cfg.database
     async with open_source(cfg, table.target, transport_of(cfg, table)) as s:
         columns = await table_columns(s, db, table.source_table)
-        yield SourceTable(s, table, columns, sql.read_from(db, table.source_table, table.final), db)
+        yield SourceTable(s, table, columns, read_from(db, table.source_table, table.final), db)
 
 
 async def keyset_pages(
@@ -201,12 +197,12 @@ async def table_columns(s: Source, database: str, table: str) -> list[tuple[str,
     """(name, type) of every column in table order; SourceSchemaError if there are none."""
     rows = await s.rows(
         "SELECT name, type FROM system.columns WHERE database = "
-        f"{sql.quote_string(database)} AND table = {sql.quote_string(table)} ORDER BY position"
+        f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
     )
     if not rows:
         exists = await s.scalar(
             "SELECT count() FROM system.tables WHERE database = "
-            f"{sql.quote_string(database)} AND name = {sql.quote_string(table)}"
+            f"{quote_string(database)} AND name = {quote_string(table)}"
         )
         raise SourceSchemaError(
             f"{s.label}: source table {database}.{table} "
@@ -221,7 +217,7 @@ async def table_ttl(s: Source, database: str, table: str) -> str | None:
     """The table's TTL clause, if any (from its CREATE statement)."""
     create = await s.scalar(
         "SELECT create_table_query FROM system.tables WHERE database = "
-        f"{sql.quote_string(database)} AND name = {sql.quote_string(table)}"
+        f"{quote_string(database)} AND name = {quote_string(table)}"
     )
     if not create or " TTL " not in str(create):
         return None
@@ -235,7 +231,7 @@ async def invalid_utf8_columns(s: Source, plan: SourcePlan, relation: str) -> st
     for col in plan.columns:
         if col.ch_type.unwrap().name not in ("String", "FixedString"):
             continue
-        q = sql.quote_ident(col.name)
+        q = quote_ident(col.name)
         try:
             bad = await s.rows(
                 f"SELECT hex(any({q})), count() FROM {relation} WHERE NOT isValidUTF8({q})"

@@ -33,8 +33,8 @@ from offloader.errors import (
     SourceUnavailable,
 )
 from offloader.source import Scan
-from offloader.source.types import ChType, parse_type, rewrite_leaves
 from offloader.sql import quote_ident
+from offloader.types import ChType, parse_type, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from offloader.cursor import EPOCH, from_micros
 from offloader.errors import DataError
-from offloader.source.types import ChType, ColumnPlan, prep_kind, uint64_hint
+from offloader.types import ChType, ColumnPlan, prep_kind, uint64_hint
 
 
 def wire_width(plans: Sequence[ColumnPlan]) -> int:
