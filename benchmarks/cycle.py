@@ -31,6 +31,7 @@ import anyio
 import orjson
 import pyarrow as pa
 
+from benchmarks import peers
 from offloader import devserver, source
 from offloader.config import ClickHouseConfig, Config
 from offloader.configfile import load_config
@@ -169,15 +170,20 @@ def cycle(path: Path) -> CycleReport:
 
 
 def whole_process(path: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one `offloader once` process.
+    """Wall seconds and peak RSS (MB) of one `offloader once` process."""
+    command = [sys.executable, "-m", "offloader", "--config", str(path)]
+    return timed_process([*command, "--log-level", "WARNING", "once"])
+
+
+def timed_process(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one process.
 
     The peak is the child's own VmHWM, polled from /proc while it runs: getrusage's
     ru_maxrss would include the RSS of this (large) parent copied at fork time.
     """
     started = time.perf_counter()
-    command = [sys.executable, "-m", "offloader", "--config", str(path)]
     proc = subprocess.Popen(
-        [*command, "--log-level", "WARNING", "once"],
+        command,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
@@ -364,13 +370,71 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         r["native"] / min(native_ceiling, r["iceberg_write"]), 2
     )
     out["arrow_ratio_to_slower_ceiling"] = round(r["arrow"] / arrow_ceiling, 2)
-    out["arrow_vs_dlt_120k"] = round(r["arrow"] / 120_000, 1)
     for transport in ("native", "arrow"):
         out[f"{transport}_arrow_mb_per_s"] = round(median(mbs[transport]), 1)
         runs = stages[transport]
         out[f"{transport}_stages_seconds"] = {
             k: round(median([s.get(k, 0.0) for s in runs]), 2) for k in runs[0]
         }
+    return out
+
+
+def scenario_peers(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Hypothesis: whole process against whole process on the same table, in the same
+    run, offloader moves rows faster than dlt's fastest path (query_arrow pages into
+    Iceberg) with less memory, and its idle cycle is shorter than dlt's idle run; next
+    to both, ClickHouse alone encoding the same rows as Parquet (the ceiling a
+    ClickHouse-encoded transport would approach).
+
+    pip install -e ".[bench]"; python -m benchmarks.cycle --scenario peers --rows 1000000
+    """
+    b.make_tables(["peer"], args.rows)
+    runs: dict[str, list[float]] = {}
+
+    def note(key: str, value: float) -> None:
+        runs.setdefault(key, []).append(value)
+
+    for _ in range(args.repeats):
+        for transport in ("native", "arrow"):
+            path = b.config(["peer"], transport=transport)
+            secs, peak = whole_process(path)
+            note(f"offloader_{transport}_rows_per_s", args.rows / secs)
+            note(f"offloader_{transport}_peak_mb", peak)
+            note(f"offloader_{transport}_idle_seconds", whole_process(path)[0])
+        if peers.dlt_available():
+            where = b.work / f"dlt_{uuid.uuid4().hex[:8]}"
+            where.mkdir()
+            command = [
+                *(sys.executable, "-m", "benchmarks.peers", "dlt"),
+                *("--http-port", str(b.http_port), "--database", b.db, "--table", "peer"),
+                *("--dir", str(where)),
+            ]
+            secs, peak = timed_process(command)
+            note("dlt_rows_per_s", args.rows / secs)
+            note("dlt_peak_mb", peak)
+            note("dlt_idle_seconds", timed_process(command)[0])
+        target = f"peer_{uuid.uuid4().hex[:8]}.parquet"
+        started = time.perf_counter()
+        b.sql(f"INSERT INTO FUNCTION file('{target}', Parquet) SELECT * FROM {b.db}.peer")
+        note("clickhouse_parquet_export_rows_per_s", args.rows / (time.perf_counter() - started))
+    out: dict[str, Any] = {"rows": args.rows}
+    out.update({k: round(median(v), 3 if "seconds" in k else 0) for k, v in runs.items()})
+    export = median(runs["clickhouse_parquet_export_rows_per_s"])
+    for transport in ("native", "arrow"):
+        rate = median(runs[f"offloader_{transport}_rows_per_s"])
+        out[f"{transport}_share_of_clickhouse_export"] = round(rate / export, 2)
+        if "dlt_rows_per_s" in runs:
+            out[f"{transport}_vs_dlt"] = round(rate / median(runs["dlt_rows_per_s"]), 2)
+            out[f"{transport}_memory_vs_dlt"] = round(
+                median(runs[f"offloader_{transport}_peak_mb"]) / median(runs["dlt_peak_mb"]), 2
+            )
+            out[f"{transport}_idle_vs_dlt_idle"] = round(
+                median(runs[f"offloader_{transport}_idle_seconds"])
+                / median(runs["dlt_idle_seconds"]),
+                2,
+            )
+    if "dlt_rows_per_s" not in runs:
+        out["dlt"] = 'not installed: pip install -e ".[bench]"'
     return out
 
 
@@ -480,6 +544,7 @@ def scenario_memory(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "idle": scenario_idle,
+    "peers": scenario_peers,
     "throughput": scenario_throughput,
     "parallel": scenario_parallel,
     "memory": scenario_memory,

@@ -33,7 +33,7 @@ from offloader.progress import Progress
 from offloader.report import TableReport
 from offloader.source import Page, Scan, keyset_pages, open_table
 from offloader.sql import behind_query
-from offloader.state import DaySum, Store
+from offloader.state import DaySum, Store, decode_days, encode_days
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -194,6 +194,10 @@ class TableRun:
         services, table, report, src = self.services, self.table, self.report, self.src
         self.state = await services.watermarks.get(table.target, table.source)
         self.seq = self.state.seq
+        if self.state.position is None:
+            # Never offloaded: map every column now, so a column offloader cannot store
+            # fails the table at once, even while the source is empty.
+            _ = src.plan
         report.watermark = list(self.state.position) if self.state.position else None
         wm_type = src.order[0][1]
         query = behind_query(src.relation, src.order, report.watermark)
@@ -244,6 +248,7 @@ class TableRun:
         )
         if decision.action == "recover":
             assert mark is not None
+            days, replace = decode_days(mark.days)
             log.warning(
                 "recovering watermark from Iceberg: a previous run stopped between its Iceberg "
                 "and PostgreSQL commits",
@@ -258,6 +263,8 @@ class TableRun:
                 run_id=mark.run_id,
                 snapshot_id=mark.snapshot_id,
                 recovered=True,
+                days=days,
+                replace_days=replace,
             )
             report.recovered = True
         self.seq = decision.seq
@@ -397,7 +404,11 @@ class TableRun:
             t0 = time.monotonic()
             mark = await anyio.to_thread.run_sync(
                 lambda: self.ice.commit_files(
-                    written, expected_seq=self.seq, position=position, run_id=self.run_id
+                    written,
+                    expected_seq=self.seq,
+                    position=position,
+                    run_id=self.run_id,
+                    days=encode_days(sums) if sums else None,
                 ),
                 limiter=services.io,
             )

@@ -43,7 +43,7 @@ from offloader.iceberg import maintenance as ops
 from offloader.progress import Progress
 from offloader.source import Scan, SourceTable, keyset_pages, open_table, table_ttl
 from offloader.sql import NOW_MICROS, RowHash, quote_ident, row_hash, ttl_seconds, watermark_int
-from offloader.state import DaySum, Store
+from offloader.state import DaySum, Store, encode_days
 from offloader.watermarks import Watermarks
 
 # Repaired rows are written to data files of about this many rows while they are read.
@@ -242,6 +242,7 @@ async def repair(
                 expected_seq=seq,
                 position=position,
                 rows=delta,
+                days=encode_days(sums, replace=True),
             ),
             limiter=limiter,
         )

@@ -4,6 +4,7 @@ tests' in-memory fake). Pure: no driver."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -23,6 +24,22 @@ class DaySum:
 
 
 DaySums = Mapping[int, DaySum]  # by day number (days since 1970-01-01)
+
+
+def encode_days(days: DaySums, replace: bool = False) -> str:
+    """A commit's per-day sums as the JSON its Iceberg snapshot carries, so a commit
+    recovered from Iceberg after a crash records them in PostgreSQL too."""
+    body = {str(d): [s.rows, str(s.checksum), s.columns_key] for d, s in sorted(days.items())}
+    return json.dumps({"replace": replace, "days": body}, separators=(",", ":"))
+
+
+def decode_days(text: str | None) -> tuple[dict[int, DaySum], bool]:
+    """(days, replace) from encode_days' text; nothing for a snapshot without it."""
+    if not text:
+        return {}, False
+    doc = json.loads(text)
+    days = {int(d): DaySum(int(v[0]), int(v[1]), str(v[2])) for d, v in doc["days"].items()}
+    return days, bool(doc.get("replace"))
 
 
 @dataclass(frozen=True, slots=True)

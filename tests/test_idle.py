@@ -60,3 +60,21 @@ def test_idle_cycle_loads_no_iceberg_until_a_day_disagrees(env: Env) -> None:
     assert late["status"] == "idle" and "pyiceberg" in loaded
     [day] = late["drifted"]  # type: ignore[misc]
     assert day["day"] == "2026-01-01" and day["clickhouse"] == day["iceberg"] + 1
+
+
+def test_a_commit_recovered_after_a_crash_records_its_day_sums(env: Env) -> None:
+    """Killed between the Iceberg commit and PostgreSQL's: the next run recovers the
+    watermark from the snapshot and the per-day sums the snapshot carries, so the idle
+    audit after it still needs no Iceberg."""
+    env.create_trades("crash")
+    env.insert_trades("crash", 2_000, first_id=1, start="2026-01-01 00:00:00", step_us=10**8)
+    env.write_config([env.table("crash", audit_days=4)])
+    killed = env.cli("once", extra_env={"OFFLOADER_TEST_KILL_AT": "iceberg_commit"})
+    assert killed.returncode == -9, killed.stderr
+    env.insert_trades("crash", 10, first_id=50_000, start="2026-01-04 00:00:00")
+    recovered, _ = once_loading(env)
+    assert recovered["recovered"] is True and recovered["rows"] == 10
+    idle, loaded = once_loading(env)
+    assert idle["status"] == "idle" and idle["drifted"] == []
+    assert "pyiceberg" not in loaded, loaded
+    assert env.cli("verify").returncode == 0

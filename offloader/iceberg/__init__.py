@@ -44,6 +44,7 @@ PROP_WATERMARK = "offloader.watermark"
 PROP_SEQ = "offloader.seq"
 PROP_RUN = "offloader.run_id"
 PROP_ROWS = "offloader.rows"
+PROP_DAYS = "offloader.days"  # the commit's per-day rows and row-hash sums
 PROP_OPERATION = "offloader.operation"  # absent on appends; "compact" or "repair"
 COMMIT_ATTEMPTS = 5
 
@@ -86,6 +87,7 @@ class CommittedMark:
     snapshot_id: int
     committed_at: datetime
     rows: int
+    days: str | None = None  # the commit's per-day sums (state.encode_days), if recorded
 
 
 _HINTS = (

@@ -38,6 +38,7 @@ from offloader import cursor
 from offloader.errors import InconsistentState, SinkError
 from offloader.iceberg import (
     COMMIT_ATTEMPTS,
+    PROP_DAYS,
     PROP_OPERATION,
     PROP_ROWS,
     PROP_RUN,
@@ -290,6 +291,7 @@ def replace_files(
     expected_seq: int | None = None,
     position: Sequence[Any] = (),
     rows: int = 0,
+    days: str | None = None,
 ) -> int:
     """Swap `deleted` for `added` in one snapshot; returns its id.
 
@@ -324,12 +326,15 @@ def replace_files(
                 PROP_RUN: run_id,
                 PROP_ROWS: str(rows),
             }
+            if days:
+                props[PROP_DAYS] = days
         elif mark is not None:
             props |= {
                 PROP_SEQ: str(mark.seq),
                 PROP_WATERMARK: cursor.dumps(mark.position),
                 PROP_RUN: mark.run_id,
                 PROP_ROWS: str(mark.rows),
+                **({PROP_DAYS: mark.days} if mark.days else {}),
             }
         try:
             with (

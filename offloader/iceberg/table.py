@@ -33,6 +33,7 @@ from offloader import cursor
 from offloader.errors import InconsistentState, SinkError, SourceSchemaError
 from offloader.iceberg import (
     COMMIT_ATTEMPTS,
+    PROP_DAYS,
     PROP_ROWS,
     PROP_RUN,
     PROP_SEQ,
@@ -225,6 +226,7 @@ class IcebergTable:
                 snapshot_id=snap.snapshot_id,
                 committed_at=datetime.fromtimestamp(snap.timestamp_ms / 1000, UTC),
                 rows=int(summary[PROP_ROWS] or 0),
+                days=summary[PROP_DAYS],
             )
         return None
 
@@ -270,6 +272,7 @@ class IcebergTable:
         expected_seq: int,
         position: Sequence[Any],
         run_id: str,
+        days: str | None = None,
     ) -> CommittedMark:
         """Commit written files as one snapshot that records seq = expected_seq + 1.
 
@@ -285,6 +288,8 @@ class IcebergTable:
             PROP_RUN: run_id,
             PROP_ROWS: str(sum(w.rows for w in written)),
         }
+        if days:
+            props[PROP_DAYS] = days
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             mark = self.latest_mark()
             current = mark.seq if mark else 0
