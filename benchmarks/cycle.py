@@ -351,7 +351,7 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         rates["iceberg_write"].append(args.rows / _write_ceiling(b, batches))
         del batches
         for transport in ("native", "arrow"):
-            path = b.config(["tp"], transport=transport)
+            path = b.config(["tp"], transport=transport, audit_days=int(os.environ.get("BENCH_AUDIT_DAYS", "4")))
             started = time.perf_counter()
             report = cycle(path)
             secs = time.perf_counter() - started

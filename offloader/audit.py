@@ -140,23 +140,23 @@ def compare(
 
 def day_sums(watermarks: pa.Array, hashes: pa.Array, columns_key: str) -> dict[int, DaySum]:
     """Per UTC day of a converted page's watermark column: its rows and the sum (mod
-    2^64) of their row hashes. Pure; vectorised."""
+    2^64) of their row hashes. Pure; vectorised. A page is in watermark order, so each
+    day is one run of rows (usually the whole page): one sum per run."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     wm = watermarks.combine_chunks() if isinstance(watermarks, pa.ChunkedArray) else watermarks
     days = wm.cast(pa.date32()).cast(pa.int32())
-    grouped = pa.table({"d": days, "h": hashes.cast(pa.uint64())}).group_by("d")
-    out = grouped.aggregate([("h", "sum"), ("d", "count")])
-    return {
-        int(d): DaySum(int(n), int(h), columns_key)
-        for d, h, n in zip(
-            out.column("d").to_pylist(),
-            pc.fill_null(out.column("h_sum"), 0).to_pylist(),
-            out.column("d_count").to_pylist(),
-            strict=True,
-        )
-    }
+    runs = pc.run_end_encode(days)
+    hashes = hashes.cast(pa.uint64())
+    out: dict[int, DaySum] = {}
+    start = 0
+    for day, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+        total = pc.sum(hashes.slice(start, end - start)).as_py() or 0
+        s = DaySum(end - start, int(total), columns_key)
+        add_sums(out, {int(day): s})
+        start = end
+    return out
 
 
 def add_sums(into: dict[int, DaySum], more: dict[int, DaySum]) -> None:
@@ -179,6 +179,7 @@ class ClickHouseDays:
     sums: dict[int, int] = field(default_factory=dict)
     waiting: int = 0
     oldest_waiting: int | None = None
+    newest_waiting: int | None = None
     server_now: int | None = None
 
 
@@ -194,14 +195,15 @@ async def clickhouse_days(
     wm_type = order[0][1]
     query = day_counts_query(source, order, day_start(wm_type, first_day), position, hashed)
     out = ClickHouseDays()
-    for d, done, after, first, at, checksum in await ch.rows(query):
+    for d, done, after, first, at, checksum, last in await ch.rows(query):
         out.rows[int(d)] = int(done)
         out.sums[int(d)] = int(checksum)
         out.server_now = int(at)
         if int(after):
             out.waiting += int(after)
-            oldest = out.oldest_waiting
+            oldest, newest = out.oldest_waiting, out.newest_waiting
             out.oldest_waiting = int(first) if oldest is None else min(oldest, int(first))
+            out.newest_waiting = int(last) if newest is None else max(newest, int(last))
     return out
 
 

@@ -18,7 +18,7 @@ from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query
-from offloader.state import Store
+from offloader.state import DaySum, Store
 
 if TYPE_CHECKING:
     from offloader.iceberg.table import IcebergTable
@@ -46,6 +46,7 @@ class TableRun(Protocol):
     ice: IcebergTable
     seq: int
     hashed: RowHash | None
+    days: tiers.ClickHouseDays | None  # ClickHouse's side of the window, read by prepare
 
 
 async def audit(run: TableRun) -> bool:
@@ -138,8 +139,8 @@ async def audit_recorded(run: TableRun) -> bool:
     t0 = time.monotonic()
     lo, hi = (tiers.day_number(d) for d in bounds)
     try:
-        recorded = await run.services.watermarks.day_sums(table.target, lo, hi)
-        hot = await tiers.clickhouse_days(
+        recorded = await _recorded(run, lo, hi)
+        hot = run.days or await tiers.clickhouse_days(
             src.source, src.relation, src.order, list(report.watermark), bounds[0], run.hashed
         )
     except TableError as exc:
@@ -150,6 +151,22 @@ async def audit_recorded(run: TableRun) -> bool:
         return False
     report.drifted = []
     return True
+
+
+# Each table's recorded day sums with the (seq, days) they were read at: they change only
+# with a commit, which moves the seq, so a long-running service's idle runs read them
+# from PostgreSQL once.
+_RECORDED: dict[str, tuple[tuple[int, int, int], dict[int, DaySum]]] = {}
+
+
+async def _recorded(run: TableRun, lo: int, hi: int) -> dict[int, DaySum]:
+    key = (run.seq, lo, hi)
+    cached = _RECORDED.get(run.table.target)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    recorded = await run.services.watermarks.day_sums(run.table.target, lo, hi)
+    _RECORDED[run.table.target] = (key, recorded)
+    return recorded
 
 
 async def measure_behind(run: TableRun) -> None:

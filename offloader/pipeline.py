@@ -200,9 +200,24 @@ class TableRun:
             _ = src.plan
         report.watermark = list(self.state.position) if self.state.position else None
         wm_type = src.order[0][1]
-        query = behind_query(src.relation, src.order, report.watermark)
-        waiting, oldest, now_micros, newest = (await src.source.rows(query))[0]
-        now = cursor.from_micros(now_micros)
+        bounds = audit.window(wm_type, report.watermark, table.audit_days)
+        self.days: audit.ClickHouseDays | None = None
+        if bounds is not None and report.watermark is not None:
+            # One grouped query is both this prepare and an idle run's audit: the days of
+            # the window up to the position, and the rows past it (all in the window).
+            self.days = await audit.clickhouse_days(
+                src.source, src.relation, src.order, report.watermark, bounds[0], self.hashed
+            )
+            waiting, oldest, newest = (
+                self.days.waiting,
+                self.days.oldest_waiting,
+                self.days.newest_waiting,
+            )
+            now_micros = self.days.server_now
+        else:
+            query = behind_query(src.relation, src.order, report.watermark)
+            waiting, oldest, now_micros, newest = (await src.source.rows(query))[0]
+        now = cursor.from_micros(now_micros) if now_micros is not None else datetime.now(UTC)
         first = cursor.watermark_from_int(wm_type, oldest) if int(waiting) else None
         behind = plan.behind(int(waiting), first, now, wm_type)
         report.rows_behind, report.lag_seconds = behind.rows, behind.seconds

@@ -200,15 +200,17 @@ def day_counts_query(
     the committed position `through` (the audit's ClickHouse side) and the sum of their
     row hashes (0 without `hashed`), and the rows after it with the oldest one's
     watermark (how far Iceberg is behind: every row after the position is on or after
-    its day), plus the server's time. One grouped query."""
+    its day) and the newest one's, plus the server's time. One grouped query: a run's
+    prepare and idle audit in one."""
     wm_name, wm_type = order[0]
     day = day_expr(wm_name, wm_type)
     after = keyset_after(order, through)
     oldest = watermark_int(wm_type, f"minIf({quote_ident(wm_name)}, {after})")
+    newest = watermark_int(wm_type, f"maxIf({quote_ident(wm_name)}, {after})")
     checksum = f"toString(sumIf({hashed.expr}, NOT ({after})))" if hashed else "'0'"
     return (
         f"SELECT {day} AS d, countIf(NOT ({after})), countIf({after}), {oldest}, "
-        f"any({NOW_MICROS}), {checksum} FROM {source} "
+        f"any({NOW_MICROS}), {checksum}, {newest} FROM {source} "
         f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} GROUP BY d ORDER BY d"
     )
 
