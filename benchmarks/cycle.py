@@ -351,7 +351,7 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         rates["iceberg_write"].append(args.rows / _write_ceiling(b, batches))
         del batches
         for transport in ("native", "arrow"):
-            path = b.config(["tp"], transport=transport, audit_days=int(os.environ.get("BENCH_AUDIT_DAYS", "4")))
+            path = b.config(["tp"], transport=transport, audit_days=args.audit_days)
             started = time.perf_counter()
             report = cycle(path)
             secs = time.perf_counter() - started
@@ -575,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-rows", type=int, default=200_000)
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="the 1x backlog")
     parser.add_argument("--append-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--audit-days", type=int, default=4, help="throughput: the tables' audit_days (0: off)"
+    )
     parser.add_argument("--clickhouse-port", type=int, help="use a running ClickHouse")
     parser.add_argument("--clickhouse-http-port", type=int, default=8123)
     args = parser.parse_args(argv)

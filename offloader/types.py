@@ -223,14 +223,13 @@ def arrow_type(
                 "cast it in a view to DateTime64(6) if truncation is acceptable"
             )
         return pa.timestamp("us", tz="UTC")
+    if name in AS_TEXT or leaf_name(t0) in AS_TEXT:
+        # Wider than any Iceberg number: ClickHouse's exact decimal text.
+        return pa.string()
+    if name == "BFloat16":
+        return pa.float32()  # every bfloat16 value is exactly a float
     if name == "Decimal" or name in _DECIMAL_WIDTH:
-        if name == "Decimal":
-            precision, scale = (*t0.args, 0)[:2] if len(t0.args) == 1 else t0.args[:2]
-        else:
-            precision, scale = _DECIMAL_WIDTH[name], t0.args[0]
-        assert isinstance(precision, int) and isinstance(scale, int)
-        if precision > 38:
-            raise Unmappable(f"Decimal precision {precision} exceeds Iceberg's 38")
+        precision, scale = decimal_precision(t0)
         return pa.decimal128(precision, scale)
     if name == "Array":
         return pa.list_(_field("element", t0.inner, uint64, strings))
@@ -251,6 +250,31 @@ def arrow_type(
             fields.append(_field(fname, arg, uint64, strings))
         return pa.struct(fields)
     raise Unmappable(f"no Iceberg mapping for ClickHouse type {t0}")
+
+
+# Integers and decimals wider than Iceberg's long and decimal(38): stored as ClickHouse's
+# exact decimal text (toString), sortable by no engine but lossless.
+AS_TEXT = ("Int128", "UInt128", "Int256", "UInt256", "WideDecimal")
+
+
+def decimal_precision(t: ChType) -> tuple[int, int]:
+    """(precision, scale) of a Decimal type of any spelling."""
+    name = t.name
+    if name == "Decimal":
+        precision, scale = (*t.args, 0)[:2] if len(t.args) == 1 else t.args[:2]
+    else:
+        precision, scale = _DECIMAL_WIDTH[name], t.args[0]
+    assert isinstance(precision, int) and isinstance(scale, int)
+    return precision, scale
+
+
+def leaf_name(t: ChType) -> str:
+    """The name wire forms key on: the type's, or "WideDecimal" for Decimal(P > 38)."""
+    base = t.unwrap()
+    decimal = (base.name == "Decimal" or base.name in _DECIMAL_WIDTH) and bool(base.args)
+    if decimal and decimal_precision(base)[0] > 38:
+        return "WideDecimal"
+    return base.name
 
 
 def _field(name: str, t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.Field:
@@ -305,6 +329,10 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
     q = quote_ident(column)
     base = t.unwrap()
     name = base.name
+    if name in AS_TEXT or leaf_name(base) in AS_TEXT:
+        return "plain", (f"toString({q})",)
+    if name == "BFloat16":
+        return "plain", (f"toFloat32({q})",)
     if name == "DateTime64":
         return "ts_us", (f"toUnixTimestamp64Micro({q})",)
     if name == "DateTime":
@@ -417,7 +445,11 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 # The native driver decodes DateTime64 through a float, which is off by a microsecond
 # for some values; inside containers (where no top-level wire form applies) they are
 # read as integer microseconds and rebuilt exactly (prep "micros").
-NATIVE_NESTED_LEAVES = {"DateTime64": "toUnixTimestamp64Micro({})"}
+NATIVE_NESTED_LEAVES = {
+    "DateTime64": "toUnixTimestamp64Micro({})",
+    **dict.fromkeys(AS_TEXT, "toString({})"),
+    "BFloat16": "toFloat32({})",
+}
 
 
 def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0) -> str:
@@ -425,8 +457,8 @@ def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0)
     template, containers rewritten element by element (arrayMap, mapApply, tuple)."""
     base = t.unwrap()
     name = base.name
-    if name in leaves:
-        return leaves[name].format(expr)
+    if leaf_name(base) in leaves:
+        return leaves[leaf_name(base)].format(expr)
     if not has_leaf(base, leaves):
         return expr
     v = f"__v{depth}"
@@ -452,6 +484,6 @@ def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0)
 
 def has_leaf(t: ChType, leaves: dict[str, str]) -> bool:
     base = t.unwrap()
-    if base.name in leaves:
+    if leaf_name(base) in leaves:
         return True
     return any(isinstance(a, ChType) and has_leaf(a, leaves) for a in base.args)

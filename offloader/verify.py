@@ -31,7 +31,7 @@ from offloader.sql import (
     quote_string,
     with_text_settings,
 )
-from offloader.types import ChType, ColumnPlan
+from offloader.types import AS_TEXT, ChType, ColumnPlan, leaf_name
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)
@@ -50,8 +50,10 @@ def _kind(t: ChType) -> str:
     toString text, so it compares as text."""
     base = t.unwrap()
     name = base.name
-    if name in ("Float32", "Float64"):
+    if name in ("Float32", "Float64", "BFloat16"):
         return "float"
+    if leaf_name(base) in AS_TEXT:
+        return "text"  # stored as ClickHouse's own decimal text
     if name == "Bool":
         return "bool"
     if name in ("Date", "Date32"):

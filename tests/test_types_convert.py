@@ -117,8 +117,6 @@ def test_nullability() -> None:
         "Dynamic",
         "Variant(String, UInt64)",
         "DateTime64(9)",
-        "Decimal(50, 2)",
-        "Int128",
         "AggregateFunction(sum, UInt64)",
         "Array(JSON)",
         "Nothing",
@@ -129,6 +127,30 @@ def test_unmappable_names_table_column_type(ch: str) -> None:
         plan_column("market.trades", "weird col", ch)
     text = str(err.value)
     assert "market.trades" in text and "'weird col'" in text and ch.split("(")[0] in text
+
+
+@pytest.mark.parametrize(
+    ("ch", "arrow", "select"),
+    [
+        ("Int128", "string", "toString(`c`)"),
+        ("UInt256", "string", "toString(`c`)"),
+        ("Decimal(76, 10)", "string", "toString(`c`)"),
+        ("Decimal256(4)", "string", "toString(`c`)"),
+        (
+            "Array(Nullable(Int256))",
+            "list<element: string>",
+            "arrayMap(__v0 -> toString(__v0), `c`)",
+        ),
+        ("BFloat16", "float", "toFloat32(`c`)"),
+    ],
+)
+def test_wide_numbers_travel_as_exact_text_and_bfloat16_as_float(
+    ch: str, arrow: str, select: str
+) -> None:
+    p = plan_column("t", "c", ch)
+    assert str(p.field.type) == arrow
+    assert p.select == (select,)
+    assert p.prep == "none"
 
 
 def test_parse_keeps_quoted_names_and_escapes() -> None:

@@ -103,3 +103,44 @@ def test_uint64_above_int64_fails_naming_column_and_value(env: Env) -> None:
     )
     assert env.once().ok
     assert env.assert_tiers_equal("cold.big2") == 1
+
+
+WIDE = """
+CREATE TABLE {db}.wide (
+    ts DateTime64(6, 'UTC'), id UInt64,
+    i128 Int128, u128 UInt128, i256 Int256, u256 UInt256,
+    d76 Decimal(76, 10), dn Nullable(Decimal256(2)), ai Array(Nullable(Int128)),
+    bf BFloat16
+) ENGINE = MergeTree ORDER BY (ts, id)
+"""
+
+WIDE_ROWS = """
+INSERT INTO {db}.wide VALUES
+('2026-01-01 00:00:00', 1, -170141183460469231731687303715884105728,
+ 340282366920938463463374607431768211455,
+ -57896044618658097711785492504343953926634992332820282019728792003956564819968,
+ 115792089237316195423570985008687907853269984665640564039457584007913129639935,
+ -123456789012345678901234567890123456789012345678901234567890.1234567890, NULL,
+ [1, NULL, -170141183460469231731687303715884105728], 1.5),
+('2026-01-01 00:00:01', 2, 0, 0, 0, 0, 0, 12345678901234567890123456789012345678901.25, [], -inf)
+"""
+
+
+def test_wide_integers_and_decimals_are_exact_text_bfloat16_a_float(env: Env) -> None:
+    env.ch(WIDE.format(db=env.ch_database))
+    env.ch(WIDE_ROWS.format(db=env.ch_database))
+    env.write_config([env.table("wide", watermark="ts", keys=["id"])])
+    report = env.once()
+    assert report.ok, report.summary()
+    assert env.cli("verify").returncode == 0
+    rows = env.iceberg_arrow(env.config().table("cold.wide")).to_pylist()
+    first, second = sorted(rows, key=lambda r: r["id"])
+    assert first["i128"] == str(-(2**127)) and first["u128"] == str(2**128 - 1)
+    assert first["i256"] == str(-(2**255)) and first["u256"] == str(2**256 - 1)
+    assert first["d76"] == "-123456789012345678901234567890123456789012345678901234567890.123456789"
+    assert first["dn"] is None and second["dn"] == "12345678901234567890123456789012345678901.25"
+    assert first["ai"] == ["1", None, str(-(2**127))] and second["ai"] == []
+    assert first["bf"] == 1.5 and second["bf"] == float("-inf")
+    # The text is ClickHouse's own: what a reader compares is what ClickHouse shows.
+    shown = env.ch(f"SELECT toString(d76), toString(u256) FROM {env.ch_database}.wide WHERE id = 1")
+    assert [first["d76"], first["u256"]] == list(shown[0])

@@ -34,7 +34,7 @@ from offloader.errors import (
 )
 from offloader.source import Scan
 from offloader.sql import quote_ident
-from offloader.types import ChType, parse_type, rewrite_leaves
+from offloader.types import AS_TEXT, ChType, parse_type, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -257,6 +257,8 @@ _ARROW_LEAVES = {
     "Date32": "toInt32({})",
     "UUID": "UUIDStringToNum(toString({}))",
     **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
+    **dict.fromkeys(AS_TEXT, "toString({})"),
+    "BFloat16": "toFloat32({})",
 }
 
 
