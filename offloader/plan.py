@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from offloader.config import TableConfig
 from offloader.cursor import encode_value
 from offloader.errors import InconsistentState, SourceSchemaError
-from offloader.types import ChType, ColumnPlan, parse_type, plan_column
+from offloader.types import ChType, ColumnPlan, leaf_name, parse_type, plan_column
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -78,6 +78,13 @@ def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
             reason="config",
         )
     base = t.unwrap()
+    if leaf_name(base) == "DateTime64Ticks":
+        raise SourceSchemaError(
+            f"{table}: {role} column {name!r} has type {t}; sub-microsecond {role}s are not "
+            "supported yet (its values are stored exactly, as ticks in a long); use a "
+            "DateTime64(6) column or an integer as the " + role,
+            reason="config",
+        )
     if base.name not in allowed:
         raise SourceSchemaError(
             f"{table}: {role} column {name!r} has type {t}; a {role} column must be one of "

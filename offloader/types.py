@@ -47,10 +47,12 @@ class ChType:
 
     @property
     def nullable(self) -> bool:
+        """Whether a value can be NULL: Nullable(T), and Variant and Dynamic (which
+        hold NULL without a Nullable wrapper)."""
         t = self
         while t.name == "LowCardinality":
             t = t.inner
-        return t.name == "Nullable"
+        return t.name in ("Nullable", *NULL_HOLDERS)
 
 
 class _Parser:
@@ -215,14 +217,17 @@ def arrow_type(
         return pa.string()
     if name == "DateTime":
         return pa.timestamp("us", tz="UTC")
+    if leaf_name(t0) == "DateTime64Ticks":
+        return pa.int64()  # its own ticks: 10^-P s since 1970 UTC, exact
     if name == "DateTime64":
-        precision = t0.args[0] if t0.args else 3
-        if not isinstance(precision, int) or precision > 6:
-            raise Unmappable(
-                f"DateTime64 precision {precision} exceeds Iceberg's microseconds; "
-                "cast it in a view to DateTime64(6) if truncation is acceptable"
-            )
         return pa.timestamp("us", tz="UTC")
+    if name in NULL_HOLDERS:
+        return pa.string()  # ClickHouse's text of the value; NULL stays NULL
+    if name in ("AggregateFunction",):
+        raise Unmappable(
+            "an aggregate function state has no value before it is finalized; offload "
+            "finalizeAggregation(column) (or the -Merge combinator) from a view"
+        )
     if name in AS_TEXT or leaf_name(t0) in AS_TEXT:
         # Wider than any Iceberg number: ClickHouse's exact decimal text.
         return pa.string()
@@ -268,9 +273,17 @@ def decimal_precision(t: ChType) -> tuple[int, int]:
     return precision, scale
 
 
+# Types that hold NULL without Nullable(): stored as ClickHouse's text, NULL kept.
+NULL_HOLDERS = ("Variant", "Dynamic")
+
+
 def leaf_name(t: ChType) -> str:
-    """The name wire forms key on: the type's, or "WideDecimal" for Decimal(P > 38)."""
+    """The name wire forms key on: the type's, "WideDecimal" for Decimal(P > 38) and
+    "DateTime64Ticks" for DateTime64(P > 6)."""
     base = t.unwrap()
+    if base.name == "DateTime64":
+        precision = base.args[0] if base.args else 3
+        return "DateTime64Ticks" if isinstance(precision, int) and precision > 6 else base.name
     decimal = (base.name == "Decimal" or base.name in _DECIMAL_WIDTH) and bool(base.args)
     if decimal and decimal_precision(base)[0] > 38:
         return "WideDecimal"
@@ -333,6 +346,10 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
         return "plain", (f"toString({q})",)
     if name == "BFloat16":
         return "plain", (f"toFloat32({q})",)
+    if leaf_name(base) == "DateTime64Ticks":
+        return "plain", (f"reinterpretAsInt64({q})",)
+    if name in NULL_HOLDERS:
+        return "plain", (TEXT_OR_NULL.format(q),)
     if name == "DateTime64":
         return "ts_us", (f"toUnixTimestamp64Micro({q})",)
     if name == "DateTime":
@@ -364,7 +381,7 @@ def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "st
     name = base.name
     if name in ("IPv4", "IPv6"):
         return "str"
-    if name == "DateTime64":
+    if name == "DateTime64" and leaf_name(base) == "DateTime64":
         # Integer microseconds wherever it is read plain: inside containers through
         # NATIVE_NESTED_LEAVES (a top-level column uses the ts_us wire form instead).
         return "micros"
@@ -417,12 +434,6 @@ def plan_column(
             f"{table}: column {name!r} has type {type_text} which offloader cannot store: {exc}",
             reason="unmappable",
         ) from None
-    if _contains(t, ("JSON", "Object")) and t.unwrap().name not in ("JSON", "Object"):
-        raise SourceSchemaError(
-            f"{table}: column {name!r} has type {type_text}: JSON nested in a container is not "
-            "supported; expose it as String in a view",
-            reason="unmappable",
-        )
     import pyarrow as pa
 
     wire, select = wire_plan(t, name)
@@ -445,8 +456,13 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 # The native driver decodes DateTime64 through a float, which is off by a microsecond
 # for some values; inside containers (where no top-level wire form applies) they are
 # read as integer microseconds and rebuilt exactly (prep "micros").
+# ClickHouse's text of a Variant or Dynamic value, NULL kept NULL (toString gives '').
+TEXT_OR_NULL = "if(isNull({0}), NULL, toString({0}))"
 NATIVE_NESTED_LEAVES = {
     "DateTime64": "toUnixTimestamp64Micro({})",
+    "DateTime64Ticks": "reinterpretAsInt64({})",
+    **dict.fromkeys(("JSON", "Object"), "toString({})"),
+    **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),
     **dict.fromkeys(AS_TEXT, "toString({})"),
     "BFloat16": "toFloat32({})",
 }

@@ -31,7 +31,7 @@ from offloader.sql import (
     quote_string,
     with_text_settings,
 )
-from offloader.types import AS_TEXT, ChType, ColumnPlan, leaf_name
+from offloader.types import AS_TEXT, NULL_HOLDERS, TEXT_OR_NULL, ChType, ColumnPlan, leaf_name
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)
@@ -52,12 +52,14 @@ def _kind(t: ChType) -> str:
     name = base.name
     if name in ("Float32", "Float64", "BFloat16"):
         return "float"
-    if leaf_name(base) in AS_TEXT:
-        return "text"  # stored as ClickHouse's own decimal text
+    if leaf_name(base) in AS_TEXT or leaf_name(base) == "DateTime64Ticks":
+        return "text"  # stored as ClickHouse's own decimal text, or ticks in a long
     if name == "Bool":
         return "bool"
     if name in ("Date", "Date32"):
         return "days"
+    if name in NULL_HOLDERS:
+        return "nullable_text"
     if name in ("DateTime", "DateTime64"):
         return "micros"
     if name == "Decimal" or name.startswith("Decimal"):
@@ -117,7 +119,10 @@ def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
             "days": f"toString(toInt32({expr}))",
             "micros": f"toString(toUnixTimestamp64Micro(toDateTime64({expr}, 6)))",
             "hex": f"hex({expr})",
+            "nullable_text": TEXT_OR_NULL.format(expr),
         }.get(_kind(t), f"toString({expr})")
+        if _kind(t) == "text" and leaf_name(base) == "DateTime64Ticks":
+            text = f"toString(reinterpretAsInt64({expr}))"
     return f"ifNull({text}, {quote_string(NULL)})" if t.nullable else text
 
 

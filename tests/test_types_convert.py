@@ -114,11 +114,7 @@ def test_nullability() -> None:
 @pytest.mark.parametrize(
     "ch",
     [
-        "Dynamic",
-        "Variant(String, UInt64)",
-        "DateTime64(9)",
         "AggregateFunction(sum, UInt64)",
-        "Array(JSON)",
         "Nothing",
     ],
 )
@@ -142,6 +138,9 @@ def test_unmappable_names_table_column_type(ch: str) -> None:
             "arrayMap(__v0 -> toString(__v0), `c`)",
         ),
         ("BFloat16", "float", "toFloat32(`c`)"),
+        ("DateTime64(9, 'UTC')", "int64", "reinterpretAsInt64(`c`)"),
+        ("Variant(String, UInt64)", "string", "if(isNull(`c`), NULL, toString(`c`))"),
+        ("Array(JSON)", "list<element: string not null>", "arrayMap(__v0 -> toString(__v0), `c`)"),
     ],
 )
 def test_wide_numbers_travel_as_exact_text_and_bfloat16_as_float(

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from tests.helpers import Env
+from offloader.iceberg import IcebergCatalog
+from tests.helpers import Env, independent_reads
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +145,58 @@ def test_wide_integers_and_decimals_are_exact_text_bfloat16_a_float(env: Env) ->
     # The text is ClickHouse's own: what a reader compares is what ClickHouse shows.
     shown = env.ch(f"SELECT toString(d76), toString(u256) FROM {env.ch_database}.wide WHERE id = 1")
     assert [first["d76"], first["u256"]] == list(shown[0])
+
+
+FINE = """
+CREATE TABLE {db}.fine (
+    ts DateTime64(6, 'UTC'), id UInt64,
+    ns DateTime64(9, 'UTC'), n7 Nullable(DateTime64(7, 'UTC')), ans Array(DateTime64(9)),
+    v Variant(String, UInt64), dy Dynamic, aj Array(JSON), mj Map(String, JSON),
+    ad Array(Dynamic)
+) ENGINE = MergeTree ORDER BY (ts, id)
+"""
+
+FINE_ROWS = """
+INSERT INTO {db}.fine VALUES
+('2026-01-01 00:00:00', 1, '2026-01-01 00:00:00.123456789', '2299-12-31 23:59:59.9999999',
+ ['1900-01-01 00:00:00.000000001', '2262-04-11 23:47:16.854775807'], 'text', 42,
+ ['{{"a": 1}}', '{{}}'], {{'k': '{{"b": [1, 2]}}'}}, [1, 'x', NULL]),
+('2026-01-01 00:00:01', 2, '1970-01-01 00:00:00', NULL, [], NULL, NULL, [], {{}}, []),
+('2026-01-01 00:00:02', 3, '2026-01-01 00:00:00.123456788', '1970-01-01 00:00:00.0000001',
+ [], '', '', [], {{}}, [''])
+"""
+
+
+def test_nanosecond_times_variant_dynamic_and_nested_json(env: Env) -> None:
+    env.ch(FINE.format(db=env.ch_database))
+    env.ch(FINE_ROWS.format(db=env.ch_database))
+    env.write_config([env.table("fine", watermark="ts", keys=["id"])])
+    report = env.once()
+    assert report.ok, report.summary()
+    assert env.cli("verify").returncode == 0
+    rows = sorted(
+        env.iceberg_arrow(env.config().table("cold.fine")).to_pylist(), key=lambda r: r["id"]
+    )
+    first, second, third = rows
+    # DateTime64(P > 6): the value's own ticks (10^-P s since 1970 UTC), exact.
+    assert first["ns"] == 1767225600123456789 and third["ns"] == 1767225600123456788
+    assert first["n7"] == 104137919999999999 and second["n7"] is None
+    assert first["ans"] == [-2208988799999999999, 9223372036854775807]
+    # Variant and Dynamic: ClickHouse's text; NULL stays NULL, apart from ''.
+    assert (first["v"], second["v"], third["v"]) == ("text", None, "")
+    assert (first["dy"], second["dy"], third["dy"]) == ("42", None, "")
+    assert first["ad"] == ["1", "x", None] and third["ad"] == [""]
+    assert first["aj"] == ['{"a":1}', "{}"] and first["mj"] == [("k", '{"b":[1,2]}')]
+    # Engines we did not write read the same values.
+    ice = IcebergCatalog(env.config().catalog).load("cold.fine")
+    assert ice is not None
+    query = "SELECT count(*), sum(ns), count(v), count(dy) FROM {t}"
+    got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
+    expected = f"3,{1767225600123456789 + 1767225600123456788},2,2"
+    assert got == [expected, expected], got
+    # A sub-microsecond watermark is refused with a clear message (its values are kept
+    # exactly as data columns).
+    env.write_config([env.table("fine", watermark="ns", keys=["id"], target="cold.fine2")])
+    refused = env.once()
+    assert not refused.ok
+    assert "sub-microsecond" in (refused.tables[0].error or "")

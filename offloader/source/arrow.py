@@ -34,7 +34,7 @@ from offloader.errors import (
 )
 from offloader.source import Scan
 from offloader.sql import quote_ident
-from offloader.types import AS_TEXT, ChType, parse_type, rewrite_leaves
+from offloader.types import AS_TEXT, NULL_HOLDERS, TEXT_OR_NULL, ChType, parse_type, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -259,6 +259,8 @@ _ARROW_LEAVES = {
     **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
     **dict.fromkeys(AS_TEXT, "toString({})"),
     "BFloat16": "toFloat32({})",
+    "DateTime64Ticks": "reinterpretAsInt64({})",
+    **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),
 }
 
 
