@@ -268,8 +268,9 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
         try:
             async with source.open_table(cfg.clickhouse, table) as src:
                 schema = src.plan.schema
+                kinds = {c.name: str(c.ch_type) for c in src.plan.columns}
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
-            print(iceberg.describe(schema, table.partition_by))
+            print(iceberg.describe(schema, table.partition_by, kinds))
         except TableError as exc:
             failed += 1
             print(f"\n{table.source} -> {table.target}: ERROR {exc}")

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -197,11 +197,19 @@ def _transform(p: PartitionField) -> Transform[Any, Any]:
     return TruncateTransform(p.param)
 
 
-def describe(schema: pa.Schema, partition_by: Sequence[PartitionField]) -> str:
-    """The Iceberg schema and partitioning a table will get, as text (for `validate`)."""
+def describe(
+    schema: pa.Schema,
+    partition_by: Sequence[PartitionField],
+    sources: Mapping[str, str] | None = None,
+) -> str:
+    """The Iceberg schema and partitioning a table will get, as text (for `validate`),
+    each column with the ClickHouse type it comes from when `sources` names them."""
     iceberg_schema: Schema = Catalog._convert_schema_if_needed(schema)
+    sources = sources or {}
     lines = [
-        f"  {f.name}: {'required' if f.required else 'optional'} {type_text(f.field_type)}"
+        f"  {f.name}: "
+        + (f"{sources[f.name]} -> " if f.name in sources else "")
+        + f"{'required' if f.required else 'optional'} {type_text(f.field_type)}"
         for f in iceberg_schema.fields
     ]
     parts = ", ".join(str(p) for p in partition_by) or "unpartitioned"

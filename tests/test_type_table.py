@@ -1,0 +1,113 @@
+"""The README's type table is checked against the code's mapping: every row is known
+here with example types, each example maps (through offloader's plan and pyiceberg's
+own Arrow-to-Iceberg conversion) to the Iceberg type its README row names, and the
+unmappable types in the paragraph under the table really are refused."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pytest
+
+from offloader.errors import SourceSchemaError
+from offloader.iceberg.catalog import describe
+from offloader.types import plan_column
+from tests.helpers import ROOT
+
+# README row (its ClickHouse cell) -> [(example type, the Iceberg type it gets)]
+ROWS: dict[str, list[tuple[str, str]]] = {
+    "Int8/16/32, UInt8/16": [(t, "int") for t in ("Int8", "Int16", "Int32", "UInt8", "UInt16")],
+    "UInt32, Int64, UInt64": [(t, "long") for t in ("UInt32", "Int64", "UInt64")],
+    "Int128, UInt128, Int256, UInt256": [
+        (t, "string") for t in ("Int128", "UInt128", "Int256", "UInt256")
+    ],
+    "Float32 / Float64 / BFloat16": [
+        ("Float32", "float"),
+        ("Float64", "double"),
+        ("BFloat16", "float"),
+    ],
+    "Decimal(P,S), Decimal32/64/128 (P ≤ 38)": [
+        ("Decimal(38, 10)", "decimal(38, 10)"),
+        ("Decimal32(2)", "decimal(9, 2)"),
+        ("Decimal64(4)", "decimal(18, 4)"),
+        ("Decimal128(6)", "decimal(38, 6)"),
+    ],
+    "Decimal(P,S) with P > 38, Decimal256": [
+        ("Decimal(50, 2)", "string"),
+        ("Decimal256(10)", "string"),
+    ],
+    "String / FixedString(N)": [("String", "string"), ("FixedString(3)", "binary")],
+    "Date, Date32": [("Date", "date"), ("Date32", "date")],
+    "DateTime, DateTime64(≤6) with any time zone": [
+        ("DateTime", "timestamptz"),
+        ("DateTime('Asia/Tokyo')", "timestamptz"),
+        ("DateTime64(3, 'Europe/Paris')", "timestamptz"),
+        ("DateTime64(6)", "timestamptz"),
+    ],
+    "DateTime64(7..9)": [("DateTime64(7)", "long"), ("DateTime64(9, 'UTC')", "long")],
+    "Bool / UUID": [("Bool", "boolean"), ("UUID", "uuid")],
+    "Enum8/16, IPv4, IPv6": [
+        (t, "string") for t in ("Enum8('a' = 1)", "Enum16('b' = 1000)", "IPv4", "IPv6")
+    ],
+    "JSON (also inside Array, Map, Tuple)": [("JSON", "string"), ("Array(JSON)", "list<string>")],
+    "Variant(...), Dynamic (also inside containers)": [
+        ("Variant(String, UInt64)", "string"),
+        ("Dynamic", "string"),
+    ],
+    "LowCardinality(T) / Nullable(T)": [
+        ("LowCardinality(String)", "string"),
+        ("Nullable(Int64)", "long"),
+    ],
+    "Array(T) / Map(K,V) / Tuple(...)": [
+        ("Array(Int32)", "list<int>"),
+        ("Map(String, Int64)", "map<string, long>"),
+        ("Tuple(a Int32, b String)", "struct<"),
+    ],
+}
+REFUSED = ["Time", "Time64(3)", "Point", "AggregateFunction(sum, UInt64)"]
+
+
+def readme_rows() -> dict[str, str]:
+    section = (ROOT / "README.md").read_text().split("### Type mapping", 1)[1]
+    lines = section.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| ClickHouse | Iceberg |"))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1]
+    return rows
+
+
+def iceberg_type(ch: str) -> str:
+    """The Iceberg type offloader gives a column of ClickHouse type `ch`."""
+    p = plan_column("t", "c", ch)
+    line = describe(pa.schema([p.field]), ()).splitlines()[0]
+    return re.sub(r"^\s*c: (required|optional) ", "", line)
+
+
+def test_every_readme_row_is_checked_and_true() -> None:
+    rows = readme_rows()
+    assert set(rows) == set(ROWS), "README type table and this test disagree on the rows"
+    for row, examples in ROWS.items():
+        for ch, expected in examples:
+            got = iceberg_type(ch)
+            assert got.startswith(expected), (row, ch, got)
+            # The README names the outer type (list, map, …) on the containers' row, the
+            # element's type on a row about an element type (JSON inside an Array).
+            word = expected.split("<")[0].split("(")[0]
+            if "<" in expected and row != "Array(T) / Map(K,V) / Tuple(...)":
+                word = expected.split("<")[1].rstrip(">")
+            generic = row == "LowCardinality(T) / Nullable(T)"  # "T / optional T"
+            assert generic or word in rows[row], (row, word)
+
+
+@pytest.mark.parametrize("ch", REFUSED)
+def test_types_the_readme_lists_as_refused_are_refused(ch: str) -> None:
+    text = (ROOT / "README.md").read_text()
+    paragraph = text.split("### Type mapping", 1)[1].split("Anything else", 1)[1][:400]
+    assert ch.split("(")[0] in paragraph or "geo types" in paragraph or "aggregate" in paragraph
+    with pytest.raises(SourceSchemaError):
+        plan_column("t", "c", ch)
