@@ -253,7 +253,7 @@ async def _ceiling(b: Bench, cfg: Config, rows: int, plain: bool) -> tuple[float
     """Read the same keyset pages with the driver alone: no conversion, no Iceberg.
 
     plain=False: offloader's own pages through the source interface (integer wire forms,
-    see types.wire_plan), not converted.
+    see wire.wire_plan), not converted.
     plain=True: the naive `SELECT *` of the same pages, decoded into datetime/Decimal.
     """
     table = cfg.tables[0]

@@ -9,16 +9,15 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-import anyio
-
 from offloader import audit as tiers
 from offloader import cursor, plan
 from offloader.config import TableConfig
 from offloader.errors import TableError
 from offloader.report import TableReport
+from offloader.services import Services
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query
-from offloader.state import DaySum, Store
+from offloader.state import DaySum
 
 if TYPE_CHECKING:
     from offloader.iceberg.table import IcebergTable
@@ -26,19 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _Services(Protocol):
-    @property
-    def watermarks(self) -> Store: ...
-
-    @property
-    def io(self) -> anyio.CapacityLimiter: ...
-
-
 class TableRun(Protocol):
     """What a check needs of a table run (pipeline.TableRun)."""
 
     @property
-    def services(self) -> _Services: ...
+    def services(self) -> Services: ...
 
     table: TableConfig
     report: TableReport

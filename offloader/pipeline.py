@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,19 +24,17 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from offloader import audit, checkup, cursor, faults, plan
-from offloader.config import ClickHouseConfig, TableConfig
-from offloader.errors import Locked, TableError
+from offloader.config import TableConfig
 from offloader.iceberg import WrittenFiles
-from offloader.progress import Progress
 from offloader.report import TableReport
+from offloader.services import Services
 from offloader.source import Page, Scan, keyset_pages, open_table
 from offloader.sql import behind_query
-from offloader.state import DaySum, Store, decode_days, encode_days
+from offloader.state import DaySum, decode_days, encode_days
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from offloader.iceberg.catalog import IcebergCatalog
 
 log = logging.getLogger(__name__)
 
@@ -47,103 +43,6 @@ log = logging.getLogger(__name__)
 # of up to append_rows rows as one snapshot. Memory stays bounded by a chunk and a
 # few pages instead of a whole append.
 FILE_ROWS = 250_000
-
-
-@dataclass(slots=True)
-class Services:
-    """What a table run needs from the outside world, shared across a cycle."""
-
-    clickhouse: ClickHouseConfig
-    watermarks: Store
-    cpu: anyio.CapacityLimiter
-    io: anyio.CapacityLimiter
-    # The Iceberg catalog is opened on first use: a cycle with nothing to write never
-    # imports pyiceberg nor opens the catalog.
-    open_catalog: Callable[[], IcebergCatalog]
-    progress: Progress | None = None  # live bars on a terminal (progress.py)
-    _catalog: IcebergCatalog | None = None
-
-    @property
-    def catalog(self) -> IcebergCatalog:
-        if self._catalog is None:
-            self._catalog = self.open_catalog()
-        return self._catalog
-
-
-async def offload_table(
-    services: Services,
-    table: TableConfig,
-    timeout: float | None = None,
-    stopping: anyio.Event | None = None,
-) -> TableReport:
-    """Run one table to its high-water mark within `timeout` seconds.
-
-    Never raises for a table problem: it is reported. Commits made before a
-    timeout are kept; the rest continues next cycle.
-    """
-    report = TableReport(target=table.target, source=table.source)
-    started = time.monotonic()
-    started_at = finished_at = datetime.now(UTC)
-    run_id = uuid.uuid4().hex
-    log.info("table started", extra={"table": table.target, "run_id": run_id})
-    try:
-        with anyio.move_on_after(timeout) as deadline:
-            async with services.watermarks.table_lock(table.target):
-                # The run's interval in the log is the time it held the table's lock.
-                started_at = datetime.now(UTC)
-                try:
-                    await TableRun(services, table, report, run_id, stopping).run()
-                finally:
-                    finished_at = datetime.now(UTC)
-        if deadline.cancelled_caught:
-            report.status = "failed"
-            report.reason = "timeout"
-            report.error = (
-                f"{table.target}: table_timeout of {timeout:g}s exceeded after {report.rows} rows "
-                "(committed rows are kept; the rest continues next cycle)"
-            )
-    except TableError as exc:
-        report.status = "skipped" if isinstance(exc, Locked) else "failed"
-        report.error = str(exc)
-        report.reason = exc.reason
-    except Exception as exc:  # a bug, not an expected failure: keep the traceback in the log
-        log.exception("table run crashed", extra={"table": table.target})
-        report.status = "failed"
-        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
-        report.reason = "internal"
-    finally:
-        report.seconds = time.monotonic() - started
-    if report.status != "skipped":
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            try:
-                await services.watermarks.record_run(
-                    run_id=run_id,
-                    target=table.target,
-                    started_at=started_at,
-                    finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
-                    status=report.status,
-                    rows=report.rows,
-                    pages=report.pages,
-                    snapshots=report.snapshots,
-                    seconds=report.seconds,
-                    error=report.error,
-                )
-            except TableError as exc:
-                log.warning(
-                    "could not record run", extra={"table": table.target, "error": str(exc)}
-                )
-    if services.progress is not None:
-        services.progress.finish(table.target, report.status)
-    # Logged last, once the run is recorded, so `status` agrees with the log line.
-    event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
-    event(
-        f"table {report.status}",
-        extra={
-            "table": table.target,
-            **{k: v for k, v in report.as_dict().items() if k != "target"},
-        },
-    )
-    return report
 
 
 class TableRun:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from offloader.config import TableConfig
 from offloader.cursor import encode_value
 from offloader.errors import InconsistentState, SourceSchemaError
-from offloader.types import ChType, ColumnPlan, leaf_name, parse_type, plan_column
+from offloader.types import ChType, leaf_name, parse_type
+from offloader.wire import ColumnPlan, plan_column
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -16,10 +16,11 @@ import anyio
 import orjson
 
 from offloader.config import Config, TableConfig
-from offloader.errors import TableError
-from offloader.pipeline import Services, offload_table
+from offloader.errors import Locked, TableError
+from offloader.pipeline import TableRun
 from offloader.progress import Progress
 from offloader.report import TableReport
+from offloader.services import Services
 from offloader.watermarks import Watermarks
 
 if TYPE_CHECKING:
@@ -108,6 +109,82 @@ def _open_catalog(cfg: Config) -> IcebergCatalog:
     from offloader.iceberg.catalog import IcebergCatalog
 
     return IcebergCatalog(cfg.catalog, cfg.maintenance)
+
+
+async def offload_table(
+    services: Services,
+    table: TableConfig,
+    timeout: float | None = None,
+    stopping: anyio.Event | None = None,
+) -> TableReport:
+    """Run one table to its high-water mark within `timeout` seconds.
+
+    Never raises for a table problem: it is reported. Commits made before a
+    timeout are kept; the rest continues next cycle.
+    """
+    report = TableReport(target=table.target, source=table.source)
+    started = time.monotonic()
+    started_at = finished_at = datetime.now(UTC)
+    run_id = uuid.uuid4().hex
+    log.info("table started", extra={"table": table.target, "run_id": run_id})
+    try:
+        with anyio.move_on_after(timeout) as deadline:
+            async with services.watermarks.table_lock(table.target):
+                # The run's interval in the log is the time it held the table's lock.
+                started_at = datetime.now(UTC)
+                try:
+                    await TableRun(services, table, report, run_id, stopping).run()
+                finally:
+                    finished_at = datetime.now(UTC)
+        if deadline.cancelled_caught:
+            report.status = "failed"
+            report.reason = "timeout"
+            report.error = (
+                f"{table.target}: table_timeout of {timeout:g}s exceeded after {report.rows} rows "
+                "(committed rows are kept; the rest continues next cycle)"
+            )
+    except TableError as exc:
+        report.status = "skipped" if isinstance(exc, Locked) else "failed"
+        report.error = str(exc)
+        report.reason = exc.reason
+    except Exception as exc:  # a bug, not an expected failure: keep the traceback in the log
+        log.exception("table run crashed", extra={"table": table.target})
+        report.status = "failed"
+        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
+        report.reason = "internal"
+    finally:
+        report.seconds = time.monotonic() - started
+    if report.status != "skipped":
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await services.watermarks.record_run(
+                    run_id=run_id,
+                    target=table.target,
+                    started_at=started_at,
+                    finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
+                    status=report.status,
+                    rows=report.rows,
+                    pages=report.pages,
+                    snapshots=report.snapshots,
+                    seconds=report.seconds,
+                    error=report.error,
+                )
+            except TableError as exc:
+                log.warning(
+                    "could not record run", extra={"table": table.target, "error": str(exc)}
+                )
+    if services.progress is not None:
+        services.progress.finish(table.target, report.status)
+    # Logged last, once the run is recorded, so `status` agrees with the log line.
+    event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
+    event(
+        f"table {report.status}",
+        extra={
+            "table": table.target,
+            **{k: v for k, v in report.as_dict().items() if k != "target"},
+        },
+    )
+    return report
 
 
 TableHook = Callable[[TableReport], None]

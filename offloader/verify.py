@@ -31,7 +31,8 @@ from offloader.sql import (
     quote_string,
     with_text_settings,
 )
-from offloader.types import AS_TEXT, NULL_HOLDERS, TEXT_OR_NULL, ChType, ColumnPlan, leaf_name
+from offloader.types import AS_TEXT, NULL_HOLDERS, ChType, leaf_name
+from offloader.wire import TEXT_OR_NULL, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)

@@ -13,9 +13,10 @@ import pytest
 from offloader.config import CatalogConfig, ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable
 from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import Services, offload_table
 from offloader.report import TableReport
+from offloader.services import Services
 from offloader.source import SourceTable
+from offloader.supervisor import offload_table
 from tests.fakes import FakeSource, FakeStore
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from offloader.errors import SourceSchemaError
 from offloader.iceberg.catalog import describe
-from offloader.types import plan_column
+from offloader.wire import plan_column
 from tests.helpers import ROOT
 
 # README row (its ClickHouse cell) -> [(example type, the Iceberg type it gets)]

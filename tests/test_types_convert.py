@@ -26,12 +26,8 @@ from offloader.sql import (
     quote_string,
     watermark_int,
 )
-from offloader.types import (
-    arrow_type,
-    parse_type,
-    plan_column,
-    quote_ident,
-)
+from offloader.types import arrow_type, parse_type, quote_ident
+from offloader.wire import plan_column
 
 TS = pa.timestamp("us", tz="UTC")
 

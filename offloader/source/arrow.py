@@ -34,7 +34,8 @@ from offloader.errors import (
 )
 from offloader.source import Scan
 from offloader.sql import quote_ident
-from offloader.types import AS_TEXT, NULL_HOLDERS, TEXT_OR_NULL, ChType, parse_type, rewrite_leaves
+from offloader.types import AS_TEXT, NULL_HOLDERS, ChType, parse_type
+from offloader.wire import TEXT_OR_NULL, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa

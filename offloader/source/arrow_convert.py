@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from offloader.cursor import from_micros
 from offloader.errors import DataError, SourceUnavailable
-from offloader.types import ColumnPlan, uint64_hint
+from offloader.wire import ColumnPlan, uint64_hint
 
 
 def read_stream(body: bytes, where: str) -> pa.RecordBatch:

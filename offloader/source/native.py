@@ -175,7 +175,7 @@ class ClickHouseSession:
 
 @dataclass(frozen=True, slots=True)
 class NativePage:
-    """A page of wire columns (types.wire_plan); converted by native_convert."""
+    """A page of wire columns (wire.wire_plan); converted by native_convert."""
 
     target: str
     plan: SourcePlan

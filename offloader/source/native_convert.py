@@ -1,5 +1,5 @@
 """The native transport's conversion: columns of Python values (as asynch returns
-them for the wire forms of types.wire_plan) -> Arrow.
+them for the wire forms of wire.wire_plan) -> Arrow.
 
 Pure and CPU-bound: the pipeline runs it in a worker thread. Values that cannot
 be stored exactly raise DataError naming the table, the column and the value;
@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 
 from offloader.cursor import EPOCH, from_micros
 from offloader.errors import DataError
-from offloader.types import ChType, ColumnPlan, prep_kind, uint64_hint
+from offloader.types import ChType
+from offloader.wire import ColumnPlan, prep_kind, uint64_hint
 
 
 def wire_width(plans: Sequence[ColumnPlan]) -> int:
@@ -31,7 +32,7 @@ def wire_width(plans: Sequence[ColumnPlan]) -> int:
 def to_record_batch(
     table: str, plans: Sequence[ColumnPlan], columns: Sequence[Sequence[Any]]
 ) -> pa.RecordBatch:
-    """Build one RecordBatch from a page's wire columns (see types.wire_plan)."""
+    """Build one RecordBatch from a page's wire columns (see wire.wire_plan)."""
     if len(columns) != wire_width(plans):
         raise DataError(
             f"{table}: page has {len(columns)} columns, expected {wire_width(plans)} "
