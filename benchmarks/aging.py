@@ -41,18 +41,19 @@ from offloader.maintenance import maintain
 from offloader.supervisor import open_runtime, run_cycle
 
 INSERT = """
-INSERT INTO {db}.{name}
+INSERT INTO {db}.{name} (exchange_ts, received_ts, trade_id, symbol, price, quantity, side,
+                         is_maker, venue_seq, tags)
 SELECT toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMinute({cycle} * 15)
            + toIntervalMicrosecond(number * 1000),
+       toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMinute({cycle} * 15),
        {cycle} * 100000 + number + 1,
        ['BTC-USDT', 'ETH-USDT', 'SOL-USDT'][number % 3 + 1],
-       ['binance', 'kraken'][number % 2 + 1],
        toDecimal128(60000 + number / 7, 10),
        toDecimal128((number % 997 + 1) / 1000, 10),
        if(number % 2 = 0, 'buy', 'sell'),
        number % 3 = 0,
        toInt64(number),
-       toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMinute({cycle} * 15)
+       [['binance', 'kraken'][number % 2 + 1]]
 FROM numbers({rows})
 """
 

@@ -36,6 +36,7 @@ from offloader import devserver, source
 from offloader.config import ClickHouseConfig, Config
 from offloader.configfile import load_config
 from offloader.cursor import encode_value
+from offloader.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.pipeline import FILE_ROWS
 from offloader.plan import plan_source
@@ -46,33 +47,20 @@ from offloader.supervisor import CycleReport, open_runtime, run_cycle
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("OFFLOADER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/offloader_bench")
 
-TRADES = """
-CREATE TABLE {db}.{name} (
-    exchange_ts DateTime64(6, 'UTC'),
-    trade_id    UInt64,
-    symbol      LowCardinality(String),
-    venue       LowCardinality(String),
-    price       Decimal(28, 10),
-    quantity    Decimal(28, 10),
-    side        Enum8('buy' = 1, 'sell' = 2),
-    is_maker    Bool,
-    seq         Nullable(Int64),
-    received_ts DateTime64(6, 'UTC')
-) ENGINE = MergeTree ORDER BY (exchange_ts, trade_id)
-"""
 INSERT = """
-INSERT INTO {db}.{name}
+INSERT INTO {db}.{name} (exchange_ts, received_ts, trade_id, symbol, price, quantity, side,
+                         is_maker, venue_seq, tags)
 SELECT toDateTime64('2026-01-01 00:00:00', 6, 'UTC')
            + toIntervalMicrosecond(intDiv(number, 2) * 1537),
+       toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMicrosecond(number * 1537 + 300),
        number + 1,
        ['BTC-USDT', 'ETH-USDT', 'SOL-USDT', 'XRP-USDT', 'DOGE-USDT'][number % 5 + 1],
-       ['binance', 'kraken'][number % 2 + 1],
        toDecimal128(60000 + (number % 100000) / 7, 10),
        toDecimal128((number % 997 + 1) / 1000, 10),
        if(number % 2 = 0, 'buy', 'sell'),
        number % 3 = 0,
        if(number % 10 = 0, NULL, toInt64(number)),
-       toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMicrosecond(number * 1537 + 300)
+       arrayMap(i -> ['binance', 'kraken'][i], range(1, number % 2 + 2))
 FROM numbers({rows})
 """
 
@@ -102,7 +90,7 @@ class Bench:
         self.sql(f"CREATE DATABASE IF NOT EXISTS {self.db}")
         for name in names:
             self.sql(f"DROP TABLE IF EXISTS {self.db}.{name}")
-            self.sql(TRADES.format(db=self.db, name=name))
+            self.sql(trades_ddl(self.db, name, ttl_days=None))
             if rows:
                 self.sql(INSERT.format(db=self.db, name=name, rows=rows))
 
@@ -238,7 +226,18 @@ def scenario_idle(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
             started = time.perf_counter()
             cycle(paths)
             target.append(time.perf_counter() - started)
+    # The same, as whole `offloader once` processes (what a cron job or a user runs).
+    whole_audited: list[float] = []
+    whole_unaudited: list[float] = []
+    for _ in range(max(5, args.repeats)):
+        whole_audited.append(whole_process(path)[0])
+        whole_unaudited.append(whole_process(no_audit)[0])
     return {
+        "whole_process_with_audit_seconds": round(median(whole_audited), 3),
+        "whole_process_without_audit_seconds": round(median(whole_unaudited), 3),
+        "audit_share_of_whole_process_idle": round(
+            median(whole_audited) / median(whole_unaudited) - 1, 3
+        ),
         "in_process_seconds": round(median(in_process), 3),
         "in_process_with_audit_seconds": round(median(audited), 4),
         "in_process_without_audit_seconds": round(median(unaudited), 4),

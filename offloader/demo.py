@@ -15,7 +15,7 @@ import anyio
 from offloader.config import ClickHouseConfig
 from offloader.source import native
 
-TRADES_DDL = """
+_TRADES_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.{name} (
     exchange_ts   DateTime64(6, 'UTC'),
     received_ts   DateTime64(6, 'UTC'),
@@ -29,8 +29,18 @@ CREATE TABLE IF NOT EXISTS {db}.{name} (
     tags          Array(LowCardinality(String))
 ) ENGINE = MergeTree
 ORDER BY (exchange_ts, trade_id)
-TTL toDateTime(exchange_ts) + INTERVAL 30 DAY
 """
+
+
+def trades_ddl(db: str, name: str, *, ttl_days: int | None = 30) -> str:
+    """The one trades table of the quick start, the tests and the benchmarks: the
+    shapes market-data tables have (microsecond exchange and receive times, a UInt64
+    id, LowCardinality symbols, Decimal prices, an Enum side, a Nullable column and an
+    Array). The quick start's keeps 30 days in ClickHouse (TTL); tests and benchmarks
+    hold old rows, so theirs has none."""
+    ttl = f"TTL toDateTime(exchange_ts) + INTERVAL {int(ttl_days)} DAY\n" if ttl_days else ""
+    return _TRADES_DDL.format(db=db, name=name) + ttl
+
 
 # `count` trades spread evenly after `start_us` over `span_us` microseconds (UTC), three
 # trades per timestamp so ties at page boundaries are exercised.
@@ -64,7 +74,7 @@ async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...
     async with native.session(cfg, "demo") as ch:
         await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for name in tables:
-            await ch.execute(TRADES_DDL.format(db=db, name=name))
+            await ch.execute(trades_ddl(db, name))
             newest, last_id, now, count = (
                 await ch.rows(
                     "SELECT toUnixTimestamp64Micro(max(exchange_ts)), max(trade_id), "

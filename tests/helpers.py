@@ -16,6 +16,7 @@ import pyarrow as pa
 from offloader import source
 from offloader.config import ClickHouseConfig, Config, TableConfig
 from offloader.configfile import load_config
+from offloader.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.plan import plan_source
 from offloader.source import native
@@ -58,33 +59,24 @@ def pg_admin(dsn: str, *, create: bool) -> None:
     anyio.run(go)
 
 
-TRADES = """
-CREATE TABLE {db}.{name} (
-    exchange_ts DateTime64(6, 'UTC'),
-    trade_id    UInt64,
-    symbol      LowCardinality(String),
-    price       Decimal(28, 10),
-    quantity    Decimal(28, 10),
-    side        Enum8('buy' = 1, 'sell' = 2),
-    note        Nullable(String)
-) ENGINE = MergeTree ORDER BY (exchange_ts, trade_id)
-"""
-
-
 def trades_rows(
     db: str, name: str, count: int, first_id: int, start: str, step_us: int, ties: int = 3
 ) -> str:
     """INSERT of `count` trades from `start`, `ties` rows per microsecond timestamp."""
     return f"""
-INSERT INTO {db}.{name} (exchange_ts, trade_id, symbol, price, quantity, side, note)
+INSERT INTO {db}.{name} (exchange_ts, received_ts, trade_id, symbol, price, quantity, side,
+                         is_maker, venue_seq, tags)
 SELECT toDateTime64('{start}', 6, 'UTC')
-         + toIntervalMicrosecond(intDiv(number, {ties}) * {step_us}),
+         + toIntervalMicrosecond(intDiv(number, {ties}) * {step_us}) AS ts,
+       ts + toIntervalMicrosecond(number % 500),
        {first_id} + number,
        ['BTC', 'ETH', 'SOL'][number % 3 + 1],
        toDecimal128(60000 + (number % 1000) / 7, 10),
        toDecimal128((number % 97 + 1) / 1000, 10),
        if(number % 2 = 0, 'buy', 'sell'),
-       if(number % 7 = 0, NULL, concat('n', toString(number)))
+       number % 3 = 0,
+       if(number % 7 = 0, NULL, toInt64(number)),
+       arrayMap(i -> ['spot', 'block', 'odd'][i], range(1, number % 3 + 1))
 FROM numbers({count})
 """
 
@@ -118,7 +110,7 @@ class Env:
         return anyio.run(go)
 
     def create_trades(self, name: str) -> None:
-        self.ch(TRADES.format(db=self.ch_database, name=name))
+        self.ch(trades_ddl(self.ch_database, name, ttl_days=None))
 
     def insert_trades(
         self, name: str, count: int, first_id: int, start: str, step_us: int = 1000, ties: int = 3

@@ -43,7 +43,7 @@ def late_changes(env: Env, name: str) -> None:
         "AND trade_id % 3 = 0 SETTINGS mutations_sync = 2"
     )
     env.ch(
-        f"ALTER TABLE {db}.{name} UPDATE note = 'changed' WHERE toDate(exchange_ts) = "
+        f"ALTER TABLE {db}.{name} UPDATE venue_seq = -1 WHERE toDate(exchange_ts) = "
         f"'{DAYS[4]}' AND trade_id % 5 = 0 SETTINGS mutations_sync = 2"
     )
 
@@ -105,7 +105,7 @@ def test_late_rows_detected_then_repaired(env: Env) -> None:
     # Engines we did not write read the repaired snapshots equal to ClickHouse.
     ice = IcebergCatalog(env.config().catalog).load("cold.late")
     assert ice is not None
-    query = "SELECT count(*), sum(trade_id), count(note) FROM {t}"
+    query = "SELECT count(*), sum(trade_id), count(venue_seq) FROM {t}"
     got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
     expected = ",".join(map(str, env.ch(query.format(t=f"{env.ch_database}.late"))[0]))
     assert got == [expected, expected], (got, expected)

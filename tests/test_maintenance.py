@@ -197,7 +197,7 @@ def test_independent_readers_after_compaction(native: Env) -> None:
     assert report["files_rewritten"] > 0, report
     ice = IcebergCatalog(env.config().catalog).load("cold.r")
     assert ice is not None
-    query = "SELECT count(*), sum(trade_id), count(note) FROM {t}"
+    query = "SELECT count(*), sum(trade_id), count(venue_seq) FROM {t}"
     got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
     expected = env.ch(query.format(t=f"{env.ch_database}.r"))[0]
     assert expected[0] == rows

@@ -26,9 +26,9 @@ def test_backlog_then_ties_then_nothing(env: Env) -> None:
     # value (sub-second) with greater keys: none may be lost.
     last_ts = env.ch(f"SELECT max(exchange_ts) FROM {env.ch_database}.trades")[0][0]
     env.ch(
-        f"INSERT INTO {env.ch_database}.trades SELECT "
-        f"toDateTime64('{last_ts.strftime('%Y-%m-%d %H:%M:%S.%f')}', 6, 'UTC'), "
-        "1000000 + number, 'BTC', 1, 1, 'buy', NULL FROM numbers(5)"
+        f"INSERT INTO {env.ch_database}.trades (exchange_ts, trade_id, symbol, price, quantity, "
+        f"side) SELECT toDateTime64('{last_ts.strftime('%Y-%m-%d %H:%M:%S.%f')}', 6, 'UTC'), "
+        "1000000 + number, 'BTC', 1, 1, 'buy' FROM numbers(5)"
     )
     env.insert_trades("trades", 1_000, first_id=2_000_000, start="2026-01-02 00:00:00")
     second = env.once()
@@ -47,9 +47,9 @@ def test_backlog_then_ties_then_nothing(env: Env) -> None:
 def test_lag_holds_back_recent_rows(env: Env) -> None:
     env.create_trades("recent")
     env.ch(
-        f"INSERT INTO {env.ch_database}.recent "
-        "SELECT now64(6, 'UTC') - toIntervalSecond(number * 60), "
-        "number, 'BTC', 1, 1, 'buy', NULL FROM numbers(10)"
+        f"INSERT INTO {env.ch_database}.recent (exchange_ts, trade_id, symbol, price, quantity, "
+        "side) SELECT now64(6, 'UTC') - toIntervalSecond(number * 60), "
+        "number, 'BTC', 1, 1, 'buy' FROM numbers(10)"
     )  # one row a minute over the last 10 minutes
     env.write_config([env.table("recent", lag="5m")])
     report = env.once()
