@@ -234,15 +234,26 @@ async def audit_days(
     limiter: anyio.CapacityLimiter | None = None,
     hashed: RowHash | None = None,
     recorded: dict[int, DaySum] | None = None,
+    known: ClickHouseDays | None = None,
+    known_before: dt.date | None = None,
 ) -> Audit:
     """Counts of both tiers per day in [first_day, last_day], up to the committed
     `position` (rows after it are not offloaded yet, on either side); with `hashed`
     and the `recorded` day sums, checksums too. Iceberg's counts come from the
-    manifests, cached per snapshot."""
+    manifests, cached per snapshot. `known`: ClickHouse's days as the run's prepare read
+    them, still true before `known_before` (the day of the position they were read at:
+    the run's commits only touch later rows), so only the days from it are read again."""
     from offloader.iceberg import maintenance as ops  # pyiceberg: only when auditing it
 
     wm_name = order[0][0]
-    hot = await clickhouse_days(ch, source, order, position, first_day, hashed)
+    start = first_day
+    if known is not None and known_before is not None:
+        start = max(first_day, known_before)
+    hot = await clickhouse_days(ch, source, order, position, start, hashed)
+    if known is not None and start > first_day:
+        for n in range(day_number(first_day), day_number(start)):
+            hot.rows[n] = known.rows.get(n, 0)
+            hot.sums[n] = known.sums.get(n, 0)
     days = (day_number(first_day), day_number(last_day))
     key = (ice.snapshot_id, wm_name, *days)
     last = _ICEBERG_DAYS.get(ice.target)

@@ -4,6 +4,7 @@ ClickHouse (rows and seconds, for status and metrics)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ class TableRun(Protocol):
     seq: int
     hashed: RowHash | None
     days: tiers.ClickHouseDays | None  # ClickHouse's side of the window, read by prepare
+    days_before: dt.date | None  # ... still true before this day (the position's day)
 
 
 async def audit(run: TableRun) -> bool:
@@ -57,8 +59,7 @@ async def audit(run: TableRun) -> bool:
     try:
         recorded = None
         if run.hashed is not None:
-            lo, hi = (tiers.day_number(d) for d in bounds)
-            recorded = await run.services.watermarks.day_sums(table.target, lo, hi)
+            recorded = await _recorded(run, *(tiers.day_number(d) for d in bounds))
         found = await tiers.audit_days(
             src.source,
             src.relation,
@@ -69,6 +70,8 @@ async def audit(run: TableRun) -> bool:
             run.services.io,
             run.hashed,
             recorded,
+            run.days,
+            run.days_before,
         )
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import aclosing
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -101,12 +101,14 @@ class TableRun:
         wm_type = src.order[0][1]
         bounds = audit.window(wm_type, report.watermark, table.audit_days)
         self.days: audit.ClickHouseDays | None = None
+        self.days_before: date | None = None
         if bounds is not None and report.watermark is not None:
             # One grouped query is both this prepare and an idle run's audit: the days of
             # the window up to the position, and the rows past it (all in the window).
             self.days = await audit.clickhouse_days(
                 src.source, src.relation, src.order, report.watermark, bounds[0], self.hashed
             )
+            self.days_before = bounds[1]
             waiting, oldest, newest = (
                 self.days.waiting,
                 self.days.oldest_waiting,
@@ -153,13 +155,7 @@ class TableRun:
             limiter=services.io,
         )
         mark = await anyio.to_thread.run_sync(self.ice.latest_mark, limiter=services.io)
-        decision = plan.reconcile(
-            table.target,
-            state.seq,
-            state.position,
-            mark.seq if mark else None,
-            mark.position if mark else None,
-        )
+        decision = plan.reconcile_with(table.target, state, mark)
         if decision.action == "recover":
             assert mark is not None
             days, replace = decode_days(mark.days)

@@ -17,6 +17,9 @@ from offloader.wire import ColumnPlan, plan_column
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from offloader.iceberg import CommittedMark
+    from offloader.state import TableState
+
 
 @dataclass(frozen=True, slots=True)
 class SourcePlan:
@@ -195,6 +198,17 @@ class Reconciliation:
     action: Action
     seq: int
     position: tuple[Any, ...] | None
+
+
+def reconcile_with(target: str, state: TableState, mark: CommittedMark | None) -> Reconciliation:
+    """`reconcile` of PostgreSQL's state and Iceberg's newest commit marker."""
+    return reconcile(
+        target,
+        state.seq,
+        state.position,
+        mark.seq if mark else None,
+        mark.position if mark else None,
+    )
 
 
 def reconcile(

@@ -358,13 +358,7 @@ async def repair_table(
                 raise SourceSchemaError(f"{table.target}: no Iceberg table yet", reason="config")
             state = await watermarks.get(table.target, table.source)
             mark = await anyio.to_thread.run_sync(ice.latest_mark)
-            decision = plan.reconcile(
-                table.target,
-                state.seq,
-                state.position,
-                mark.seq if mark else None,
-                mark.position if mark else None,
-            )
+            decision = plan.reconcile_with(table.target, state, mark)
             if decision.action == "recover":
                 raise InconsistentState(
                     f"{table.target}: a previous run stopped between its Iceberg and PostgreSQL "

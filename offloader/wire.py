@@ -78,14 +78,8 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
     q = quote_ident(column)
     base = t.unwrap()
     name = base.name
-    if name in AS_TEXT or leaf_name(base) in AS_TEXT:
-        return "plain", (f"toString({q})",)
-    if name == "BFloat16":
-        return "plain", (f"toFloat32({q})",)
-    if leaf_name(base) == "DateTime64Ticks":
-        return "plain", (f"reinterpretAsInt64({q})",)
-    if name in NULL_HOLDERS:
-        return "plain", (TEXT_OR_NULL.format(q),)
+    if leaf_name(base) in SHARED_LEAVES:
+        return "plain", (SHARED_LEAVES[leaf_name(base)].format(q),)
     if name == "DateTime64":
         return "ts_us", (f"toUnixTimestamp64Micro({q})",)
     if name == "DateTime":
@@ -184,18 +178,22 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 
 # --- wire forms ---------------------------------------------------------------------
 
+# ClickHouse's text of a Variant or Dynamic value, NULL kept NULL (toString gives '').
+TEXT_OR_NULL = "if(isNull({0}), NULL, toString({0}))"
+# Values both transports read the same way, at the top level and inside containers.
+SHARED_LEAVES = {
+    **dict.fromkeys(AS_TEXT, "toString({})"),
+    "BFloat16": "toFloat32({})",
+    "DateTime64Ticks": "reinterpretAsInt64({})",
+    **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),
+}
 # The native driver decodes DateTime64 through a float, which is off by a microsecond
 # for some values; inside containers (where no top-level wire form applies) they are
 # read as integer microseconds and rebuilt exactly (prep "micros").
-# ClickHouse's text of a Variant or Dynamic value, NULL kept NULL (toString gives '').
-TEXT_OR_NULL = "if(isNull({0}), NULL, toString({0}))"
 NATIVE_NESTED_LEAVES = {
     "DateTime64": "toUnixTimestamp64Micro({})",
-    "DateTime64Ticks": "reinterpretAsInt64({})",
     **dict.fromkeys(("JSON", "Object"), "toString({})"),
-    **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),
-    **dict.fromkeys(AS_TEXT, "toString({})"),
-    "BFloat16": "toFloat32({})",
+    **SHARED_LEAVES,
 }
 
 

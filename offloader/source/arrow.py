@@ -34,8 +34,8 @@ from offloader.errors import (
 )
 from offloader.source import Scan
 from offloader.sql import quote_ident
-from offloader.types import AS_TEXT, NULL_HOLDERS, ChType, parse_type
-from offloader.wire import TEXT_OR_NULL, rewrite_leaves
+from offloader.types import ChType, parse_type
+from offloader.wire import SHARED_LEAVES, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -182,24 +182,12 @@ class ArrowPage:
     target: str
     plan: SourcePlan
     batch: pa.RecordBatch  # wire forms
+    position: list[Any]  # the encoded (watermark, keys...) of the last row, read once
     hashes: pa.Array | None = None
 
     @property
     def rows(self) -> int:
         return int(self.batch.num_rows)
-
-    @property
-    def position(self) -> list[Any]:
-        if not self.batch.num_rows:
-            return []
-        row, plan = self.batch.num_rows - 1, self.plan
-        from offloader.source import arrow_convert
-
-        values = [self.batch.column(i)[row].as_py() for i in plan.order_index]
-        return [
-            cursor.encode_value(arrow_convert.arrow_cursor(plan.columns[i], v))
-            for i, v in zip(plan.order_index, values, strict=True)
-        ]
 
     def to_batch(self) -> pa.RecordBatch:
         from offloader.source import arrow_convert
@@ -227,13 +215,23 @@ class ArrowPager:
             self.select.append(row_hash)
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ArrowPage:
-        batch = await self._http.page(scan.query(self._plan, self.select, after, limit))
-        if not self._hashed:
-            return ArrowPage(self._target, self._plan, batch)
-        from offloader.source import arrow_convert
+        from offloader.source import arrow_convert  # loaded by page() already
 
-        data, hashes = arrow_convert.split_last(batch)
-        return ArrowPage(self._target, self._plan, data, hashes)
+        batch = await self._http.page(scan.query(self._plan, self.select, after, limit))
+        hashes = None
+        if self._hashed:
+            batch, hashes = arrow_convert.split_last(batch)
+        plan = self._plan
+        position = []
+        if batch.num_rows:
+            row = batch.num_rows - 1
+            position = [
+                cursor.encode_value(
+                    arrow_convert.arrow_cursor(plan.columns[i], batch.column(i)[row].as_py())
+                )
+                for i in plan.order_index
+            ]
+        return ArrowPage(self._target, plan, batch, position, hashes)
 
 
 @asynccontextmanager
@@ -258,10 +256,7 @@ _ARROW_LEAVES = {
     "Date32": "toInt32({})",
     "UUID": "UUIDStringToNum(toString({}))",
     **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
-    **dict.fromkeys(AS_TEXT, "toString({})"),
-    "BFloat16": "toFloat32({})",
-    "DateTime64Ticks": "reinterpretAsInt64({})",
-    **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),
+    **SHARED_LEAVES,
 }
 
 

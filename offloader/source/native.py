@@ -180,25 +180,12 @@ class NativePage:
     target: str
     plan: SourcePlan
     data: Columns
+    position: list[Any]  # the encoded (watermark, keys...) of the last row, read once
     hashes: Sequence[int] | None = None
 
     @property
     def rows(self) -> int:
         return self.data.rows
-
-    @property
-    def position(self) -> list[Any]:
-        if not self.data.rows:
-            return []
-        from offloader.source import native_convert
-
-        row, plan, offsets = self.data.rows - 1, self.plan, self.plan.offsets
-        out = []
-        for i in plan.order_index:
-            col = plan.columns[i]
-            wire = [self.data.columns[offsets[i] + k][row] for k in range(len(col.select))]
-            out.append(cursor.encode_value(native_convert.cursor_value(col, wire)))
-        return out
 
     def to_batch(self) -> pa.RecordBatch:
         # Conversion (and pyarrow) load with the first page: an idle run needs neither.
@@ -238,10 +225,26 @@ class NativePager:
                 raise
             detail = await invalid_utf8_columns(self._session, self._plan, scan.relation)
             raise DataError(str(exc) + detail, reason="utf8") from exc
-        if not self._hashed:
-            return NativePage(self._target, self._plan, data)
-        *columns, hashes = data.columns
-        return NativePage(self._target, self._plan, Columns(columns, data.rows), hashes)
+        hashes = None
+        if self._hashed:
+            *columns, hashes = data.columns
+            data = Columns(columns, data.rows)
+        return NativePage(self._target, self._plan, data, _last_position(self._plan, data), hashes)
+
+
+def _last_position(plan: SourcePlan, data: Columns) -> list[Any]:
+    """The encoded (watermark, keys...) of a page's last row ([] for an empty page)."""
+    if not data.rows:
+        return []
+    from offloader.source import native_convert
+
+    row, offsets = data.rows - 1, plan.offsets
+    out = []
+    for i in plan.order_index:
+        col = plan.columns[i]
+        wire = [data.columns[offsets[i] + k][row] for k in range(len(col.select))]
+        out.append(cursor.encode_value(native_convert.cursor_value(col, wire)))
+    return out
 
 
 @asynccontextmanager
