@@ -181,6 +181,7 @@ class ClickHouseDays:
     oldest_waiting: int | None = None
     newest_waiting: int | None = None
     server_now: int | None = None
+    fingerprint: str = ""  # the source's parts when read (sql.parts_fingerprint), or ''
 
 
 async def clickhouse_days(
@@ -190,15 +191,19 @@ async def clickhouse_days(
     position: list[Any],
     first_day: dt.date,
     hashed: RowHash | None = None,
+    fingerprint: str | None = None,
 ) -> ClickHouseDays:
-    """One grouped query over the days from `first_day` on."""
+    """One grouped query over the days from `first_day` on; with `fingerprint` (SQL,
+    sql.parts_fingerprint), the source's parts as the query read them."""
     wm_type = order[0][1]
-    query = day_counts_query(source, order, day_start(wm_type, first_day), position, hashed)
+    since = day_start(wm_type, first_day)
+    query = day_counts_query(source, order, since, position, hashed, fingerprint)
     out = ClickHouseDays()
-    for d, done, after, first, at, checksum, last in await ch.rows(query):
+    for d, done, after, first, at, checksum, last, parts in await ch.rows(query):
         out.rows[int(d)] = int(done)
         out.sums[int(d)] = int(checksum)
         out.server_now = int(at)
+        out.fingerprint = str(parts)
         if int(after):
             out.waiting += int(after)
             oldest, newest = out.oldest_waiting, out.newest_waiting

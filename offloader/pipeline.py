@@ -29,7 +29,7 @@ from offloader.iceberg import WrittenFiles
 from offloader.report import TableReport
 from offloader.services import Services
 from offloader.source import Page, Scan, keyset_pages, open_table
-from offloader.sql import behind_query
+from offloader.sql import behind_query, parts_fingerprint
 from offloader.state import DaySum, decode_days, encode_days
 
 if TYPE_CHECKING:
@@ -102,11 +102,24 @@ class TableRun:
         bounds = audit.window(wm_type, report.watermark, table.audit_days)
         self.days: audit.ClickHouseDays | None = None
         self.days_before: date | None = None
-        if bounds is not None and report.watermark is not None:
+        self.parts = ""
+        parts = parts_fingerprint(src.database, table.source_table)
+        if bounds is not None and report.watermark is not None and checkup.agreed_before(self):
+            # The window agreed at this seq: the source's parts tell whether it must be
+            # read again (the idle audit's own query only if they changed).
+            query = behind_query(src.relation, src.order, report.watermark, parts)
+            waiting, oldest, now_micros, newest, self.parts = (await src.source.rows(query))[0]
+        elif bounds is not None and report.watermark is not None:
             # One grouped query is both this prepare and an idle run's audit: the days of
             # the window up to the position, and the rows past it (all in the window).
             self.days = await audit.clickhouse_days(
-                src.source, src.relation, src.order, report.watermark, bounds[0], self.hashed
+                src.source,
+                src.relation,
+                src.order,
+                report.watermark,
+                bounds[0],
+                self.hashed,
+                parts,
             )
             self.days_before = bounds[1]
             waiting, oldest, newest = (

@@ -149,17 +149,39 @@ def page_query(
 
 
 def behind_query(
-    source: str, order: Sequence[tuple[str, ChType]], after: Sequence[Any] | None
+    source: str,
+    order: Sequence[tuple[str, ChType]],
+    after: Sequence[Any] | None,
+    fingerprint: str | None = None,
 ) -> str:
     """Rows not yet offloaded (after the committed position `after`): how many, the
     oldest one's watermark, the server's time and the newest one's watermark (times as
-    watermark_int). The keyset predicate leads with the watermark, so ClickHouse reads
-    only the newest granules; the newest row past the position is the table's newest."""
+    watermark_int), and with `fingerprint` (parts_fingerprint) that too. The keyset
+    predicate leads with the watermark, so ClickHouse reads only the newest granules;
+    the newest row past the position is the table's newest."""
     wm_name, wm_type = order[0]
     where = f" WHERE {keyset_after(order, after)}" if after is not None else ""
     oldest = watermark_int(wm_type, f"min({quote_ident(wm_name)})")
     newest = watermark_int(wm_type, f"max({quote_ident(wm_name)})")
-    return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest} FROM {source}{where}"
+    extra = f", {fingerprint}" if fingerprint else ""
+    return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest}{extra} FROM {source}{where}"
+
+
+def parts_fingerprint(database: str, table: str) -> str:
+    """A scalar subquery naming the exact data a MergeTree table holds: its active parts
+    (patch parts of lightweight updates included) each with the hash of its files, and
+    its unfinished mutations. Any insert, merge, mutation, lightweight delete or update,
+    TTL removal, dropped, detached or attached partition, truncation or recreation
+    changes it. '' when the table has no parts (empty, or not a MergeTree: a view, a
+    Distributed or Merge table), which the audit takes as "unknown"."""
+    db, name = quote_string(database), quote_string(table)
+    parts = (
+        "SELECT if(count() = 0, '', toString(cityHash64(arraySort(groupArray("
+        "(name, hash_of_all_files))), (SELECT arraySort(groupArray(mutation_id)) "
+        f"FROM system.mutations WHERE database = {db} AND table = {name} AND NOT is_done)))) "
+        f"FROM system.parts WHERE database = {db} AND table = {name} AND active"
+    )
+    return f"({parts})"
 
 
 def day_expr(wm_name: str, wm_type: ChType) -> str:
@@ -195,22 +217,24 @@ def day_counts_query(
     since: Any,
     through: Sequence[Any],
     hashed: RowHash | None = None,
+    fingerprint: str | None = None,
 ) -> str:
     """Per UTC day from `since` (an encoded watermark value): the rows up to and including
     the committed position `through` (the audit's ClickHouse side) and the sum of their
     row hashes (0 without `hashed`), and the rows after it with the oldest one's
     watermark (how far Iceberg is behind: every row after the position is on or after
-    its day) and the newest one's, plus the server's time. One grouped query: a run's
-    prepare and idle audit in one."""
+    its day) and the newest one's, plus the server's time, and the parts_fingerprint
+    given (or ''). One grouped query: a run's prepare and idle audit in one."""
     wm_name, wm_type = order[0]
     day = day_expr(wm_name, wm_type)
     after = keyset_after(order, through)
     oldest = watermark_int(wm_type, f"minIf({quote_ident(wm_name)}, {after})")
     newest = watermark_int(wm_type, f"maxIf({quote_ident(wm_name)}, {after})")
     checksum = f"toString(sumIf({hashed.expr}, NOT ({after})))" if hashed else "'0'"
+    parts = f"any({fingerprint})" if fingerprint else "''"
     return (
         f"SELECT {day} AS d, countIf(NOT ({after})), countIf({after}), {oldest}, "
-        f"any({NOW_MICROS}), {checksum}, {newest} FROM {source} "
+        f"any({NOW_MICROS}), {checksum}, {newest}, {parts} FROM {source} "
         f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} GROUP BY d ORDER BY d"
     )
 

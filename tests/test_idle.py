@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 import orjson
 import pytest
@@ -78,3 +79,59 @@ def test_a_commit_recovered_after_a_crash_records_its_day_sums(env: Env) -> None
     assert idle["status"] == "idle" and idle["drifted"] == []
     assert "pyiceberg" not in loaded, loaded
     assert env.cli("verify").returncode == 0
+
+
+def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process (the service), an idle cycle after a window that agreed reads only
+    the source's parts fingerprint, not the window's rows; a late insert, a mutation
+    that updates a value in place and a lightweight DELETE each change the parts, so
+    the next cycle audits the window again and reports the day."""
+    from offloader import audit
+
+    windows: list[str] = []
+    hashed_window = audit.clickhouse_days
+
+    async def counting(*args: Any, **kwargs: Any) -> audit.ClickHouseDays:
+        windows.append(args[1])
+        return await hashed_window(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "clickhouse_days", counting)
+    for name in ("upd", "late", "gone"):
+        env.create_trades(name)
+        env.insert_trades(name, 3_000, first_id=1, start="2026-01-01 00:00:00", step_us=10**8)
+    env.write_config([env.table(name, audit_days=4) for name in ("upd", "late", "gone")])
+
+    def cycle() -> dict[str, dict[str, Any]]:
+        report = env.once()
+        assert report.ok, report.summary()
+        return {t.target.removeprefix("cold."): t.as_dict() for t in report.tables}
+
+    assert all(t["rows"] == 3_000 for t in cycle().values())
+    assert all(t["drifted"] == [] for t in cycle().values())  # the window hashed: agrees
+    windows.clear()
+    for _ in range(2):
+        assert all(t["drifted"] == [] and t["status"] == "idle" for t in cycle().values())
+    assert windows == [], "an unchanged source's window was hashed again"
+
+    db = env.ch_database
+    env.ch(
+        f"ALTER TABLE {db}.upd UPDATE side = 'buy' WHERE trade_id = 2 SETTINGS mutations_sync = 2"
+    )
+    env.insert_trades("late", 1, first_id=900_000, start="2026-01-02 00:00:30")
+    env.ch(f"DELETE FROM {db}.gone WHERE trade_id = 7")
+    found = cycle()
+    assert len(set(windows)) == 3  # each table's window read again
+    [upd] = found["upd"]["drifted"]
+    assert (
+        upd["day"] == "2026-01-01" and upd["values_differ"] and upd["clickhouse"] == upd["iceberg"]
+    )
+    [late] = found["late"]["drifted"]
+    assert late["day"] == "2026-01-02" and late["clickhouse"] == late["iceberg"] + 1
+    [gone] = found["gone"]["drifted"]
+    assert gone["day"] == "2026-01-01" and gone["clickhouse"] == gone["iceberg"] - 1
+    # A drifted window is not remembered as agreed: the next cycle reports it again.
+    windows.clear()
+    again = cycle()
+    assert len(set(windows)) == 3 and all(len(t["drifted"]) == 1 for t in again.values())
