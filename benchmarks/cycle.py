@@ -205,7 +205,7 @@ def scenario_idle(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     python -m benchmarks.cycle --scenario idle
     """
     names = ["idle_a", "idle_b"]
-    b.make_tables(names, 10_000)
+    b.make_tables(names, args.idle_rows)
     path = b.config(names)
     cycle(path)  # first cycle offloads the rows; the measured ones find nothing new
     in_process = []
@@ -574,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-rows", type=int, default=200_000)
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="the 1x backlog")
     parser.add_argument("--append-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--idle-rows",
+        type=int,
+        default=10_000,
+        help="idle: rows per table (the audit window holds them all)",
+    )
     parser.add_argument(
         "--audit-days", type=int, default=4, help="throughput: the tables' audit_days (0: off)"
     )

@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from offloader import audit as tiers
 from offloader import cursor, plan
@@ -18,7 +18,7 @@ from offloader.report import TableReport
 from offloader.services import Services
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query, parts_fingerprint
-from offloader.state import DaySum, TableState
+from offloader.state import AuditAgreed, DaySum, TableState
 
 if TYPE_CHECKING:
     from offloader.iceberg.table import IcebergTable
@@ -134,8 +134,8 @@ async def audit_recorded(run: TableRun) -> bool:
         return True  # nothing to audit
     t0 = time.monotonic()
     lo, hi = (tiers.day_number(d) for d in bounds)
-    key = _agreement_key(run, lo, hi)
-    if run.days is None and run.parts and _AGREED.get(table.target) == (key, run.parts):
+    known = run.state.agreed
+    if run.days is None and run.parts and known == AuditAgreed(run.seq, lo, hi, run.parts):
         # The source's parts are those of the last audit that agreed at this seq: the
         # same rows, so the same answer without hashing the window again.
         report.drifted = []
@@ -156,35 +156,26 @@ async def audit_recorded(run: TableRun) -> bool:
         return True
     report.stage("audit", time.monotonic() - t0)
     if not tiers.agrees(lo, hi, hot, recorded, run.hashed):
-        _AGREED.pop(table.target, None)
         run.days, run.days_before = hot, bounds[1]  # the audit with Iceberg reuses them
         return False
     report.drifted = []
-    if hot.fingerprint:
-        _AGREED[table.target] = (key, hot.fingerprint)
+    agreed = AuditAgreed(run.seq, lo, hi, hot.fingerprint)
+    if hot.fingerprint and agreed != known:
+        try:
+            await run.services.watermarks.audit_agreed(table.target, agreed)
+        except TableError as exc:  # only the next idle audit's cost depends on it
+            log.warning("could not record audit", extra={"table": table.target, "error": str(exc)})
     return True
 
 
-# Each table's window that last agreed in full, as ((seq, its commit time, first day,
-# last day), the source's parts then): while neither changes, a long-running service's
-# idle audit does not hash the window again (a `once` process always does).
-_AGREED: dict[str, tuple[tuple[Any, ...], str]] = {}
-
-
-def _agreement_key(run: TableRun, lo: int, hi: int) -> tuple[Any, ...]:
-    return (run.seq, run.state.updated_at, lo, hi)
-
-
 def agreed_before(run: TableRun) -> bool:
-    """Whether the table's audit window agreed in full at this seq in this process (the
-    source's parts then are what to compare with, not the window's rows)."""
-    known = _AGREED.get(run.table.target)
-    if known is None or run.report.watermark is None:
-        return False
+    """Whether the table's audit window agreed in full at this seq (recorded with the
+    state): then the source's parts tell whether to read it again, not its rows."""
+    known = run.state.agreed
     bounds = tiers.window(run.src.order[0][1], run.report.watermark, run.table.audit_days)
-    if bounds is None:
+    if known is None or bounds is None or known.seq != run.seq:
         return False
-    return known[0] == _agreement_key(run, *(tiers.day_number(d) for d in bounds))
+    return (known.first, known.last) == tuple(tiers.day_number(d) for d in bounds)
 
 
 # Each table's recorded day sums with the (seq, days) they were read at: they change only

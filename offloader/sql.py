@@ -169,19 +169,17 @@ def behind_query(
 
 def parts_fingerprint(database: str, table: str) -> str:
     """A scalar subquery naming the exact data a MergeTree table holds: its active parts
-    (patch parts of lightweight updates included) each with the hash of its files, and
-    its unfinished mutations. Any insert, merge, mutation, lightweight delete or update,
-    TTL removal, dropped, detached or attached partition, truncation or recreation
-    changes it. '' when the table has no parts (empty, or not a MergeTree: a view, a
-    Distributed or Merge table), which the audit takes as "unknown"."""
-    db, name = quote_string(database), quote_string(table)
-    parts = (
-        "SELECT if(count() = 0, '', toString(cityHash64(arraySort(groupArray("
-        "(name, hash_of_all_files))), (SELECT arraySort(groupArray(mutation_id)) "
-        f"FROM system.mutations WHERE database = {db} AND table = {name} AND NOT is_done)))) "
-        f"FROM system.parts WHERE database = {db} AND table = {name} AND active"
+    (patch parts of lightweight updates included), each with the hash of its files. Any
+    insert, merge, finished mutation, lightweight delete or update, TTL removal, dropped,
+    detached or attached partition, truncation or recreation changes it. (A mutation
+    applied on the fly, before it rewrites parts, changes it only when it finishes.) ''
+    when the table has no parts (empty, or not a MergeTree: a view, a Distributed or
+    Merge table), which the audit takes as "unknown"."""
+    return (
+        "(SELECT if(count() = 0, '', toString(cityHash64(arraySort(groupArray("
+        "(name, hash_of_all_files)))))) FROM system.parts WHERE database = "
+        f"{quote_string(database)} AND table = {quote_string(table)} AND active)"
     )
-    return f"({parts})"
 
 
 def day_expr(wm_name: str, wm_type: ChType) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-__all__ = ["DaySum", "DaySums", "StatusRow", "Store", "TableState"]
+__all__ = ["AuditAgreed", "DaySum", "DaySums", "StatusRow", "Store", "TableState"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +43,36 @@ def decode_days(text: str | None) -> tuple[dict[int, DaySum], bool]:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditAgreed:
+    """An audit window (day numbers first..last) that agreed in full at commit `seq`,
+    and the source's parts then (sql.parts_fingerprint): while the seq, the window and
+    the parts stay the same, so do ClickHouse's rows and the answer."""
+
+    seq: int
+    first: int
+    last: int
+    parts: str
+
+    def encode(self) -> str:
+        return f"{self.seq} {self.first} {self.last} {self.parts}"
+
+    @classmethod
+    def decode(cls, text: str | None) -> AuditAgreed | None:
+        try:
+            seq, first, last, parts = (text or "").split(" ")
+            return cls(int(seq), int(first), int(last), parts)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
 class TableState:
     target: str
     seq: int
     position: tuple[Any, ...] | None
     rows_total: int
     updated_at: datetime | None
+    agreed: AuditAgreed | None = None  # cleared by every commit
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +112,8 @@ class Store(Protocol):
     ) -> None: ...
 
     async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]: ...
+
+    async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None: ...
 
     async def record_run(
         self,

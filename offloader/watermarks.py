@@ -23,7 +23,7 @@ import asyncpg
 from offloader import cursor, faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
-from offloader.state import DaySum, DaySums, StatusRow, TableState
+from offloader.state import AuditAgreed, DaySum, DaySums, StatusRow, TableState
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,12 @@ MIGRATIONS: tuple[str, ...] = (
         columns_key text NOT NULL,  -- sql.RowHash.key; '' when the day mixes two
         PRIMARY KEY (target, day)
     );
+    """,
+    # The audit window that last agreed in full and the source's parts then
+    # (state.AuditAgreed): while neither changes, an idle audit does not hash the
+    # window again. Every commit and reset clears it.
+    """
+    ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS audit_agreed text;
     """,
 )
 _MOD64 = 2**64
@@ -190,12 +196,25 @@ class Watermarks:
             "read watermark",
             f"""INSERT INTO {self._s}.watermarks (target, source) VALUES ($1, $2)
                 ON CONFLICT (target) DO UPDATE SET source = EXCLUDED.source
-                RETURNING seq, position::text, rows_total, updated_at""",
+                RETURNING seq, position::text, rows_total, updated_at, audit_agreed""",
             target,
             source,
         )
         row = rows[0]
-        return TableState(target, row[0], cursor.loads(row[1]), row[2], row[3])
+        agreed = AuditAgreed.decode(row[4])
+        return TableState(target, row[0], cursor.loads(row[1]), row[2], row[3], agreed)
+
+    async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None:
+        """Remember the audit window that agreed in full at `agreed.seq` (ignored if
+        the table has committed since)."""
+        await self._run(
+            "record audit",
+            f"""UPDATE {self._s}.watermarks SET audit_agreed = $3
+                WHERE target = $1 AND seq = $2""",
+            target,
+            agreed.seq,
+            agreed.encode(),
+        )
 
     async def commit(
         self,
@@ -220,7 +239,7 @@ class Watermarks:
                 updated = await conn.fetchval(
                     f"""UPDATE {self._s}.watermarks
                         SET seq = $3, position = $4::jsonb, rows_total = rows_total + $5,
-                            updated_at = now()
+                            updated_at = now(), audit_agreed = NULL
                         WHERE target = $1 AND seq = $2 RETURNING seq""",
                     target,
                     prev_seq,
@@ -344,7 +363,8 @@ class Watermarks:
             async with self._pool.acquire() as conn, conn.transaction():
                 await conn.execute(
                     f"""UPDATE {self._s}.watermarks
-                        SET seq = $2, position = $3::jsonb, updated_at = now()
+                        SET seq = $2, position = $3::jsonb, updated_at = now(),
+                            audit_agreed = NULL
                         WHERE target = $1""",
                     target,
                     seq,

@@ -21,7 +21,7 @@ from offloader.config import TableConfig
 from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
-from offloader.state import DaySum, DaySums, TableState
+from offloader.state import AuditAgreed, DaySum, DaySums, TableState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
 NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)
@@ -112,6 +112,7 @@ class FakeStore:
     runs: list[dict[str, Any]] = field(default_factory=list)
     locked: set[str] = field(default_factory=set)
     sums: dict[tuple[str, int], DaySum] = field(default_factory=dict)
+    agreed: dict[str, AuditAgreed] = field(default_factory=dict)
 
     @asynccontextmanager
     async def table_lock(self, target: str) -> AsyncIterator[None]:
@@ -124,7 +125,12 @@ class FakeStore:
             self.locked.discard(target)
 
     async def get(self, target: str, source: str) -> TableState:
-        return TableState(target, self.seq.get(target, 0), self.position.get(target), None, None)
+        seq, position = self.seq.get(target, 0), self.position.get(target)
+        return TableState(target, seq, position, 0, None, self.agreed.get(target))
+
+    async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None:
+        if self.seq.get(target, 0) == agreed.seq:
+            self.agreed[target] = agreed
 
     async def commit(
         self,
@@ -144,6 +150,7 @@ class FakeStore:
             raise InconsistentState(f"{target}: at {self.seq.get(target)}, expected {prev_seq}")
         self.seq[target] = seq
         self.position[target] = tuple(position)
+        self.agreed.pop(target, None)
         for day, add in (days or {}).items():
             old = self.sums.get((target, day))
             if old is not None and not replace_days:

@@ -53,3 +53,12 @@ def test_row_hash_is_a_tuple_hash_keyed_by_columns_and_types() -> None:
     assert h.expr == "cityHash64(tuple(`ts`, `note`))"
     assert h.key != row_hash([("ts", "DateTime64(6)"), ("note", "String")]).key
     assert h.key == row_hash([("ts", "DateTime64(6)"), ("note", "Nullable(String)")]).key
+
+
+def test_an_agreed_window_round_trips_through_its_text() -> None:
+    from offloader.state import AuditAgreed
+
+    agreed = AuditAgreed(7, 20_454, 20_457, "1234567890123")
+    assert AuditAgreed.decode(agreed.encode()) == agreed
+    assert AuditAgreed.decode(None) is None
+    assert AuditAgreed.decode("garbage") is None  # an unreadable record: hash the window

@@ -53,6 +53,10 @@ def test_idle_cycle_loads_no_iceberg_until_a_day_disagrees(env: Env) -> None:
     assert idle["status"] == "idle" and idle["drifted"] == []
     assert loaded == [], loaded  # neither pyiceberg nor pyarrow
     assert "open_iceberg" not in idle["stages"]
+    assert "audit" in idle["stages"]  # the window hashed once, and recorded as agreed
+    again, loaded = once_loading(env)
+    assert again["status"] == "idle" and again["drifted"] == [] and loaded == []
+    assert "audit" not in again["stages"]  # the source's parts unchanged: not hashed again
 
     # A late row below the watermark: the idle run's audit disagrees with PostgreSQL's
     # record, reads Iceberg's manifests and reports the day.
@@ -84,8 +88,8 @@ def test_a_commit_recovered_after_a_crash_records_its_day_sums(env: Env) -> None
 def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In one process (the service), an idle cycle after a window that agreed reads only
-    the source's parts fingerprint, not the window's rows; a late insert, a mutation
+    """An idle cycle after a window that agreed at the same seq reads only the source's
+    parts fingerprint, not the window's rows; a late insert, a mutation
     that updates a value in place and a lightweight DELETE each change the parts, so
     the next cycle audits the window again and reports the day."""
     from offloader import audit
