@@ -324,6 +324,9 @@ def convert_page(
     hashes = page.checksums()
     if watermark is None or not batch.num_rows:
         return batch, {}
+    summed = page.summed()
+    if summed is not None:  # ClickHouse summed the page (the parquet transport)
+        return batch, summed
     if hashed is None or hashes is None:
         return batch, day_sums(batch.column(watermark), pa.nulls(batch.num_rows, pa.uint64()), "")
     return batch, day_sums(batch.column(watermark), hashes, hashed.key)

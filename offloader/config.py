@@ -16,7 +16,9 @@ from offloader.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "config/tables.toml"
 
-Transport = Literal["native", "arrow"]  # how a table's pages are read (README [clickhouse])
+Transport = Literal[
+    "native", "arrow", "parquet"
+]  # how a table's pages are read (README [clickhouse])
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -311,9 +311,12 @@ class _Reader:
             return "native"
         if value == "arrow":
             return "arrow"
+        if value == "parquet":
+            return "parquet"
         self.fail(
             f"{where}.transport",
-            "must be 'native' (asynch, native TCP) or 'arrow' (HTTP, FORMAT ArrowStream)",
+            "must be 'native' (asynch, native TCP), 'arrow' (HTTP, FORMAT ArrowStream) or "
+            "'parquet' (HTTP, FORMAT Parquet: ClickHouse encodes the data files)",
             value,
         )
 

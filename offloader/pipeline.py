@@ -78,6 +78,9 @@ class TableRun:
                     await self.open_iceberg()
                     await checkup.audit(self)
                 return
+            # The transport refuses a table it cannot store exactly before Iceberg is
+            # touched (no table is created for it).
+            self.pager = src.source.pager(self.table, src.plan, self.hashed)
             await self.open_iceberg()
             await self.transfer(upto)
             if self.report.rows == 0:
@@ -213,12 +216,9 @@ class TableRun:
 
     async def _fetch(self, scan: Scan, send: MemoryObjectSendStream[Page]) -> None:
         table, report = self.table, self.report
-        pager = self.src.source.pager(
-            table, self.src.plan, self.hashed.expr if self.hashed else None
-        )
         fetched = 0
         after = report.watermark
-        pages = keyset_pages(pager, scan, after, table.batch_rows)
+        pages = keyset_pages(self.pager, scan, after, table.batch_rows)
         async with send, aclosing(pages):
             if self._stopped():
                 report.more = True
@@ -236,7 +236,7 @@ class TableRun:
                 )
                 await send.send(page)
                 fetched += page.rows
-                if page.rows < table.batch_rows:
+                if page.rows < table.batch_rows and not page.cut:
                     return
                 if fetched >= table.max_rows_per_cycle:
                     report.more = True
@@ -262,30 +262,35 @@ class TableRun:
         self, receive: MemoryObjectReceiveStream[Page], chunks: MemoryObjectSendStream[_Chunk]
     ) -> None:
         chunk_rows = min(FILE_ROWS, self.table.append_rows)
-        pending: list[pa.RecordBatch] = []
+        pending: list[pa.RecordBatch | bytes] = []
         pending_rows = 0
         sums: dict[int, DaySum] = {}
         position: list[Any] | None = None
         async with receive:
             async for page in receive:
-                t0 = time.monotonic()
-                batch, page_sums = await anyio.to_thread.run_sync(
-                    audit.convert_page,
-                    page,
-                    self.day_column,
-                    self.hashed,
-                    limiter=self.services.cpu,
-                )
-                self.report.stage("convert", time.monotonic() - t0)
+                item: pa.RecordBatch | bytes | None = page.encoded()
+                rows = page.rows
+                if item is not None:  # a Parquet file ClickHouse encoded: stored as it is
+                    page_sums = (page.summed() or {}) if self.day_column else {}
+                else:
+                    t0 = time.monotonic()
+                    item, page_sums = await anyio.to_thread.run_sync(
+                        audit.convert_page,
+                        page,
+                        self.day_column,
+                        self.hashed,
+                        limiter=self.services.cpu,
+                    )
+                    self.report.stage("convert", time.monotonic() - t0)
                 faults.point("convert")
                 position = page.position
                 del page  # the driver's Python objects are the bulk of a page's memory
-                pending.append(batch)
-                pending_rows += batch.num_rows
+                pending.append(item)
+                pending_rows += rows
                 audit.add_sums(sums, page_sums)
                 self.report.pages += 1
                 if self.services.progress is not None:
-                    self.services.progress.advance(self.table.target, batch.num_rows)
+                    self.services.progress.advance(self.table.target, rows)
                 if pending_rows >= chunk_rows:
                     await chunks.send((pending, position, sums))
                     pending, pending_rows, sums = [], 0, {}
@@ -299,11 +304,21 @@ class TableRun:
         sums: dict[int, DaySum] = {}
         position: list[Any] | None = None
         async with receive:
-            async for batches, at, chunk_sums in receive:
+            async for items, at, chunk_sums in receive:
                 t0 = time.monotonic()
-                files = await anyio.to_thread.run_sync(
-                    self.ice.write_files, batches, self.table.watermark, limiter=self.services.io
-                )
+                encoded = [i for i in items if isinstance(i, bytes)]
+                if encoded:
+                    files = await anyio.to_thread.run_sync(
+                        self.ice.add_encoded, encoded, limiter=self.services.io
+                    )
+                else:
+                    batches = [i for i in items if not isinstance(i, bytes)]
+                    files = await anyio.to_thread.run_sync(
+                        self.ice.write_files,
+                        batches,
+                        self.table.watermark,
+                        limiter=self.services.io,
+                    )
                 self.report.stage("iceberg_write", time.monotonic() - t0)
                 faults.point("write")
                 written.append(files)
@@ -360,7 +375,9 @@ class TableRun:
         )
 
 
-_Chunk = tuple[list["pa.RecordBatch"], list[Any], dict[int, DaySum]]
+# Converted batches (or the Parquet files ClickHouse encoded), the position they reach
+# and their per-day sums.
+_Chunk = tuple[list["pa.RecordBatch | bytes"], list[Any], dict[int, DaySum]]
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:

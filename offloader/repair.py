@@ -296,7 +296,7 @@ async def _read_days(
     """ClickHouse's rows of `days` up to the committed position, written as data files
     (not committed) every FILE_ROWS rows, so memory stays bounded by a file; their
     per-day row-hash sums are added to `sums`."""
-    pager = src.source.pager(table, src.plan, hashed.expr)
+    pager = src.source.pager(table, src.plan, hashed)
     wm_type = src.plan.order[0][1]
     written: list[WrittenFiles] = []
     pending: list[Any] = []

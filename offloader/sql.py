@@ -124,12 +124,15 @@ def page_query(
     since: Any = None,
     before: Any = None,
     through: Sequence[Any] | None = None,
+    one_day: bool = False,
 ) -> str:
     """One keyset page: rows after `after`, watermark <= `upto`, in (watermark, keys) order.
 
     `LIMIT n WITH TIES` ends every page on a complete (watermark, keys) group, so
     rows that share a position with the page's last row are never split across
-    pages (and so never skipped) even if the keys are not unique.
+    pages (and so never skipped) even if the keys are not unique. With `one_day`
+    (a date or time watermark), the page also ends at the end of the UTC day of its
+    first row (a scalar subquery reading only the granules after the position).
     """
     wm_name, wm_type = order[0]
     where = [f"{quote_ident(wm_name)} <= {literal(wm_type, upto)}"]
@@ -141,11 +144,45 @@ def page_query(
         where.append(f"{quote_ident(wm_name)} < {literal(wm_type, before)}")
     if through is not None:  # ... never past the committed position
         where.append(f"NOT ({keyset_after(order, through)})")
+    if one_day:
+        where.append(_first_day_only(source, wm_name, wm_type, " AND ".join(where)))
     order_by = ", ".join(quote_ident(c) for c, _ in order)
     return with_text_settings(
         f"SELECT {', '.join(select)} FROM {source} WHERE {' AND '.join(where)} "
         f"ORDER BY {order_by} LIMIT {int(limit)} WITH TIES"
     )
+
+
+def _first_day_only(source: str, wm_name: str, wm_type: ChType, where: str) -> str:
+    """A predicate: the watermark is before the end of the UTC day of the first row
+    that `where` selects."""
+    q = quote_ident(wm_name)
+    if wm_type.unwrap().name in ("Date", "Date32"):
+        end = f"min({q}) + 1"
+    elif wm_type.unwrap().name in ("DateTime", "DateTime64"):
+        end = f"toStartOfDay(min({q}), 'UTC') + toIntervalDay(1)"
+    else:
+        raise ValueError(f"no UTC day in a watermark of type {wm_type}")
+    return f"{q} < (SELECT {end} FROM {source} WHERE {where})"
+
+
+def range_sums_query(
+    source: str,
+    order: Sequence[tuple[str, ChType]],
+    after: Sequence[Any] | None,
+    through: Sequence[Any],
+    hashed: RowHash,
+    since: Any = None,
+) -> str:
+    """The rows after `after` up to and including `through` (one page's keyset range;
+    none before watermark `since`) and the sum of their row hashes, as text."""
+    where = [f"NOT ({keyset_after(order, through)})"]
+    if after is not None:
+        where.append(f"({keyset_after(order, after)})")
+    if since is not None:
+        wm_name, wm_type = order[0]
+        where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, since)}")
+    return f"SELECT count(), toString(sum({hashed.expr})) FROM {source} WHERE {' AND '.join(where)}"
 
 
 def behind_query(

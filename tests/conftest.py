@@ -131,7 +131,7 @@ def make_env(
     return e
 
 
-@pytest.fixture(params=["native", "arrow"])
+@pytest.fixture(params=["native", "arrow", "parquet"])
 def env(
     request: pytest.FixtureRequest,
     clickhouse_server: devserver.Server,
@@ -139,7 +139,7 @@ def env(
     tmp_path: Path,
 ) -> Iterator[Env]:
     """A fresh ClickHouse database, PostgreSQL schema and Iceberg catalog; every test
-    using it runs once per transport (native TCP and Arrow over HTTP)."""
+    using it runs once per transport (native TCP, Arrow and Parquet over HTTP)."""
     e = make_env(clickhouse_server, pg_database, tmp_path, request.param)
     try:
         yield e

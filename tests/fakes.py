@@ -21,6 +21,7 @@ from offloader.config import TableConfig
 from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
+from offloader.sql import RowHash
 from offloader.state import AuditAgreed, DaySum, DaySums, TableState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
@@ -41,6 +42,14 @@ class FakePage:
         return [self.data[-1][0]] if self.data else []
 
     def checksums(self) -> pa.Array | None:
+        return None
+
+    cut = False
+
+    def encoded(self) -> bytes | None:
+        return None
+
+    def summed(self) -> dict[int, DaySum] | None:
         return None
 
     def to_batch(self) -> pa.RecordBatch:
@@ -71,7 +80,9 @@ class FakeSource:
     async def scalar(self, query: str) -> Any:
         return (await self.rows(query))[0][0]
 
-    def pager(self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None) -> FakePager:
+    def pager(
+        self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None
+    ) -> FakePager:
         return FakePager(self, plan)
 
 

@@ -35,6 +35,7 @@ def test_verify_equal_then_differences(env: Env) -> None:
     env.create_trades("v")
     env.insert_trades("v", 30_000, first_id=1, start="2026-01-01 00:00:00", step_us=30_000_000)
     env.write_config([env.table("alltypes", watermark="ts", keys=["id"]), env.table("v")])
+    env.drop_for_parquet("alltypes", "fs")
     assert env.once().ok
     result = env.cli("verify")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -106,6 +107,7 @@ def test_verify_checksums_values_inside_containers(env: Env) -> None:
         "('2000-02-29', true, 'x'), ['zz'], ['::'], [], [0], {0: '', 1: 'é'})"
     )
     env.write_config([env.table("deep", watermark="ts", keys=["id"])])
+    env.drop_for_parquet("deep", "af")
     refused = env.once()
     assert not refused.ok
     assert "column 'mi'" in str(refused.tables[0].error)

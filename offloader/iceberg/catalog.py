@@ -97,6 +97,7 @@ class IcebergCatalog:
             if table is None:
                 table = self._create(target, schema, partition_by)
             table.ensure_properties(self.properties)
+            table.ensure_name_mapping()
             table.evolve(schema)
             table.ensure_sort_order(sort_by)
             return table

@@ -17,7 +17,11 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
 )
-from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+from pyiceberg.io.pyarrow import (
+    _check_pyarrow_schema_compatible,
+    _dataframe_to_data_files,
+    parquet_file_to_data_file,
+)
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, Transaction
@@ -45,6 +49,8 @@ from offloader.iceberg import (
 )
 
 log = logging.getLogger(__name__)
+
+NAME_MAPPING = "schema.name-mapping.default"
 
 
 class _Transaction(Transaction):
@@ -264,6 +270,34 @@ class IcebergTable:
                     counter=self._file_counter,
                 )
         return WrittenFiles(files, data.num_rows, data.nbytes)
+
+    def add_encoded(self, bodies: Sequence[bytes]) -> WrittenFiles:
+        """Store Parquet files that ClickHouse encoded in this table's schema (the
+        parquet transport) as data files, not yet committed, byte for byte; each file's
+        entry (rows, sizes, column bounds, partition) comes from its footer. The files
+        carry no field ids: readers map their columns by name (ensure_name_mapping).
+        Files of a run that dies before committing are orphans, as with write_files."""
+        files: list[DataFile] = []
+        nbytes = 0
+        with sink_errors(f"{self.target}: adding Parquet data files failed"):
+            locations = self._table.location_provider()
+            for body in bodies:
+                name = f"{next(self._file_counter):05d}-ch-{self._write_uuid}.parquet"
+                path = locations.new_data_location(name)
+                with self._table.io.new_output(path).create(overwrite=False) as out:
+                    out.write(body)
+                files.append(parquet_file_to_data_file(self._table.io, self._table.metadata, path))
+                nbytes += len(body)
+        return WrittenFiles(files, sum(f.record_count for f in files), nbytes)
+
+    def ensure_name_mapping(self) -> None:
+        """Give the table a default name mapping (schema.name-mapping.default) unless it
+        has one, so readers can read data files without field ids (the parquet
+        transport's); pyiceberg keeps it current as the schema evolves."""
+        if NAME_MAPPING not in self._table.metadata.properties:
+            mapping = self._table.schema().name_mapping.model_dump_json()
+            with transaction(self._table) as tx:
+                tx.set_properties({NAME_MAPPING: mapping})
 
     def commit_files(
         self,

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offloader.config import ClickHouseConfig, TableConfig, Transport
 from offloader.errors import SourceSchemaError, TableError
 from offloader.plan import SourcePlan, plan_order, plan_source
-from offloader.sql import page_query, quote_ident, quote_string, read_from
+from offloader.sql import RowHash, page_query, quote_ident, quote_string, read_from
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from offloader.state import DaySum
 
 __all__ = [
     "Page",
@@ -55,8 +57,16 @@ class Scan:
     before: Any = None
     through: Sequence[Any] | None = None
 
-    def query(self, plan: SourcePlan, select: Sequence[str], after: Any, limit: int) -> str:
-        """The SQL of one page of this scan after position `after`."""
+    def query(
+        self,
+        plan: SourcePlan,
+        select: Sequence[str],
+        after: Any,
+        limit: int,
+        one_day: bool = False,
+    ) -> str:
+        """The SQL of one page of this scan after position `after` (with `one_day`, not
+        past the UTC day of its first row)."""
         return page_query(
             source=self.relation,
             select=select,
@@ -67,6 +77,7 @@ class Scan:
             since=self.since,
             before=self.before,
             through=self.through,
+            one_day=one_day,
         )
 
 
@@ -90,6 +101,23 @@ class Page(Protocol):
         """Each row's hash (uint64, sql.RowHash) when the pager was asked for it."""
         ...
 
+    @property
+    def cut(self) -> bool:
+        """Whether the page ended at a boundary of its own (a UTC day) rather than at
+        its row limit or the scan's end: the scan goes on after a short page."""
+        ...
+
+    def encoded(self) -> bytes | None:
+        """The page as a Parquet file of the Iceberg schema, when ClickHouse encoded it
+        (the parquet transport: stored as a data file as it is); else None."""
+        ...
+
+    def summed(self) -> dict[int, DaySum] | None:
+        """The page's rows and row-hash sums per UTC day of the watermark, when the
+        transport had ClickHouse compute them (a page without per-row hashes); None:
+        computed from to_batch() and checksums()."""
+        ...
+
 
 class Pager(Protocol):
     """Reads keyset pages of one table."""
@@ -111,9 +139,9 @@ class Source(Protocol):
 
     async def scalar(self, query: str) -> Any: ...
 
-    def pager(self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None) -> Pager:
-        """The table's page reader; with `row_hash` (SQL), pages also carry each row's
-        hash (Page.checksums)."""
+    def pager(self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None) -> Pager:
+        """The table's page reader; with `row_hash`, pages also carry each row's hash
+        (Page.checksums) or their sums per day (Page.summed)."""
         ...
 
 
@@ -126,10 +154,10 @@ async def open_source(
     cfg: ClickHouseConfig, label: str, transport: Transport
 ) -> AsyncIterator[Source]:
     """A session of `transport` (its driver is imported here, on first use)."""
-    if transport == "arrow":
+    if transport in ("arrow", "parquet"):
         from offloader.source import arrow
 
-        async with arrow.session(cfg, label) as http:
+        async with arrow.session(cfg, label, parquet=transport == "parquet") as http:
             yield http
     else:
         from offloader.source import native
@@ -182,13 +210,13 @@ async def keyset_pages(
     pager: Pager, scan: Scan, after: Sequence[Any] | None, limit: int
 ) -> AsyncGenerator[Page, None]:
     """The pages of a keyset scan, in order: each next page starts after the previous
-    page's last row. Ends after an empty or short page."""
+    page's last row. Ends after an empty page, or a short one not cut at a day."""
     while True:
         page = await pager.read(scan, after, limit)
         if page.rows == 0:
             return
         yield page
-        if page.rows < limit:
+        if page.rows < limit and not page.cut:
             return
         after = page.position
 

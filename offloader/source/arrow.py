@@ -28,11 +28,14 @@ import orjson
 from offloader import cursor
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import (
+    CLICKHOUSE_DATA_CODES,
     CLICKHOUSE_SCHEMA_CODES,
+    DataError,
     SourceSchemaError,
     SourceUnavailable,
+    TableError,
 )
-from offloader.source import Scan
+from offloader.source import Pager, Scan
 from offloader.sql import quote_ident
 from offloader.types import ChType, parse_type
 from offloader.wire import SHARED_LEAVES, rewrite_leaves
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.plan import SourcePlan
+    from offloader.sql import RowHash
+    from offloader.state import DaySum
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +60,10 @@ SETTINGS = {
 
 
 class ArrowHttpSession:
-    def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
+    def __init__(self, cfg: ClickHouseConfig, label: str, parquet: bool = False) -> None:
         self._cfg = cfg
         self.label = label
+        self.parquet = parquet
         self.endpoint = f"{cfg.host}:{cfg.http_port}"
         scheme = "https" if cfg.secure else "http"
         self._url = f"{scheme}://{cfg.host}:{cfg.http_port}/"
@@ -119,13 +125,18 @@ class ArrowHttpSession:
         if response.status_code != 200 or code:
             text = body.decode("utf-8", "replace").strip().splitlines()
             message = text[0][:500] if text else f"HTTP {response.status_code}"
-            schema = code is not None and code.isdigit() and int(code) in CLICKHOUSE_SCHEMA_CODES
-            error = SourceSchemaError if schema else SourceUnavailable
+            number = int(code) if code is not None and code.isdigit() else 0
+            error: type[TableError] = SourceUnavailable
+            if number in CLICKHOUSE_SCHEMA_CODES:
+                error = SourceSchemaError
+            elif number in CLICKHOUSE_DATA_CODES:
+                error = DataError
             raise error(f"{self._where()}: server error {code}: {message}")
         if b"__exception__" in body[-4096:]:
             tail = body[-2000:].decode("utf-8", "replace")
             message = next((ln for ln in tail.splitlines() if "Code:" in ln), tail[-300:])
-            raise SourceUnavailable(
+            refused = any(f"Code: {n}." in message for n in CLICKHOUSE_DATA_CODES)
+            raise (DataError if refused else SourceUnavailable)(
                 f"{self._where()}: the {what} failed mid-stream: {message.strip()[:500]}"
             )
         if cut is not None:
@@ -135,10 +146,22 @@ class ArrowHttpSession:
             )
         return body
 
-    def pager(
-        self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None
-    ) -> ArrowPager:
+    def pager(self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None) -> Pager:
+        if self.parquet:
+            from offloader.source import parquet
+
+            return parquet.ParquetPager(self, table, plan, row_hash)
         return ArrowPager(self, table, plan, row_hash)
+
+    async def parquet_page(self, query: str, settings: dict[str, str]) -> bytes:
+        """Run one page query as `FORMAT Parquet`: the complete file ClickHouse wrote."""
+        body = await self._post(query + " FORMAT Parquet", settings, "page")
+        if len(body) < 12 or body[:4] != b"PAR1" or body[-4:] != b"PAR1":
+            raise SourceUnavailable(
+                f"{self._where()}: truncated Parquet file ({len(body)} bytes, no footer "
+                "magic); the page is discarded"
+            )
+        return body
 
     async def page(self, query: str) -> pa.RecordBatch:
         """Run one page query and return its rows as one RecordBatch (wire forms)."""
@@ -197,6 +220,14 @@ class ArrowPage:
     def checksums(self) -> pa.Array | None:
         return self.hashes
 
+    cut = False  # pages end at their row limit or the scan's end
+
+    def encoded(self) -> bytes | None:
+        return None
+
+    def summed(self) -> dict[int, DaySum] | None:
+        return None
+
 
 class ArrowPager:
     def __init__(
@@ -204,7 +235,7 @@ class ArrowPager:
         http: ArrowHttpSession,
         table: TableConfig,
         plan: SourcePlan,
-        row_hash: str | None = None,
+        row_hash: RowHash | None = None,
     ) -> None:
         self._http = http
         self._target = table.target
@@ -212,7 +243,7 @@ class ArrowPager:
         self._hashed = row_hash is not None
         self.select = [arrow_wire_expr(c.ch_type, quote_ident(c.name)) for c in plan.columns]
         if row_hash:
-            self.select.append(row_hash)
+            self.select.append(row_hash.expr)
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ArrowPage:
         from offloader.source import arrow_convert  # loaded by page() already
@@ -235,8 +266,12 @@ class ArrowPager:
 
 
 @asynccontextmanager
-async def session(cfg: ClickHouseConfig, label: str) -> AsyncIterator[ArrowHttpSession]:
-    s = ArrowHttpSession(cfg, label)
+async def session(
+    cfg: ClickHouseConfig, label: str, parquet: bool = False
+) -> AsyncIterator[ArrowHttpSession]:
+    """An HTTP session; its pages are ArrowStream, or with `parquet` the Parquet files
+    ClickHouse encodes (source/parquet.py)."""
+    s = ArrowHttpSession(cfg, label, parquet)
     try:
         yield s
     finally:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.plan import SourcePlan
+    from offloader.sql import RowHash
+    from offloader.state import DaySum
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ class ClickHouseSession:
         return rows[0][0] if rows else None
 
     def pager(
-        self, table: TableConfig, plan: SourcePlan, row_hash: str | None = None
+        self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None
     ) -> NativePager:
         return NativePager(self, table, plan, row_hash)
 
@@ -198,6 +200,14 @@ class NativePage:
 
         return None if self.hashes is None else pa.array(self.hashes, pa.uint64())
 
+    cut = False  # pages end at their row limit or the scan's end
+
+    def encoded(self) -> bytes | None:
+        return None
+
+    def summed(self) -> dict[int, DaySum] | None:
+        return None
+
 
 class NativePager:
     def __init__(
@@ -205,14 +215,14 @@ class NativePager:
         session: ClickHouseSession,
         table: TableConfig,
         plan: SourcePlan,
-        row_hash: str | None = None,
+        row_hash: RowHash | None = None,
     ) -> None:
         self._session = session
         self._target = table.target
         self._plan = plan
         self._binary = table.strings == "binary"
         self._hashed = row_hash is not None
-        self.select = plan.select + ([row_hash] if row_hash else [])
+        self.select = plan.select + ([row_hash.expr] if row_hash else [])
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> NativePage:
         query = scan.query(self._plan, self.select, after, limit)

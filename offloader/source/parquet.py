@@ -1,0 +1,331 @@
+"""The `parquet` transport: ClickHouse encodes each keyset page as a Parquet file of the
+Iceberg schema (HTTP, `FORMAT Parquet`), and offloader stores the file as a data file
+as it came: no row is decoded in Python. Python reads only each file's footer and the
+last row's watermark and keys (the position).
+
+The page query asks for the exact Iceberg types: leaf values a CAST cannot make exact
+first (`_leaves`: Strings checked as UTF-8 and UInt64 against Int64's range with
+`throwIf`, Enums, IPs and JSON as text, the wire forms every transport shares), then
+a CAST of the whole column to the ClickHouse type whose Parquet is the Iceberg type
+(`iceberg_type`: small integers widened, times as UTC microseconds, tuple fields
+named as Iceberg names them). A value ClickHouse refuses fails the page with
+the column named (errors.CLICKHOUSE_DATA_CODES -> DataError), never a wrong file.
+
+With a date or time watermark every page ends at the end of its first row's UTC day
+(sql.page_query `one_day`), so each file holds one day (the late-rows audit counts
+days from the manifests; a day, month or year partition holds whole files). Pages
+carry no per-row hash: when the audit asks for checksums, one more small query sums
+the page's row hashes in ClickHouse (sql.range_sums_query).
+
+What the transport cannot produce exactly (FixedString, `strings = "binary"`,
+partitions other than day/month/year of the watermark) is refused when the table is
+opened, naming the column and pointing to `transport = "arrow"`, which stores the
+same Iceberg contents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from offloader import cursor
+from offloader.config import TableConfig
+from offloader.errors import DataError, SourceSchemaError
+from offloader.source import Scan, invalid_utf8_columns
+from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
+from offloader.state import DaySum
+from offloader.types import (
+    AS_TEXT,
+    DECIMAL_WIDTH,
+    NULL_HOLDERS,
+    ChType,
+    decimal_precision,
+    leaf_name,
+)
+from offloader.wire import SHARED_LEAVES, rewrite_leaves
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offloader.plan import SourcePlan
+    from offloader.source.arrow import ArrowHttpSession
+
+# ClickHouse's Parquet output pinned to what the Iceberg schema needs, whatever the
+# server's profile says: Strings as Parquet strings, dates and times as logical types,
+# nested types in the standard (compliant) layout, zstd as pyiceberg writes. Bloom
+# filters are off (pyiceberg does not write them either; they cost ClickHouse CPU).
+SETTINGS = {
+    "output_format_parquet_string_as_string": "1",
+    "output_format_parquet_datetime_as_uint32": "0",
+    "output_format_parquet_date_as_uint16": "0",
+    "output_format_parquet_compliant_nested_types": "1",
+    "output_format_parquet_compression_method": "zstd",
+    "output_format_parquet_write_bloom_filter": "0",
+    "output_format_parquet_write_page_index": "1",
+    "output_format_parquet_wide_integer_as_decimal": "0",
+    "output_format_parquet_enum_as_byte_array": "1",
+}
+PARTITION_TRANSFORMS = ("day", "month", "year")
+
+
+def _leaves(table: TableConfig, column: str) -> dict[str, str]:
+    """SQL templates for the leaf values a CAST cannot make exact: Strings checked as
+    UTF-8, UInt64 checked against Int64's range, text forms."""
+    not_utf8 = (
+        f"{table.target}: column {column!r}: a String value is not valid UTF-8; offload "
+        'this table with transport = "arrow" and strings = "binary"'
+    )
+    too_big = (
+        f"{table.target}: column {column!r}: a UInt64 value is above 9223372036854775807; "
+        'set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
+    )
+    utf8 = "tupleElement(({0}, throwIf(NOT ifNull(isValidUTF8({0}), 1), %s)), 1)"
+    in_range = "toInt64(tupleElement(({0}, throwIf(ifNull({0} > 9223372036854775807, 0), %s)), 1))"
+    leaves = {
+        "String": utf8.replace("%s", _template_text(not_utf8)),
+        **dict.fromkeys(
+            ("IPv4", "IPv6", "Enum8", "Enum16", "Enum", "JSON", "Object"), "toString({})"
+        ),
+        **SHARED_LEAVES,
+    }
+    if table.uint64 == "error":
+        leaves["UInt64"] = in_range.replace("%s", _template_text(too_big))
+    return leaves
+
+
+def _template_text(message: str) -> str:
+    """A SQL string literal that survives str.format in a leaf template."""
+    return quote_string(message).replace("{", "{{").replace("}", "}}")
+
+
+_CAST = {
+    **dict.fromkeys(("Int8", "Int16", "Int32", "UInt8", "UInt16"), "Int32"),
+    **dict.fromkeys(("Int64", "UInt32", "DateTime64Ticks"), "Int64"),
+    **dict.fromkeys(("Float32", "BFloat16"), "Float32"),
+    "Float64": "Float64",
+    "Bool": "Bool",
+    "UUID": "UUID",
+    **dict.fromkeys(("Date", "Date32"), "Date32"),
+    **dict.fromkeys(("DateTime", "DateTime64"), "DateTime64(6, 'UTC')"),
+    **dict.fromkeys(
+        ("String", "IPv4", "IPv6", "Enum8", "Enum16", "Enum", "JSON", "Object"), "String"
+    ),
+    **dict.fromkeys(AS_TEXT, "String"),
+}
+
+
+def iceberg_type(t: ChType, uint64: str = "error") -> str:
+    """The ClickHouse type whose Parquet encoding is exactly the Iceberg type offloader
+    stores a `t` as (types.arrow_type): the page query CASTs each column to it after
+    the leaf checks, which widens small integers, moves times to UTC microseconds and
+    names tuple fields as Iceberg does (_1, _2, ... when unnamed)."""
+    if t.name == "Nullable" or t.name in NULL_HOLDERS:
+        inner = "String" if t.name in NULL_HOLDERS else iceberg_type(t.inner, uint64)
+        return f"Nullable({inner})"
+    if t.name == "LowCardinality":
+        return iceberg_type(t.inner, uint64)
+    if t.name == "SimpleAggregateFunction":
+        last = t.args[-1]
+        assert isinstance(last, ChType)
+        return iceberg_type(last, uint64)
+    leaf = leaf_name(t)
+    if leaf in _CAST:
+        return _CAST[leaf]
+    if t.name == "UInt64":
+        return "Decimal(20, 0)" if uint64 == "decimal" else "Int64"
+    if t.name == "Decimal" or t.name in DECIMAL_WIDTH:
+        precision, scale = decimal_precision(t)
+        return f"Decimal({precision}, {scale})"
+    if t.name == "Array":
+        return f"Array({iceberg_type(t.inner, uint64)})"
+    if t.name == "Map":
+        key, value = t.args
+        assert isinstance(key, ChType) and isinstance(value, ChType)
+        return f"Map({iceberg_type(key, uint64)}, {iceberg_type(value, uint64)})"
+    if t.name == "Tuple":
+        names = t.field_names or tuple(f"_{i + 1}" for i in range(len(t.args)))
+        fields = [
+            f"{quote_ident(n)} {iceberg_type(a, uint64)}"
+            for n, a in zip(names, t.args, strict=True)
+            if isinstance(a, ChType)
+        ]
+        return f"Tuple({', '.join(fields)})"
+    raise ValueError(f"the parquet transport has no ClickHouse form of {t}")
+
+
+def _unsupported(t: ChType) -> str | None:
+    """Why a column of type `t` cannot travel as Parquet exactly, or None."""
+    base = t.unwrap()
+    if base.name == "FixedString":
+        return "FixedString is stored as Iceberg binary, which ClickHouse's Parquet writes as text"
+    for arg in base.args:
+        if isinstance(arg, ChType) and (why := _unsupported(arg)):
+            return why
+    return None
+
+
+def _check_table(table: TableConfig, plan: SourcePlan) -> bool:
+    """Refuse what this transport cannot store exactly; whether pages end at UTC days."""
+
+    def refuse(what: str) -> SourceSchemaError:
+        return SourceSchemaError(
+            f'{table.target}: the parquet transport cannot {what}; use transport = "arrow" '
+            "for this table (it stores the same Iceberg contents)",
+            reason="config",
+        )
+
+    if table.strings == "binary":
+        raise refuse('store Strings as binary (strings = "binary")')
+    for col in plan.columns:
+        if why := _unsupported(col.ch_type):
+            raise refuse(f"store column {col.name!r} ({col.ch_type}): {why}")
+    wm_name, wm_type = plan.order[0]
+    by_day = wm_type.unwrap().name in ("Date", "Date32", "DateTime", "DateTime64")
+    for p in table.partition_by:
+        if p.column != wm_name or p.transform not in PARTITION_TRANSFORMS or not by_day:
+            raise refuse(
+                f"write one file per partition of {p} (it splits files at UTC days of the "
+                f"watermark {wm_name!r} only: day, month or year of it)"
+            )
+    return by_day
+
+
+@dataclass(frozen=True, slots=True)
+class ParquetPage:
+    target: str
+    plan: SourcePlan
+    body: bytes  # a complete Parquet file of the Iceberg schema
+    rows: int
+    position: list[Any]  # the encoded (watermark, keys...) of the last row
+    sums: dict[int, DaySum] | None
+    cut: bool  # ended at a UTC day: the scan goes on after a short page
+
+    def to_batch(self) -> pa.RecordBatch:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(pa.BufferReader(self.body)).combine_chunks()
+        table = table.cast(self.plan.schema)
+        batches = table.to_batches()
+        return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=self.plan.schema)
+
+    def checksums(self) -> pa.Array | None:
+        return None
+
+    def encoded(self) -> bytes | None:
+        return self.body
+
+    def summed(self) -> dict[int, DaySum] | None:
+        return self.sums
+
+
+class ParquetPager:
+    def __init__(
+        self,
+        http: ArrowHttpSession,
+        table: TableConfig,
+        plan: SourcePlan,
+        row_hash: RowHash | None = None,
+    ) -> None:
+        self._http = http
+        self._target = table.target
+        self._plan = plan
+        self._hashed = row_hash
+        self._by_day = _check_table(table, plan)
+        self._checked = False
+        self.select = [
+            f"CAST({rewrite_leaves(c.ch_type, quote_ident(c.name), _leaves(table, c.name))}"
+            f", {quote_string(iceberg_type(c.ch_type, table.uint64))}) AS {quote_ident(c.name)}"
+            for c in plan.columns
+        ]
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ParquetPage:
+        plan = self._plan
+        query = scan.query(plan, self.select, after, limit, one_day=self._by_day)
+        try:
+            body = await self._http.parquet_page(query, SETTINGS)
+        except DataError as exc:
+            raise await self._explain(scan, exc) from exc
+        rows, position = await anyio.to_thread.run_sync(
+            _footer, self._target, plan, body, not self._checked
+        )
+        self._checked = True
+        if not rows:
+            return ParquetPage(self._target, plan, body, 0, [], None, False)
+        sums = None
+        if self._by_day:
+            from offloader.audit import day_number, watermark_day
+
+            day = watermark_day(plan.order[0][1], position[0])
+            assert day is not None
+            total, key = 0, ""
+            if self._hashed is not None:
+                q = range_sums_query(
+                    scan.relation, plan.order, after, position, self._hashed, scan.since
+                )
+                [(counted, summed)] = await self._http.rows(q)
+                if int(counted) == rows:  # else a row came in between: counts only
+                    total, key = int(summed), self._hashed.key
+            sums = {day_number(day): DaySum(rows, total, key)}
+        return ParquetPage(self._target, plan, body, rows, position, sums, self._by_day)
+
+    async def _explain(self, scan: Scan, exc: DataError) -> DataError:
+        """A value check of the page query failed: which column, and an example value."""
+        text = str(exc)
+        for col in self._plan.columns:
+            where = f"{self._target}: column {col.name!r} ({col.ch_type})"
+            if f"column {col.name!r}: a String value is not valid UTF-8" in text:
+                found = await invalid_utf8_columns(self._http, self._plan, scan.relation)
+                return DataError(
+                    f"{where}: a String value is not valid UTF-8{found}; offload this table "
+                    'with transport = "arrow" and strings = "binary" to store Strings as bytes',
+                    reason="utf8",
+                )
+            if f"column {col.name!r}: a UInt64 value is above" in text:
+                example = ""
+                if col.ch_type.unwrap().name == "UInt64":
+                    q = quote_ident(col.name)
+                    top = await self._http.scalar(
+                        f"SELECT toString(max({q})) FROM {scan.relation} "
+                        f"WHERE {q} > 9223372036854775807"
+                    )
+                    example = f" (e.g. {top})"
+                return DataError(
+                    f"{where}: a value{example} is above 9223372036854775807 and cannot be "
+                    'stored as long; set uint64 = "decimal" on this table to store UInt64 '
+                    "as decimal(20,0)"
+                )
+        return exc
+
+
+def _footer(target: str, plan: SourcePlan, body: bytes, check: bool) -> tuple[int, list[Any]]:
+    """A Parquet page's row count and its last row's encoded position (reading only the
+    watermark and key columns of the last row group); with `check`, first that its
+    schema is the Iceberg schema's, column by column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(pa.BufferReader(body))
+    if check:
+        got = f.schema_arrow
+        for want in plan.schema:
+            i = got.get_field_index(want.name)
+            have = got.field(i) if i >= 0 else None
+            if have is None or not have.type.equals(want.type) or have.nullable != want.nullable:
+                shown = f"{have.type}{'' if have.nullable else ' not null'}" if have else "nothing"
+                raise SourceSchemaError(
+                    f"{target}: column {want.name!r}: ClickHouse's Parquet holds {shown}, "
+                    f"Iceberg needs {want.type}{'' if want.nullable else ' not null'}; use "
+                    'transport = "arrow" for this table',
+                    reason="config",
+                )
+    rows = f.metadata.num_rows
+    if not rows:
+        return 0, []
+    names = [plan.columns[i].name for i in plan.order_index]
+    last = f.read_row_group(f.metadata.num_row_groups - 1, columns=names)
+    row = last.num_rows - 1
+    return rows, [cursor.encode_value(last.column(n)[row].as_py()) for n in names]
