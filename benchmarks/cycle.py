@@ -12,6 +12,7 @@ Speed is never asserted by the tests; this is where it is measured.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -22,6 +23,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -193,6 +195,9 @@ def timed_process(command: list[str]) -> tuple[float, float]:
     return seconds, peak_kb / 1024
 
 
+TRANSPORTS = ("native", "arrow", "parquet")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -333,10 +338,11 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     python -m benchmarks.cycle --scenario throughput --rows 2000000
     """
     b.make_tables(["tp"], args.rows)
-    keys = ("native", "arrow", "asynch_read", "asynch_plain_read", "arrow_read", "iceberg_write")
+    keys = (*TRANSPORTS, "asynch_read", "asynch_plain_read", "arrow_read", "iceberg_write")
     rates: dict[str, list[float]] = {k: [] for k in keys}
-    mbs: dict[str, list[float]] = {"native": [], "arrow": []}
-    stages: dict[str, list[dict[str, float]]] = {"native": [], "arrow": []}
+    mbs: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
+    cpu: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
+    stages: dict[str, list[dict[str, float]]] = {t: [] for t in TRANSPORTS}
     for _ in range(args.repeats):
         path = b.config(["tp"])
         secs, total = anyio.run(_ceiling, b, load_config(path), args.rows, False)
@@ -349,13 +355,14 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         rates["arrow_read"].append(args.rows / secs)
         rates["iceberg_write"].append(args.rows / _write_ceiling(b, batches))
         del batches
-        for transport in ("native", "arrow"):
+        for transport in TRANSPORTS:
             path = b.config(["tp"], transport=transport, audit_days=args.audit_days)
-            started = time.perf_counter()
+            cpu0, started = _cpu_seconds(), time.perf_counter()
             report = cycle(path)
             secs = time.perf_counter() - started
             assert report.rows == args.rows
             rates[transport].append(args.rows / secs)
+            cpu[transport].append((_cpu_seconds() - cpu0) / args.rows * 1e6)
             mbs[transport].append(report.tables[0].bytes / secs / 1e6)
             stages[transport].append(report.tables[0].stages)
     r = {k: median(v) for k, v in rates.items()}
@@ -369,8 +376,11 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         r["native"] / min(native_ceiling, r["iceberg_write"]), 2
     )
     out["arrow_ratio_to_slower_ceiling"] = round(r["arrow"] / arrow_ceiling, 2)
-    for transport in ("native", "arrow"):
-        out[f"{transport}_arrow_mb_per_s"] = round(median(mbs[transport]), 1)
+    out["parquet_vs_arrow"] = round(r["parquet"] / r["arrow"], 2)
+    for transport in TRANSPORTS:
+        # Python's CPU seconds (this process, all threads) per million rows moved.
+        out[f"{transport}_python_cpu_seconds_per_million_rows"] = round(median(cpu[transport]), 2)
+        out[f"{transport}_mb_per_s"] = round(median(mbs[transport]), 1)
         runs = stages[transport]
         out[f"{transport}_stages_seconds"] = {
             k: round(median([s.get(k, 0.0) for s in runs]), 2) for k in runs[0]
@@ -394,23 +404,32 @@ def scenario_peers(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         runs.setdefault(key, []).append(value)
 
     for _ in range(args.repeats):
-        for transport in ("native", "arrow"):
+        for transport in TRANSPORTS:
             path = b.config(["peer"], transport=transport)
             secs, peak = whole_process(path)
             note(f"offloader_{transport}_rows_per_s", args.rows / secs)
             note(f"offloader_{transport}_peak_mb", peak)
             note(f"offloader_{transport}_idle_seconds", whole_process(path)[0])
+            path = b.config(["peer"], transport=transport)  # a new target: in-process
+            started = time.perf_counter()
+            assert cycle(path).rows == args.rows
+            note(
+                f"offloader_{transport}_in_process_rows_per_s",
+                args.rows / (time.perf_counter() - started),
+            )
         if peers.dlt_available():
             where = b.work / f"dlt_{uuid.uuid4().hex[:8]}"
             where.mkdir()
             command = [
                 *(sys.executable, "-m", "benchmarks.peers", "dlt"),
                 *("--http-port", str(b.http_port), "--database", b.db, "--table", "peer"),
-                *("--dir", str(where)),
+                *("--dir", str(where), "--report", str(where / "run.json")),
             ]
             secs, peak = timed_process(command)
             note("dlt_rows_per_s", args.rows / secs)
             note("dlt_peak_mb", peak)
+            ran = json.loads((where / "run.json").read_text())
+            note("dlt_in_process_rows_per_s", ran["rows"] / ran["seconds"])
             note("dlt_idle_seconds", timed_process(command)[0])
         target = f"peer_{uuid.uuid4().hex[:8]}.parquet"
         started = time.perf_counter()
@@ -419,11 +438,16 @@ def scenario_peers(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": args.rows}
     out.update({k: round(median(v), 3 if "seconds" in k else 0) for k, v in runs.items()})
     export = median(runs["clickhouse_parquet_export_rows_per_s"])
-    for transport in ("native", "arrow"):
+    for transport in TRANSPORTS:
         rate = median(runs[f"offloader_{transport}_rows_per_s"])
+        inside = median(runs[f"offloader_{transport}_in_process_rows_per_s"])
         out[f"{transport}_share_of_clickhouse_export"] = round(rate / export, 2)
+        out[f"{transport}_in_process_share_of_clickhouse_export"] = round(inside / export, 2)
         if "dlt_rows_per_s" in runs:
             out[f"{transport}_vs_dlt"] = round(rate / median(runs["dlt_rows_per_s"]), 2)
+            out[f"{transport}_in_process_vs_dlt_in_process"] = round(
+                inside / median(runs["dlt_in_process_rows_per_s"]), 2
+            )
             out[f"{transport}_memory_vs_dlt"] = round(
                 median(runs[f"offloader_{transport}_peak_mb"]) / median(runs["dlt_peak_mb"]), 2
             )
@@ -446,7 +470,23 @@ def scenario_parallel(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     names = [f"par_{i}" for i in range(8)]
     b.make_tables(names, args.parallel_rows)
     out: dict[str, Any] = {"tables": 8, "rows_per_table": args.parallel_rows}
-    for transport in ("native", "arrow"):
+    # ClickHouse alone: the same 8 tables encoded as Parquet files, 4 at a time.
+    exports = []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            list(
+                pool.map(
+                    lambda n: b.sql(
+                        f"INSERT INTO FUNCTION file('par_{uuid.uuid4().hex[:8]}.parquet', Parquet) "
+                        f"SELECT * FROM {b.db}.{n}"
+                    ),
+                    names,
+                )
+            )
+        exports.append(time.perf_counter() - started)
+    out["clickhouse_export_seconds_4_way"] = round(median(exports), 2)
+    for transport in TRANSPORTS:
         results, cores, server = {}, {}, {}
         for parallel in (1, 4):
             times, used, used_server = [], [], []
@@ -469,6 +509,9 @@ def scenario_parallel(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         out[f"{transport}_cores_busy_1_way"] = round(cores[1], 2)
         out[f"{transport}_cores_busy_4_way"] = round(cores[4], 2)
         out[f"{transport}_clickhouse_cores_busy_4_way"] = round(server[4], 2)
+        out[f"{transport}_4_way_vs_clickhouse_export"] = round(
+            out["clickhouse_export_seconds_4_way"] / results[4], 2
+        )
     return out
 
 

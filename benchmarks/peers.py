@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
+import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", required=True)
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--page-rows", type=int, default=100_000)
+    parser.add_argument("--report", type=Path, help="write {rows, seconds} of pipeline.run here")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     loaded = run_dlt(args.http_port, args.database, args.table, args.dir, args.page_rows)
-    print(f"loaded {loaded}")
+    seconds = time.perf_counter() - started
+    print(f"loaded {loaded} in {seconds:.2f} s")
+    if args.report is not None:
+        args.report.write_text(json.dumps({"rows": loaded, "seconds": seconds}))
     return 0
 
 

@@ -269,6 +269,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
             async with source.open_table(cfg.clickhouse, table) as src:
                 schema = src.plan.schema
                 kinds = {c.name: str(c.ch_type) for c in src.plan.columns}
+                src.source.pager(table, src.plan)  # the transport refuses what it cannot store
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
             print(iceberg.describe(schema, table.partition_by, kinds))
         except TableError as exc:

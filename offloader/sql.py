@@ -158,12 +158,14 @@ def _first_day_only(source: str, wm_name: str, wm_type: ChType, where: str) -> s
     that `where` selects."""
     q = quote_ident(wm_name)
     if wm_type.unwrap().name in ("Date", "Date32"):
-        end = f"min({q}) + 1"
+        end = f"{q} + 1"
     elif wm_type.unwrap().name in ("DateTime", "DateTime64"):
-        end = f"toStartOfDay(min({q}), 'UTC') + toIntervalDay(1)"
+        end = f"toStartOfDay({q}, 'UTC') + toIntervalDay(1)"
     else:
         raise ValueError(f"no UTC day in a watermark of type {wm_type}")
-    return f"{q} < (SELECT {end} FROM {source} WHERE {where})"
+    # ORDER BY ... LIMIT 1 rather than min(): read in the table's order, it stops at
+    # the first granule instead of reading the watermark of the whole backlog.
+    return f"{q} < (SELECT {end} FROM {source} WHERE {where} ORDER BY {q} LIMIT 1)"
 
 
 def range_sums_query(
