@@ -17,14 +17,6 @@ CLICKHOUSE_SCHEMA_CODES = {
     516: "authentication failed",
 }
 
-# ClickHouse errors that name a value offloader refused to store (a String that is not
-# UTF-8, a UInt64 above Int64's range, checked by the parquet transport's page query).
-CLICKHOUSE_DATA_CODES = {
-    70: "cannot convert type",
-    321: "value out of range of the data type",
-    395: "a value check failed",
-}
-
 
 class OffloaderError(Exception):
     """Base of every error offloader raises on purpose."""

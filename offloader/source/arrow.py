@@ -28,12 +28,9 @@ import orjson
 from offloader import cursor
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import (
-    CLICKHOUSE_DATA_CODES,
     CLICKHOUSE_SCHEMA_CODES,
-    DataError,
     SourceSchemaError,
     SourceUnavailable,
-    TableError,
 )
 from offloader.source import Pager, Scan
 from offloader.sql import quote_ident
@@ -125,18 +122,13 @@ class ArrowHttpSession:
         if response.status_code != 200 or code:
             text = body.decode("utf-8", "replace").strip().splitlines()
             message = text[0][:500] if text else f"HTTP {response.status_code}"
-            number = int(code) if code is not None and code.isdigit() else 0
-            error: type[TableError] = SourceUnavailable
-            if number in CLICKHOUSE_SCHEMA_CODES:
-                error = SourceSchemaError
-            elif number in CLICKHOUSE_DATA_CODES:
-                error = DataError
+            schema = code is not None and code.isdigit() and int(code) in CLICKHOUSE_SCHEMA_CODES
+            error = SourceSchemaError if schema else SourceUnavailable
             raise error(f"{self._where()}: server error {code}: {message}")
         if b"__exception__" in body[-4096:]:
             tail = body[-2000:].decode("utf-8", "replace")
             message = next((ln for ln in tail.splitlines() if "Code:" in ln), tail[-300:])
-            refused = any(f"Code: {n}." in message for n in CLICKHOUSE_DATA_CODES)
-            raise (DataError if refused else SourceUnavailable)(
+            raise SourceUnavailable(
                 f"{self._where()}: the {what} failed mid-stream: {message.strip()[:500]}"
             )
         if cut is not None:

@@ -9,7 +9,7 @@ first (`_leaves`: Strings checked as UTF-8 and UInt64 against Int64's range with
 a CAST of the whole column to the ClickHouse type whose Parquet is the Iceberg type
 (`iceberg_type`: small integers widened, times as UTC microseconds, tuple fields
 named as Iceberg names them). A value ClickHouse refuses fails the page with
-the column named (errors.CLICKHOUSE_DATA_CODES -> DataError), never a wrong file.
+the column named (ParquetPager._explain -> DataError), never a wrong file.
 
 With a date or time watermark every page ends at the end of its first row's UTC day
 (sql.page_query `one_day`), so each file holds one day (the late-rows audit counts
@@ -33,7 +33,7 @@ import anyio
 
 from offloader import cursor
 from offloader.config import TableConfig
-from offloader.errors import DataError, SourceSchemaError
+from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.source import Scan, invalid_utf8_columns
 from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
 from offloader.state import DaySum
@@ -247,7 +247,7 @@ class ParquetPager:
         query = scan.query(plan, self.select, after, limit, one_day=self._by_day)
         try:
             body = await self._http.parquet_page(query, SETTINGS)
-        except DataError as exc:
+        except TableError as exc:  # a value check of the page query (throwIf) failed?
             raise await self._explain(scan, exc) from exc
         rows, position = await anyio.to_thread.run_sync(
             _footer, self._target, plan, body, not self._checked
@@ -272,8 +272,9 @@ class ParquetPager:
             sums = {day_number(day): DaySum(rows, total, key)}
         return ParquetPage(self._target, plan, body, rows, position, sums, self._by_day)
 
-    async def _explain(self, scan: Scan, exc: DataError) -> DataError:
-        """A value check of the page query failed: which column, and an example value."""
+    async def _explain(self, scan: Scan, exc: TableError) -> TableError:
+        """When a value check of the page query failed (its message is in the error):
+        DataError naming the column, with an example value; else `exc` as it is."""
         text = str(exc)
         for col in self._plan.columns:
             where = f"{self._target}: column {col.name!r} ({col.ch_type})"
