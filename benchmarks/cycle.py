@@ -356,7 +356,12 @@ def scenario_throughput(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         rates["iceberg_write"].append(args.rows / _write_ceiling(b, batches))
         del batches
         for transport in TRANSPORTS:
-            path = b.config(["tp"], transport=transport, audit_days=args.audit_days)
+            path = b.config(
+                ["tp"],
+                transport=transport,
+                audit_days=args.audit_days,
+                batch_rows=args.batch_rows,
+            )
             cpu0, started = _cpu_seconds(), time.perf_counter()
             report = cycle(path)
             secs = time.perf_counter() - started
@@ -617,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel-rows", type=int, default=200_000)
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="the 1x backlog")
     parser.add_argument("--append-rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--batch-rows", type=int, default=100_000, help="throughput: the tables' batch_rows"
+    )
     parser.add_argument(
         "--idle-rows",
         type=int,

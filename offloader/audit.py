@@ -314,18 +314,21 @@ def checksummed(
 
 
 def convert_page(
-    page: Page, watermark: str | None, hashed: RowHash | None
+    page: Page,
+    watermark: str | None,
+    hashed: RowHash | None,
+    summed: dict[int, DaySum] | None = None,
 ) -> tuple[pa.RecordBatch, dict[int, DaySum]]:
     """A page as Arrow, and its rows per day of `watermark` with the sums of their row
-    hashes when the page carries them (worker thread). No days without `watermark`."""
+    hashes when the page carries them, or `summed` (what `await page.summed()` gave)
+    (worker thread). No days without `watermark`."""
     import pyarrow as pa
 
     batch = page.to_batch()
     hashes = page.checksums()
     if watermark is None or not batch.num_rows:
         return batch, {}
-    summed = page.summed()
-    if summed is not None:  # ClickHouse summed the page (the parquet transport)
+    if summed is not None:  # ClickHouse summed the page (Page.summed)
         return batch, summed
     if hashed is None or hashes is None:
         return batch, day_sums(batch.column(watermark), pa.nulls(batch.num_rows, pa.uint64()), "")

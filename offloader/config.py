@@ -19,6 +19,10 @@ DEFAULT_CONFIG_PATH = "config/tables.toml"
 Transport = Literal[
     "native", "arrow", "parquet"
 ]  # how a table's pages are read (README [clickhouse])
+# The default batch_rows of a table read with transport = "parquet": each page is one
+# data file ClickHouse encodes, and bigger pages keep its encoder busy (1.74x the rows/s
+# of 100k-row pages here, benchmarks/RESULTS.md).
+PARQUET_BATCH_ROWS = 500_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from offloader.config import (
+    PARQUET_BATCH_ROWS,
     CatalogConfig,
     ClickHouseConfig,
     Config,
@@ -129,7 +130,7 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
     raw_tables = data.get("tables", [])
     if not isinstance(raw_tables, list) or not all(isinstance(t, dict) for t in raw_tables):
         reader.fail("tables", "must be an array of tables ([[tables]] blocks)", raw_tables)
-    tables = tuple(reader.table(i, t) for i, t in enumerate(raw_tables))
+    tables = tuple(reader.table(i, t, clickhouse.transport) for i, t in enumerate(raw_tables))
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
         if table.target in seen:
@@ -320,7 +321,7 @@ class _Reader:
             value,
         )
 
-    def table(self, index: int, data: Mapping[str, Any]) -> TableConfig:
+    def table(self, index: int, data: Mapping[str, Any], transport: Transport) -> TableConfig:
         label = f"tables[{index}]"
         source = data.get("source")
         if isinstance(source, str) and source.strip():
@@ -370,7 +371,10 @@ class _Reader:
         strings = data.get("strings", d["strings"])
         if strings not in ("string", "binary"):
             self.fail(f"{label}.strings", "must be 'string' or 'binary'", strings)
-        batch_rows = self.integer(data, label, "batch_rows", d["batch_rows"], 1, 10_000_000)
+        own = self.transport(data, label, None) if "transport" in data else None
+        # A parquet page is one data file ClickHouse encodes: bigger pages by default.
+        pages = PARQUET_BATCH_ROWS if (own or transport) == "parquet" else d["batch_rows"]
+        batch_rows = self.integer(data, label, "batch_rows", pages, 1, 10_000_000)
         append_rows = self.integer(data, label, "append_rows", d["append_rows"], 1, 100_000_000)
         max_rows = self.integer(
             data, label, "max_rows_per_cycle", d["max_rows_per_cycle"], 1, 2**62
@@ -395,7 +399,7 @@ class _Reader:
             enabled=self.boolean(data, label, "enabled", d["enabled"]),
             uint64=uint64,
             strings=strings,
-            transport=self.transport(data, label, None) if "transport" in data else None,
+            transport=own,
             audit_days=self.integer(data, label, "audit_days", d["audit_days"], 0, 366),
             late_rows=late_rows,
             audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),

@@ -270,8 +270,9 @@ class TableRun:
             async for page in receive:
                 item: pa.RecordBatch | bytes | None = page.encoded()
                 rows = page.rows
+                summed = await page.summed() if self.day_column else None
                 if item is not None:  # a Parquet file ClickHouse encoded: stored as it is
-                    page_sums = (page.summed() or {}) if self.day_column else {}
+                    page_sums = summed or {}
                 else:
                     t0 = time.monotonic()
                     item, page_sums = await anyio.to_thread.run_sync(
@@ -279,6 +280,7 @@ class TableRun:
                         page,
                         self.day_column,
                         self.hashed,
+                        summed,
                         limiter=self.services.cpu,
                     )
                     self.report.stage("convert", time.monotonic() - t0)

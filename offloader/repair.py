@@ -310,8 +310,9 @@ async def _read_days(
             through=position,
         )
         async for page in keyset_pages(pager, scan, None, table.batch_rows):
+            summed = await page.summed()
             batch, page_sums = await anyio.to_thread.run_sync(
-                convert_page, page, table.watermark, hashed, limiter=limiter
+                convert_page, page, table.watermark, hashed, summed, limiter=limiter
             )
             add_sums(sums, page_sums)
             if progress is not None:

@@ -49,7 +49,7 @@ class FakePage:
     def encoded(self) -> bytes | None:
         return None
 
-    def summed(self) -> dict[int, DaySum] | None:
+    async def summed(self) -> dict[int, DaySum] | None:
         return None
 
     def to_batch(self) -> pa.RecordBatch:

@@ -112,10 +112,11 @@ class Page(Protocol):
         (the parquet transport: stored as a data file as it is); else None."""
         ...
 
-    def summed(self) -> dict[int, DaySum] | None:
+    async def summed(self) -> dict[int, DaySum] | None:
         """The page's rows and row-hash sums per UTC day of the watermark, when the
-        transport had ClickHouse compute them (a page without per-row hashes); None:
-        computed from to_batch() and checksums()."""
+        transport has ClickHouse compute them (a page without per-row hashes; awaited
+        by the converter, so it overlaps the next page's read); None: computed from
+        to_batch() and checksums()."""
         ...
 
 

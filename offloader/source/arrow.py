@@ -217,7 +217,7 @@ class ArrowPage:
     def encoded(self) -> bytes | None:
         return None
 
-    def summed(self) -> dict[int, DaySum] | None:
+    async def summed(self) -> dict[int, DaySum] | None:
         return None
 
 

@@ -205,7 +205,7 @@ class NativePage:
     def encoded(self) -> bytes | None:
         return None
 
-    def summed(self) -> dict[int, DaySum] | None:
+    async def summed(self) -> dict[int, DaySum] | None:
         return None
 
 

@@ -26,7 +26,7 @@ same Iceberg contents.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -200,8 +200,11 @@ class ParquetPage:
     body: bytes  # a complete Parquet file of the Iceberg schema
     rows: int
     position: list[Any]  # the encoded (watermark, keys...) of the last row
-    sums: dict[int, DaySum] | None
     cut: bool  # ended at a UTC day: the scan goes on after a short page
+    day: int | None = None  # the UTC day (number) all its rows are on
+    sums_query: str | None = None  # sql.range_sums_query of its rows
+    http: ArrowHttpSession | None = None
+    hash_key: str = ""
 
     def to_batch(self) -> pa.RecordBatch:
         import pyarrow as pa
@@ -218,8 +221,15 @@ class ParquetPage:
     def encoded(self) -> bytes | None:
         return self.body
 
-    def summed(self) -> dict[int, DaySum] | None:
-        return self.sums
+    async def summed(self) -> dict[int, DaySum] | None:
+        if self.day is None:
+            return None
+        total, key = 0, ""
+        if self.sums_query is not None and self.http is not None:
+            [(counted, summed)] = await self.http.rows(self.sums_query)
+            if int(counted) == self.rows:  # else a row came in between: counts only
+                total, key = int(summed), self.hash_key
+        return {self.day: DaySum(self.rows, total, key)}
 
 
 class ParquetPager:
@@ -253,24 +263,22 @@ class ParquetPager:
             _footer, self._target, plan, body, not self._checked
         )
         self._checked = True
-        if not rows:
-            return ParquetPage(self._target, plan, body, 0, [], None, False)
-        sums = None
-        if self._by_day:
-            from offloader.audit import day_number, watermark_day
+        page = ParquetPage(self._target, plan, body, rows, position, self._by_day and rows > 0)
+        if not rows or not self._by_day:
+            return page
+        from offloader.audit import day_number, watermark_day
 
-            day = watermark_day(plan.order[0][1], position[0])
-            assert day is not None
-            total, key = 0, ""
-            if self._hashed is not None:
-                q = range_sums_query(
-                    scan.relation, plan.order, after, position, self._hashed, scan.since
-                )
-                [(counted, summed)] = await self._http.rows(q)
-                if int(counted) == rows:  # else a row came in between: counts only
-                    total, key = int(summed), self._hashed.key
-            sums = {day_number(day): DaySum(rows, total, key)}
-        return ParquetPage(self._target, plan, body, rows, position, sums, self._by_day)
+        day = watermark_day(plan.order[0][1], position[0])
+        assert day is not None
+        sums_query = None
+        if self._hashed is not None:
+            sums_query = range_sums_query(
+                scan.relation, plan.order, after, position, self._hashed, scan.since
+            )
+        key = self._hashed.key if self._hashed else ""
+        return replace(
+            page, day=day_number(day), sums_query=sums_query, http=self._http, hash_key=key
+        )
 
     async def _explain(self, scan: Scan, exc: TableError) -> TableError:
         """When a value check of the page query failed (its message is in the error):
