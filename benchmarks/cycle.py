@@ -101,12 +101,13 @@ class Bench:
         names: list[str],
         *,
         parallel: int = 4,
-        batch_rows: int = 100_000,
+        batch_rows: int | None = None,  # None: the transport's default
         append_rows: int = 1_000_000,
         transport: str = "native",
         audit_days: int = 4,
     ) -> Path:
         tag = uuid.uuid4().hex[:8]
+        pages = f"batch_rows = {batch_rows}\n" if batch_rows else ""
         state = self.work / f"state_{tag}"
         state.mkdir()
         tables = "".join(
@@ -117,8 +118,7 @@ target = "cold.{n}"
 watermark = "exchange_ts"
 keys = ["trade_id"]
 lag = "0s"
-batch_rows = {batch_rows}
-append_rows = {append_rows}
+{pages}append_rows = {append_rows}
 partition_by = ["day(exchange_ts)"]
 audit_days = {audit_days}
 """
@@ -623,7 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="the 1x backlog")
     parser.add_argument("--append-rows", type=int, default=1_000_000)
     parser.add_argument(
-        "--batch-rows", type=int, default=100_000, help="throughput: the tables' batch_rows"
+        "--batch-rows",
+        type=int,
+        help="throughput: the tables' batch_rows (default: each transport's)",
     )
     parser.add_argument(
         "--idle-rows",

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import (
+    CommitFailedException,
     NamespaceAlreadyExistsError,
     NoSuchTableError,
     TableAlreadyExistsError,
@@ -34,7 +35,7 @@ from pyiceberg.transforms import (
 from offloader.config import CatalogConfig, MaintenanceConfig, PartitionField
 from offloader.errors import SinkError, SourceSchemaError
 from offloader.iceberg import brief, sink_errors, table_properties
-from offloader.iceberg.table import IcebergTable, type_text
+from offloader.iceberg.table import NAME_MAPPING, IcebergTable, type_text
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class IcebergCatalog:
         with sink_errors(f"{target}: cannot prepare Iceberg table"):
             table = self.load(target)
             if table is None:
-                table = self._create(target, schema, partition_by)
+                table = self._create(target, schema, partition_by, sort_by)
             table.ensure_properties(self.properties)
             table.ensure_name_mapping()
             table.evolve(schema)
@@ -110,8 +111,14 @@ class IcebergCatalog:
         return True
 
     def _create(
-        self, target: str, schema: pa.Schema, partition_by: Sequence[PartitionField]
+        self,
+        target: str,
+        schema: pa.Schema,
+        partition_by: Sequence[PartitionField],
+        sort_by: Sequence[str] = (),
     ) -> IcebergTable:
+        """Create the table with its properties, name mapping, partition spec and sort
+        order in one commit (one metadata file)."""
         namespace = target.rsplit(".", 1)[0]
         with self._lock:  # tables of one cycle create their shared namespace at once
             try:
@@ -131,14 +138,24 @@ class IcebergCatalog:
                     "table does not have",
                     reason="config",
                 )
-        try:
-            created = self.catalog.create_table(target, schema=schema, properties=self.properties)
-        except TableAlreadyExistsError:  # another worker won the race
-            return IcebergTable(target, self.catalog.load_table(target))
+        tx = self.catalog.create_table_transaction(
+            target, schema=schema, properties=self.properties
+        )
         if partition_by:
-            with created.update_spec() as spec:
+            with tx.update_spec() as spec:
                 for p in partition_by:
                     spec.add_field(p.column, _transform(p), f"{p.column}_{p.transform}")
+        mapping = tx.table_metadata.schema().name_mapping.model_dump_json()
+        tx.set_properties({NAME_MAPPING: mapping})
+        sorted_by = [c for c in sort_by if c in names]
+        if sorted_by:
+            with tx.update_sort_order() as order:
+                for column in sorted_by:
+                    order.asc(column, IdentityTransform())
+        try:
+            created = tx.commit_transaction()
+        except (TableAlreadyExistsError, CommitFailedException):  # another worker won the race
+            return IcebergTable(target, self.catalog.load_table(target))
         log.info(
             "created Iceberg table",
             extra={"table": target, "partition_by": [str(p) for p in partition_by]},

@@ -263,13 +263,17 @@ class ParquetPager:
             _footer, self._target, plan, body, not self._checked
         )
         self._checked = True
-        page = ParquetPage(self._target, plan, body, rows, position, self._by_day and rows > 0)
+        page = ParquetPage(self._target, plan, body, rows, position, False)
         if not rows or not self._by_day:
             return page
         from offloader.audit import day_number, watermark_day
 
-        day = watermark_day(plan.order[0][1], position[0])
-        assert day is not None
+        wm_type = plan.order[0][1]
+        day = watermark_day(wm_type, position[0])
+        last = watermark_day(wm_type, scan.upto)
+        assert day is not None and last is not None
+        # A short page before the scan's last day ended at its day's end: read on.
+        page = replace(page, cut=day < last)
         sums_query = None
         if self._hashed is not None:
             sums_query = range_sums_query(
