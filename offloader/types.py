@@ -222,6 +222,10 @@ def arrow_type(
         return pa.timestamp("us", tz="UTC")
     if name in NULL_HOLDERS:
         return pa.string()  # ClickHouse's text of the value; NULL stays NULL
+    if name in AS_COUNT:
+        return pa.int64()
+    if name == "Nothing":
+        return pa.string()  # Nullable(Nothing) is always NULL; Array(Nothing) always empty
     if name in ("AggregateFunction",):
         raise Unmappable(
             "an aggregate function state has no value before it is finalized; offload "
@@ -259,6 +263,31 @@ def arrow_type(
 # Integers and decimals wider than Iceberg's long and decimal(38): stored as ClickHouse's
 # exact decimal text (toString), sortable by no engine but lossless.
 AS_TEXT = ("Int128", "UInt128", "Int256", "UInt256", "WideDecimal")
+
+INTERVALS = tuple(
+    f"Interval{unit}"
+    for unit in (
+        "Nanosecond",
+        "Microsecond",
+        "Millisecond",
+        "Second",
+        "Minute",
+        "Hour",
+        "Day",
+        "Week",
+        "Month",
+        "Quarter",
+        "Year",
+    )
+)
+# Stored as a signed count in a long, the unit in the column's doc: Time (seconds) and
+# Time64 (nanoseconds, whatever its precision) span -999:59:59 to 999:59:59, which
+# Iceberg's time (00:00 to 24:00) cannot hold; intervals are a count of their unit.
+AS_COUNT = {
+    "Time": "seconds since 00:00:00 (signed; ClickHouse Time)",
+    "Time64": "nanoseconds since 00:00:00 (signed; ClickHouse Time64)",
+    **{i: f"a count of {i.removeprefix('Interval').lower()}s (ClickHouse {i})" for i in INTERVALS},
+}
 
 
 def decimal_precision(t: ChType) -> tuple[int, int]:

@@ -31,8 +31,8 @@ from offloader.sql import (
     quote_string,
     with_text_settings,
 )
-from offloader.types import AS_TEXT, NULL_HOLDERS, ChType, leaf_name
-from offloader.wire import TEXT_OR_NULL, ColumnPlan
+from offloader.types import AS_COUNT, AS_TEXT, NULL_HOLDERS, ChType, leaf_name
+from offloader.wire import SHARED_LEAVES, TEXT_OR_NULL, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)
@@ -53,8 +53,8 @@ def _kind(t: ChType) -> str:
     name = base.name
     if name in ("Float32", "Float64", "BFloat16"):
         return "float"
-    if leaf_name(base) in AS_TEXT or leaf_name(base) == "DateTime64Ticks":
-        return "text"  # stored as ClickHouse's own decimal text, or ticks in a long
+    if leaf_name(base) in AS_TEXT or leaf_name(base) in ("DateTime64Ticks", "Nothing", *AS_COUNT):
+        return "text"  # stored as ClickHouse's own decimal text, or ticks or a count in a long
     if name == "Bool":
         return "bool"
     if name in ("Date", "Date32"):
@@ -122,8 +122,9 @@ def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
             "hex": f"hex({expr})",
             "nullable_text": TEXT_OR_NULL.format(expr),
         }.get(_kind(t), f"toString({expr})")
-        if _kind(t) == "text" and leaf_name(base) == "DateTime64Ticks":
-            text = f"toString(reinterpretAsInt64({expr}))"
+        if _kind(t) == "text" and leaf_name(base) in SHARED_LEAVES:
+            # Stored in a wire form (ticks, counts, text): compare that form's text.
+            text = f"toString({SHARED_LEAVES[leaf_name(base)].format(expr)})"
     return f"ifNull({text}, {quote_string(NULL)})" if t.nullable else text
 
 

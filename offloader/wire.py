@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Literal
 
 from offloader.errors import SourceSchemaError
 from offloader.types import (
+    AS_COUNT,
     AS_TEXT,
     DECIMAL_WIDTH,
+    INTERVALS,
     NULL_HOLDERS,
     ChType,
     StringMode,
@@ -165,11 +167,21 @@ def plan_column(
     return ColumnPlan(
         name=name,
         ch_type=t,
-        field=pa.field(name, arrow, nullable=t.nullable),
+        field=pa.field(name, arrow, nullable=t.nullable, metadata=_doc(t)),
         select=select,
         prep=prep_kind(t, uint64, strings),
         wire=wire,
     )
+
+
+def _doc(t: ChType) -> dict[bytes, bytes] | None:
+    """The Iceberg column doc of a value stored as a count (its unit), or of ticks."""
+    leaf = leaf_name(t)
+    if leaf in AS_COUNT:
+        return {b"doc": AS_COUNT[leaf].encode()}
+    if leaf == "DateTime64Ticks":
+        return {b"doc": f"ticks of 10^-P seconds since 1970-01-01 UTC (ClickHouse {t})".encode()}
+    return None
 
 
 def _contains(t: ChType, names: tuple[str, ...]) -> bool:
@@ -183,6 +195,10 @@ TEXT_OR_NULL = "if(isNull({0}), NULL, toString({0}))"
 # Values both transports read the same way, at the top level and inside containers.
 SHARED_LEAVES = {
     **dict.fromkeys(AS_TEXT, "toString({})"),
+    **dict.fromkeys(INTERVALS, "toInt64({})"),
+    "Time": "toInt64({})",
+    "Time64": "toInt64(toDecimal128({}, 9) * 1000000000)",
+    "Nothing": "CAST({}, 'Nullable(String)')",
     "BFloat16": "toFloat32({})",
     "DateTime64Ticks": "reinterpretAsInt64({})",
     **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),

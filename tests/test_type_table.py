@@ -59,13 +59,21 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("LowCardinality(String)", "string"),
         ("Nullable(Int64)", "long"),
     ],
+    "Time / Time64(P)": [("Time", "long"), ("Time64(3)", "long"), ("Time64(9)", "long")],
+    "IntervalNanosecond … IntervalYear": [
+        (t, "long") for t in ("IntervalNanosecond", "IntervalDay", "IntervalYear")
+    ],
+    "Nullable(Nothing), Array(Nothing)": [
+        ("Nullable(Nothing)", "string"),
+        ("Array(Nothing)", "list<string>"),
+    ],
     "Array(T) / Map(K,V) / Tuple(...)": [
         ("Array(Int32)", "list<int>"),
         ("Map(String, Int64)", "map<string, long>"),
         ("Tuple(a Int32, b String)", "struct<"),
     ],
 }
-REFUSED = ["Time", "Time64(3)", "Point", "AggregateFunction(sum, UInt64)"]
+REFUSED = ["Point", "AggregateFunction(sum, UInt64)", "QBit(Float32, 8)"]
 
 
 def readme_rows() -> dict[str, str]:

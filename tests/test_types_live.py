@@ -201,3 +201,51 @@ def test_nanosecond_times_variant_dynamic_and_nested_json(env: Env) -> None:
     refused = env.once()
     assert not refused.ok
     assert "sub-microsecond" in (refused.tables[0].error or "")
+
+
+TIMES = """
+CREATE TABLE {db}.times (
+    ts DateTime64(6, 'UTC'), id UInt64,
+    t Time, t3 Time64(3), t9 Nullable(Time64(9)), at Array(Time64(6)),
+    iv IntervalDay, ms Map(String, IntervalSecond)
+) ENGINE = MergeTree ORDER BY (ts, id)
+"""
+TIMES_ROWS = """
+INSERT INTO {db}.times VALUES
+('2026-01-01 00:00:00', 1, '-999:59:59', '-999:59:59.999', NULL, [], toIntervalDay(-5),
+ map('a', toIntervalSecond(86400))),
+('2026-01-01 00:00:01', 2, '999:59:59', '12:00:00.001', '23:59:59.999999999',
+ ['01:00:00.000001', '-00:00:00.5'], toIntervalDay(0), map())
+"""
+
+
+def test_times_intervals_and_nothing_are_stored_as_exact_counts(env: Env) -> None:
+    """Time (seconds), Time64 (nanoseconds) and intervals (their unit) as signed longs,
+    over ClickHouse's whole ±999:59:59; Nullable(Nothing) and Array(Nothing) (a view's
+    NULL and []) as string. Read back by pyiceberg, `verify`, icebergLocal and DuckDB."""
+    db = env.ch_database
+    env.ch(TIMES.format(db=db))
+    env.ch(TIMES_ROWS.format(db=db))
+    env.ch(f"CREATE VIEW {db}.times_v AS SELECT *, NULL AS n, [] AS an FROM {db}.times")
+    env.write_config([env.table("times_v", watermark="ts", keys=["id"], audit_days=0)])
+    report = env.once()
+    assert report.ok, report.summary()
+    assert env.cli("verify").returncode == 0
+    table = env.config().table("cold.times_v")
+    first, second = sorted(env.iceberg_arrow(table).to_pylist(), key=lambda r: r["id"])
+    hours = 999 * 3600 + 59 * 60 + 59
+    assert (first["t"], second["t"]) == (-hours, hours)
+    assert (first["t3"], second["t3"]) == (-(hours * 10**9 + 999_000_000), 43_200_001_000_000)
+    assert (first["t9"], second["t9"]) == (None, 86_399_999_999_999)
+    assert second["at"] == [3_600_000_001_000, -500_000_000]
+    assert (first["iv"], second["iv"]) == (-5, 0)
+    assert first["ms"] == [("a", 86400)] and second["ms"] == []
+    assert (first["n"], first["an"]) == (None, [])
+    ice = IcebergCatalog(env.config().catalog).load("cold.times_v")
+    assert ice is not None
+    docs = {f.name: f.doc for f in ice.table.schema().fields}
+    assert "nanoseconds" in (docs["t3"] or "") and "days" in (docs["iv"] or "")
+    query = "SELECT count(*), sum(t), sum(t3), sum(iv), count(n) FROM {t}"
+    got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
+    expected = f"2,0,{-(hours * 10**9 + 999_000_000) + 43_200_001_000_000},-5,0"
+    assert got == [expected, expected], got

@@ -38,6 +38,7 @@ from offloader.source import Scan, invalid_utf8_columns
 from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
 from offloader.state import DaySum
 from offloader.types import (
+    AS_COUNT,
     AS_TEXT,
     DECIMAL_WIDTH,
     NULL_HOLDERS,
@@ -114,6 +115,8 @@ _CAST = {
         ("String", "IPv4", "IPv6", "Enum8", "Enum16", "Enum", "JSON", "Object"), "String"
     ),
     **dict.fromkeys(AS_TEXT, "String"),
+    **dict.fromkeys(AS_COUNT, "Int64"),
+    "Nothing": "String",
 }
 
 
