@@ -224,6 +224,8 @@ def arrow_type(
         return pa.string()  # ClickHouse's text of the value; NULL stays NULL
     if name in AS_COUNT:
         return pa.int64()
+    if name in GEO:
+        return arrow_type(parse_type(GEO[name]), uint64, strings)
     if name == "Nothing":
         return pa.string()  # Nullable(Nothing) is always NULL; Array(Nothing) always empty
     if name in ("AggregateFunction",):
@@ -301,8 +303,18 @@ def decimal_precision(t: ChType) -> tuple[int, int]:
     return precision, scale
 
 
-# Types that hold NULL without Nullable(): stored as ClickHouse's text, NULL kept.
-NULL_HOLDERS = ("Variant", "Dynamic")
+# Types that hold NULL without Nullable(): stored as ClickHouse's text, NULL kept
+# (Geometry, a Variant of the geo types, as WKT).
+NULL_HOLDERS = ("Variant", "Dynamic", "Geometry")
+
+# The geo types are fixed shapes of points (x, y): stored as those structs and lists.
+_POINT = "Tuple(x Float64, y Float64)"
+GEO = {
+    "Point": _POINT,
+    **dict.fromkeys(("Ring", "LineString", "MultiPoint"), f"Array({_POINT})"),
+    **dict.fromkeys(("Polygon", "MultiLineString"), f"Array(Array({_POINT}))"),
+    "MultiPolygon": f"Array(Array(Array({_POINT})))",
+}
 
 
 def leaf_name(t: ChType) -> str:

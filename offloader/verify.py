@@ -31,7 +31,15 @@ from offloader.sql import (
     quote_string,
     with_text_settings,
 )
-from offloader.types import AS_COUNT, AS_TEXT, NULL_HOLDERS, ChType, leaf_name
+from offloader.types import (
+    AS_COUNT,
+    AS_TEXT,
+    GEO,
+    NULL_HOLDERS,
+    ChType,
+    leaf_name,
+    parse_type,
+)
 from offloader.wire import SHARED_LEAVES, TEXT_OR_NULL, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -89,6 +97,8 @@ def _checksummed(t: ChType) -> bool:
 def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
     base = t.unwrap()
     name = base.name
+    if name in GEO:  # compared as the structs and lists it is stored as
+        return _canonical_sql(parse_type(GEO[name]), f"CAST({expr}, '{GEO[name]}')", depth)
     if name == "Array":
         v = f"__c{depth}"
         inner = _canonical_sql(base.inner, v, depth + 1)
@@ -120,7 +130,7 @@ def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
             "days": f"toString(toInt32({expr}))",
             "micros": f"toString(toUnixTimestamp64Micro(toDateTime64({expr}, 6)))",
             "hex": f"hex({expr})",
-            "nullable_text": TEXT_OR_NULL.format(expr),
+            "nullable_text": SHARED_LEAVES.get(name, TEXT_OR_NULL).format(expr),
         }.get(_kind(t), f"toString({expr})")
         if _kind(t) == "text" and leaf_name(base) in SHARED_LEAVES:
             # Stored in a wire form (ticks, counts, text): compare that form's text.
@@ -131,6 +141,8 @@ def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
 def canonical_of(t: ChType) -> Callable[[Any], bytes]:
     """The canonical text of a value of type `t` as read back from Iceberg (to_pylist)."""
     base = t.unwrap()
+    if base.name in GEO:
+        return canonical_of(parse_type(GEO[base.name]))
     if base.name == "Array":
         elem = canonical_of(base.inner)
         return _nullable(lambda v: _items(len(v), (elem(x) for x in v)))

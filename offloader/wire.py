@@ -18,6 +18,7 @@ from offloader.types import (
     AS_COUNT,
     AS_TEXT,
     DECIMAL_WIDTH,
+    GEO,
     INTERVALS,
     NULL_HOLDERS,
     ChType,
@@ -199,9 +200,11 @@ SHARED_LEAVES = {
     "Time": "toInt64({})",
     "Time64": "toInt64(toDecimal128({}, 9) * 1000000000)",
     "Nothing": "CAST({}, 'Nullable(String)')",
+    **{name: f"CAST({{}}, '{shape}')" for name, shape in GEO.items()},
     "BFloat16": "toFloat32({})",
     "DateTime64Ticks": "reinterpretAsInt64({})",
     **dict.fromkeys(NULL_HOLDERS, TEXT_OR_NULL),
+    "Geometry": "if(isNull({0}), NULL, wkt({0}))",
 }
 # The native driver decodes DateTime64 through a float, which is off by a microsecond
 # for some values; inside containers (where no top-level wire form applies) they are

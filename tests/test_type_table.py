@@ -67,13 +67,21 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("Nullable(Nothing)", "string"),
         ("Array(Nothing)", "list<string>"),
     ],
+    "Point / Ring, LineString, MultiPoint / Polygon, MultiLineString / MultiPolygon": [
+        ("Point", "struct<"),
+        ("Ring", "list<struct<"),
+        ("MultiPoint", "list<struct<"),
+        ("Polygon", "list<list<struct<"),
+        ("MultiPolygon", "list<list<list<struct<"),
+    ],
+    "Geometry": [("Geometry", "string")],
     "Array(T) / Map(K,V) / Tuple(...)": [
         ("Array(Int32)", "list<int>"),
         ("Map(String, Int64)", "map<string, long>"),
         ("Tuple(a Int32, b String)", "struct<"),
     ],
 }
-REFUSED = ["Point", "AggregateFunction(sum, UInt64)", "QBit(Float32, 8)"]
+REFUSED = ["Nested(a Int32, b String)", "AggregateFunction(sum, UInt64)", "QBit(Float32, 8)"]
 
 
 def readme_rows() -> dict[str, str]:

@@ -249,3 +249,47 @@ def test_times_intervals_and_nothing_are_stored_as_exact_counts(env: Env) -> Non
     got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
     expected = f"2,0,{-(hours * 10**9 + 999_000_000) + 43_200_001_000_000},-5,0"
     assert got == [expected, expected], got
+
+
+GEO_TABLE = """
+CREATE TABLE {db}.geo (
+    ts DateTime64(6, 'UTC'), id UInt64,
+    p Point, r Ring, l LineString, mp MultiPoint, pg Polygon, ml MultiLineString,
+    mpg MultiPolygon, g Geometry,
+    n Nested(a Int32, b String)
+) ENGINE = MergeTree ORDER BY (ts, id)
+"""
+GEO_ROWS = """
+INSERT INTO {db}.geo VALUES
+('2026-01-01 00:00:00', 1, (1.5, -2), [(0, 0), (1, 0), (1, 1), (0, 0)], [(0, 0), (2, 2)],
+ [(3, 3)], [[(0, 0), (4, 0), (4, 4), (0, 0)], [(1, 1), (2, 1), (2, 2), (1, 1)]],
+ [[(0, 0), (1, 1)], [(2, 2), (3, 3)]], [[[(0, 0), (1, 0), (1, 1), (0, 0)]]], (5.5, 6.5),
+ [7, 8], ['x', 'y']),
+('2026-01-01 00:00:01', 2, (0, 0), [], [], [], [], [], [], NULL, [], [])
+"""
+
+
+def test_geo_types_and_flattened_nested_round_trip(env: Env) -> None:
+    """Geo types as structs of (x, y) doubles and lists of them, Geometry as WKT text,
+    a Nested column (flattened by ClickHouse into `n.a`, `n.b` arrays) as two lists."""
+    db = env.ch_database
+    env.ch(GEO_TABLE.format(db=db))
+    env.ch(GEO_ROWS.format(db=db))
+    env.write_config([env.table("geo", watermark="ts", keys=["id"])])
+    report = env.once()
+    assert report.ok, report.summary()
+    assert env.cli("verify").returncode == 0
+    first, second = sorted(
+        env.iceberg_arrow(env.config().table("cold.geo")).to_pylist(), key=lambda r: r["id"]
+    )
+    assert first["p"] == {"x": 1.5, "y": -2.0} and second["p"] == {"x": 0.0, "y": 0.0}
+    assert first["l"] == [{"x": 0.0, "y": 0.0}, {"x": 2.0, "y": 2.0}]
+    assert len(first["pg"]) == 2 and first["pg"][1][2] == {"x": 2.0, "y": 2.0}
+    assert first["mpg"][0][0][1] == {"x": 1.0, "y": 0.0}
+    assert (first["g"], second["g"]) == ("POINT(5.5 6.5)", None)
+    assert (first["n.a"], first["n.b"]) == ([7, 8], ["x", "y"])
+    ice = IcebergCatalog(env.config().catalog).load("cold.geo")
+    assert ice is not None
+    query = "SELECT count(*), sum(p.x), count(g) FROM {t}"
+    got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
+    assert got == ["2,1.5,1", "2,1.5,1"], got

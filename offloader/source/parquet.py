@@ -41,6 +41,7 @@ from offloader.types import (
     AS_COUNT,
     AS_TEXT,
     DECIMAL_WIDTH,
+    GEO,
     NULL_HOLDERS,
     ChType,
     decimal_precision,
@@ -116,6 +117,7 @@ _CAST = {
     ),
     **dict.fromkeys(AS_TEXT, "String"),
     **dict.fromkeys(AS_COUNT, "Int64"),
+    **GEO,
     "Nothing": "String",
 }
 
