@@ -226,6 +226,8 @@ def arrow_type(
         return pa.int64()
     if name in GEO:
         return arrow_type(parse_type(GEO[name]), uint64, strings)
+    if name == "Nested":
+        return arrow_type(nested_as_array(t0), uint64, strings)
     if name == "Nothing":
         return pa.string()  # Nullable(Nothing) is always NULL; Array(Nothing) always empty
     if name in ("AggregateFunction",):
@@ -315,6 +317,13 @@ GEO = {
     **dict.fromkeys(("Polygon", "MultiLineString"), f"Array(Array({_POINT}))"),
     "MultiPolygon": f"Array(Array(Array({_POINT})))",
 }
+
+
+def nested_as_array(t: ChType) -> ChType:
+    """Nested(a T, b U) (not flattened) is an Array(Tuple(a T, b U)); any other type as it is."""
+    if t.name != "Nested":
+        return t
+    return ChType("Array", (ChType("Tuple", t.args, t.field_names),))
 
 
 def leaf_name(t: ChType) -> str:

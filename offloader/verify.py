@@ -38,6 +38,7 @@ from offloader.types import (
     NULL_HOLDERS,
     ChType,
     leaf_name,
+    nested_as_array,
     parse_type,
 )
 from offloader.wire import SHARED_LEAVES, TEXT_OR_NULL, ColumnPlan
@@ -89,13 +90,13 @@ def canonical_sql(plan: ColumnPlan) -> str | None:
 
 def _checksummed(t: ChType) -> bool:
     base = t.unwrap()
-    if base.name == "Nested" or (base.name in _NESTED and not base.args):
+    if base.name in _NESTED and not base.args:
         return False
     return all(_checksummed(a) for a in base.args if isinstance(a, ChType))
 
 
 def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
-    base = t.unwrap()
+    base = nested_as_array(t.unwrap())
     name = base.name
     if name in GEO:  # compared as the structs and lists it is stored as
         return _canonical_sql(parse_type(GEO[name]), f"CAST({expr}, '{GEO[name]}')", depth)
@@ -140,7 +141,7 @@ def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
 
 def canonical_of(t: ChType) -> Callable[[Any], bytes]:
     """The canonical text of a value of type `t` as read back from Iceberg (to_pylist)."""
-    base = t.unwrap()
+    base = nested_as_array(t.unwrap())
     if base.name in GEO:
         return canonical_of(parse_type(GEO[base.name]))
     if base.name == "Array":

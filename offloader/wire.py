@@ -27,6 +27,7 @@ from offloader.types import (
     Unmappable,
     arrow_type,
     leaf_name,
+    nested_as_array,
     parse_type,
     quote_ident,
 )
@@ -103,14 +104,14 @@ def wire_plan(t: ChType, column: str) -> tuple[Wire, tuple[str, ...]]:
             f"reinterpretAsUInt64({q})",
             f"toInt64(bitShiftRight(reinterpretAsInt128({q}), 64))",
         )
-    if name in ("Array", "Map", "Tuple"):
+    if name in ("Array", "Map", "Tuple", "Nested"):
         return "plain", (rewrite_leaves(t, q, NATIVE_NESTED_LEAVES),)
     return "plain", (q,)
 
 
 def prep_kind(t: ChType, uint64: UInt64Mode = "error", strings: StringMode = "string") -> Prep:
     """Which Python-side preparation a column's values need before pa.array()."""
-    base = t.unwrap()
+    base = nested_as_array(t.unwrap())
     name = base.name
     if name in ("IPv4", "IPv6"):
         return "str"
@@ -223,9 +224,16 @@ def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0)
     name = base.name
     if leaf_name(base) in leaves:
         return leaves[leaf_name(base)].format(expr)
+    v = f"__v{depth}"
+    if name == "Nested":  # read as the Array(Tuple(...)) it is: drivers know no Nested
+        fields = [
+            rewrite_leaves(arg, f"tupleElement({v}, {i + 1})", leaves, depth + 1)
+            for i, arg in enumerate(base.args)
+            if isinstance(arg, ChType)
+        ]
+        return f"arrayMap({v} -> tuple({', '.join(fields)}), {expr})"
     if not has_leaf(base, leaves):
         return expr
-    v = f"__v{depth}"
     if name == "Array":
         return f"arrayMap({v} -> {rewrite_leaves(base.inner, v, leaves, depth + 1)}, {expr})"
     if name == "Map":

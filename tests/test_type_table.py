@@ -75,13 +75,16 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("MultiPolygon", "list<list<list<struct<"),
     ],
     "Geometry": [("Geometry", "string")],
+    "Nested(a T, …) (with `flatten_nested = 0`; flattened, it is `n.a Array(T)`, … columns)": [
+        ("Nested(a Int32, b String)", "list<struct<"),
+    ],
     "Array(T) / Map(K,V) / Tuple(...)": [
         ("Array(Int32)", "list<int>"),
         ("Map(String, Int64)", "map<string, long>"),
         ("Tuple(a Int32, b String)", "struct<"),
     ],
 }
-REFUSED = ["Nested(a Int32, b String)", "AggregateFunction(sum, UInt64)", "QBit(Float32, 8)"]
+REFUSED = ["AggregateFunction(sum, UInt64)", "QBit(Float32, 8)"]
 
 
 def readme_rows() -> dict[str, str]:

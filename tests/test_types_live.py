@@ -269,13 +269,29 @@ INSERT INTO {db}.geo VALUES
 """
 
 
-def test_geo_types_and_flattened_nested_round_trip(env: Env) -> None:
+def test_geo_types_and_nested_round_trip(env: Env) -> None:
     """Geo types as structs of (x, y) doubles and lists of them, Geometry as WKT text,
-    a Nested column (flattened by ClickHouse into `n.a`, `n.b` arrays) as two lists."""
+    a Nested column flattened by ClickHouse (`n.a`, `n.b` arrays) as two lists, and one
+    not flattened as a list of structs."""
     db = env.ch_database
     env.ch(GEO_TABLE.format(db=db))
     env.ch(GEO_ROWS.format(db=db))
-    env.write_config([env.table("geo", watermark="ts", keys=["id"])])
+    env.ch(
+        f"CREATE TABLE {db}.nest (ts DateTime64(6, 'UTC'), id UInt64, "
+        "n Nested(a Int32, b Enum8('x' = 1, 'y' = 2), t DateTime64(3, 'UTC'))) "
+        "ENGINE = MergeTree ORDER BY (ts, id) SETTINGS flatten_nested = 0"
+    )
+    env.ch(
+        f"INSERT INTO {db}.nest VALUES ('2026-01-01 00:00:00', 1, "
+        "[(1, 'x', '2026-01-01 00:00:00.001'), (2, 'y', '1960-01-01 00:00:00')]), "
+        "('2026-01-01 00:00:01', 2, [])"
+    )
+    env.write_config(
+        [
+            env.table("geo", watermark="ts", keys=["id"]),
+            env.table("nest", watermark="ts", keys=["id"]),
+        ]
+    )
     report = env.once()
     assert report.ok, report.summary()
     assert env.cli("verify").returncode == 0
@@ -288,6 +304,15 @@ def test_geo_types_and_flattened_nested_round_trip(env: Env) -> None:
     assert first["mpg"][0][0][1] == {"x": 1.0, "y": 0.0}
     assert (first["g"], second["g"]) == ("POINT(5.5 6.5)", None)
     assert (first["n.a"], first["n.b"]) == ([7, 8], ["x", "y"])
+    # Nested, not flattened: a list of structs.
+    nested = sorted(
+        env.iceberg_arrow(env.config().table("cold.nest")).to_pylist(), key=lambda r: r["id"]
+    )
+    assert nested[0]["n"] == [
+        {"a": 1, "b": "x", "t": dt.datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=dt.UTC)},
+        {"a": 2, "b": "y", "t": dt.datetime(1960, 1, 1, tzinfo=dt.UTC)},
+    ]
+    assert nested[1]["n"] == []
     ice = IcebergCatalog(env.config().catalog).load("cold.geo")
     assert ice is not None
     query = "SELECT count(*), sum(p.x), count(g) FROM {t}"

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from offloader.cursor import EPOCH, from_micros
 from offloader.errors import DataError
-from offloader.types import ChType
+from offloader.types import ChType, nested_as_array
 from offloader.wire import ColumnPlan, prep_kind, uint64_hint
 
 
@@ -224,6 +224,7 @@ def _identity(v: Any) -> Any:
 
 
 def _nested(base: ChType) -> Callable[[Any], Any]:
+    base = nested_as_array(base)
     if base.name == "Array":
         elem = _element_fn(base.inner)
         return lambda v: [elem(x) for x in v]

@@ -46,6 +46,7 @@ from offloader.types import (
     ChType,
     decimal_precision,
     leaf_name,
+    nested_as_array,
 )
 from offloader.wire import SHARED_LEAVES, rewrite_leaves
 
@@ -144,6 +145,8 @@ def iceberg_type(t: ChType, uint64: str = "error") -> str:
     if t.name == "Decimal" or t.name in DECIMAL_WIDTH:
         precision, scale = decimal_precision(t)
         return f"Decimal({precision}, {scale})"
+    if t.name == "Nested":
+        return iceberg_type(nested_as_array(t), uint64)
     if t.name == "Array":
         return f"Array({iceberg_type(t.inner, uint64)})"
     if t.name == "Map":
