@@ -95,6 +95,7 @@ class _Parser:
         kind, name = self.take()
         if kind != "ident":
             raise ValueError(f"expected a type name in {self.text!r}, got {name!r}")
+        name = _SAME_AS.get(name, name)
         if self.peek() != ("punct", "("):
             return ChType(name)
         self.take()
@@ -132,6 +133,10 @@ class _Parser:
             self.i += 1
             names.append(tok.strip("`"))
         return self.parse_type()
+
+
+# Families that are another family under a second name.
+_SAME_AS = {"DateTime32": "DateTime"}
 
 
 def _unquote(tok: str) -> str:

@@ -10,6 +10,7 @@ import re
 import pyarrow as pa
 import pytest
 
+from offloader import devserver
 from offloader.errors import SourceSchemaError
 from offloader.iceberg.catalog import describe
 from offloader.wire import plan_column
@@ -130,3 +131,61 @@ def test_types_the_readme_lists_as_refused_are_refused(ch: str) -> None:
     assert ch.split("(")[0] in paragraph or "geo types" in paragraph or "aggregate" in paragraph
     with pytest.raises(SourceSchemaError):
         plan_column("t", "c", ch)
+
+
+# One example of every ClickHouse type family (system.data_type_families, aliases
+# aside) that offloader maps; the families it refuses are REFUSED above.
+FAMILY_EXAMPLES = {
+    **{t: t for t in ("Int8", "Int16", "Int32", "Int64", "Int128", "Int256")},
+    **{t: t for t in ("UInt8", "UInt16", "UInt32", "UInt64", "UInt128", "UInt256")},
+    **{t: t for t in ("Float32", "Float64", "BFloat16", "Bool", "String", "UUID")},
+    **{t: t for t in ("Date", "Date32", "DateTime", "DateTime32", "IPv4", "IPv6", "JSON")},
+    **{t: t for t in ("Dynamic", "Time", "Geometry", "Point", "Ring", "LineString")},
+    **{t: t for t in ("MultiPoint", "Polygon", "MultiLineString", "MultiPolygon")},
+    **{f"Interval{u}": f"Interval{u}" for u in ("Nanosecond", "Microsecond", "Millisecond")},
+    **{f"Interval{u}": f"Interval{u}" for u in ("Second", "Minute", "Hour", "Day", "Week")},
+    **{f"Interval{u}": f"Interval{u}" for u in ("Month", "Quarter", "Year")},
+    "DateTime64": "DateTime64(9, 'UTC')",
+    "Time64": "Time64(6)",
+    "Decimal": "Decimal(76, 10)",
+    "Decimal32": "Decimal32(2)",
+    "Decimal64": "Decimal64(4)",
+    "Decimal128": "Decimal128(6)",
+    "Decimal256": "Decimal256(8)",
+    "FixedString": "FixedString(4)",
+    "Enum": "Enum('a' = 1)",
+    "Enum8": "Enum8('a' = 1)",
+    "Enum16": "Enum16('a' = 1000)",
+    "Array": "Array(Nullable(Int32))",
+    "Map": "Map(String, Array(UInt8))",
+    "Tuple": "Tuple(UUID, Tuple(s String, d Date))",
+    "Nested": "Nested(a Int32, b String)",
+    "Variant": "Variant(String, UInt64)",
+    "LowCardinality": "LowCardinality(Nullable(String))",
+    "Nullable": "Nullable(Decimal(9, 2))",
+    "Nothing": "Nullable(Nothing)",
+    "SimpleAggregateFunction": "SimpleAggregateFunction(sum, UInt64)",
+}
+
+
+@pytest.mark.integration
+def test_every_type_family_of_this_clickhouse_is_mapped_or_refused(
+    clickhouse_server: devserver.Server,
+) -> None:
+    """A ClickHouse release that adds a type family fails this test until offloader
+    maps it or lists it as refused (with a message naming the column)."""
+    import httpx
+
+    families = set(
+        httpx.post(
+            f"http://127.0.0.1:{clickhouse_server.http_port}/",
+            content=b"SELECT name FROM system.data_type_families WHERE alias_to = ''",
+        )
+        .text.strip()
+        .splitlines()
+    )
+    refused = {t.split("(")[0] for t in REFUSED}
+    assert families - refused == set(FAMILY_EXAMPLES), families ^ (set(FAMILY_EXAMPLES) | refused)
+    for family, example in FAMILY_EXAMPLES.items():
+        plan = plan_column("t", "c", example)
+        assert plan.arrow is not None, family
