@@ -1,14 +1,15 @@
-"""The source: ClickHouse, read through one of two transports behind one interface.
+"""The source: ClickHouse, read through one of three transports behind one interface.
 
     Source  — a session: small typed queries (introspection, high-water mark, audit)
               and `pager()`, the table's page reader
     Pager   — reads one keyset page of a `Scan` after a position
     Page    — its row count, the encoded position of its last row, and `to_batch()`
-              (blocking: run it in a worker thread), an Arrow batch of the Iceberg schema
+              (blocking: run it in a worker thread), an Arrow batch of the Iceberg schema,
+              or `encoded()`, the Parquet file ClickHouse wrote in that schema
 
-`native` (source/native.py, asynch over TCP) and `arrow` (source/arrow.py, ArrowStream
-over HTTP) implement it; each transport's wire forms and conversion sit next to its
-reader. The pipeline, repair and the benchmarks use only this module; the tests use a
+`native` (source/native.py, asynch over TCP), `arrow` (source/arrow.py, ArrowStream
+over HTTP) and `parquet` (source/parquet.py, Parquet over the same HTTP session)
+implement it; each transport's wire forms and conversion sit next to its reader. The pipeline, repair and the benchmarks use only this module; the tests use a
 fake source (tests/fakes.py) that implements the same three protocols.
 """
 
