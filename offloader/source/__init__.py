@@ -9,8 +9,9 @@
 
 `native` (source/native.py, asynch over TCP), `arrow` (source/arrow.py, ArrowStream
 over HTTP) and `parquet` (source/parquet.py, Parquet over the same HTTP session)
-implement it; each transport's wire forms and conversion sit next to its reader. The pipeline, repair and the benchmarks use only this module; the tests use a
-fake source (tests/fakes.py) that implements the same three protocols.
+implement it; each transport's wire forms and conversion sit next to its reader.
+The pipeline, repair and the benchmarks use only this module; the tests use a fake
+source (tests/fakes.py) that implements the same three protocols.
 """
 
 from __future__ import annotations
