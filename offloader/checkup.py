@@ -37,6 +37,7 @@ class TableRun(Protocol):
     src: SourceTable
     ice: IcebergTable
     seq: int
+    waiting: int  # rows past the position when prepare looked
     state: TableState  # the committed state prepare read
     hashed: RowHash | None
     parts: str  # the source's parts_fingerprint when prepare read it without the window
@@ -135,7 +136,8 @@ async def audit_recorded(run: TableRun) -> bool:
     t0 = time.monotonic()
     lo, hi = (tiers.day_number(d) for d in bounds)
     known = run.state.agreed
-    if run.days is None and run.parts and known == AuditAgreed(run.seq, lo, hi, run.parts):
+    same = known is not None and (known.seq, known.first, known.last) == (run.seq, lo, hi)
+    if run.days is None and run.parts and same and known and known.parts == run.parts:
         # The source's parts are those of the last audit that agreed at this seq: the
         # same rows, so the same answer without hashing the window again.
         report.drifted = []
@@ -159,7 +161,7 @@ async def audit_recorded(run: TableRun) -> bool:
         run.days, run.days_before = hot, bounds[1]  # the audit with Iceberg reuses them
         return False
     report.drifted = []
-    agreed = AuditAgreed(run.seq, lo, hi, hot.fingerprint)
+    agreed = AuditAgreed(run.seq, lo, hi, hot.fingerprint, caught_up=run.waiting == 0)
     if hot.fingerprint and agreed != known:
         try:
             await run.services.watermarks.audit_agreed(table.target, agreed)

@@ -107,7 +107,18 @@ class TableRun:
         self.days_before: date | None = None
         self.parts = ""
         parts = parts_fingerprint(src.database, table.source_table)
+        known = self.state.agreed
         if bounds is not None and report.watermark is not None and checkup.agreed_before(self):
+            if known is not None and known.caught_up:
+                # Nothing was waiting when the window last agreed: while the source's
+                # parts are the same, nothing is (the same data), and the run is idle.
+                self.parts = str(await src.source.scalar(f"SELECT {parts}"))
+                if self.parts and self.parts == known.parts:
+                    report.rows_behind, report.lag_seconds = 0, 0.0
+                    self.waiting = 0
+                    report.stage("prepare", time.monotonic() - t0)
+                    report.status = "idle"
+                    return None
             # The window agreed at this seq: the source's parts tell whether it must be
             # read again (the idle audit's own query only if they changed).
             query = behind_query(src.relation, src.order, report.watermark, parts)

@@ -46,21 +46,23 @@ def decode_days(text: str | None) -> tuple[dict[int, DaySum], bool]:
 class AuditAgreed:
     """An audit window (day numbers first..last) that agreed in full at commit `seq`,
     and the source's parts then (sql.parts_fingerprint): while the seq, the window and
-    the parts stay the same, so do ClickHouse's rows and the answer."""
+    the parts stay the same, so do ClickHouse's rows and the answer. `caught_up`: no
+    row was waiting past the position then (nor is one while the parts stay the same)."""
 
     seq: int
     first: int
     last: int
     parts: str
+    caught_up: bool = False
 
     def encode(self) -> str:
-        return f"{self.seq} {self.first} {self.last} {self.parts}"
+        return f"{self.seq} {self.first} {self.last} {self.parts} {int(self.caught_up)}"
 
     @classmethod
     def decode(cls, text: str | None) -> AuditAgreed | None:
         try:
-            seq, first, last, parts = (text or "").split(" ")
-            return cls(int(seq), int(first), int(last), parts)
+            seq, first, last, parts, caught_up = (text or "").split(" ")
+            return cls(int(seq), int(first), int(last), parts, caught_up == "1")
         except ValueError:
             return None
 

@@ -88,8 +88,9 @@ def test_a_commit_recovered_after_a_crash_records_its_day_sums(env: Env) -> None
 def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An idle cycle after a window that agreed at the same seq reads only the source's
-    parts fingerprint, not the window's rows; a late insert, a mutation
+    """An idle cycle after a window that agreed at the same seq (with nothing waiting)
+    reads only the source's parts fingerprint: neither the window's rows nor the rows
+    past the position; a late insert, a mutation
     that updates a value in place and a lightweight DELETE each change the parts, so
     the next cycle audits the window again and reports the day."""
     from offloader import audit
@@ -102,6 +103,16 @@ def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
         return await hashed_window(*args, **kwargs)
 
     monkeypatch.setattr(audit, "clickhouse_days", counting)
+    from offloader import pipeline
+
+    behind: list[str] = []
+    behind_query = pipeline.behind_query
+
+    def counting_behind(*args: Any, **kwargs: Any) -> str:
+        behind.append(args[0])
+        return behind_query(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "behind_query", counting_behind)
     for name in ("upd", "late", "gone"):
         env.create_trades(name)
         env.insert_trades(name, 3_000, first_id=1, start="2026-01-01 00:00:00", step_us=10**8)
@@ -115,9 +126,13 @@ def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
     assert all(t["rows"] == 3_000 for t in cycle().values())
     assert all(t["drifted"] == [] for t in cycle().values())  # the window hashed: agrees
     windows.clear()
+    behind.clear()
     for _ in range(2):
         assert all(t["drifted"] == [] and t["status"] == "idle" for t in cycle().values())
     assert windows == [], "an unchanged source's window was hashed again"
+    # Caught up when the window agreed, and the same parts: not even the query for rows
+    # past the position runs (the parts fingerprint answers both).
+    assert behind == []
 
     db = env.ch_database
     env.ch(
