@@ -79,7 +79,7 @@ def literal(t: ChType, encoded: Any) -> str:
 
 def watermark_int(t: ChType, expr: str) -> str:
     """A watermark value as an integer (microseconds since 1970 for times, days for
-    dates): read the same over both transports, whatever the server's output settings
+    dates): read the same over every transport, whatever the server's output settings
     (convert.watermark_from_int turns it back)."""
     name = t.unwrap().name
     if name in ("DateTime", "DateTime64"):

@@ -194,7 +194,7 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 
 # ClickHouse's text of a Variant or Dynamic value, NULL kept NULL (toString gives '').
 TEXT_OR_NULL = "if(isNull({0}), NULL, toString({0}))"
-# Values both transports read the same way, at the top level and inside containers.
+# Values every transport reads the same way, at the top level and inside containers.
 SHARED_LEAVES = {
     **dict.fromkeys(AS_TEXT, "toString({})"),
     **dict.fromkeys(INTERVALS, "toInt64({})"),
