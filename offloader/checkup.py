@@ -40,7 +40,7 @@ class TableRun(Protocol):
     waiting: int  # rows past the position when prepare looked
     state: TableState  # the committed state prepare read
     hashed: RowHash | None
-    parts: str  # the source's parts_fingerprint when prepare read it without the window
+    parts: str  # the source's parts_fingerprint when prepare read it apart from the window
     days: tiers.ClickHouseDays | None  # ClickHouse's side of the window, read by prepare
     days_before: dt.date | None  # ... still true before this day (the position's day)
 
@@ -135,9 +135,8 @@ async def audit_recorded(run: TableRun) -> bool:
         return True  # nothing to audit
     t0 = time.monotonic()
     lo, hi = (tiers.day_number(d) for d in bounds)
-    known = run.state.agreed
-    same = known is not None and (known.seq, known.first, known.last) == (run.seq, lo, hi)
-    if run.days is None and run.parts and same and known and known.parts == run.parts:
+    known = agreed_window(run)
+    if run.days is None and known is not None and run.parts == known.parts:
         # The source's parts are those of the last audit that agreed at this seq: the
         # same rows, so the same answer without hashing the window again.
         report.drifted = []
@@ -162,7 +161,7 @@ async def audit_recorded(run: TableRun) -> bool:
         return False
     report.drifted = []
     agreed = AuditAgreed(run.seq, lo, hi, hot.fingerprint, caught_up=run.waiting == 0)
-    if hot.fingerprint and agreed != known:
+    if hot.fingerprint and agreed != run.state.agreed:
         try:
             await run.services.watermarks.audit_agreed(table.target, agreed)
         except TableError as exc:  # only the next idle audit's cost depends on it
@@ -170,14 +169,16 @@ async def audit_recorded(run: TableRun) -> bool:
     return True
 
 
-def agreed_before(run: TableRun) -> bool:
-    """Whether the table's audit window agreed in full at this seq (recorded with the
-    state): then the source's parts tell whether to read it again, not its rows."""
+def agreed_window(run: TableRun) -> AuditAgreed | None:
+    """The record of the table's audit window agreeing in full at this seq (kept with
+    the state), if it is this window's: then the source's parts tell whether to read
+    the window again, not its rows."""
     known = run.state.agreed
     bounds = tiers.window(run.src.order[0][1], run.report.watermark, run.table.audit_days)
     if known is None or bounds is None or known.seq != run.seq:
-        return False
-    return (known.first, known.last) == tuple(tiers.day_number(d) for d in bounds)
+        return None
+    same = (known.first, known.last) == tuple(tiers.day_number(d) for d in bounds)
+    return known if same else None
 
 
 # Each table's recorded day sums with the (seq, days) they were read at: they change only

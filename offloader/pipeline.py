@@ -107,23 +107,21 @@ class TableRun:
         self.days_before: date | None = None
         self.parts = ""
         parts = parts_fingerprint(src.database, table.source_table)
-        known = self.state.agreed
-        if bounds is not None and report.watermark is not None and checkup.agreed_before(self):
-            if known is not None and known.caught_up:
-                # Nothing was waiting when the window last agreed: while the source's
-                # parts are the same, nothing is (the same data), and the run is idle.
-                self.parts = str(await src.source.scalar(f"SELECT {parts}"))
-                if self.parts and self.parts == known.parts:
-                    report.rows_behind, report.lag_seconds = 0, 0.0
-                    self.waiting = 0
-                    report.stage("prepare", time.monotonic() - t0)
-                    report.status = "idle"
-                    return None
-            # The window agreed at this seq: the source's parts tell whether it must be
-            # read again (the idle audit's own query only if they changed).
-            query = behind_query(src.relation, src.order, report.watermark, parts)
-            waiting, oldest, now_micros, newest, self.parts = (await src.source.rows(query))[0]
-        elif bounds is not None and report.watermark is not None:
+        known = checkup.agreed_window(self)
+        if known is not None:
+            # The window agreed at this seq: while the source's parts are the same, so
+            # are its rows (the idle audit need not read them), and when nothing was
+            # waiting then, nothing is now (the run is idle).
+            self.parts = str(await src.source.scalar(f"SELECT {parts}"))
+            if self.parts != known.parts:
+                known = None  # changed: read the window again, below
+            elif known.caught_up:
+                report.rows_behind, report.lag_seconds = 0, 0.0
+                self.waiting = 0
+                report.stage("prepare", time.monotonic() - t0)
+                report.status = "idle"
+                return None
+        if known is None and bounds is not None and report.watermark is not None:
             # One grouped query is both this prepare and an idle run's audit: the days of
             # the window up to the position, and the rows past it (all in the window).
             self.days = await audit.clickhouse_days(

@@ -188,22 +188,17 @@ def range_sums_query(
 
 
 def behind_query(
-    source: str,
-    order: Sequence[tuple[str, ChType]],
-    after: Sequence[Any] | None,
-    fingerprint: str | None = None,
+    source: str, order: Sequence[tuple[str, ChType]], after: Sequence[Any] | None
 ) -> str:
     """Rows not yet offloaded (after the committed position `after`): how many, the
     oldest one's watermark, the server's time and the newest one's watermark (times as
-    watermark_int), and with `fingerprint` (parts_fingerprint) that too. The keyset
-    predicate leads with the watermark, so ClickHouse reads only the newest granules;
-    the newest row past the position is the table's newest."""
+    watermark_int). The keyset predicate leads with the watermark, so ClickHouse reads
+    only the newest granules; the newest row past the position is the table's newest."""
     wm_name, wm_type = order[0]
     where = f" WHERE {keyset_after(order, after)}" if after is not None else ""
     oldest = watermark_int(wm_type, f"min({quote_ident(wm_name)})")
     newest = watermark_int(wm_type, f"max({quote_ident(wm_name)})")
-    extra = f", {fingerprint}" if fingerprint else ""
-    return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest}{extra} FROM {source}{where}"
+    return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest} FROM {source}{where}"
 
 
 def parts_fingerprint(database: str, table: str) -> str:

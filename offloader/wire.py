@@ -192,6 +192,8 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 
 # --- wire forms ---------------------------------------------------------------------
 
+# Values stored as ClickHouse's text of them, over HTTP (arrow, parquet) at every level.
+TEXT_LEAVES = dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})")
 # ClickHouse's text of a Variant or Dynamic value, NULL kept NULL (toString gives '').
 TEXT_OR_NULL = "if(isNull({0}), NULL, toString({0}))"
 # Values every transport reads the same way, at the top level and inside containers.
@@ -225,13 +227,9 @@ def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0)
     if leaf_name(base) in leaves:
         return leaves[leaf_name(base)].format(expr)
     v = f"__v{depth}"
-    if name == "Nested":  # read as the Array(Tuple(...)) it is: drivers know no Nested
-        fields = [
-            rewrite_leaves(arg, f"tupleElement({v}, {i + 1})", leaves, depth + 1)
-            for i, arg in enumerate(base.args)
-            if isinstance(arg, ChType)
-        ]
-        return f"arrayMap({v} -> tuple({', '.join(fields)}), {expr})"
+    if name == "Nested":  # read as the Array(Tuple(...)) it is (drivers know no Nested)
+        element = rewrite_leaves(nested_as_array(base).inner, v, leaves, depth + 1)
+        return f"arrayMap({v} -> {element}, {expr})"
     if not has_leaf(base, leaves):
         return expr
     if name == "Array":

@@ -35,7 +35,7 @@ from offloader.errors import (
 from offloader.source import Pager, Scan
 from offloader.sql import quote_ident
 from offloader.types import ChType, parse_type
-from offloader.wire import SHARED_LEAVES, rewrite_leaves
+from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -282,7 +282,7 @@ _ARROW_LEAVES = {
     "Date": "toInt32({})",
     "Date32": "toInt32({})",
     "UUID": "UUIDStringToNum(toString({}))",
-    **dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})"),
+    **TEXT_LEAVES,
     **SHARED_LEAVES,
 }
 

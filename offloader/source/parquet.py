@@ -48,7 +48,7 @@ from offloader.types import (
     leaf_name,
     nested_as_array,
 )
-from offloader.wire import SHARED_LEAVES, rewrite_leaves
+from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -85,17 +85,11 @@ def _leaves(table: TableConfig, column: str) -> dict[str, str]:
         f"{table.target}: column {column!r}: a UInt64 value is above 9223372036854775807; "
         'set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
     )
-    utf8 = "tupleElement(({0}, throwIf(NOT ifNull(isValidUTF8({0}), 1), %s)), 1)"
-    in_range = "toInt64(tupleElement(({0}, throwIf(ifNull({0} > 9223372036854775807, 0), %s)), 1))"
-    leaves = {
-        "String": utf8.replace("%s", _template_text(not_utf8)),
-        **dict.fromkeys(
-            ("IPv4", "IPv6", "Enum8", "Enum16", "Enum", "JSON", "Object"), "toString({})"
-        ),
-        **SHARED_LEAVES,
-    }
+    utf8 = f"throwIf(NOT ifNull(isValidUTF8({{0}}), 1), {_template_text(not_utf8)})"
+    leaves = {"String": f"tupleElement(({{0}}, {utf8}), 1)", **TEXT_LEAVES, **SHARED_LEAVES}
     if table.uint64 == "error":
-        leaves["UInt64"] = in_range.replace("%s", _template_text(too_big))
+        big = f"throwIf(ifNull({{0}} > 9223372036854775807, 0), {_template_text(too_big)})"
+        leaves["UInt64"] = f"toInt64(tupleElement(({{0}}, {big}), 1))"
     return leaves
 
 
