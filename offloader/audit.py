@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from offloader import days as units
 from offloader.config import TableConfig
 from offloader.plan import Order
 from offloader.source import Page, Source
@@ -54,16 +55,23 @@ def day_of_number(n: int) -> dt.date:
 def watermark_day(wm_type: ChType, encoded: Any) -> dt.date | None:
     """The UTC day of an encoded watermark value; None for integer watermarks (no days
     to audit)."""
-    name = wm_type.unwrap().name
-    if name in ("DateTime", "DateTime64", "Date", "Date32"):
+    kind = units.kind_of(wm_type)
+    if kind.startswith("ticks"):
+        n = units.day_of(encoded, kind)
+        return None if n is None else day_of_number(n)
+    if kind in ("micros", "days"):
         return dt.date.fromisoformat(str(encoded)[:10])
     return None
 
 
-def day_start(wm_type: ChType, day: dt.date) -> str:
-    """The first watermark value of `day`, encoded as convert.encode_value would."""
-    if wm_type.unwrap().name in ("Date", "Date32"):
+def day_start(wm_type: ChType, day: dt.date) -> Any:
+    """The first watermark value of `day`, encoded as cursor.encode_value would."""
+    kind = units.kind_of(wm_type)
+    if kind == "days":
         return day.isoformat()
+    unit = units.per_day(kind)
+    if kind.startswith("ticks") and unit is not None:
+        return day_number(day) * unit
     return f"{day.isoformat()} 00:00:00.000000"
 
 
@@ -138,16 +146,17 @@ def compare(
     return audit
 
 
-def day_sums(watermarks: pa.Array, hashes: pa.Array, columns_key: str) -> dict[int, DaySum]:
-    """Per UTC day of a converted page's watermark column: its rows and the sum (mod
-    2^64) of their row hashes. Pure; vectorised. A page is in watermark order, so each
-    day is one run of rows (usually the whole page): one sum per run."""
+def day_sums(
+    watermarks: pa.Array, hashes: pa.Array, columns_key: str, kind: str = "micros"
+) -> dict[int, DaySum]:
+    """Per UTC day of a converted page's watermark column (of days.kind_of `kind`): its
+    rows and the sum (mod 2^64) of their row hashes. Pure; vectorised. A page is in
+    watermark order, so each day is one run of rows (usually the whole page): one sum
+    per run."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    wm = watermarks.combine_chunks() if isinstance(watermarks, pa.ChunkedArray) else watermarks
-    days = wm.cast(pa.date32()).cast(pa.int32())
-    runs = pc.run_end_encode(days)
+    runs = pc.run_end_encode(units.day_numbers(watermarks, kind))
     hashes = hashes.cast(pa.uint64())
     out: dict[int, DaySum] = {}
     start = 0
@@ -300,7 +309,7 @@ def window(
 
 def audited(table: TableConfig, order: Order) -> bool:
     """Whether the table has an audit window (a time or date watermark, audit_days > 0)."""
-    return window(order[0][1], ["1970-01-01"], table.audit_days) is not None
+    return units.kind_of(order[0][1]) != "value" and table.audit_days > 0
 
 
 def checksummed(
@@ -318,10 +327,11 @@ def convert_page(
     watermark: str | None,
     hashed: RowHash | None,
     summed: dict[int, DaySum] | None = None,
+    kind: str = "micros",
 ) -> tuple[pa.RecordBatch, dict[int, DaySum]]:
-    """A page as Arrow, and its rows per day of `watermark` with the sums of their row
-    hashes when the page carries them, or `summed` (what `await page.summed()` gave)
-    (worker thread). No days without `watermark`."""
+    """A page as Arrow, and its rows per day of `watermark` (of days.kind_of `kind`)
+    with the sums of their row hashes when the page carries them, or `summed` (what
+    `await page.summed()` gave) (worker thread). No days without `watermark`."""
     import pyarrow as pa
 
     batch = page.to_batch()
@@ -331,5 +341,7 @@ def convert_page(
     if summed is not None:  # ClickHouse summed the page (Page.summed)
         return batch, summed
     if hashed is None or hashes is None:
-        return batch, day_sums(batch.column(watermark), pa.nulls(batch.num_rows, pa.uint64()), "")
-    return batch, day_sums(batch.column(watermark), hashes, hashed.key)
+        hashes, key = pa.nulls(batch.num_rows, pa.uint64()), ""
+    else:
+        key = hashed.key
+    return batch, day_sums(batch.column(watermark), hashes, key, kind)

@@ -13,6 +13,7 @@ import decimal
 import ipaddress
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,6 +23,35 @@ if TYPE_CHECKING:
 
 _INT64_MAX = 2**63 - 1
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class Ticks:
+    """A DateTime64(7..9) value: `count` 10^-`precision` seconds since 1970 UTC, as
+    Iceberg stores it (a datetime holds only microseconds). Its cursor form is the count."""
+
+    count: int
+    precision: int
+
+    def datetime(self) -> dt.datetime:
+        """The value rounded down to a microsecond."""
+        return from_micros(self.count // 10 ** (self.precision - 6))
+
+    def __str__(self) -> str:
+        return ticks_text(self.count, self.precision)
+
+
+def ticks_text(count: int, precision: int) -> str:
+    """A DateTime64(precision) value of `count` ticks as ClickHouse's exact text, UTC
+    ("2026-01-02 03:04:05.123456789"); before 1970 too."""
+    seconds, fraction = divmod(int(count), 10**precision)
+    whole = EPOCH + dt.timedelta(seconds=seconds)
+    return f"{whole:%Y-%m-%d %H:%M:%S}.{fraction:0{precision}d}"
+
+
+def as_datetime(v: Any) -> Any:
+    """`v` with a Ticks value as its (microsecond) datetime, for telling ages and days."""
+    return v.datetime() if isinstance(v, Ticks) else v
 
 
 def encode_value(v: Any) -> Any:
@@ -36,6 +66,8 @@ def encode_value(v: Any) -> Any:
         return v.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     if isinstance(v, dt.date):
         return v.isoformat()
+    if isinstance(v, Ticks):
+        return v.count
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, int):
@@ -74,7 +106,10 @@ def from_micros(v: Any) -> dt.datetime:
 
 def watermark_from_int(t: ChType, v: Any) -> Any:
     """The watermark value of type `t` from its integer form (sql.watermark_int)."""
-    name = t.unwrap().name
+    base = t.unwrap()
+    name = base.name
+    if name == "DateTime64" and int(str(base.args[0] if base.args else 3)) > 6:
+        return Ticks(int(v), int(str(base.args[0])))
     if name in ("DateTime", "DateTime64"):
         return from_micros(v)
     if name in ("Date", "Date32"):

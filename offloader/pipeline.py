@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import audit, checkup, cursor, faults, plan
+from offloader import audit, checkup, cursor, days, faults, plan
 from offloader.config import TableConfig
 from offloader.iceberg import WrittenFiles
 from offloader.report import TableReport
@@ -70,6 +70,7 @@ class TableRun:
             # Rows (and row-hash sums) per day are recorded with each commit for the audit.
             audited = audit.audited(self.table, src.order)
             self.day_column = self.table.watermark if audited else None
+            self.day_kind = days.kind_of(src.order[0][1])
             upto = await self.prepare()
             if upto is None:
                 # Nothing to read: Iceberg is not touched unless the audit of what
@@ -290,6 +291,7 @@ class TableRun:
                         self.day_column,
                         self.hashed,
                         summed,
+                        self.day_kind,
                         limiter=self.services.cpu,
                     )
                     self.report.stage("convert", time.monotonic() - t0)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from offloader.config import TableConfig
-from offloader.cursor import encode_value
+from offloader.cursor import EPOCH, Ticks, as_datetime, encode_value
+from offloader.days import per_second
 from offloader.errors import InconsistentState, SourceSchemaError
-from offloader.types import ChType, leaf_name, parse_type
+from offloader.types import ChType, parse_type
 from offloader.wire import ColumnPlan, plan_column
 
 if TYPE_CHECKING:
@@ -82,13 +83,6 @@ def check_cursor_column(table: str, role: str, name: str, t: ChType) -> None:
             reason="config",
         )
     base = t.unwrap()
-    if leaf_name(base) == "DateTime64Ticks":
-        raise SourceSchemaError(
-            f"{table}: {role} column {name!r} has type {t}; sub-microsecond {role}s are not "
-            "supported yet (its values are stored exactly, as ticks in a long); use a "
-            "DateTime64(6) column or an integer as the " + role,
-            reason="config",
-        )
     if base.name not in allowed:
         raise SourceSchemaError(
             f"{table}: {role} column {name!r} has type {t}; a {role} column must be one of "
@@ -150,6 +144,10 @@ def high_water_value(max_value: Any, server_now: dt.datetime, lag: float, wm_typ
     if server_now.tzinfo is None:
         server_now = server_now.replace(tzinfo=dt.UTC)
     cutoff = server_now - dt.timedelta(seconds=lag)
+    if isinstance(max_value, Ticks):  # DateTime64(7..9): exact, in its own ticks
+        micros = (cutoff - EPOCH) // dt.timedelta(microseconds=1)
+        upto = min(max_value.count, micros * 10 ** (max_value.precision - 6))
+        return Ticks(upto, max_value.precision)
     if name in ("DateTime", "DateTime64"):
         assert isinstance(max_value, dt.datetime)
         if max_value.tzinfo is None:
@@ -182,6 +180,7 @@ def behind(rows: int, oldest: Any, server_now: dt.datetime, wm_type: ChType) -> 
         return Behind(rows, None)
     if not rows:
         return Behind(0, 0.0)
+    oldest = as_datetime(oldest)
     if isinstance(oldest, dt.datetime):
         when = oldest if oldest.tzinfo else oldest.replace(tzinfo=dt.UTC)
     else:
@@ -301,8 +300,9 @@ def compaction_cutoff(uppers: Sequence[Any], kind: str, now: float, margin: floa
     if not uppers:
         return None
     newest = max(uppers)
-    if kind == "micros":
-        return min(newest, int((now - margin) * 1_000_000))
+    second = per_second(kind)
+    if second is not None:  # micros, ticks
+        return min(newest, int(now - margin) * second)
     if kind == "days":
         return min(newest, int((now - margin) // 86400))
     return newest

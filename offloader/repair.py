@@ -36,7 +36,8 @@ from offloader.audit import (
     watermark_day,
 )
 from offloader.config import Config, TableConfig
-from offloader.cursor import from_micros, watermark_from_int
+from offloader.cursor import as_datetime, from_micros, watermark_from_int
+from offloader.days import kind_of
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops
@@ -109,7 +110,7 @@ async def _source_facts(
             f"{NOW_MICROS} FROM {src.relation}"
         )
     )[0]
-    first = watermark_from_int(wm_type, oldest) if int(count) else None
+    first = as_datetime(watermark_from_int(wm_type, oldest)) if int(count) else None
     first_day = first.date() if isinstance(first, dt.datetime) else first
     ttl = ttl_seconds(await table_ttl(src.source, src.database, table.source_table))
     return first_day, ttl, from_micros(now)
@@ -312,7 +313,13 @@ async def _read_days(
         async for page in keyset_pages(pager, scan, None, table.batch_rows):
             summed = await page.summed()
             batch, page_sums = await anyio.to_thread.run_sync(
-                convert_page, page, table.watermark, hashed, summed, limiter=limiter
+                convert_page,
+                page,
+                table.watermark,
+                hashed,
+                summed,
+                kind_of(wm_type),
+                limiter=limiter,
             )
             add_sums(sums, page_sums)
             if progress is not None:

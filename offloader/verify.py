@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from offloader import source
+from offloader import days, source
 from offloader.config import Config, TableConfig
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog
@@ -252,6 +252,9 @@ def _bucket_sql(wm: ColumnPlan) -> str:
 
 def _bucket_of(wm: ColumnPlan) -> Callable[[Any], str]:
     name = wm.ch_type.unwrap().name
+    kind = days.kind_of(wm.ch_type)
+    if kind.startswith("ticks"):  # stored as its ticks
+        return lambda v: (_EPOCH_DAY + dt.timedelta(days=days.day_of(v, kind) or 0)).isoformat()
     if name.startswith("DateTime"):
         return lambda v: v.astimezone(dt.UTC).date().isoformat()
     if name in ("Date", "Date32"):

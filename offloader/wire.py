@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from offloader.days import ticks_doc
 from offloader.errors import SourceSchemaError
 from offloader.types import (
     AS_COUNT,
@@ -182,7 +183,7 @@ def _doc(t: ChType) -> dict[bytes, bytes] | None:
     if leaf in AS_COUNT:
         return {b"doc": AS_COUNT[leaf].encode()}
     if leaf == "DateTime64Ticks":
-        return {b"doc": f"ticks of 10^-P seconds since 1970-01-01 UTC (ClickHouse {t})".encode()}
+        return {b"doc": ticks_doc(int(str(t.unwrap().args[0])), t).encode()}
     return None
 
 

@@ -120,7 +120,9 @@ def test_a_page_ends_at_the_utc_day_of_its_first_row() -> None:
         limit=100,
         one_day=True,
     )
-    assert "`ts` < (SELECT toStartOfDay(`ts`, 'UTC') + toIntervalDay(1) FROM db.t WHERE" in sql
+    # The day's end in the column's own type (DateTime64(6)): see sql._first_day_only.
+    end = "toDateTime64(toStartOfDay(`ts`, 'UTC') + toIntervalDay(1), 6, 'UTC')"
+    assert f"`ts` < (SELECT {end} FROM db.t WHERE" in sql
     assert "ORDER BY `ts` LIMIT 1)" in sql
     dates = page_query(
         source="db.t",

@@ -202,12 +202,11 @@ def test_nanosecond_times_variant_dynamic_and_nested_json(env: Env) -> None:
     got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
     expected = f"3,{1767225600123456789 + 1767225600123456788},2,2"
     assert got == [expected, expected], got
-    # A sub-microsecond watermark is refused with a clear message (its values are kept
-    # exactly as data columns).
+    # The same table with the nanosecond column as its watermark (tests/test_nanos.py).
     env.write_config([env.table("fine", watermark="ns", keys=["id"], target="cold.fine2")])
-    refused = env.once()
-    assert not refused.ok
-    assert "sub-microsecond" in (refused.tables[0].error or "")
+    again = env.once()
+    assert again.ok and again.tables[0].rows == 3, again.summary()
+    assert env.assert_tiers_equal("cold.fine2") == 3
 
 
 TIMES = """

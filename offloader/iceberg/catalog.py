@@ -138,6 +138,17 @@ class IcebergCatalog:
                     "table does not have",
                     reason="config",
                 )
+            field = schema.field(p.column)
+            if p.transform in ("year", "month", "day", "hour") and pa.types.is_integer(field.type):
+                doc = (field.metadata or {}).get(b"doc", b"").decode()
+                raise SourceSchemaError(
+                    f"{target}: partition_by {p}: column {p.column!r} is stored as a long"
+                    + (f" ({doc})" if doc else "")
+                    + f", which Iceberg's {p.transform} transform cannot read (nor can "
+                    "truncate's 32-bit width hold a day of ticks); partition by another "
+                    "column or not at all",
+                    reason="config",
+                )
         tx = self.catalog.create_table_transaction(
             target, schema=schema, properties=self.properties
         )

@@ -19,9 +19,9 @@ from pyiceberg.io.pyarrow import (
 )
 from pyiceberg.manifest import DataFile, DataFileContent
 from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
-from pyiceberg.types import DateType, PrimitiveType, TimestampType, TimestamptzType
+from pyiceberg.types import PrimitiveType
 
-from offloader import faults
+from offloader import days, faults
 from offloader.errors import SinkError
 from offloader.iceberg import (
     brief,
@@ -52,7 +52,7 @@ class LiveFiles:
 
     stats: list[FileStat]
     files: dict[str, DataFile]
-    kind: str  # the watermark's unit: "micros" (timestamps), "days" (dates) or "value"
+    kind: str  # the watermark's unit (days.kind_of): "micros", "ticks9", "days", "value"
     whole_partitions: bool  # partitioned by a time transform of the watermark column
 
 
@@ -83,12 +83,7 @@ def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
     field = schema.find_field(watermark)
     wm_type = field.field_type
     assert isinstance(wm_type, PrimitiveType)  # watermark columns are never nested
-    if isinstance(wm_type, TimestampType | TimestamptzType):
-        kind = "micros"
-    elif isinstance(wm_type, DateType):
-        kind = "days"
-    else:
-        kind = "value"
+    kind = days.kind_of_field(str(wm_type), field.doc)
     spec = table.spec()
     whole = bool(spec.fields) and any(
         f.source_id == field.field_id and isinstance(f.transform, _TIME_TRANSFORMS)
@@ -118,18 +113,7 @@ def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
     return LiveFiles(stats, files, kind, whole)
 
 
-MICROS_PER_DAY = 86_400_000_000
-
-
-def day_of(value: Any, kind: str) -> int | None:
-    """The UTC day (days since 1970) of a watermark bound, None for non-time kinds."""
-    if value is None:
-        return None
-    if kind == "micros":
-        return int(value) // MICROS_PER_DAY
-    if kind == "days":
-        return int(value)
-    return None
+day_of = days.day_of  # the UTC day of a watermark bound, None for integer watermarks
 
 
 def day_counts(live: LiveFiles, first_day: int, last_day: int) -> tuple[dict[int, int], set[int]]:

@@ -15,7 +15,6 @@ import itertools
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +34,7 @@ from pyiceberg.table.snapshots import Operation
 from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFiles
 
 from offloader import cursor
+from offloader.days import day_numbers, per_day
 from offloader.errors import InconsistentState, SinkError
 from offloader.iceberg import (
     COMMIT_ATTEMPTS,
@@ -96,9 +96,11 @@ class _RollingWriter:
         template: DataFile,
         rows_per_file: int,
         day_column: str | None = None,
+        kind: str = "micros",
     ) -> None:
         table = ice.table
         self._day_column = day_column
+        self._kind = kind
         self._day: Any = None
         self._table = table
         self._template = template
@@ -124,9 +126,7 @@ class _RollingWriter:
         if self._day_column is None:
             self._write_rows(data)
             return
-        for start, end in day_runs(data, self._day_column):
-            day = data[self._day_column][start].as_py()
-            day = day.date() if isinstance(day, datetime) else day
+        for start, end, day in day_runs(data, self._day_column, self._kind):
             if day != self._day:
                 self._close()
                 self._day = day
@@ -211,8 +211,10 @@ def rewrite_group(
     order = [(c, "ascending") for c in sort_by]
     scan = ArrowScan(ice.table.metadata, ice.table.io, ice.table.schema(), AlwaysTrue())
     inputs = [live.files[f.path] for f in group.files]
-    day_column = wm if live.kind in ("micros", "days") else None
-    writer = _RollingWriter(ice, inputs[0], group.rows_per_file(target_bytes), day_column)
+    day_column = wm if per_day(live.kind) is not None else None
+    writer = _RollingWriter(
+        ice, inputs[0], group.rows_per_file(target_bytes), day_column, live.kind
+    )
     written_rows = 0
     try:
         buffer: pa.Table | None = None
@@ -382,7 +384,7 @@ def rows_outside_days(
     scan = ArrowScan(ice.table.metadata, ice.table.io, ice.table.schema(), AlwaysTrue())
     for path in paths:
         data = scan.to_table([FileScanTask(live.files[path])])
-        day = pc.cast(pc.cast(data[wm], pa.date32()), pa.int32())
+        day = day_numbers(data[wm], live.kind)
         keep = pc.invert(pc.is_in(day, pa.array(sorted(days), day.type)))
         kept = data.filter(keep)
         if kept.num_rows:

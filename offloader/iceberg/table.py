@@ -33,7 +33,7 @@ from pyiceberg.transforms import (
 )
 from pyiceberg.types import DecimalType, DoubleType, FloatType, IntegerType, LongType
 
-from offloader import cursor
+from offloader import cursor, days
 from offloader.errors import InconsistentState, SinkError, SourceSchemaError
 from offloader.iceberg import (
     COMMIT_ATTEMPTS,
@@ -103,22 +103,21 @@ def _promotable(old: Any, new: Any) -> bool:
     )
 
 
-def day_runs(data: pa.Table, day_column: str | None) -> list[tuple[int, int]]:
-    """[start, end) row ranges of `data` whose `day_column` values fall on one UTC day,
-    for rows sorted by that column (or the whole table when it is None or not a time
-    or date column)."""
+def day_runs(
+    data: pa.Table, day_column: str | None, kind: str = "micros"
+) -> list[tuple[int, int, int | None]]:
+    """[start, end) row ranges of `data` whose `day_column` values (of days.kind_of
+    `kind`) fall on one UTC day, with that day (days since 1970), for rows sorted by
+    that column; the whole table as one range (day None) when it is None or has no days."""
     if not data.num_rows:
         return []
-    if day_column is None:
-        return [(0, data.num_rows)]
-    column = data[day_column].combine_chunks()
-    if not (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)):
-        return [(0, data.num_rows)]
-    days = pc.cast(column, pa.date32())
-    runs = pc.run_end_encode(days)
+    column = data[day_column].combine_chunks() if day_column is not None else None
+    if column is None or (days.per_day(kind) is None and not pa.types.is_temporal(column.type)):
+        return [(0, data.num_rows, None)]
+    runs = pc.run_end_encode(days.day_numbers(column, kind))
     out, start = [], 0
-    for end in runs.run_ends.to_pylist():
-        out.append((start, end))
+    for day, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
+        out.append((start, end, day))
         start = end
     return out
 
@@ -240,6 +239,11 @@ class IcebergTable:
         with sink_errors(f"{self.target}: cannot refresh Iceberg table"):
             self._table.refresh()
 
+    def watermark_kind(self, name: str) -> str:
+        """The unit of watermark column `name` (days.kind_of_field)."""
+        field = self._table.schema().find_field(name)
+        return days.kind_of_field(str(field.field_type), field.doc)
+
     def write_files(
         self, batches: Sequence[pa.RecordBatch], day_column: str | None = None
     ) -> WrittenFiles:
@@ -261,7 +265,8 @@ class IcebergTable:
                 downcast_ns_timestamp_to_us=False,
                 format_version=metadata.format_version,
             )
-            for start, end in day_runs(data, day_column):
+            kind = self.watermark_kind(day_column) if day_column is not None else "value"
+            for start, end, _ in day_runs(data, day_column, kind):
                 files += _dataframe_to_data_files(
                     table_metadata=metadata,
                     df=data.slice(start, end - start),

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from offloader.cursor import from_micros
 from offloader.errors import DataError, SourceUnavailable
+from offloader.types import leaf_name
 from offloader.wire import ColumnPlan, uint64_hint
 
 
@@ -127,6 +128,8 @@ def conform(arr: pa.Array, target: pa.DataType) -> pa.Array:
 def arrow_cursor(plan: ColumnPlan, value: Any) -> Any:
     """The Python value of a watermark or key column read from an Arrow wire page."""
     name = plan.ch_type.unwrap().name
+    if leaf_name(plan.ch_type) == "DateTime64Ticks":
+        return int(value)  # its ticks, as stored
     if name in ("DateTime", "DateTime64"):
         return from_micros(value)
     if name in ("Date", "Date32"):

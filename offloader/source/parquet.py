@@ -60,7 +60,11 @@ if TYPE_CHECKING:
 # server's profile says: Strings as Parquet strings, dates and times as logical types,
 # nested types in the standard (compliant) layout, zstd as pyiceberg writes. Bloom
 # filters are off (pyiceberg does not write them either; they cost ClickHouse CPU).
+# Each column's CAST is aliased by the column's own name: WHERE and ORDER BY must still
+# mean the source column (a DateTime64(9) watermark is compared as a time, not as the
+# ticks it is stored as), so column names win over aliases.
 SETTINGS = {
+    "prefer_column_name_to_alias": "1",
     "output_format_parquet_string_as_string": "1",
     "output_format_parquet_datetime_as_uint32": "0",
     "output_format_parquet_date_as_uint16": "0",
