@@ -229,8 +229,10 @@ def arrow_type(
         return pa.string()  # ClickHouse's text of the value; NULL stays NULL
     if name in AS_COUNT:
         return pa.int64()
-    if name in GEO:
-        return arrow_type(parse_type(GEO[name]), uint64, strings)
+    if leaf_name(t0) in SHAPES:
+        return arrow_type(parse_type(SHAPES[leaf_name(t0)]), uint64, strings)
+    if name == "QBit":
+        raise Unmappable(f"a QBit of {t0.args[0] if t0.args else '?'} elements is not known")
     if name == "Nested":
         return arrow_type(nested_as_array(t0), uint64, strings)
     if name == "Nothing":
@@ -324,6 +326,18 @@ GEO = {
 }
 
 
+# QBit(T, N), a vector stored bit-sliced for approximate search, reads back exactly as
+# Array(T) (at full precision, which is what it holds): stored as that list, BFloat16
+# elements as floats (as everywhere).
+QBIT = {
+    "QBitBFloat16": "Array(Float32)",
+    "QBitFloat32": "Array(Float32)",
+    "QBitFloat64": "Array(Float64)",
+}
+# Types stored as the ClickHouse shape they CAST to exactly, by leaf_name.
+SHAPES = {**GEO, **QBIT}
+
+
 def nested_as_array(t: ChType) -> ChType:
     """Nested(a T, b U) (not flattened) is an Array(Tuple(a T, b U)); any other type as it is."""
     if t.name != "Nested":
@@ -333,8 +347,10 @@ def nested_as_array(t: ChType) -> ChType:
 
 def leaf_name(t: ChType) -> str:
     """The name wire forms key on: the type's, "WideDecimal" for Decimal(P > 38) and
-    "DateTime64Ticks" for DateTime64(P > 6)."""
+    "DateTime64Ticks" for DateTime64(P > 6), "QBit<element type>" for QBit."""
     base = t.unwrap()
+    if base.name == "QBit" and base.args and isinstance(base.args[0], ChType):
+        return f"QBit{base.args[0].name}"
     if base.name == "DateTime64":
         precision = base.args[0] if base.args else 3
         return "DateTime64Ticks" if isinstance(precision, int) and precision > 6 else base.name

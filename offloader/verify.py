@@ -34,8 +34,8 @@ from offloader.sql import (
 from offloader.types import (
     AS_COUNT,
     AS_TEXT,
-    GEO,
     NULL_HOLDERS,
+    SHAPES,
     ChType,
     leaf_name,
     nested_as_array,
@@ -98,8 +98,9 @@ def _checksummed(t: ChType) -> bool:
 def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
     base = nested_as_array(t.unwrap())
     name = base.name
-    if name in GEO:  # compared as the structs and lists it is stored as
-        return _canonical_sql(parse_type(GEO[name]), f"CAST({expr}, '{GEO[name]}')", depth)
+    shape = SHAPES.get(leaf_name(base))
+    if shape is not None:  # compared as the structs and lists it is stored as
+        return _canonical_sql(parse_type(shape), f"CAST({expr}, '{shape}')", depth)
     if name == "Array":
         v = f"__c{depth}"
         inner = _canonical_sql(base.inner, v, depth + 1)
@@ -142,8 +143,8 @@ def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
 def canonical_of(t: ChType) -> Callable[[Any], bytes]:
     """The canonical text of a value of type `t` as read back from Iceberg (to_pylist)."""
     base = nested_as_array(t.unwrap())
-    if base.name in GEO:
-        return canonical_of(parse_type(GEO[base.name]))
+    if leaf_name(base) in SHAPES:
+        return canonical_of(parse_type(SHAPES[leaf_name(base)]))
     if base.name == "Array":
         elem = canonical_of(base.inner)
         return _nullable(lambda v: _items(len(v), (elem(x) for x in v)))

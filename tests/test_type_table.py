@@ -76,6 +76,11 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("MultiPolygon", "list<list<list<struct<"),
     ],
     "Geometry": [("Geometry", "string")],
+    "QBit(T, N)": [
+        ("QBit(Float32, 8)", "list<float>"),
+        ("QBit(BFloat16, 8)", "list<float>"),
+        ("QBit(Float64, 2)", "list<double>"),
+    ],
     "Nested(a T, …) (with `flatten_nested = 0`; flattened, it is `n.a Array(T)`, … columns)": [
         ("Nested(a Int32, b String)", "list<struct<"),
     ],
@@ -85,7 +90,7 @@ ROWS: dict[str, list[tuple[str, str]]] = {
         ("Tuple(a Int32, b String)", "struct<"),
     ],
 }
-REFUSED = ["AggregateFunction(sum, UInt64)", "QBit(Float32, 8)"]
+REFUSED = ["AggregateFunction(sum, UInt64)"]
 
 
 def readme_rows() -> dict[str, str]:
@@ -164,6 +169,7 @@ FAMILY_EXAMPLES = {
     "LowCardinality": "LowCardinality(Nullable(String))",
     "Nullable": "Nullable(Decimal(9, 2))",
     "Nothing": "Nullable(Nothing)",
+    "QBit": "QBit(BFloat16, 4)",
     "SimpleAggregateFunction": "SimpleAggregateFunction(sum, UInt64)",
 }
 

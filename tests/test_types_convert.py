@@ -111,7 +111,7 @@ def test_nullability() -> None:
     "ch",
     [
         "AggregateFunction(sum, UInt64)",
-        "QBit(Float32, 8)",
+        "QBit(Float16, 8)",
     ],
 )
 def test_unmappable_names_table_column_type(ch: str) -> None:

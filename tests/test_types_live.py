@@ -262,7 +262,8 @@ CREATE TABLE {db}.geo (
     ts DateTime64(6, 'UTC'), id UInt64,
     p Point, r Ring, l LineString, mp MultiPoint, pg Polygon, ml MultiLineString,
     mpg MultiPolygon, g Geometry,
-    n Nested(a Int32, b String)
+    n Nested(a Int32, b String),
+    q QBit(Float32, 3), qb QBit(BFloat16, 2), aq Array(QBit(Float64, 2))
 ) ENGINE = MergeTree ORDER BY (ts, id)
 """
 GEO_ROWS = """
@@ -270,15 +271,15 @@ INSERT INTO {db}.geo VALUES
 ('2026-01-01 00:00:00', 1, (1.5, -2), [(0, 0), (1, 0), (1, 1), (0, 0)], [(0, 0), (2, 2)],
  [(3, 3)], [[(0, 0), (4, 0), (4, 4), (0, 0)], [(1, 1), (2, 1), (2, 2), (1, 1)]],
  [[(0, 0), (1, 1)], [(2, 2), (3, 3)]], [[[(0, 0), (1, 0), (1, 1), (0, 0)]]], (5.5, 6.5),
- [7, 8], ['x', 'y']),
-('2026-01-01 00:00:01', 2, (0, 0), [], [], [], [], [], [], NULL, [], [])
+ [7, 8], ['x', 'y'], [1.5, -2, 1e30], [0.1, 3], [[1e300, -0.5]]),
+('2026-01-01 00:00:01', 2, (0, 0), [], [], [], [], [], [], NULL, [], [], [0, 0, 0], [0, 0], [])
 """
 
 
 def test_geo_types_and_nested_round_trip(env: Env) -> None:
     """Geo types as structs of (x, y) doubles and lists of them, Geometry as WKT text,
-    a Nested column flattened by ClickHouse (`n.a`, `n.b` arrays) as two lists, and one
-    not flattened as a list of structs."""
+    a Nested column flattened by ClickHouse (`n.a`, `n.b` arrays) as two lists, one
+    not flattened as a list of structs, QBit vectors as lists of floats or doubles."""
     db = env.ch_database
     env.ch(GEO_TABLE.format(db=db))
     env.ch(GEO_ROWS.format(db=db))
@@ -310,6 +311,10 @@ def test_geo_types_and_nested_round_trip(env: Env) -> None:
     assert first["mpg"][0][0][1] == {"x": 1.0, "y": 0.0}
     assert (first["g"], second["g"]) == ("POINT(5.5 6.5)", None)
     assert (first["n.a"], first["n.b"]) == ([7, 8], ["x", "y"])
+    # QBit: the vector at full precision (BFloat16 0.1 is 0.099609375 exactly).
+    assert first["q"] == [1.5, -2.0, pytest.approx(1e30, rel=1e-7)] and second["q"] == [0, 0, 0]
+    assert first["qb"] == [0.099609375, 3.0] and first["aq"] == [[1e300, -0.5]]
+    assert second["aq"] == []
     # Nested, not flattened: a list of structs.
     nested = sorted(
         env.iceberg_arrow(env.config().table("cold.nest")).to_pylist(), key=lambda r: r["id"]
@@ -321,6 +326,6 @@ def test_geo_types_and_nested_round_trip(env: Env) -> None:
     assert nested[1]["n"] == []
     ice = IcebergCatalog(env.config().catalog).load("cold.geo")
     assert ice is not None
-    query = "SELECT count(*), sum(p.x), count(g) FROM {t}"
+    query = "SELECT count(*), sum(p.x), count(g), sum(length(q)), sum(length(aq)) FROM {t}"
     got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
-    assert got == ["2,1.5,1", "2,1.5,1"], got
+    assert got == ["2,1.5,1,6,1", "2,1.5,1,6,1"], got

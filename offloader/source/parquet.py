@@ -41,8 +41,8 @@ from offloader.types import (
     AS_COUNT,
     AS_TEXT,
     DECIMAL_WIDTH,
-    GEO,
     NULL_HOLDERS,
+    SHAPES,
     ChType,
     decimal_precision,
     leaf_name,
@@ -116,7 +116,7 @@ _CAST = {
     ),
     **dict.fromkeys(AS_TEXT, "String"),
     **dict.fromkeys(AS_COUNT, "Int64"),
-    **GEO,
+    **SHAPES,
     "Nothing": "String",
 }
 
