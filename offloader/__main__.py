@@ -1,5 +1,3 @@
-import sys
+from offloader.cli import entry
 
-from offloader.cli import main
-
-sys.exit(main())
+entry()

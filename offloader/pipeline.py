@@ -82,8 +82,7 @@ class TableRun:
             # The transport refuses a table it cannot store exactly before Iceberg is
             # touched (no table is created for it).
             self.pager = src.source.pager(self.table, src.plan, self.hashed)
-            await self.open_iceberg()
-            await self.transfer(upto)
+            await self.open_and_transfer(upto)
             if self.report.rows == 0:
                 self.report.status = "idle"
             if not await checkup.audit(self):
@@ -172,8 +171,9 @@ class TableRun:
             self.src,
             self.state,
         )
+        catalog = await services.open_iceberg()
         self.ice = await anyio.to_thread.run_sync(
-            services.catalog.ensure,
+            catalog.ensure,
             table.target,
             src.plan.schema,
             table.partition_by,
@@ -207,15 +207,37 @@ class TableRun:
         report.watermark = list(decision.position) if decision.position else None
         report.stage("open_iceberg", time.monotonic() - t0)
 
-    async def transfer(self, upto: Any) -> None:
-        """Page the rows after the committed position up to `upto` into Iceberg."""
-        if self.services.progress is not None:
-            total = min(self.waiting, self.table.max_rows_per_cycle)
-            self.services.progress.start(self.table.target, total)
+    async def open_and_transfer(self, upto: Any) -> None:
+        """Open Iceberg while the first page is read from PostgreSQL's position: opening
+        (pyiceberg's import, a new table's creation) takes as long as a page or more.
+        Nothing is written before Iceberg is open and reconciled; if its newer commit
+        marker moves the position (recovery), the pages read are dropped and the
+        transfer reads again from there."""
+        speculative = self.report.watermark
         send, receive = anyio.create_memory_object_stream[Page](0)
+        moved = False
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._fetch, Scan(self.src.relation, upto), send)
+                tg.start_soon(self._fetch, Scan(self.src.relation, upto), speculative, send)
+                await self.open_iceberg()
+                moved = self.report.watermark != speculative
+                if moved:
+                    tg.cancel_scope.cancel()
+                    receive.close()
+                else:
+                    await self._consume(receive)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
+        if moved:
+            await self.transfer(upto)
+
+    async def transfer(self, upto: Any) -> None:
+        """Page the rows after the committed position up to `upto` into Iceberg."""
+        send, receive = anyio.create_memory_object_stream[Page](0)
+        scan = Scan(self.src.relation, upto)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._fetch, scan, self.report.watermark, send)
                 await self._consume(receive)
         except BaseExceptionGroup as group:
             raise _single(group) from None
@@ -224,10 +246,11 @@ class TableRun:
         # Shutting down: commit what was read, leave the rest for the next start.
         return self.stopping is not None and self.stopping.is_set()
 
-    async def _fetch(self, scan: Scan, send: MemoryObjectSendStream[Page]) -> None:
+    async def _fetch(
+        self, scan: Scan, after: list[Any] | None, send: MemoryObjectSendStream[Page]
+    ) -> None:
         table, report = self.table, self.report
         fetched = 0
-        after = report.watermark
         pages = keyset_pages(self.pager, scan, after, table.batch_rows)
         async with send, aclosing(pages):
             if self._stopped():
@@ -262,6 +285,9 @@ class TableRun:
     async def _consume(self, receive: MemoryObjectReceiveStream[Page]) -> None:
         """Convert pages as they arrive and hand chunks to a writer task, so writing
         Parquet overlaps reading and converting the next pages."""
+        if self.services.progress is not None:
+            total = min(self.waiting, self.table.max_rows_per_cycle)
+            self.services.progress.start(self.table.target, total)
         send_chunk, receive_chunk = anyio.create_memory_object_stream[_Chunk](0)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._write, receive_chunk)

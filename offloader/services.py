@@ -5,7 +5,7 @@ the Iceberg catalog (opened on first use) and, on a terminal, the progress displ
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
@@ -31,9 +31,18 @@ class Services:
     open_catalog: Callable[[], IcebergCatalog]
     progress: Progress | None = None  # live bars on a terminal (progress.py)
     _catalog: IcebergCatalog | None = None
+    _opening: anyio.Lock = field(default_factory=anyio.Lock)
 
     @property
     def catalog(self) -> IcebergCatalog:
         if self._catalog is None:
             self._catalog = self.open_catalog()
+        return self._catalog
+
+    async def open_iceberg(self) -> IcebergCatalog:
+        """The catalog, opened (pyiceberg imported: most of a short process's start-up)
+        in a worker thread the first time, so the event loop goes on reading pages."""
+        async with self._opening:
+            if self._catalog is None:
+                self._catalog = await anyio.to_thread.run_sync(self.open_catalog)
         return self._catalog
