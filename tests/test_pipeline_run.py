@@ -159,3 +159,25 @@ def test_a_failing_page_fails_the_run_and_loses_nothing(tmp_path: Path, opened) 
     again = h.run(table())
     assert again.status == "ok" and h.iceberg_rows() == rows(1_000)
     assert [r["status"] for r in h.store.runs] == ["failed", "ok"]
+
+
+def test_recovery_found_while_the_first_page_is_read_reads_again_from_iceberg(
+    tmp_path: Path,
+    opened,  # type: ignore[no-untyped-def]
+) -> None:
+    """Iceberg opens while the first page is read from the state store's position; a run
+    that died between its Iceberg and state commits left Iceberg ahead, so that page is
+    dropped and the rows are read again from Iceberg's position: none twice."""
+    h = Harness(tmp_path, rows(300))
+    opened(h.fake)
+    assert h.run(table()).rows == 300
+    h.store.seq["cold.t"], h.store.position["cold.t"] = 0, None  # the lost state commit
+    h.fake.data += rows(100, start=301)
+    served = h.fake.pages_served
+    report = h.run(table())
+    assert report.status == "ok", report.error
+    assert report.recovered and report.rows == 100
+    assert h.iceberg_rows() == rows(400)
+    assert h.store.position["cold.t"] == (400,) and h.store.seq["cold.t"] == 2
+    # The speculative page (from the start) was read, then the two from row 301 on.
+    assert h.fake.pages_served - served == 3
