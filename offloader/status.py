@@ -10,7 +10,7 @@ import anyio
 
 from offloader import audit, source
 from offloader.config import Config, TableConfig
-from offloader.cursor import from_micros, watermark_from_int
+from offloader.cursor import Ticks, from_micros, watermark_from_int
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
@@ -50,6 +50,7 @@ class TableStatus:
     snapshots: int | None = None
     metadata_files: int | None = None
     drifted_days: list[dict[str, Any]] | None = None  # audit: days whose tiers differ
+    shown: str | None = None  # the watermark as a person reads it, when not as stored
 
     @property
     def ttl_warning(self) -> str | None:
@@ -132,6 +133,10 @@ async def _source_side(
                 return
             order.append((name, parse_type(columns[name])))
         wm_type = order[0][1]
+        if st.watermark and isinstance(watermark_from_int(wm_type, 0), Ticks):
+            # DateTime64(7..9): the position holds its ticks; show the time they are.
+            shown = str(watermark_from_int(wm_type, st.watermark[0]))
+            st.shown = ", ".join([shown, *(str(v) for v in st.watermark[1:])])
         src = read_from(db, table.source_table, table.final)
         wm = quote_ident(table.watermark)
         raw_newest = await ch.scalar(f"SELECT {watermark_int(wm_type, f'max({wm})')} FROM {src}")
@@ -175,6 +180,7 @@ def render(statuses: list[TableStatus]) -> str:
         lag = "-" if s.lag_seconds is None else _human(s.lag_seconds)
         behind = "-" if s.rows_behind is None else str(s.rows_behind)
         wm = "(none yet)" if not s.watermark else ", ".join(str(v) for v in s.watermark)
+        wm = s.shown or wm
         status = (s.last_status or "never") if s.enabled else "disabled"
         lines.append(
             f"{s.target:<34} {status:<8} {s.rows_offloaded:>12} {behind:>10} {lag:>9}  {wm}"

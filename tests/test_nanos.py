@@ -83,6 +83,8 @@ def test_nanosecond_watermark_is_exact(env: Env) -> None:
     position = orjson.loads(env.cli("status", "--json").stdout)[0]["watermark"]
     last = position[0]
     assert last == 20455 * DAY_NS + 12 * 3600 * 10**9 + 22 * 1000 + 4  # 12:00:00.000022004
+    shown = env.cli("status").stdout
+    assert "2026-01-02 12:00:00.000022004, 1230" in shown, shown
     env.ch(
         f"INSERT INTO {db}.nano VALUES (reinterpret(toInt64({last}), 'DateTime64(9, ''UTC'')'), "
         f"9000, 'tie'), (reinterpret(toInt64({last + 1}), 'DateTime64(9, ''UTC'')'), 9001, 'n')"
