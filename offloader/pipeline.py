@@ -82,7 +82,7 @@ class TableRun:
             # The transport refuses a table it cannot store exactly before Iceberg is
             # touched (no table is created for it).
             self.pager = src.source.pager(self.table, src.plan, self.hashed)
-            await self.open_and_transfer(upto)
+            await self.transfer(upto, opening=True)
             if self.report.rows == 0:
                 self.report.status = "idle"
             if not await checkup.audit(self):
@@ -207,20 +207,23 @@ class TableRun:
         report.watermark = list(decision.position) if decision.position else None
         report.stage("open_iceberg", time.monotonic() - t0)
 
-    async def open_and_transfer(self, upto: Any) -> None:
-        """Open Iceberg while the first page is read from PostgreSQL's position: opening
-        (pyiceberg's import, a new table's creation) takes as long as a page or more.
-        Nothing is written before Iceberg is open and reconciled; if its newer commit
-        marker moves the position (recovery), the pages read are dropped and the
-        transfer reads again from there."""
-        speculative = self.report.watermark
+    async def transfer(self, upto: Any, opening: bool = False) -> None:
+        """Page the rows after the committed position up to `upto` into Iceberg.
+
+        `opening`: open Iceberg (open_iceberg) while the first page is read from
+        PostgreSQL's position, as opening (pyiceberg's import, a new table's creation)
+        takes as long as a page or more. Nothing is written before Iceberg is open and
+        reconciled; if its newer commit marker moves the position (recovery), the page
+        read is dropped and the transfer reads again from there."""
+        after = self.report.watermark
         send, receive = anyio.create_memory_object_stream[Page](0)
         moved = False
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._fetch, Scan(self.src.relation, upto), speculative, send)
-                await self.open_iceberg()
-                moved = self.report.watermark != speculative
+                tg.start_soon(self._fetch, Scan(self.src.relation, upto), after, send)
+                if opening:
+                    await self.open_iceberg()
+                    moved = self.report.watermark != after
                 if moved:
                     tg.cancel_scope.cancel()
                     receive.close()
@@ -230,17 +233,6 @@ class TableRun:
             raise _single(group) from None
         if moved:
             await self.transfer(upto)
-
-    async def transfer(self, upto: Any) -> None:
-        """Page the rows after the committed position up to `upto` into Iceberg."""
-        send, receive = anyio.create_memory_object_stream[Page](0)
-        scan = Scan(self.src.relation, upto)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._fetch, scan, self.report.watermark, send)
-                await self._consume(receive)
-        except BaseExceptionGroup as group:
-            raise _single(group) from None
 
     def _stopped(self) -> bool:
         # Shutting down: commit what was read, leave the rest for the next start.
