@@ -131,7 +131,25 @@ def make_env(
     return e
 
 
-@pytest.fixture(params=["native", "arrow", "parquet"])
+TRANSPORTS = ["native", "arrow", "parquet"]
+# The long suites (soak, random kills) test what no transport changes: they run on the
+# default transport, and on all three with OFFLOADER_ALL_TRANSPORTS=1 (each transport's
+# own crash points are killed in test_exactly_once.py on all three every run).
+LONG_TRANSPORTS = TRANSPORTS if os.environ.get("OFFLOADER_ALL_TRANSPORTS") else ["native"]
+
+
+def _fresh_env(
+    server: devserver.Server, pg_database: str, tmp_path: Path, transport: str
+) -> Iterator[Env]:
+    e = make_env(server, pg_database, tmp_path, transport)
+    try:
+        yield e
+    finally:
+        e.ch(f"DROP DATABASE IF EXISTS {e.ch_database}")
+        e.drop_pg_schema()
+
+
+@pytest.fixture(params=TRANSPORTS)
 def env(
     request: pytest.FixtureRequest,
     clickhouse_server: devserver.Server,
@@ -140,9 +158,16 @@ def env(
 ) -> Iterator[Env]:
     """A fresh ClickHouse database, PostgreSQL schema and Iceberg catalog; every test
     using it runs once per transport (native TCP, Arrow and Parquet over HTTP)."""
-    e = make_env(clickhouse_server, pg_database, tmp_path, request.param)
-    try:
-        yield e
-    finally:
-        e.ch(f"DROP DATABASE IF EXISTS {e.ch_database}")
-        e.drop_pg_schema()
+    yield from _fresh_env(clickhouse_server, pg_database, tmp_path, request.param)
+
+
+@pytest.fixture(params=LONG_TRANSPORTS)
+def env_long(
+    request: pytest.FixtureRequest,
+    clickhouse_server: devserver.Server,
+    pg_database: str,
+    tmp_path: Path,
+) -> Iterator[Env]:
+    """`env` for the long suites: the default transport (all three with
+    OFFLOADER_ALL_TRANSPORTS=1)."""
+    yield from _fresh_env(clickhouse_server, pg_database, tmp_path, request.param)

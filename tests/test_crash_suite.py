@@ -25,7 +25,8 @@ ROUNDS = int(os.environ.get("OFFLOADER_CRASH_ROUNDS", "4"))
 PER_STEP = 45_000
 
 
-def test_kill_at_every_point_then_exact(env: Env) -> None:
+def test_kill_at_every_point_then_exact(env_long: Env) -> None:
+    env = env_long  # the default transport; all three: OFFLOADER_ALL_TRANSPORTS=1
     env.create_trades("crash")
     env.insert_trades("crash", 100_000, first_id=1, start="2026-01-01 00:00:00")
     env.write_config([env.table("crash", batch_rows=10_000, append_rows=30_000)])

@@ -27,7 +27,8 @@ def rss_mb() -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_soak(env: Env) -> None:
+def test_soak(env_long: Env) -> None:
+    env = env_long  # the default transport; all three: OFFLOADER_ALL_TRANSPORTS=1
     env.create_trades("soak")
     env.write_config([env.table("soak", batch_rows=50)], service={"max_parallel_tables": 2})
     cfg = env.config()
