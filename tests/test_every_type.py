@@ -192,3 +192,16 @@ def test_every_type_family_round_trips_exactly(env: Env) -> None:
             if a != b
         ]
         assert not wrong, (reader, wrong)
+    # ... and values: the ticks, an int's extremes, text of wide numbers, vectors.
+    values = (
+        "SELECT sum(ts), sum(c_Int32), sum(length(c_Int256)), sum(length(c_Decimal)), "
+        "count(DISTINCT c_UUID), sum(length(c_QBit)) FROM {t}"
+    )
+    got = independent_reads(ice.table.location(), ice.table.metadata_location, values)
+    hot = env.ch(
+        "SELECT sum(reinterpretAsInt64(ts)), sum(c_Int32), sum(length(toString(c_Int256))), "
+        "sum(length(toString(c_Decimal))), count(DISTINCT c_UUID), "
+        f"sum(length(CAST(c_QBit, 'Array(Float32)'))) FROM {db}.every"
+    )[0]
+    expected = ",".join(str(v) for v in hot)
+    assert got == [expected, expected], (got, expected)
