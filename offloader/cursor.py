@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from offloader.days import kind_of, ticks_precision
+
 if TYPE_CHECKING:
     from offloader.types import ChType
 
@@ -106,10 +108,10 @@ def from_micros(v: Any) -> dt.datetime:
 
 def watermark_from_int(t: ChType, v: Any) -> Any:
     """The watermark value of type `t` from its integer form (sql.watermark_int)."""
-    base = t.unwrap()
-    name = base.name
-    if name == "DateTime64" and int(str(base.args[0] if base.args else 3)) > 6:
-        return Ticks(int(v), int(str(base.args[0])))
+    precision = ticks_precision(kind_of(t))
+    if precision is not None:
+        return Ticks(int(v), precision)
+    name = t.unwrap().name
     if name in ("DateTime", "DateTime64"):
         return from_micros(v)
     if name in ("Date", "Date32"):

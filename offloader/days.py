@@ -16,10 +16,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from offloader.types import ChType, time_precision
+
 if TYPE_CHECKING:
     import pyarrow as pa
-
-    from offloader.types import ChType
 
 SECONDS_PER_DAY = 86_400
 _TICKS_DOC = re.compile(r"^ticks of 10\^-([0-9]) seconds since 1970-01-01 00:00:00 UTC")
@@ -34,9 +34,7 @@ def kind_of(t: ChType) -> str:
     """The kind of a watermark column of ClickHouse type `t`."""
     base = t.unwrap()
     if base.name == "DateTime64":
-        precision = base.args[0] if base.args else 3
-        assert isinstance(precision, int)
-        return f"ticks{precision}" if precision > 6 else "micros"
+        return f"ticks{time_precision(base)}" if time_precision(base) > 6 else "micros"
     if base.name == "DateTime":
         return "micros"
     if base.name in ("Date", "Date32"):
@@ -57,13 +55,17 @@ def kind_of_field(iceberg_type: str, doc: str | None) -> str:
     return "value"
 
 
+def ticks_precision(kind: str) -> int | None:
+    """P of a "ticksP" kind (DateTime64(P), P > 6); None for the other kinds."""
+    return int(kind[5:]) if kind.startswith("ticks") else None
+
+
 def per_second(kind: str) -> int | None:
     """Units per second: 10^6 for micros, 10^P for ticks; None for days and values."""
     if kind == "micros":
         return 1_000_000
-    if kind.startswith("ticks"):
-        return int(10 ** int(kind[5:]))
-    return None
+    precision = ticks_precision(kind)
+    return None if precision is None else int(10**precision)
 
 
 def per_day(kind: str) -> int | None:

@@ -302,7 +302,7 @@ def compaction_cutoff(uppers: Sequence[Any], kind: str, now: float, margin: floa
     newest = max(uppers)
     second = per_second(kind)
     if second is not None:  # micros, ticks
-        return min(newest, int(now - margin) * second)
+        return min(newest, int((now - margin) * second))
     if kind == "days":
         return min(newest, int((now - margin) // 86400))
     return newest

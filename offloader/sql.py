@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from offloader.cursor import ticks_text
-from offloader.types import ChType, leaf_name, quote_ident
+from offloader.types import ChType, leaf_name, quote_ident, time_precision
 
 __all__ = ["behind_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
 
@@ -57,7 +57,7 @@ def literal(t: ChType, encoded: Any) -> str:
     base = t.unwrap()
     name = base.name
     if name == "DateTime64":
-        precision = int(str(base.args[0] if base.args else 3))
+        precision = time_precision(base)
         if precision > 6 and not isinstance(encoded, str):  # ticks (cursor.Ticks)
             encoded = ticks_text(int(encoded), precision)
         return f"toDateTime64({quote_string(str(encoded))}, {precision}, 'UTC')"
@@ -168,7 +168,7 @@ def _first_day_only(source: str, wm_name: str, wm_type: ChType, where: str) -> s
         # Of the column's own type: ClickHouse 26.9 filters a DateTime64 column against
         # a DateTime bound wrongly when the primary key is used (a row at 23:59:59.999999
         # is dropped from `ts < toDateTime('…-02 00:00:00')`), which stalled the scan.
-        precision = int(str(wm_type.unwrap().args[0])) if wm_type.unwrap().args else 3
+        precision = time_precision(wm_type)
         end = f"toDateTime64(toStartOfDay({q}, 'UTC') + toIntervalDay(1), {precision}, 'UTC')"
     elif wm_type.unwrap().name == "DateTime":
         end = f"toStartOfDay({q}, 'UTC') + toIntervalDay(1)"

@@ -301,6 +301,13 @@ AS_COUNT = {
 }
 
 
+def time_precision(t: ChType) -> int:
+    """The digits after the second of a DateTime64 type (3 when not given)."""
+    precision = t.unwrap().args[0] if t.unwrap().args else 3
+    assert isinstance(precision, int)
+    return precision
+
+
 def decimal_precision(t: ChType) -> tuple[int, int]:
     """(precision, scale) of a Decimal type of any spelling."""
     name = t.name
@@ -352,8 +359,7 @@ def leaf_name(t: ChType) -> str:
     if base.name == "QBit" and base.args and isinstance(base.args[0], ChType):
         return f"QBit{base.args[0].name}"
     if base.name == "DateTime64":
-        precision = base.args[0] if base.args else 3
-        return "DateTime64Ticks" if isinstance(precision, int) and precision > 6 else base.name
+        return "DateTime64Ticks" if time_precision(base) > 6 else base.name
     decimal = (base.name == "Decimal" or base.name in DECIMAL_WIDTH) and bool(base.args)
     if decimal and decimal_precision(base)[0] > 38:
         return "WideDecimal"

@@ -31,6 +31,7 @@ from offloader.types import (
     nested_as_array,
     parse_type,
     quote_ident,
+    time_precision,
 )
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ def _doc(t: ChType) -> dict[bytes, bytes] | None:
     if leaf in AS_COUNT:
         return {b"doc": AS_COUNT[leaf].encode()}
     if leaf == "DateTime64Ticks":
-        return {b"doc": ticks_doc(int(str(t.unwrap().args[0])), t).encode()}
+        return {b"doc": ticks_doc(time_precision(t), t).encode()}
     return None
 
 
