@@ -193,6 +193,26 @@ class ClickHouseDays:
     fingerprint: str = ""  # the source's parts when read (sql.parts_fingerprint), or ''
 
 
+@dataclass(frozen=True, slots=True)
+class DaysAhead:
+    """ClickHouse's days from `start` up to `position`, read before that position was
+    committed (checkup.read_ahead); audit_days uses them for that position."""
+
+    position: list[Any]
+    start: dt.date
+    hot: ClickHouseDays
+
+
+def reread_from(
+    first_day: dt.date, known: ClickHouseDays | None, known_before: dt.date | None
+) -> dt.date:
+    """The first day of the window whose ClickHouse side must be read (again): the
+    days before `known_before` are as the run's prepare read them (`known`)."""
+    if known is not None and known_before is not None:
+        return max(first_day, known_before)
+    return first_day
+
+
 async def clickhouse_days(
     ch: Source,
     source: str,
@@ -250,20 +270,23 @@ async def audit_days(
     recorded: dict[int, DaySum] | None = None,
     known: ClickHouseDays | None = None,
     known_before: dt.date | None = None,
+    ahead: DaysAhead | None = None,
 ) -> Audit:
     """Counts of both tiers per day in [first_day, last_day], up to the committed
     `position` (rows after it are not offloaded yet, on either side); with `hashed`
     and the `recorded` day sums, checksums too. Iceberg's counts come from the
     manifests, cached per snapshot. `known`: ClickHouse's days as the run's prepare read
     them, still true before `known_before` (the day of the position they were read at:
-    the run's commits only touch later rows), so only the days from it are read again."""
+    the run's commits only touch later rows), so only the days from it are read again.
+    `ahead`: those days, read already for this position (used if they are the same)."""
     from offloader.iceberg import maintenance as ops  # pyiceberg: only when auditing it
 
     wm_name = order[0][0]
-    start = first_day
-    if known is not None and known_before is not None:
-        start = max(first_day, known_before)
-    hot = await clickhouse_days(ch, source, order, position, start, hashed)
+    start = reread_from(first_day, known, known_before)
+    if ahead is not None and ahead.position == list(position) and ahead.start == start:
+        hot = ahead.hot
+    else:
+        hot = await clickhouse_days(ch, source, order, position, start, hashed)
     if known is not None and start > first_day:
         for n in range(day_number(first_day), day_number(start)):
             hot.rows[n] = known.rows.get(n, 0)

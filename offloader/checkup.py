@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from offloader import audit as tiers
 from offloader import cursor, plan
@@ -43,6 +43,28 @@ class TableRun(Protocol):
     parts: str  # the source's parts_fingerprint when prepare read it apart from the window
     days: tiers.ClickHouseDays | None  # ClickHouse's side of the window, read by prepare
     days_before: dt.date | None  # ... still true before this day (the position's day)
+    audit_ahead: tiers.DaysAhead | None  # read_ahead's result
+
+
+async def read_ahead(run: TableRun, position: list[Any]) -> None:
+    """The audit's ClickHouse query for `position`, the last position of a complete
+    scan, started as soon as that page is read: it runs while the run's last files are
+    written and committed, and audit() then only compares. All rows up to `position`
+    were read before it starts, so it sees what a query after the commits would (rows
+    arriving later are found by the next cycle either way). A failure leaves the query
+    to audit(), which reports it."""
+    table, src = run.table, run.src
+    bounds = tiers.window(src.order[0][1], position, table.audit_days)
+    if bounds is None:
+        return
+    start = tiers.reread_from(bounds[0], run.days, run.days_before)
+    try:
+        hot = await tiers.clickhouse_days(
+            src.source, src.relation, src.order, position, start, run.hashed
+        )
+    except TableError:
+        return
+    run.audit_ahead = tiers.DaysAhead(position, start, hot)
 
 
 async def audit(run: TableRun) -> bool:
@@ -75,6 +97,7 @@ async def audit(run: TableRun) -> bool:
             recorded,
             run.days,
             run.days_before,
+            run.audit_ahead,
         )
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})

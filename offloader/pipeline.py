@@ -21,6 +21,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from offloader import audit, checkup, cursor, days, faults, plan
@@ -62,6 +63,7 @@ class TableRun:
         self.run_id = run_id
         self.stopping = stopping
         self.seq = 0  # the committed offloader seq (Iceberg marker and PostgreSQL)
+        self.audit_ahead: audit.DaysAhead | None = None  # checkup.read_ahead
 
     async def run(self) -> None:
         async with open_table(self.services.clickhouse, self.table) as src:
@@ -220,7 +222,7 @@ class TableRun:
         moved = False
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._fetch, Scan(self.src.relation, upto), after, send)
+                tg.start_soon(self._fetch, Scan(self.src.relation, upto), after, send, tg)
                 if opening:
                     await self.open_iceberg()
                     moved = self.report.watermark != after
@@ -239,10 +241,18 @@ class TableRun:
         return self.stopping is not None and self.stopping.is_set()
 
     async def _fetch(
-        self, scan: Scan, after: list[Any] | None, send: MemoryObjectSendStream[Page]
+        self,
+        scan: Scan,
+        after: list[Any] | None,
+        send: MemoryObjectSendStream[Page],
+        tg: TaskGroup,
     ) -> None:
+        """Read the scan's pages into `send`. When the scan is complete, the audit's
+        ClickHouse query for its last position starts at once (checkup.read_ahead), so
+        it runs while the last pages are written and committed."""
         table, report = self.table, self.report
         fetched = 0
+        position = after
         pages = keyset_pages(self.pager, scan, after, table.batch_rows)
         async with send, aclosing(pages):
             if self._stopped():
@@ -253,15 +263,23 @@ class TableRun:
                 page = await anext(pages, None)
                 report.stage("clickhouse_read", time.monotonic() - t0)
                 if page is None:
+                    self._read_ahead(tg, position)
                     return
                 faults.point("read")
                 log.debug(
                     "page read",
                     extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
                 )
-                await send.send(page)
                 fetched += page.rows
-                if page.rows < table.batch_rows and not page.cut:
+                position = page.position
+                # The scan is complete after a short page, or once it has read as many
+                # rows as were waiting when prepare looked (rows that came since wait for
+                # the next cycle, after the position): no empty page is read to find out.
+                done = (page.rows < table.batch_rows and not page.cut) or fetched >= self.waiting
+                if done:
+                    self._read_ahead(tg, position)
+                await send.send(page)
+                if done:
                     return
                 if fetched >= table.max_rows_per_cycle:
                     report.more = True
@@ -273,6 +291,10 @@ class TableRun:
                 if self._stopped():
                     report.more = True
                     return
+
+    def _read_ahead(self, tg: TaskGroup, position: list[Any] | None) -> None:
+        if position is not None and self.day_column is not None:
+            tg.start_soon(checkup.read_ahead, self, list(position))
 
     async def _consume(self, receive: MemoryObjectReceiveStream[Page]) -> None:
         """Convert pages as they arrive and hand chunks to a writer task, so writing

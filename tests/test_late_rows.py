@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import anyio
 import orjson
@@ -115,6 +116,46 @@ def test_late_rows_detected_then_repaired(env: Env) -> None:
     assert after["drifted"] == [] and after["rows"] == 50
     env.assert_tiers_equal("cold.late")
     assert env.cli("status", "--check").returncode == 0
+
+
+def test_the_audit_reads_clickhouse_while_the_run_commits(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a run has read its last page, the audit's ClickHouse query starts
+    (checkup.read_ahead) and runs while the files are written and committed: the audit
+    after the commits reads no window of its own, and still reports a late row."""
+    from offloader import audit, pipeline
+
+    events: list[str] = []
+    window = audit.clickhouse_days
+
+    async def counting(*args: Any, **kwargs: Any) -> audit.ClickHouseDays:
+        events.append("window")
+        return await window(*args, **kwargs)
+
+    commit = pipeline.TableRun._commit
+
+    async def committing(*args: Any, **kwargs: Any) -> None:
+        await commit(*args, **kwargs)
+        events.append("committed")
+
+    monkeypatch.setattr(audit, "clickhouse_days", counting)
+    monkeypatch.setattr(pipeline.TableRun, "_commit", committing)
+    setup_days(env, "ahead")
+    env.write_config([env.table("ahead", audit_days=4, batch_rows=1000)])
+    first = cycle(env, Metrics())
+    assert first["rows"] == 6 * 600 + 30 and first["drifted"] == [] and "audit" in first["stages"]
+    # prepare had no position (no window); the one window query began before the commit.
+    assert events == ["window", "committed"], events
+
+    events.clear()
+    env.insert_trades("ahead", 5, first_id=700_000, start=f"{DAYS[5]} 12:00:00")  # late
+    env.insert_trades("ahead", 40, first_id=800_000, start=f"{DAYS[6]} 05:00:00")
+    second = cycle(env, Metrics())
+    assert second["rows"] == 40
+    assert [d["day"] for d in second["drifted"]] == [DAYS[5]], second
+    # prepare's window, then the read-ahead's (from the position's day), then the commit.
+    assert events == ["window", "window", "committed"], events
 
 
 def test_repair_policy_and_dropped_day_is_refused(env: Env) -> None:

@@ -181,3 +181,35 @@ def test_recovery_found_while_the_first_page_is_read_reads_again_from_iceberg(
     assert h.store.position["cold.t"] == (400,) and h.store.seq["cold.t"] == 2
     # The speculative page (from the start) was read, then the two from row 301 on.
     assert h.fake.pages_served - served == 3
+
+
+def test_a_scan_ends_at_the_rows_prepare_counted_without_an_empty_page(
+    tmp_path: Path,
+    opened,  # type: ignore[no-untyped-def]
+) -> None:
+    """1,000 rows waiting in full pages of 100: the run ends after the tenth page, with no
+    eleventh (empty) one to find out. Rows arriving mid-run inside the scanned range take
+    the place of some counted ones; those are past the position and come next cycle:
+    none is lost or read twice."""
+    h = Harness(tmp_path, rows(1_000))
+    opened(h.fake)
+    report = h.run(table())
+    assert report.status == "ok" and report.rows == 1_000 and report.pages == 10
+    assert h.fake.pages_served == 10
+
+    evens = [(i, f"v{i}") for i in range(2_002, 4_001, 2)]  # 1,000 rows, ids 2002..4000
+    h.fake.data += evens
+    odds = [(i, f"v{i}") for i in range(2_601, 2_800, 2)]  # 100 rows among them, mid-run
+
+    def arrive(n: int) -> None:
+        if n == 13:  # the third page of the second run, which reads from id 2402 on
+            h.fake.data += odds
+
+    h.fake.on_page = arrive
+    second = h.run(table())
+    assert second.status == "ok" and second.rows == 1_000 and not second.more
+    assert h.fake.pages_served == 20  # ten full pages, then the count was reached
+    h.fake.on_page = None
+    third = h.run(table())
+    assert third.rows == 100  # the counted rows the new ones displaced
+    assert h.iceberg_rows() == sorted(rows(1_000) + evens + odds)

@@ -63,6 +63,12 @@ if TYPE_CHECKING:
 # Each column's CAST is aliased by the column's own name: WHERE and ORDER BY must still
 # mean the source column (a DateTime64(9) watermark is compared as a time, not as the
 # ticks it is stored as), so column names win over aliases.
+# A column's dictionary is abandoned once it grows past this: ClickHouse's default
+# (1 MiB) spends a fifth of a page's CPU building dictionaries of unique values (times,
+# ids, prices) before giving up on them; low-cardinality columns (symbols, enums, tags)
+# stay far below it. Same file sizes here, 0.29 -> 0.23 CPU seconds per 500k-row page
+# (benchmarks/RESULTS.md, seventh session).
+DICTIONARY_BYTES = 64 * 1024
 SETTINGS = {
     "prefer_column_name_to_alias": "1",
     "output_format_parquet_string_as_string": "1",
@@ -71,6 +77,7 @@ SETTINGS = {
     "output_format_parquet_compliant_nested_types": "1",
     "output_format_parquet_compression_method": "zstd",
     "output_format_parquet_write_bloom_filter": "0",
+    "output_format_parquet_max_dictionary_size": str(DICTIONARY_BYTES),
     "output_format_parquet_write_page_index": "1",
     "output_format_parquet_wide_integer_as_decimal": "0",
     "output_format_parquet_enum_as_byte_array": "1",
