@@ -158,6 +158,56 @@ def test_the_audit_reads_clickhouse_while_the_run_commits(
     assert events == ["window", "window", "committed"], events
 
 
+def test_a_recovered_run_does_not_audit_with_the_dropped_reads_query(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that recovers the position from Iceberg (killed between the two commits)
+    drops the page it read from PostgreSQL's, and with it the audit query read ahead
+    for that read: a row arriving before the rows are read again is committed, and the
+    audit must not compare it with ClickHouse as it was before the row came."""
+    from offloader import checkup, pipeline
+
+    env.create_trades("rec")
+    env.insert_trades("rec", 300, first_id=1, start="2026-01-01 00:00:00", step_us=10**6)
+    env.write_config([env.table("rec", audit_days=4)])
+    killed = env.cli("once", extra_env={"OFFLOADER_TEST_KILL_AT": "iceberg_commit"})
+    assert killed.returncode == -9, killed.stderr
+    env.insert_trades("rec", 20, first_id=10_000, start="2026-01-01 01:00:00", step_us=10**6)
+
+    ahead: list[list[Any]] = []
+    events: dict[str, anyio.Event] = {}  # created inside the run's event loop
+
+    def first_ahead() -> anyio.Event:
+        return events.setdefault("ahead", anyio.Event())
+
+    read_ahead = checkup.read_ahead
+
+    async def reading_ahead(run: Any, position: list[Any]) -> None:
+        if ahead:
+            return  # the second read-ahead fails (the audit queries itself)
+        await read_ahead(run, position)
+        ahead.append(position)
+        # Before the rows are read again from Iceberg's position: one more, among them.
+        await anyio.to_thread.run_sync(
+            lambda: env.insert_trades("rec", 1, first_id=20_000, start="2026-01-01 00:30:00")
+        )
+        first_ahead().set()
+
+    open_iceberg = pipeline.TableRun.open_iceberg
+
+    async def opening(self: pipeline.TableRun) -> None:
+        with anyio.fail_after(60):  # the first page (all 320 rows) read, its query run
+            await first_ahead().wait()
+        await open_iceberg(self)
+
+    monkeypatch.setattr(checkup, "read_ahead", reading_ahead)
+    monkeypatch.setattr(pipeline.TableRun, "open_iceberg", opening)
+    report = cycle(env, Metrics())
+    assert report["recovered"] is True and report["rows"] == 21
+    assert report["drifted"] == [], report
+    env.assert_tiers_equal("cold.rec")
+
+
 def test_repair_policy_and_dropped_day_is_refused(env: Env) -> None:
     """late_rows = "repair" heals drifted days in the same run; a day whose rows are all
     gone from ClickHouse (a dropped partition, TTL) is refused and its Iceberg rows stay."""
