@@ -34,7 +34,8 @@ def kind_of(t: ChType) -> str:
     """The kind of a watermark column of ClickHouse type `t`."""
     base = t.unwrap()
     if base.name == "DateTime64":
-        return f"ticks{time_precision(base)}" if time_precision(base) > 6 else "micros"
+        precision = time_precision(base)
+        return f"ticks{precision}" if precision > 6 else "micros"
     if base.name == "DateTime":
         return "micros"
     if base.name in ("Date", "Date32"):

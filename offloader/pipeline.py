@@ -29,7 +29,7 @@ from offloader.config import TableConfig
 from offloader.iceberg import WrittenFiles
 from offloader.report import TableReport
 from offloader.services import Services
-from offloader.source import Page, Scan, keyset_pages, open_table
+from offloader.source import Page, Scan, keyset_pages, open_table, scan_complete
 from offloader.sql import behind_query, parts_fingerprint
 from offloader.state import DaySum, decode_days, encode_days
 
@@ -256,7 +256,7 @@ class TableRun:
         table, report = self.table, self.report
         fetched = 0
         position = after
-        pages = keyset_pages(self.pager, scan, after, table.batch_rows)
+        pages = keyset_pages(self.pager, scan, after, table.batch_rows, self.waiting)
         async with send, aclosing(pages):
             if self._stopped():
                 report.more = True
@@ -275,10 +275,7 @@ class TableRun:
                 )
                 fetched += page.rows
                 position = page.position
-                # The scan is complete after a short page, or once it has read as many
-                # rows as were waiting when prepare looked (rows that came since wait for
-                # the next cycle, after the position): no empty page is read to find out.
-                done = (page.rows < table.batch_rows and not page.cut) or fetched >= self.waiting
+                done = scan_complete(page, table.batch_rows, fetched, self.waiting)
                 if done:
                     self._read_ahead(tg, position)
                 await send.send(page)

@@ -11,7 +11,7 @@ import anyio
 from offloader import audit, source
 from offloader.config import Config, TableConfig
 from offloader.cursor import from_micros, watermark_from_int
-from offloader.days import kind_of
+from offloader.days import kind_of, ticks_precision
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
@@ -134,7 +134,7 @@ async def _source_side(
                 return
             order.append((name, parse_type(columns[name])))
         wm_type = order[0][1]
-        if st.watermark and kind_of(wm_type).startswith("ticks"):
+        if st.watermark and ticks_precision(kind_of(wm_type)) is not None:
             # DateTime64(7..9): the position holds its ticks; show the time they are.
             shown = str(watermark_from_int(wm_type, st.watermark[0]))
             st.shown = ", ".join([shown, *(str(v) for v in st.watermark[1:])])

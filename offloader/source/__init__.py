@@ -41,6 +41,7 @@ __all__ = [
     "keyset_pages",
     "open_source",
     "open_table",
+    "scan_complete",
     "table_columns",
     "table_ttl",
     "transport_of",
@@ -209,17 +210,31 @@ async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator
         yield SourceTable(s, table, columns, read_from(db, table.source_table, table.final), db)
 
 
+def scan_complete(page: Page, limit: int, read: int, waiting: int | None = None) -> bool:
+    """Whether no page follows `page`, `read` rows into its scan: it is short and not cut
+    at a day, or the scan has read the `waiting` rows counted before it began (rows that
+    came since are past its position, for the next scan): no empty page is read to find
+    the end."""
+    return (page.rows < limit and not page.cut) or (waiting is not None and read >= waiting)
+
+
 async def keyset_pages(
-    pager: Pager, scan: Scan, after: Sequence[Any] | None, limit: int
+    pager: Pager,
+    scan: Scan,
+    after: Sequence[Any] | None,
+    limit: int,
+    waiting: int | None = None,
 ) -> AsyncGenerator[Page, None]:
     """The pages of a keyset scan, in order: each next page starts after the previous
-    page's last row. Ends after an empty page, or a short one not cut at a day."""
+    page's last row. Ends after an empty page or the last one (scan_complete)."""
+    read = 0
     while True:
         page = await pager.read(scan, after, limit)
         if page.rows == 0:
             return
+        read += page.rows
         yield page
-        if page.rows < limit and not page.cut:
+        if scan_complete(page, limit, read, waiting):
             return
         after = page.position
 
