@@ -133,6 +133,20 @@ class MaintenanceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ViewsConfig:
+    """`[views]`: the ClickHouse view over both tiers that offloader keeps per table
+    (README "One table over both tiers")."""
+
+    enabled: bool = False  # keep a view for every table that does not say `view = false`
+    suffix: str = "_all"  # default view name: the source's name plus this, in its database
+    # The ClickHouse named collection holding access_key_id and secret_access_key, by which
+    # the server reads an S3 warehouse (icebergS3): secrets never appear in the view's DDL.
+    s3_collection: str = ""
+    # The object store's URL as ClickHouse reaches it (default: the catalog's s3.endpoint).
+    s3_endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ClickHouseConfig:
     host: str = "127.0.0.1"
     port: int = 9000
@@ -191,6 +205,8 @@ class TableConfig:
     late_rows: Literal["alert", "repair"] = "alert"  # what a run does with drifted days
     audit_checksums: bool = True  # the audit also compares per-day row-hash sums
     final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
+    # The view over both tiers, `database.name` (resolved from `view` and [views]); None: none.
+    view: str | None = None
 
     @property
     def source_database(self) -> str | None:
@@ -216,6 +232,7 @@ class Config:
     catalog: CatalogConfig
     tables: tuple[TableConfig, ...]
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    views: ViewsConfig = ViewsConfig()
 
     @property
     def enabled_tables(self) -> tuple[TableConfig, ...]:

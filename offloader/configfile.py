@@ -26,6 +26,7 @@ from offloader.config import (
     ServiceConfig,
     TableConfig,
     Transport,
+    ViewsConfig,
     format_duration,
     parse_duration,
     parse_partition,
@@ -62,7 +63,9 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> Config:
     reader = _Reader(path, env)
     reader.reject_unknown(
-        data, "", {"offloader", "clickhouse", "postgres", "iceberg", "tables", "maintenance"}
+        data,
+        "",
+        {"offloader", "clickhouse", "postgres", "iceberg", "tables", "maintenance", "views"},
     )
 
     svc = reader.section(data, "offloader", required=False)
@@ -127,10 +130,11 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
         reader.fail("iceberg.catalog.name", "is required (the catalog's name, e.g. 'cold')", None)
     catalog = CatalogConfig(name=str(name), properties=props)
 
+    views = reader.views(reader.section(data, "views", required=False), catalog)
     raw_tables = data.get("tables", [])
     if not isinstance(raw_tables, list) or not all(isinstance(t, dict) for t in raw_tables):
         reader.fail("tables", "must be an array of tables ([[tables]] blocks)", raw_tables)
-    tables = tuple(reader.table(i, t, clickhouse.transport) for i, t in enumerate(raw_tables))
+    tables = tuple(reader.table(i, t, clickhouse, views) for i, t in enumerate(raw_tables))
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
         if table.target in seen:
@@ -140,8 +144,19 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
                 table.target,
             )
         seen[table.target] = i
+    views_seen: dict[str, int] = {}
+    for i, table in enumerate(tables):
+        if table.view is None:
+            continue
+        if table.view in views_seen:
+            reader.fail(
+                f"tables[{i}] ({table.source}).view",
+                f"is also the view of tables[{views_seen[table.view]}]; each table needs its own",
+                table.view,
+            )
+        views_seen[table.view] = i
     maintenance = reader.maintenance(reader.section(data, "maintenance", required=False))
-    return Config(path, service, clickhouse, postgres, catalog, tables, maintenance)
+    return Config(path, service, clickhouse, postgres, catalog, tables, maintenance, views)
 
 
 class _Reader:
@@ -304,6 +319,53 @@ class _Reader:
             orphan_age=self.duration(data, w, "orphan_age", d.orphan_age, minimum=3600.0),
         )
 
+    def views(self, data: Mapping[str, Any], catalog: CatalogConfig) -> ViewsConfig:
+        w = "views"
+        d = ViewsConfig()
+        self.reject_unknown(data, w, set(ViewsConfig.__slots__))
+        suffix = self.string(data, w, "suffix", d.suffix)
+        if not suffix or not _IDENT.match(suffix) or "." in suffix:
+            self.fail(f"{w}.suffix", "must be a non-empty name part without dots", suffix)
+        collection = self.string(data, w, "s3_collection", d.s3_collection)
+        if collection and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", collection):
+            self.fail(f"{w}.s3_collection", "must be a named collection's name", collection)
+        endpoint = self.string(data, w, "s3_endpoint", catalog.properties.get("s3.endpoint", ""))
+        if endpoint and not re.match(r"^https?://[^/]+", endpoint):
+            self.fail(f"{w}.s3_endpoint", "must be an http:// or https:// URL", endpoint)
+        return ViewsConfig(
+            enabled=self.boolean(data, w, "enabled", d.enabled),
+            suffix=suffix,
+            s3_collection=collection,
+            s3_endpoint=endpoint.rstrip("/"),
+        )
+
+    def view(
+        self, data: Mapping[str, Any], label: str, source: str, database: str, views: ViewsConfig
+    ) -> str | None:
+        """A table's view name, `database.name`: `view = "db.name"` (or `"name"`, in the
+        source's database), `view = true` (the default name), `false` (none); absent:
+        the default name when [views] enabled."""
+        value = data.get("view", views.enabled)
+        db, _, name = source.rpartition(".")
+        db = db or database
+        if value is True:
+            return f"{db}.{name}{views.suffix}"
+        if value is False:
+            return None
+        if not isinstance(value, str) or not value.strip() or value.count(".") > 1:
+            self.fail(
+                f"{label}.view",
+                "must be true, false, 'database.view' or 'view' (in the source's database)",
+                value,
+            )
+        if any(not part or not _IDENT.match(part) for part in value.split(".")):
+            self.fail(f"{label}.view", "must be a name without control characters", value)
+        if "." not in value:
+            value = f"{db}.{value}"
+        if value == (source if "." in source else f"{db}.{source}"):
+            self.fail(f"{label}.view", "must not be the source table itself", value)
+        return value
+
     def transport(
         self, data: Mapping[str, Any], where: str, default: Transport | None
     ) -> Transport:
@@ -321,7 +383,14 @@ class _Reader:
             value,
         )
 
-    def table(self, index: int, data: Mapping[str, Any], transport: Transport) -> TableConfig:
+    def table(
+        self,
+        index: int,
+        data: Mapping[str, Any],
+        clickhouse: ClickHouseConfig,
+        views: ViewsConfig,
+    ) -> TableConfig:
+        transport = clickhouse.transport
         label = f"tables[{index}]"
         source = data.get("source")
         if isinstance(source, str) and source.strip():
@@ -404,6 +473,7 @@ class _Reader:
             late_rows=late_rows,
             audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
             final=self.boolean(data, label, "final", d["final"]),
+            view=self.view(data, label, source, clickhouse.database, views),
         )
 
 

@@ -5,8 +5,13 @@ Runs the clickhouse-local engine shipped in the `chdb-core` wheel (extra
 Docker, no system package. Not for production: point offloader at your own
 ClickHouse there.
 
-    python -m offloader.devserver start --dir var/clickhouse [--tcp-port 9000]
+    python -m offloader.devserver start --dir var/clickhouse [--tcp-port 9000] [--files-root var]
     python -m offloader.devserver stop --dir var/clickhouse
+
+clickhouse-local lets `file()` and `icebergLocal()` read only below its current directory
+(it ignores `<user_files_path>` for that check), so the server runs from `files_root`
+(default: its own directory): put the Iceberg warehouse below it and the views over both
+tiers can read the cold tier. Its config.xml is written there.
 """
 
 from __future__ import annotations
@@ -54,21 +59,28 @@ class Server:
 
 
 def start(
-    directory: str | os.PathLike[str], tcp_port: int = 0, http_port: int = 0, timeout: float = 60.0
+    directory: str | os.PathLike[str],
+    tcp_port: int = 0,
+    http_port: int = 0,
+    timeout: float = 60.0,
+    files_root: str | os.PathLike[str] | None = None,
 ) -> Server:
-    """Start the server in the background and wait until it accepts connections."""
+    """Start the server in the background and wait until it accepts connections.
+    `files_root`: the directory the server runs from, below which `icebergLocal` may
+    read (default: `directory`)."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     existing = running(d)
     if existing is not None:
         return existing
+    root = Path(files_root).resolve() if files_root is not None else d
     for stale in ("ports.tmp", "ports.tsv", "pid"):
         (d / stale).unlink(missing_ok=True)
-    (d / "config.xml").write_text(CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d))
+    (root / "config.xml").write_text(CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d))
     log = (d / "stdout.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(d)],
-        cwd=d,
+        cwd=root,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -141,9 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", default="var/clickhouse", help="data and run directory")
     parser.add_argument("--tcp-port", type=int, default=0, help="native port (0: any free)")
     parser.add_argument("--http-port", type=int, default=0, help="HTTP port (0: any free)")
+    parser.add_argument(
+        "--files-root",
+        default=None,
+        help="directory the server runs from; icebergLocal reads only below it (default: --dir)",
+    )
     args = parser.parse_args(argv)
     if args.action == "start":
-        s = start(args.dir, args.tcp_port, args.http_port)
+        s = start(args.dir, args.tcp_port, args.http_port, files_root=args.files_root)
         print(
             f"embedded ClickHouse pid {s.pid}: native 127.0.0.1:{s.tcp_port}, "
             f"http 127.0.0.1:{s.http_port}, data {s.directory}/data"

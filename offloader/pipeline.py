@@ -24,14 +24,14 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import audit, checkup, cursor, days, faults, plan
+from offloader import audit, checkup, cursor, days, faults, plan, view
 from offloader.config import TableConfig
 from offloader.iceberg import WrittenFiles
 from offloader.report import TableReport
 from offloader.services import Services
 from offloader.source import Page, Scan, keyset_pages, open_table, scan_complete
 from offloader.sql import behind_query, parts_fingerprint
-from offloader.state import DaySum, decode_days, encode_days
+from offloader.state import DaySum, ViewState, decode_days, encode_days
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -80,15 +80,54 @@ class TableRun:
                 if not await checkup.audit_recorded(self):
                     await self.open_iceberg()
                     await checkup.audit(self)
-                return
-            # The transport refuses a table it cannot store exactly before Iceberg is
-            # touched (no table is created for it).
-            self.pager = src.source.pager(self.table, src.plan, self.hashed)
-            await self.transfer(upto, opening=True)
-            if self.report.rows == 0:
-                self.report.status = "idle"
-            if not await checkup.audit(self):
-                await checkup.measure_behind(self)
+            else:
+                # The transport refuses a table it cannot store exactly before Iceberg is
+                # touched (no table is created for it).
+                self.pager = src.source.pager(self.table, src.plan, self.hashed)
+                await self.transfer(upto, opening=True)
+                if self.report.rows == 0:
+                    self.report.status = "idle"
+                if not await checkup.audit(self):
+                    await checkup.measure_behind(self)
+            await self.keep_view()
+
+    async def keep_view(self) -> None:
+        """Bring the view over both tiers to the committed position unless it is there
+        (a commit replaced it; else: a first run, a crash before the replacement, a
+        failed replacement, a repair, a changed source schema or config). An idle run
+        whose view is current makes no query for it."""
+        table = self.table
+        if table.view is None:
+            return
+        known = await self.services.watermarks.view_state(table.target)
+        position = self.report.watermark
+        spec = view.spec_of(self.src, table, self.seq, position)
+        cold: view.ColdSide | None = None
+        if known is not None and known.error is None and known.metadata is not None:
+            cold = view.ColdSide(self.ice_location(known), known.metadata, known.snapshot_id)
+        if position is None:
+            cold = None
+        elif known is None or known.seq != self.seq or cold is None:
+            if getattr(self, "ice", None) is None:
+                await self.open_iceberg()
+                spec = view.spec_of(self.src, table, self.seq, self.report.watermark)
+            cold = self._cold()
+        views = self.services.views
+        current = known is not None and known.error is None
+        if current and known is not None and known.signature == spec.signature(cold, views):
+            return
+        self.report.view_error = await view.keep(
+            self.src.source, self.services.watermarks, views, spec, cold, target=table.target
+        )
+
+    def ice_location(self, known: ViewState) -> str:
+        """The table location of a recorded view's metadata file (its parent's parent)."""
+        assert known.metadata is not None
+        return known.metadata.rsplit("/metadata/", 1)[0]
+
+    def _cold(self) -> view.ColdSide:
+        """The cold side as this run's Iceberg table is now (after its last commit)."""
+        return view.ColdSide(self.ice.location, self.ice.metadata_location, self.ice.snapshot_id)
 
     async def prepare(self) -> Any | None:
         """Read the committed state and what ClickHouse holds past it (one query that
@@ -426,6 +465,17 @@ class TableRun:
             "committed",
             extra={"table": table.target, "rows": rows, "seq": mark.seq, "watermark": position},
         )
+        if table.view is not None:
+            # The view moves with every commit: its cold side is this commit's metadata
+            # file (older ones are deleted after metadata_versions more commits).
+            report.view_error = await view.keep(
+                self.src.source,
+                services.watermarks,
+                services.views,
+                view.spec_of(self.src, table, mark.seq, position),
+                self._cold(),
+                target=table.target,
+            )
 
 
 # Converted batches (or the Parquet files ClickHouse encoded), the position they reach

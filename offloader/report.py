@@ -26,6 +26,7 @@ class TableReport:
     lag_seconds: float | None = None  # age of the oldest of them (plan.behind)
     drifted: list[dict[str, Any]] | None = None  # audited days whose tiers differ (after repair)
     repaired: list[str] = field(default_factory=list)  # days the late_rows policy repaired
+    view_error: str | None = None  # the view over both tiers could not be replaced (view.py)
 
     def stage(self, name: str, seconds: float) -> None:
         """Add `seconds` to the time spent in stage `name`."""
@@ -55,6 +56,8 @@ class TableReport:
             d["drifted"] = self.drifted
         if self.repaired:
             d["repaired"] = self.repaired
+        if self.view_error:
+            d["view_error"] = self.view_error
         if self.rows_behind is not None:
             d["rows_behind"] = self.rows_behind
             d["lag_seconds"] = None if self.lag_seconds is None else round(self.lag_seconds, 3)

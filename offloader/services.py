@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from offloader.config import ClickHouseConfig
+from offloader.config import ClickHouseConfig, ViewsConfig
 from offloader.progress import Progress
 from offloader.state import Store
 
@@ -30,6 +30,7 @@ class Services:
     # imports pyiceberg nor opens the catalog.
     open_catalog: Callable[[], IcebergCatalog]
     progress: Progress | None = None  # live bars on a terminal (progress.py)
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # the views over both tiers
     _catalog: IcebergCatalog | None = None
     _opening: anyio.Lock = field(default_factory=anyio.Lock)
 

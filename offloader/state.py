@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-__all__ = ["AuditAgreed", "DaySum", "DaySums", "StatusRow", "Store", "TableState"]
+__all__ = [
+    "AuditAgreed",
+    "DaySum",
+    "DaySums",
+    "StatusRow",
+    "Store",
+    "TableState",
+    "ViewState",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +99,24 @@ class StatusRow:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class ViewState:
+    """The view over both tiers as offloader last replaced it (view.py): the commit and
+    position it is at, the metadata file its cold side reads, a digest of its inputs;
+    or the error of the last attempt to replace it."""
+
+    target: str
+    name: str
+    seq: int = -1
+    position: tuple[Any, ...] | None = None
+    metadata: str | None = None
+    snapshot_id: int | None = None
+    signature: str = ""
+    replaced_at: datetime | None = None
+    error: str | None = None
+    failed_at: datetime | None = None
+
+
 class Store(Protocol):
     """What a table run needs of the state store (Watermarks; a fake in the unit tests)."""
 
@@ -116,6 +142,12 @@ class Store(Protocol):
     async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]: ...
 
     async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None: ...
+
+    async def view_state(self, target: str) -> ViewState | None: ...
+
+    async def record_view(self, state: ViewState) -> None: ...
+
+    async def view_failed(self, target: str, name: str, error: str) -> None: ...
 
     async def record_run(
         self,

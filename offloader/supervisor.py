@@ -99,6 +99,7 @@ async def open_runtime(cfg: Config, progress: Progress | None = None) -> AsyncIt
             cpu=anyio.CapacityLimiter(max(1, os.cpu_count() or 1)),
             io=anyio.CapacityLimiter(max(2, cfg.service.max_parallel_tables)),
             progress=progress,
+            views=cfg.views,
         )
         yield Runtime(services)
     finally:

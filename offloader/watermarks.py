@@ -23,7 +23,7 @@ import asyncpg
 from offloader import cursor, faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
-from offloader.state import AuditAgreed, DaySum, DaySums, StatusRow, TableState
+from offloader.state import AuditAgreed, DaySum, DaySums, StatusRow, TableState, ViewState
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,22 @@ MIGRATIONS: tuple[str, ...] = (
     # window again. Every commit and reset clears it.
     """
     ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS audit_agreed text;
+    """,
+    # The view over both tiers per table (state.ViewState): what it was last replaced
+    # with, or why the last replacement failed.
+    """
+    CREATE TABLE IF NOT EXISTS {s}.views (
+        target      text PRIMARY KEY,
+        name        text NOT NULL,
+        seq         bigint NOT NULL DEFAULT -1,
+        position    jsonb,
+        metadata    text,
+        snapshot_id bigint,
+        signature   text NOT NULL DEFAULT '',
+        replaced_at timestamptz,
+        error       text,
+        failed_at   timestamptz
+    );
     """,
 )
 _MOD64 = 2**64
@@ -303,6 +319,56 @@ class Watermarks:
             last,
         )
         return {int(r[0]): DaySum(int(r[1]), int(r[2]), str(r[3])) for r in rows}
+
+    async def view_state(self, target: str) -> ViewState | None:
+        states = await self.views(target)
+        return states[0] if states else None
+
+    async def views(self, target: str | None = None) -> list[ViewState]:
+        """The recorded views (of one table, or all)."""
+        rows = await self._run(
+            "read views",
+            f"""SELECT target, name, seq, position::text, metadata, snapshot_id, signature,
+                       replaced_at, error, failed_at
+                FROM {self._s}.views WHERE $1::text IS NULL OR target = $1 ORDER BY target""",
+            target,
+        )
+        return [
+            ViewState(r[0], r[1], r[2], cursor.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+            for r in rows
+        ]
+
+    async def record_view(self, state: ViewState) -> None:
+        pos = None if state.position is None else cursor.dumps(state.position)
+        await self._run(
+            "record view",
+            f"""INSERT INTO {self._s}.views
+                (target, name, seq, position, metadata, snapshot_id, signature, replaced_at)
+                VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, now())
+                ON CONFLICT (target) DO UPDATE SET
+                    name = EXCLUDED.name, seq = EXCLUDED.seq, position = EXCLUDED.position,
+                    metadata = EXCLUDED.metadata, snapshot_id = EXCLUDED.snapshot_id,
+                    signature = EXCLUDED.signature, replaced_at = now(), error = NULL,
+                    failed_at = NULL""",
+            state.target,
+            state.name,
+            state.seq,
+            pos,
+            state.metadata,
+            state.snapshot_id,
+            state.signature,
+        )
+
+    async def view_failed(self, target: str, name: str, error: str) -> None:
+        await self._run(
+            "record view failure",
+            f"""INSERT INTO {self._s}.views (target, name, error, failed_at)
+                VALUES ($1, $2, $3, now())
+                ON CONFLICT (target) DO UPDATE SET error = EXCLUDED.error, failed_at = now()""",
+            target,
+            name,
+            error[:2000],
+        )
 
     async def record_run(
         self,

@@ -10,6 +10,7 @@ arrayMap / mapApply / tuple (`rewrite_leaves`). Pure: no server, no driver.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -194,6 +195,9 @@ def _contains(t: ChType, names: tuple[str, ...]) -> bool:
 
 # --- wire forms ---------------------------------------------------------------------
 
+# A leaf's SQL template ("{}" is the value), or a function of the leaf's type giving one.
+Leaf = str | Callable[[ChType], str]
+
 # Values stored as ClickHouse's text of them, over HTTP (arrow, parquet) at every level.
 TEXT_LEAVES = dict.fromkeys(("IPv4", "IPv6", "Enum8", "Enum16", "JSON", "Object"), "toString({})")
 # ClickHouse's text of a Variant or Dynamic value, NULL kept NULL (toString gives '').
@@ -221,13 +225,15 @@ NATIVE_NESTED_LEAVES = {
 }
 
 
-def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0) -> str:
+def rewrite_leaves(t: ChType, expr: str, leaves: Mapping[str, Leaf], depth: int = 0) -> str:
     """`expr` with every value whose type is a key of `leaves` replaced by that SQL
     template, containers rewritten element by element (arrayMap, mapApply, tuple)."""
     base = t.unwrap()
     name = base.name
     if leaf_name(base) in leaves:
-        return leaves[leaf_name(base)].format(expr)
+        template = leaves[leaf_name(base)]
+        # A template may depend on the type's arguments: a function of the type then.
+        return str(template(base) if callable(template) else template).format(expr)
     v = f"__v{depth}"
     if name == "Nested":  # read as the Array(Tuple(...)) it is (drivers know no Nested)
         element = rewrite_leaves(nested_as_array(base).inner, v, leaves, depth + 1)
@@ -254,7 +260,7 @@ def rewrite_leaves(t: ChType, expr: str, leaves: dict[str, str], depth: int = 0)
     return expr
 
 
-def has_leaf(t: ChType, leaves: dict[str, str]) -> bool:
+def has_leaf(t: ChType, leaves: Mapping[str, Leaf]) -> bool:
     base = t.unwrap()
     if leaf_name(base) in leaves:
         return True

@@ -33,7 +33,9 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.Server]:
     directory = tmp_path_factory.mktemp("clickhouse")
-    server = devserver.start(directory)
+    # It runs from the session's base directory, so icebergLocal (the views over both
+    # tiers) can read every test's warehouse below it.
+    server = devserver.start(directory, files_root=tmp_path_factory.getbasetemp())
     try:
         yield server
     finally:

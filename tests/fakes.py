@@ -8,6 +8,7 @@ TIES` semantics; its small queries are recognised by what they ask for.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,7 +23,7 @@ from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
 from offloader.sql import RowHash
-from offloader.state import AuditAgreed, DaySum, DaySums, TableState
+from offloader.state import AuditAgreed, DaySum, DaySums, TableState, ViewState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
 NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)
@@ -67,6 +68,7 @@ class FakeSource:
     # Called with the page number (1-based) before a page is served: raise to fail it.
     on_page: Callable[[int], None] | None = None
     pages_served: int = 0
+    commands: list[str] = field(default_factory=list)  # DDL run through command()
 
     async def rows(self, query: str) -> list[tuple[Any, ...]]:
         if "system.columns" in query:
@@ -79,6 +81,9 @@ class FakeSource:
 
     async def scalar(self, query: str) -> Any:
         return (await self.rows(query))[0][0]
+
+    async def command(self, query: str) -> None:
+        self.commands.append(query)
 
     def pager(
         self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None
@@ -124,6 +129,7 @@ class FakeStore:
     locked: set[str] = field(default_factory=set)
     sums: dict[tuple[str, int], DaySum] = field(default_factory=dict)
     agreed: dict[str, AuditAgreed] = field(default_factory=dict)
+    views: dict[str, ViewState] = field(default_factory=dict)
 
     @asynccontextmanager
     async def table_lock(self, target: str) -> AsyncIterator[None]:
@@ -175,3 +181,13 @@ class FakeStore:
 
     async def record_run(self, **run: Any) -> None:
         self.runs.append(run)
+
+    async def view_state(self, target: str) -> ViewState | None:
+        return self.views.get(target)
+
+    async def record_view(self, state: ViewState) -> None:
+        self.views[state.target] = state
+
+    async def view_failed(self, target: str, name: str, error: str) -> None:
+        old = self.views.get(target) or ViewState(target, name)
+        self.views[target] = dataclasses.replace(old, error=error)

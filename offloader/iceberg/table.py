@@ -137,6 +137,16 @@ class IcebergTable:
         snap = self._table.current_snapshot()
         return snap.snapshot_id if snap else None
 
+    @property
+    def location(self) -> str:
+        """The table's base location (file://… or s3://…)."""
+        return str(self._table.location())
+
+    @property
+    def metadata_location(self) -> str:
+        """The metadata file of the table's current state (what the view pins)."""
+        return str(self._table.metadata_location)
+
     def snapshot_count(self) -> int:
         return len(self._table.metadata.snapshots)
 

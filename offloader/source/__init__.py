@@ -143,6 +143,10 @@ class Source(Protocol):
 
     async def scalar(self, query: str) -> Any: ...
 
+    async def command(self, query: str) -> None:
+        """A statement without a result (DDL: the view over both tiers)."""
+        ...
+
     def pager(self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None) -> Pager:
         """The table's page reader; with `row_hash`, pages also carry each row's hash
         (Page.checksums) or their sums per day (Page.summed)."""

@@ -187,6 +187,9 @@ class ArrowHttpSession:
                 f"{self._where()}: malformed JSON reply ({type(exc).__name__}: {exc})"
             ) from None
 
+    async def command(self, query: str) -> None:
+        await self._post(query, QUERY_SETTINGS, "statement")
+
     async def scalar(self, query: str) -> Any:
         rows = await self.rows(query)
         return rows[0][0] if rows else None

@@ -69,6 +69,7 @@ class ClickHouseSession:
             **kwargs,
         )
         self._open = False
+        self._busy = anyio.Lock()
 
     def __repr__(self) -> str:
         cfg = self._cfg
@@ -130,18 +131,21 @@ class ClickHouseSession:
     async def execute(
         self, query: str, *, columnar: bool = False, strings_as_bytes: bool = False
     ) -> Any:
-        if not self._open:
-            await self.connect()
-        settings = {"strings_as_bytes": True} if strings_as_bytes else None
-        try:
-            with self._mapped("query"), anyio.fail_after(self._cfg.query_timeout):
-                return await self._conn.execute(
-                    query, columnar=columnar, with_column_types=columnar, settings=settings
-                )
-        except BaseException:
-            # Includes cancellation (deadline, shutdown): the connection is unusable now.
-            await self._discard()
-            raise
+        # One connection runs one query at a time: a statement from a sibling task (the
+        # view replaced after a commit while the next page is read) waits its turn.
+        async with self._busy:
+            if not self._open:
+                await self.connect()
+            settings = {"strings_as_bytes": True} if strings_as_bytes else None
+            try:
+                with self._mapped("query"), anyio.fail_after(self._cfg.query_timeout):
+                    return await self._conn.execute(
+                        query, columnar=columnar, with_column_types=columnar, settings=settings
+                    )
+            except BaseException:
+                # Includes cancellation (deadline, shutdown): the connection is unusable now.
+                await self._discard()
+                raise
 
     async def rows(self, query: str) -> list[tuple[Any, ...]]:
         result = await self.execute(query)
@@ -150,6 +154,9 @@ class ClickHouseSession:
     async def scalar(self, query: str) -> Any:
         rows = await self.rows(query)
         return rows[0][0] if rows else None
+
+    async def command(self, query: str) -> None:
+        await self.execute(query)
 
     def pager(
         self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None

@@ -1,0 +1,357 @@
+"""One table over both tiers: the ClickHouse VIEW offloader keeps at each table's
+committed position.
+
+    SELECT <source columns> FROM hot WHERE (wm, keys) > <committed position>
+    UNION ALL
+    SELECT <Iceberg columns cast back to the source's types>
+    FROM icebergLocal|icebergS3(<table>, SETTINGS iceberg_metadata_file_path = <the metadata
+                                        file of the commit that reached that position>)
+
+The cold side reads the pinned metadata file, whose snapshot holds exactly the rows at
+or before the position, and the hot side the rows after it (with the cursor's own
+tie-break on the keys), so every row is returned once. The view is replaced (`CREATE
+OR REPLACE VIEW`, atomic) after every commit that moves the position or rewrites the
+table; a crash before the replacement leaves the previous (position, snapshot) pair,
+which is just as consistent, and the next run replaces it.
+
+The pure part (`cold_reader`, `column_pair`, `view_ddl`) builds the SQL from the
+source's columns and what ClickHouse's Iceberg reader reports of the cold table; `keep`
+runs it through the table's source session and records the result in the state store.
+Column types are the source's, name for name (the type map run backwards); the families
+with no exact way back (Variant, Dynamic, Geometry) read ClickHouse's text of the value
+from both tiers (README "One table over both tiers").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from offloader import cursor, faults
+from offloader.config import TableConfig, ViewsConfig
+from offloader.errors import OffloaderError, TableError
+from offloader.source.parquet import iceberg_type
+from offloader.sql import keyset_after, quote_ident, quote_string
+from offloader.state import Store, ViewState
+from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
+from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
+
+if TYPE_CHECKING:
+    from offloader.source import Source, SourceTable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ColdSide", "ViewError", "cold_reader", "column_pair", "keep", "view_ddl"]
+
+
+class ViewError(TableError):
+    """The view over both tiers could not be built or replaced. Nothing committed is
+    affected; the view keeps its previous (consistent) definition and the next run
+    tries again."""
+
+    reason = "view"
+
+
+@dataclass(frozen=True, slots=True)
+class ColdSide:
+    """Where a table's Iceberg side is: its location and the metadata file of the commit
+    the view reads (pyiceberg's `Table.location()` and `metadata_location`)."""
+
+    location: str
+    metadata: str
+    snapshot_id: int | None = None
+
+
+# --- pure: the SQL ----------------------------------------------------------------
+
+
+def qualified_name(name: str) -> str:
+    db, _, table = name.rpartition(".")
+    return f"{quote_ident(db)}.{quote_ident(table)}" if db else quote_ident(table)
+
+
+def cold_reader(cold: ColdSide, views: ViewsConfig, target: str) -> str:
+    """The table function by which ClickHouse reads the cold side, pinned to its metadata
+    file: `icebergLocal` for a local warehouse, `icebergS3` with the named collection
+    [views] s3_collection (credentials never appear in the view) for S3."""
+    location = cold.location.rstrip("/")
+    if not cold.metadata.startswith(location + "/"):
+        raise ViewError(
+            f"{target}: the Iceberg metadata file {cold.metadata} is not under the table's "
+            f"location {location}; the view cannot pin it"
+        )
+    pinned = "SETTINGS iceberg_metadata_file_path = " + quote_string(
+        cold.metadata[len(location) + 1 :]
+    )
+    parts = urlsplit(location)
+    if parts.scheme in ("file", ""):
+        return f"icebergLocal({quote_string(parts.path or location)}, {pinned})"
+    if parts.scheme in ("s3", "s3a", "s3n"):
+        if not views.s3_collection:
+            raise ViewError(
+                f"{target}: the warehouse is on S3 ({location}), which ClickHouse reads with "
+                "icebergS3: set [views] s3_collection to a ClickHouse named collection holding "
+                "the store's access_key_id and secret_access_key (CREATE NAMED COLLECTION "
+                "offloader_s3 AS access_key_id = '…', secret_access_key = '…')",
+                reason="config",
+            )
+        if not views.s3_endpoint:
+            raise ViewError(
+                f"{target}: no S3 endpoint for the view: set [views] s3_endpoint to the object "
+                "store's URL as ClickHouse reaches it (e.g. https://s3.eu-west-1.amazonaws.com)",
+                reason="config",
+            )
+        url = f"{views.s3_endpoint}/{parts.netloc}{parts.path}/"
+        return f"icebergS3({views.s3_collection}, url = {quote_string(url)}, {pinned})"
+    raise ViewError(
+        f"{target}: ClickHouse cannot read a warehouse at {location} for the view (only "
+        "file:// and s3:// are supported); set view = false on this table",
+        reason="config",
+    )
+
+
+def _back_ticks(t: ChType) -> str:
+    return f"reinterpret({{}}, 'DateTime64({time_precision(t)})')"
+
+
+# How a value stored in a form ClickHouse cannot CAST back is turned back (the outer
+# CAST to the source's type does the rest: tz, Time64's precision, containers).
+BACK_LEAVES: dict[str, Any] = {
+    "DateTime64Ticks": _back_ticks,  # its ticks, in a long
+    "Time64": "reinterpret({}, 'Decimal64(9)')",  # nanoseconds, in a long
+}
+
+
+def _has(t: ChType, names: Sequence[str]) -> bool:
+    return t.name in names or any(isinstance(a, ChType) and _has(a, names) for a in t.args)
+
+
+def exact(t: ChType) -> bool:
+    """Whether the view returns a column of type `t` in its own type: everything but the
+    families stored as text without a way back (Variant, Dynamic, Geometry) and
+    Nothing inside a container."""
+    if _has(t, NULL_HOLDERS):
+        return False
+    base = t.unwrap()
+    if base.name == "Nothing" or (base.name == "Array" and base.inner.unwrap().name == "Nothing"):
+        return True
+    return not _has(t, ("Nothing",))
+
+
+def column_pair(name: str, type_text: str, cold_type: str | None, uint64: str) -> tuple[str, str]:
+    """(hot expression, cold expression) of one source column, both of the view's type:
+    the source's own where the way back is exact (the hot side is the column itself),
+    else the stored text form on both sides. `cold_type`: the type ClickHouse reads the
+    Iceberg column as, None when the pinned snapshot has no such column yet (added to the
+    source since: its default, or NULL, as Iceberg reads added columns)."""
+    t = parse_type(type_text)
+    q = quote_ident(name)
+    if not exact(t):
+        stored = iceberg_type(t, uint64)
+        hot = rewrite_leaves(t, q, {**TEXT_LEAVES, **SHARED_LEAVES})
+        cold = q if cold_type is not None else "NULL"
+        return (
+            f"CAST({hot}, {quote_string(stored)}) AS {q}",
+            f"CAST({cold}, {quote_string(stored)}) AS {q}",
+        )
+    base = t.unwrap()
+    if cold_type is None:
+        cold = "NULL" if t.nullable else f"defaultValueOfTypeName({quote_string(type_text)})"
+    elif base.name == "Nothing":
+        cold = "NULL"
+    elif base.name == "Array" and base.inner.unwrap().name == "Nothing":
+        cold = "[]"
+    else:
+        cold = rewrite_leaves(t, q, BACK_LEAVES)
+        if cold_type.startswith("Nullable(") and not t.nullable:
+            # A column Iceberg holds as optional but the source does not (added to the
+            # source after the table's first offload): older rows read its default.
+            plain = _plain_text(t, type_text)
+            cold = (
+                f"ifNull(CAST({cold}, {quote_string(f'Nullable({plain})')}), "
+                f"defaultValueOfTypeName({quote_string(plain)}))"
+            )
+    return q, f"CAST({cold}, {quote_string(type_text)}) AS {q}"
+
+
+def _plain_text(t: ChType, type_text: str) -> str:
+    """The type text without a LowCardinality wrapper (Nullable(LowCardinality(T)) is
+    not a type)."""
+    if t.name == "LowCardinality":
+        inner = type_text.strip()[len("LowCardinality(") : -1]
+        return inner
+    return type_text
+
+
+@dataclass(frozen=True, slots=True)
+class ViewSpec:
+    """Everything a view's SQL is made of."""
+
+    name: str  # database.view
+    relation: str  # the hot table as pages read it (with FINAL when configured)
+    columns: Sequence[tuple[str, str]]  # the source's (name, type) in order
+    order: Sequence[tuple[str, ChType]]  # watermark and keys
+    position: tuple[Any, ...] | None  # the committed position; None: nothing offloaded yet
+    seq: int
+    uint64: str = "error"
+
+    def signature(self, cold: ColdSide | None, views: ViewsConfig) -> str:
+        """A digest of what the view's SQL depends on: an unchanged one means the view
+        need not be replaced (the idle run compares it without a query)."""
+        parts = [
+            self.name,
+            self.relation,
+            repr(list(self.columns)),
+            cursor.dumps(self.position) if self.position is not None else "",
+            str(self.seq),
+            cold.location if cold else "",
+            cold.metadata if cold else "",
+            views.s3_collection,
+            views.s3_endpoint,
+            VIEW_FORMAT,
+        ]
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+# Bumped when the SQL offloader writes for the same inputs changes: every view is
+# replaced once by the next run.
+VIEW_FORMAT = "1"
+
+
+def view_ddl(spec: ViewSpec, reader: str | None, cold_columns: dict[str, str]) -> str:
+    """`CREATE OR REPLACE VIEW` of the spec; `reader` is the cold side's table function
+    (None: nothing offloaded yet, the view is the hot table), `cold_columns` the types
+    ClickHouse reads its columns as."""
+    hot_cols, cold_cols = [], []
+    for name, type_text in spec.columns:
+        hot, cold = column_pair(name, type_text, cold_columns.get(name), spec.uint64)
+        hot_cols.append(hot)
+        cold_cols.append(cold)
+    hot_sql = f"SELECT {', '.join(hot_cols)} FROM {spec.relation}"
+    if spec.position is not None and reader is not None:
+        body = (
+            f"{hot_sql} WHERE {keyset_after(spec.order, spec.position)}\n"
+            f"UNION ALL\nSELECT {', '.join(cold_cols)} FROM {reader}"
+        )
+        at = f"offloader: both tiers at commit {spec.seq}, position {cursor.dumps(spec.position)}"
+    else:
+        body = hot_sql
+        at = "offloader: nothing offloaded yet, the hot table only"
+    return (
+        f"CREATE OR REPLACE VIEW {qualified_name(spec.name)} "
+        f"DEFINER = CURRENT_USER SQL SECURITY DEFINER AS\n{body}\nCOMMENT {quote_string(at)}"
+    )
+
+
+# --- I/O: replace the view, record it ------------------------------------------------
+
+
+async def cold_columns(source: Source, reader: str) -> dict[str, str]:
+    """The columns ClickHouse reads from the pinned cold side, by name (also the probe
+    that tells whether the server can read the warehouse at all)."""
+    rows = await source.rows(f"DESCRIBE TABLE {reader}")
+    return {str(row[0]): str(row[1]) for row in rows}
+
+
+def spec_of(src: SourceTable, table: TableConfig, seq: int, position: Any) -> ViewSpec:
+    assert table.view is not None
+    return ViewSpec(
+        name=table.view,
+        relation=src.relation,
+        columns=src.columns,
+        order=src.order,
+        position=tuple(position) if position is not None else None,
+        seq=seq,
+        uint64=table.uint64,
+    )
+
+
+async def replace(
+    source: Source,
+    store: Store,
+    views: ViewsConfig,
+    spec: ViewSpec,
+    cold: ColdSide | None,
+    *,
+    target: str,
+) -> ViewState:
+    """Build and run the view's DDL, then record it (seq, metadata file, signature)."""
+    t0 = time.monotonic()
+    reader = cold_reader(cold, views, target) if cold is not None else None
+    columns = await _probe(source, reader, target) if reader is not None else {}
+    ddl = view_ddl(spec, reader, columns)
+    try:
+        await source.command(ddl)
+    except TableError as exc:
+        raise ViewError(f"{target}: replacing view {spec.name} failed: {exc}") from exc
+    faults.point("view_replace")
+    state = ViewState(
+        target=target,
+        name=spec.name,
+        seq=spec.seq,
+        position=spec.position,
+        metadata=cold.metadata if cold else None,
+        snapshot_id=cold.snapshot_id if cold else None,
+        signature=spec.signature(cold, views),
+        replaced_at=datetime.now(UTC),
+    )
+    await store.record_view(state)
+    log.info(
+        "view replaced",
+        extra={
+            "table": target,
+            "view": spec.name,
+            "seq": spec.seq,
+            "watermark": list(spec.position) if spec.position is not None else None,
+            "seconds": round(time.monotonic() - t0, 3),
+        },
+    )
+    return state
+
+
+async def _probe(source: Source, reader: str, target: str) -> dict[str, str]:
+    try:
+        return await cold_columns(source, reader)
+    except TableError as exc:
+        raise ViewError(
+            f"{target}: ClickHouse cannot read the cold tier for the view "
+            f"({reader.split('(')[0]}): {exc}; {PROBE_HINT}"
+        ) from exc
+
+
+PROBE_HINT = (
+    "a local warehouse must lie below the directory clickhouse-local runs from or the "
+    "server's user_files_path; an S3 one needs [views] s3_collection to name an existing "
+    "named collection the server can use and s3_endpoint to be reachable from the server"
+)
+
+
+async def keep(
+    source: Source,
+    store: Store,
+    views: ViewsConfig,
+    spec: ViewSpec,
+    cold: ColdSide | None,
+    *,
+    target: str,
+) -> str | None:
+    """`replace`, never raising for a table problem: a failure is logged with the table
+    and the reason and recorded (status, metrics); the view keeps its previous
+    consistent definition and the next run retries. Returns the error, if any."""
+    try:
+        await replace(source, store, views, spec, cold, target=target)
+        return None
+    except OffloaderError as exc:
+        error = str(exc)
+    log.warning("view not replaced", extra={"table": target, "view": spec.name, "error": error})
+    try:
+        await store.view_failed(target, spec.name, error)
+    except OffloaderError:
+        log.warning("could not record the view's failure", extra={"table": target}, exc_info=True)
+    return error
