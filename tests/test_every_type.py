@@ -101,7 +101,11 @@ def _allowed(env: Env, t: str) -> bool:
     return True
 
 
-def test_every_type_family_round_trips_exactly(env: Env) -> None:
+def create_every_table(env: Env) -> dict[str, str]:
+    """The table `every` (ts DateTime64(9) watermark, id UInt64 key, a column of every
+    family, Nullable and in an Array where allowed, `nest` Nested) with its five rows, and
+    the config offloading it (a view over both tiers too). Returns its columns' types by
+    name, the FixedStrings dropped on the parquet transport."""
     db = env.ch_database
     # Nested is the `nest` column below; Nothing cannot be a table's column (a view's
     # NULL or [] is: test_types_live.py offloads one).
@@ -146,11 +150,21 @@ def test_every_type_family_round_trips_exactly(env: Env) -> None:
     row(NEXT, 4, 1)
     fixed = [n for n, t in columns.items() if "FixedString" in t]
     env.write_config(
-        [env.table("every", watermark="ts", keys=["id"], batch_rows=2, uint64="decimal")]
+        [
+            env.table(
+                "every", watermark="ts", keys=["id"], batch_rows=2, uint64="decimal", view=True
+            )
+        ]
     )
     env.drop_for_parquet("every", *fixed)  # parquet refuses FixedString (and says so)
     if env.transport == "parquet":
         columns = {n: t for n, t in columns.items() if n not in fixed}
+    return columns
+
+
+def test_every_type_family_round_trips_exactly(env: Env) -> None:
+    db = env.ch_database
+    columns = create_every_table(env)
     report = env.once()
     assert report.ok, report.summary()
     assert report.tables[0].rows == 5
