@@ -344,6 +344,7 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
             tables,
             cfg.maintenance,
             dry_run=args.dry_run,
+            views=(cfg.clickhouse, cfg.views),
         )
     finally:
         await watermarks.close()

@@ -6,7 +6,8 @@ was converted), write (Parquet files were written, not committed), iceberg_commi
 Iceberg snapshot is committed, PostgreSQL not yet), watermark_txn (inside the
 PostgreSQL transaction, before COMMIT). Maintenance points: compact_write (compacted
 files written, not committed), compact_commit (the replacing snapshot is committed),
-expire (snapshots expired), orphan_delete (one orphan file deleted). Unset in
+expire (snapshots expired), orphan_delete (one orphan file deleted). The view over
+both tiers: view_replace (both commits done, the view not yet replaced). Unset in
 production: one dict lookup per call.
 """
 
@@ -16,7 +17,7 @@ import os
 import signal
 
 ENV = "OFFLOADER_TEST_KILL_AT"
-POINTS = ("read", "convert", "write", "iceberg_commit", "watermark_txn")
+POINTS = ("read", "convert", "write", "iceberg_commit", "watermark_txn", "view_replace")
 MAINTENANCE_POINTS = ("compact_write", "compact_commit", "expire", "orphan_delete")
 _hits: dict[str, int] = {}
 

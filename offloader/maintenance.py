@@ -22,8 +22,8 @@ from typing import Any
 
 import anyio
 
-from offloader import faults, plan
-from offloader.config import MaintenanceConfig, TableConfig
+from offloader import faults, plan, view
+from offloader.config import ClickHouseConfig, MaintenanceConfig, TableConfig, ViewsConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
@@ -52,6 +52,7 @@ class MaintenanceReport:
     error: str | None = None
     reason: str | None = None
     planned: list[str] = field(default_factory=list)  # what a dry run would do
+    view_error: str | None = None  # the view could not be pointed at the rewritten table
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +73,8 @@ class MaintenanceReport:
         )
         if self.partial:
             text += "; time budget reached, the rest waits for the next pass"
+        if self.view_error:
+            text += f"; the view was not replaced ({self.view_error})"
         if self.shape is not None:
             s = self.shape
             text += (
@@ -94,11 +97,14 @@ async def maintain_table(
     dry_run: bool = False,
     deadline: float | None = None,
     limiter: anyio.CapacityLimiter | None = None,
+    views: tuple[ClickHouseConfig, ViewsConfig] | None = None,
 ) -> MaintenanceReport:
     """One maintenance pass over one table. Never raises for a table problem.
 
     `deadline` (time.monotonic()) bounds the compaction: no new partition is started
-    past it; what was rewritten by then is committed.
+    past it; what was rewritten by then is committed. `views`: where the table's view
+    over both tiers lives; it is pointed at the rewritten table after the pass, and the
+    snapshot it reads until then is never expired.
     """
     report = MaintenanceReport(table.target, dry_run=dry_run)
     started = time.monotonic()
@@ -109,9 +115,13 @@ async def maintain_table(
                 report.status = "missing"
                 report.error = "no Iceberg table yet (it is created by the first offload)"
             else:
+                known = await watermarks.view_state(table.target) if table.view else None
+                keep = {known.snapshot_id} if known and known.snapshot_id else set()
                 await anyio.to_thread.run_sync(
-                    _pass, catalog, ice, table, cfg, report, deadline, limiter=limiter
+                    _pass, catalog, ice, table, cfg, report, deadline, keep, limiter=limiter
                 )
+                if views is not None and not dry_run:
+                    report.view_error = await view.after_rewrite(*views, watermarks, table, ice)
     except TableError as exc:
         report.status = "skipped" if isinstance(exc, Locked) else "failed"
         report.error = str(exc)
@@ -134,6 +144,7 @@ def _pass(
     cfg: MaintenanceConfig,
     report: MaintenanceReport,
     deadline: float | None,
+    keep: set[int],
 ) -> None:
     sort_by = (table.watermark, *table.keys)
     if not report.dry_run:
@@ -142,7 +153,8 @@ def _pass(
     _compact(ice, table, cfg, report, deadline, sort_by)
     ice.refresh()
     older = datetime.now(UTC) - timedelta(seconds=cfg.snapshot_retention)
-    victims = ops.expirable_snapshots(ice, older)
+    # The snapshot the view over both tiers reads is kept until the view moves on.
+    victims = [v for v in ops.expirable_snapshots(ice, older) if v not in keep]
     report.snapshots_expired = len(victims)
     if report.dry_run:
         report.planned += [f"expire {len(victims)} snapshots older than {older:%Y-%m-%d %H:%M}"]
@@ -222,6 +234,7 @@ async def maintain(
     dry_run: bool = False,
     deadline: float | None = None,
     stopping: anyio.Event | None = None,
+    views: tuple[ClickHouseConfig, ViewsConfig] | None = None,
 ) -> list[MaintenanceReport]:
     """A pass over `tables`, one after another (maintenance is not urgent, and one at a
     time keeps its memory to one table's work). Tables not reached before `deadline`
@@ -238,7 +251,7 @@ async def maintain(
             break
         reports.append(
             await maintain_table(
-                catalog, watermarks, table, cfg, dry_run=dry_run, deadline=deadline
+                catalog, watermarks, table, cfg, dry_run=dry_run, deadline=deadline, views=views
             )
         )
     return reports

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from offloader import faults, plan
+from offloader import faults, plan, view
 from offloader.audit import (
     DayCount,
     add_sums,
@@ -65,9 +65,11 @@ class RepairReport:
     files_replaced: int = 0
     seq: int | None = None
     error: str | None = None
+    view_error: str | None = None  # the view over both tiers was not replaced (view.py)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "view_error": self.view_error,
             "target": self.target,
             "dry_run": self.dry_run,
             "status": self.status,
@@ -95,6 +97,8 @@ class RepairReport:
             out.append(f"{self.target}: no day to repair")
         if self.error:
             out.append(f"{self.target}: FAILED {self.error}")
+        if self.view_error:
+            out.append(f"{self.target}: the view was not replaced: {self.view_error}")
         return out
 
 
@@ -408,7 +412,7 @@ async def repair_table(
                     recorded,
                 )
                 days = [d.day for d in found.drifted]
-            return await repair(
+            report = await repair(
                 src,
                 watermarks,
                 table,
@@ -420,6 +424,17 @@ async def repair_table(
                 dry_run=dry_run,
                 progress=progress,
             )
+            if table.view is not None and report.seq is not None and not dry_run:
+                # The view reads the repaired snapshot from now on.
+                report.view_error = await view.keep(
+                    src.source,
+                    watermarks,
+                    cfg.views,
+                    view.spec_of(src, table, report.seq, position),
+                    view.ColdSide(ice.location, ice.metadata_location, ice.snapshot_id),
+                    target=table.target,
+                )
+            return report
     except TableError as exc:
         report.status = "skipped" if isinstance(exc, Locked) else "failed"
         report.error = str(exc)

@@ -180,6 +180,7 @@ class Service:
                     mcfg,
                     deadline=deadline,
                     stopping=self.stopping,
+                    views=(cfg.clickhouse, cfg.views),
                 )
         except TableError as exc:
             log.error("maintenance pass failed", extra={"error": str(exc)})

@@ -43,6 +43,8 @@ from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
 
 if TYPE_CHECKING:
+    from offloader.config import ClickHouseConfig
+    from offloader.iceberg import IcebergTable
     from offloader.source import Source, SourceTable
 
 log = logging.getLogger(__name__)
@@ -286,11 +288,11 @@ async def replace(
     reader = cold_reader(cold, views, target) if cold is not None else None
     columns = await _probe(source, reader, target) if reader is not None else {}
     ddl = view_ddl(spec, reader, columns)
+    faults.point("view_replace")
     try:
         await source.command(ddl)
     except TableError as exc:
         raise ViewError(f"{target}: replacing view {spec.name} failed: {exc}") from exc
-    faults.point("view_replace")
     state = ViewState(
         target=target,
         name=spec.name,
@@ -355,3 +357,32 @@ async def keep(
     except OffloaderError:
         log.warning("could not record the view's failure", extra={"table": target}, exc_info=True)
     return error
+
+
+async def after_rewrite(
+    clickhouse: ClickHouseConfig,
+    views: ViewsConfig,
+    store: Store,
+    table: TableConfig,
+    ice: IcebergTable,
+) -> str | None:
+    """After a commit that rewrote the table without moving its position (maintenance's
+    compaction and expiry): point the view at the new metadata file, unless it reads it
+    already. The caller holds the table's lock. Returns the error, if any."""
+    if table.view is None:
+        return None
+    known = await store.view_state(table.target)
+    if known is not None and known.error is None and known.metadata == ice.metadata_location:
+        return None
+    from offloader.source import open_table
+
+    state = await store.get(table.target, table.source)
+    cold = ColdSide(ice.location, ice.metadata_location, ice.snapshot_id)
+    try:
+        async with open_table(clickhouse, table) as src:
+            spec = spec_of(src, table, state.seq, state.position)
+            return await keep(src.source, store, views, spec, cold, target=table.target)
+    except OffloaderError as exc:
+        log.warning("view not replaced", extra={"table": table.target, "error": str(exc)})
+        await store.view_failed(table.target, table.view, str(exc))
+        return str(exc)

@@ -150,11 +150,7 @@ def create_every_table(env: Env) -> dict[str, str]:
     row(NEXT, 4, 1)
     fixed = [n for n, t in columns.items() if "FixedString" in t]
     env.write_config(
-        [
-            env.table(
-                "every", watermark="ts", keys=["id"], batch_rows=2, uint64="decimal", view=True
-            )
-        ]
+        [env.table("every", watermark="ts", keys=["id"], batch_rows=2, uint64="decimal", view=True)]
     )
     env.drop_for_parquet("every", *fixed)  # parquet refuses FixedString (and says so)
     if env.transport == "parquet":

@@ -11,8 +11,14 @@ replacement.
 
 from __future__ import annotations
 
+import datetime as dt
+import signal
+import threading
+
 import pytest
 
+from offloader import faults
+from offloader.demo import trades_ddl
 from offloader.source.parquet import iceberg_type
 from offloader.sql import quote_ident
 from offloader.types import parse_type
@@ -99,6 +105,149 @@ def test_every_type_through_the_view_equals_the_source(env: Env) -> None:
     env.ch(f"TRUNCATE TABLE {db}.every")
     assert env.ch(f"SELECT count() FROM {db}.every_all")[0][0] == 5
     forms = f"SELECT {hot} FROM {db}.every_hot"
-    assert env.ch(f"SELECT count() FROM ({forms} EXCEPT SELECT * FROM {db}.every_all)") == [
-        (0,)
-    ]
+    assert env.ch(f"SELECT count() FROM ({forms} EXCEPT SELECT * FROM {db}.every_all)") == [(0,)]
+
+
+def test_view_is_exact_at_every_read_while_rows_stream_in(env: Env) -> None:
+    """25 cycles, rows arriving before each (some tied on the committed row's
+    watermark, after it by key), pages and appends ending inside ties, a backlog worked
+    off in chunks: a reader queries the view in a loop all the while, and every read
+    equals the source (count and checksum), while commits and view replacements go on."""
+    db = env.ch_database
+    env.create_trades("trades")
+    env.write_config(
+        [env.table("trades", view=True, batch_rows=700, append_rows=1400, max_rows_per_cycle=2800)]
+    )
+    stop = threading.Event()
+    quiet = threading.Lock()  # held while rows are inserted: the source changes then
+    reads: list[tuple[object, ...]] = []
+    wrong: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            with quiet:
+                try:
+                    got = env.ch(
+                        f"SELECT (SELECT {SUMS} FROM {db}.trades_all), "
+                        f"(SELECT {SUMS} FROM {db}.trades)"
+                    )[0]
+                except Exception as exc:  # e.g. the view not created yet
+                    if "trades_all" not in str(exc):
+                        wrong.append(repr(exc))
+                    continue
+            reads.append(got)
+            if got[0] != got[1]:
+                wrong.append(f"view {got[0]} != source {got[1]}")
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    try:
+        next_id = 1
+        for cycle in range(25):
+            with quiet:
+                start = dt.datetime(2025, 6, 1) + dt.timedelta(hours=cycle)
+                env.insert_trades(
+                    "trades", 1000 + 37 * cycle, next_id, f"{start:%Y-%m-%d %H:%M:%S}", ties=4
+                )
+                next_id += 10_000
+                position = (
+                    env.ch(
+                        f"SELECT exchange_ts, trade_id FROM {db}.trades_all "
+                        "ORDER BY exchange_ts DESC, trade_id DESC LIMIT 1"
+                    )
+                    if cycle
+                    else []
+                )
+                if position:
+                    # Rows tied on the newest row's watermark, after it by key.
+                    ts = position[0][0]
+                    env.ch(
+                        f"INSERT INTO {db}.trades SELECT * REPLACE ({next_id} + rowNumberInAllBlocks() AS "
+                        f"trade_id) FROM {db}.trades WHERE exchange_ts = "
+                        f"toDateTime64('{ts:%Y-%m-%d %H:%M:%S.%f}', 6, 'UTC') LIMIT 2"
+                    )
+                    next_id += 10
+            report = env.once()
+            assert report.ok, report.summary()
+            assert report.tables[0].view_error is None, report.tables[0].view_error
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not wrong, wrong[:5]
+    assert len(reads) >= 25, len(reads)
+    print(f"\n{len(reads)} reads of the view over 25 cycles, each equal to the source")
+    assert _same_as_source(env)[0] == env.ch(f"SELECT count() FROM {db}.trades")[0][0]
+    # A backlog was worked off in chunks, and the view moved with each commit.
+    commits = env.ch(
+        f"SELECT comment FROM system.tables WHERE name = 'trades_all' AND database = '{db}'"
+    )[0][0]
+    assert "commit" in commits
+
+
+def test_view_after_dropped_partitions_compaction_and_repair(env: Env) -> None:
+    """Hot partitions dropped as a TTL would: the view still returns every row, from
+    Iceberg. After a compaction and after a repair of late rows (the view keeps a late
+    row out until it is repaired), the view equals what ClickHouse held."""
+    db = env.ch_database
+    ddl = trades_ddl(db, "trades", ttl_days=None)
+    env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
+    env.write_config([env.table("trades", partition_by=["day(exchange_ts)"])])
+    for day in range(1, 6):
+        env.insert_trades("trades", 400, day * 1000, f"2025-03-0{day} 00:00:00", step_us=60_000_000)
+        report = env.once()
+        assert report.ok, report.summary()
+    env.write_config([env.table("trades", view=True, partition_by=["day(exchange_ts)"])])
+    report = env.once()  # an idle run creates the view
+    assert report.ok and report.tables[0].view_error is None, report.summary()
+    everything = _same_as_source(env)
+    assert everything[0] == 2000
+    # Compaction (closed days, one file each) moves the view to the rewritten snapshot.
+    maintained = env.cli("maintain")
+    assert maintained.returncode == 0, maintained.stdout + maintained.stderr
+    assert "rewrote" in maintained.stdout and "view was not" not in maintained.stdout
+    meta = env.ch(
+        f"SELECT create_table_query FROM system.tables WHERE database = '{db}' "
+        "AND name = 'trades_all'"
+    )[0][0]
+    assert _same_as_source(env) == everything
+    # A late row below the position: not in the view until repaired.
+    env.ch(
+        f"INSERT INTO {db}.trades SELECT * REPLACE (999999 AS trade_id) FROM {db}.trades "
+        "WHERE toDate(exchange_ts) = '2025-03-02' LIMIT 1"
+    )
+    assert env.ch(f"SELECT count() FROM {db}.trades_all")[0][0] == 2000
+    fixed = env.cli("repair", "cold.trades", "--json")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert '"view_error": null' in fixed.stdout, fixed.stdout
+    everything = _same_as_source(env)
+    assert everything[0] == 2001
+    after = env.ch(
+        f"SELECT create_table_query FROM system.tables WHERE database = '{db}' "
+        "AND name = 'trades_all'"
+    )[0][0]
+    assert after != meta
+    # Hot partitions dropped (what a TTL does): every row from Iceberg.
+    for day in ("20250301", "20250302", "20250303"):
+        env.ch(f"ALTER TABLE {db}.trades DROP PARTITION {day}")
+    assert env.ch(f"SELECT {SUMS} FROM {db}.trades_all")[0] == everything
+
+
+def test_kill_before_the_view_is_replaced_then_next_run(env: Env) -> None:
+    """SIGKILL after both commits, before the view moved: the view still shows the
+    previous consistent pair (every row once), and the next run (with nothing new to
+    read) replaces it."""
+    db = env.ch_database
+    env.create_trades("trades")
+    env.insert_trades("trades", 3000, 1, "2025-04-01 00:00:00")
+    env.write_config([env.table("trades", view=True, batch_rows=1000, append_rows=1000)])
+    killed = env.cli("once", extra_env={faults.ENV: "view_replace:3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert _same_as_source(env)[0] == 3000  # at commit 2, the rest from the hot table
+    comment = f"SELECT comment FROM system.tables WHERE database = '{db}' AND name = 'trades_all'"
+    assert "commit 2," in env.ch(comment)[0][0]
+    report = env.once()
+    assert report.ok and report.tables[0].status == "idle", report.summary()
+    assert "commit 3," in env.ch(comment)[0][0], env.ch(comment)
+    assert _same_as_source(env)[0] == 3000
+    status = env.cli("status", "--check")
+    assert status.returncode == 0, status.stdout + status.stderr
