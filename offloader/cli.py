@@ -237,6 +237,7 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             or s.problem
             or s.ttl_warning
             or s.drifted_days
+            or s.view_problem
         )
     ]
     for s in bad:
@@ -251,7 +252,8 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
                 f"{s.target}`"
                 if s.drifted_days
                 else ""
-            ),
+            )
+            + (f", {s.view_problem}" if s.view_problem else ""),
             file=sys.stderr,
         )
     return EXIT_FAILED if bad else EXIT_OK
@@ -264,7 +266,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     )
     if args.offline:
         return EXIT_OK
-    from offloader import iceberg, source
+    from offloader import iceberg, source, view
     from offloader.errors import TableError
     from offloader.iceberg import IcebergCatalog
 
@@ -283,8 +285,14 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
                 schema = src.plan.schema
                 kinds = {c.name: str(c.ch_type) for c in src.plan.columns}
                 src.source.pager(table, src.plan)  # the transport refuses what it cannot store
+                probed = None
+                if table.view is not None:
+                    ice = await anyio.to_thread.run_sync(catalog.load, table.target)
+                    probed = await view.probe(src.source, cfg.views, table, ice)
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
             print(iceberg.describe(schema, table.partition_by, kinds))
+            if probed:
+                print(probed)
         except TableError as exc:
             failed += 1
             print(f"\n{table.source} -> {table.target}: ERROR {exc}")

@@ -90,6 +90,20 @@ class Metrics:
             "offloader_config_reload_errors", "Config reloads rejected", registry=r
         )
 
+        self.view_failures = Counter(
+            "offloader_view_failures",
+            "Failed replacements of the table's view over both tiers (the view keeps its "
+            "previous consistent definition; the next run retries)",
+            ["table"],
+            registry=r,
+        )
+        self.view_current = Gauge(
+            "offloader_view_current",
+            "1 when the table's view over both tiers was brought to the committed position "
+            "by its last run, 0 when that failed",
+            ["table"],
+            registry=r,
+        )
         self.drifted_days = Gauge(
             "offloader_drifted_days",
             "Days in the audit window whose row counts differ between ClickHouse and Iceberg "
@@ -175,6 +189,12 @@ class Metrics:
             self.last_success.labels(t).set(time.time())
         if report.drifted is not None:
             self.drifted_days.labels(t).set(len(report.drifted))
+        if report.view_error is not None:
+            self.view_failures.labels(t).inc()
+            self.view_current.labels(t).set(0)
+        elif report.status in ("ok", "idle"):
+            self.view_failures.labels(t).inc(0)  # the series exists at 0 from the start
+            self.view_current.labels(t).set(1)
         if report.rows_behind is not None:
             self.rows_behind.labels(t).set(report.rows_behind)
         if report.lag_seconds is not None:
@@ -191,6 +211,9 @@ class Metrics:
         self.bytes_rewritten.labels(t).inc(report.bytes_rewritten)
         self.snapshots_expired.labels(t).inc(report.snapshots_expired)
         self.orphans_deleted.labels(t).inc(report.orphans_deleted)
+        if report.view_error is not None:
+            self.view_failures.labels(t).inc()
+            self.view_current.labels(t).set(0)
         if report.shape is not None:
             self.data_files.labels(t).set(report.shape.data_files)
             self.manifests.labels(t).set(report.shape.manifests)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from offloader.plan import behind
 from offloader.sql import (
     behind_query,
     quote_ident,
+    quote_string,
     read_from,
     row_hash,
     ttl_seconds,
@@ -52,6 +54,10 @@ class TableStatus:
     metadata_files: int | None = None
     drifted_days: list[dict[str, Any]] | None = None  # audit: days whose tiers differ
     shown: str | None = None  # the watermark as a person reads it, when not as stored
+    view: str | None = None  # the view over both tiers (view.py)
+    view_commit: int | None = None  # the commit it reads (its comment in ClickHouse)
+    view_error: str | None = None  # why its last replacement failed
+    view_problem: str | None = None  # behind for more than a cycle, or missing
 
     @property
     def ttl_warning(self) -> str | None:
@@ -75,6 +81,7 @@ async def collect(cfg: Config) -> list[TableStatus]:
     watermarks = await Watermarks.open(cfg.postgres, max_size=2)
     try:
         rows = {r.target: r for r in await watermarks.status()}
+        views = {v.target: v for v in await watermarks.views()}
     finally:
         await watermarks.close()
     result = []
@@ -87,8 +94,35 @@ async def collect(cfg: Config) -> list[TableStatus]:
             await _source_side(cfg, table, st, ice)
         except TableError as exc:
             st.problem = str(exc)
+        known = views.get(table.target)
+        st.view_error = known.error if known else None
+        st.view_problem = view_problem(st, row, cfg.service.interval)
         result.append(st)
     return result
+
+
+def view_problem(st: TableStatus, row: StatusRow | None, interval: float) -> str | None:
+    """Why the table's view is not at its committed position for more than a cycle, or
+    None (a view one commit behind within a cycle is between a commit and its
+    replacement, or waiting for the next run's retry)."""
+    if st.view is None or not st.enabled:
+        return None
+    error = f" (last error: {st.view_error})" if st.view_error else ""
+    if st.view_commit is None:
+        if st.commits == 0 and not st.view_error:
+            return None  # nothing offloaded yet: the first run creates it
+        return f"view {st.view} does not exist in ClickHouse{error}"
+    if st.view_commit >= st.commits:
+        return None
+    since = row.updated_at if row is not None else None
+    age = (dt.datetime.now(dt.UTC) - since).total_seconds() if since else None
+    if age is not None and age <= interval:
+        return None
+    return (
+        f"view {st.view} reads commit {st.view_commit}, the table is at commit {st.commits}"
+        + (f" since {_human(age)}" if age is not None else "")
+        + error
+    )
 
 
 def _iceberg_side(
@@ -114,6 +148,7 @@ def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
         last_run_at=row.last_run_at.isoformat() if row and row.last_run_at else None,
         last_status=row.last_status if row else None,
         last_error=row.last_error if row else None,
+        view=table.view,
     )
 
 
@@ -138,6 +173,8 @@ async def _source_side(
             # DateTime64(7..9): the position holds its ticks; show the time they are.
             shown = str(watermark_from_int(wm_type, st.watermark[0]))
             st.shown = ", ".join([shown, *(str(v) for v in st.watermark[1:])])
+        if table.view is not None:
+            st.view_commit = await view_commit(ch, table.view)
         src = read_from(db, table.source_table, table.final)
         wm = quote_ident(table.watermark)
         raw_newest = await ch.scalar(f"SELECT {watermark_int(wm_type, f'max({wm})')} FROM {src}")
@@ -161,6 +198,20 @@ async def _source_side(
                 ch, src, tuple(order), st.watermark, ice, *bounds, None, hashed, recorded
             )
             st.drifted_days = [d.as_dict() for d in found.drifted]
+
+
+async def view_commit(ch: source.Source, name: str) -> int | None:
+    """The commit the view reads, from the comment offloader gives it (-1 before the
+    first commit: the hot table only); None when there is no such view."""
+    db, _, table = name.rpartition(".")
+    rows = await ch.rows(
+        "SELECT comment FROM system.tables WHERE database = "
+        f"{quote_string(db)} AND name = {quote_string(table)}"
+    )
+    if not rows:
+        return None
+    found = re.search(r"at commit (\d+),", str(rows[0][0]))
+    return int(found.group(1)) if found else 0
 
 
 async def recorded_sums(
@@ -204,6 +255,15 @@ def render(statuses: list[TableStatus]) -> str:
             lines.append(f"    ClickHouse TTL: {s.ttl}")
         if s.ttl_warning:
             lines.append(f"    WARNING: {s.ttl_warning}")
+        if s.view is not None:
+            at = "missing" if s.view_commit is None else f"at commit {s.view_commit}"
+            lines.append(
+                f"    view {s.view}: {at}" + (f" — {s.view_problem}" if s.view_problem else "")
+            )
+            if s.view_error and not s.view_problem:
+                lines.append(
+                    f"    view: last replacement failed (retried next run): {s.view_error}"
+                )
     return "\n".join(lines)
 
 

@@ -386,3 +386,44 @@ async def after_rewrite(
         log.warning("view not replaced", extra={"table": table.target, "error": str(exc)})
         await store.view_failed(table.target, table.view, str(exc))
         return str(exc)
+
+
+async def probe(
+    source: Source, views: ViewsConfig, table: TableConfig, ice: IcebergTable | None
+) -> str:
+    """`offloader validate`: whether ClickHouse can keep and read this table's view —
+    the view's database exists, the named collection (S3) exists, and the server reads
+    the cold side's columns (once the Iceberg table exists). Raises ViewError naming
+    what is wrong; returns a line saying what was checked."""
+    assert table.view is not None
+    db = table.view.rpartition(".")[0]
+    if not await source.scalar(
+        f"SELECT count() FROM system.databases WHERE name = {quote_string(db)}"
+    ):
+        raise ViewError(
+            f"{table.target}: the view's database {db!r} does not exist in ClickHouse: "
+            f"CREATE DATABASE {quote_ident(db)}, or set view = 'database.name' on this table",
+            reason="config",
+        )
+    if views.s3_collection:
+        found = await source.scalar(
+            "SELECT count() FROM system.named_collections WHERE name = "
+            + quote_string(views.s3_collection)
+        )
+        if not found:
+            raise ViewError(
+                f"{table.target}: ClickHouse has no named collection {views.s3_collection!r} "
+                "([views] s3_collection), or this user may not see it: CREATE NAMED COLLECTION "
+                f"{views.s3_collection} AS access_key_id = '…', secret_access_key = '…' (and "
+                "GRANT NAMED COLLECTION ON it to offloader's ClickHouse user)",
+                reason="config",
+            )
+    if ice is None:
+        return f"view {table.view}: will be created by the first run (no Iceberg table yet)"
+    cold = ColdSide(ice.location, ice.metadata_location, ice.snapshot_id)
+    reader = cold_reader(cold, views, table.target)
+    columns = await _probe(source, reader, table.target)
+    return (
+        f"view {table.view}: ClickHouse reads the cold tier ({reader.split('(')[0]}, "
+        f"{len(columns)} columns)"
+    )

@@ -128,6 +128,7 @@ class Env:
         clickhouse_extra: dict[str, Any] | None = None,
         pg_dsn: str | None = None,
         catalog: dict[str, str] | None = None,
+        views: dict[str, Any] | None = None,
     ) -> Path:
         svc = {"interval": "1m", "max_parallel_tables": 4, "table_timeout": "5m"}
         svc.update(service or {})
@@ -157,6 +158,8 @@ class Env:
             f'name = "{self.catalog_name}"',
         ]
         lines += [f"{_toml(k)} = {_toml(v)}" for k, v in cat.items()]
+        if views:
+            lines += ["", "[views]", *(f"{k} = {_toml(v)}" for k, v in views.items())]
         for t in tables:
             lines += ["", "[[tables]]"]
             lines += [f"{k} = {_toml(v)}" for k, v in t.items()]

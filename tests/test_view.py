@@ -12,8 +12,12 @@ replacement.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import signal
+import tempfile
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +27,10 @@ from offloader.source.parquet import iceberg_type
 from offloader.sql import quote_ident
 from offloader.types import parse_type
 from offloader.view import column_pair, exact
+from tests.conftest import S3Server
 from tests.helpers import Env
 from tests.test_every_type import create_every_table
+from tests.test_s3 import production
 
 pytestmark = pytest.mark.integration
 
@@ -162,8 +168,8 @@ def test_view_is_exact_at_every_read_while_rows_stream_in(env: Env) -> None:
                     # Rows tied on the newest row's watermark, after it by key.
                     ts = position[0][0]
                     env.ch(
-                        f"INSERT INTO {db}.trades SELECT * REPLACE ({next_id} + rowNumberInAllBlocks() AS "
-                        f"trade_id) FROM {db}.trades WHERE exchange_ts = "
+                        f"INSERT INTO {db}.trades SELECT * REPLACE ({next_id} + "
+                        f"rowNumberInAllBlocks() AS trade_id) FROM {db}.trades WHERE exchange_ts = "
                         f"toDateTime64('{ts:%Y-%m-%d %H:%M:%S.%f}', 6, 'UTC') LIMIT 2"
                     )
                     next_id += 10
@@ -251,3 +257,72 @@ def test_kill_before_the_view_is_replaced_then_next_run(env: Env) -> None:
     assert _same_as_source(env)[0] == 3000
     status = env.cli("status", "--check")
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_view_over_s3_reads_credentials_from_a_named_collection(
+    env: Env, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 warehouse: ClickHouse reads it with icebergS3 and the named collection the
+    config names; no secret appears in the view's DDL. A missing collection is named by
+    `validate` and by the run, which still commits its rows."""
+    db = env.ch_database
+    collection = f"nc_{db}"
+    env.ch(
+        f"CREATE NAMED COLLECTION {collection} AS access_key_id = '{s3_server.access_key}', "
+        f"secret_access_key = '{s3_server.secret_key}'"
+    )
+    try:
+        env.create_trades("trades")
+        env.insert_trades("trades", 5000, 1, "2025-05-01 00:00:00", step_us=30_000_000)
+        catalog = production(env, s3_server, monkeypatch)
+        tables = [env.table("trades", view=True, batch_rows=2000)]
+        env.write_config(tables, catalog=catalog, views={"s3_collection": "nc_missing"})
+        validate = env.cli("validate")
+        assert validate.returncode == 1, validate.stdout
+        assert "no named collection 'nc_missing'" in validate.stdout, validate.stdout
+        report = env.once()
+        assert report.ok and report.tables[0].rows == 5000, report.summary()
+        assert "nc_missing" in (report.tables[0].view_error or ""), report.tables[0]
+        status = env.cli("status", "--check")
+        assert status.returncode == 1 and "does not exist in ClickHouse" in status.stderr
+
+        env.write_config(tables, catalog=catalog, views={"s3_collection": collection})
+        validate = env.cli("validate")
+        assert validate.returncode == 0, validate.stdout + validate.stderr
+        assert "ClickHouse reads the cold tier (icebergS3" in validate.stdout, validate.stdout
+        report = env.once()  # idle: it replaces the view that failed
+        assert report.ok and report.tables[0].view_error is None, report.tables[0]
+        assert env.cli("status", "--check").returncode == 0
+        env.insert_trades("trades", 100, 100_000, "2025-05-03 00:00:00")
+        assert _same_as_source(env)[0] == 5100
+        ddl = env.ch(f"SHOW CREATE TABLE {db}.trades_all")[0][0]
+        assert "icebergS3" in ddl and s3_server.secret_key not in ddl, ddl
+    finally:
+        env.ch(f"DROP NAMED COLLECTION IF EXISTS {collection}")
+
+
+def test_a_warehouse_clickhouse_cannot_read_is_named(env: Env, tmp_path_factory: Any) -> None:
+    """A local warehouse outside what the server may read: the run commits its rows and
+    reports the view's failure with what to do; `validate` and `status --check` fail."""
+    outside = Path(tempfile.mkdtemp(prefix="offloader-outside-"))
+    try:
+        env.create_trades("trades")
+        env.insert_trades("trades", 300, 1, "2025-05-01 00:00:00")
+        catalog = {
+            "type": "sql",
+            "uri": f"sqlite:///{outside}/catalog.db",
+            "warehouse": f"file://{outside}/warehouse",
+        }
+        env.write_config([env.table("trades", view=True)], catalog=catalog)
+        report = env.once()
+        assert report.ok and report.tables[0].rows == 300, report.summary()
+        error = report.tables[0].view_error or ""
+        assert "ClickHouse cannot read the cold tier for the view (icebergLocal)" in error
+        assert "below the directory clickhouse-local runs from" in error, error
+        validate = env.cli("validate")
+        assert validate.returncode == 1 and "cannot read the cold tier" in validate.stdout
+        status = env.cli("status", "--check")
+        assert status.returncode == 1, status.stdout
+        assert "view" in status.stderr and "does not exist" in status.stderr, status.stderr
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
