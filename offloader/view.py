@@ -146,12 +146,16 @@ def exact(t: ChType) -> bool:
     return not _has(t, ("Nothing",))
 
 
-def column_pair(name: str, type_text: str, cold_type: str | None, uint64: str) -> tuple[str, str]:
+def column_pair(
+    name: str, type_text: str, cold_type: str | None, uint64: str, default: str | None = None
+) -> tuple[str, str]:
     """(hot expression, cold expression) of one source column, both of the view's type:
     the source's own where the way back is exact (the hot side is the column itself),
     else the stored text form on both sides. `cold_type`: the type ClickHouse reads the
     Iceberg column as, None when the pinned snapshot has no such column yet (added to the
-    source since: its default, or NULL, as Iceberg reads added columns)."""
+    source since). Cold rows without a value (such a column, or one Iceberg added as
+    optional) read `default` (the column's constant DEFAULT), else the type's default —
+    NULL for a Nullable column, as Iceberg reads added columns."""
     t = parse_type(type_text)
     q = quote_ident(name)
     if not exact(t):
@@ -163,8 +167,9 @@ def column_pair(name: str, type_text: str, cold_type: str | None, uint64: str) -
             f"CAST({cold}, {quote_string(stored)}) AS {q}",
         )
     base = t.unwrap()
+    fallback = default or f"defaultValueOfTypeName({quote_string(type_text)})"
     if cold_type is None:
-        cold = "NULL" if t.nullable else f"defaultValueOfTypeName({quote_string(type_text)})"
+        cold = "NULL" if t.nullable else fallback
     elif base.name == "Nothing":
         cold = "NULL"
     elif base.name == "Array" and base.inner.unwrap().name == "Nothing":
@@ -175,10 +180,7 @@ def column_pair(name: str, type_text: str, cold_type: str | None, uint64: str) -
             # A column Iceberg holds as optional but the source does not (added to the
             # source after the table's first offload): older rows read its default.
             plain = _plain_text(t, type_text)
-            cold = (
-                f"ifNull(CAST({cold}, {quote_string(f'Nullable({plain})')}), "
-                f"defaultValueOfTypeName({quote_string(plain)}))"
-            )
+            cold = f"ifNull(CAST({cold}, {quote_string(f'Nullable({plain})')}), {fallback})"
     return q, f"CAST({cold}, {quote_string(type_text)}) AS {q}"
 
 
@@ -197,6 +199,7 @@ class ViewSpec:
 
     name: str  # database.view
     relation: str  # the hot table as pages read it (with FINAL when configured)
+    source: tuple[str, str]  # its database and name
     columns: Sequence[tuple[str, str]]  # the source's (name, type) in order
     order: Sequence[tuple[str, ChType]]  # watermark and keys
     position: tuple[Any, ...] | None  # the committed position; None: nothing offloaded yet
@@ -226,13 +229,20 @@ class ViewSpec:
 VIEW_FORMAT = "1"
 
 
-def view_ddl(spec: ViewSpec, reader: str | None, cold_columns: dict[str, str]) -> str:
+def view_ddl(
+    spec: ViewSpec,
+    reader: str | None,
+    cold_columns: dict[str, str],
+    defaults: dict[str, str] | None = None,
+) -> str:
     """`CREATE OR REPLACE VIEW` of the spec; `reader` is the cold side's table function
     (None: nothing offloaded yet, the view is the hot table), `cold_columns` the types
-    ClickHouse reads its columns as."""
+    ClickHouse reads its columns as, `defaults` the columns' constant DEFAULTs."""
     hot_cols, cold_cols = [], []
     for name, type_text in spec.columns:
-        hot, cold = column_pair(name, type_text, cold_columns.get(name), spec.uint64)
+        hot, cold = column_pair(
+            name, type_text, cold_columns.get(name), spec.uint64, (defaults or {}).get(name)
+        )
         hot_cols.append(hot)
         cold_cols.append(cold)
     hot_sql = f"SELECT {', '.join(hot_cols)} FROM {spec.relation}"
@@ -266,6 +276,7 @@ def spec_of(src: SourceTable, table: TableConfig, seq: int, position: Any) -> Vi
     return ViewSpec(
         name=table.view,
         relation=src.relation,
+        source=(src.database, table.source_table),
         columns=src.columns,
         order=src.order,
         position=tuple(position) if position is not None else None,
@@ -287,7 +298,9 @@ async def replace(
     t0 = time.monotonic()
     reader = cold_reader(cold, views, target) if cold is not None else None
     columns = await _probe(source, reader, target) if reader is not None else {}
-    ddl = view_ddl(spec, reader, columns)
+    missing = [n for n, _ in spec.columns if (columns.get(n) or "Nullable(").startswith("Null")]
+    defaults = await constant_defaults(source, spec.source, missing) if reader else {}
+    ddl = view_ddl(spec, reader, columns, defaults)
     faults.point("view_replace")
     try:
         await source.command(ddl)
@@ -315,6 +328,32 @@ async def replace(
         },
     )
     return state
+
+
+async def constant_defaults(
+    source: Source, table: tuple[str, str], names: Sequence[str]
+) -> dict[str, str]:
+    """The DEFAULT (or MATERIALIZED) expressions of `names` that are constants (they
+    evaluate without a row): what the hot table shows for rows older than the column,
+    and so what the view's cold rows without a value read."""
+    if not names:
+        return {}
+    db, name = table
+    listed = ", ".join(quote_string(n) for n in names)
+    rows = await source.rows(
+        "SELECT name, type, default_expression FROM system.columns WHERE database = "
+        f"{quote_string(db)} AND table = {quote_string(name)} AND name IN ({listed}) "
+        "AND default_kind IN ('DEFAULT', 'MATERIALIZED') AND default_expression != ''"
+    )
+    found = {}
+    for column, type_text, expression in rows:
+        value = f"CAST(({expression}), {quote_string(str(type_text))})"
+        try:
+            await source.rows(f"SELECT {value}")
+        except TableError:
+            continue  # it reads other columns: the type's default instead
+        found[str(column)] = value
+    return found
 
 
 async def _probe(source: Source, reader: str, target: str) -> dict[str, str]:

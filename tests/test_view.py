@@ -41,6 +41,10 @@ def _view(env: Env, name: str = "trades") -> str:
     return f"{env.ch_database}.{name}_all"
 
 
+def _types(env: Env, table: str) -> list[tuple[str, str]]:
+    return [(str(r[0]), str(r[1])) for r in env.ch(f"DESCRIBE {env.ch_database}.{table}")]
+
+
 def _same_as_source(env: Env, name: str = "trades") -> tuple[int, int]:
     """The view's count and checksum, asserted equal to the source's."""
     db = env.ch_database
@@ -326,3 +330,42 @@ def test_a_warehouse_clickhouse_cannot_read_is_named(env: Env, tmp_path_factory:
         assert "view" in status.stderr and "does not exist" in status.stderr, status.stderr
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_columns_added_to_the_source_appear_in_the_view(env: Env) -> None:
+    """ALTER TABLE … ADD COLUMN: the next run (with nothing new to read) rebuilds the view
+    with the column, cold rows reading its default (NULL for a Nullable one), as the hot
+    table shows older rows; after Iceberg gains the column, too. A late row is out of
+    the view until `late_rows = "repair"` repairs it, within that run."""
+    db = env.ch_database
+    env.create_trades("trades")
+    env.insert_trades("trades", 900, 1, "2025-07-01 00:00:00", step_us=60_000_000)
+    env.write_config([env.table("trades", view=True, late_rows="repair")])
+    assert env.once().ok
+    env.ch(f"ALTER TABLE {db}.trades ADD COLUMN venue LowCardinality(String) DEFAULT 'x'")
+    env.ch(f"ALTER TABLE {db}.trades ADD COLUMN note Nullable(String)")
+    report = env.once()
+    assert report.ok and report.tables[0].status == "idle", report.summary()
+    assert _types(env, "trades_all") == _types(env, "trades")
+    check = f"SELECT count(), countIf(venue = 'x'), countIf(note IS NULL) FROM {db}.{{t}}"
+    assert env.ch(check.format(t="trades_all")) == [(900, 900, 900)]
+    # New rows carry the columns; Iceberg evolves (older rows: NULL there, the view
+    # shows the source's default).
+    env.ch(
+        f"INSERT INTO {db}.trades SELECT * REPLACE (trade_id + 5000 AS trade_id, 'y' AS venue, "
+        f"'n' AS note, exchange_ts + INTERVAL 2 DAY AS exchange_ts) FROM {db}.trades LIMIT 10"
+    )
+    report = env.once()
+    assert report.ok and report.tables[0].rows == 10, report.summary()
+    assert env.ch(check.format(t="trades_all")) == env.ch(check.format(t="trades"))
+    assert _types(env, "trades_all") == _types(env, "trades")
+    assert _same_as_source(env)[0] == 910
+    # A late row (below the committed position): not in the view until repaired.
+    env.ch(
+        f"INSERT INTO {db}.trades SELECT * REPLACE (777777 AS trade_id) FROM {db}.trades "
+        "ORDER BY exchange_ts LIMIT 1"
+    )
+    assert env.ch(f"SELECT count() FROM {db}.trades_all") == [(910,)]
+    report = env.once()
+    assert report.ok and report.tables[0].repaired, report.summary()
+    assert _same_as_source(env)[0] == 911
