@@ -73,6 +73,10 @@ class FakeSource:
     async def rows(self, query: str) -> list[tuple[Any, ...]]:
         if "system.columns" in query:
             return list(COLUMNS)
+        if query.startswith("DESCRIBE TABLE iceberg"):  # the view's cold side (view.py)
+            return [("id", "Int64", ""), ("v", "String", "")]
+        if "default_kind IN" in query:  # the view's constant defaults: none
+            return []
         if query.startswith("SELECT count(), min("):  # rows behind (sql.behind_query)
             after = _after_value(query)
             waiting = [r[0] for r in self.data if after is None or r[0] > after]

@@ -213,3 +213,39 @@ def test_a_scan_ends_at_the_rows_prepare_counted_without_an_empty_page(
     third = h.run(table())
     assert third.rows == 100  # the counted rows the new ones displaced
     assert h.iceberg_rows() == sorted(rows(1_000) + evens + odds)
+
+
+def test_the_view_moves_with_every_commit_and_idle_runs_send_nothing(
+    tmp_path: Path,
+    opened,  # type: ignore[no-untyped-def]
+) -> None:
+    """With a view, each commit replaces it at that commit's position and metadata file
+    (recorded in the state store); an idle run whose view is current sends no statement;
+    a failed replacement is reported and retried by the next (idle) run."""
+    h = Harness(tmp_path, rows(600))
+    opened(h.fake)
+    report = h.run(table(view="db.t_all"))
+    assert report.status == "ok" and report.snapshots == 2 and report.view_error is None
+    views = [c for c in h.fake.commands if c.startswith("CREATE OR REPLACE VIEW `db`.`t_all`")]
+    assert len(views) == 2 and "at commit 2, position [600]" in views[-1]
+    state = h.store.views["cold.t"]
+    assert state.seq == 2 and state.position == (600,) and state.metadata is not None
+    assert f"'metadata/{state.metadata.rsplit('/', 1)[1]}'" in views[-1]  # the pinned file
+    again = h.run(table(view="db.t_all"))
+    assert again.status == "idle" and len(h.fake.commands) == 2
+    # A statement that fails: the run is still ok, the failure recorded, then retried.
+    h.fake.data += rows(10, start=601)
+    failing = h.fake.command
+
+    async def refuse(query: str) -> None:
+        raise SourceUnavailable("fake: DDL refused")
+
+    h.fake.command = refuse  # type: ignore[method-assign]
+    report = h.run(table(view="db.t_all"))
+    assert report.status == "ok" and report.rows == 10
+    assert "DDL refused" in (report.view_error or "")
+    assert h.store.views["cold.t"].error and h.store.views["cold.t"].seq == 2
+    h.fake.command = failing  # type: ignore[method-assign]
+    idle = h.run(table(view="db.t_all"))
+    assert idle.status == "idle" and idle.view_error is None
+    assert h.store.views["cold.t"].seq == 3 and "at commit 3" in h.fake.commands[-1]
