@@ -141,8 +141,38 @@ name = "cold"
 type = "sql"
 uri = "sqlite:///{state_dir}/catalog.db"
 warehouse = "file://{state_dir}/warehouse"
+
+# Per table, a ClickHouse view over both tiers ({db}.<table>_all): the hot rows after the
+# committed position and the Iceberg rows up to it, each row once.
+[views]
+enabled = true
 {tables}"""
     )
+
+
+async def show_views(cfg: ClickHouseConfig, db: str, tables: tuple[str, ...] = TABLES) -> None:
+    """Print one query over both tiers per table: rows per day through its view beside
+    the hot table's (equal while the hot table still holds every row; after its TTL
+    drops a day, the view still has it, from Iceberg)."""
+    async with native.session(cfg, "demo") as ch:
+        for name in tables:
+            view = f"{db}.{name}_all"
+            comment = await ch.scalar(
+                f"SELECT comment FROM system.tables WHERE database = '{db}' AND name = '{name}_all'"
+            )
+            if comment is None:
+                print(f"{view}: no such view yet (see `offloader status`)")
+                continue
+            print(f"{view} ({comment}):")
+            query = (
+                f"SELECT day, v.rows, h.rows FROM (SELECT toDate(exchange_ts) AS day, count() AS "
+                f"rows FROM {view} GROUP BY day) AS v FULL JOIN (SELECT toDate(exchange_ts) AS "
+                f"day, count() AS rows FROM {db}.{name} GROUP BY day) AS h USING day ORDER BY day"
+            )
+            print(f"  SELECT toDate(exchange_ts) AS day, count() FROM {view} GROUP BY day")
+            print(f"  {'day':<12} {'view (both tiers)':>18} {'hot table':>10}")
+            for day, in_view, in_hot in await ch.rows(query):
+                print(f"  {day!s:<12} {in_view:>18} {in_hot:>10}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-out", type=Path, help="write a config for these tables here")
     parser.add_argument("--state-dir", type=Path, default=Path("var/offloader"))
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/offloader")
+    parser.add_argument(
+        "--show-views", action="store_true", help="only print a query over each table's view"
+    )
     args = parser.parse_args(argv)
     cfg = ClickHouseConfig(port=args.port)
+    if args.show_views:
+        anyio.run(show_views, cfg, args.database)
+        return 0
     anyio.run(load, cfg, args.database, args.rows)
     print(f"loaded {args.rows} rows into each of {', '.join(TABLES)} in {args.database}")
     if args.config_out:
