@@ -105,6 +105,7 @@ class Bench:
         append_rows: int = 1_000_000,
         transport: str = "native",
         audit_days: int = 4,
+        view: bool = False,
     ) -> Path:
         tag = uuid.uuid4().hex[:8]
         pages = f"batch_rows = {batch_rows}\n" if batch_rows else ""
@@ -121,6 +122,7 @@ lag = "0s"
 {pages}append_rows = {append_rows}
 partition_by = ["day(exchange_ts)"]
 audit_days = {audit_days}
+view = {"true" if view else "false"}
 """
             for n in names
         )
@@ -589,6 +591,86 @@ def scenario_memory(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+VIEW_QUERIES = {
+    # An hour and a day of the second (cold) day, everything, one row by key.
+    "hour": "SELECT count(), sum(price), avg(quantity) FROM {t} WHERE exchange_ts >= "
+    "toDateTime64('2026-01-02 10:00:00', 6, 'UTC') AND exchange_ts < "
+    "toDateTime64('2026-01-02 11:00:00', 6, 'UTC')",
+    "day": "SELECT count(), sum(price), avg(quantity) FROM {t} WHERE exchange_ts >= "
+    "toDateTime64('2026-01-02 00:00:00', 6, 'UTC') AND exchange_ts < "
+    "toDateTime64('2026-01-03 00:00:00', 6, 'UTC')",
+    "all": "SELECT count(), sum(price), avg(quantity) FROM {t}",
+    "key": "SELECT exchange_ts, trade_id, price FROM {t} WHERE trade_id = 4242424",
+}
+
+
+def scenario_view(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Hypothesis: a query through the view over both tiers costs about what it costs on
+    the cold table directly (ClickHouse prunes Iceberg partitions and files through the
+    view's casts; its hot side reads only the granules past the position): an hour of
+    a cold day at most 2x the cold table's time. Beside both, the hot table itself.
+
+    Every row is offloaded first (parquet transport), so the view's rows all come from
+    Iceberg. Each query runs on the three targets in turn (hot, cold, view), `repeats`
+    rounds after one warm-up round (warm: ClickHouse's and the OS's caches are filled
+    for all three alike); medians, seconds of wall time over HTTP.
+
+    python -m benchmarks.cycle --scenario view --view-rows 10000000
+    """
+    import httpx
+
+    from offloader.demo import TRADES_INSERT
+    from offloader.view import ColdSide, cold_reader
+
+    rows = args.view_rows
+    b.make_tables(["tiers"], 0)
+    start_us = 1767225600_000000  # 2026-01-01 00:00 UTC, four days of trades
+    b.sql(
+        TRADES_INSERT.format(
+            db=b.db,
+            name="tiers",
+            count=rows,
+            start_us=start_us,
+            span_us=4 * 86400_000000,
+            first_id=1,
+        )
+    )
+    path = b.config(["tiers"], transport="parquet", view=True)
+    report = cycle(path)
+    assert report.rows == rows and report.tables[0].view_error is None, report.summary()
+    cfg = load_config(path)
+    ice = IcebergCatalog(cfg.catalog).load("cold.tiers")
+    assert ice is not None
+    reader = cold_reader(ColdSide(ice.location, ice.metadata_location), cfg.views, "cold.tiers")
+    targets = {"hot": f"{b.db}.tiers", "cold": reader, "view": f"{b.db}.tiers_all"}
+    url = f"http://127.0.0.1:{b.http_port}/"
+    times: dict[str, list[float]] = {}
+    with httpx.Client(timeout=600) as client:
+
+        def run(query: str) -> tuple[float, str]:
+            started = time.perf_counter()
+            reply = client.post(url, content=query.encode())
+            seconds = time.perf_counter() - started
+            reply.raise_for_status()
+            return seconds, reply.text
+
+        for name, query in VIEW_QUERIES.items():
+            answers = {t: run(query.format(t=sql))[1] for t, sql in targets.items()}  # warm-up
+            assert len(set(answers.values())) == 1, (name, answers)
+            for _ in range(args.repeats):
+                for target, sql in targets.items():
+                    times.setdefault(f"{name}_{target}_seconds", []).append(
+                        run(query.format(t=sql))[0]
+                    )
+    out: dict[str, Any] = {"rows": rows}
+    out.update({k: round(median(v), 4) for k, v in times.items()})
+    for name in VIEW_QUERIES:
+        view_s = median(times[f"{name}_view_seconds"])
+        out[f"{name}_view_vs_cold"] = round(view_s / median(times[f"{name}_cold_seconds"]), 2)
+        out[f"{name}_view_vs_hot"] = round(view_s / median(times[f"{name}_hot_seconds"]), 2)
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "idle": scenario_idle,
     "peers": scenario_peers,
@@ -596,6 +678,7 @@ SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "parallel": scenario_parallel,
     "memory": scenario_memory,
     "stages": scenario_stages,
+    "view": scenario_view,
 }
 
 
@@ -636,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--audit-days", type=int, default=4, help="throughput: the tables' audit_days (0: off)"
     )
+    parser.add_argument(
+        "--view-rows", type=int, default=10_000_000, help="view: rows over four days"
+    )
     parser.add_argument("--clickhouse-port", type=int, help="use a running ClickHouse")
     parser.add_argument("--clickhouse-http-port", type=int, default=8123)
     args = parser.parse_args(argv)
@@ -646,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.clickhouse_port:
             port, http_port = args.clickhouse_port, args.clickhouse_http_port
         else:
-            server = devserver.start(server_dir)
+            # From the work directory: ClickHouse reads the warehouses under it (the view).
+            server = devserver.start(server_dir, files_root=work)
             port, http_port = server.tcp_port, server.http_port
         try:
             bench = Bench(work, port, http_port, None if args.clickhouse_port else server.pid)

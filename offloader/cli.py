@@ -428,6 +428,7 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.config import parse_duration
     from offloader.iceberg import IcebergCatalog
     from offloader.iceberg import maintenance as ops
+    from offloader.watermarks import Watermarks
 
     try:
         keep = parse_duration(args.older_than)
@@ -436,12 +437,20 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     cutoff = datetime.now(UTC) - timedelta(seconds=keep)
     catalog = IcebergCatalog(cfg.catalog)
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.tables)
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+    try:
+        # The snapshot each view over both tiers reads is kept until the view moves on.
+        kept = {t.target for t in cfg.tables if t.view is not None}
+        viewed = {v.snapshot_id for v in await watermarks.views() if v.target in kept}
+    finally:
+        await watermarks.close()
     for table in tables:
         ice = await anyio.to_thread.run_sync(catalog.load, table.target)
         if ice is None:
             print(f"{table.target}: no Iceberg table yet")
             continue
         victims = await anyio.to_thread.run_sync(ops.expirable_snapshots, ice, cutoff)
+        victims = [v for v in victims if v not in viewed]
         await anyio.to_thread.run_sync(ops.expire, ice, victims)
         expired = len(victims)
         print(

@@ -97,9 +97,16 @@ class TableRun:
         failed replacement, a repair, a changed source schema or config). An idle run
         whose view is current makes no query for it."""
         table = self.table
+        if table.view is None and not self.state.has_view:
+            return
+        store = self.services.watermarks
+        known = await store.view_state(table.target)
+        if known is not None and known.name != table.view:
+            # Turned off or renamed: the old view would read a snapshot expiry removes.
+            await view.drop(self.src.source, store, known.name, target=table.target)
+            known = None
         if table.view is None:
             return
-        known = await self.services.watermarks.view_state(table.target)
         position = self.report.watermark
         spec = view.spec_of(self.src, table, self.seq, position)
         cold: view.ColdSide | None = None

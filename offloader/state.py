@@ -83,6 +83,7 @@ class TableState:
     rows_total: int
     updated_at: datetime | None
     agreed: AuditAgreed | None = None  # cleared by every commit
+    has_view: bool = False  # a view over both tiers was recorded for the table
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,8 @@ class Store(Protocol):
     async def record_view(self, state: ViewState) -> None: ...
 
     async def view_failed(self, target: str, name: str, error: str) -> None: ...
+
+    async def forget_view(self, target: str) -> None: ...
 
     async def record_run(
         self,

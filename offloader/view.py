@@ -373,6 +373,20 @@ PROBE_HINT = (
 )
 
 
+async def drop(source: Source, store: Store, name: str, *, target: str) -> None:
+    """Drop a view offloader no longer keeps (the table's `view` turned off or renamed)
+    and forget it; a failure is logged and retried by the next run."""
+    try:
+        await source.command(f"DROP VIEW IF EXISTS {qualified_name(name)}")
+        await store.forget_view(target)
+    except OffloaderError as exc:
+        log.warning(
+            "old view not dropped", extra={"table": target, "view": name, "error": str(exc)}
+        )
+        return
+    log.info("view dropped", extra={"table": target, "view": name})
+
+
 async def keep(
     source: Source,
     store: Store,

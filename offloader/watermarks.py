@@ -212,13 +212,14 @@ class Watermarks:
             "read watermark",
             f"""INSERT INTO {self._s}.watermarks (target, source) VALUES ($1, $2)
                 ON CONFLICT (target) DO UPDATE SET source = EXCLUDED.source
-                RETURNING seq, position::text, rows_total, updated_at, audit_agreed""",
+                RETURNING seq, position::text, rows_total, updated_at, audit_agreed,
+                          EXISTS (SELECT 1 FROM {self._s}.views v WHERE v.target = $1)""",
             target,
             source,
         )
         row = rows[0]
         agreed = AuditAgreed.decode(row[4])
-        return TableState(target, row[0], cursor.loads(row[1]), row[2], row[3], agreed)
+        return TableState(target, row[0], cursor.loads(row[1]), row[2], row[3], agreed, row[5])
 
     async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None:
         """Remember the audit window that agreed in full at `agreed.seq` (ignored if
@@ -358,6 +359,9 @@ class Watermarks:
             state.snapshot_id,
             state.signature,
         )
+
+    async def forget_view(self, target: str) -> None:
+        await self._run("forget view", f"DELETE FROM {self._s}.views WHERE target = $1", target)
 
     async def view_failed(self, target: str, name: str, error: str) -> None:
         await self._run(

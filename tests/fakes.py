@@ -147,7 +147,8 @@ class FakeStore:
 
     async def get(self, target: str, source: str) -> TableState:
         seq, position = self.seq.get(target, 0), self.position.get(target)
-        return TableState(target, seq, position, 0, None, self.agreed.get(target))
+        agreed = self.agreed.get(target)
+        return TableState(target, seq, position, 0, None, agreed, target in self.views)
 
     async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None:
         if self.seq.get(target, 0) == agreed.seq:
@@ -191,6 +192,9 @@ class FakeStore:
 
     async def record_view(self, state: ViewState) -> None:
         self.views[state.target] = state
+
+    async def forget_view(self, target: str) -> None:
+        self.views.pop(target, None)
 
     async def view_failed(self, target: str, name: str, error: str) -> None:
         old = self.views.get(target) or ViewState(target, name)

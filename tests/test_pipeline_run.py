@@ -249,3 +249,21 @@ def test_the_view_moves_with_every_commit_and_idle_runs_send_nothing(
     idle = h.run(table(view="db.t_all"))
     assert idle.status == "idle" and idle.view_error is None
     assert h.store.views["cold.t"].seq == 3 and "at commit 3" in h.fake.commands[-1]
+
+
+def test_a_view_turned_off_or_renamed_is_dropped(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    """Renaming a table's view drops the old one (it would read a snapshot that expiry
+    removes); turning it off drops it and forgets it; tables that never had one pay
+    nothing (no statement)."""
+    h = Harness(tmp_path, rows(100))
+    opened(h.fake)
+    assert h.run(table(view="db.a")).view_error is None
+    assert h.run(table(view="db.b")).status == "idle"
+    assert h.fake.commands[-2:][0] == "DROP VIEW IF EXISTS `db`.`a`"
+    assert h.fake.commands[-1].startswith("CREATE OR REPLACE VIEW `db`.`b`")
+    assert h.store.views["cold.t"].name == "db.b"
+    h.run(table())
+    assert h.fake.commands[-1] == "DROP VIEW IF EXISTS `db`.`b`" and not h.store.views
+    sent = len(h.fake.commands)
+    h.run(table())
+    assert len(h.fake.commands) == sent
