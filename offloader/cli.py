@@ -1,14 +1,18 @@
 """Command line: parse arguments, configure logging once, hand off.
 
-Exit codes: 0 success; 1 a table failed (or a check failed); 2 configuration error.
+Exit codes: 0 success; 1 a table failed (or a check failed); 2 configuration error or
+a malformed option (one line naming the option); 3 `verify` compared nothing (no day in
+the range: never mistaken for a proof).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime as dt
 import gc
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,24 +21,71 @@ import anyio
 import orjson
 
 from offloader import log as logsetup
-from offloader.config import Config, config_path
+from offloader.config import Config, config_path, parse_duration
 from offloader.configfile import load_config
 from offloader.errors import ConfigError, OffloaderError
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NOTHING = 0, 1, 2, 3
 
 
-def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line naming the option (no usage block): what a
+    cron job's mail or a log shows."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def day(text: str) -> dt.date:
+    """An option's day: exactly YYYY-MM-DD (a real date)."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a day: {text!r} (use YYYY-MM-DD)")
+
+
+def duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def log_level(text: str) -> str:
+    level = text.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def day_range(args: argparse.Namespace) -> tuple[dt.date | None, dt.date | None]:
+    """--since and --until of verify and repair (parsed by `day`), checked in order."""
+    since, until = args.since, args.until
+    if since is not None and until is not None and since >= until:
+        raise ConfigError(f"--since {since} must be before --until {until}")
+    return since, until
+
+
+def _global_options(*, suppress: bool) -> _Parser:
     """--config, --log-format and --log-level, for the main parser (with defaults) and
     for every command (without: a default there would override the value given before
     the command)."""
-    options = argparse.ArgumentParser(add_help=False)
+    options = _Parser(add_help=False)
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
     options.add_argument(
         "--config",
+        type=nonempty,
         default=default(None),
         help="config file (default: $OFFLOADER_CONFIG or config/tables.toml)",
     )
@@ -45,24 +96,26 @@ def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
         help="log lines as JSON objects (default when not a terminal) or text",
     )
     options.add_argument(
-        "--log-level", default=default("INFO"), help="DEBUG, INFO, WARNING or ERROR"
+        "--log-level", type=log_level, default=default("INFO"), help="DEBUG, INFO, WARNING or ERROR"
     )
     return options
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> _Parser:
+    parser = _Parser(
         prog="offloader",
         description="Move rows from ClickHouse to Apache Iceberg, exactly once.",
         parents=[_global_options(suppress=False)],
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     # Global options are accepted after the command too (`offloader once --config X`);
     # there they only override what was given before it.
     sub_add = sub.add_parser
     globals_after = _global_options(suppress=True)
 
-    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    def add_parser(name: str, **kwargs: Any) -> _Parser:
         return sub_add(name, parents=[globals_after], **kwargs)
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
@@ -90,15 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="compare ClickHouse and Iceberg per day up to the committed watermark"
     )
     verify.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
-    verify.add_argument("--since", help="first day to compare (YYYY-MM-DD)")
-    verify.add_argument("--until", help="day to stop before (YYYY-MM-DD)")
+    verify.add_argument("--since", type=day, help="first day to compare (YYYY-MM-DD)")
+    verify.add_argument("--until", type=day, help="day to stop before (YYYY-MM-DD)")
+    verify.add_argument("--json", action="store_true", help="print the verdicts as JSON")
 
     expire = sub.add_parser(
         "expire", help="expire old Iceberg snapshots, always keeping the newest offloader commit"
     )
     expire.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
     expire.add_argument(
-        "--older-than", default="7d", help="retention, a duration such as 7d or 36h (default 7d)"
+        "--older-than",
+        type=duration,
+        default="7d",
+        help="retention, a duration such as 7d or 36h (default 7d)",
     )
 
     maintain = sub.add_parser(
@@ -116,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace days of an Iceberg table with ClickHouse's rows (late rows, mutations)",
     )
     repair.add_argument("table", help="target (or source) name of the table")
-    repair.add_argument("--since", help="first day to replace (YYYY-MM-DD)")
-    repair.add_argument("--until", help="day to stop before (YYYY-MM-DD)")
+    repair.add_argument("--since", type=day, help="first day to replace (YYYY-MM-DD)")
+    repair.add_argument("--until", type=day, help="day to stop before (YYYY-MM-DD)")
     repair.add_argument(
         "--dry-run", action="store_true", help="print the days and row counts, change nothing"
     )
@@ -329,13 +386,23 @@ async def _reset(cfg: Config, args: argparse.Namespace) -> int:
 async def _verify(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.verify import verify_table
 
+    since, until = day_range(args)
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
-    failed = 0
+    if not tables:
+        print(f"offloader: {cfg.path}: no enabled table to verify", file=sys.stderr)
+        return EXIT_NOTHING
+    verdicts = []
     for table in tables:
-        verdict = await verify_table(cfg, table, args.since, args.until)
-        print(verdict.render())
-        failed += not verdict.ok
-    return EXIT_FAILED if failed else EXIT_OK
+        verdict = await verify_table(cfg, table, since, until)
+        verdicts.append(verdict)
+        if not args.json:
+            print(verdict.render())
+    if args.json:
+        print(orjson.dumps([v.as_dict() for v in verdicts], option=orjson.OPT_INDENT_2).decode())
+    if any(not v.ok for v in verdicts):
+        return EXIT_FAILED
+    # Comparing no day proves nothing: a typo'd range must not pass a cron check.
+    return EXIT_NOTHING if any(v.result == "nothing" for v in verdicts) else EXIT_OK
 
 
 async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
@@ -369,24 +436,11 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _day(option: str, text: str | None) -> Any:
-    import datetime as dt
-
-    if text is None:
-        return None
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option}: not a day: {text!r} (use YYYY-MM-DD)") from None
-
-
 async def _repair(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.repair import RepairReport, repair_table
 
     table = cfg.table(args.table)
-    since, until = _day("--since", args.since), _day("--until", args.until)
-    if since and until and since >= until:
-        raise ConfigError(f"--since {since} must be before --until {until}")
+    since, until = day_range(args)
     if args.force and not (since or until):
         raise ConfigError("--force needs the days named with --since/--until")
     from offloader import progress
@@ -425,15 +479,11 @@ async def _repair(cfg: Config, args: argparse.Namespace) -> int:
 async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from offloader.config import parse_duration
     from offloader.iceberg import IcebergCatalog
     from offloader.iceberg import maintenance as ops
     from offloader.watermarks import Watermarks
 
-    try:
-        keep = parse_duration(args.older_than)
-    except ValueError as exc:
-        raise ConfigError(f"--older-than: {exc}") from None
+    keep: float = args.older_than  # parsed by `duration`
     cutoff = datetime.now(UTC) - timedelta(seconds=keep)
     catalog = IcebergCatalog(cfg.catalog)
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.tables)

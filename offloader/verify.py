@@ -23,7 +23,7 @@ import anyio
 
 from offloader import days, source
 from offloader.config import Config, TableConfig
-from offloader.errors import TableError
+from offloader.errors import ConfigError, TableError
 from offloader.iceberg import IcebergCatalog
 from offloader.sql import (
     keyset_after,
@@ -221,14 +221,52 @@ class TableVerdict:
     differences: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     error: str | None = None
+    since: dt.date | None = None
+    until: dt.date | None = None
+    # When no day was compared: the table's offloaded days (first, last), if any.
+    table_days: tuple[str, str] | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and not self.differences
 
+    @property
+    def result(self) -> str:
+        """equal | different | nothing (no day compared: not a proof) | error"""
+        if self.error:
+            return "error"
+        if self.differences:
+            return "different"
+        return "equal" if self.days else "nothing"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "result": self.result,
+            "days": self.days,
+            "rows": self.rows,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "differences": self.differences,
+            "excluded": self.excluded,
+            "table_days": list(self.table_days) if self.table_days else None,
+            "error": self.error,
+        }
+
     def render(self, limit: int = 10) -> str:
         if self.error:
             return f"{self.target}: ERROR {self.error}"
+        if self.result == "nothing":
+            where = (
+                f"between {self.since or 'the first day'} and "
+                f"{self.until or 'the committed watermark'}"
+            )
+            have = (
+                f"the table's offloaded days are {self.table_days[0]} to {self.table_days[1]}"
+                if self.table_days
+                else "nothing is offloaded yet"
+            )
+            return f"{self.target}: NOTHING TO COMPARE {where}: {have}"
         head = f"{self.target}: {self.days} days, {self.rows} rows up to the committed watermark"
         note = f" (checksum excludes {', '.join(self.excluded)})" if self.excluded else ""
         if self.ok:
@@ -238,6 +276,10 @@ class TableVerdict:
         if len(self.differences) > limit:
             lines.append(f"  ... and {len(self.differences) - limit} more")
         return "\n".join(lines)
+
+
+def _by_day(wm: ColumnPlan) -> bool:
+    return wm.ch_type.unwrap().name.startswith(("DateTime", "Date"))
 
 
 def _bucket_sql(wm: ColumnPlan) -> str:
@@ -264,9 +306,13 @@ def _bucket_of(wm: ColumnPlan) -> Callable[[Any], str]:
 
 
 async def verify_table(
-    cfg: Config, table: TableConfig, since: str | None, until: str | None
+    cfg: Config, table: TableConfig, since_day: dt.date | None, until_day: dt.date | None
 ) -> TableVerdict:
-    verdict = TableVerdict(table.target)
+    """Compare both tiers per day in [since_day, until_day) up to the committed position.
+    Raises ConfigError for days asked of an integer watermark (its buckets are not days)."""
+    verdict = TableVerdict(table.target, since=since_day, until=until_day)
+    since = since_day.isoformat() if since_day else None
+    until = until_day.isoformat() if until_day else None
     catalog = IcebergCatalog(cfg.catalog)
     try:
         ice = await anyio.to_thread.run_sync(catalog.load, table.target)
@@ -274,6 +320,11 @@ async def verify_table(
         async with source.open_table(cfg.clickhouse, table) as opened:
             ch, src = opened.source, opened.plan
             wm = src.columns[src.order_index[0]]
+            if (since or until) and not _by_day(wm):
+                raise ConfigError(
+                    f"{table.target}: --since/--until are days, and the watermark "
+                    f"{wm.name!r} is an integer ({wm.ch_type}); verify it without them"
+                )
             # A column added to the source after the first offload holds NULL in Iceberg
             # for the rows offloaded before, and its default in ClickHouse: it is counted
             # but cannot be compared value by value.
@@ -301,6 +352,15 @@ async def verify_table(
             hot: dict[str, Bucket] = {}
             for b, count, total in await ch.rows(query):
                 hot[str(b)] = Bucket(int(count), int(total) & _MASK)
+            if not hot and mark is not None:
+                # Nothing in the range: say which days there are (one small query).
+                first, last, count = (
+                    await ch.rows(
+                        f"SELECT min({bucket}), max({bucket}), count() FROM {opened.relation} "
+                        f"WHERE {where[0]}"
+                    )
+                )[0]
+                verdict.table_days = (str(first), str(last)) if int(count) else None
     except TableError as exc:
         verdict.error = str(exc)
         return verdict

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 
+import orjson
 import pytest
 
 from offloader.verify import _decimal_text, canonical_value
@@ -131,3 +132,34 @@ def test_verify_checksums_values_inside_containers(env: Env) -> None:
     changed = env.cli("verify", "cold.deep_dec")
     assert changed.returncode == 1, changed.stdout
     assert "3 rows on both sides but values differ" in changed.stdout
+
+
+def test_a_range_with_no_day_says_so_and_is_not_a_pass(env: Env) -> None:
+    """A range holding none of the table's days compares nothing: never `EQUAL` nor exit
+    0 (a cron check cannot take it for a proof); the text and the JSON say which days the
+    table has. Days asked of an integer watermark are refused naming the column."""
+    env.create_trades("r")
+    env.insert_trades("r", 5_000, first_id=1, start="2025-03-01 00:00:00", step_us=60_000_000)
+    env.ch(
+        f"CREATE TABLE {env.ch_database}.ints (n UInt64, v String) ENGINE = MergeTree ORDER BY n"
+    )
+    env.ch(f"INSERT INTO {env.ch_database}.ints SELECT number, 'x' FROM numbers(10)")
+    env.write_config([env.table("r"), env.table("ints", watermark="n", keys=["v"])])
+    assert env.once().ok
+    inside = env.cli("verify", "cold.r", "--since", "2025-03-02", "--until", "2025-03-03")
+    assert inside.returncode == 0 and "cold.r: 1 days, 680 rows" in inside.stdout, inside.stdout
+    empty = env.cli("verify", "cold.r", "--since", "2030-01-01")
+    assert empty.returncode == 3, empty.stdout + empty.stderr
+    assert "EQUAL" not in empty.stdout
+    assert (
+        "cold.r: NOTHING TO COMPARE between 2030-01-01 and the committed watermark: the "
+        "table's offloaded days are 2025-03-01 to 2025-03-02" in empty.stdout
+    ), empty.stdout
+    as_json = env.cli("verify", "cold.r", "--until", "2025-01-01", "--json")
+    assert as_json.returncode == 3
+    [verdict] = orjson.loads(as_json.stdout)
+    assert verdict["result"] == "nothing" and verdict["table_days"] == ["2025-03-01", "2025-03-02"]
+    ints = env.cli("verify", "cold.ints", "--since", "2025-03-01")
+    assert ints.returncode == 2, ints.stdout + ints.stderr
+    assert "the watermark 'n' is an integer" in ints.stderr
+    assert env.cli("verify", "cold.ints").returncode == 0
