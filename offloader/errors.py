@@ -18,6 +18,30 @@ CLICKHOUSE_SCHEMA_CODES = {
 }
 
 
+# Every `reason` a failed table run can report (TableError.reason and the supervisor's
+# own): the label values of offloader_table_failures_total, whose series exist at 0 for
+# every table from the start (metrics.Metrics.track), so an alert's increase() sees the
+# first failure. tests/test_metrics_unit.py checks the code raises no other.
+FAILURE_REASONS = (
+    "error",
+    "clickhouse",
+    "schema",
+    "iceberg",
+    "postgres",
+    "inconsistent",
+    "data",
+    "locked",
+    "utf8",
+    "timeout",
+    "missing_table",
+    "config",
+    "schema_change",
+    "unmappable",
+    "view",
+    "internal",
+)
+
+
 class OffloaderError(Exception):
     """Base of every error offloader raises on purpose."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -16,6 +17,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from offloader.errors import FAILURE_REASONS
 from offloader.report import TableReport
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.tracked: set[str] = set()  # tables whose series exist (track)
         r = self.registry
         self.rows = Counter("offloader_rows", "Rows offloaded", ["table"], registry=r)
         self.bytes = Counter("offloader_bytes", "Arrow bytes offloaded", ["table"], registry=r)
@@ -56,6 +59,8 @@ class Metrics:
             registry=r,
         )
         self.cycles = Counter("offloader_cycles", "Cycles run", ["result"], registry=r)
+        for result in ("ok", "failed"):
+            self.cycles.labels(result)  # at 0 from the start
         self.skipped_ticks = Counter(
             "offloader_skipped_ticks", "Ticks skipped because a cycle overran", registry=r
         )
@@ -177,6 +182,30 @@ class Metrics:
         )
         return server
 
+    def track(self, tables: Iterable[str]) -> None:
+        """Create every labelled counter an alert or a panel takes increase() or rate()
+        of at 0 for each of these tables and each label value it can take, and drop the
+        series of tables no longer configured. Without the 0, a series would appear at
+        its first event, and `increase(...[30m]) >= 2` would fire only on the third.
+        Called at start and after each config reload."""
+        wanted = set(tables)
+        for table in wanted - self.tracked:
+            for reason in FAILURE_REASONS:
+                self.failures.labels(table, reason)
+            for result in MAINTENANCE_RESULTS:
+                self.maintenance_runs.labels(table, result)
+            for counter in (*self._per_table_counters, self.table_seconds):
+                counter.labels(table)
+            self.maintenance_seconds.labels(table)
+        for table in self.tracked - wanted:
+            for metric in self._per_table:
+                _remove(metric, table)
+            for reason in FAILURE_REASONS:
+                _remove(self.failures, table, reason)
+            for result in MAINTENANCE_RESULTS:
+                _remove(self.maintenance_runs, table, result)
+        self.tracked = wanted
+
     def table(self, report: TableReport) -> None:
         t = report.target
         self.table_seconds.labels(t).observe(report.seconds)
@@ -220,9 +249,52 @@ class Metrics:
             self.table_snapshots.labels(t).set(report.shape.snapshots)
             self.metadata_files.labels(t).set(report.shape.metadata_files)
 
+    @property
+    def _per_table_counters(self) -> tuple[Counter, ...]:
+        return (
+            self.rows,
+            self.bytes,
+            self.snapshots,
+            self.view_failures,
+            self.files_rewritten,
+            self.bytes_rewritten,
+            self.snapshots_expired,
+            self.orphans_deleted,
+        )
+
+    @property
+    def _per_table(self) -> tuple[Any, ...]:
+        """Every metric labelled by the table alone (a removed table's series go with it)."""
+        return (
+            *self._per_table_counters,
+            self.table_seconds,
+            self.last_success,
+            self.lag,
+            self.rows_behind,
+            self.newest_age,
+            self.drifted_days,
+            self.view_current,
+            self.maintenance_seconds,
+            self.data_files,
+            self.manifests,
+            self.table_snapshots,
+            self.metadata_files,
+        )
+
     def cycle(self, seconds: float, ok: bool) -> None:
         self.cycle_seconds.observe(seconds)
         self.cycles.labels("ok" if ok else "failed").inc()
+
+
+# The results of a table's maintenance pass (maintenance.MaintenanceReport.status).
+MAINTENANCE_RESULTS = ("ok", "failed", "skipped", "missing")
+
+
+def _remove(metric: Any, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never created (e.g. a gauge set only after a run)
+        pass
 
 
 def newest_row_age(position: list[Any] | None) -> float | None:

@@ -81,6 +81,7 @@ class Service:
         self.stopping = anyio.Event()
         self.wake = anyio.Event()
         self.metrics = Metrics()
+        self.metrics.track(t.target for t in cfg.enabled_tables)
         self.cycles = 0
         self.next_maintenance = 0.0  # epoch seconds; the first pass follows the first cycle
 
@@ -102,6 +103,7 @@ class Service:
                 extra={"added": sorted(after - before), "removed": sorted(before - after)},
             )
         self.cfg = new
+        self.metrics.track(t.target for t in new.enabled_tables)
 
     async def signals(self, scope: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:

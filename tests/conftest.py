@@ -173,3 +173,10 @@ def env_long(
     """`env` for the long suites: the default transport (all three with
     OFFLOADER_ALL_TRANSPORTS=1)."""
     yield from _fresh_env(clickhouse_server, pg_database, tmp_path, request.param)
+
+
+@pytest.fixture
+def env_one(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    """`env` on the default transport only, for what no transport changes (the service's
+    metrics)."""
+    yield from _fresh_env(clickhouse_server, pg_database, tmp_path, "native")

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
+from offloader.errors import FAILURE_REASONS
+from offloader.metrics import MAINTENANCE_RESULTS
 from offloader.scheduler import after_cycle, next_tick
 from tests.helpers import ROOT, Env
 
@@ -268,3 +270,62 @@ def test_big_new_table_is_worked_off_in_bounded_chunks(env: Env) -> None:
         assert report.tables[1].status in ("ok", "idle")  # never starved
     assert rows == [30_000, 30_000, 0, 0]  # 25k cap reached at a page boundary
     assert env.assert_tiers_equal("cold.big") == 60_000
+
+
+def _used_metric_families() -> set[str]:
+    """The metric names ops/alerts.yml and ops/grafana-dashboard.json read, as families
+    (a histogram's _bucket, a counter's _total are samples of the family)."""
+    used = set()
+    for path in ("ops/alerts.yml", "ops/grafana-dashboard.json"):
+        for name in re.findall(r"offloader_[a-z_]+", (ROOT / path).read_text()):
+            used.add(_family(name))
+    return used
+
+
+def _family(name: str) -> str:
+    return re.sub(r"_(bucket|sum|count|total)$", "", name)
+
+
+@pytest.mark.integration
+def test_a_fresh_service_exports_every_metric_at_zero(env_one: Env) -> None:
+    """Scraped right after start: every metric the alert rules and the dashboard read is
+    exported, and every labelled counter they take increase() of has its series at 0 for
+    each configured table and label value — so OffloaderTableFailing fires on the second
+    failure, as its summary says, not the third. A table removed by a config reload
+    loses its series; one added gains them at 0."""
+    env = env_one
+    service_cfg = {"interval": "1h", "metrics_port": 0}
+    env.write_config([env.table("missing")], service=service_cfg)  # fails every cycle
+    svc = Service(env)
+    try:
+        metrics_at = svc.wait_for(lambda e: e.get("msg") == "metrics listening")["address"]
+        body = urllib.request.urlopen(metrics_at, timeout=10).read().decode()
+        families = {_family(n) for n in re.findall(r"^# TYPE (offloader_\w+) ", body, re.M)}
+        missing = _used_metric_families() - families
+        assert not missing, missing
+        for reason in FAILURE_REASONS:
+            zero = f'offloader_table_failures_total{{reason="{reason}",table="cold.missing"}} '
+            assert zero in body, (reason, body)
+        for result in MAINTENANCE_RESULTS:
+            assert (
+                f'offloader_maintenance_runs_total{{result="{result}",table="cold.missing"}}'
+                in body
+            )
+        assert 'offloader_view_failures_total{table="cold.missing"} 0.0' in body
+        assert 'offloader_cycles_total{result="failed"} ' in body
+        failed = scrape_until(
+            metrics_at,
+            'offloader_table_failures_total{reason="missing_table",table="cold.missing"} 1.0',
+        )
+        assert (
+            'offloader_table_failures_total{reason="clickhouse",table="cold.missing"} 0.0' in failed
+        )
+        # Reload: the table replaced by another.
+        env.write_config([env.table("other")], service=service_cfg)
+        svc.proc.send_signal(signal.SIGHUP)
+        after = scrape_until(
+            metrics_at, 'offloader_table_failures_total{reason="data",table="cold.other"} 0.0'
+        )
+        assert 'table="cold.missing"' not in after
+    finally:
+        svc.stop()
