@@ -318,16 +318,24 @@ _ICEBERG_DAYS: dict[str, tuple[tuple[Any, ...], tuple[dict[int, int], set[int]]]
 
 
 def window(
-    wm_type: ChType, position: list[Any] | None, days: int
+    wm_type: ChType,
+    position: Sequence[Any] | None,
+    days: int,
+    retained_until: dt.date | None = None,
 ) -> tuple[dt.date, dt.date] | None:
-    """The audit window: the committed watermark's day and the `days - 1` before it;
-    None when there is nothing to audit (no commit yet, integer watermark, days = 0)."""
+    """The audit window: the committed watermark's day and the `days - 1` before it,
+    but no day before `retained_until` (hot_retention dropped those days from ClickHouse:
+    they are Iceberg's alone, not drift); None when there is nothing to audit (no commit
+    yet, integer watermark, days = 0, every day dropped)."""
     if not position or days <= 0:
         return None
     last = watermark_day(wm_type, position[0])
     if last is None:
         return None
-    return last - dt.timedelta(days=days - 1), last
+    first = last - dt.timedelta(days=days - 1)
+    if retained_until is not None:
+        first = max(first, retained_until)
+    return (first, last) if first <= last else None
 
 
 def audited(table: TableConfig, order: Order) -> bool:

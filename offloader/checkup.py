@@ -54,7 +54,7 @@ async def read_ahead(run: TableRun, position: list[Any]) -> None:
     arriving later are found by the next cycle either way). A failure leaves the query
     to audit(), which reports it."""
     table, src = run.table, run.src
-    bounds = tiers.window(src.order[0][1], position, table.audit_days)
+    bounds = tiers.window(src.order[0][1], position, table.audit_days, run.state.retained_until)
     if bounds is None:
         return
     start = tiers.reread_from(bounds[0], run.days, run.days_before)
@@ -74,7 +74,7 @@ async def audit(run: TableRun) -> bool:
     Returns whether it ran (the table has an audit window)."""
     table, report, src = run.table, run.report, run.src
     wm_type = src.order[0][1]
-    bounds = tiers.window(wm_type, report.watermark, table.audit_days)
+    bounds = tiers.window(wm_type, report.watermark, table.audit_days, run.state.retained_until)
     if bounds is None or report.watermark is None or report.more:
         # `more`: a backlog is being worked off in chunks; the run that catches up
         # audits (the window would mostly hold rows this very run just wrote).
@@ -132,6 +132,7 @@ async def audit(run: TableRun) -> bool:
             position=position,
             days=[d.day for d in drifted],
             limiter=run.services.io,
+            retained_until=run.state.retained_until,
         )
         report.repaired = [d.day.isoformat() for d in fixed.days]
         if fixed.seq is not None:
@@ -153,7 +154,7 @@ async def audit_recorded(run: TableRun) -> bool:
     without a record: before checksums existed, or recovered after a crash)."""
     table, report, src = run.table, run.report, run.src
     wm_type = src.order[0][1]
-    bounds = tiers.window(wm_type, report.watermark, table.audit_days)
+    bounds = tiers.window(wm_type, report.watermark, table.audit_days, run.state.retained_until)
     if bounds is None or report.watermark is None:
         return True  # nothing to audit
     t0 = time.monotonic()
@@ -197,7 +198,12 @@ def agreed_window(run: TableRun) -> AuditAgreed | None:
     the state), if it is this window's: then the source's parts tell whether to read
     the window again, not its rows."""
     known = run.state.agreed
-    bounds = tiers.window(run.src.order[0][1], run.report.watermark, run.table.audit_days)
+    bounds = tiers.window(
+        run.src.order[0][1],
+        run.report.watermark,
+        run.table.audit_days,
+        run.state.retained_until,
+    )
     if known is None or bounds is None or known.seq != run.seq:
         return None
     same = (known.first, known.last) == tuple(tiers.day_number(d) for d in bounds)

@@ -186,6 +186,18 @@ def build_parser() -> _Parser:
     )
     repair.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    retain = sub.add_parser(
+        "retain",
+        help="drop hot partitions older than hot_retention that Iceberg verifiably holds",
+    )
+    retain.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
+    retain.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list each partition it would drop with both tiers' counts; drop nothing",
+    )
+    retain.add_argument("--json", action="store_true", help="print the reports as JSON")
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -323,7 +335,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     )
     if args.offline:
         return EXIT_OK
-    from offloader import iceberg, source, view
+    from offloader import iceberg, retention, source, view
     from offloader.errors import TableError
     from offloader.iceberg import IcebergCatalog
 
@@ -342,14 +354,16 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
                 schema = src.plan.schema
                 kinds = {c.name: str(c.ch_type) for c in src.plan.columns}
                 src.source.pager(table, src.plan)  # the transport refuses what it cannot store
-                probed = None
+                probed = []
                 if table.view is not None:
                     ice = await anyio.to_thread.run_sync(catalog.load, table.target)
-                    probed = await view.probe(src.source, cfg.views, table, ice)
+                    probed.append(await view.probe(src.source, cfg.views, table, ice))
+                if table.hot_retention is not None:
+                    probed.append(await retention.check(src, table))
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")
             print(iceberg.describe(schema, table.partition_by, kinds))
-            if probed:
-                print(probed)
+            for line in probed:
+                print(line)
         except TableError as exc:
             failed += 1
             print(f"\n{table.source} -> {table.target}: ERROR {exc}")
@@ -385,15 +399,21 @@ async def _reset(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _verify(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.verify import verify_table
+    from offloader.watermarks import Watermarks
 
     since, until = day_range(args)
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
     if not tables:
         print(f"offloader: {cfg.path}: no enabled table to verify", file=sys.stderr)
         return EXIT_NOTHING
+    watermarks = await Watermarks.open(cfg.postgres, max_size=1)
+    try:
+        retained = {r.target: r.retained_until for r in await watermarks.status()}
+    finally:
+        await watermarks.close()
     verdicts = []
     for table in tables:
-        verdict = await verify_table(cfg, table, since, until)
+        verdict = await verify_table(cfg, table, since, until, retained.get(table.target))
         verdicts.append(verdict)
         if not args.json:
             print(verdict.render())
@@ -510,6 +530,29 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _retain(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.retention import RetentionReport, retain
+    from offloader.watermarks import Watermarks
+
+    tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
+    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+    try:
+        reports = await retain(cfg, tables, watermarks, dry_run=args.dry_run)
+    finally:
+        await watermarks.close()
+    off = [RetentionReport(t.target, status="off") for t in tables if t.hot_retention is None]
+    if args.json:
+        shown = [r.as_dict() for r in [*reports, *off]]
+        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for report in [*reports, *off]:
+            print("\n".join(report.lines()))
+    if not reports and not args.json:
+        print("offloader: no table sets hot_retention", file=sys.stderr)
+    bad = [r for r in reports if r.status == "failed" or r.refused or r.late]
+    return EXIT_FAILED if bad else EXIT_OK
+
+
 _COMMANDS: dict[str, Any] = {
     "verify": _verify,
     "expire": _expire,
@@ -520,6 +563,7 @@ _COMMANDS: dict[str, Any] = {
     "status": _status,
     "validate": _validate,
     "reset": _reset,
+    "retain": _retain,
 }
 
 

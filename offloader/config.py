@@ -147,6 +147,16 @@ class ViewsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """`[retention]`: when the service runs its verified hot retention (tables opt in with
+    `hot_retention`)."""
+
+    enabled: bool = True  # run retention passes inside `offloader run`
+    interval: float = 3600.0  # between passes
+    budget: float = 600.0  # time budget of a pass (never runs into a cycle tick)
+
+
+@dataclass(frozen=True, slots=True)
 class ClickHouseConfig:
     host: str = "127.0.0.1"
     port: int = 9000
@@ -207,6 +217,9 @@ class TableConfig:
     final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
     # The view over both tiers, `database.name` (resolved from `view` and [views]); None: none.
     view: str | None = None
+    # Seconds: drop source partitions older than this once Iceberg verifiably holds them
+    # (retention.py); None: offloader never drops hot data.
+    hot_retention: float | None = None
 
     @property
     def source_database(self) -> str | None:
@@ -233,6 +246,7 @@ class Config:
     tables: tuple[TableConfig, ...]
     maintenance: MaintenanceConfig = MaintenanceConfig()
     views: ViewsConfig = ViewsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def enabled_tables(self) -> tuple[TableConfig, ...]:

@@ -23,6 +23,7 @@ from offloader.config import (
     Config,
     MaintenanceConfig,
     PostgresConfig,
+    RetentionConfig,
     ServiceConfig,
     TableConfig,
     Transport,
@@ -65,7 +66,10 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
     reader.reject_unknown(
         data,
         "",
-        {"offloader", "clickhouse", "postgres", "iceberg", "tables", "maintenance", "views"},
+        {
+            *("offloader", "clickhouse", "postgres", "iceberg", "tables", "maintenance"),
+            *("views", "retention"),
+        },
     )
 
     svc = reader.section(data, "offloader", required=False)
@@ -156,7 +160,10 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
             )
         views_seen[table.view] = i
     maintenance = reader.maintenance(reader.section(data, "maintenance", required=False))
-    return Config(path, service, clickhouse, postgres, catalog, tables, maintenance, views)
+    retention = reader.retention(reader.section(data, "retention", required=False))
+    return Config(
+        path, service, clickhouse, postgres, catalog, tables, maintenance, views, retention
+    )
 
 
 class _Reader:
@@ -319,6 +326,16 @@ class _Reader:
             orphan_age=self.duration(data, w, "orphan_age", d.orphan_age, minimum=3600.0),
         )
 
+    def retention(self, data: Mapping[str, Any]) -> RetentionConfig:
+        w = "retention"
+        d = RetentionConfig()
+        self.reject_unknown(data, w, set(RetentionConfig.__slots__))
+        return RetentionConfig(
+            enabled=self.boolean(data, w, "enabled", d.enabled),
+            interval=self.duration(data, w, "interval", d.interval, minimum=60.0),
+            budget=self.duration(data, w, "budget", d.budget, minimum=1.0),
+        )
+
     def views(self, data: Mapping[str, Any], catalog: CatalogConfig) -> ViewsConfig:
         w = "views"
         d = ViewsConfig()
@@ -474,6 +491,11 @@ class _Reader:
             audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
             final=self.boolean(data, label, "final", d["final"]),
             view=self.view(data, label, source, clickhouse.database, views),
+            hot_retention=(
+                self.duration(data, label, "hot_retention", 0.0, minimum=3600.0)
+                if "hot_retention" in data
+                else None
+            ),
         )
 
 

@@ -22,6 +22,7 @@ from offloader.report import TableReport
 
 if TYPE_CHECKING:
     from offloader.maintenance import MaintenanceReport
+    from offloader.retention import RetentionReport
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,25 @@ class Metrics:
             "offloader_view_current",
             "1 when the table's view over both tiers was brought to the committed position "
             "by its last run, 0 when that failed",
+            ["table"],
+            registry=r,
+        )
+        self.retention_partitions = Counter(
+            "offloader_retention_partitions_dropped",
+            "Hot partitions dropped by hot_retention after Iceberg was verified to hold them",
+            ["table"],
+            registry=r,
+        )
+        self.retention_rows = Counter(
+            "offloader_retention_rows_dropped",
+            "Hot rows dropped by hot_retention (each also in Iceberg, verified)",
+            ["table"],
+            registry=r,
+        )
+        self.retention_refusals = Counter(
+            "offloader_retention_refusals",
+            "Partitions hot_retention would have dropped but did not: the tiers differ, the "
+            "partition changed during the drop, or rows arrived in days already dropped",
             ["table"],
             registry=r,
         )
@@ -256,6 +276,9 @@ class Metrics:
             self.bytes,
             self.snapshots,
             self.view_failures,
+            self.retention_partitions,
+            self.retention_rows,
+            self.retention_refusals,
             self.files_rewritten,
             self.bytes_rewritten,
             self.snapshots_expired,
@@ -280,6 +303,14 @@ class Metrics:
             self.table_snapshots,
             self.metadata_files,
         )
+
+    def retention(self, report: RetentionReport) -> None:
+        t = report.target
+        if report.dry_run:
+            return
+        self.retention_partitions.labels(t).inc(len(report.dropped))
+        self.retention_rows.labels(t).inc(sum(d.rows for d in report.dropped))
+        self.retention_refusals.labels(t).inc(len(report.refused) + len(report.late))
 
     def cycle(self, seconds: float, ok: bool) -> None:
         self.cycle_seconds.observe(seconds)

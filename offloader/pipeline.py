@@ -150,7 +150,9 @@ class TableRun:
             _ = src.plan
         report.watermark = list(self.state.position) if self.state.position else None
         wm_type = src.order[0][1]
-        bounds = audit.window(wm_type, report.watermark, table.audit_days)
+        bounds = audit.window(
+            wm_type, report.watermark, table.audit_days, self.state.retained_until
+        )
         self.days: audit.ClickHouseDays | None = None
         self.days_before: date | None = None
         self.parts = ""

@@ -163,6 +163,7 @@ async def repair(
     dry_run: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
     progress: Progress | None = None,
+    retained_until: dt.date | None = None,
 ) -> RepairReport:
     """Replace `days` (each at or before the committed watermark's day) of the Iceberg
     table with ClickHouse's rows. The caller holds the table's lock and has reconciled
@@ -194,6 +195,13 @@ async def repair(
     accepted: list[DayCount] = []
     for day in sorted(set(days)):
         count = counts[day]
+        if retained_until is not None and day < retained_until:
+            # Not even with --force: ClickHouse's copy of it was dropped on purpose.
+            report.refused.append(
+                f"{day}: hot_retention dropped this day from ClickHouse after Iceberg was "
+                "verified to hold it; Iceberg is the only copy"
+            )
+            continue
         why = refusal(count, oldest_day, ttl, now)
         if why is not None and not force:
             report.refused.append(why)
@@ -423,6 +431,7 @@ async def repair_table(
                 force=force and explicit,
                 dry_run=dry_run,
                 progress=progress,
+                retained_until=state.retained_until,
             )
             if table.view is not None and report.seq is not None and not dry_run:
                 # The view reads the repaired snapshot from now on.

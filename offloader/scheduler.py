@@ -84,6 +84,7 @@ class Service:
         self.metrics.track(t.target for t in cfg.enabled_tables)
         self.cycles = 0
         self.next_maintenance = 0.0  # epoch seconds; the first pass follows the first cycle
+        self.next_retention = 0.0  # likewise for hot retention
 
     def reload(self) -> None:
         """Re-read the config; keep the last good one if the edit is broken."""
@@ -201,6 +202,41 @@ class Service:
             },
         )
 
+    async def retention(self, next_tick_at: float) -> None:
+        """A verified hot-retention pass between cycles when one is due ([retention]),
+        within its budget and never past the next tick (less a margin)."""
+        cfg = self.cfg
+        rcfg = cfg.retention
+        now = time.time()
+        tables = [t for t in cfg.enabled_tables if t.hot_retention is not None]
+        due = rcfg.enabled and tables and now >= self.next_retention
+        if not due or self.stopping.is_set():
+            return
+        window = next_tick_at - now - MAINTENANCE_TICK_MARGIN
+        if window < MAINTENANCE_MIN_WINDOW:
+            return
+        from offloader.retention import retain
+        from offloader.watermarks import Watermarks
+
+        self.next_retention = now + rcfg.interval
+        deadline = time.monotonic() + min(rcfg.budget, window)
+        try:
+            watermarks = await Watermarks.open(cfg.postgres, max_size=2)
+            try:
+                reports = await retain(
+                    cfg, tables, watermarks, deadline=deadline, stopping=self.stopping
+                )
+            finally:
+                await watermarks.close()
+        except TableError as exc:
+            log.error("retention pass failed", extra={"error": str(exc)})
+            return
+        except Exception:  # a bug in retention must never stop the offloading service
+            log.exception("retention pass crashed")
+            return
+        for report in reports:
+            self.metrics.retention(report)
+
     async def loop(self, run_now: bool) -> None:
         scheduled = time.time() if run_now else next_tick(time.time(), self.cfg.service.interval)
         while not self.stopping.is_set():
@@ -228,6 +264,7 @@ class Service:
                 )
             scheduled = missed.next_at
             await self.maintenance(scheduled)
+            await self.retention(scheduled)
 
 
 async def serve(path: str, cfg: Config, *, run_now: bool = False) -> int:

@@ -8,13 +8,14 @@ import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 __all__ = [
     "AuditAgreed",
     "DaySum",
     "DaySums",
+    "RetentionIntent",
     "StatusRow",
     "Store",
     "TableState",
@@ -76,6 +77,31 @@ class AuditAgreed:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionIntent:
+    """A hot partition retention is about to detach and drop (retention.py), recorded
+    before the detach so a pass killed at any step is finished or undone: the parts that
+    were compared, the partition's detached parts before (not ours), and the day the
+    table's `retained_until` moves to once they are dropped."""
+
+    partition: str
+    parts: tuple[str, ...]
+    detached_before: tuple[str, ...]
+    retained_until: str  # ISO day
+
+    def encode(self) -> str:
+        return json.dumps(
+            [self.partition, list(self.parts), list(self.detached_before), self.retained_until]
+        )
+
+    @classmethod
+    def decode(cls, text: str | None) -> RetentionIntent | None:
+        if not text:
+            return None
+        partition, parts, before, until = json.loads(text)
+        return cls(str(partition), tuple(parts), tuple(before), str(until))
+
+
+@dataclass(frozen=True, slots=True)
 class TableState:
     target: str
     seq: int
@@ -84,6 +110,9 @@ class TableState:
     updated_at: datetime | None
     agreed: AuditAgreed | None = None  # cleared by every commit
     has_view: bool = False  # a view over both tiers was recorded for the table
+    # Days before it were dropped from ClickHouse by hot_retention: Iceberg's alone.
+    retained_until: date | None = None
+    retention_intent: RetentionIntent | None = None  # a drop in progress (retention.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +127,7 @@ class StatusRow:
     last_run_at: datetime | None
     last_rows: int | None
     last_error: str | None
+    retained_until: date | None = None  # hot_retention dropped the days before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +181,12 @@ class Store(Protocol):
     async def view_failed(self, target: str, name: str, error: str) -> None: ...
 
     async def forget_view(self, target: str) -> None: ...
+
+    async def retention_intent(self, target: str, intent: RetentionIntent | None) -> None: ...
+
+    async def retained(self, target: str, until: date) -> None:
+        """Days before `until` are dropped from the hot tier (never moves back)."""
+        ...
 
     async def record_run(
         self,

@@ -11,7 +11,7 @@ import anyio
 
 from offloader import audit, source
 from offloader.config import Config, TableConfig
-from offloader.cursor import from_micros, watermark_from_int
+from offloader.cursor import encode_value, from_micros, watermark_from_int
 from offloader.days import kind_of, ticks_precision
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
@@ -58,6 +58,9 @@ class TableStatus:
     view_commit: int | None = None  # the commit it reads (its comment in ClickHouse)
     view_error: str | None = None  # why its last replacement failed
     view_problem: str | None = None  # behind for more than a cycle, or missing
+    hot_retention: float | None = None  # seconds (hot_retention), None: off
+    retained_until: str | None = None  # days before it were dropped from ClickHouse
+    oldest_hot_day: str | None = None  # the source's oldest row's UTC day
 
     @property
     def ttl_warning(self) -> str | None:
@@ -149,6 +152,8 @@ def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
         last_status=row.last_status if row else None,
         last_error=row.last_error if row else None,
         view=table.view,
+        hot_retention=table.hot_retention,
+        retained_until=row.retained_until.isoformat() if row and row.retained_until else None,
     )
 
 
@@ -177,8 +182,17 @@ async def _source_side(
             st.view_commit = await view_commit(ch, table.view)
         src = read_from(db, table.source_table, table.final)
         wm = quote_ident(table.watermark)
-        raw_newest = await ch.scalar(f"SELECT {watermark_int(wm_type, f'max({wm})')} FROM {src}")
+        raw_oldest, raw_newest, count = (
+            await ch.rows(
+                f"SELECT {watermark_int(wm_type, f'min({wm})')}, "
+                f"{watermark_int(wm_type, f'max({wm})')}, count() FROM {src}"
+            )
+        )[0]
         st.source_newest = str(watermark_from_int(wm_type, raw_newest))
+        oldest_day = audit.watermark_day(
+            wm_type, encode_value(watermark_from_int(wm_type, raw_oldest))
+        )
+        st.oldest_hot_day = oldest_day.isoformat() if oldest_day and int(count) else None
         st.ttl = await source.table_ttl(ch, db, table.source_table)
         st.ttl_seconds = ttl_seconds(st.ttl)
         # The same measure as each run's (pipeline._measure_behind), so status, --check
@@ -188,7 +202,8 @@ async def _source_side(
         lag = behind(int(rows), first, from_micros(now), wm_type)
         st.rows_behind, st.lag_seconds = lag.rows, lag.seconds
         # A fresh audit of the table's window, as each run does (audit.py).
-        bounds = audit.window(wm_type, st.watermark, table.audit_days)
+        retained = dt.date.fromisoformat(st.retained_until) if st.retained_until else None
+        bounds = audit.window(wm_type, st.watermark, table.audit_days, retained)
         if ice is not None and bounds is not None and st.watermark is not None:
             hashed = row_hash(list(columns.items())) if table.audit_checksums else None
             recorded = None
@@ -253,6 +268,16 @@ def render(statuses: list[TableStatus]) -> str:
             lines.append(f"    problem: {s.problem}")
         if s.ttl:
             lines.append(f"    ClickHouse TTL: {s.ttl}")
+        if s.hot_retention is not None or s.retained_until:
+            keep = f"hot_retention {_human(s.hot_retention)}" if s.hot_retention else "off"
+            lines.append(
+                f"    hot retention: {keep}; oldest hot day {s.oldest_hot_day or '-'}"
+                + (
+                    f"; days before {s.retained_until} are Iceberg's alone"
+                    if s.retained_until
+                    else ""
+                )
+            )
         if s.ttl_warning:
             lines.append(f"    WARNING: {s.ttl_warning}")
         if s.view is not None:

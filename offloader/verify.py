@@ -225,6 +225,8 @@ class TableVerdict:
     until: dt.date | None = None
     # When no day was compared: the table's offloaded days (first, last), if any.
     table_days: tuple[str, str] | None = None
+    retained_until: dt.date | None = None  # days before it are Iceberg's alone
+    retained_days: int = 0  # such days in the range, not compared (no ClickHouse copy)
 
     @property
     def ok(self) -> bool:
@@ -250,6 +252,7 @@ class TableVerdict:
             "differences": self.differences,
             "excluded": self.excluded,
             "table_days": list(self.table_days) if self.table_days else None,
+            "retained_days": self.retained_days,
             "error": self.error,
         }
 
@@ -269,6 +272,11 @@ class TableVerdict:
             return f"{self.target}: NOTHING TO COMPARE {where}: {have}"
         head = f"{self.target}: {self.days} days, {self.rows} rows up to the committed watermark"
         note = f" (checksum excludes {', '.join(self.excluded)})" if self.excluded else ""
+        if self.retained_days:
+            note += (
+                f" ({self.retained_days} days before {self.retained_until} are Iceberg's alone: "
+                "hot_retention dropped them from ClickHouse)"
+            )
         if self.ok:
             return f"{head}: EQUAL{note}"
         lines = [f"{head}: DIFFERENT in {len(self.differences)} days{note}"]
@@ -306,11 +314,20 @@ def _bucket_of(wm: ColumnPlan) -> Callable[[Any], str]:
 
 
 async def verify_table(
-    cfg: Config, table: TableConfig, since_day: dt.date | None, until_day: dt.date | None
+    cfg: Config,
+    table: TableConfig,
+    since_day: dt.date | None,
+    until_day: dt.date | None,
+    retained_until: dt.date | None = None,
 ) -> TableVerdict:
     """Compare both tiers per day in [since_day, until_day) up to the committed position.
-    Raises ConfigError for days asked of an integer watermark (its buckets are not days)."""
-    verdict = TableVerdict(table.target, since=since_day, until=until_day)
+    Days before `retained_until` (dropped from ClickHouse by hot_retention) are Iceberg's
+    alone: not compared, and any row ClickHouse holds of them is reported (it arrived
+    after the drop, and Iceberg does not have it). Raises ConfigError for days asked of
+    an integer watermark (its buckets are not days)."""
+    verdict = TableVerdict(
+        table.target, since=since_day, until=until_day, retained_until=retained_until
+    )
     since = since_day.isoformat() if since_day else None
     until = until_day.isoformat() if until_day else None
     catalog = IcebergCatalog(cfg.catalog)
@@ -366,8 +383,17 @@ async def verify_table(
         return verdict
     cold = await anyio.to_thread.run_sync(_scan_iceberg, ice, src, checked, since, until)
     days = sorted(set(hot) | set(cold))
+    cutoff = retained_until.isoformat() if retained_until and _by_day(wm) else None
+    for day in [d for d in days if cutoff is not None and d < cutoff]:
+        days.remove(day)
+        verdict.retained_days += 1
+        if day in hot:
+            verdict.differences.append(
+                f"{day}: ClickHouse holds {hot[day].rows} rows of a day hot_retention dropped "
+                "from it: they arrived after the drop and are not in Iceberg"
+            )
     verdict.days = len(days)
-    verdict.rows = sum(b.rows for b in hot.values())
+    verdict.rows = sum(b.rows for d, b in hot.items() if d in days)
     for day in days:
         s, c = hot.get(day, Bucket()), cold.get(day, Bucket())
         if s.rows != c.rows:

@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -23,7 +23,15 @@ import asyncpg
 from offloader import cursor, faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
-from offloader.state import AuditAgreed, DaySum, DaySums, StatusRow, TableState, ViewState
+from offloader.state import (
+    AuditAgreed,
+    DaySum,
+    DaySums,
+    RetentionIntent,
+    StatusRow,
+    TableState,
+    ViewState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +111,12 @@ MIGRATIONS: tuple[str, ...] = (
         error       text,
         failed_at   timestamptz
     );
+    """,
+    # Verified hot retention (retention.py): the days dropped from ClickHouse, and a drop
+    # in progress.
+    """
+    ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS retained_until date;
+    ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS retention_intent text;
     """,
 )
 _MOD64 = 2**64
@@ -213,13 +227,24 @@ class Watermarks:
             f"""INSERT INTO {self._s}.watermarks (target, source) VALUES ($1, $2)
                 ON CONFLICT (target) DO UPDATE SET source = EXCLUDED.source
                 RETURNING seq, position::text, rows_total, updated_at, audit_agreed,
-                          EXISTS (SELECT 1 FROM {self._s}.views v WHERE v.target = $1)""",
+                          EXISTS (SELECT 1 FROM {self._s}.views v WHERE v.target = $1),
+                          retained_until, retention_intent""",
             target,
             source,
         )
         row = rows[0]
         agreed = AuditAgreed.decode(row[4])
-        return TableState(target, row[0], cursor.loads(row[1]), row[2], row[3], agreed, row[5])
+        return TableState(
+            target,
+            row[0],
+            cursor.loads(row[1]),
+            row[2],
+            row[3],
+            agreed,
+            row[5],
+            row[6],
+            RetentionIntent.decode(row[7]),
+        )
 
     async def audit_agreed(self, target: str, agreed: AuditAgreed) -> None:
         """Remember the audit window that agreed in full at `agreed.seq` (ignored if
@@ -360,6 +385,24 @@ class Watermarks:
             state.signature,
         )
 
+    async def retention_intent(self, target: str, intent: RetentionIntent | None) -> None:
+        await self._run(
+            "record retention intent",
+            f"UPDATE {self._s}.watermarks SET retention_intent = $2 WHERE target = $1",
+            target,
+            intent.encode() if intent is not None else None,
+        )
+
+    async def retained(self, target: str, until: date) -> None:
+        await self._run(
+            "record retained days",
+            f"""UPDATE {self._s}.watermarks
+                SET retained_until = GREATEST(coalesce(retained_until, $2), $2)
+                WHERE target = $1""",
+            target,
+            until,
+        )
+
     async def forget_view(self, target: str) -> None:
         await self._run("forget view", f"DELETE FROM {self._s}.views WHERE target = $1", target)
 
@@ -411,7 +454,7 @@ class Watermarks:
         rows = await self._run(
             "read status",
             f"""SELECT w.target, w.source, w.seq, w.position::text, w.rows_total, w.updated_at,
-                       r.status, r.finished_at, r.rows, r.error
+                       r.status, r.finished_at, r.rows, r.error, w.retained_until
                 FROM {self._s}.watermarks w
                 LEFT JOIN LATERAL (
                     SELECT status, finished_at, rows, error FROM {self._s}.runs
@@ -420,7 +463,9 @@ class Watermarks:
                 ORDER BY w.target""",
         )
         return [
-            StatusRow(r[0], r[1], r[2], cursor.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+            StatusRow(
+                r[0], r[1], r[2], cursor.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10]
+            )
             for r in rows
         ]
 

@@ -193,6 +193,12 @@ class FakeStore:
     async def record_view(self, state: ViewState) -> None:
         self.views[state.target] = state
 
+    async def retention_intent(self, target: str, intent: Any) -> None:
+        raise NotImplementedError("retention runs against PostgreSQL only")
+
+    async def retained(self, target: str, until: Any) -> None:
+        raise NotImplementedError("retention runs against PostgreSQL only")
+
     async def forget_view(self, target: str) -> None:
         self.views.pop(target, None)
 

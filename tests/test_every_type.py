@@ -7,6 +7,7 @@ value, and readers nobody here wrote (ClickHouse's icebergLocal, DuckDB)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -101,7 +102,7 @@ def _allowed(env: Env, t: str) -> bool:
     return True
 
 
-def create_every_table(env: Env) -> dict[str, str]:
+def create_every_table(env: Env, partition_by: str = "", **table: Any) -> dict[str, str]:
     """The table `every` (ts DateTime64(9) watermark, id UInt64 key, a column of every
     family, Nullable and in an Array where allowed, `nest` Nested) with its five rows, and
     the config offloading it (a view over both tiers too). Returns its columns' types by
@@ -121,7 +122,7 @@ def create_every_table(env: Env) -> dict[str, str]:
     ddl = ", ".join(f"`{n}` {t}" for n, t in columns.items())
     env.ch(
         f"CREATE TABLE {db}.every (ts DateTime64(9, 'UTC'), id UInt64, {ddl}, "
-        "nest Nested(a Int32, b String)) ENGINE = MergeTree ORDER BY (ts, id)"
+        f"nest Nested(a Int32, b String)) ENGINE = MergeTree {partition_by} ORDER BY (ts, id)"
     )
 
     def row(ts: str, id_: int, pick: int) -> None:
@@ -150,7 +151,17 @@ def create_every_table(env: Env) -> dict[str, str]:
     row(NEXT, 4, 1)
     fixed = [n for n, t in columns.items() if "FixedString" in t]
     env.write_config(
-        [env.table("every", watermark="ts", keys=["id"], batch_rows=2, uint64="decimal", view=True)]
+        [
+            env.table(
+                "every",
+                watermark="ts",
+                keys=["id"],
+                batch_rows=2,
+                uint64="decimal",
+                view=True,
+                **table,
+            )
+        ]
     )
     env.drop_for_parquet("every", *fixed)  # parquet refuses FixedString (and says so)
     if env.transport == "parquet":

@@ -1,0 +1,496 @@
+"""Verified hot retention: the hot tier gives up a partition only once the cold tier
+verifiably holds it (`hot_retention` per table, instead of a blind TTL).
+
+A source partition (of a table partitioned by the day or month of its watermark) is
+dropped when all of these hold, checked at the moment of the drop, oldest partition
+first (a partition that cannot be dropped stops the newer ones: the hot tier always
+holds a suffix of time, and what offloader dropped is every day before the table's
+`retained_until`):
+1. its whole time range lies before the committed position's day, and ends at least
+   `hot_retention` ago;
+2. both tiers were just compared for each of its days and agree: row counts (ClickHouse
+   against Iceberg's manifests) and the sums of row hashes (ClickHouse's against those
+   recorded with the commits); where the recorded sums are incomplete, `verify`'s
+   checksum of every value instead;
+3. nothing changed it meanwhile: its parts are detached (`ALTER TABLE … DETACH
+   PARTITION`), and only if the detached parts are exactly the parts that were compared
+   are they dropped (`DROP DETACHED PART`); otherwise (a row inserted, a merge) they are
+   attached again and the partition waits for the next pass. An intent recorded in
+   PostgreSQL before the detach lets a run killed at any step finish or undo it.
+
+The pure part (`partition_unit`, `partition_range`, `plan`) decides; `retain_table` does
+it under the table's lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from offloader import faults
+from offloader.audit import audit_days, day_number, watermark_day
+from offloader.config import Config, TableConfig
+from offloader.cursor import from_micros
+from offloader.errors import Locked, SourceSchemaError, TableError
+from offloader.iceberg import IcebergCatalog, IcebergTable
+from offloader.source import SourceTable, open_table
+from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
+from offloader.state import RetentionIntent, Store
+from offloader.types import ChType
+
+log = logging.getLogger(__name__)
+
+Unit = Literal["day", "month"]
+
+# Partition keys that map a partition to a time range of the watermark column `{}`.
+_DAY_KEYS = ("toYYYYMMDD({})", "toDate({})", "toDate32({})", "toStartOfDay({})")
+_MONTH_KEYS = ("toYYYYMM({})", "toStartOfMonth({})")
+
+
+def partition_unit(target: str, partition_key: str, watermark: str, wm_type: ChType) -> Unit:
+    """What one partition of the source spans: a UTC day or month of the watermark.
+    Raises ValueError naming the table and the key when offloader cannot tell (another
+    partition key, or a time zone other than UTC: days would not be the audit's)."""
+    key = re.sub(r"[\s`]", "", partition_key)
+    name = watermark.replace("`", "")
+    base = wm_type.unwrap()
+    dated = base.name in ("Date", "Date32")
+    if not dated and not (base.name in ("DateTime", "DateTime64") and _utc(base)):
+        raise ValueError(
+            f"{target}: hot_retention needs a Date, Date32 or UTC DateTime/DateTime64 "
+            f"watermark (its partitions' days must be the audit's UTC days); "
+            f"{watermark!r} is {wm_type}"
+        )
+    if key in {k.format(name) for k in _DAY_KEYS} or (dated and key == name):
+        return "day"
+    if key in {k.format(name) for k in _MONTH_KEYS}:
+        return "month"
+    shown = partition_key or "(none: the table is not partitioned)"
+    raise ValueError(
+        f"{target}: hot_retention drops whole partitions, so the source must be partitioned "
+        f"by the day or month of the watermark (PARTITION BY toYYYYMMDD({watermark}), "
+        f"toDate, toStartOfDay, toYYYYMM or toStartOfMonth of it); its partition key is "
+        f"{shown}"
+    )
+
+
+def _utc(t: ChType) -> bool:
+    zone = [a for a in t.args if isinstance(a, str)]
+    return bool(zone) and zone[-1] in ("UTC", "Etc/UTC", "GMT")
+
+
+def partition_range(value: str, unit: Unit) -> tuple[dt.date, dt.date]:
+    """[first day, day after the last) of a partition from its value as system.parts
+    shows it ('20250301', '2025-03-01', '2025-03-01 00:00:00', '202503')."""
+    digits = re.sub(r"\D", "", value)
+    if unit == "day":
+        start = dt.date(int(digits[0:4]), int(digits[4:6]), int(digits[6:8]))
+        return start, start + dt.timedelta(days=1)
+    start = dt.date(int(digits[0:4]), int(digits[4:6]), 1)
+    after = dt.date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return start, after
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """An active partition of the source: its id, value, parts and rows."""
+
+    id: str
+    value: str
+    parts: tuple[str, ...]
+    rows: int
+
+
+Verdict = Literal["candidate", "young", "not_offloaded", "late"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    partition: Partition
+    first: dt.date
+    after: dt.date
+    verdict: Verdict
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [self.first + dt.timedelta(days=k) for k in range((self.after - self.first).days)]
+
+
+def plan(
+    partitions: Sequence[Partition],
+    unit: Unit,
+    *,
+    position_day: dt.date | None,
+    now: dt.datetime,
+    retention: float,
+    retained_until: dt.date | None,
+) -> list[Decision]:
+    """Each partition, oldest first, with what may happen to it (pure):
+    `late` — it lies before `retained_until`: offloader dropped its days already, so its
+    rows arrived later (late rows Iceberg does not hold: reported, never dropped);
+    `candidate` — old enough and wholly before the committed position's day (to be
+    verified); `young` — inside the retention; `not_offloaded` — it reaches the
+    position's day or later."""
+    horizon = (now - dt.timedelta(seconds=retention)).astimezone(dt.UTC)
+    out = []
+    for p in sorted(partitions, key=lambda p: partition_range(p.value, unit)[0]):
+        first, after = partition_range(p.value, unit)
+        end = dt.datetime.combine(after, dt.time(), dt.UTC)
+        verdict: Verdict
+        if retained_until is not None and after <= retained_until:
+            verdict = "late"
+        elif position_day is None or after > position_day:
+            verdict = "not_offloaded"
+        elif end > horizon:
+            verdict = "young"
+        else:
+            verdict = "candidate"
+        out.append(Decision(p, first, after, verdict))
+    return out
+
+
+@dataclass(slots=True)
+class Dropped:
+    partition: str
+    first_day: str
+    last_day: str
+    rows: int  # ClickHouse's rows when compared (Iceberg's: the same)
+
+
+@dataclass(slots=True)
+class RetentionReport:
+    target: str
+    dry_run: bool = False
+    status: str = "ok"  # ok | off | skipped | failed
+    retention: float | None = None
+    dropped: list[Dropped] = field(default_factory=list)  # (would be) dropped
+    refused: list[str] = field(default_factory=list)  # "partition: why"
+    late: list[str] = field(default_factory=list)  # partitions of rows after their drop
+    oldest_hot_day: str | None = None  # after the pass
+    retained_until: str | None = None  # days before it are Iceberg's alone
+    recovered: str | None = None  # what a killed pass left and this one finished or undid
+    seconds: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+    def lines(self) -> list[str]:
+        if self.status == "off":
+            return [f"{self.target}: hot_retention is not set"]
+        if self.status in ("failed", "skipped"):
+            return [f"{self.target}: {self.status}: {self.error}"]
+        verb = "would drop" if self.dry_run else "dropped"
+        out = [
+            f"{self.target}: {verb} partition {d.partition} ({d.first_day}"
+            + (f" to {d.last_day}" if d.last_day != d.first_day else "")
+            + f"): ClickHouse {d.rows} rows, Iceberg {d.rows} rows"
+            for d in self.dropped
+        ]
+        if self.recovered:
+            out.append(f"{self.target}: {self.recovered}")
+        out += [f"{self.target}: REFUSED {r}" for r in self.refused]
+        out += [f"{self.target}: LATE ROWS {r}" for r in self.late]
+        if not self.dropped and not self.refused:
+            out.append(f"{self.target}: nothing to drop")
+        out.append(
+            f"{self.target}: oldest hot day {self.oldest_hot_day or '-'}; days before "
+            f"{self.retained_until or '-'} are held by Iceberg alone"
+        )
+        return out
+
+
+# --- I/O: the pass over one table --------------------------------------------------
+
+
+async def retain_table(
+    cfg: Config,
+    table: TableConfig,
+    store: Store,
+    catalog: IcebergCatalog,
+    *,
+    dry_run: bool = False,
+    deadline: float | None = None,
+) -> RetentionReport:
+    """One retention pass over one table, under its lock. Never raises for a table
+    problem: it is in the report."""
+    report = RetentionReport(table.target, dry_run=dry_run, retention=table.hot_retention)
+    started = time.monotonic()
+    if table.hot_retention is None:
+        report.status = "off"
+        return report
+    try:
+        async with store.table_lock(table.target), open_table(cfg.clickhouse, table) as src:
+            await _pass(cfg, table, store, catalog, src, report, deadline)
+    except TableError as exc:
+        report.status = "skipped" if isinstance(exc, Locked) else "failed"
+        report.error, report.reason = str(exc), exc.reason
+    except Exception as exc:  # a bug: keep the traceback, never stop the service
+        log.exception("retention crashed", extra={"table": table.target})
+        report.status, report.reason = "failed", "internal"
+        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
+    report.seconds = time.monotonic() - started
+    event = log.error if report.status == "failed" else log.info
+    event(f"retention {report.status}", extra={"table": table.target, **report.as_dict()})
+    return report
+
+
+async def retain(
+    cfg: Config,
+    tables: Sequence[TableConfig],
+    store: Store,
+    *,
+    dry_run: bool = False,
+    deadline: float | None = None,
+    stopping: anyio.Event | None = None,
+) -> list[RetentionReport]:
+    """A retention pass over the tables that set hot_retention, one after another;
+    those not reached before `deadline` or a shutdown wait for the next pass."""
+    catalog = IcebergCatalog(cfg.catalog, cfg.maintenance)
+    reports = []
+    for table in tables:
+        if table.hot_retention is None:
+            continue
+        if (deadline is not None and time.monotonic() > deadline) or (
+            stopping is not None and stopping.is_set()
+        ):
+            log.info("retention pass out of time; the other tables wait for the next pass")
+            break
+        reports.append(
+            await retain_table(cfg, table, store, catalog, dry_run=dry_run, deadline=deadline)
+        )
+    return reports
+
+
+async def check(src: SourceTable, table: TableConfig) -> str:
+    """`offloader validate`: what one partition of the source spans, or SourceSchemaError
+    naming the table and the partition key offloader cannot drop by."""
+    unit = await _Source(src, table).unit()
+    assert table.hot_retention is not None
+    return (
+        f"hot_retention {table.hot_retention / 86400:g}d: drops {unit} partitions of "
+        f"{table.watermark!r} once Iceberg verifiably holds them"
+    )
+
+
+class _Source:
+    """The source table's partitions and parts, and the statements that move them."""
+
+    def __init__(self, src: SourceTable, table: TableConfig) -> None:
+        self.src, self.table = src, table
+        self.db, self.name = src.database, table.source_table
+        self.where = f"database = {quote_string(self.db)} AND table = {quote_string(self.name)}"
+        self.qualified = qualified(self.db, self.name)
+
+    async def unit(self) -> Unit:
+        key = await self.src.source.scalar(
+            "SELECT partition_key FROM system.tables WHERE database = "
+            f"{quote_string(self.db)} AND name = {quote_string(self.name)}"
+        )
+        wm = self.src.order[0]
+        try:
+            return partition_unit(self.table.target, str(key or ""), wm[0], wm[1])
+        except ValueError as exc:
+            raise SourceSchemaError(str(exc), reason="config") from None
+
+    async def partitions(self) -> list[Partition]:
+        rows = await self.src.source.rows(
+            "SELECT partition_id, any(partition), arraySort(groupArray(name)), sum(rows) "
+            f"FROM system.parts WHERE {self.where} AND active GROUP BY partition_id"
+        )
+        return [
+            Partition(str(i), str(v), tuple(str(n) for n in names), int(r))
+            for i, v, names, r in rows
+        ]
+
+    async def detached(self, partition_id: str) -> set[str]:
+        rows = await self.src.source.rows(
+            f"SELECT name FROM system.detached_parts WHERE {self.where} "
+            f"AND partition_id = {quote_string(partition_id)}"
+        )
+        return {str(r[0]) for r in rows}
+
+    async def detach(self, partition_id: str) -> None:
+        await self.src.source.command(
+            f"ALTER TABLE {self.qualified} DETACH PARTITION ID {quote_string(partition_id)}"
+        )
+
+    async def drop(self, parts: Sequence[str]) -> None:
+        for name in parts:
+            await self.src.source.command(
+                f"ALTER TABLE {self.qualified} DROP DETACHED PART {quote_string(name)} "
+                "SETTINGS allow_drop_detached = 1"
+            )
+
+    async def attach(self, parts: Sequence[str]) -> None:
+        for name in parts:
+            await self.src.source.command(
+                f"ALTER TABLE {self.qualified} ATTACH PART {quote_string(name)}"
+            )
+
+
+async def _pass(
+    cfg: Config,
+    table: TableConfig,
+    store: Store,
+    catalog: IcebergCatalog,
+    src: SourceTable,
+    report: RetentionReport,
+    deadline: float | None,
+) -> None:
+    assert table.hot_retention is not None
+    hot = _Source(src, table)
+    unit = await hot.unit()
+    state = await store.get(table.target, table.source)
+    if state.retention_intent is not None:
+        report.recovered = await _recover(hot, store, table.target, state.retention_intent)
+        state = await store.get(table.target, table.source)
+    retained = state.retained_until
+    wm_type = src.order[0][1]
+    position_day = watermark_day(wm_type, state.position[0]) if state.position else None
+    now = await src.source.scalar(f"SELECT {NOW_MICROS}")
+    decisions = plan(
+        await hot.partitions(),
+        unit,
+        position_day=position_day,
+        now=from_micros(int(now)),
+        retention=table.hot_retention,
+        retained_until=retained,
+    )
+    ice = await anyio.to_thread.run_sync(catalog.load, table.target) if decisions else None
+    for d in decisions:
+        if d.verdict == "late":
+            report.late.append(
+                f"partition {d.partition.id}: {d.partition.rows} rows in days offloader "
+                f"already dropped from ClickHouse (before {retained}): they arrived later "
+                "and are not in Iceberg; insert them again with newer watermarks, or drop "
+                "the partition yourself"
+            )
+            log.error(
+                "late rows in dropped days",
+                extra={"table": table.target, "partition": d.partition.id},
+            )
+            continue
+        if d.verdict != "candidate":
+            break  # the rest is younger: the hot tier keeps a suffix of time
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        assert ice is not None and state.position is not None
+        why = await _differs(cfg, table, store, src, ice, list(state.position), d)
+        if why is not None:
+            report.refused.append(f"partition {d.partition.id}: {why}")
+            log.error(
+                "retention refused",
+                extra={"table": table.target, "partition": d.partition.id, "reason": why},
+            )
+            break  # never drop past a day the tiers disagree on
+        if report.dry_run:
+            report.dropped.append(_dropped(d))
+            continue
+        changed = await _drop(hot, store, table.target, d)
+        if changed:
+            report.refused.append(f"partition {d.partition.id}: {changed}")
+            break
+        report.dropped.append(_dropped(d))
+        log.info("partition dropped", extra={"table": table.target, **asdict(_dropped(d))})
+    after = await store.get(table.target, table.source)
+    report.retained_until = after.retained_until.isoformat() if after.retained_until else None
+    remaining = [partition_range(p.value, unit)[0] for p in await hot.partitions() if p.rows]
+    report.oldest_hot_day = min(remaining).isoformat() if remaining else None
+
+
+def _dropped(d: Decision) -> Dropped:
+    return Dropped(d.partition.id, d.first.isoformat(), d.days[-1].isoformat(), d.partition.rows)
+
+
+async def _differs(
+    cfg: Config,
+    table: TableConfig,
+    store: Store,
+    src: SourceTable,
+    ice: IcebergTable,
+    position: list[Any],
+    d: Decision,
+) -> str | None:
+    """Why the tiers cannot be shown equal on the partition's days, or None: counts
+    against Iceberg's manifests and row-hash sums against the recorded ones; days whose
+    recorded sums are incomplete are compared by verify's checksum of every value."""
+    first, last = d.first, d.days[-1]
+    hashed = row_hash(src.columns)
+    recorded = await store.day_sums(table.target, day_number(first), day_number(last))
+    found = await audit_days(
+        src.source, src.relation, src.order, position, ice, first, last, None, hashed, recorded
+    )
+    if sum(c.clickhouse for c in found.days) != d.partition.rows:
+        return "its rows changed while being compared; retried next pass"
+    unsummed = []
+    for count in found.days:
+        if count.drifted or count.iceberg is None:
+            return f"the tiers differ on {count} (repair it first: offloader repair {table.target})"
+        kept = recorded.get(day_number(count.day))
+        complete = (
+            kept is not None and kept.rows == count.iceberg and kept.columns_key == hashed.key
+        )
+        if count.clickhouse and not complete:
+            unsummed.append(count.day)
+    if unsummed:
+        from offloader.verify import verify_table
+
+        verdict = await verify_table(
+            cfg, table, min(unsummed), max(unsummed) + dt.timedelta(days=1)
+        )
+        if verdict.error or verdict.differences:
+            return f"verify: {verdict.error or '; '.join(verdict.differences)}"
+    return None
+
+
+async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | None:
+    """Detach the partition, drop its parts if they are exactly those compared, else
+    attach them again. Returns why it did not drop, or None."""
+    before = await hot.detached(d.partition.id)
+    intent = RetentionIntent(
+        d.partition.id, d.partition.parts, tuple(sorted(before)), d.after.isoformat()
+    )
+    await store.retention_intent(target, intent)
+    faults.point("retain_detach")
+    await hot.detach(d.partition.id)
+    return await _finish(hot, store, target, intent)
+
+
+async def _finish(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str | None:
+    ours = sorted((await hot.detached(intent.partition)) - set(intent.detached_before))
+    if ours != sorted(intent.parts):
+        await hot.attach(ours)
+        await store.retention_intent(target, None)
+        return (
+            "it changed between the comparison and the drop (rows inserted or parts merged): "
+            "attached again, retried next pass"
+        )
+    await store.retained(target, dt.date.fromisoformat(intent.retained_until))
+    faults.point("retain_drop")
+    await hot.drop(ours)
+    await store.retention_intent(target, None)
+    return None
+
+
+async def _recover(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str:
+    """A pass killed between its intent and its end: finish the drop if the detached
+    parts are the ones compared, else attach them again."""
+    ours = (await hot.detached(intent.partition)) - set(intent.detached_before)
+    if not ours:
+        await store.retention_intent(target, None)
+        return f"a stopped pass left partition {intent.partition} as it was (or dropped it)"
+    why = await _finish(hot, store, target, intent)
+    if why is None:
+        return f"finished dropping partition {intent.partition}, left detached by a stopped pass"
+    return f"attached partition {intent.partition} again, left detached by a stopped pass"

@@ -1,0 +1,234 @@
+"""Verified hot retention (offloader/retention.py) against the real embedded ClickHouse,
+PostgreSQL and Iceberg: only old, offloaded partitions whose days both tiers agree on
+are dropped; nothing is dropped while offloader is behind; a late row or an update
+blocks its day until repaired; an insert racing the drop is never lost; a kill at each
+step is finished or undone by the next pass; the rest of offloader (audit, verify,
+repair, status, the view) treats the dropped days as Iceberg's own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+from typing import Any
+
+import anyio
+import pytest
+
+from offloader import faults, retention
+from offloader.demo import trades_ddl
+from offloader.iceberg import IcebergCatalog
+from offloader.watermarks import Watermarks
+from tests.helpers import Env
+from tests.test_every_type import create_every_table
+
+pytestmark = pytest.mark.integration
+
+DAYS = 10  # of rows, ending at today's midnight (UTC)
+PER_DAY = 96  # one row every 15 minutes
+TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def day(back: int) -> str:
+    return (TODAY - dt.timedelta(days=back)).isoformat()
+
+
+def setup(env: Env, **extra: Any) -> None:
+    """`t`, partitioned by day, with DAYS days of rows ending at midnight today."""
+    db = env.ch_database
+    ddl = trades_ddl(db, "t", ttl_days=None)
+    env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
+    env.insert_trades("t", DAYS * PER_DAY, 1, f"{day(DAYS)} 00:00:00", 15 * 60 * 1_000_000, 1)
+    table = {"hot_retention": "3d", "partition_by": ["day(exchange_ts)"], **extra}
+    env.write_config([env.table("t", **table)])
+
+
+def hot_rows(env: Env) -> int:
+    return int(env.ch(f"SELECT count() FROM {env.ch_database}.t")[0][0])
+
+
+def cold_rows(env: Env) -> int:
+    return env.iceberg_arrow(env.config().table("cold.t")).num_rows
+
+
+def detached(env: Env) -> list[str]:
+    rows = env.ch(f"SELECT name FROM system.detached_parts WHERE database = '{env.ch_database}'")
+    return [str(r[0]) for r in rows]
+
+
+def test_drops_exactly_the_verified_old_offloaded_partitions(env: Env) -> None:
+    setup(env, view=True)
+    validate = env.cli("validate")
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    assert "hot_retention 3d: drops day partitions of 'exchange_ts'" in validate.stdout
+    report = env.once()
+    assert report.ok, report.summary()
+    dry = env.cli("retain", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for back in range(DAYS, 3, -1):
+        line = f"would drop partition {day(back).replace('-', '')} ({day(back)}): ClickHouse 96"
+        assert line in dry.stdout, dry.stdout
+    assert day(3).replace("-", "") not in dry.stdout
+    assert hot_rows(env) == DAYS * PER_DAY  # a dry run drops nothing
+
+    done = env.cli("retain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("dropped partition") == DAYS - 3
+    assert f"oldest hot day {day(3)}; days before {day(3)} are held by Iceberg alone" in (
+        done.stdout
+    )
+    assert hot_rows(env) == 3 * PER_DAY and not detached(env)
+    assert cold_rows(env) == DAYS * PER_DAY
+    # The view still returns every row, the dropped ones from Iceberg.
+    assert env.ch(f"SELECT count() FROM {env.ch_database}.t_all") == [(DAYS * PER_DAY,)]
+    # The rest of offloader knows: no drift (the audit window of 4 days is longer than
+    # the retention), status --check passes, verify compares what both tiers hold.
+    again = env.once()
+    assert again.ok and again.tables[0].drifted == [], again.summary()
+    status = env.cli("status", "--check")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"hot retention: hot_retention 3.0d; oldest hot day {day(3)}" in status.stdout
+    verify = env.cli("verify")
+    assert verify.returncode == 0, verify.stdout
+    assert f"7 days before {day(3)} are Iceberg's alone" in verify.stdout
+    refused = env.cli("repair", "cold.t", "--since", day(6), "--until", day(5), "--force")
+    assert refused.returncode == 1 and "hot_retention dropped this day" in refused.stdout
+    assert env.cli("retain").stdout.count("dropped partition") == 0  # nothing more yet
+
+
+def test_nothing_is_dropped_while_offloader_is_behind(env_one: Env) -> None:
+    """Offloader stopped for three retention periods: rows piled up in ClickHouse, none
+    offloaded: nothing is dropped. Once it has caught up, every row is in Iceberg
+    (verify equal) and the hot tier shrinks to the retention."""
+    env = env_one
+    setup(env)
+    idle = env.cli("retain")
+    assert idle.returncode == 0 and "nothing to drop" in idle.stdout, idle.stdout
+    assert hot_rows(env) == DAYS * PER_DAY
+    assert env.once().ok
+    verify = env.cli("verify")
+    assert verify.returncode == 0 and "EQUAL" in verify.stdout, verify.stdout
+    assert env.cli("retain").returncode == 0
+    assert hot_rows(env) == 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
+
+
+def test_a_late_row_or_an_update_blocks_its_day_until_repaired(env_one: Env) -> None:
+    env = env_one
+    setup(env)
+    db = env.ch_database
+    assert env.once().ok
+    env.ch(
+        f"INSERT INTO {db}.t SELECT * REPLACE (99999 AS trade_id) FROM {db}.t "
+        f"WHERE toDate(exchange_ts) = '{day(8)}' LIMIT 1"
+    )
+    env.ch(
+        f"ALTER TABLE {db}.t UPDATE price = 1 WHERE toDate(exchange_ts) = '{day(6)}' "
+        "SETTINGS mutations_sync = 2"
+    )
+    blocked = env.cli("retain")
+    assert blocked.returncode == 1, blocked.stdout
+    assert blocked.stdout.count("dropped partition") == 2  # the two days before it
+    assert f"REFUSED partition {day(8).replace('-', '')}: the tiers differ on {day(8)}" in (
+        blocked.stdout
+    )
+    assert hot_rows(env) == (DAYS - 2) * PER_DAY + 1  # the late row kept, in the hot tier
+    fixed = env.cli("repair", "cold.t", "--since", day(8), "--until", day(7))
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    updated = env.cli("retain")
+    assert updated.returncode == 1 and f"the tiers differ on {day(6)}" in updated.stdout
+    assert "(values differ)" in updated.stdout and updated.stdout.count("dropped partition") == 2
+    assert env.cli("repair", "cold.t", "--since", day(6), "--until", day(5)).returncode == 0
+    assert env.cli("retain").returncode == 0
+    assert hot_rows(env) == 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY + 1
+
+
+def test_an_insert_racing_the_drop_is_never_lost(
+    env_one: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row lands in the partition between the comparison and the drop: the detached
+    parts are not the compared ones, so they are attached again (nothing dropped), and
+    the next pass, once the row is offloaded... is refused while it is a late row."""
+    env = env_one
+    setup(env)
+    db = env.ch_database
+    assert env.once().ok
+    detach = retention._Source.detach
+
+    async def insert_then_detach(self: Any, partition_id: str) -> None:
+        await self.src.source.command(
+            f"INSERT INTO {db}.t SELECT * REPLACE (123456 AS trade_id) FROM {db}.t "
+            f"WHERE _partition_id = '{partition_id}' LIMIT 1"
+        )
+        await detach(self, partition_id)
+
+    monkeypatch.setattr(retention._Source, "detach", insert_then_detach)
+    cfg = env.config()
+
+    async def go() -> retention.RetentionReport:
+        store = await Watermarks.open(cfg.postgres, max_size=2)
+        try:
+            catalog = IcebergCatalog(cfg.catalog)
+            return await retention.retain_table(cfg, cfg.table("cold.t"), store, catalog)
+        finally:
+            await store.close()
+
+    report = anyio.run(go)
+    assert (
+        not report.dropped and "changed between the comparison and the drop" in (report.refused[0])
+    )
+    assert hot_rows(env) == DAYS * PER_DAY + 1 and not detached(env)
+    assert env.ch(f"SELECT count() FROM {db}.t WHERE trade_id = 123456") == [(1,)]
+
+
+@pytest.mark.parametrize("point", ["retain_detach", "retain_drop"])
+def test_a_pass_killed_at_each_step_is_finished_or_undone(env_one: Env, point: str) -> None:
+    env = env_one
+    setup(env)
+    assert env.once().ok
+    killed = env.cli("retain", extra_env={faults.ENV: point})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert hot_rows(env) >= 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
+    again = env.cli("retain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "stopped pass" in again.stdout, again.stdout
+    assert hot_rows(env) == 3 * PER_DAY and not detached(env)
+    assert cold_rows(env) == DAYS * PER_DAY
+    assert env.once().ok and env.cli("status", "--check").returncode == 0
+
+
+def test_a_source_not_partitioned_by_time_is_refused(env_one: Env) -> None:
+    env = env_one
+    env.create_trades("t")  # ORDER BY (exchange_ts, trade_id), no PARTITION BY
+    env.insert_trades("t", 100, 1, f"{day(5)} 00:00:00")
+    env.write_config([env.table("t", hot_retention="3d")])
+    validate = env.cli("validate")
+    assert validate.returncode == 1
+    message = (
+        "cold.t: hot_retention drops whole partitions, so the source must be partitioned by "
+        "the day or month of the watermark"
+    )
+    assert message in validate.stdout and "(none: the table is not partitioned)" in (
+        validate.stdout
+    )
+    assert env.once().ok
+    refused = env.cli("retain")
+    assert refused.returncode == 1 and message in refused.stdout, refused.stdout
+    assert hot_rows(env) == 100
+
+
+def test_the_every_type_table(env_one: Env) -> None:
+    """Every type family, on a DateTime64(9) watermark (its days counted from ticks):
+    the 1970 partition, old and wholly before the position, is verified and dropped;
+    2026-01-01's, the position's own day, is kept; the view still returns all rows."""
+    env = env_one
+    db = env.ch_database
+    create_every_table(env, "PARTITION BY toYYYYMMDD(ts)", hot_retention="3d")
+    assert env.once().ok
+    done = env.cli("retain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "dropped partition 19700101 (1970-01-01): ClickHouse 1 rows, Iceberg 1 rows" in (
+        done.stdout
+    )
+    assert env.ch(f"SELECT count() FROM {db}.every") == [(4,)]
+    assert env.ch(f"SELECT count() FROM {db}.every_all") == [(5,)]
+    assert env.cli("status", "--check").returncode == 0
+    assert env.once().tables[0].drifted == []
