@@ -237,7 +237,8 @@ async def retain_table(
         report.error, report.reason = str(exc), exc.reason
     except Exception as exc:  # a bug: keep the traceback, never stop the service
         log.exception("retention crashed", extra={"table": table.target})
-        report.status, report.reason = "failed", "internal"
+        report.status = "failed"
+        report.reason = "internal"
         report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
     report.seconds = time.monotonic() - started
     event = log.error if report.status == "failed" else log.info
