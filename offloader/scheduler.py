@@ -13,7 +13,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 import anyio.abc
@@ -23,6 +25,12 @@ from offloader.configfile import load_config
 from offloader.errors import ConfigError, TableError
 from offloader.metrics import Metrics
 from offloader.supervisor import open_runtime, run_cycle
+
+if TYPE_CHECKING:
+    from offloader.maintenance import MaintenanceReport
+    from offloader.retention import RetentionReport
+
+T = TypeVar("T")
 
 # A maintenance pass only starts when at least this much time is left before the next
 # tick, and ends this long before it: maintenance never delays a cycle.
@@ -83,8 +91,9 @@ class Service:
         self.metrics = Metrics()
         self.metrics.track(t.target for t in cfg.enabled_tables)
         self.cycles = 0
-        self.next_maintenance = 0.0  # epoch seconds; the first pass follows the first cycle
-        self.next_retention = 0.0  # likewise for hot retention
+        # Epoch seconds of the next maintenance and retention passes (the first ones
+        # follow the first cycle).
+        self.next_pass: dict[str, float] = {}
 
     def reload(self) -> None:
         """Re-read the config; keep the last good one if the edit is broken."""
@@ -158,25 +167,36 @@ class Service:
         self.cycles += 1
         self.metrics.cycle(time.monotonic() - started, ok)
 
+    def _due(
+        self, name: str, enabled: bool, interval: float, budget: float, next_tick_at: float
+    ) -> float | None:
+        """The deadline (time.monotonic()) of the between-cycles pass `name` when one is
+        due and fits before the next tick (less a margin), booking the one after; None
+        when not."""
+        now = time.time()
+        if not enabled or now < self.next_pass.get(name, 0.0) or self.stopping.is_set():
+            return None
+        window = next_tick_at - now - MAINTENANCE_TICK_MARGIN
+        if window < MAINTENANCE_MIN_WINDOW:
+            return None
+        self.next_pass[name] = now + interval
+        return time.monotonic() + min(budget, window)
+
     async def maintenance(self, next_tick_at: float) -> None:
         """A maintenance pass between cycles when one is due, within its budget and
         never past the next tick (less a margin). Tables it does not reach wait."""
         cfg = self.cfg
         mcfg = cfg.maintenance
-        now = time.time()
-        if not mcfg.enabled or now < self.next_maintenance or self.stopping.is_set():
-            return
-        window = next_tick_at - now - MAINTENANCE_TICK_MARGIN
-        if window < MAINTENANCE_MIN_WINDOW:
+        deadline = self._due("maintenance", mcfg.enabled, mcfg.interval, mcfg.budget, next_tick_at)
+        if deadline is None:
             return
         from offloader.maintenance import maintain
 
-        self.next_maintenance = now + mcfg.interval
-        deadline = time.monotonic() + min(mcfg.budget, window)
         started = time.monotonic()
-        try:
+
+        async def run() -> list[MaintenanceReport]:
             async with open_runtime(cfg) as runtime:
-                reports = await maintain(
+                return await maintain(
                     runtime.services.catalog,
                     runtime.services.watermarks,
                     list(cfg.enabled_tables),
@@ -185,11 +205,9 @@ class Service:
                     stopping=self.stopping,
                     views=(cfg.clickhouse, cfg.views),
                 )
-        except TableError as exc:
-            log.error("maintenance pass failed", extra={"error": str(exc)})
-            return
-        except Exception:  # a bug in maintenance must never stop the offloading service
-            log.exception("maintenance pass crashed")
+
+        reports = await _guarded("maintenance", run)
+        if reports is None:
             return
         for report in reports:
             self.metrics.maintenance(report)
@@ -207,34 +225,24 @@ class Service:
         within its budget and never past the next tick (less a margin)."""
         cfg = self.cfg
         rcfg = cfg.retention
-        now = time.time()
         tables = [t for t in cfg.enabled_tables if t.hot_retention is not None]
-        due = rcfg.enabled and tables and now >= self.next_retention
-        if not due or self.stopping.is_set():
-            return
-        window = next_tick_at - now - MAINTENANCE_TICK_MARGIN
-        if window < MAINTENANCE_MIN_WINDOW:
+        enabled = rcfg.enabled and bool(tables)
+        deadline = self._due("retention", enabled, rcfg.interval, rcfg.budget, next_tick_at)
+        if deadline is None:
             return
         from offloader.retention import retain
         from offloader.watermarks import Watermarks
 
-        self.next_retention = now + rcfg.interval
-        deadline = time.monotonic() + min(rcfg.budget, window)
-        try:
+        async def run() -> list[RetentionReport]:
             watermarks = await Watermarks.open(cfg.postgres, max_size=2)
             try:
-                reports = await retain(
+                return await retain(
                     cfg, tables, watermarks, deadline=deadline, stopping=self.stopping
                 )
             finally:
                 await watermarks.close()
-        except TableError as exc:
-            log.error("retention pass failed", extra={"error": str(exc)})
-            return
-        except Exception:  # a bug in retention must never stop the offloading service
-            log.exception("retention pass crashed")
-            return
-        for report in reports:
+
+        for report in await _guarded("retention", run) or []:
             self.metrics.retention(report)
 
     async def loop(self, run_now: bool) -> None:
@@ -265,6 +273,18 @@ class Service:
             scheduled = missed.next_at
             await self.maintenance(scheduled)
             await self.retention(scheduled)
+
+
+async def _guarded(name: str, run: Callable[[], Awaitable[list[T]]]) -> list[T] | None:
+    """A between-cycles pass's reports, or None when it failed as a whole (logged): a
+    pass never stops the offloading service, not even with a bug."""
+    try:
+        return await run()
+    except TableError as exc:
+        log.error(f"{name} pass failed", extra={"error": str(exc)})
+    except Exception:
+        log.exception(f"{name} pass crashed")
+    return None
 
 
 async def serve(path: str, cfg: Config, *, run_now: bool = False) -> int:

@@ -20,6 +20,7 @@ from offloader.iceberg import IcebergCatalog
 from offloader.watermarks import Watermarks
 from tests.helpers import Env
 from tests.test_every_type import create_every_table
+from tests.test_service import Service, scrape_until
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +233,26 @@ def test_the_every_type_table(env_one: Env) -> None:
     assert env.ch(f"SELECT count() FROM {db}.every_all") == [(5,)]
     assert env.cli("status", "--check").returncode == 0
     assert env.once().tables[0].drifted == []
+
+
+def test_the_service_runs_retention_between_cycles(env_one: Env) -> None:
+    """`offloader run`: after a cycle, a retention pass drops the verified partitions;
+    its log line and the metrics say what it dropped."""
+    env = env_one
+    setup(env)
+    config = env.config_path.read_text()
+    env.config_path.write_text(
+        config.replace("[offloader]", "[offloader]\nmetrics_port = 0", 1).replace(
+            'interval = "1m"', 'interval = "30s"', 1
+        )
+    )
+    svc = Service(env)
+    try:
+        metrics_at = svc.wait_for(lambda e: e.get("msg") == "metrics listening")["address"]
+        done = svc.wait_for(lambda e: e.get("msg") == "retention ok", timeout=120)
+        assert len(done["dropped"]) == DAYS - 3 and done["oldest_hot_day"] == day(3)
+        scrape_until(metrics_at, 'offloader_retention_partitions_dropped_total{table="cold.t"} 7.0')
+        scrape_until(metrics_at, 'offloader_retention_rows_dropped_total{table="cold.t"} 672.0')
+    finally:
+        svc.stop()
+    assert hot_rows(env) == 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
