@@ -7,11 +7,6 @@ A missing server fails the run; nothing is skipped.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from offloader import devserver
+from offloader import devserver, devstore
 from tests.helpers import Env, pg_admin
 
 PG_DSN = os.environ.get("OFFLOADER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/offloader_tests")
@@ -48,65 +43,20 @@ class S3Server:
     access_key: str
     secret_key: str
     pid: int
-    bucket: str = "cold"
+    bucket: str = devstore.BUCKET
+    store: devstore.Store | None = None  # its REST catalog: store.rest_catalog()
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """A real S3 API server on loopback (moto's standalone server) that checks
-    credentials: the first three calls create an IAM user, its policy and its key."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API server and Iceberg REST catalog on loopback (SeaweedFS, `weed
+    mini`): credentials checked, no bucket created on upload, as S3 does."""
+    directory = tmp_path_factory.mktemp("s3")
+    store = devstore.start(directory)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the S3 test server (moto) did not start") from None
-                time.sleep(0.1)
-        import boto3
-
-        iam = boto3.client(
-            "iam",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="setup",
-            aws_secret_access_key="setup",
-        )
-        iam.create_user(UserName="offloader")
-        iam.put_user_policy(
-            UserName="offloader",
-            PolicyName="all",
-            PolicyDocument='{"Version":"2012-10-17","Statement":'
-            '[{"Effect":"Allow","Action":"*","Resource":"*"}]}',
-        )
-        key = iam.create_access_key(UserName="offloader")["AccessKey"]
-        server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], proc.pid)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=server.secret_key,
-        )
-        s3.create_bucket(Bucket=server.bucket)
-        yield server
+        yield S3Server(store.endpoint, store.access_key, store.secret_key, store.pid, store=store)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        devstore.stop(directory)
 
 
 @pytest.fixture(scope="session")

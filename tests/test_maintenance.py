@@ -282,7 +282,8 @@ def test_maintenance_on_s3(
     )
     for day in (1, 2, 3):
         env.insert_trades("s3m", 300, first_id=day * 10_000, start=f"2026-02-0{day} 00:00:00")
-    assert env.once().ok  # three pages per day, one file each
+    first = env.once()
+    assert first.ok, first.summary()  # three pages per day, one file each
     result = env.cli("maintain", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     report = orjson.loads(result.stdout)[0]
