@@ -191,7 +191,11 @@ class IcebergCatalog:
                 raise SinkError(f"cannot create namespace {namespace!r}: {brief(exc)}") from exc
             done.append(f"namespace {namespace!r} exists")
         warehouse = self._cfg.properties.get("warehouse")
-        if warehouse:
+        if self._cfg.properties.get("type") == "rest":
+            # The catalog places each table (its warehouse may be a name, not a URL): the
+            # first table created is the write probe.
+            done.append("tables are written where the REST catalog places them")
+        elif warehouse:
             probe = f"{warehouse.rstrip('/')}/.offloader-probe-{uuid.uuid4().hex}"
             with sink_errors(f"warehouse {warehouse} is not writable"):
                 io = load_file_io(dict(self._cfg.properties), warehouse)
