@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from offloader.config import CatalogConfig, ClickHouseConfig, TableConfig
-from offloader.errors import SourceUnavailable
+from offloader.errors import SinkError, SourceUnavailable
 from offloader.iceberg import IcebergCatalog
 from offloader.report import TableReport
 from offloader.services import Services
@@ -267,3 +267,19 @@ def test_a_view_turned_off_or_renamed_is_dropped(tmp_path: Path, opened) -> None
     sent = len(h.fake.commands)
     h.run(table())
     assert len(h.fake.commands) == sent
+
+
+def test_a_sqlite_catalog_in_a_new_directory_is_created(tmp_path: Path) -> None:
+    """The embedded catalog's directory is created on first use; one that cannot be
+    created is named with what to do (not SQLite's "unable to open database file")."""
+    props = {"type": "sql", "warehouse": f"file://{tmp_path}/warehouse"}
+    fresh = IcebergCatalog(
+        CatalogConfig("c", {**props, "uri": f"sqlite:///{tmp_path}/new/dir/catalog.db"})
+    )
+    assert fresh.catalog.list_namespaces() == []
+    assert (tmp_path / "new" / "dir" / "catalog.db").exists()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    bad = IcebergCatalog(CatalogConfig("c", {**props, "uri": f"sqlite:///{blocked}/x/c.db"}))
+    with pytest.raises(SinkError, match=r"directory .*/file/x does not exist and cannot be"):
+        _ = bad.catalog

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -66,6 +67,7 @@ class IcebergCatalog:
             return self._catalog
 
     def _load(self) -> Catalog:
+        _make_sqlite_directory(self._cfg.properties.get("uri", ""))
         for attempt in range(3):
             try:
                 return load_catalog(self._cfg.name, **dict(self._cfg.properties))
@@ -211,6 +213,24 @@ class IcebergCatalog:
         if table is None:
             raise SinkError(f"{target}: Iceberg table does not exist")
         return table.read(row_filter)
+
+
+def _make_sqlite_directory(uri: str) -> None:
+    """A SQLite catalog in a directory that does not exist yet: create the directory
+    (SQLite creates the file, not its directory, and says only "unable to open
+    database file")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError(
+            f"the SQLite catalog's directory {path.parent} does not exist and cannot be "
+            f"created ({exc.strerror}): create it, or fix [iceberg.catalog] uri"
+        ) from exc
 
 
 def _transform(p: PartitionField) -> Transform[Any, Any]:
