@@ -77,6 +77,18 @@ def weed_binary() -> str:
     return found
 
 
+def _ports(d: Path) -> list[int]:
+    """The ports a store in `d` had (a restart keeps its address: configs stay right),
+    or new free ones. Order: master, volume, filer, S3, REST, admin."""
+    try:
+        old = json.loads((d / "store.json").read_text())["ports"]
+    except (OSError, ValueError, KeyError):
+        return _free_ports(6)
+    if all(_free(p) and _free(p + 10000) for p in old):
+        return [int(p) for p in old]
+    return _free_ports(6)
+
+
 def _free_ports(count: int) -> list[int]:
     """Ports p free on loopback with p + 10000 free too (SeaweedFS's gRPC ports)."""
     ports: list[int] = []
@@ -91,6 +103,8 @@ def _free_ports(count: int) -> list[int]:
 
 def _free(port: int) -> bool:
     with socket.socket() as s:
+        # As the store binds (Go sets SO_REUSEADDR): a port in TIME_WAIT is free to it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -111,7 +125,7 @@ def start(
     existing = running(d)
     if existing is not None:
         return existing
-    master, volume, filer, s3, rest, admin = _free_ports(6)
+    master, volume, filer, s3, rest, admin = _ports(d)
     (d / "data").mkdir(exist_ok=True)
     log = (d / "weed.log").open("ab")
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
@@ -151,8 +165,9 @@ def start(
         if proc.poll() is not None:
             tail = (d / "weed.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"SeaweedFS exited with {proc.returncode}:\n{tail}")
-        if _answers(s3) and _answers(rest) and _buckets_ready(store):
-            (d / "store.json").write_text(json.dumps(asdict(store)))
+        if _answers(s3) and _answers(rest) and _ready(volume) and _buckets_ready(store):
+            ports = [master, volume, filer, s3, rest, admin]
+            (d / "store.json").write_text(json.dumps({**asdict(store), "ports": ports}))
             return store
         time.sleep(0.2)
     kill(proc.pid)
@@ -162,6 +177,17 @@ def start(
 def _answers(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _ready(volume_port: int) -> bool:
+    """Whether the volume server (where objects are written) answers its status page."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{volume_port}/status", timeout=2).close()
     except OSError:
         return False
     return True
@@ -186,19 +212,34 @@ def _buckets_ready(store: Store) -> bool:
 def running(directory: str | os.PathLike[str]) -> Store | None:
     d = Path(directory).resolve()
     try:
-        store = Store(**json.loads((d / "store.json").read_text()))
-        os.kill(store.pid, 0)
+        fields = json.loads((d / "store.json").read_text())
+        fields.pop("ports", None)
+        store = Store(**fields)
     except (OSError, ValueError, TypeError):
         return None
-    return store
+    return store if _alive(store.pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs: a killed child of this process is reaped (a zombie would
+    still answer kill(pid, 0))."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def stop(directory: str | os.PathLike[str], timeout: float = 10.0) -> bool:
     store = running(directory)
     if store is None:
         return False
-    kill(store.pid, timeout)
-    (Path(store.directory) / "store.json").unlink(missing_ok=True)
+    kill(store.pid, timeout)  # store.json stays: a restart takes the same ports
     return True
 
 

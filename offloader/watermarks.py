@@ -7,6 +7,7 @@ advance it from the same place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -215,8 +216,10 @@ class Watermarks:
                             "SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, target
                         )
                     except Exception:
-                        # A dead connection has dropped the lock with itself.
-                        conn.terminate()
+                        # A dead connection has dropped the lock with itself; one asyncpg
+                        # no longer lends us is reset (its locks released) by the pool.
+                        with contextlib.suppress(Exception):
+                            conn.terminate()
         finally:
             with anyio.move_on_after(5, shield=True):
                 await self._pool.release(conn)

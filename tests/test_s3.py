@@ -1,5 +1,7 @@
 """The cold tier on object storage: PostgreSQL catalog + S3 warehouse, exactly as in
-config/examples/postgres-s3.toml, against a real S3 API server on loopback."""
+config/examples/postgres-s3.toml, against a real S3 server on loopback (SeaweedFS,
+offloader/devstore.py): credentials, a missing bucket, the store stopped (SIGSTOP) and
+killed (SIGKILL, then restarted) mid-run and during a compaction, two writers."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import os
 import signal
 import tomllib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from offloader import devstore
 from tests.conftest import S3Server
 from tests.helpers import ROOT, Env
 
@@ -126,3 +130,57 @@ def test_two_writers_on_the_postgres_catalog(
     assert env.once().ok
     for name in ("w1", "w2", "w3"):
         assert env.assert_tiers_equal(f"cold.{name}") == 60_000
+
+
+def test_object_store_killed_and_restarted(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The object store's process SIGKILLed while a run writes its pages (after its
+    first commit), then restarted on the same data: the run fails with a clear reason,
+    nothing half-committed; the next run continues; every row once. Then the store
+    stopped (SIGSTOP) for a compaction: it fails, and succeeds once the store is back."""
+    store = devstore.start(tmp_path / "s3")
+    server = S3Server(store.endpoint, store.access_key, store.secret_key, store.pid)
+    try:
+        env.create_trades("k")
+        env.insert_trades("k", 600_000, first_id=1, start="2026-01-01 00:00:00")
+        catalog = production(env, server, monkeypatch)
+        env.write_config(
+            [
+                env.table(
+                    "k", batch_rows=50_000, append_rows=200_000, partition_by=["day(exchange_ts)"]
+                )
+            ],
+            catalog=catalog,
+        )
+        proc = env.popen("--log-format", "json", "once")
+        assert proc.stderr is not None
+        for line in proc.stderr:  # kill the store right after the first commit
+            if '"msg":"committed"' in line:
+                break
+        os.kill(store.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 1, out
+        assert "FAILED cold.k" in out and "Traceback" not in out
+        store = devstore.start(tmp_path / "s3")  # same ports, same data
+        for _ in range(3):  # the store may still be settling: a failure says why
+            report = env.once()
+            if report.ok:
+                break
+            assert "cold.k: internal error" not in report.summary(), report.summary()
+        assert report.ok, report.summary()
+        assert env.assert_tiers_equal("cold.k") == 600_000
+
+        os.kill(store.pid, signal.SIGSTOP)
+        try:
+            stopped = env.cli("maintain", timeout=180)
+        finally:
+            os.kill(store.pid, signal.SIGCONT)
+        assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+        assert "cold.k: failed" in stopped.stdout
+        again = env.cli("maintain")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert env.assert_tiers_equal("cold.k") == 600_000
+        assert env.cli("verify").returncode == 0
+    finally:
+        devstore.stop(tmp_path / "s3")
