@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from offloader import audit, checkup, cursor, days, faults, plan, view
 from offloader.config import TableConfig
+from offloader.errors import OffloaderError
 from offloader.iceberg import WrittenFiles
 from offloader.report import TableReport
 from offloader.services import Services
@@ -493,13 +494,18 @@ _Chunk = tuple[list["pa.RecordBatch | bytes"], list[Any], dict[int, DaySum]]
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that matters out of a task group's group: the first that is not a
-    cancellation (a failing fetch cancels the consumer and vice versa)."""
+    """The error that matters out of a task group's group: offloader's own first (a
+    failing writer closes its stream, so the converter's send fails with a
+    BrokenResourceError that is only the consequence), then any that is not a
+    cancellation or a closed stream (a failing fetch cancels the consumer and vice
+    versa)."""
     cancelled = anyio.get_cancelled_exc_class()
+    echoes = (cancelled, anyio.BrokenResourceError, anyio.ClosedResourceError)
     leaves = list(_leaves(group))
-    for exc in leaves:
-        if not isinstance(exc, cancelled):
-            return exc
+    for kinds in (OffloaderError, Exception):
+        for exc in leaves:
+            if isinstance(exc, kinds) and not isinstance(exc, echoes):
+                return exc
     return leaves[0]
 
 

@@ -38,3 +38,19 @@ def test_plan_source_orders_and_offsets() -> None:
             TableConfig(source="db.t", target="cold.t", watermark="ts", keys=("nope",)),
             [("ts", "DateTime")],
         )
+
+
+def test_the_error_that_matters_is_picked_out_of_a_task_group() -> None:
+    """A writer failing to commit closes its stream; the converter's send then fails
+    with BrokenResourceError, which may come first in the group: the table's report
+    must say why the commit failed, not that a stream broke."""
+    import anyio
+
+    from offloader.errors import SinkError
+    from offloader.pipeline import _single
+
+    real = SinkError("cold.t: Iceberg commit still conflicting after 5 attempts")
+    group = BaseExceptionGroup("run", [anyio.BrokenResourceError(), real])
+    assert _single(group) is real
+    other = ValueError("a bug")
+    assert _single(BaseExceptionGroup("run", [anyio.ClosedResourceError(), other])) is other

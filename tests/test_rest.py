@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import signal
+import threading
 import tomllib
 from typing import Any
 
@@ -156,3 +157,59 @@ def test_maintenance_and_repair(
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert env.assert_tiers_equal(target) == 901
     assert env.cli("verify").returncode == 0
+
+
+def test_catalog_unreachable_and_a_409_storm(
+    env_one: Env, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The REST catalog unreachable: the table fails saying so, nothing is written. A
+    second writer committing (empty) snapshots to the same table as fast as it can: each
+    of offloader's commits is answered 409 and retried on the new snapshot, or the run
+    fails saying so; either way no row twice, and the next run completes."""
+    env = env_one
+    env.create_trades("s")
+    env.insert_trades("s", 200_000, 1, "2026-01-01 00:00:00")
+    catalog = rest(env, s3_server, monkeypatch)
+    monkeypatch.setenv("ICEBERG_REST_URI", "http://127.0.0.1:9")  # nothing listens
+    env.write_config([table(env, "s", append_rows=20_000)], catalog=catalog)
+    down = env.once()
+    assert not down.ok and down.tables[0].rows == 0
+    assert "Connection refused" in (down.tables[0].error or ""), down.tables[0].error
+    assert s3_server.store is not None
+    monkeypatch.setenv("ICEBERG_REST_URI", s3_server.store.rest_uri)
+    env.write_config([table(env, "s", append_rows=20_000)], catalog=catalog)
+    env.insert_trades("s", 10, 900_000, "2026-01-05 00:00:00")
+    assert env.once().ok  # creates the table (and commits)
+    target = f"{env.catalog_name}.s"
+    stop = threading.Event()
+    storms = []
+
+    def storm() -> None:
+        from pyiceberg.catalog import load_catalog
+        from pyiceberg.exceptions import CommitFailedException
+
+        assert s3_server.store is not None
+        other = load_catalog("storm", **s3_server.store.rest_catalog())
+        t = other.load_table(target)
+        while not stop.is_set():
+            try:
+                with t.transaction() as tx, tx.update_snapshot().fast_append():
+                    pass
+                storms.append(1)
+            except CommitFailedException:
+                t = other.load_table(target)
+
+    thread = threading.Thread(target=storm, daemon=True)
+    thread.start()
+    try:
+        env.insert_trades("s", 200_000, 2_000_000, "2026-01-10 00:00:00")
+        during = env.once()
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert len(storms) >= 5, len(storms)
+    print(f"\n409 storm: {len(storms)} competing commits; offloader: {during.summary()}")
+    if not during.ok:
+        assert "conflict" in (during.tables[0].error or ""), during.summary()
+    assert env.once().ok
+    assert env.assert_tiers_equal(target) == 400_010

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -363,6 +365,9 @@ class IcebergTable:
                     "Iceberg commit conflict, refreshing",
                     extra={"table": self.target, "attempt": attempt, "error": brief(exc)},
                 )
+                # Another writer commits meanwhile: back off (with jitter) so that two
+                # writers do not keep colliding in step.
+                time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
                 self.refresh()
                 continue
             except Exception as exc:
@@ -371,7 +376,10 @@ class IcebergTable:
             assert new is not None and new.seq == seq
             return new
         raise SinkError(
-            f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+            f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts: "
+            "another writer commits to this table all the time; this run's rows were not "
+            "committed (the next cycle retries)",
+            reason="iceberg",
         )
 
     def read(self, row_filter: str | None = None) -> pa.Table:
