@@ -44,13 +44,13 @@ def test_the_error_that_matters_is_picked_out_of_a_task_group() -> None:
     """A writer failing to commit closes its stream; the converter's send then fails
     with BrokenResourceError, which may come first in the group: the table's report
     must say why the commit failed, not that a stream broke."""
-    import anyio
 
-    from offloader.errors import SinkError
-    from offloader.pipeline import _single
+    async def check() -> None:
+        real = SinkError("cold.t: Iceberg commit still conflicting after 5 attempts")
+        group = BaseExceptionGroup("run", [anyio.BrokenResourceError(), real])
+        assert _single(group) is real
+        other = ValueError("a bug")
+        closed = BaseExceptionGroup("run", [anyio.ClosedResourceError(), other])
+        assert _single(closed) is other
 
-    real = SinkError("cold.t: Iceberg commit still conflicting after 5 attempts")
-    group = BaseExceptionGroup("run", [anyio.BrokenResourceError(), real])
-    assert _single(group) is real
-    other = ValueError("a bug")
-    assert _single(BaseExceptionGroup("run", [anyio.ClosedResourceError(), other])) is other
+    anyio.run(check)
