@@ -12,6 +12,7 @@ from pathlib import Path
 
 import anyio
 
+from offloader import devstore
 from offloader.config import ClickHouseConfig
 from offloader.source import native
 
@@ -102,7 +103,18 @@ async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...
             )
 
 
-def write_config(path: Path, *, port: int, db: str, state_dir: Path, pg_dsn: str) -> None:
+def write_config(
+    path: Path,
+    *,
+    port: int,
+    db: str,
+    state_dir: Path,
+    pg_dsn: str,
+    store: devstore.Store | None = None,
+) -> None:
+    """The quick start's config: a local SQLite catalog and warehouse under `state_dir`,
+    or with `store` (python -m offloader.devstore) its Iceberg REST catalog and S3, as
+    config/examples/rest.toml has them."""
     state_dir = state_dir.resolve()
     tables = "".join(
         f"""
@@ -136,18 +148,46 @@ dsn = "{pg_dsn}"
 # State schema of this quick start's own warehouse (a new one per fresh var/ directory).
 schema = "quickstart_{uuid.uuid4().hex[:8]}"
 
-[iceberg.catalog]
-name = "cold"
-type = "sql"
-uri = "sqlite:///{state_dir}/catalog.db"
-warehouse = "file://{state_dir}/warehouse"
-
+{_catalog(state_dir, store)}
 # Per table, a ClickHouse view over both tiers ({db}.<table>_all): the hot rows after the
 # committed position and the Iceberg rows up to it, each row once.
 [views]
 enabled = true
+{f's3_collection = "{S3_COLLECTION}"' if store else ""}
 {tables}"""
     )
+
+
+# The ClickHouse named collection by which the quick start's views read S3 (--s3).
+S3_COLLECTION = "offloader_s3"
+
+
+def _catalog(state_dir: Path, store: devstore.Store | None) -> str:
+    if store is None:
+        return f"""[iceberg.catalog]
+name = "cold"
+type = "sql"
+uri = "sqlite:///{state_dir}/catalog.db"
+warehouse = "file://{state_dir}/warehouse"
+"""
+    props = "\n".join(f'"{k}" = "{v}"' for k, v in store.rest_catalog().items())
+    return f"""# SeaweedFS's Iceberg REST catalog and S3 (python -m offloader.devstore), as
+# config/examples/rest.toml has them.
+[iceberg.catalog]
+name = "cold"
+{props}
+"""
+
+
+async def named_collection(cfg: ClickHouseConfig, store: devstore.Store) -> None:
+    """The named collection holding the store's keys, by which ClickHouse reads S3."""
+    async with native.session(cfg, "demo") as ch:
+        await ch.execute(f"DROP NAMED COLLECTION IF EXISTS {S3_COLLECTION}")
+        await ch.execute(
+            f"CREATE NAMED COLLECTION {S3_COLLECTION} AS access_key_id = "
+            f"'{store.access_key}' NOT OVERRIDABLE, secret_access_key = '{store.secret_key}' "
+            "NOT OVERRIDABLE"
+        )
 
 
 async def show_views(cfg: ClickHouseConfig, db: str, tables: tuple[str, ...] = TABLES) -> None:
@@ -186,8 +226,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--show-views", action="store_true", help="only print a query over each table's view"
     )
+    parser.add_argument(
+        "--s3-store",
+        type=Path,
+        help="the directory of a running `python -m offloader.devstore`: use its REST "
+        "catalog and S3 (and give ClickHouse a named collection with its keys)",
+    )
     args = parser.parse_args(argv)
     cfg = ClickHouseConfig(port=args.port)
+    store = devstore.running(args.s3_store) if args.s3_store else None
+    if args.s3_store and store is None:
+        parser.error(f"--s3-store: no store runs in {args.s3_store}")
+    if store is not None:
+        anyio.run(named_collection, cfg, store)
     if args.show_views:
         anyio.run(show_views, cfg, args.database)
         return 0
@@ -201,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             db=args.database,
             state_dir=args.state_dir,
             pg_dsn=args.postgres,
+            store=store,
         )
         print(f"wrote {args.config_out}")
     return 0

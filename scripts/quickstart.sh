@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian machine: install, start an embedded ClickHouse 26.9 with two
-# sample trades tables, offload them into a local Iceberg warehouse, show the report, the
-# status and a query over both tiers through each table's view.
-# Everything lives under ./var; run `bash scripts/quickstart.sh stop` to stop ClickHouse.
+# sample trades tables, offload them into Iceberg, show the report, the status and a query
+# over both tiers through each table's view.
+#   bash scripts/quickstart.sh        a local warehouse (SQLite catalog, files under var/)
+#   bash scripts/quickstart.sh --s3   the production shape: an S3 object store and an Iceberg
+#                                     REST catalog (SeaweedFS, started under var/s3)
+#   bash scripts/quickstart.sh stop   stop the embedded servers
+# Everything lives under ./var.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "stop" ]; then
     .venv/bin/python -m offloader.devserver stop --dir var/clickhouse
+    .venv/bin/python -m offloader.devstore stop --dir var/s3
     exit 0
+fi
+s3=0
+if [ "${1:-}" = "--s3" ]; then
+    s3=1
+elif [ -n "${1:-}" ]; then
+    echo "usage: bash scripts/quickstart.sh [--s3 | stop]" >&2
+    exit 2
 fi
 bash scripts/setup.sh
 # shellcheck disable=SC1091
@@ -17,20 +29,27 @@ mkdir -p var
 # ClickHouse runs from var/ so that it can read the Iceberg warehouse under it (the views).
 python -m offloader.devserver start --dir var/clickhouse --files-root var
 port=$(cut -f1 var/clickhouse/ports.tsv)
-if [ ! -f var/quickstart.toml ]; then
-    python -m offloader.demo --port "$port" --rows 200000 \
-        --config-out var/quickstart.toml --state-dir var/offloader \
+config=var/quickstart.toml
+store=()
+if [ "$s3" = 1 ]; then
+    python -m offloader.devstore start --dir var/s3
+    config=var/quickstart-s3.toml
+    store=(--s3-store var/s3)
+fi
+if [ ! -f "$config" ]; then
+    python -m offloader.demo --port "$port" --rows 200000 "${store[@]}" \
+        --config-out "$config" --state-dir var/offloader \
         --postgres "postgresql://postgres@127.0.0.1:5432/offloader_quickstart"
 else
     # ClickHouse may have come up on another port: keep the config pointing at it.
-    sed -i "s/^port = .*/port = $port/" var/quickstart.toml
-    if ! grep -q '^\[views\]' var/quickstart.toml; then
+    sed -i "s/^port = .*/port = $port/" "$config"
+    if ! grep -q '^\[views\]' "$config"; then
         # A config from before the views: add them (before the first table).
-        sed -i '0,/^\[\[tables\]\]/s//[views]\nenabled = true\n\n[[tables]]/' var/quickstart.toml
+        sed -i '0,/^\[\[tables\]\]/s//[views]\nenabled = true\n\n[[tables]]/' "$config"
     fi
-    python -m offloader.demo --port "$port" --rows 1000
+    python -m offloader.demo --port "$port" --rows 1000 "${store[@]}"
 fi
-export OFFLOADER_CONFIG=var/quickstart.toml
+export OFFLOADER_CONFIG=$config
 echo
 echo "== offloader validate"
 offloader validate
@@ -44,5 +63,9 @@ echo
 echo "== one query over both tiers (the views offloader keeps)"
 python -m offloader.demo --port "$port" --show-views
 echo
-echo "Config: var/quickstart.toml  Iceberg warehouse: var/offloader/warehouse"
-echo "Try: OFFLOADER_CONFIG=var/quickstart.toml .venv/bin/offloader run --now --log-format text"
+if [ "$s3" = 1 ]; then
+    echo "Config: $config  Iceberg: REST catalog and S3 of var/s3 (python -m offloader.devstore status --dir var/s3)"
+else
+    echo "Config: $config  Iceberg warehouse: var/offloader/warehouse"
+fi
+echo "Try: OFFLOADER_CONFIG=$config .venv/bin/offloader run --now --log-format text"
