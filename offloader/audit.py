@@ -30,6 +30,7 @@ import anyio
 
 from offloader import days as units
 from offloader.config import TableConfig
+from offloader.days import day_number, day_of_number, day_start, watermark_day
 from offloader.plan import Order
 from offloader.source import Page, Source
 from offloader.sql import RowHash, day_counts_query, row_hash
@@ -40,39 +41,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.iceberg.table import IcebergTable
-
-EPOCH = dt.date(1970, 1, 1)
-
-
-def day_number(day: dt.date) -> int:
-    return (day - EPOCH).days
-
-
-def day_of_number(n: int) -> dt.date:
-    return EPOCH + dt.timedelta(days=n)
-
-
-def watermark_day(wm_type: ChType, encoded: Any) -> dt.date | None:
-    """The UTC day of an encoded watermark value; None for integer watermarks (no days
-    to audit)."""
-    kind = units.kind_of(wm_type)
-    if kind.startswith("ticks"):
-        n = units.day_of(encoded, kind)
-        return None if n is None else day_of_number(n)
-    if kind in ("micros", "days"):
-        return dt.date.fromisoformat(str(encoded)[:10])
-    return None
-
-
-def day_start(wm_type: ChType, day: dt.date) -> Any:
-    """The first watermark value of `day`, encoded as cursor.encode_value would."""
-    kind = units.kind_of(wm_type)
-    if kind == "days":
-        return day.isoformat()
-    unit = units.per_day(kind)
-    if kind.startswith("ticks") and unit is not None:
-        return day_number(day) * unit
-    return f"{day.isoformat()} 00:00:00.000000"
 
 
 @dataclass(frozen=True, slots=True)

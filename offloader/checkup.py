@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offloader import audit as tiers
 from offloader import cursor, plan
 from offloader.config import TableConfig
+from offloader.days import day_number
 from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.services import Services
@@ -84,7 +85,7 @@ async def audit(run: TableRun) -> bool:
     try:
         recorded = None
         if run.hashed is not None:
-            recorded = await _recorded(run, *(tiers.day_number(d) for d in bounds))
+            recorded = await _recorded(run, *(day_number(d) for d in bounds))
         found = await tiers.audit_days(
             src.source,
             src.relation,
@@ -158,7 +159,7 @@ async def audit_recorded(run: TableRun) -> bool:
     if bounds is None or report.watermark is None:
         return True  # nothing to audit
     t0 = time.monotonic()
-    lo, hi = (tiers.day_number(d) for d in bounds)
+    lo, hi = (day_number(d) for d in bounds)
     known = agreed_window(run)
     if run.days is None and known is not None and run.parts == known.parts:
         # The source's parts are those of the last audit that agreed at this seq: the
@@ -206,7 +207,7 @@ def agreed_window(run: TableRun) -> AuditAgreed | None:
     )
     if known is None or bounds is None or known.seq != run.seq:
         return None
-    same = (known.first, known.last) == tuple(tiers.day_number(d) for d in bounds)
+    same = (known.first, known.last) == tuple(day_number(d) for d in bounds)
     return known if same else None
 
 

@@ -13,6 +13,7 @@ The audit, verify, repair and compaction count rows per day in that unit.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -103,3 +104,39 @@ def day_numbers(values: pa.Array | pa.ChunkedArray, kind: str) -> pa.Array:
     quotient = pc.divide(ticks, pa.scalar(unit, pa.int64()))  # truncates toward zero
     over = pc.greater(pc.multiply(quotient, pa.scalar(unit, pa.int64())), ticks)
     return pc.subtract(quotient, over.cast(pa.int64())).cast(pa.int32())
+
+
+# --- UTC days as dates (the audit, verify, repair, retention) -----------------------
+
+EPOCH = dt.date(1970, 1, 1)
+
+
+def day_number(day: dt.date) -> int:
+    return (day - EPOCH).days
+
+
+def day_of_number(n: int) -> dt.date:
+    return EPOCH + dt.timedelta(days=n)
+
+
+def watermark_day(wm_type: ChType, encoded: Any) -> dt.date | None:
+    """The UTC day of an encoded watermark value; None for integer watermarks (no days
+    to audit)."""
+    kind = kind_of(wm_type)
+    if kind.startswith("ticks"):
+        n = day_of(encoded, kind)
+        return None if n is None else day_of_number(n)
+    if kind in ("micros", "days"):
+        return dt.date.fromisoformat(str(encoded)[:10])
+    return None
+
+
+def day_start(wm_type: ChType, day: dt.date) -> Any:
+    """The first watermark value of `day`, encoded as cursor.encode_value would."""
+    kind = kind_of(wm_type)
+    if kind == "days":
+        return day.isoformat()
+    unit = per_day(kind)
+    if kind.startswith("ticks") and unit is not None:
+        return day_number(day) * unit
+    return f"{day.isoformat()} 00:00:00.000000"

@@ -18,8 +18,7 @@ from offloader.wire import ColumnPlan, plan_column
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from offloader.iceberg import CommittedMark
-    from offloader.state import TableState
+    from offloader.state import CommittedMark, TableState
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,18 +26,10 @@ from typing import Any
 import anyio
 
 from offloader import faults, plan, view
-from offloader.audit import (
-    DayCount,
-    add_sums,
-    audit_days,
-    convert_page,
-    day_number,
-    day_start,
-    watermark_day,
-)
+from offloader.audit import DayCount, add_sums, audit_days, convert_page
 from offloader.config import Config, TableConfig
 from offloader.cursor import as_datetime, from_micros, watermark_from_int
-from offloader.days import kind_of
+from offloader.days import day_number, day_start, kind_of, watermark_day
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
 from offloader.iceberg import maintenance as ops

@@ -35,9 +35,10 @@ from typing import Any, Literal
 import anyio
 
 from offloader import faults
-from offloader.audit import audit_days, day_number, watermark_day
+from offloader.audit import audit_days
 from offloader.config import Config, TableConfig
 from offloader.cursor import from_micros
+from offloader.days import day_number, watermark_day
 from offloader.errors import Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.source import SourceTable, open_table

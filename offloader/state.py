@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "AuditAgreed",
+    "CommittedMark",
     "DaySum",
     "DaySums",
     "RetentionIntent",
@@ -99,6 +100,20 @@ class RetentionIntent:
             return None
         partition, parts, before, until = json.loads(text)
         return cls(str(partition), tuple(parts), tuple(before), str(until))
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedMark:
+    """What the newest offloader snapshot of a table says it reached (the Iceberg side of
+    the state PostgreSQL keeps; plan.reconcile_with compares the two)."""
+
+    seq: int
+    position: tuple[Any, ...]
+    run_id: str
+    snapshot_id: int
+    committed_at: datetime
+    rows: int
+    days: str | None = None  # the commit's per-day sums (state.encode_days), if recorded
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import anyio
 from offloader import audit, source
 from offloader.config import Config, TableConfig
 from offloader.cursor import encode_value, from_micros, watermark_from_int
-from offloader.days import kind_of, ticks_precision
+from offloader.days import day_number, kind_of, ticks_precision, watermark_day
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.iceberg import maintenance as ops
@@ -189,9 +189,7 @@ async def _source_side(
             )
         )[0]
         st.source_newest = str(watermark_from_int(wm_type, raw_newest))
-        oldest_day = audit.watermark_day(
-            wm_type, encode_value(watermark_from_int(wm_type, raw_oldest))
-        )
+        oldest_day = watermark_day(wm_type, encode_value(watermark_from_int(wm_type, raw_oldest)))
         st.oldest_hot_day = oldest_day.isoformat() if oldest_day and int(count) else None
         st.ttl = await source.table_ttl(ch, db, table.source_table)
         st.ttl_seconds = ttl_seconds(st.ttl)
@@ -234,7 +232,7 @@ async def recorded_sums(
 ) -> dict[int, DaySum]:
     watermarks = await Watermarks.open(cfg.postgres, max_size=1)
     try:
-        return await watermarks.day_sums(target, audit.day_number(first), audit.day_number(last))
+        return await watermarks.day_sums(target, day_number(first), day_number(last))
     finally:
         await watermarks.close()
 

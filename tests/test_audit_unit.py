@@ -7,7 +7,8 @@ import datetime as dt
 
 import pyarrow as pa
 
-from offloader.audit import add_sums, compare, day_number, day_sums
+from offloader.audit import add_sums, compare, day_sums
+from offloader.days import day_number
 from offloader.sql import row_hash
 from offloader.state import DaySum
 

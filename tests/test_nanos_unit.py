@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 
 from offloader import cursor, days, plan, sql
-from offloader.audit import day_number, day_start, day_sums, watermark_day
+from offloader.audit import day_sums
 from offloader.config import TableConfig
+from offloader.days import day_number, day_start, watermark_day
 from offloader.errors import SourceSchemaError
 from offloader.iceberg.table import day_runs
 from offloader.state import DaySum

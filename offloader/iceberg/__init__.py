@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from offloader.config import MaintenanceConfig
 from offloader.errors import OffloaderError, SinkError
+from offloader.state import CommittedMark
 
 if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
@@ -75,19 +75,6 @@ class WrittenFiles:
     files: list[DataFile]
     rows: int
     nbytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class CommittedMark:
-    """What the newest offloader snapshot of a table says it reached."""
-
-    seq: int
-    position: tuple[Any, ...]
-    run_id: str
-    snapshot_id: int
-    committed_at: datetime
-    rows: int
-    days: str | None = None  # the commit's per-day sums (state.encode_days), if recorded
 
 
 _HINTS = (

@@ -162,10 +162,15 @@ async def open_source(
     cfg: ClickHouseConfig, label: str, transport: Transport
 ) -> AsyncIterator[Source]:
     """A session of `transport` (its driver is imported here, on first use)."""
-    if transport in ("arrow", "parquet"):
+    if transport == "parquet":
+        from offloader.source import arrow, parquet
+
+        async with arrow.session(cfg, label, parquet.ParquetHttpSession) as files:
+            yield files
+    elif transport == "arrow":
         from offloader.source import arrow
 
-        async with arrow.session(cfg, label, parquet=transport == "parquet") as http:
+        async with arrow.session(cfg, label) as http:
             yield http
     else:
         from offloader.source import native

@@ -57,10 +57,9 @@ SETTINGS = {
 
 
 class ArrowHttpSession:
-    def __init__(self, cfg: ClickHouseConfig, label: str, parquet: bool = False) -> None:
+    def __init__(self, cfg: ClickHouseConfig, label: str) -> None:
         self._cfg = cfg
         self.label = label
-        self.parquet = parquet
         self.endpoint = f"{cfg.host}:{cfg.http_port}"
         scheme = "https" if cfg.secure else "http"
         self._url = f"{scheme}://{cfg.host}:{cfg.http_port}/"
@@ -139,10 +138,6 @@ class ArrowHttpSession:
         return body
 
     def pager(self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None) -> Pager:
-        if self.parquet:
-            from offloader.source import parquet
-
-            return parquet.ParquetPager(self, table, plan, row_hash)
         return ArrowPager(self, table, plan, row_hash)
 
     async def parquet_page(self, query: str, settings: dict[str, str]) -> bytes:
@@ -262,11 +257,11 @@ class ArrowPager:
 
 @asynccontextmanager
 async def session(
-    cfg: ClickHouseConfig, label: str, parquet: bool = False
+    cfg: ClickHouseConfig, label: str, kind: type[ArrowHttpSession] = ArrowHttpSession
 ) -> AsyncIterator[ArrowHttpSession]:
-    """An HTTP session; its pages are ArrowStream, or with `parquet` the Parquet files
-    ClickHouse encodes (source/parquet.py)."""
-    s = ArrowHttpSession(cfg, label, parquet)
+    """An HTTP session (of `kind`: its pages are ArrowStream, or, with
+    parquet.ParquetHttpSession, the Parquet files ClickHouse encodes)."""
+    s = kind(cfg, label)
     try:
         yield s
     finally:

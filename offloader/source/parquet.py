@@ -33,8 +33,10 @@ import anyio
 
 from offloader import cursor
 from offloader.config import TableConfig
+from offloader.days import day_number, watermark_day
 from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.source import Scan, invalid_utf8_columns
+from offloader.source.arrow import ArrowHttpSession
 from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
 from offloader.state import DaySum
 from offloader.types import (
@@ -54,7 +56,6 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.plan import SourcePlan
-    from offloader.source.arrow import ArrowHttpSession
 
 # ClickHouse's Parquet output pinned to what the Iceberg schema needs, whatever the
 # server's profile says: Strings as Parquet strings, dates and times as logical types,
@@ -279,8 +280,6 @@ class ParquetPager:
         page = ParquetPage(self._target, plan, body, rows, position, False)
         if not rows or not self._by_day:
             return page
-        from offloader.audit import day_number, watermark_day
-
         wm_type = plan.order[0][1]
         day = watermark_day(wm_type, position[0])
         last = watermark_day(wm_type, scan.upto)
@@ -355,3 +354,13 @@ def _footer(target: str, plan: SourcePlan, body: bytes, check: bool) -> tuple[in
     last = f.read_row_group(f.metadata.num_row_groups - 1, columns=names)
     row = last.num_rows - 1
     return rows, [cursor.encode_value(last.column(n)[row].as_py()) for n in names]
+
+
+class ParquetHttpSession(ArrowHttpSession):
+    """The HTTP session of the parquet transport: its pages are the Parquet files
+    ClickHouse encodes (the rest is the arrow transport's session)."""
+
+    def pager(
+        self, table: TableConfig, plan: SourcePlan, row_hash: RowHash | None = None
+    ) -> ParquetPager:
+        return ParquetPager(self, table, plan, row_hash)
