@@ -305,7 +305,9 @@ class TableRun:
         table, report = self.table, self.report
         fetched = 0
         position = after
-        pages = keyset_pages(self.pager, scan, after, table.batch_rows, self.waiting)
+        pages = keyset_pages(
+            self.pager, scan, after, table.batch_rows, self.waiting, target=table.target
+        )
         async with send, aclosing(pages):
             if self._stopped():
                 report.more = True

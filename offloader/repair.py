@@ -314,7 +314,7 @@ async def _read_days(
             before=day_start(wm_type, count.day + dt.timedelta(days=1)),
             through=position,
         )
-        async for page in keyset_pages(pager, scan, None, table.batch_rows):
+        async for page in keyset_pages(pager, scan, None, table.batch_rows, target=table.target):
             summed = await page.summed()
             batch, page_sums = await anyio.to_thread.run_sync(
                 convert_page,

@@ -283,3 +283,67 @@ def test_a_sqlite_catalog_in_a_new_directory_is_created(tmp_path: Path) -> None:
     bad = IcebergCatalog(CatalogConfig("c", {**props, "uri": f"sqlite:///{blocked}/x/c.db"}))
     with pytest.raises(SinkError, match=r"directory .*/file/x does not exist and cannot be"):
         _ = bad.catalog
+
+
+def test_a_page_that_does_not_advance_fails_the_table(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    """A server whose pages ignore the position (a filter bug) would have the scan read
+    and commit the same rows again and again: the second page, ending where the first
+    did, fails the table naming it and the position; no row is committed twice."""
+    h = Harness(tmp_path, rows(1_000))
+    opened(h.fake)
+    h.fake.broken_filter = True
+    report = h.run(table())
+    assert report.status == "failed" and report.reason == "clickhouse", report.error
+    assert "cold.t: a page of ClickHouse rows after position [100] ended at [100]" in (
+        report.error or ""
+    )
+    committed = h.iceberg_rows() if report.snapshots else []
+    assert len(committed) == len(set(committed))
+
+
+def test_check_advance_refuses_the_same_position_or_an_earlier_watermark() -> None:
+    from offloader.errors import SourceUnavailable
+    from offloader.source import check_advance
+
+    check_advance("t", ["2026-01-01 00:00:00.000001", 5], ["2026-01-01 00:00:00.000001", 6])
+    check_advance("t", [10, "b"], [11, "a"])
+    for after, position in (
+        (["2026-01-01 00:00:00.000002", 1], ["2026-01-01 00:00:00.000001", 9]),
+        ([10, "b"], [10, "b"]),
+        ([10, "b"], [9, "z"]),
+    ):
+        with pytest.raises(SourceUnavailable, match="not past the position"):
+            check_advance("t", after, position)
+
+
+def test_a_deadline_during_the_two_commits_lets_both_finish(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    """The table's deadline (or a shutdown) fires while the Iceberg commit is done and
+    the PostgreSQL one is under way: the commits are shielded, so PostgreSQL still
+    records it in the same run (without the shield it would be left for the next run's
+    recovery, which this test would catch)."""
+    h = Harness(tmp_path, rows(100))
+    opened(h.fake)
+
+    async def go() -> None:
+        with anyio.CancelScope() as deadline:
+
+            async def fire() -> None:
+                deadline.cancel()
+                await anyio.sleep(0.01)  # a checkpoint: cancelled here unless shielded
+
+            h.store.on_commit = fire
+            services = Services(
+                ClickHouseConfig(),
+                h.store,
+                anyio.CapacityLimiter(1),
+                anyio.CapacityLimiter(2),
+                lambda: h.catalog,
+            )
+            await offload_table(services, table(), timeout=60)
+
+    anyio.run(go)
+    ice = h.catalog.load("cold.t")
+    assert ice is not None
+    mark = ice.latest_mark()
+    assert mark is not None and mark.seq == 1
+    assert h.store.seq.get("cold.t") == 1 and h.store.position["cold.t"] == (100,)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from offloader.config import ClickHouseConfig, TableConfig, Transport
-from offloader.errors import SourceSchemaError, TableError
+from offloader.errors import SourceSchemaError, SourceUnavailable, TableError
 from offloader.plan import SourcePlan, plan_order, plan_source
 from offloader.sql import RowHash, page_query, quote_ident, quote_string, read_from
 
@@ -233,19 +233,46 @@ async def keyset_pages(
     after: Sequence[Any] | None,
     limit: int,
     waiting: int | None = None,
+    *,
+    target: str = "",
 ) -> AsyncGenerator[Page, None]:
     """The pages of a keyset scan, in order: each next page starts after the previous
-    page's last row. Ends after an empty page or the last one (scan_complete)."""
+    page's last row. Ends after an empty page or the last one (scan_complete). A page
+    that does not move the position forward is an error (never a loop that re-reads,
+    or commits twice, the same rows)."""
     read = 0
     while True:
         page = await pager.read(scan, after, limit)
         if page.rows == 0:
             return
+        if after is not None:
+            check_advance(target or scan.relation, list(after), page.position)
         read += page.rows
         yield page
         if scan_complete(page, limit, read, waiting):
             return
         after = page.position
+
+
+def check_advance(target: str, after: list[Any], position: list[Any]) -> None:
+    """Raise if a page ending at `position` did not move past `after`: the same
+    position, or an earlier watermark (encoded watermarks — fixed-width time text,
+    dates, integers, ticks — order as their values do; keys are compared for equality
+    only). Every page's rows must be past the position its query was given."""
+    if not position:
+        return
+    same = list(position) == list(after)
+    wm, was = position[0], after[0]
+    back = type(wm) is type(was) and isinstance(wm, int | str) and wm < was
+    if same or back:
+        raise SourceUnavailable(
+            f"{target}: a page of ClickHouse rows after position {after} ended at {position}, "
+            f"which is {'the same position' if same else 'before it'}: ClickHouse returned "
+            "rows that are not past the position it was given (a filter bug?); nothing of "
+            "the page is committed and the table stops here instead of reading the same "
+            "rows again",
+            reason="clickhouse",
+        )
 
 
 async def table_columns(s: Source, database: str, table: str) -> list[tuple[str, str]]:
