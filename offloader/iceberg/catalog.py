@@ -36,6 +36,7 @@ from pyiceberg.transforms import (
 from offloader.config import CatalogConfig, MaintenanceConfig, PartitionField
 from offloader.errors import SinkError, SourceSchemaError
 from offloader.iceberg import brief, sink_errors, table_properties
+from offloader.iceberg.compat import iceberg_schema
 from offloader.iceberg.table import NAME_MAPPING, IcebergTable, type_text
 
 log = logging.getLogger(__name__)
@@ -257,13 +258,13 @@ def describe(
 ) -> str:
     """The Iceberg schema and partitioning a table will get, as text (for `validate`),
     each column with the ClickHouse type it comes from when `sources` names them."""
-    iceberg_schema: Schema = Catalog._convert_schema_if_needed(schema)
+    converted: Schema = iceberg_schema(schema)
     sources = sources or {}
     lines = [
         f"  {f.name}: "
         + (f"{sources[f.name]} -> " if f.name in sources else "")
         + f"{'required' if f.required else 'optional'} {type_text(f.field_type)}"
-        for f in iceberg_schema.fields
+        for f in converted.fields
     ]
     parts = ", ".join(str(p) for p in partition_by) or "unpartitioned"
     return "\n".join([*lines, f"  partitioned by: {parts}"])

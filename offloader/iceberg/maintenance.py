@@ -24,14 +24,12 @@ from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.fileformat import FileFormatFactory
 from pyiceberg.io.pyarrow import (
     ArrowScan,
-    _to_requested_schema,
     pyarrow_to_schema,
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestContent, ManifestFile
 from pyiceberg.schema import sanitize_column_names
 from pyiceberg.table import FileScanTask
 from pyiceberg.table.snapshots import Operation
-from pyiceberg.table.update.snapshot import _ManifestMergeManager, _OverwriteFiles
 
 from offloader import cursor
 from offloader.days import day_numbers, per_day
@@ -45,6 +43,12 @@ from offloader.iceberg import (
     PROP_SEQ,
     PROP_WATERMARK,
     brief,
+)
+from offloader.iceberg.compat import (
+    _ManifestMergeManager,
+    _OverwriteFiles,
+    _to_requested_schema,
+    transaction,
 )
 from offloader.iceberg.files import (
     LiveFiles,
@@ -60,7 +64,7 @@ from offloader.iceberg.files import (
     referenced_files,
     shape,
 )
-from offloader.iceberg.table import IcebergTable, day_runs, transaction
+from offloader.iceberg.table import IcebergTable, day_runs
 from offloader.plan import RewriteGroup
 
 __all__ = [

@@ -15,21 +15,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import (
     CommitFailedException,
 )
 from pyiceberg.io.pyarrow import (
-    _check_pyarrow_schema_compatible,
-    _dataframe_to_data_files,
     parquet_file_to_data_file,
 )
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table, Transaction
-from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
-from pyiceberg.table.update import update_table_metadata
 from pyiceberg.transforms import (
     IdentityTransform,
 )
@@ -49,40 +44,16 @@ from offloader.iceberg import (
     brief,
     sink_errors,
 )
+from offloader.iceberg.compat import (
+    _check_pyarrow_schema_compatible,
+    _dataframe_to_data_files,
+    iceberg_schema,
+    transaction,
+)
 
 log = logging.getLogger(__name__)
 
 NAME_MAPPING = "schema.name-mapping.default"
-
-
-class _Transaction(Transaction):
-    """pyiceberg's Transaction with its `table_metadata` computed once per state.
-
-    Why: pyiceberg 0.12 rebuilds and deep-copies the whole table metadata (every
-    snapshot) each time a snapshot producer reads `table_metadata`, about fifteen times
-    per append, so a commit's cost grew with the table's snapshot count (0.02 s fresh,
-    0.3 s at 400 snapshots here). The result depends only on the base metadata and the
-    staged updates, both replaced (never mutated) when they change, so it is cached
-    on their identity; the copy is still pyiceberg's own. Snapshot producers only
-    read it.
-    """
-
-    _cached: tuple[object, object, TableMetadata] | None = None
-
-    @property
-    def table_metadata(self) -> TableMetadata:
-        base, updates = self._table.metadata, self._updates
-        if not updates:
-            return base  # nothing staged: read-only use of the loaded metadata
-        cached = self._cached
-        if cached is None or cached[0] is not base or cached[1] is not updates:
-            cached = (base, updates, update_table_metadata(base, updates))
-            self._cached = cached
-        return cached[2]
-
-
-def transaction(table: Table) -> Transaction:
-    return _Transaction(table)
 
 
 _IDS = re.compile(r"(?<![\w-])-?\d+: ")
@@ -190,7 +161,7 @@ class IcebergTable:
         existing = {f.name for f in current.fields}
         # Iceberg cannot add a required column (older rows have no value): new ones are optional.
         schema = pa.schema([f if f.name in existing else f.with_nullable(True) for f in schema])
-        wanted: Schema = Catalog._convert_schema_if_needed(schema)
+        wanted: Schema = iceberg_schema(schema)
         changes = False
         for field in wanted.fields:
             try:
