@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offloader import audit as tiers
 from offloader import cursor, plan
 from offloader.config import TableConfig
-from offloader.days import day_number
+from offloader.days import day_number, watermark_day
 from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.services import Services
@@ -54,8 +54,8 @@ async def read_ahead(run: TableRun, position: list[Any]) -> None:
     were read before it starts, so it sees what a query after the commits would (rows
     arriving later are found by the next cycle either way). A failure leaves the query
     to audit(), which reports it."""
-    table, src = run.table, run.src
-    bounds = tiers.window(src.order[0][1], position, table.audit_days, run.state.retained_until)
+    src = run.src
+    bounds = audit_bounds(run, position)
     if bounds is None:
         return
     start = tiers.reread_from(bounds[0], run.days, run.days_before)
@@ -68,6 +68,24 @@ async def read_ahead(run: TableRun, position: list[Any]) -> None:
     run.audit_ahead = tiers.DaysAhead(position, start, hot)
 
 
+def audit_bounds(run: TableRun, position: list[Any] | None) -> tuple[dt.date, dt.date] | None:
+    """The days a run's audit compares: its window (audit.window), but not the days
+    after the one its committed position was in when it started. Every row of those
+    days was read by this very run, its row hashes summed by ClickHouse as it read
+    them and recorded with the commit: hashing them again would only catch a change
+    made during the run, which the next run's audit finds (those days are then at or
+    before its starting position). A backfill hashes its rows once, not twice."""
+    wm_type = run.src.order[0][1]
+    bounds = tiers.window(wm_type, position, run.table.audit_days, run.state.retained_until)
+    started = run.state.position
+    if bounds is None or not started:
+        return None  # no window, or a first run: it wrote every row it would compare
+    start_day = watermark_day(wm_type, started[0])
+    if start_day is None or start_day < bounds[0]:
+        return None
+    return bounds[0], min(bounds[1], start_day)
+
+
 async def audit(run: TableRun) -> bool:
     """Compare both tiers per day over the audit window (audit.py) after the run's
     commits; with `late_rows = "repair"`, replace the drifted days at once. The same
@@ -75,10 +93,14 @@ async def audit(run: TableRun) -> bool:
     Returns whether it ran (the table has an audit window)."""
     table, report, src = run.table, run.report, run.src
     wm_type = src.order[0][1]
-    bounds = tiers.window(wm_type, report.watermark, table.audit_days, run.state.retained_until)
-    if bounds is None or report.watermark is None or report.more:
+    bounds = audit_bounds(run, report.watermark)
+    if report.watermark is None or report.more:
         # `more`: a backlog is being worked off in chunks; the run that catches up
         # audits (the window would mostly hold rows this very run just wrote).
+        return False
+    if bounds is None:
+        if tiers.window(wm_type, report.watermark, table.audit_days) is not None:
+            report.drifted = []  # every day of the window was written (and summed) now
         return False
     position = list(report.watermark)
     t0 = time.monotonic()
