@@ -591,6 +591,55 @@ def scenario_memory(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def scenario_bulk(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Hypothesis: a first offload of a large table (trades over three UTC days, one Iceberg
+    partition a day) as a whole `offloader once` process on the parquet transport, with
+    its default audit (counts and row-hash sums), reaches >= 0.8 of ClickHouse's own
+    Parquet export of the same rows (`INSERT INTO FUNCTION file(..., Parquet) SELECT *`),
+    the ceiling of a transport whose files ClickHouse encodes. Beside it, the same with
+    the audit off. Cold against cold: each offloader run is a fresh process into a new
+    Iceberg table and a new state schema; the export writes a new file. The three
+    alternate within each repetition.
+
+    python -m benchmarks.cycle --scenario bulk --bulk-rows 10000000 --repeats 4
+    """
+    from offloader.demo import TRADES_INSERT
+
+    rows = args.bulk_rows
+    b.make_tables(["bulk"], 0)
+    b.sql(
+        TRADES_INSERT.format(
+            db=b.db,
+            name="bulk",
+            count=rows,
+            start_us=1767225600_000000,  # 2026-01-01 00:00 UTC
+            span_us=3 * 86400_000000,
+            first_id=1,
+        )
+    )
+    runs: dict[str, list[float]] = {"export": [], "audit_on": [], "audit_off": []}
+    peaks: dict[str, list[float]] = {"audit_on": [], "audit_off": []}
+    for _ in range(args.repeats):
+        target = b.work / f"export_{uuid.uuid4().hex[:8]}.parquet"
+        started = time.perf_counter()
+        b.sql(f"INSERT INTO FUNCTION file('{target}', Parquet) SELECT * FROM {b.db}.bulk")
+        runs["export"].append(time.perf_counter() - started)
+        target.unlink(missing_ok=True)
+        for label, days in (("audit_on", 4), ("audit_off", 0)):
+            path = b.config(["bulk"], transport="parquet", audit_days=days)
+            secs, peak = whole_process(path)
+            runs[label].append(secs)
+            peaks[label].append(peak)
+    out: dict[str, Any] = {"rows": rows, "repeats": args.repeats}
+    for label, values in runs.items():
+        out[f"{label}_seconds_median"] = round(median(values), 2)
+        out[f"{label}_seconds_min_max"] = [round(min(values), 2), round(max(values), 2)]
+    for label in peaks:
+        out[f"{label}_peak_mb"] = round(median(peaks[label]))
+        out[f"{label}_share_of_export"] = round(median(runs["export"]) / median(runs[label]), 2)
+    return out
+
+
 VIEW_QUERIES = {
     # An hour and a day of the second (cold) day, everything, one row by key.
     "hour": "SELECT count(), sum(price), avg(quantity) FROM {t} WHERE exchange_ts >= "
@@ -679,6 +728,7 @@ SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "memory": scenario_memory,
     "stages": scenario_stages,
     "view": scenario_view,
+    "bulk": scenario_bulk,
 }
 
 
@@ -721,6 +771,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--view-rows", type=int, default=10_000_000, help="view: rows over four days"
+    )
+    parser.add_argument(
+        "--bulk-rows", type=int, default=10_000_000, help="bulk: rows over three days"
     )
     parser.add_argument("--clickhouse-port", type=int, help="use a running ClickHouse")
     parser.add_argument("--clickhouse-http-port", type=int, default=8123)
