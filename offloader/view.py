@@ -36,11 +36,10 @@ from urllib.parse import urlsplit
 from offloader import cursor, faults
 from offloader.config import TableConfig, ViewsConfig
 from offloader.errors import OffloaderError, TableError
-from offloader.source.parquet import iceberg_type
 from offloader.sql import keyset_after, quote_ident, quote_string
 from offloader.state import Store, ViewState
 from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
-from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
+from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves
 
 if TYPE_CHECKING:
     from offloader.config import ClickHouseConfig

@@ -28,6 +28,7 @@ from offloader.types import (
     UInt64Mode,
     Unmappable,
     arrow_type,
+    decimal_precision,
     leaf_name,
     nested_as_array,
     parse_type,
@@ -265,3 +266,65 @@ def has_leaf(t: ChType, leaves: Mapping[str, Leaf]) -> bool:
     if leaf_name(base) in leaves:
         return True
     return any(isinstance(a, ChType) and has_leaf(a, leaves) for a in base.args)
+
+
+# --- the ClickHouse form of each stored type ---------------------------------------------
+
+_CAST = {
+    **dict.fromkeys(("Int8", "Int16", "Int32", "UInt8", "UInt16"), "Int32"),
+    **dict.fromkeys(("Int64", "UInt32", "DateTime64Ticks"), "Int64"),
+    **dict.fromkeys(("Float32", "BFloat16"), "Float32"),
+    "Float64": "Float64",
+    "Bool": "Bool",
+    "UUID": "UUID",
+    **dict.fromkeys(("Date", "Date32"), "Date32"),
+    **dict.fromkeys(("DateTime", "DateTime64"), "DateTime64(6, 'UTC')"),
+    **dict.fromkeys(
+        ("String", "IPv4", "IPv6", "Enum8", "Enum16", "Enum", "JSON", "Object"), "String"
+    ),
+    **dict.fromkeys(AS_TEXT, "String"),
+    **dict.fromkeys(AS_COUNT, "Int64"),
+    **SHAPES,
+    "Nothing": "String",
+}
+
+
+def iceberg_type(t: ChType, uint64: str = "error") -> str:
+    """The ClickHouse type whose Parquet encoding is exactly the Iceberg type offloader
+    stores a `t` as (types.arrow_type): the page query CASTs each column to it after
+    the leaf checks, which widens small integers, moves times to UTC microseconds and
+    names tuple fields as Iceberg does (_1, _2, ... when unnamed)."""
+    if t.name == "Nullable" or t.name in NULL_HOLDERS:
+        inner = "String" if t.name in NULL_HOLDERS else iceberg_type(t.inner, uint64)
+        return f"Nullable({inner})"
+    if t.name == "LowCardinality":
+        return iceberg_type(t.inner, uint64)
+    if t.name == "SimpleAggregateFunction":
+        last = t.args[-1]
+        assert isinstance(last, ChType)
+        return iceberg_type(last, uint64)
+    leaf = leaf_name(t)
+    if leaf in _CAST:
+        return _CAST[leaf]
+    if t.name == "UInt64":
+        return "Decimal(20, 0)" if uint64 == "decimal" else "Int64"
+    if t.name == "Decimal" or t.name in DECIMAL_WIDTH:
+        precision, scale = decimal_precision(t)
+        return f"Decimal({precision}, {scale})"
+    if t.name == "Nested":
+        return iceberg_type(nested_as_array(t), uint64)
+    if t.name == "Array":
+        return f"Array({iceberg_type(t.inner, uint64)})"
+    if t.name == "Map":
+        key, value = t.args
+        assert isinstance(key, ChType) and isinstance(value, ChType)
+        return f"Map({iceberg_type(key, uint64)}, {iceberg_type(value, uint64)})"
+    if t.name == "Tuple":
+        names = t.field_names or tuple(f"_{i + 1}" for i in range(len(t.args)))
+        fields = [
+            f"{quote_ident(n)} {iceberg_type(a, uint64)}"
+            for n, a in zip(names, t.args, strict=True)
+            if isinstance(a, ChType)
+        ]
+        return f"Tuple({', '.join(fields)})"
+    raise ValueError(f"the parquet transport has no ClickHouse form of {t}")

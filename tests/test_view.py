@@ -23,10 +23,10 @@ import pytest
 
 from offloader import faults
 from offloader.demo import trades_ddl
-from offloader.source.parquet import iceberg_type
 from offloader.sql import quote_ident
 from offloader.types import parse_type
 from offloader.view import column_pair, exact
+from offloader.wire import iceberg_type
 from tests.conftest import S3Server
 from tests.helpers import Env
 from tests.test_every_type import create_every_table
