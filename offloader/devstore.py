@@ -165,7 +165,13 @@ def start(
         if proc.poll() is not None:
             tail = (d / "weed.log").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"SeaweedFS exited with {proc.returncode}:\n{tail}")
-        if _answers(s3) and _answers(rest) and _ready(volume) and _buckets_ready(store):
+        if (
+            _answers(s3)
+            and _answers(rest)
+            and _ready(volume)
+            and _volumes_known(master, d / "data")
+            and _buckets_ready(store)
+        ):
             ports = [master, volume, filer, s3, rest, admin]
             (d / "store.json").write_text(json.dumps({**asdict(store), "ports": ports}))
             return store
@@ -191,6 +197,27 @@ def _ready(volume_port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _volumes_known(master_port: int, data: Path) -> bool:
+    """Whether the master knows every volume on disk: after a restart the volume server
+    answers before its first heartbeat, and until then every read of an object written
+    before the restart fails ("volume id 1 not found", an S3 InternalError)."""
+    import urllib.request
+
+    on_disk = len(list(data.glob("*.dat")))
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{master_port}/dir/status", timeout=2) as r:
+            topology = json.loads(r.read())["Topology"]
+    except (OSError, ValueError, KeyError):
+        return False
+    nodes = [
+        node
+        for centre in topology.get("DataCenters") or []
+        for rack in centre.get("Racks") or []
+        for node in rack.get("DataNodes") or []
+    ]
+    return bool(nodes) and sum(int(node.get("Volumes", 0)) for node in nodes) >= on_disk
 
 
 def _buckets_ready(store: Store) -> bool:
