@@ -39,12 +39,12 @@ from offloader.config import ClickHouseConfig, Config
 from offloader.configfile import load_config
 from offloader.cursor import encode_value
 from offloader.demo import trades_ddl
-from offloader.iceberg import IcebergCatalog
-from offloader.pipeline import FILE_ROWS
+from offloader.iceberg import IcebergCatalog, Marker
 from offloader.plan import plan_source
 from offloader.source import Scan, arrow, native
 from offloader.sql import qualified, quote_ident
 from offloader.supervisor import CycleReport, open_runtime, run_cycle
+from offloader.writing import FILE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("OFFLOADER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/offloader_bench")
@@ -161,25 +161,23 @@ def cycle(path: Path) -> CycleReport:
     return report
 
 
-def whole_process(path: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one `offloader once` process."""
+def whole_process(path: Path, report: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `offloader once` process; with `report`,
+    its `--json` report is written there (the stages of its tables)."""
     command = [sys.executable, "-m", "offloader", "--config", str(path)]
-    return timed_process([*command, "--log-level", "WARNING", "once"])
+    once = ["once", "--json"] if report is not None else ["once"]
+    return timed_process([*command, "--log-level", "WARNING", *once], report)
 
 
-def timed_process(command: list[str]) -> tuple[float, float]:
+def timed_process(command: list[str], stdout: Path | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of one process.
 
     The peak is the child's own VmHWM, polled from /proc while it runs: getrusage's
     ru_maxrss would include the RSS of this (large) parent copied at fork time.
     """
+    out = stdout.open("wb") if stdout is not None else subprocess.DEVNULL
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
+    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, cwd=ROOT)
     status_file = Path(f"/proc/{proc.pid}/status")
     peak_kb = 0
     while proc.poll() is None:
@@ -191,6 +189,8 @@ def timed_process(command: list[str]) -> tuple[float, float]:
             pass
         time.sleep(0.02)
     seconds = time.perf_counter() - started
+    if stdout is not None:
+        out.close()  # type: ignore[union-attr]
     if proc.returncode != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"offloader once failed: {err}")
@@ -325,7 +325,7 @@ def _write_ceiling(b: Bench, batches: list[pa.RecordBatch]) -> float:
             rows += sum(c.num_rows for c in chunk)
             chunk = []
             if rows >= 1_000_000 or batch is batches[-1]:
-                ice.commit_files(written, expected_seq=seq, position=[seq], run_id="ceiling")
+                ice.commit_files(written, Marker(seq + 1, [seq], "ceiling", rows))
                 seq, written, rows = seq + 1, [], 0
     return time.perf_counter() - started
 
@@ -400,7 +400,9 @@ def scenario_peers(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     run, offloader moves rows faster than dlt's fastest path (query_arrow pages into
     Iceberg) with less memory, and its idle cycle is shorter than dlt's idle run; next
     to both, ClickHouse alone encoding the same rows as Parquet (the ceiling a
-    ClickHouse-encoded transport would approach).
+    ClickHouse-encoded transport would approach). Like for like: both whole fresh
+    processes; "in process" is cold on both sides too (offloader's table run inside its
+    fresh process, from `once --json`; dlt's `pipeline.run` inside its fresh process).
 
     pip install -e ".[bench]"; python -m benchmarks.cycle --scenario peers --rows 1000000
     """
@@ -410,20 +412,19 @@ def scenario_peers(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     def note(key: str, value: float) -> None:
         runs.setdefault(key, []).append(value)
 
+    report = b.work / "peer_report.json"
     for _ in range(args.repeats):
         for transport in TRANSPORTS:
             path = b.config(["peer"], transport=transport)
-            secs, peak = whole_process(path)
+            secs, peak = whole_process(path, report)
             note(f"offloader_{transport}_rows_per_s", args.rows / secs)
             note(f"offloader_{transport}_peak_mb", peak)
+            # In-process, cold like dlt's: the table's run inside that fresh process
+            # (pyiceberg's import and the table's creation included), from `once --json`.
+            [table] = json.loads(report.read_text())["tables"]
+            assert table["rows"] == args.rows, table
+            note(f"offloader_{transport}_in_process_rows_per_s", args.rows / table["seconds"])
             note(f"offloader_{transport}_idle_seconds", whole_process(path)[0])
-            path = b.config(["peer"], transport=transport)  # a new target: in-process
-            started = time.perf_counter()
-            assert cycle(path).rows == args.rows
-            note(
-                f"offloader_{transport}_in_process_rows_per_s",
-                args.rows / (time.perf_counter() - started),
-            )
         if peers.dlt_available():
             where = b.work / f"dlt_{uuid.uuid4().hex[:8]}"
             where.mkdir()
@@ -619,6 +620,8 @@ def scenario_bulk(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     )
     runs: dict[str, list[float]] = {"export": [], "audit_on": [], "audit_off": []}
     peaks: dict[str, list[float]] = {"audit_on": [], "audit_off": []}
+    stages: dict[str, list[dict[str, float]]] = {"audit_on": [], "audit_off": []}
+    report = b.work / "bulk_report.json"
     for _ in range(args.repeats):
         target = b.work / f"export_{uuid.uuid4().hex[:8]}.parquet"
         started = time.perf_counter()
@@ -627,9 +630,11 @@ def scenario_bulk(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         target.unlink(missing_ok=True)
         for label, days in (("audit_on", 4), ("audit_off", 0)):
             path = b.config(["bulk"], transport="parquet", audit_days=days)
-            secs, peak = whole_process(path)
+            secs, peak = whole_process(path, report)
             runs[label].append(secs)
             peaks[label].append(peak)
+            [table] = json.loads(report.read_text())["tables"]
+            stages[label].append(table["stages"])
     out: dict[str, Any] = {"rows": rows, "repeats": args.repeats}
     for label, values in runs.items():
         out[f"{label}_seconds_median"] = round(median(values), 2)
@@ -637,6 +642,10 @@ def scenario_bulk(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     for label in peaks:
         out[f"{label}_peak_mb"] = round(median(peaks[label]))
         out[f"{label}_share_of_export"] = round(median(runs["export"]) / median(runs[label]), 2)
+        names = sorted({name for run in stages[label] for name in run})
+        out[f"{label}_stages_median"] = {
+            name: round(median([run.get(name, 0.0) for run in stages[label]]), 2) for name in names
+        }
     return out
 
 

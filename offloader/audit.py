@@ -34,7 +34,7 @@ from offloader.days import day_number, day_of_number, day_start, watermark_day
 from offloader.plan import Order
 from offloader.source import Page, Source
 from offloader.sql import RowHash, day_counts_query, row_hash
-from offloader.state import DaySum
+from offloader.state import HASH_MODULUS, DaySum
 from offloader.types import ChType
 
 if TYPE_CHECKING:
@@ -89,11 +89,11 @@ class Audit:
 
 
 def compare(
-    first_day: dt.date,
-    last_day: dt.date,
+    window: tuple[dt.date, dt.date],
     clickhouse: dict[int, int],
     iceberg: dict[int, int],
     unknown: set[int],
+    *,
     checksums: dict[int, int] | None = None,
     recorded: dict[int, DaySum] | None = None,
     columns_key: str = "",
@@ -101,6 +101,7 @@ def compare(
     """Day by day, ClickHouse's counts against Iceberg's, and where the counts agree
     and the recorded sums are complete (their rows are Iceberg's count, over the same
     columns), ClickHouse's checksum against the recorded one. Pure."""
+    first_day, last_day = window
     audit = Audit(first_day, last_day)
     for n in range(day_number(first_day), day_number(last_day) + 1):
         hot = clickhouse.get(n, 0)
@@ -109,7 +110,7 @@ def compare(
         kept = (recorded or {}).get(n)
         complete = kept is not None and kept.rows == cold and kept.columns_key == columns_key
         if checksums is not None and kept is not None and complete and cold == hot:
-            differ = kept.checksum % 2**64 != checksums.get(n, 0) % 2**64
+            differ = kept.checksum % HASH_MODULUS != checksums.get(n, 0) % HASH_MODULUS
         audit.days.append(DayCount(day_of_number(n), hot, cold, differ))
     return audit
 
@@ -143,7 +144,9 @@ def add_sums(into: dict[int, DaySum], more: dict[int, DaySum]) -> None:
         into[day] = (
             s
             if old is None
-            else DaySum(old.rows + s.rows, (old.checksum + s.checksum) % 2**64, s.columns_key)
+            else DaySum(
+                old.rows + s.rows, (old.checksum + s.checksum) % HASH_MODULUS, s.columns_key
+            )
         )
 
 
@@ -162,6 +165,27 @@ class ClickHouseDays:
 
 
 @dataclass(frozen=True, slots=True)
+class HotTable:
+    """Where an audit reads ClickHouse's side: the source, the relation (the table, or
+    its filtered subquery) and its order (watermark first), and the row hash summed per
+    day (None: counts only)."""
+
+    ch: Source
+    relation: str
+    order: Order
+    hashed: RowHash | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KnownDays:
+    """ClickHouse's days as a run's prepare read them, still true before `before` (the
+    day of the position they were read at: the run's commits only touch later rows)."""
+
+    hot: ClickHouseDays
+    before: dt.date
+
+
+@dataclass(frozen=True, slots=True)
 class DaysAhead:
     """ClickHouse's days from `start` up to `position`, read before that position was
     committed (checkup.read_ahead); audit_days uses them for that position."""
@@ -171,32 +195,21 @@ class DaysAhead:
     hot: ClickHouseDays
 
 
-def reread_from(
-    first_day: dt.date, known: ClickHouseDays | None, known_before: dt.date | None
-) -> dt.date:
+def reread_from(first_day: dt.date, known: KnownDays | None) -> dt.date:
     """The first day of the window whose ClickHouse side must be read (again): the
-    days before `known_before` are as the run's prepare read them (`known`)."""
-    if known is not None and known_before is not None:
-        return max(first_day, known_before)
-    return first_day
+    days before `known.before` are as the run's prepare read them."""
+    return first_day if known is None else max(first_day, known.before)
 
 
 async def clickhouse_days(
-    ch: Source,
-    source: str,
-    order: tuple[tuple[str, ChType], ...],
-    position: list[Any],
-    first_day: dt.date,
-    hashed: RowHash | None = None,
-    fingerprint: str | None = None,
+    hot: HotTable, position: list[Any], first_day: dt.date, fingerprint: str | None = None
 ) -> ClickHouseDays:
     """One grouped query over the days from `first_day` on; with `fingerprint` (SQL,
     sql.parts_fingerprint), the source's parts as the query read them."""
-    wm_type = order[0][1]
-    since = day_start(wm_type, first_day)
-    query = day_counts_query(source, order, since, position, hashed, fingerprint)
+    since = day_start(hot.order[0][1], first_day)
+    query = day_counts_query(hot.relation, hot.order, since, position, hot.hashed, fingerprint)
     out = ClickHouseDays()
-    for d, done, after, first, at, checksum, last, parts in await ch.rows(query):
+    for d, done, after, first, at, checksum, last, parts in await hot.ch.rows(query):
         out.rows[int(d)] = int(done)
         out.sums[int(d)] = int(checksum)
         out.server_now = int(at)
@@ -220,45 +233,45 @@ def agrees(
         if (kept.rows if kept else 0) != hot.rows.get(n, 0):
             return False
         same_columns = hashed is not None and kept is not None and kept.columns_key == hashed.key
-        if same_columns and kept and kept.checksum % 2**64 != hot.sums.get(n, 0) % 2**64:
+        if (
+            same_columns
+            and kept
+            and kept.checksum % HASH_MODULUS != hot.sums.get(n, 0) % HASH_MODULUS
+        ):
             return False
     return True
 
 
 async def audit_days(
-    ch: Source,
-    source: str,
-    order: tuple[tuple[str, ChType], ...],
-    position: list[Any],
+    hot: HotTable,
     ice: IcebergTable,
-    first_day: dt.date,
-    last_day: dt.date,
-    limiter: anyio.CapacityLimiter | None = None,
-    hashed: RowHash | None = None,
+    position: list[Any],
+    window: tuple[dt.date, dt.date],
+    *,
     recorded: dict[int, DaySum] | None = None,
-    known: ClickHouseDays | None = None,
-    known_before: dt.date | None = None,
+    known: KnownDays | None = None,
     ahead: DaysAhead | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
 ) -> Audit:
-    """Counts of both tiers per day in [first_day, last_day], up to the committed
-    `position` (rows after it are not offloaded yet, on either side); with `hashed`
+    """Counts of both tiers per day of `window` (first and last day), up to the committed
+    `position` (rows after it are not offloaded yet, on either side); with a row hash
     and the `recorded` day sums, checksums too. Iceberg's counts come from the
     manifests, cached per snapshot. `known`: ClickHouse's days as the run's prepare read
-    them, still true before `known_before` (the day of the position they were read at:
-    the run's commits only touch later rows), so only the days from it are read again.
-    `ahead`: those days, read already for this position (used if they are the same)."""
+    them, so only the days from `known.before` are read again. `ahead`: those days,
+    read already for this position (used if they are the same)."""
     from offloader.iceberg import maintenance as ops  # pyiceberg: only when auditing it
 
-    wm_name = order[0][0]
-    start = reread_from(first_day, known, known_before)
+    first_day, last_day = window
+    wm_name = hot.order[0][0]
+    start = reread_from(first_day, known)
     if ahead is not None and ahead.position == list(position) and ahead.start == start:
-        hot = ahead.hot
+        days_read = ahead.hot
     else:
-        hot = await clickhouse_days(ch, source, order, position, start, hashed)
+        days_read = await clickhouse_days(hot, position, start)
     if known is not None and start > first_day:
         for n in range(day_number(first_day), day_number(start)):
-            hot.rows[n] = known.rows.get(n, 0)
-            hot.sums[n] = known.sums.get(n, 0)
+            days_read.rows[n] = known.hot.rows.get(n, 0)
+            days_read.sums[n] = known.hot.sums.get(n, 0)
     days = (day_number(first_day), day_number(last_day))
     key = (ice.snapshot_id, wm_name, *days)
     last = _ICEBERG_DAYS.get(ice.target)
@@ -269,14 +282,20 @@ async def audit_days(
         cached = ops.day_counts(live, *days)
         _ICEBERG_DAYS[ice.target] = (key, cached)
     cold, unknown = cached
-    if hashed is None or recorded is None:
-        result = compare(first_day, last_day, hot.rows, cold, unknown)
+    if hot.hashed is None or recorded is None:
+        result = compare(window, days_read.rows, cold, unknown)
     else:
         result = compare(
-            first_day, last_day, hot.rows, cold, unknown, hot.sums, recorded, hashed.key
+            window,
+            days_read.rows,
+            cold,
+            unknown,
+            checksums=days_read.sums,
+            recorded=recorded,
+            columns_key=hot.hashed.key,
         )
-    result.waiting, result.oldest_waiting = hot.waiting, hot.oldest_waiting
-    result.server_now = hot.server_now
+    result.waiting, result.oldest_waiting = days_read.waiting, days_read.oldest_waiting
+    result.server_now = days_read.server_now
     return result
 
 

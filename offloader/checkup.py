@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from offloader import audit as tiers
 from offloader import cursor, plan
@@ -20,6 +22,7 @@ from offloader.services import Services
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query, parts_fingerprint
 from offloader.state import AuditAgreed, DaySum, TableState
+from offloader.types import ChType
 
 if TYPE_CHECKING:
     from offloader.iceberg.table import IcebergTable
@@ -27,109 +30,129 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class TableRun(Protocol):
-    """What a check needs of a table run (pipeline.TableRun)."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What a table run's prepare found before reading a row (pipeline.TableRun.prepare)."""
+
+    state: TableState  # the committed state read from PostgreSQL
+    waiting: int  # rows past the committed position
+    upto: Any | None  # the high-water mark this run reads up to (encoded); None: idle
+    known: tiers.KnownDays | None = None  # ClickHouse's side of the window, if read
+    parts: str = ""  # the source's parts_fingerprint when read apart from the window
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """What the checks of one table run read: its services, table and source, the row
+    hash the audit sums, and what prepare found."""
+
+    services: Services
+    table: TableConfig
+    src: SourceTable
+    hashed: RowHash | None
+    prepared: Prepared
 
     @property
-    def services(self) -> Services: ...
+    def hot(self) -> tiers.HotTable:
+        return tiers.HotTable(self.src.source, self.src.relation, self.src.order, self.hashed)
 
-    table: TableConfig
-    report: TableReport
-    src: SourceTable
-    ice: IcebergTable
-    seq: int
-    waiting: int  # rows past the position when prepare looked
-    state: TableState  # the committed state prepare read
-    hashed: RowHash | None
-    parts: str  # the source's parts_fingerprint when prepare read it apart from the window
-    days: tiers.ClickHouseDays | None  # ClickHouse's side of the window, read by prepare
-    days_before: dt.date | None  # ... still true before this day (the position's day)
-    audit_ahead: tiers.DaysAhead | None  # read_ahead's result
+    @property
+    def wm_type(self) -> ChType:
+        return self.src.order[0][1]
+
+    def window(self, position: Sequence[Any] | None) -> tuple[dt.date, dt.date] | None:
+        """The audit window at `position` (audit.window), days dropped by retention left out."""
+        state = self.prepared.state
+        return tiers.window(self.wm_type, position, self.table.audit_days, state.retained_until)
 
 
-async def read_ahead(run: TableRun, position: list[Any]) -> None:
+class Audited(NamedTuple):
+    ran: bool  # the table has an audit window, and it was compared
+    seq: int  # the committed seq after it (a repair of drifted days commits)
+
+
+class Recorded(NamedTuple):
+    agrees: bool  # every day of the window agrees with what PostgreSQL recorded
+    known: tiers.KnownDays | None  # ClickHouse's days as read, for the audit with Iceberg
+
+
+async def read_ahead(check: Check, position: list[Any]) -> tiers.DaysAhead | None:
     """The audit's ClickHouse query for `position`, the last position of a complete
     scan, started as soon as that page is read: it runs while the run's last files are
     written and committed, and audit() then only compares. All rows up to `position`
     were read before it starts, so it sees what a query after the commits would (rows
     arriving later are found by the next cycle either way). A failure leaves the query
-    to audit(), which reports it."""
-    src = run.src
-    bounds = audit_bounds(run, position)
+    to audit(), which reports it (None)."""
+    bounds = audit_bounds(check, position)
     if bounds is None:
-        return
-    start = tiers.reread_from(bounds[0], run.days, run.days_before)
+        return None
+    start = tiers.reread_from(bounds[0], check.prepared.known)
     try:
-        hot = await tiers.clickhouse_days(
-            src.source, src.relation, src.order, position, start, run.hashed
-        )
+        hot = await tiers.clickhouse_days(check.hot, position, start)
     except TableError:
-        return
-    run.audit_ahead = tiers.DaysAhead(position, start, hot)
+        return None
+    return tiers.DaysAhead(position, start, hot)
 
 
-def audit_bounds(run: TableRun, position: list[Any] | None) -> tuple[dt.date, dt.date] | None:
+def audit_bounds(check: Check, position: list[Any] | None) -> tuple[dt.date, dt.date] | None:
     """The days a run's audit compares: its window (audit.window), but not the days
     after the one its committed position was in when it started. Every row of those
     days was read by this very run, its row hashes summed by ClickHouse as it read
     them and recorded with the commit: hashing them again would only catch a change
     made during the run, which the next run's audit finds (those days are then at or
     before its starting position). A backfill hashes its rows once, not twice."""
-    wm_type = run.src.order[0][1]
-    bounds = tiers.window(wm_type, position, run.table.audit_days, run.state.retained_until)
-    started = run.state.position
+    bounds = check.window(position)
+    started = check.prepared.state.position
     if bounds is None or not started:
         return None  # no window, or a first run: it wrote every row it would compare
-    start_day = watermark_day(wm_type, started[0])
+    start_day = watermark_day(check.wm_type, started[0])
     if start_day is None or start_day < bounds[0]:
         return None
     return bounds[0], min(bounds[1], start_day)
 
 
-async def audit(run: TableRun) -> bool:
+async def audit(
+    check: Check,
+    ice: IcebergTable,
+    report: TableReport,
+    *,
+    seq: int,
+    ahead: tiers.DaysAhead | None = None,
+) -> Audited:
     """Compare both tiers per day over the audit window (audit.py) after the run's
-    commits; with `late_rows = "repair"`, replace the drifted days at once. The same
-    query tells how far the table is behind (report.rows_behind, lag_seconds).
-    Returns whether it ran (the table has an audit window)."""
-    table, report, src = run.table, run.report, run.src
-    wm_type = src.order[0][1]
-    bounds = audit_bounds(run, report.watermark)
+    commits (the committed `seq`); with `late_rows = "repair"`, replace the drifted days
+    at once. The same query tells how far the table is behind (report.rows_behind,
+    lag_seconds). `ahead`: the window's ClickHouse side read ahead (read_ahead)."""
+    table = check.table
     if report.watermark is None or report.more:
         # `more`: a backlog is being worked off in chunks; the run that catches up
         # audits (the window would mostly hold rows this very run just wrote).
-        return False
+        return Audited(False, seq)
+    bounds = audit_bounds(check, report.watermark)
     if bounds is None:
-        if tiers.window(wm_type, report.watermark, table.audit_days) is not None:
+        if tiers.window(check.wm_type, report.watermark, table.audit_days) is not None:
             report.drifted = []  # every day of the window was written (and summed) now
-        return False
+        return Audited(False, seq)
     position = list(report.watermark)
     t0 = time.monotonic()
     try:
         recorded = None
-        if run.hashed is not None:
-            recorded = await _recorded(run, *(day_number(d) for d in bounds))
+        if check.hashed is not None:
+            recorded = await _recorded(check, seq, bounds)
         found = await tiers.audit_days(
-            src.source,
-            src.relation,
-            src.order,
+            check.hot,
+            ice,
             position,
-            run.ice,
-            *bounds,
-            run.services.io,
-            run.hashed,
-            recorded,
-            run.days,
-            run.days_before,
-            run.audit_ahead,
+            bounds,
+            recorded=recorded,
+            known=check.prepared.known,
+            ahead=ahead,
+            limiter=check.services.io,
         )
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
-        return False
-    oldest = found.oldest_waiting
-    first = cursor.watermark_from_int(wm_type, oldest) if oldest is not None else None
-    now = cursor.from_micros(found.server_now) if found.server_now else datetime.now(UTC)
-    behind = plan.behind(found.waiting, first, now, wm_type)
-    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
+        return Audited(False, seq)
+    behind(check.wm_type, report, found.waiting, found.oldest_waiting, found.server_now)
     for day in found.drifted:
         log.warning(
             "late rows: the tiers differ on a day below the watermark",
@@ -147,87 +170,79 @@ async def audit(run: TableRun) -> bool:
         from offloader import repair  # pyiceberg's rewrite path, loaded when used
 
         fixed = await repair.repair(
-            src,
-            run.services.watermarks,
+            check.src,
+            check.services.watermarks,
             table,
-            run.ice,
-            seq=run.seq,
+            ice,
+            seq=seq,
             position=position,
             days=[d.day for d in drifted],
-            limiter=run.services.io,
-            retained_until=run.state.retained_until,
+            limiter=check.services.io,
+            retained_until=check.prepared.state.retained_until,
         )
         report.repaired = [d.day.isoformat() for d in fixed.days]
         if fixed.seq is not None:
-            run.seq = fixed.seq
+            seq = fixed.seq
             report.snapshots += 1
         for why in fixed.refused:
             log.error("late rows not repaired", extra={"table": table.target, "reason": why})
         drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
     report.drifted = [d.as_dict() for d in drifted]
     report.stage("audit", time.monotonic() - t0)
-    return True
+    return Audited(True, seq)
 
 
-async def audit_recorded(run: TableRun) -> bool:
+async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Recorded:
     """An idle run's audit, without Iceberg: ClickHouse's per-day rows (and row-hash
     sums) of the window against what PostgreSQL recorded as committed for those days
-    (day_sums, written in the watermark's transaction). True when every day agrees;
-    False when a day needs Iceberg's own counts (a drifted day, or days committed
-    without a record: before checksums existed, or recovered after a crash)."""
-    table, report, src = run.table, run.report, run.src
-    wm_type = src.order[0][1]
-    bounds = tiers.window(wm_type, report.watermark, table.audit_days, run.state.retained_until)
+    (day_sums, written in the watermark's transaction). Agrees when every day does; not
+    when a day needs Iceberg's own counts (a drifted day, or days committed without a
+    record: before checksums existed, or recovered after a crash)."""
+    table, src, prepared = check.table, check.src, check.prepared
+    bounds = check.window(report.watermark)
     if bounds is None or report.watermark is None:
-        return True  # nothing to audit
+        return Recorded(True, None)  # nothing to audit
     t0 = time.monotonic()
-    lo, hi = (day_number(d) for d in bounds)
-    known = agreed_window(run)
-    if run.days is None and known is not None and run.parts == known.parts:
+    known = agreed_window(prepared.state, bounds, seq)
+    if prepared.known is None and known is not None and prepared.parts == known.parts:
         # The source's parts are those of the last audit that agreed at this seq: the
         # same rows, so the same answer without hashing the window again.
         report.drifted = []
-        return True
+        return Recorded(True, None)
     try:
-        recorded = await _recorded(run, lo, hi)
-        hot = run.days or await tiers.clickhouse_days(
-            src.source,
-            src.relation,
-            src.order,
-            list(report.watermark),
-            bounds[0],
-            run.hashed,
-            parts_fingerprint(src.database, table.source_table),
-        )
+        recorded = await _recorded(check, seq, bounds)
+        if prepared.known is not None:
+            hot = prepared.known.hot
+        else:
+            fingerprint = parts_fingerprint(src.database, table.source_table)
+            hot = await tiers.clickhouse_days(
+                check.hot, list(report.watermark), bounds[0], fingerprint
+            )
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
-        return True
+        return Recorded(True, None)
     report.stage("audit", time.monotonic() - t0)
-    if not tiers.agrees(lo, hi, hot, recorded, run.hashed):
-        run.days, run.days_before = hot, bounds[1]  # the audit with Iceberg reuses them
-        return False
+    lo, hi = (day_number(d) for d in bounds)
+    if not tiers.agrees(lo, hi, hot, recorded, check.hashed):
+        return Recorded(False, tiers.KnownDays(hot, bounds[1]))  # the Iceberg audit reuses them
     report.drifted = []
-    agreed = AuditAgreed(run.seq, lo, hi, hot.fingerprint, caught_up=run.waiting == 0)
-    if hot.fingerprint and agreed != run.state.agreed:
+    agreed = AuditAgreed(seq, lo, hi, hot.fingerprint, caught_up=prepared.waiting == 0)
+    if hot.fingerprint and agreed != prepared.state.agreed:
         try:
-            await run.services.watermarks.audit_agreed(table.target, agreed)
+            await check.services.watermarks.audit_agreed(table.target, agreed)
         except TableError as exc:  # only the next idle audit's cost depends on it
             log.warning("could not record audit", extra={"table": table.target, "error": str(exc)})
-    return True
+    return Recorded(True, None)
 
 
-def agreed_window(run: TableRun) -> AuditAgreed | None:
+def agreed_window(
+    state: TableState, bounds: tuple[dt.date, dt.date] | None, seq: int
+) -> AuditAgreed | None:
     """The record of the table's audit window agreeing in full at this seq (kept with
-    the state), if it is this window's: then the source's parts tell whether to read
-    the window again, not its rows."""
-    known = run.state.agreed
-    bounds = tiers.window(
-        run.src.order[0][1],
-        run.report.watermark,
-        run.table.audit_days,
-        run.state.retained_until,
-    )
-    if known is None or bounds is None or known.seq != run.seq:
+    the state), if it is this window's (`bounds`): then the source's parts tell whether
+    to read the window again, not its rows."""
+    known = state.agreed
+    if known is None or bounds is None or known.seq != seq:
         return None
     same = (known.first, known.last) == tuple(day_number(d) for d in bounds)
     return known if same else None
@@ -239,28 +254,36 @@ def agreed_window(run: TableRun) -> AuditAgreed | None:
 _RECORDED: dict[str, tuple[tuple[int, int, int], dict[int, DaySum]]] = {}
 
 
-async def _recorded(run: TableRun, lo: int, hi: int) -> dict[int, DaySum]:
-    key = (run.seq, lo, hi)
-    cached = _RECORDED.get(run.table.target)
+async def _recorded(check: Check, seq: int, bounds: tuple[dt.date, dt.date]) -> dict[int, DaySum]:
+    target = check.table.target
+    key = (seq, day_number(bounds[0]), day_number(bounds[1]))
+    cached = _RECORDED.get(target)
     if cached is not None and cached[0] == key:
         return cached[1]
-    recorded = await run.services.watermarks.day_sums(run.table.target, lo, hi)
-    _RECORDED[run.table.target] = (key, recorded)
+    recorded = await check.services.watermarks.day_sums(target, key[1], key[2])
+    _RECORDED[target] = (key, recorded)
     return recorded
 
 
-async def measure_behind(run: TableRun) -> None:
+def behind(
+    wm_type: ChType, report: TableReport, rows: int, oldest: int | None, now: int | None
+) -> None:
+    """Record in the report how far Iceberg is behind ClickHouse: `rows` past the
+    position, the oldest of them (cursor integer form) and the server's time (micros)."""
+    first = cursor.watermark_from_int(wm_type, oldest) if rows and oldest is not None else None
+    at = cursor.from_micros(now) if now is not None else datetime.now(UTC)
+    lag = plan.behind(int(rows), first, at, wm_type)
+    report.rows_behind, report.lag_seconds = lag.rows, lag.seconds
+
+
+async def measure_behind(src: SourceTable, report: TableReport) -> None:
     """How far Iceberg is behind ClickHouse after the run (status and metrics agree
     on it): one small query that reads only the granules past the watermark. Its
     failure does not fail a run whose commits are done."""
-    src, report = run.src, run.report
-    wm_type = src.order[0][1]
     query = behind_query(src.relation, src.order, report.watermark)
     try:
         rows, oldest, now, _ = (await src.source.rows(query))[0]
     except TableError as exc:
         log.warning("could not measure lag", extra={"table": report.target, "error": str(exc)})
         return
-    first = cursor.watermark_from_int(wm_type, oldest) if rows else None
-    behind = plan.behind(int(rows), first, cursor.from_micros(now), wm_type)
-    report.rows_behind, report.lag_seconds = behind.rows, behind.seconds
+    behind(src.order[0][1], report, int(rows), oldest, now)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from offloader.config import TableConfig
-from offloader.cursor import EPOCH, Ticks, as_datetime, encode_value
-from offloader.days import per_second
+from offloader.cursor import EPOCH, Ticks, as_datetime
+from offloader.days import SECONDS_PER_DAY, per_second
 from offloader.errors import InconsistentState, SourceSchemaError
 from offloader.types import ChType, parse_type
 from offloader.wire import ColumnPlan, plan_column
@@ -124,12 +124,6 @@ def plan_source(table: TableConfig, columns: Sequence[tuple[str, str]]) -> Sourc
     )
     order = tuple((name, plans[i].ch_type) for (name, _), i in zip(order, index, strict=True))
     return SourcePlan(plans, order, index)
-
-
-def high_water_mark(max_value: Any, server_now: dt.datetime, lag: float, wm_type: ChType) -> Any:
-    """The newest watermark value this run may read, as an encoded cursor value
-    (high_water_value, encoded)."""
-    return encode_value(high_water_value(max_value, server_now, lag, wm_type))
 
 
 def high_water_value(max_value: Any, server_now: dt.datetime, lag: float, wm_type: ChType) -> Any:
@@ -303,7 +297,7 @@ def compaction_cutoff(uppers: Sequence[Any], kind: str, now: float, margin: floa
     if second is not None:  # micros, ticks
         return min(newest, int((now - margin) * second))
     if kind == "days":
-        return min(newest, int((now - margin) // 86400))
+        return min(newest, int((now - margin) // SECONDS_PER_DAY))
     return newest
 
 

@@ -19,28 +19,29 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
 from offloader import faults, plan, view
-from offloader.audit import DayCount, add_sums, audit_days, convert_page
+from offloader.audit import DayCount, HotTable, add_sums, audit_days
 from offloader.config import Config, TableConfig
 from offloader.cursor import as_datetime, from_micros, watermark_from_int
 from offloader.days import day_number, day_start, kind_of, watermark_day
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable, WrittenFiles
+from offloader.iceberg import IcebergCatalog, IcebergTable, Marker, WrittenFiles
 from offloader.iceberg import maintenance as ops
 from offloader.progress import Progress
-from offloader.source import Scan, SourceTable, keyset_pages, open_table, table_ttl
-from offloader.sql import NOW_MICROS, RowHash, quote_ident, row_hash, ttl_seconds, watermark_int
-from offloader.state import DaySum, Store, encode_days
+from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
+from offloader.sql import NOW_MICROS, quote_ident, row_hash, ttl_seconds, watermark_int
+from offloader.state import Advance, DaySum, Store, encode_days
 from offloader.watermarks import Watermarks
-
-# Repaired rows are written to data files of about this many rows while they are read.
-FILE_ROWS = 250_000
+from offloader.writing import PageWriter
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +171,9 @@ async def repair(
         recorded = await watermarks.day_sums(
             table.target, day_number(min(days)), day_number(max(days))
         )
+    hot = HotTable(src.source, src.relation, src.plan.order, checked)
     audit = await audit_days(
-        src.source,
-        src.relation,
-        src.plan.order,
-        position,
-        ice,
-        min(days),
-        max(days),
-        limiter,
-        checked,
-        recorded,
+        hot, ice, position, (min(days), max(days)), recorded=recorded, limiter=limiter
     )
     counts = {c.day: c for c in audit.days}
     oldest_day, ttl, now = await _source_facts(src, table)
@@ -213,7 +206,18 @@ async def repair(
     sums = {n: DaySum(0, 0, hashed.key) for n in wanted}
     if progress is not None:
         progress.start(table.target, sum(c.clickhouse for c in accepted))
-    written = await _read_days(src, table, ice, position, accepted, limiter, hashed, sums, progress)
+    writer = PageWriter(
+        ice,
+        table.watermark,
+        table.watermark,
+        kind_of(src.plan.order[0][1]),
+        hashed,
+        cpu=limiter,
+        io=limiter,
+        page_done=(lambda rows: progress.advance(table.target, rows)) if progress else _nothing,
+    )
+    written, read_sums = await _read_days(src, table, position, accepted, writer)
+    add_sums(sums, read_sums)
     report.rows_after = sum(w.rows for w in written)
     wm_name = src.plan.order[0][0]
     live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
@@ -243,26 +247,13 @@ async def repair(
                 [live.files[f.path] for f in deleted],
                 [df for w in written for df in w.files],
                 run_id,
-                operation="repair",
-                expected_seq=seq,
-                position=position,
-                rows=delta,
-                days=encode_days(sums, replace=True),
+                Marker(seq + 1, position, run_id, delta, encode_days(sums, replace=True)),
             ),
             limiter=limiter,
         )
         faults.point("repair_commit")
-        await watermarks.commit(
-            table.target,
-            prev_seq=seq,
-            seq=seq + 1,
-            position=position,
-            rows=delta,
-            run_id=run_id,
-            snapshot_id=snapshot_id,
-            days=sums,
-            replace_days=True,
-        )
+        advance = Advance(seq + 1, position, delta, run_id, snapshot_id, sums, replace_days=True)
+        await watermarks.commit(table.target, seq, advance)
     report.seq = seq + 1
     log.info(
         "repaired",
@@ -290,58 +281,44 @@ def _keep_rows(
 async def _read_days(
     src: SourceTable,
     table: TableConfig,
-    ice: IcebergTable,
     position: list[Any],
     days: list[DayCount],
-    limiter: anyio.CapacityLimiter | None,
-    hashed: RowHash,
-    sums: dict[int, DaySum],
-    progress: Progress | None = None,
-) -> list[WrittenFiles]:
+    writer: PageWriter,
+) -> tuple[list[WrittenFiles], dict[int, DaySum]]:
     """ClickHouse's rows of `days` up to the committed position, written as data files
-    (not committed) every FILE_ROWS rows, so memory stays bounded by a file; their
-    per-day row-hash sums are added to `sums`."""
-    pager = src.source.pager(table, src.plan, hashed)
+    (not committed) through the pipeline's write path, so memory stays bounded by a
+    file; and their per-day rows and row-hash sums."""
+    pager = src.source.pager(table, src.plan, writer.hashed)
     wm_type = src.plan.order[0][1]
-    written: list[WrittenFiles] = []
-    pending: list[Any] = []
-    pending_rows = 0
-    for count in days:
-        scan = Scan(
-            src.relation,
-            upto=position[0],
-            since=day_start(wm_type, count.day),
-            before=day_start(wm_type, count.day + dt.timedelta(days=1)),
-            through=position,
-        )
-        async for page in keyset_pages(pager, scan, None, table.batch_rows, target=table.target):
-            summed = await page.summed()
-            batch, page_sums = await anyio.to_thread.run_sync(
-                convert_page,
-                page,
-                table.watermark,
-                hashed,
-                summed,
-                kind_of(wm_type),
-                limiter=limiter,
+
+    async def pages() -> AsyncGenerator[Page]:
+        for count in days:
+            scan = Scan(
+                src.relation,
+                upto=position[0],
+                since=day_start(wm_type, count.day),
+                before=day_start(wm_type, count.day + dt.timedelta(days=1)),
+                through=position,
             )
-            add_sums(sums, page_sums)
-            if progress is not None:
-                progress.advance(table.target, batch.num_rows)
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            if pending_rows >= FILE_ROWS:
-                written.append(await _write(ice, pending, table.watermark, limiter))
-                pending, pending_rows = [], 0
-    if pending:
-        written.append(await _write(ice, pending, table.watermark, limiter))
-    return written
+            day = keyset_pages(pager, scan, None, table.batch_rows, target=table.target)
+            async with aclosing(day):
+                async for page in day:
+                    yield page
+
+    written: list[WrittenFiles] = []
+    sums: dict[int, DaySum] = {}
+
+    async def keep(files: list[WrittenFiles], _: list[Any], more: dict[int, DaySum]) -> None:
+        written.extend(files)
+        add_sums(sums, more)
+
+    async with aclosing(pages()) as stream:
+        await writer.write(stream, keep, flush_rows=sys.maxsize)
+    return written, sums
 
 
-async def _write(
-    ice: IcebergTable, batches: list[Any], wm: str, limiter: anyio.CapacityLimiter | None
-) -> WrittenFiles:
-    return await anyio.to_thread.run_sync(ice.write_files, batches, wm, limiter=limiter)
+def _nothing(rows: int) -> None:
+    pass
 
 
 async def repair_table(
@@ -399,17 +376,9 @@ async def repair_table(
                 recorded = await watermarks.day_sums(
                     table.target, day_number(first_day), day_number(last_day)
                 )
+                hot = HotTable(src.source, src.relation, src.plan.order, hashed)
                 found = await audit_days(
-                    src.source,
-                    src.relation,
-                    src.plan.order,
-                    position,
-                    ice,
-                    first_day,
-                    last_day,
-                    None,
-                    hashed,
-                    recorded,
+                    hot, ice, position, (first_day, last_day), recorded=recorded
                 )
                 days = [d.day for d in found.drifted]
             report = await repair(
@@ -432,7 +401,7 @@ async def repair_table(
                     watermarks,
                     cfg.views,
                     view.spec_of(src, table, report.seq, position),
-                    view.ColdSide(ice.location, ice.metadata_location, ice.snapshot_id),
+                    view.ColdSide.of(ice),
                     target=table.target,
                 )
             return report

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class RunStatus(StrEnum):
+    """How a table run ended (logs, `--json`, the metrics' `status` label)."""
+
+    OK = "ok"  # rows committed
+    IDLE = "idle"  # nothing to read
+    FAILED = "failed"  # `reason` and `error` say why; committed rows are kept
+    SKIPPED = "skipped"  # another worker holds the table's lock
 
 
 @dataclass(slots=True)
 class TableReport:
     target: str
     source: str
-    status: str = "ok"  # ok | idle | failed | skipped
+    status: RunStatus = RunStatus.OK
     rows: int = 0
     pages: int = 0
     snapshots: int = 0

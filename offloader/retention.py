@@ -35,7 +35,7 @@ from typing import Any, Literal
 import anyio
 
 from offloader import faults
-from offloader.audit import audit_days
+from offloader.audit import HotTable, audit_days
 from offloader.config import Config, TableConfig
 from offloader.cursor import from_micros
 from offloader.days import day_number, watermark_day
@@ -430,9 +430,8 @@ async def _differs(
     first, last = d.first, d.days[-1]
     hashed = row_hash(src.columns)
     recorded = await store.day_sums(table.target, day_number(first), day_number(last))
-    found = await audit_days(
-        src.source, src.relation, src.order, position, ice, first, last, None, hashed, recorded
-    )
+    hot = HotTable(src.source, src.relation, src.order, hashed)
+    found = await audit_days(hot, ice, position, (first, last), recorded=recorded)
     if sum(c.clickhouse for c in found.days) != d.partition.rows:
         return "its rows changed while being compared; retried next pass"
     unsummed = []

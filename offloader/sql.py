@@ -53,7 +53,7 @@ def read_from(database: str, table: str, final: bool) -> str:
 
 
 def literal(t: ChType, encoded: Any) -> str:
-    """A SQL literal of ClickHouse type `t` for a value produced by convert.encode_value."""
+    """A SQL literal of ClickHouse type `t` for a value produced by cursor.encode_value."""
     base = t.unwrap()
     name = base.name
     if name == "DateTime64":

@@ -12,6 +12,7 @@ from datetime import date, datetime
 from typing import Any, Protocol
 
 __all__ = [
+    "Advance",
     "AuditAgreed",
     "CommittedMark",
     "DaySum",
@@ -22,6 +23,13 @@ __all__ = [
     "TableState",
     "ViewState",
 ]
+
+
+# Row-hash sums add up modulo 2^64, as ClickHouse's sum of UInt64 wraps.
+HASH_MODULUS = 2**64
+# How long closing a connection or releasing a lock may take once a run is cancelled
+# (shielded): a dead server must not hold up a shutdown.
+CLEANUP_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +111,22 @@ class RetentionIntent:
 
 
 @dataclass(frozen=True, slots=True)
+class Advance:
+    """One offloader commit as PostgreSQL records it: the watermark moves to `seq` at
+    `position` with its commit-log row and the per-day sums of the rows it moved
+    (added; replaced with `replace_days`, as a repair does), in one transaction."""
+
+    seq: int
+    position: Sequence[Any]
+    rows: int
+    run_id: str
+    snapshot_id: int | None
+    days: DaySums | None = None
+    replace_days: bool = False
+    recovered: bool = False  # taken from Iceberg's marker after a crash (plan.reconcile_with)
+
+
+@dataclass(frozen=True, slots=True)
 class CommittedMark:
     """What the newest offloader snapshot of a table says it reached (the Iceberg side of
     the state PostgreSQL keeps; plan.reconcile_with compares the two)."""
@@ -170,20 +194,7 @@ class Store(Protocol):
 
     async def get(self, target: str, source: str) -> TableState: ...
 
-    async def commit(
-        self,
-        target: str,
-        *,
-        prev_seq: int,
-        seq: int,
-        position: Sequence[Any],
-        rows: int,
-        run_id: str,
-        snapshot_id: int | None,
-        recovered: bool = False,
-        days: DaySums | None = None,
-        replace_days: bool = False,
-    ) -> None: ...
+    async def commit(self, target: str, prev_seq: int, advance: Advance) -> None: ...
 
     async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]: ...
 

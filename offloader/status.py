@@ -207,9 +207,8 @@ async def _source_side(
             recorded = None
             if hashed is not None:
                 recorded = await recorded_sums(cfg, table.target, *bounds)
-            found = await audit.audit_days(
-                ch, src, tuple(order), st.watermark, ice, *bounds, None, hashed, recorded
-            )
+            hot = audit.HotTable(ch, src, tuple(order), hashed)
+            found = await audit.audit_days(hot, ice, st.watermark, bounds, recorded=recorded)
             st.drifted_days = [d.as_dict() for d in found.drifted]
 
 

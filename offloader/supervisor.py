@@ -17,10 +17,11 @@ import orjson
 
 from offloader.config import Config, TableConfig
 from offloader.errors import Locked, TableError
-from offloader.pipeline import TableRun
+from offloader.pipeline import run_table
 from offloader.progress import Progress
-from offloader.report import TableReport
+from offloader.report import RunStatus, TableReport
 from offloader.services import Services
+from offloader.state import CLEANUP_SECONDS
 from offloader.watermarks import Watermarks
 
 if TYPE_CHECKING:
@@ -134,29 +135,29 @@ async def offload_table(
                 # The run's interval in the log is the time it held the table's lock.
                 started_at = datetime.now(UTC)
                 try:
-                    await TableRun(services, table, report, run_id, stopping).run()
+                    await run_table(services, table, report, run_id, stopping)
                 finally:
                     finished_at = datetime.now(UTC)
         if deadline.cancelled_caught:
-            report.status = "failed"
+            report.status = RunStatus.FAILED
             report.reason = "timeout"
             report.error = (
                 f"{table.target}: table_timeout of {timeout:g}s exceeded after {report.rows} rows "
                 "(committed rows are kept; the rest continues next cycle)"
             )
     except TableError as exc:
-        report.status = "skipped" if isinstance(exc, Locked) else "failed"
+        report.status = RunStatus.SKIPPED if isinstance(exc, Locked) else RunStatus.FAILED
         report.error = str(exc)
         report.reason = exc.reason
     except Exception as exc:  # a bug, not an expected failure: keep the traceback in the log
         log.exception("table run crashed", extra={"table": table.target})
-        report.status = "failed"
+        report.status = RunStatus.FAILED
         report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
         report.reason = "internal"
     finally:
         report.seconds = time.monotonic() - started
     if report.status != "skipped":
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
                 await services.watermarks.record_run(
                     run_id=run_id,
@@ -191,7 +192,7 @@ async def offload_table(
 TableHook = Callable[[TableReport], None]
 
 
-def _unrun(table: TableConfig, status: str, reason: str, why: str) -> TableReport:
+def _unrun(table: TableConfig, status: RunStatus, reason: str, why: str) -> TableReport:
     """The report of a table whose run did not happen or did not end normally."""
     return TableReport(
         table.target, table.source, status=status, reason=reason, error=f"{table.target}: {why}"
@@ -218,7 +219,9 @@ async def run_cycle(
         try:
             async with limiter:
                 if stopping is not None and stopping.is_set():
-                    result = _unrun(table, "skipped", "shutdown", "not started, shutting down")
+                    result = _unrun(
+                        table, RunStatus.SKIPPED, "shutdown", "not started, shutting down"
+                    )
                 else:
                     result = await offload_table(
                         runtime.services, table, cfg.service.table_timeout, stopping
@@ -226,7 +229,7 @@ async def run_cycle(
         except Exception as exc:
             log.exception("table run crashed outside its guard", extra={"table": table.target})
             result = _unrun(
-                table, "failed", "internal", f"internal error {type(exc).__name__}: {exc}"
+                table, RunStatus.FAILED, "internal", f"internal error {type(exc).__name__}: {exc}"
             )
         report.tables.append(result)
         if on_table is not None:
@@ -258,7 +261,9 @@ async def run_once(
         )
         for t in cfg.enabled_tables:
             report.tables.append(
-                TableReport(t.target, t.source, status="failed", reason=exc.reason, error=str(exc))
+                TableReport(
+                    t.target, t.source, status=RunStatus.FAILED, reason=exc.reason, error=str(exc)
+                )
             )
         log.error("cycle failed", extra={"report": report.as_dict()})
         return report

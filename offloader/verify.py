@@ -31,6 +31,7 @@ from offloader.sql import (
     quote_string,
     with_text_settings,
 )
+from offloader.state import HASH_MODULUS
 from offloader.types import (
     AS_COUNT,
     AS_TEXT,
@@ -45,7 +46,7 @@ from offloader.wire import SHARED_LEAVES, TEXT_OR_NULL, ColumnPlan
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)
-_MASK = 2**64 - 1
+_MASK = HASH_MODULUS - 1
 NULL = "\\N"
 SEP = "\x1f"
 INT_BUCKET = 1_000_000  # integer watermarks are grouped in buckets of this many values
@@ -184,7 +185,9 @@ def canonical_value(kind: str, v: Any) -> bytes:
         return str((v - _EPOCH_DAY).days).encode()
     if kind == "micros":
         delta = v - _EPOCH
-        return str((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds).encode()
+        return str(
+            (delta.days * days.SECONDS_PER_DAY + delta.seconds) * 1_000_000 + delta.microseconds
+        ).encode()
     if kind == "decimal":
         assert isinstance(v, decimal.Decimal)
         return _decimal_text(v).encode()

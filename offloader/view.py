@@ -68,6 +68,20 @@ class ColdSide:
     metadata: str
     snapshot_id: int | None = None
 
+    @classmethod
+    def of(cls, ice: IcebergTable) -> ColdSide:
+        """The cold side as the Iceberg table is now (after its last commit)."""
+        return cls(ice.location, ice.metadata_location, ice.snapshot_id)
+
+    @classmethod
+    def recorded(cls, known: ViewState) -> ColdSide | None:
+        """The cold side a view was replaced with, unless its last replacement failed."""
+        if known.error is not None or known.metadata is None:
+            return None
+        # The table location is the metadata file's parent's parent.
+        location = known.metadata.rsplit("/metadata/", 1)[0]
+        return cls(location, known.metadata, known.snapshot_id)
+
 
 # --- pure: the SQL ----------------------------------------------------------------
 
@@ -429,7 +443,7 @@ async def after_rewrite(
     from offloader.source import open_table
 
     state = await store.get(table.target, table.source)
-    cold = ColdSide(ice.location, ice.metadata_location, ice.snapshot_id)
+    cold = ColdSide.of(ice)
     try:
         async with open_table(clickhouse, table) as src:
             spec = spec_of(src, table, state.seq, state.position)
@@ -472,7 +486,7 @@ async def probe(
             )
     if ice is None:
         return f"view {table.view}: will be created by the first run (no Iceberg table yet)"
-    cold = ColdSide(ice.location, ice.metadata_location, ice.snapshot_id)
+    cold = ColdSide.of(ice)
     reader = cold_reader(cold, views, table.target)
     columns = await _probe(source, reader, table.target)
     return (

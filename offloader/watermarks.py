@@ -25,6 +25,9 @@ from offloader import cursor, faults
 from offloader.config import PostgresConfig, redact_dsn
 from offloader.errors import InconsistentState, Locked, StateError
 from offloader.state import (
+    CLEANUP_SECONDS,
+    HASH_MODULUS,
+    Advance,
     AuditAgreed,
     DaySum,
     DaySums,
@@ -120,7 +123,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS retention_intent text;
     """,
 )
-_MOD64 = 2**64
+_MOD64 = HASH_MODULUS
 
 
 @contextmanager
@@ -169,7 +172,7 @@ class Watermarks:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
-        with anyio.move_on_after(5, shield=True):
+        with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
             await self._pool.close()
 
     async def _migrate(self) -> None:
@@ -210,7 +213,7 @@ class Watermarks:
             try:
                 yield
             finally:
-                with anyio.move_on_after(5, shield=True):
+                with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
                     try:
                         await conn.execute(
                             "SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, target
@@ -221,7 +224,7 @@ class Watermarks:
                         with contextlib.suppress(Exception):
                             conn.terminate()
         finally:
-            with anyio.move_on_after(5, shield=True):
+            with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
                 await self._pool.release(conn)
 
     async def get(self, target: str, source: str) -> TableState:
@@ -261,24 +264,11 @@ class Watermarks:
             agreed.encode(),
         )
 
-    async def commit(
-        self,
-        target: str,
-        *,
-        prev_seq: int,
-        seq: int,
-        position: Sequence[Any],
-        rows: int,
-        run_id: str,
-        snapshot_id: int | None,
-        recovered: bool = False,
-        days: DaySums | None = None,
-        replace_days: bool = False,
-    ) -> None:
-        """Advance the watermark from prev_seq to seq, with its commit-log row and the
-        per-day sums of the rows it moved (added; replaced with `replace_days`, as a
-        repair does), atomically."""
-        pos = cursor.dumps(position)
+    async def commit(self, target: str, prev_seq: int, advance: Advance) -> None:
+        """Advance the watermark from `prev_seq` (compare-and-set) as `advance` says,
+        atomically."""
+        a = advance
+        pos = cursor.dumps(a.position)
         with _mapped("watermark commit", self._cfg.dsn):
             async with self._pool.acquire() as conn, conn.transaction():
                 updated = await conn.fetchval(
@@ -288,9 +278,9 @@ class Watermarks:
                         WHERE target = $1 AND seq = $2 RETURNING seq""",
                     target,
                     prev_seq,
-                    seq,
+                    a.seq,
                     pos,
-                    rows,
+                    a.rows,
                 )
                 if updated is None:
                     current = await conn.fetchval(
@@ -306,15 +296,15 @@ class Watermarks:
                         (target, seq, position, rows, run_id, snapshot_id, recovered)
                         VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7)""",
                     target,
-                    seq,
+                    a.seq,
                     pos,
-                    rows,
-                    run_id,
-                    snapshot_id,
-                    recovered,
+                    a.rows,
+                    a.run_id,
+                    a.snapshot_id,
+                    a.recovered,
                 )
-                if days:
-                    await self._add_days(conn, target, days, replace_days)
+                if a.days:
+                    await self._add_days(conn, target, a.days, a.replace_days)
 
     async def _add_days(self, conn: Any, target: str, days: DaySums, replace: bool) -> None:
         ordered = sorted(days.items())

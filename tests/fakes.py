@@ -23,7 +23,7 @@ from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
 from offloader.sql import RowHash
-from offloader.state import AuditAgreed, DaySum, DaySums, TableState, ViewState
+from offloader.state import Advance, AuditAgreed, DaySum, TableState, ViewState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
 NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)
@@ -156,30 +156,17 @@ class FakeStore:
         if self.seq.get(target, 0) == agreed.seq:
             self.agreed[target] = agreed
 
-    async def commit(
-        self,
-        target: str,
-        *,
-        prev_seq: int,
-        seq: int,
-        position: Sequence[Any],
-        rows: int,
-        run_id: str,
-        snapshot_id: int | None,
-        recovered: bool = False,
-        days: DaySums | None = None,
-        replace_days: bool = False,
-    ) -> None:
+    async def commit(self, target: str, prev_seq: int, advance: Advance) -> None:
         if self.on_commit is not None:
             await self.on_commit()  # a checkpoint inside the commit (tests fire deadlines here)
         if self.seq.get(target, 0) != prev_seq:
             raise InconsistentState(f"{target}: at {self.seq.get(target)}, expected {prev_seq}")
-        self.seq[target] = seq
-        self.position[target] = tuple(position)
+        self.seq[target] = advance.seq
+        self.position[target] = tuple(advance.position)
         self.agreed.pop(target, None)
-        for day, add in (days or {}).items():
+        for day, add in (advance.days or {}).items():
             old = self.sums.get((target, day))
-            if old is not None and not replace_days:
+            if old is not None and not advance.replace_days:
                 add = DaySum(
                     old.rows + add.rows, (old.checksum + add.checksum) % 2**64, add.columns_key
                 )

@@ -34,18 +34,35 @@ def test_same_counts_different_sums_is_drift_only_when_the_sums_are_complete() -
     hot = {N1: 10, N2: 10}
     checksums = {N1: 111, N2: 222}
     recorded = {N1: DaySum(10, 111, "k"), N2: DaySum(10, 999, "k")}
-    audit = compare(D1, D2, hot, dict(hot), set(), checksums, recorded, "k")
+    audit = compare(
+        (D1, D2), hot, dict(hot), set(), checksums=checksums, recorded=recorded, columns_key="k"
+    )
     assert [(d.day, d.values_differ) for d in audit.days] == [(D1, False), (D2, True)]
     assert [d.day for d in audit.drifted] == [D2]
     assert str(audit.drifted[0]).endswith("(values differ)")
     # Sums over other columns (a column was added), or over fewer rows than Iceberg
     # holds (a commit recovered without sums): counts alone decide.
-    other = compare(D1, D2, hot, dict(hot), set(), checksums, recorded, "other")
+    other = compare(
+        (D1, D2), hot, dict(hot), set(), checksums=checksums, recorded=recorded, columns_key="other"
+    )
     assert other.drifted == []
     partial = {N2: DaySum(9, 999, "k")}
-    assert compare(D1, D2, hot, dict(hot), set(), checksums, partial, "k").drifted == []
+    assert (
+        compare(
+            (D1, D2), hot, dict(hot), set(), checksums=checksums, recorded=partial, columns_key="k"
+        ).drifted
+        == []
+    )
     # Counts that differ are drift whatever the sums say.
-    counted = compare(D1, D2, hot, {N1: 10, N2: 9}, set(), checksums, recorded, "k")
+    counted = compare(
+        (D1, D2),
+        hot,
+        {N1: 10, N2: 9},
+        set(),
+        checksums=checksums,
+        recorded=recorded,
+        columns_key="k",
+    )
     assert [(d.day, d.values_differ) for d in counted.drifted] == [(D2, False)]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from offloader import faults
 from offloader.errors import InconsistentState, Locked
-from offloader.iceberg import IcebergCatalog
+from offloader.iceberg import IcebergCatalog, Marker
 from offloader.watermarks import Watermarks
 from tests.helpers import Env
 
@@ -70,15 +70,15 @@ def test_iceberg_append_is_compare_and_set(env: Env) -> None:
     batch = pa.RecordBatch.from_pylist([{"id": 1}], schema=schema)
 
     written = [first.write_files([batch])]
-    mark = first.commit_files(written, expected_seq=0, position=[1], run_id="run-a")
+    mark = first.commit_files(written, Marker(1, [1], "run-a", 1))
     assert mark.seq == 1
     # Retrying the same commit (e.g. after a lost response) does not duplicate it.
-    again = first.commit_files(written, expected_seq=0, position=[1], run_id="run-a")
+    again = first.commit_files(written, Marker(1, [1], "run-a", 1))
     assert again.snapshot_id == mark.snapshot_id
     # A second worker that started from the same state loses the race cleanly.
     theirs = [stale.write_files([batch])]
     with pytest.raises(InconsistentState, match="another worker"):
-        stale.commit_files(theirs, expected_seq=0, position=[1], run_id="run-b")
+        stale.commit_files(theirs, Marker(1, [1], "run-b", 1))
     assert catalog.read("cold.cas").num_rows == 1
 
 

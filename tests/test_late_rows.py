@@ -184,23 +184,24 @@ def test_a_recovered_run_does_not_audit_with_the_dropped_reads_query(
 
     read_ahead = checkup.read_ahead
 
-    async def reading_ahead(run: Any, position: list[Any]) -> None:
+    async def reading_ahead(check: Any, position: list[Any]) -> Any:
         if ahead:
-            return  # the second read-ahead fails (the audit queries itself)
-        await read_ahead(run, position)
+            return None  # the second read-ahead fails (the audit queries itself)
+        found = await read_ahead(check, position)
         ahead.append(position)
         # Before the rows are read again from Iceberg's position: one more, among them.
         await anyio.to_thread.run_sync(
             lambda: env.insert_trades("rec", 1, first_id=20_000, start="2026-01-01 00:30:00")
         )
         first_ahead().set()
+        return found
 
     open_iceberg = pipeline.TableRun.open_iceberg
 
-    async def opening(self: pipeline.TableRun) -> None:
+    async def opening(self: pipeline.TableRun, state: Any) -> None:
         with anyio.fail_after(60):  # the first page (all 320 rows) read, its query run
             await first_ahead().wait()
-        await open_iceberg(self)
+        await open_iceberg(self, state)
 
     monkeypatch.setattr(checkup, "read_ahead", reading_ahead)
     monkeypatch.setattr(pipeline.TableRun, "open_iceberg", opening)
@@ -305,7 +306,7 @@ def test_repair_commit_is_compare_and_set(env: Env) -> None:
     from pathlib import Path
 
     from offloader.errors import InconsistentState
-    from offloader.iceberg import IcebergCatalog
+    from offloader.iceberg import IcebergCatalog, Marker
     from offloader.iceberg import maintenance as ops
 
     setup_days(env, "cas")
@@ -331,9 +332,7 @@ def test_repair_commit_is_compare_and_set(env: Env) -> None:
             [victim],
             kept.files,
             "stale",
-            operation="repair",
-            expected_seq=mark.seq - 1,
-            position=list(mark.position),
+            Marker(mark.seq, list(mark.position), "stale", 0),
         )
     assert not any(Path(f.file_path.removeprefix("file://")).exists() for f in kept.files)
     env.assert_tiers_equal("cold.cas")

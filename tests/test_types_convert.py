@@ -288,11 +288,14 @@ def test_high_water_mark() -> None:
     now = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
     ts = parse_type("DateTime64(6)")
     newest = dt.datetime(2026, 3, 1, 11, 59, 0, tzinfo=dt.UTC)
-    assert plan.high_water_mark(newest, now, 300, ts) == "2026-03-01 11:55:00.000000"
+    assert encode_value(plan.high_water_value(newest, now, 300, ts)) == "2026-03-01 11:55:00.000000"
     older = dt.datetime(2026, 3, 1, 10, 0, 0, 5, tzinfo=dt.UTC)
-    assert plan.high_water_mark(older, now, 300, ts) == "2026-03-01 10:00:00.000005"
-    assert plan.high_water_mark(dt.date(2026, 3, 1), now, 300, parse_type("Date")) == "2026-02-28"
-    assert plan.high_water_mark(42, now, 300, parse_type("UInt64")) == 42
+    assert encode_value(plan.high_water_value(older, now, 300, ts)) == "2026-03-01 10:00:00.000005"
+    assert (
+        encode_value(plan.high_water_value(dt.date(2026, 3, 1), now, 300, parse_type("Date")))
+        == "2026-02-28"
+    )
+    assert encode_value(plan.high_water_value(42, now, 300, parse_type("UInt64"))) == 42
 
 
 def test_reconcile() -> None:

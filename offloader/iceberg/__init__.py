@@ -15,11 +15,12 @@ atomic fact, which is what lets PostgreSQL be repaired from Iceberg after a cras
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from offloader import cursor
 from offloader.config import MaintenanceConfig
 from offloader.errors import OffloaderError, SinkError
 from offloader.state import CommittedMark
@@ -34,6 +35,7 @@ __all__ = [
     "CommittedMark",
     "IcebergCatalog",
     "IcebergTable",
+    "Marker",
     "WrittenFiles",
     "describe",
     "sink_errors",
@@ -47,6 +49,36 @@ PROP_ROWS = "offloader.rows"
 PROP_DAYS = "offloader.days"  # the commit's per-day rows and row-hash sums
 PROP_OPERATION = "offloader.operation"  # absent on appends; "compact" or "repair"
 COMMIT_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """What an offloader commit records in its snapshot's summary: its seq, the position
+    it reaches, its run, its rows and per-day sums. The marker and the files are one
+    atomic fact, which is what lets PostgreSQL be repaired from Iceberg after a crash."""
+
+    seq: int
+    position: Sequence[Any]
+    run_id: str
+    rows: int
+    days: str | None = None  # state.encode_days of the commit's per-day sums
+
+    @classmethod
+    def carried(cls, mark: CommittedMark) -> Marker:
+        """The newest commit's marker, carried onto a snapshot that changes no row (a
+        compaction), so reconciliation finds it whatever is expired later."""
+        return cls(mark.seq, mark.position, mark.run_id, mark.rows, mark.days)
+
+    def properties(self) -> dict[str, str]:
+        props = {
+            PROP_WATERMARK: cursor.dumps(self.position),
+            PROP_SEQ: str(self.seq),
+            PROP_RUN: self.run_id,
+            PROP_ROWS: str(self.rows),
+        }
+        if self.days:
+            props[PROP_DAYS] = self.days
+        return props
 
 
 def table_properties(maintenance: MaintenanceConfig) -> dict[str, str]:

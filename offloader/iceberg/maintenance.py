@@ -19,7 +19,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.fileformat import FileFormatFactory
 from pyiceberg.io.pyarrow import (
@@ -28,27 +27,19 @@ from pyiceberg.io.pyarrow import (
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestContent, ManifestFile
 from pyiceberg.schema import sanitize_column_names
-from pyiceberg.table import FileScanTask
+from pyiceberg.table import FileScanTask, Transaction
 from pyiceberg.table.snapshots import Operation
 
-from offloader import cursor
 from offloader.days import day_numbers, per_day
-from offloader.errors import InconsistentState, SinkError
+from offloader.errors import SinkError
 from offloader.iceberg import (
-    COMMIT_ATTEMPTS,
-    PROP_DAYS,
     PROP_OPERATION,
-    PROP_ROWS,
-    PROP_RUN,
-    PROP_SEQ,
-    PROP_WATERMARK,
-    brief,
+    Marker,
 )
 from offloader.iceberg.compat import (
     _ManifestMergeManager,
     _OverwriteFiles,
     _to_requested_schema,
-    transaction,
 )
 from offloader.iceberg.files import (
     LiveFiles,
@@ -292,91 +283,34 @@ def replace_files(
     deleted: Sequence[DataFile],
     added: Sequence[DataFile],
     run_id: str,
-    *,
-    operation: str = "compact",
-    expected_seq: int | None = None,
-    position: Sequence[Any] = (),
-    rows: int = 0,
-    days: str | None = None,
+    marker: Marker | None = None,
 ) -> int:
-    """Swap `deleted` for `added` in one snapshot; returns its id.
+    """Swap `deleted` for `added` in one snapshot, through the one compare-and-set
+    commit (IcebergTable.commit_snapshot); returns its id. A retry re-checks that every
+    replaced file is still live (pyiceberg refuses to delete a file that is not).
 
-    Compare-and-set like an append: the snapshot asserts its parent, so a concurrent
-    commit makes it fail, and the retry re-checks that every replaced file is still
-    live (pyiceberg refuses to delete a file that is not) before committing again.
+    A compaction (no `marker`) changes no row: its snapshot carries the newest offloader
+    commit's marker forward. A repair changes rows: it is an offloader commit of its
+    own (`marker`), refused if another commit came first, like an append. On giving up,
+    the new files are deleted: nothing of a failed rewrite stays."""
+    operation = "compact" if marker is None else "repair"
 
-    Compaction (`expected_seq` None) changes no row: its snapshot carries the newest
-    offloader commit's marker forward (seq, watermark, run id), so reconciliation finds
-    it on the newest snapshot whatever is expired later. A repair changes rows: it is
-    an offloader commit of its own, seq `expected_seq + 1` at `position`, refused if
-    another commit came first, like an append (`IcebergTable.commit_files`).
-    On giving up, the new files are deleted: nothing of a failed rewrite stays.
-    """
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        mark = ice.latest_mark()
-        props = {PROP_OPERATION: operation, PROP_MAINTENANCE_RUN: run_id}
-        if expected_seq is not None:
-            if mark is not None and mark.seq == expected_seq + 1 and mark.run_id == run_id:
-                return mark.snapshot_id  # our previous attempt did commit
-            current = mark.seq if mark else 0
-            if current != expected_seq:
-                _delete_quietly(ice, [f.file_path for f in added])
-                raise InconsistentState(
-                    f"{ice.target}: Iceberg holds offloader commit {current}, this {operation} "
-                    f"expected {expected_seq}; another worker committed meanwhile. Nothing was "
-                    "changed; run it again."
-                )
-            props |= {
-                PROP_SEQ: str(expected_seq + 1),
-                PROP_WATERMARK: cursor.dumps(position),
-                PROP_RUN: run_id,
-                PROP_ROWS: str(rows),
-            }
-            if days:
-                props[PROP_DAYS] = days
-        elif mark is not None:
-            props |= {
-                PROP_SEQ: str(mark.seq),
-                PROP_WATERMARK: cursor.dumps(mark.position),
-                PROP_RUN: mark.run_id,
-                PROP_ROWS: str(mark.rows),
-                **({PROP_DAYS: mark.days} if mark.days else {}),
-            }
-        try:
-            with (
-                transaction(ice.table) as tx,
-                _CompactFiles(
-                    Operation.OVERWRITE, tx, ice.table.io, snapshot_properties=props
-                ) as overwrite,
-            ):
-                # The predicate only selects which manifests are read; the files
-                # deleted are exactly those named.
-                overwrite.delete_by_predicate(AlwaysTrue())
-                for data_file in deleted:
-                    overwrite.delete_data_file(data_file)
-                for data_file in added:
-                    overwrite.append_data_file(data_file)
-        except CommitFailedException as exc:
-            log.warning(
-                f"Iceberg commit conflict during {operation}, refreshing",
-                extra={"table": ice.target, "attempt": attempt, "error": brief(exc)},
-            )
-            ice.refresh()
-            continue
-        except ValidationException as exc:
-            _delete_quietly(ice, [f.file_path for f in added])
-            raise InconsistentState(
-                f"{ice.target}: files to rewrite were changed by another writer meanwhile "
-                f"({brief(exc)}); nothing was committed, run it again"
-            ) from exc
-        except Exception as exc:
-            raise SinkError(f"{ice.target}: {operation} commit failed: {brief(exc)}") from exc
-        snap = ice.table.current_snapshot()
-        assert snap is not None
-        return snap.snapshot_id
-    _delete_quietly(ice, [f.file_path for f in added])
-    raise SinkError(
-        f"{ice.target}: {operation} commit still conflicting after {COMMIT_ATTEMPTS} attempts"
+    def build(tx: Transaction, props: dict[str, str]) -> None:
+        with _CompactFiles(Operation.OVERWRITE, tx, ice.table.io, snapshot_properties=props) as ow:
+            # The predicate only selects which manifests are read; the files deleted are
+            # exactly those named.
+            ow.delete_by_predicate(AlwaysTrue())
+            for data_file in deleted:
+                ow.delete_data_file(data_file)
+            for data_file in added:
+                ow.append_data_file(data_file)
+
+    return ice.commit_snapshot(
+        build,
+        marker,
+        what=operation,
+        extra={PROP_OPERATION: operation, PROP_MAINTENANCE_RUN: run_id},
+        discard=lambda: _delete_quietly(ice, [f.file_path for f in added]),
     )
 
 

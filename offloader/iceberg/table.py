@@ -9,7 +9,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,13 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import (
     CommitFailedException,
+    ValidationException,
 )
 from pyiceberg.io.pyarrow import (
     parquet_file_to_data_file,
 )
 from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table
+from pyiceberg.table import Table, Transaction
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import (
     IdentityTransform,
@@ -40,6 +41,7 @@ from offloader.iceberg import (
     PROP_SEQ,
     PROP_WATERMARK,
     CommittedMark,
+    Marker,
     WrittenFiles,
     brief,
     sink_errors,
@@ -287,69 +289,93 @@ class IcebergTable:
             with transaction(self._table) as tx:
                 tx.set_properties({NAME_MAPPING: mapping})
 
-    def commit_files(
-        self,
-        written: Sequence[WrittenFiles],
-        *,
-        expected_seq: int,
-        position: Sequence[Any],
-        run_id: str,
-        days: str | None = None,
-    ) -> CommittedMark:
-        """Commit written files as one snapshot that records seq = expected_seq + 1.
+    def commit_files(self, written: Sequence[WrittenFiles], marker: Marker) -> CommittedMark:
+        """Append the written files as one snapshot recording `marker` (seq = the
+        committed seq + 1), compare-and-set (commit_snapshot)."""
 
-        Compare-and-set: the snapshot asserts the parent it was built on, and the
-        newest offloader seq is checked first, so a concurrent offloader commit makes
-        ours fail and the retry gives up instead of duplicating. A retry after a lost
-        response finds its own run id and stops.
+        def build(tx: Transaction, props: dict[str, str]) -> None:
+            snapshot = tx.update_snapshot(snapshot_properties=props)
+            # merge_append: merges manifests past commit.manifest.min-count-to-merge
+            with snapshot.merge_append() as append:
+                for w in written:
+                    for data_file in w.files:
+                        append.append_data_file(data_file)
+
+        self.commit_snapshot(build, marker, what="run")
+        mark = self.latest_mark()
+        assert mark is not None and mark.seq == marker.seq
+        return mark
+
+    def commit_snapshot(
+        self,
+        build: Callable[[Transaction, dict[str, str]], None],
+        marker: Marker | None,
+        *,
+        what: str,
+        extra: dict[str, str] | None = None,
+        discard: Callable[[], None] = lambda: None,
+    ) -> int:
+        """The one exactly-once commit behind appends, repairs and compactions: build a
+        snapshot in a transaction (`build(tx, summary properties)`) and commit it; returns
+        its id.
+
+        Compare-and-set: the snapshot asserts the parent it was built on, and the newest
+        offloader marker is checked before each attempt. A `marker` is a new offloader
+        commit (seq = the committed seq + 1): if another commit came first it is refused
+        (InconsistentState), and a retry after a lost response finds its own run id and
+        stops. Without one (a compaction, which changes no row) the newest marker is
+        carried forward. A conflict refreshes the table and tries again, backing off
+        with jitter so that two writers do not keep colliding in step. `discard` removes
+        what the attempt wrote when it gives up (nothing of a failed rewrite stays).
         """
-        seq = expected_seq + 1
-        props = {
-            PROP_WATERMARK: cursor.dumps(position),
-            PROP_SEQ: str(seq),
-            PROP_RUN: run_id,
-            PROP_ROWS: str(sum(w.rows for w in written)),
-        }
-        if days:
-            props[PROP_DAYS] = days
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             mark = self.latest_mark()
-            current = mark.seq if mark else 0
-            if mark is not None and mark.seq == seq and mark.run_id == run_id:
-                return mark  # our previous attempt did commit
-            if current != expected_seq:
-                raise InconsistentState(
-                    f"{self.target}: Iceberg holds offloader commit {current}, this run expected "
-                    f"{expected_seq}; another worker committed meanwhile. This run's rows were not "
-                    "committed; the next cycle continues from the new watermark."
-                )
+            if marker is None:
+                carried = Marker.carried(mark) if mark is not None else None
+                props = carried.properties() if carried is not None else {}
+            else:
+                if mark is not None and mark.seq == marker.seq and mark.run_id == marker.run_id:
+                    return mark.snapshot_id  # our previous attempt did commit
+                current = mark.seq if mark else 0
+                if current != marker.seq - 1:
+                    discard()
+                    then = "the next cycle continues from" if what == "run" else "run it again at"
+                    raise InconsistentState(
+                        f"{self.target}: Iceberg holds offloader commit {current}, this {what} "
+                        f"expected {marker.seq - 1}; another worker committed meanwhile. "
+                        f"Nothing of this {what} was committed; {then} the new watermark."
+                    )
+                props = marker.properties()
+            props |= extra or {}
             try:
                 with transaction(self._table) as tx:
-                    snapshot = tx.update_snapshot(snapshot_properties=props)
-                    # merge_append: merges manifests past commit.manifest.min-count-to-merge
-                    with snapshot.merge_append() as append:
-                        for w in written:
-                            for data_file in w.files:
-                                append.append_data_file(data_file)
+                    build(tx, props)
             except CommitFailedException as exc:
                 log.warning(
-                    "Iceberg commit conflict, refreshing",
+                    f"Iceberg commit conflict ({what}), refreshing",
                     extra={"table": self.target, "attempt": attempt, "error": brief(exc)},
                 )
-                # Another writer commits meanwhile: back off (with jitter) so that two
-                # writers do not keep colliding in step.
                 time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
                 self.refresh()
                 continue
+            except ValidationException as exc:  # a file to replace is gone
+                discard()
+                raise InconsistentState(
+                    f"{self.target}: files to rewrite were changed by another writer meanwhile "
+                    f"({brief(exc)}); nothing was committed, run it again"
+                ) from exc
             except Exception as exc:
-                raise SinkError(f"{self.target}: Iceberg commit failed: {brief(exc)}") from exc
-            new = self.latest_mark()
-            assert new is not None and new.seq == seq
-            return new
+                raise SinkError(
+                    f"{self.target}: Iceberg {what} commit failed: {brief(exc)}"
+                ) from exc
+            snap = self._table.current_snapshot()
+            assert snap is not None
+            return snap.snapshot_id
+        discard()
         raise SinkError(
-            f"{self.target}: Iceberg commit still conflicting after {COMMIT_ATTEMPTS} attempts: "
-            "another writer commits to this table all the time; this run's rows were not "
-            "committed (the next cycle retries)",
+            f"{self.target}: Iceberg {what} commit still conflicting after {COMMIT_ATTEMPTS} "
+            f"attempts: another writer commits to this table all the time; nothing of this "
+            f"{what} was committed (the next cycle retries)",
             reason="iceberg",
         )
 

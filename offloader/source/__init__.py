@@ -48,6 +48,11 @@ __all__ = [
 ]
 
 
+# How long closing a session may take once a run is cancelled (shielded): a dead
+# server must not hold up a table's timeout or a shutdown.
+CLOSE_SECONDS = 2.0
+
+
 @dataclass(frozen=True, slots=True)
 class Scan:
     """Which rows a keyset scan reads, in (watermark, keys) order: `relation` (a table,

@@ -32,7 +32,7 @@ from offloader.errors import (
     SourceSchemaError,
     SourceUnavailable,
 )
-from offloader.source import Pager, Scan
+from offloader.source import CLOSE_SECONDS, Pager, Scan
 from offloader.sql import quote_ident
 from offloader.types import ChType, parse_type
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
@@ -81,7 +81,7 @@ class ArrowHttpSession:
         return f"<ArrowHttpSession {self._cfg.user}@{self._url}>"
 
     async def close(self) -> None:
-        with anyio.move_on_after(2, shield=True):
+        with anyio.move_on_after(CLOSE_SECONDS, shield=True):
             await self._client.aclose()
 
     def _where(self) -> str:

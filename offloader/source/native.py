@@ -27,7 +27,7 @@ from offloader.errors import (
     SourceSchemaError,
     SourceUnavailable,
 )
-from offloader.source import Scan, invalid_utf8_columns
+from offloader.source import CLOSE_SECONDS, Scan, invalid_utf8_columns
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,7 +89,7 @@ class ClickHouseSession:
 
     async def _discard(self) -> None:
         self._open = False
-        with anyio.move_on_after(2, shield=True):
+        with anyio.move_on_after(CLOSE_SECONDS, shield=True):
             try:
                 await self._conn.disconnect()
             except (Exception, anyio.get_cancelled_exc_class()):

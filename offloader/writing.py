@@ -1,0 +1,142 @@
+"""The one write path: pages read from ClickHouse become Parquet data files of the
+Iceberg table, not committed yet. Used by a table run (pipeline.py), which commits
+every `append_rows`, and by a repair (repair.py), which commits once at the end.
+
+Pages are converted to Arrow in worker threads (`cpu` limiter) as they arrive, and
+chunks of about FILE_ROWS rows are written as data files by a second task (`io`
+limiter), so writing Parquet overlaps reading and converting the next pages. A page
+ClickHouse encoded as Parquet already (the parquet transport) is stored as it is.
+Each chunk carries the position it reaches and the per-day rows and row-hash sums of
+its rows (the audit's record), added up until the files are handed over."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from offloader import audit, faults
+from offloader.iceberg import WrittenFiles
+from offloader.source import Page
+from offloader.sql import RowHash
+from offloader.state import DaySum
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offloader.iceberg import IcebergTable
+
+# Converted pages are written to Parquet data files in chunks of about this many rows
+# (or the flush size if smaller): memory stays bounded by a chunk and a few pages.
+FILE_ROWS = 250_000
+
+# The files written since the last hand-over, the position they reach and their
+# per-day sums.
+Flush = Callable[[list[WrittenFiles], list[Any], dict[int, DaySum]], Awaitable[None]]
+
+
+def _no_stage(name: str, seconds: float) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class PageWriter:
+    """Writes a table's pages as data files of `ice` (see the module's docstring)."""
+
+    ice: IcebergTable
+    watermark: str  # the column data files are sorted and split on
+    day_column: str | None  # per-day sums are kept of this column (None: not audited)
+    day_kind: str  # days.kind_of the watermark type
+    hashed: RowHash | None
+    cpu: anyio.CapacityLimiter | None = None
+    io: anyio.CapacityLimiter | None = None
+    stage: Callable[[str, float], None] = _no_stage  # TableReport.stage
+    page_done: Callable[[int], None] = lambda rows: None  # after each page (progress)
+
+    async def write(self, pages: AsyncIterable[Page], flush: Flush, flush_rows: int) -> None:
+        """Write every page of `pages`; hand the files over to `flush` each time they
+        hold `flush_rows` rows or more, and at the end."""
+        send, receive = anyio.create_memory_object_stream[_Chunk](0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._files, receive, flush, flush_rows)
+            async with send:
+                await self._convert(pages, send, min(FILE_ROWS, flush_rows))
+
+    async def _convert(
+        self, pages: AsyncIterable[Page], chunks: MemoryObjectSendStream[_Chunk], chunk_rows: int
+    ) -> None:
+        pending: list[pa.RecordBatch | bytes] = []
+        pending_rows = 0
+        sums: dict[int, DaySum] = {}
+        position: list[Any] | None = None
+        async for page in pages:
+            item: pa.RecordBatch | bytes | None = page.encoded()
+            rows = page.rows
+            summed = await page.summed() if self.day_column else None
+            if item is not None:  # a Parquet file ClickHouse encoded: stored as it is
+                page_sums = summed or {}
+            else:
+                t0 = time.monotonic()
+                item, page_sums = await anyio.to_thread.run_sync(
+                    audit.convert_page,
+                    page,
+                    self.day_column,
+                    self.hashed,
+                    summed,
+                    self.day_kind,
+                    limiter=self.cpu,
+                )
+                self.stage("convert", time.monotonic() - t0)
+            faults.point("convert")
+            position = page.position
+            del page  # the driver's Python objects are the bulk of a page's memory
+            pending.append(item)
+            pending_rows += rows
+            audit.add_sums(sums, page_sums)
+            self.page_done(rows)
+            if pending_rows >= chunk_rows:
+                await chunks.send((pending, position, sums))
+                pending, pending_rows, sums = [], 0, {}
+        if pending and position is not None:
+            await chunks.send((pending, position, sums))
+
+    async def _files(
+        self, receive: MemoryObjectReceiveStream[_Chunk], flush: Flush, flush_rows: int
+    ) -> None:
+        written: list[WrittenFiles] = []
+        rows = 0
+        sums: dict[int, DaySum] = {}
+        position: list[Any] | None = None
+        async with receive:
+            async for items, at, chunk_sums in receive:
+                t0 = time.monotonic()
+                encoded = [i for i in items if isinstance(i, bytes)]
+                if encoded:
+                    files = await anyio.to_thread.run_sync(
+                        self.ice.add_encoded, encoded, limiter=self.io
+                    )
+                else:
+                    batches = [i for i in items if not isinstance(i, bytes)]
+                    files = await anyio.to_thread.run_sync(
+                        self.ice.write_files, batches, self.watermark, limiter=self.io
+                    )
+                self.stage("iceberg_write", time.monotonic() - t0)
+                faults.point("write")
+                written.append(files)
+                rows += files.rows
+                audit.add_sums(sums, chunk_sums)
+                position = at
+                if rows >= flush_rows:
+                    await flush(written, position, sums)
+                    written, rows, sums = [], 0, {}
+        if written and position is not None:
+            await flush(written, position, sums)
+
+
+# Converted batches (or the Parquet files ClickHouse encoded), the position they reach
+# and their per-day sums.
+_Chunk = tuple[list["pa.RecordBatch | bytes"], list[Any], dict[int, DaySum]]
