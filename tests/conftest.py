@@ -126,6 +126,14 @@ def env_long(
 
 
 @pytest.fixture
+def env_parquet(
+    clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path
+) -> Iterator[Env]:
+    """`env` on the parquet transport only, for what only it does."""
+    yield from _fresh_env(clickhouse_server, pg_database, tmp_path, "parquet")
+
+
+@pytest.fixture
 def env_one(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
     """`env` on the default transport only, for what no transport changes (the service's
     metrics)."""

@@ -174,3 +174,29 @@ def test_postgres_sql_catalog(env: Env) -> None:
     env.insert_trades("pgcat", 10, first_id=10_000, start="2026-01-05 00:00:00")
     assert env.once().ok
     assert env.assert_tiers_equal("cold.pgcat") == 2_010
+
+
+def test_parquet_pages_sized_by_bytes_carry_every_row_once(
+    env_parquet: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parquet transport sizes its pages by the Parquet bytes per row of the page
+    before (source/parquet.page_rows), below batch_rows: a page ended at its own size
+    is not taken for the scan's end, and every row arrives once, over day boundaries."""
+    from offloader.source import parquet
+
+    env = env_parquet
+    monkeypatch.setattr(parquet, "FIRST_PAGE_ROWS", 2_000)
+    monkeypatch.setattr(parquet, "MIN_PAGE_ROWS", 500)
+    monkeypatch.setattr(parquet, "PAGE_BYTES", 60_000)
+    env.create_trades("sized")
+    # 40k rows, one every 7 s: about three UTC days.
+    env.insert_trades("sized", 40_000, first_id=1, start="2026-01-01 00:00:00", step_us=7 * 10**6)
+    env.write_config([env.table("sized", batch_rows=1_000_000, append_rows=1_000_000)])
+    report = env.once()
+    assert report.ok, report.summary()
+    [run] = report.tables
+    assert run.rows == 40_000
+    assert run.pages >= 8, run.pages  # sized by bytes, not by the 1M-row batch_rows
+    assert env.assert_tiers_equal("cold.sized") == 40_000
+    idle = env.once()
+    assert idle.ok and idle.tables[0].status == "idle", idle.summary()

@@ -8,7 +8,8 @@ import pytest
 from offloader.config import TableConfig, parse_partition
 from offloader.errors import SourceSchemaError
 from offloader.plan import plan_source
-from offloader.source.parquet import ParquetPager, iceberg_type
+from offloader.source import parquet
+from offloader.source.parquet import ParquetPager, iceberg_type, page_rows
 from offloader.sql import page_query, range_sums_query, row_hash
 from offloader.types import arrow_type, parse_type
 
@@ -154,3 +155,16 @@ def test_range_sums_cover_exactly_the_page() -> None:
     )
     assert sql.startswith(f"SELECT count(), toString(sum({hashed.expr})) FROM db.t WHERE NOT (")
     assert "`ts` >= toDateTime64('2026-01-01', 6, 'UTC')" in sql
+
+
+def test_pages_are_sized_by_their_bytes_within_batch_rows() -> None:
+    """A first page reads FIRST_PAGE_ROWS; later ones about PAGE_BYTES of Parquet at the
+    bytes per row of the page before, never more than batch_rows nor fewer than
+    MIN_PAGE_ROWS (a narrow table gets batch_rows, a wide one bounded memory)."""
+    assert page_rows(2_000_000, None) == parquet.FIRST_PAGE_ROWS
+    assert page_rows(1_000, None) == 1_000  # a small batch_rows is kept as it is
+    assert page_rows(2_000_000, 5.4) == 2_000_000  # 5.4 bytes a row: the ceiling
+    assert page_rows(2_000_000, 1_024.0) == parquet.PAGE_BYTES // 1_024  # 1 KiB a row
+    assert page_rows(2_000_000, 10**9) == parquet.MIN_PAGE_ROWS  # one huge row
+    assert page_rows(5_000, 10**9) == 5_000
+    assert page_rows(2_000_000, 0.0) == 2_000_000

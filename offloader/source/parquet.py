@@ -77,6 +77,22 @@ SETTINGS = {
 }
 PARTITION_TRANSFORMS = ("day", "month", "year")
 
+# A page of this transport is one data file, held in memory as ClickHouse encoded it.
+# Pages are sized to about PAGE_BYTES of Parquet from the bytes per row of the page
+# before (the first one reads FIRST_PAGE_ROWS), never more than batch_rows rows: a
+# narrow table gets batch_rows-row pages (fewer queries, bigger files), a wide one
+# pages of bounded memory.
+PAGE_BYTES = 64 * 1024 * 1024
+FIRST_PAGE_ROWS = 250_000
+MIN_PAGE_ROWS = 10_000
+
+
+def page_rows(limit: int, row_bytes: float | None) -> int:
+    """The rows to ask of the next page: about PAGE_BYTES at `row_bytes` per row (the
+    page before), FIRST_PAGE_ROWS without one, within [MIN_PAGE_ROWS, limit]. Pure."""
+    wanted = FIRST_PAGE_ROWS if row_bytes is None else int(PAGE_BYTES / max(row_bytes, 1.0))
+    return min(limit, max(MIN_PAGE_ROWS, wanted))
+
 
 def _leaves(table: TableConfig, column: str) -> dict[str, str]:
     """SQL templates for the leaf values a CAST cannot make exact: Strings checked as
@@ -146,7 +162,7 @@ class ParquetPage:
     body: bytes  # a complete Parquet file of the Iceberg schema
     rows: int
     position: list[Any]  # the encoded (watermark, keys...) of the last row
-    cut: bool  # ended at a UTC day: the scan goes on after a short page
+    cut: bool  # ended at a UTC day or at its own size: the scan goes on after a short page
     day: int | None = None  # the UTC day (number) all its rows are on
     sums_query: str | None = None  # sql.range_sums_query of its rows
     http: ArrowHttpSession | None = None
@@ -192,6 +208,7 @@ class ParquetPager:
         self._hashed = row_hash
         self._by_day = _check_table(table, plan)
         self._checked = False
+        self._row_bytes: float | None = None  # Parquet bytes per row of the last page
         self.select = [
             f"CAST({rewrite_leaves(c.ch_type, quote_ident(c.name), _leaves(table, c.name))}"
             f", {quote_string(iceberg_type(c.ch_type, table.uint64))}) AS {quote_ident(c.name)}"
@@ -200,7 +217,8 @@ class ParquetPager:
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ParquetPage:
         plan = self._plan
-        query = scan.query(plan, self.select, after, limit, one_day=self._by_day)
+        rows_asked = page_rows(limit, self._row_bytes)
+        query = scan.query(plan, self.select, after, rows_asked, one_day=self._by_day)
         try:
             body = await self._http.parquet_page(query, SETTINGS)
         except TableError as exc:  # a value check of the page query (throwIf) failed?
@@ -209,7 +227,10 @@ class ParquetPager:
             _footer, self._target, plan, body, not self._checked
         )
         self._checked = True
-        page = ParquetPage(self._target, plan, body, rows, position, False)
+        if rows:
+            self._row_bytes = len(body) / rows
+        # A page full at a size below `limit` (page_rows) ended at a boundary of its own.
+        page = ParquetPage(self._target, plan, body, rows, position, rows_asked <= rows < limit)
         if not rows or not self._by_day:
             return page
         wm_type = plan.order[0][1]
@@ -217,7 +238,7 @@ class ParquetPager:
         last = watermark_day(wm_type, scan.upto)
         assert day is not None and last is not None
         # A short page before the scan's last day ended at its day's end: read on.
-        page = replace(page, cut=day < last)
+        page = replace(page, cut=page.cut or day < last)
         sums_query = None
         if self._hashed is not None:
             sums_query = range_sums_query(
