@@ -278,7 +278,7 @@ class TableRun:
         reconciled; if its newer commit marker moves the position (recovery), the page
         read is dropped and the transfer reads again from there."""
         after = self.report.watermark
-        send, receive = anyio.create_memory_object_stream[Page](0)
+        send, receive = anyio.create_memory_object_stream[Page](pager.read_ahead)
         scan = Scan(self.src.relation, check.prepared.upto)
         moved = False
         try:

@@ -104,6 +104,8 @@ def _after_value(query: str) -> int | None:
 
 @dataclass
 class FakePager:
+    read_ahead = 0
+
     source: FakeSource
     plan: SourcePlan
 

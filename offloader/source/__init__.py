@@ -131,6 +131,11 @@ class Page(Protocol):
 class Pager(Protocol):
     """Reads keyset pages of one table."""
 
+    # Pages the fetch may read ahead of the one in hand: pages small in memory (the
+    # Parquet files ClickHouse encodes) are read on while Iceberg opens or a commit
+    # runs; decoded pages (0) are not.
+    read_ahead: int
+
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> Page:
         """The rows of `scan` after `after`, at most `limit` plus the ties of the last."""
         ...

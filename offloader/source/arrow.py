@@ -220,6 +220,8 @@ class ArrowPage:
 
 
 class ArrowPager:
+    read_ahead = 0
+
     def __init__(
         self,
         http: ArrowHttpSession,

@@ -217,6 +217,8 @@ class NativePage:
 
 
 class NativePager:
+    read_ahead = 0
+
     def __init__(
         self,
         session: ClickHouseSession,

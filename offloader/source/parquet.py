@@ -195,6 +195,10 @@ class ParquetPage:
 
 
 class ParquetPager:
+    # A page is a compressed file (about 11 MB for 2M rows of trades, PAGE_BYTES at
+    # most): one more is read while Iceberg opens or the pages before are committed.
+    read_ahead = 1
+
     def __init__(
         self,
         http: ArrowHttpSession,
