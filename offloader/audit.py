@@ -116,7 +116,7 @@ def compare(
 
 
 def day_sums(
-    watermarks: pa.Array, hashes: pa.Array, columns_key: str, kind: str = "micros"
+    watermarks: pa.Array, hashes: pa.Array, columns_key: str, kind: str = units.MICROS
 ) -> dict[int, DaySum]:
     """Per UTC day of a converted page's watermark column (of days.kind_of `kind`): its
     rows and the sum (mod 2^64) of their row hashes. Pure; vectorised. A page is in
@@ -327,7 +327,7 @@ def window(
 
 def audited(table: TableConfig, order: Order) -> bool:
     """Whether the table has an audit window (a time or date watermark, audit_days > 0)."""
-    return units.kind_of(order[0][1]) != "value" and table.audit_days > 0
+    return units.kind_of(order[0][1]) != units.VALUE and table.audit_days > 0
 
 
 def checksummed(
@@ -345,7 +345,7 @@ def convert_page(
     watermark: str | None,
     hashed: RowHash | None,
     summed: dict[int, DaySum] | None = None,
-    kind: str = "micros",
+    kind: str = units.MICROS,
 ) -> tuple[pa.RecordBatch, dict[int, DaySum]]:
     """A page as Arrow, and its rows per day of `watermark` (of days.kind_of `kind`)
     with the sums of their row hashes when the page carries them, or `summed` (what

@@ -23,6 +23,23 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 SECONDS_PER_DAY = 86_400
+
+# The kinds (above): these three, or ticks_kind(P) for DateTime64(P), P = 7..9.
+MICROS = "micros"
+DAYS = "days"
+VALUE = "value"
+_TICKS = "ticks"
+
+
+def ticks_kind(precision: int) -> str:
+    """The kind of a DateTime64(precision) column stored as ticks (precision > 6)."""
+    return f"{_TICKS}{precision}"
+
+
+def is_ticks(kind: str) -> bool:
+    return kind.startswith(_TICKS)
+
+
 _TICKS_DOC = re.compile(r"^ticks of 10\^-([0-9]) seconds since 1970-01-01 00:00:00 UTC")
 
 
@@ -36,35 +53,35 @@ def kind_of(t: ChType) -> str:
     base = t.unwrap()
     if base.name == "DateTime64":
         precision = time_precision(base)
-        return f"ticks{precision}" if precision > 6 else "micros"
+        return ticks_kind(precision) if precision > 6 else MICROS
     if base.name == "DateTime":
-        return "micros"
+        return MICROS
     if base.name in ("Date", "Date32"):
-        return "days"
-    return "value"
+        return DAYS
+    return VALUE
 
 
 def kind_of_field(iceberg_type: str, doc: str | None) -> str:
     """The kind of an Iceberg watermark column, from its type ("timestamptz", "date",
     "long", ...) and doc."""
     if iceberg_type in ("timestamp", "timestamptz"):
-        return "micros"
+        return MICROS
     if iceberg_type == "date":
-        return "days"
+        return DAYS
     match = _TICKS_DOC.match(doc or "")
     if iceberg_type == "long" and match:
-        return f"ticks{match.group(1)}"
-    return "value"
+        return ticks_kind(int(match.group(1)))
+    return VALUE
 
 
 def ticks_precision(kind: str) -> int | None:
     """P of a "ticksP" kind (DateTime64(P), P > 6); None for the other kinds."""
-    return int(kind[5:]) if kind.startswith("ticks") else None
+    return int(kind[len(_TICKS) :]) if is_ticks(kind) else None
 
 
 def per_second(kind: str) -> int | None:
     """Units per second: 10^6 for micros, 10^P for ticks; None for days and values."""
-    if kind == "micros":
+    if kind == MICROS:
         return 1_000_000
     precision = ticks_precision(kind)
     return None if precision is None else int(10**precision)
@@ -72,7 +89,7 @@ def per_second(kind: str) -> int | None:
 
 def per_day(kind: str) -> int | None:
     """Units per UTC day; None for integer watermarks."""
-    if kind == "days":
+    if kind == DAYS:
         return 1
     second = per_second(kind)
     return None if second is None else second * SECONDS_PER_DAY
@@ -123,10 +140,10 @@ def watermark_day(wm_type: ChType, encoded: Any) -> dt.date | None:
     """The UTC day of an encoded watermark value; None for integer watermarks (no days
     to audit)."""
     kind = kind_of(wm_type)
-    if kind.startswith("ticks"):
+    if is_ticks(kind):
         n = day_of(encoded, kind)
         return None if n is None else day_of_number(n)
-    if kind in ("micros", "days"):
+    if kind in (MICROS, DAYS):
         return dt.date.fromisoformat(str(encoded)[:10])
     return None
 
@@ -134,9 +151,9 @@ def watermark_day(wm_type: ChType, encoded: Any) -> dt.date | None:
 def day_start(wm_type: ChType, day: dt.date) -> Any:
     """The first watermark value of `day`, encoded as cursor.encode_value would."""
     kind = kind_of(wm_type)
-    if kind == "days":
+    if kind == DAYS:
         return day.isoformat()
     unit = per_day(kind)
-    if kind.startswith("ticks") and unit is not None:
+    if is_ticks(kind) and unit is not None:
         return day_number(day) * unit
     return f"{day.isoformat()} 00:00:00.000000"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from offloader.config import TableConfig
 from offloader.cursor import EPOCH, Ticks, as_datetime
-from offloader.days import SECONDS_PER_DAY, per_second
+from offloader.days import DAYS, SECONDS_PER_DAY, per_second
 from offloader.errors import InconsistentState, SourceSchemaError
 from offloader.types import ChType, parse_type
 from offloader.wire import ColumnPlan, plan_column
@@ -296,7 +296,7 @@ def compaction_cutoff(uppers: Sequence[Any], kind: str, now: float, margin: floa
     second = per_second(kind)
     if second is not None:  # micros, ticks
         return min(newest, int((now - margin) * second))
-    if kind == "days":
+    if kind == DAYS:
         return min(newest, int((now - margin) // SECONDS_PER_DAY))
     return newest
 

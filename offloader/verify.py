@@ -307,7 +307,7 @@ def _bucket_sql(wm: ColumnPlan) -> str:
 def _bucket_of(wm: ColumnPlan) -> Callable[[Any], str]:
     name = wm.ch_type.unwrap().name
     kind = days.kind_of(wm.ch_type)
-    if kind.startswith("ticks"):  # stored as its ticks
+    if days.is_ticks(kind):  # stored as its ticks
         return lambda v: (_EPOCH_DAY + dt.timedelta(days=days.day_of(v, kind) or 0)).isoformat()
     if name.startswith("DateTime"):
         return lambda v: v.astimezone(dt.UTC).date().isoformat()

@@ -30,7 +30,7 @@ from pyiceberg.schema import sanitize_column_names
 from pyiceberg.table import FileScanTask, Transaction
 from pyiceberg.table.snapshots import Operation
 
-from offloader.days import day_numbers, per_day
+from offloader.days import DAYS, MICROS, day_numbers, per_day
 from offloader.errors import SinkError
 from offloader.iceberg import (
     PROP_OPERATION,
@@ -91,7 +91,7 @@ class _RollingWriter:
         template: DataFile,
         rows_per_file: int,
         day_column: str | None = None,
-        kind: str = "micros",
+        kind: str = MICROS,
     ) -> None:
         table = ice.table
         self._day_column = day_column
@@ -242,9 +242,9 @@ def rewrite_group(
 
 def _scalar(value: Any, kind: str, arrow_type: pa.DataType) -> pa.Scalar:
     """A watermark bound (Iceberg's own unit) as an Arrow scalar of the column's type."""
-    if kind == "micros":
+    if kind == MICROS:
         return pa.scalar(value, pa.int64()).cast(arrow_type)
-    if kind == "days":
+    if kind == DAYS:
         return pa.scalar(value, pa.int32()).cast(arrow_type)
     return pa.scalar(value).cast(arrow_type)
 

@@ -79,7 +79,7 @@ def _promotable(old: Any, new: Any) -> bool:
 
 
 def day_runs(
-    data: pa.Table, day_column: str | None, kind: str = "micros"
+    data: pa.Table, day_column: str | None, kind: str = days.MICROS
 ) -> list[tuple[int, int, int | None]]:
     """[start, end) row ranges of `data` whose `day_column` values (of days.kind_of
     `kind`) fall on one UTC day, with that day (days since 1970), for rows sorted by
@@ -250,7 +250,7 @@ class IcebergTable:
                 downcast_ns_timestamp_to_us=False,
                 format_version=metadata.format_version,
             )
-            kind = self.watermark_kind(day_column) if day_column is not None else "value"
+            kind = self.watermark_kind(day_column) if day_column is not None else days.VALUE
             for start, end, _ in day_runs(data, day_column, kind):
                 files += _dataframe_to_data_files(
                     table_metadata=metadata,
