@@ -112,13 +112,7 @@ class TableRun:
             recorded = await checkup.audit_recorded(check, report, seq=self.seq)
             if not recorded.agrees:
                 await self.open_iceberg(prepared.state)
-                check = checkup.Check(
-                    self.services,
-                    table,
-                    self.src,
-                    self.hashed,
-                    replace(prepared, known=recorded.known),
-                )
+                check = replace(check, prepared=replace(prepared, known=recorded.known))
                 self.seq = (await checkup.audit(check, self.ice, report, seq=self.seq)).seq
         else:
             # The transport refuses a table it cannot store exactly before Iceberg is

@@ -214,7 +214,7 @@ async def repair(
         hashed,
         cpu=limiter,
         io=limiter,
-        page_done=(lambda rows: progress.advance(table.target, rows)) if progress else _nothing,
+        page_done=(lambda rows: progress.advance(table.target, rows)) if progress else None,
     )
     written, read_sums = await _read_days(src, table, position, accepted, writer)
     add_sums(sums, read_sums)
@@ -315,10 +315,6 @@ async def _read_days(
     async with aclosing(pages()) as stream:
         await writer.write(stream, keep, flush_rows=sys.maxsize)
     return written, sums
-
-
-def _nothing(rows: int) -> None:
-    pass
 
 
 async def repair_table(

@@ -55,7 +55,7 @@ class PageWriter:
     cpu: anyio.CapacityLimiter | None = None
     io: anyio.CapacityLimiter | None = None
     stage: Callable[[str, float], None] = _no_stage  # TableReport.stage
-    page_done: Callable[[int], None] = lambda rows: None  # after each page (progress)
+    page_done: Callable[[int], None] | None = None  # after each page, its rows (progress)
 
     async def write(self, pages: AsyncIterable[Page], flush: Flush, flush_rows: int) -> None:
         """Write every page of `pages`; hand the files over to `flush` each time they
@@ -97,7 +97,8 @@ class PageWriter:
             pending.append(item)
             pending_rows += rows
             audit.add_sums(sums, page_sums)
-            self.page_done(rows)
+            if self.page_done is not None:
+                self.page_done(rows)
             if pending_rows >= chunk_rows:
                 await chunks.send((pending, position, sums))
                 pending, pending_rows, sums = [], 0, {}
