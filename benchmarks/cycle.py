@@ -699,7 +699,9 @@ def scenario_view(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_config(path)
     ice = IcebergCatalog(cfg.catalog).load("cold.tiers")
     assert ice is not None
-    reader = cold_reader(ColdSide(ice.location, ice.metadata_location), cfg.views, "cold.tiers")
+    reader = cold_reader(
+        ColdSide(ice.location, ice.metadata_location, 0, ()), cfg.views, "cold.tiers"
+    )
     targets = {"hot": f"{b.db}.tiers", "cold": reader, "view": f"{b.db}.tiers_all"}
     url = f"http://127.0.0.1:{b.http_port}/"
     times: dict[str, list[float]] = {}

@@ -145,22 +145,22 @@ class TableRun:
             known = None
         if table.view is None:
             return
-        position = self.report.watermark
-        spec = view.spec_of(self.src, table, self.seq, position)
+        # The pin: the one the view has while it is at the committed seq, else the
+        # Iceberg table's own (opening it reconciles PostgreSQL with it first).
         cold = view.ColdSide.recorded(known) if known is not None else None
-        if position is None:
+        if self.report.watermark is None:
             cold = None
         elif known is None or known.seq != self.seq or cold is None:
             if self._ice is None:
                 await self.open_iceberg(state)
-                spec = view.spec_of(self.src, table, self.seq, self.report.watermark)
             cold = view.ColdSide.of(self.ice)
         views = self.services.views
+        spec = view.spec_of(self.src, table, cold, self.seq)
         current = known is not None and known.error is None
         if current and known is not None and known.signature == spec.signature(cold, views):
             return
         self.report.view_error = await view.keep(
-            self.src.source, self.services.watermarks, views, spec, cold, target=table.target
+            self.src, self.services.watermarks, views, table, cold, seq=self.seq
         )
 
     async def prepare(self) -> checkup.Prepared:
@@ -418,12 +418,7 @@ class TableRun:
             # The view moves with every commit: its cold side is this commit's metadata
             # file (older ones are deleted after metadata_versions more commits).
             report.view_error = await view.keep(
-                self.src.source,
-                services.watermarks,
-                services.views,
-                view.spec_of(self.src, table, mark.seq, position),
-                view.ColdSide.of(self.ice),
-                target=table.target,
+                self.src, services.watermarks, services.views, table, view.ColdSide.of(self.ice)
             )
 
 

@@ -393,12 +393,7 @@ async def repair_table(
             if table.view is not None and report.seq is not None and not dry_run:
                 # The view reads the repaired snapshot from now on.
                 report.view_error = await view.keep(
-                    src.source,
-                    watermarks,
-                    cfg.views,
-                    view.spec_of(src, table, report.seq, position),
-                    view.ColdSide.of(ice),
-                    target=table.target,
+                    src, watermarks, cfg.views, table, view.ColdSide.of(ice)
                 )
             return report
     except TableError as exc:

@@ -61,26 +61,38 @@ class ViewError(TableError):
 
 @dataclass(frozen=True, slots=True)
 class ColdSide:
-    """Where a table's Iceberg side is: its location and the metadata file of the commit
-    the view reads (pyiceberg's `Table.location()` and `metadata_location`)."""
+    """The view's pin: one Iceberg state taken whole — the metadata file the cold side
+    reads and the commit marker of that file's snapshot (its seq and position). The hot
+    side reads the rows after that position, so the two sides always belong to one
+    commit, whatever PostgreSQL says: after a kill between the Iceberg and PostgreSQL
+    commits, PostgreSQL's position is older than the newest snapshot's, and pairing
+    them would return the killed run's rows twice."""
 
     location: str
     metadata: str
+    seq: int
+    position: tuple[Any, ...]
     snapshot_id: int | None = None
 
     @classmethod
-    def of(cls, ice: IcebergTable) -> ColdSide:
-        """The cold side as the Iceberg table is now (after its last commit)."""
-        return cls(ice.location, ice.metadata_location, ice.snapshot_id)
+    def of(cls, ice: IcebergTable) -> ColdSide | None:
+        """The pin of the Iceberg table as it is now (after its last commit), or None
+        while it holds no offloader commit."""
+        mark = ice.latest_mark()
+        if mark is None:
+            return None
+        return cls(
+            ice.location, ice.metadata_location, mark.seq, tuple(mark.position), ice.snapshot_id
+        )
 
     @classmethod
     def recorded(cls, known: ViewState) -> ColdSide | None:
-        """The cold side a view was replaced with, unless its last replacement failed."""
-        if known.error is not None or known.metadata is None:
+        """The pin a view was replaced with, unless its last replacement failed."""
+        if known.error is not None or known.metadata is None or known.position is None:
             return None
         # The table location is the metadata file's parent's parent.
         location = known.metadata.rsplit("/metadata/", 1)[0]
-        return cls(location, known.metadata, known.snapshot_id)
+        return cls(location, known.metadata, known.seq, tuple(known.position), known.snapshot_id)
 
 
 # --- pure: the SQL ----------------------------------------------------------------
@@ -284,7 +296,9 @@ async def cold_columns(source: Source, reader: str) -> dict[str, str]:
     return {str(row[0]): str(row[1]) for row in rows}
 
 
-def spec_of(src: SourceTable, table: TableConfig, seq: int, position: Any) -> ViewSpec:
+def spec_of(src: SourceTable, table: TableConfig, cold: ColdSide | None, seq: int = 0) -> ViewSpec:
+    """The view of `table` at the pin `cold` (None: nothing offloaded yet, the view is
+    the hot table, at `seq`)."""
     assert table.view is not None
     return ViewSpec(
         name=table.view,
@@ -292,8 +306,8 @@ def spec_of(src: SourceTable, table: TableConfig, seq: int, position: Any) -> Vi
         source=(src.database, table.source_table),
         columns=src.columns,
         order=src.order,
-        position=tuple(position) if position is not None else None,
-        seq=seq,
+        position=cold.position if cold is not None else None,
+        seq=cold.seq if cold is not None else seq,
         uint64=table.uint64,
     )
 
@@ -307,7 +321,8 @@ async def replace(
     *,
     target: str,
 ) -> ViewState:
-    """Build and run the view's DDL, then record it (seq, metadata file, signature)."""
+    """Build and run the view's DDL, then record it (seq, metadata file, signature).
+    `spec` is `spec_of` the pin `cold` (`keep` makes it so)."""
     t0 = time.monotonic()
     reader = cold_reader(cold, views, target) if cold is not None else None
     columns = await _probe(source, reader, target) if reader is not None else {}
@@ -401,19 +416,23 @@ async def drop(source: Source, store: Store, name: str, *, target: str) -> None:
 
 
 async def keep(
-    source: Source,
+    src: SourceTable,
     store: Store,
     views: ViewsConfig,
-    spec: ViewSpec,
+    table: TableConfig,
     cold: ColdSide | None,
     *,
-    target: str,
+    seq: int = 0,
 ) -> str | None:
-    """`replace`, never raising for a table problem: a failure is logged with the table
-    and the reason and recorded (status, metrics); the view keeps its previous
-    consistent definition and the next run retries. Returns the error, if any."""
+    """Replace the view of `table` at the pin `cold` (`seq`: the commit when there is no
+    pin yet), never raising for a table problem: a failure is logged with the table and
+    the reason and recorded (status, metrics); the view keeps its previous consistent
+    definition and the next run retries. Returns the error, if any."""
+    assert table.view is not None
+    target = table.target
+    spec = spec_of(src, table, cold, seq)
     try:
-        await replace(source, store, views, spec, cold, target=target)
+        await replace(src.source, store, views, spec, cold, target=target)
         return None
     except OffloaderError as exc:
         error = str(exc)
@@ -434,7 +453,9 @@ async def after_rewrite(
 ) -> str | None:
     """After a commit that rewrote the table without moving its position (maintenance's
     compaction and expiry): point the view at the new metadata file, unless it reads it
-    already. The caller holds the table's lock. Returns the error, if any."""
+    already. The pin is the rewritten table's own (its metadata file and the marker its
+    snapshot carries), never PostgreSQL's position, which a killed run may have left
+    behind Iceberg's. The caller holds the table's lock. Returns the error, if any."""
     if table.view is None:
         return None
     known = await store.view_state(table.target)
@@ -442,12 +463,10 @@ async def after_rewrite(
         return None
     from offloader.source import open_table
 
-    state = await store.get(table.target, table.source)
     cold = ColdSide.of(ice)
     try:
         async with open_table(clickhouse, table) as src:
-            spec = spec_of(src, table, state.seq, state.position)
-            return await keep(src.source, store, views, spec, cold, target=table.target)
+            return await keep(src, store, views, table, cold)
     except OffloaderError as exc:
         log.warning("view not replaced", extra={"table": table.target, "error": str(exc)})
         await store.view_failed(table.target, table.view, str(exc))
@@ -484,9 +503,9 @@ async def probe(
                 "GRANT NAMED COLLECTION ON it to offloader's ClickHouse user)",
                 reason="config",
             )
-    if ice is None:
-        return f"view {table.view}: will be created by the first run (no Iceberg table yet)"
-    cold = ColdSide.of(ice)
+    cold = ColdSide.of(ice) if ice is not None else None
+    if cold is None:
+        return f"view {table.view}: will be created by the first run (no Iceberg commit yet)"
     reader = cold_reader(cold, views, table.target)
     columns = await _probe(source, reader, table.target)
     return (

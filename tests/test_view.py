@@ -369,3 +369,58 @@ def test_columns_added_to_the_source_appear_in_the_view(env: Env) -> None:
     report = env.once()
     assert report.ok and report.tables[0].repaired, report.summary()
     assert _same_as_source(env)[0] == 911
+
+
+KILLED_THEN = {
+    "once": ("once",),
+    "maintain": ("maintain",),
+    "expire": ("expire", "--older-than", "1h"),
+    "repair": ("repair", "cold.trades", "--since", "2025-03-01", "--until", "2025-03-03"),
+    "retain": ("retain",),
+}
+
+
+@pytest.mark.parametrize("then", list(KILLED_THEN))
+def test_a_run_killed_between_its_commits_then_any_path_keeps_the_view_exact(
+    env_one: Env, then: str
+) -> None:
+    """SIGKILL between a run's Iceberg commit and its PostgreSQL commit leaves PostgreSQL
+    one commit behind Iceberg. Whatever comes next — the next run, a maintenance pass
+    (compaction and expiry), `expire`, a repair (refused until a run recovers), a
+    retention pass — pins
+    one Iceberg snapshot's own (metadata file, position), so the view returns each row
+    once (pairing PostgreSQL's older position with Iceberg's newest metadata file
+    returned the killed run's rows twice)."""
+    env = env_one
+    db = env.ch_database
+    ddl = trades_ddl(db, "trades", ttl_days=None)
+    env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
+    env.insert_trades("trades", 3000, 1, "2025-03-01 00:00:00", step_us=400_000_000)
+    env.write_config(
+        [env.table("trades", view=True, partition_by=["day(exchange_ts)"], hot_retention="1d")]
+    )
+    assert env.once().ok
+    env.insert_trades("trades", 500, 100_000, "2025-03-08 00:00:00", step_us=60_000_000)
+    killed = env.cli("once", extra_env={faults.ENV: "iceberg_commit"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    comment = f"SELECT comment FROM system.tables WHERE database = '{db}' AND name = 'trades_all'"
+    assert "commit 1," in env.ch(comment)[0][0]
+    everything = env.ch(f"SELECT {SUMS} FROM {db}.trades")[0]
+    assert everything[0] == 3500
+    assert env.ch(f"SELECT {SUMS} FROM {db}.trades_all")[0] == everything
+    done = env.cli(*KILLED_THEN[then])
+    if then == "repair":
+        # Repair does not build on a state PostgreSQL does not know: it says what to do.
+        assert done.returncode == 1 and "run `offloader once` (it recovers)" in done.stdout
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+    if then == "retain":
+        assert "dropped partition" in done.stdout, done.stdout
+    assert env.ch(f"SELECT {SUMS} FROM {db}.trades_all")[0] == everything
+    if then in ("once", "maintain"):
+        # The view moved to Iceberg's newest commit (2), not PostgreSQL's (1).
+        assert "commit 2," in env.ch(comment)[0][0], env.ch(comment)
+    again = env.once()
+    assert again.ok, again.summary()
+    assert env.ch(f"SELECT {SUMS} FROM {db}.trades_all")[0] == everything
+    assert "commit 2," in env.ch(comment)[0][0] or "commit 3," in env.ch(comment)[0][0]

@@ -23,8 +23,10 @@ from offloader.view import (
 )
 from tests.test_config import BASE, write
 
-LOCAL = ColdSide("file:///w/cold/t", "file:///w/cold/t/metadata/00003-a.metadata.json", 7)
-S3 = ColdSide("s3://bucket/wh/cold/t", "s3://bucket/wh/cold/t/metadata/00003-a.metadata.json")
+LOCAL = ColdSide("file:///w/cold/t", "file:///w/cold/t/metadata/00003-a.metadata.json", 3, (1,), 7)
+S3 = ColdSide(
+    "s3://bucket/wh/cold/t", "s3://bucket/wh/cold/t/metadata/00003-a.metadata.json", 3, (1,)
+)
 
 
 def test_cold_reader_pins_the_metadata_file() -> None:
@@ -44,8 +46,16 @@ def test_cold_reader_pins_the_metadata_file() -> None:
     [
         (S3, ViewsConfig(), "set [views] s3_collection to a ClickHouse named collection"),
         (S3, ViewsConfig(s3_collection="c"), "set [views] s3_endpoint"),
-        (ColdSide("gs://b/t", "gs://b/t/metadata/m.json"), ViewsConfig(), "only file:// and s3://"),
-        (ColdSide("file:///w/t", "file:///elsewhere/m.json"), ViewsConfig(), "is not under"),
+        (
+            ColdSide("gs://b/t", "gs://b/t/metadata/m.json", 1, (1,)),
+            ViewsConfig(),
+            "only file:// and s3://",
+        ),
+        (
+            ColdSide("file:///w/t", "file:///elsewhere/m.json", 1, (1,)),
+            ViewsConfig(),
+            "is not under",
+        ),
     ],
 )
 def test_cold_reader_refusals_say_what_to_do(
