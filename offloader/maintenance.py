@@ -7,8 +7,9 @@ by another process is also safe: every commit is compare-and-set):
 2. compaction: closed partitions' small files are merged, sorted, into files of about
    `target_file_size`, all in one snapshot that changes no row;
 3. snapshots older than `snapshot_retention` are expired (never the newest offloader
-   commit); old metadata files go on every commit (table properties);
-4. files nothing retained refers to, older than `orphan_age`, are deleted.
+   commit, never the one the view over both tiers reads);
+4. files nothing retained refers to, older than `orphan_age`, are deleted, and metadata
+   files the metadata log no longer lists at any age — never the one the view pins.
 """
 
 from __future__ import annotations
@@ -116,9 +117,15 @@ async def maintain_table(
                 report.error = "no Iceberg table yet (it is created by the first offload)"
             else:
                 known = await watermarks.view_state(table.target) if table.view else None
-                keep = {known.snapshot_id} if known and known.snapshot_id else set()
+                # What the view over both tiers reads is kept until the view moves on,
+                # however long its replacement keeps failing: its snapshot and its
+                # metadata file.
+                pinned = Pinned(
+                    {known.snapshot_id} if known and known.snapshot_id else set(),
+                    {known.metadata} if known and known.metadata else set(),
+                )
                 await anyio.to_thread.run_sync(
-                    _pass, catalog, ice, table, cfg, report, deadline, keep, limiter=limiter
+                    _pass, catalog, ice, table, cfg, report, deadline, pinned, limiter=limiter
                 )
                 if views is not None and not dry_run:
                     report.view_error = await view.after_rewrite(*views, watermarks, table, ice)
@@ -137,6 +144,14 @@ async def maintain_table(
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """What a view over both tiers reads: never expired or deleted by a pass."""
+
+    snapshots: set[int]
+    metadata: set[str]
+
+
 def _pass(
     catalog: IcebergCatalog,
     ice: IcebergTable,
@@ -144,7 +159,7 @@ def _pass(
     cfg: MaintenanceConfig,
     report: MaintenanceReport,
     deadline: float | None,
-    keep: set[int],
+    pinned: Pinned,
 ) -> None:
     sort_by = (table.watermark, *table.keys)
     if not report.dry_run:
@@ -153,15 +168,14 @@ def _pass(
     _compact(ice, table, cfg, report, deadline, sort_by)
     ice.refresh()
     older = datetime.now(UTC) - timedelta(seconds=cfg.snapshot_retention)
-    # The snapshot the view over both tiers reads is kept until the view moves on.
-    victims = [v for v in ops.expirable_snapshots(ice, older) if v not in keep]
+    victims = [v for v in ops.expirable_snapshots(ice, older) if v not in pinned.snapshots]
     report.snapshots_expired = len(victims)
     if report.dry_run:
         report.planned += [f"expire {len(victims)} snapshots older than {older:%Y-%m-%d %H:%M}"]
     elif victims:
         ops.expire(ice, victims)
         faults.point("expire")
-    orphans = ops.orphan_files(ice, cfg.orphan_age)
+    orphans = ops.orphan_files(ice, cfg.orphan_age, pinned.metadata)
     report.orphan_bytes = sum(o.bytes for o in orphans)
     if report.dry_run:
         report.orphans_deleted = len(orphans)

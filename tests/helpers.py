@@ -129,6 +129,7 @@ class Env:
         pg_dsn: str | None = None,
         catalog: dict[str, str] | None = None,
         views: dict[str, Any] | None = None,
+        maintenance: dict[str, Any] | None = None,
     ) -> Path:
         svc = {"interval": "1m", "max_parallel_tables": 4, "table_timeout": "5m"}
         svc.update(service or {})
@@ -160,6 +161,8 @@ class Env:
         lines += [f"{_toml(k)} = {_toml(v)}" for k, v in cat.items()]
         if views:
             lines += ["", "[views]", *(f"{k} = {_toml(v)}" for k, v in views.items())]
+        if maintenance:
+            lines += ["", "[maintenance]", *(f"{k} = {_toml(v)}" for k, v in maintenance.items())]
         for t in tables:
             lines += ["", "[[tables]]"]
             lines += [f"{k} = {_toml(v)}" for k, v in t.items()]

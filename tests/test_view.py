@@ -19,13 +19,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from offloader import faults
+from offloader import faults, maintenance, view
 from offloader.demo import trades_ddl
+from offloader.iceberg import IcebergCatalog
+from offloader.maintenance import MaintenanceReport
 from offloader.sql import quote_ident
 from offloader.types import parse_type
 from offloader.view import column_pair, exact
+from offloader.watermarks import Watermarks
 from offloader.wire import iceberg_type
 from tests.conftest import S3Server
 from tests.helpers import Env
@@ -424,3 +428,67 @@ def test_a_run_killed_between_its_commits_then_any_path_keeps_the_view_exact(
     assert again.ok, again.summary()
     assert env.ch(f"SELECT {SUMS} FROM {db}.trades_all")[0] == everything
     assert "commit 2," in env.ch(comment)[0][0] or "commit 3," in env.ch(comment)[0][0]
+
+
+def _metadata_files(env: Env) -> list[Path]:
+    return sorted((env.tmp / "warehouse").rglob("*.metadata.json"))
+
+
+def test_the_view_keeps_its_metadata_file_while_its_replacement_keeps_failing(
+    env_one: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`metadata_versions = 3` and ten commits while every replacement of the view fails:
+    the metadata file the view pins is neither deleted by a commit nor by maintenance
+    (which deletes the other superseded ones), so every read stays exact; once the
+    replacement works again the view moves on, and the next pass deletes the old pin."""
+    env = env_one
+    db = env.ch_database
+    env.create_trades("trades")
+    env.insert_trades("trades", 1000, 1, "2025-03-01 00:00:00", step_us=60_000_000)
+    env.write_config([env.table("trades", view=True)], maintenance={"metadata_versions": 3})
+    assert env.once().ok
+    ddl = env.ch(f"SHOW CREATE TABLE {db}.trades_all")[0][0]
+    pinned = [p for p in _metadata_files(env) if p.name in ddl]
+    assert len(pinned) == 1, ddl
+
+    async def failing(*args: Any, **kwargs: Any) -> None:
+        raise view.ViewError("cold.trades: replacing view failed: the test says no")
+
+    monkeypatch.setattr(view, "replace", failing)
+    for k in range(10):
+        start = dt.datetime(2025, 3, 2) + dt.timedelta(hours=k)
+        env.insert_trades("trades", 100, 10_000 * (k + 1), f"{start:%Y-%m-%d %H:%M:%S}")
+        report = env.once()
+        assert report.ok and report.tables[0].rows == 100, report.summary()
+        assert "the test says no" in (report.tables[0].view_error or ""), report.tables[0]
+        assert pinned[0].exists(), f"commit {k + 2} deleted the view's metadata file"
+        assert _same_as_source(env)[0] == 1100 + 100 * k
+    cfg = env.config()
+
+    async def maintain() -> list[MaintenanceReport]:
+        store = await Watermarks.open(cfg.postgres, max_size=2)
+        try:
+            return await maintenance.maintain(
+                IcebergCatalog(cfg.catalog, cfg.maintenance),
+                store,
+                list(cfg.tables),
+                cfg.maintenance,
+                views=(cfg.clickhouse, cfg.views),
+            )
+        finally:
+            await store.close()
+
+    before = len(_metadata_files(env))
+    reports = anyio.run(maintain)
+    assert "the test says no" in (reports[0].view_error or ""), reports[0]
+    assert pinned[0].exists(), "maintenance deleted the view's metadata file"
+    assert len(_metadata_files(env)) < before - 5, (before, _metadata_files(env))
+    assert _same_as_source(env)[0] == 2000
+    monkeypatch.undo()
+    report = env.once()
+    assert report.ok and report.tables[0].view_error is None, report.summary()
+    assert pinned[0].name not in env.ch(f"SHOW CREATE TABLE {db}.trades_all")[0][0]
+    assert _same_as_source(env)[0] == 2000
+    assert all(r.status == "ok" for r in anyio.run(maintain))
+    assert not pinned[0].exists()  # the view moved on: the old pin is superseded
+    assert _same_as_source(env)[0] == 2000

@@ -92,8 +92,11 @@ def table_properties(maintenance: MaintenanceConfig) -> dict[str, str]:
         # table's manifest count stays small however many cycles ran.
         "commit.manifest-merge.enabled": "true",
         "commit.manifest.min-count-to-merge": "4",
-        # Old metadata files are deleted on commit, keeping this many.
-        "write.metadata.delete-after-commit.enabled": "true",
+        # The metadata log keeps this many older metadata files. They are not deleted on
+        # commit: the view over both tiers may pin one older than that (its replacement
+        # failing while commits go on), so maintenance deletes the superseded ones,
+        # never the pinned one (files.orphan_files).
+        "write.metadata.delete-after-commit.enabled": "false",
         "write.metadata.previous-versions-max": str(maintenance.metadata_versions),
         # Compaction's target; other engines' rewrite jobs read the same property.
         "write.target-file-size-bytes": str(maintenance.target_file_size),

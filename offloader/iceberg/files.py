@@ -6,8 +6,9 @@ housekeeping that keeps it bounded: snapshot expiry and orphan files. Part of th
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -208,14 +209,26 @@ _ICEBERG_SUFFIXES = (
 )
 
 
-def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
-    """Iceberg files under the table's data/ and metadata/ directories that nothing
-    retained refers to and that are older than `min_age` seconds.
+def metadata_version(path: str) -> int | None:
+    """The version of a metadata file named as Iceberg writers name them
+    (`00012-<uuid>.metadata.json`), or None."""
+    match = _METADATA_NAME.search(path)
+    return int(match.group(1)) if match else None
 
-    Why the age: a run writes its data files, manifests and metadata before the commit
-    that refers to them; only files older than any run could take are crash leftovers.
-    The listing is taken before the references are read, so a file committed between
-    the two is seen as referenced.
+
+_METADATA_NAME = re.compile(r"/(\d+)-[^/]*\.metadata\.json(?:\.gz)?$")
+
+
+def orphan_files(ice: IcebergTable, min_age: float, keep: Set[str] = frozenset()) -> list[Orphan]:
+    """Iceberg files under the table's data/ and metadata/ directories that nothing
+    retained refers to, never those in `keep` (the metadata file a view pins).
+
+    Why the age (`min_age` seconds): a run writes its data files, manifests and
+    metadata before the commit that refers to them; only files older than any run could
+    take are crash leftovers. A metadata file of a lower version than the current one
+    was superseded by a commit (not one in flight), and is deleted at any age once the
+    metadata log no longer lists it. The listing is taken before the references are
+    read, so a file committed between the two is seen as referenced.
     """
     table = ice.table
     location = table.location().rstrip("/")
@@ -236,11 +249,17 @@ def orphan_files(ice: IcebergTable, min_age: float) -> list[Orphan]:
                 continue
             mtime = info.mtime.timestamp() if info.mtime is not None else now
             listed.append((info.path, info.size or 0, now - mtime))
-    referenced = referenced_files(ice)
+    referenced = referenced_files(ice) | {_strip(k) for k in keep}
+    current = metadata_version(table.metadata_location)
+
+    def superseded(path: str) -> bool:
+        version = metadata_version(path)
+        return current is not None and version is not None and version < current
+
     return [
         Orphan(f"{scheme}://{path}", size, age)
         for path, size, age in listed
-        if age >= min_age and path not in referenced
+        if (age >= min_age or superseded(path)) and path not in referenced
     ]
 
 
