@@ -328,6 +328,7 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             or s.ttl_warning
             or s.drifted_days
             or s.view_problem
+            or (s.retention_last or {}).get("result") == "failed"
         )
     ]
     for s in bad:
@@ -343,7 +344,12 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
                 if s.drifted_days
                 else ""
             )
-            + (f", {s.view_problem}" if s.view_problem else ""),
+            + (f", {s.view_problem}" if s.view_problem else "")
+            + (
+                f", last retention pass failed: {(s.retention_last or {}).get('error')}"
+                if (s.retention_last or {}).get("result") == "failed"
+                else ""
+            ),
             file=sys.stderr,
         )
     return EXIT_FAILED if bad else EXIT_OK

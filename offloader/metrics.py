@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 
 from offloader.errors import FAILURE_REASONS
-from offloader.report import TableReport
+from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS, TableReport
 
 if TYPE_CHECKING:
     from offloader.maintenance import MaintenanceReport
@@ -124,8 +124,24 @@ class Metrics:
         )
         self.retention_refusals = Counter(
             "offloader_retention_refusals",
-            "Partitions hot_retention would have dropped but did not: the tiers differ, the "
-            "partition changed during the drop, or rows arrived in days already dropped",
+            "Partitions hot_retention would have dropped but did not, by reason: the tiers "
+            "differ (differ), the partition changed while compared or dropped (changed), "
+            "verify's checksum differs (verify), or rows arrived in days already dropped "
+            "(late)",
+            ["table", "reason"],
+            registry=r,
+        )
+        self.retention_passes = Counter(
+            "offloader_retention_passes",
+            "Retention passes per table by result: ok, refused (a partition refused or rows "
+            "in dropped days), failed (an error: see the log), skipped (table locked)",
+            ["table", "result"],
+            registry=r,
+        )
+        self.retention_refused = Gauge(
+            "offloader_retention_refused_partitions",
+            "Partitions the table's last retention pass refused to drop, or holding rows in "
+            "days already dropped (0: nothing refused)",
             ["table"],
             registry=r,
         )
@@ -214,6 +230,10 @@ class Metrics:
                 self.failures.labels(table, reason)
             for result in MAINTENANCE_RESULTS:
                 self.maintenance_runs.labels(table, result)
+            for reason in REFUSAL_REASONS:
+                self.retention_refusals.labels(table, reason)
+            for result in RETENTION_RESULTS:
+                self.retention_passes.labels(table, result)
             for counter in (*self._per_table_counters, self.table_seconds):
                 counter.labels(table)
             self.maintenance_seconds.labels(table)
@@ -224,6 +244,10 @@ class Metrics:
                 _remove(self.failures, table, reason)
             for result in MAINTENANCE_RESULTS:
                 _remove(self.maintenance_runs, table, result)
+            for reason in REFUSAL_REASONS:
+                _remove(self.retention_refusals, table, reason)
+            for result in RETENTION_RESULTS:
+                _remove(self.retention_passes, table, result)
         self.tracked = wanted
 
     def table(self, report: TableReport) -> None:
@@ -278,7 +302,6 @@ class Metrics:
             self.view_failures,
             self.retention_partitions,
             self.retention_rows,
-            self.retention_refusals,
             self.files_rewritten,
             self.bytes_rewritten,
             self.snapshots_expired,
@@ -297,6 +320,7 @@ class Metrics:
             self.newest_age,
             self.drifted_days,
             self.view_current,
+            self.retention_refused,
             self.maintenance_seconds,
             self.data_files,
             self.manifests,
@@ -308,9 +332,17 @@ class Metrics:
         t = report.target
         if report.dry_run:
             return
+        if report.result == "off":
+            return
+        self.retention_passes.labels(t, report.result).inc()
         self.retention_partitions.labels(t).inc(len(report.dropped))
         self.retention_rows.labels(t).inc(sum(d.rows for d in report.dropped))
-        self.retention_refusals.labels(t).inc(len(report.refused) + len(report.late))
+        for reason in report.reasons:
+            self.retention_refusals.labels(t, reason).inc()
+        if report.late:
+            self.retention_refusals.labels(t, "late").inc(len(report.late))
+        if report.status == "ok":
+            self.retention_refused.labels(t).set(len(report.refused) + len(report.late))
 
     def cycle(self, seconds: float, ok: bool) -> None:
         self.cycle_seconds.observe(seconds)

@@ -73,3 +73,11 @@ class TableReport:
             d["lag_seconds"] = None if self.lag_seconds is None else round(self.lag_seconds, 3)
         d["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         return d
+
+
+# Why a partition was not dropped (offloader_retention_refusals_total{reason}): the tiers
+# differ on one of its days, it changed while compared or dropped, verify's checksum
+# found a difference, or rows arrived in days already dropped.
+REFUSAL_REASONS = ("differ", "changed", "verify", "late")
+# A pass per table (offloader_retention_passes_total{result}, RetentionReport.result).
+RETENTION_RESULTS = ("ok", "refused", "failed", "skipped")

@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import anyio
@@ -41,6 +41,7 @@ from offloader.cursor import from_micros
 from offloader.days import day_number, watermark_day
 from offloader.errors import Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
+from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS
 from offloader.source import SourceTable, open_table
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import RetentionIntent, Store
@@ -173,6 +174,7 @@ class RetentionReport:
     retention: float | None = None
     dropped: list[Dropped] = field(default_factory=list)  # (would be) dropped
     refused: list[str] = field(default_factory=list)  # "partition: why"
+    reasons: list[str] = field(default_factory=list)  # a REFUSAL_REASONS entry per refusal
     late: list[str] = field(default_factory=list)  # partitions of rows after their drop
     oldest_hot_day: str | None = None  # after the pass
     retained_until: str | None = None  # days before it are Iceberg's alone
@@ -185,6 +187,32 @@ class RetentionReport:
         d = asdict(self)
         d["seconds"] = round(self.seconds, 3)
         return d
+
+    @property
+    def result(self) -> str:
+        """The pass in one word (a RETENTION_RESULTS entry): failed, skipped, off,
+        refused (a partition refused or rows found in dropped days) or ok."""
+        if self.status != "ok":
+            return self.status
+        result = "refused" if self.refused or self.late else "ok"
+        assert result in RETENTION_RESULTS
+        return result
+
+    def refuse(self, partition: str, why: str, reason: str) -> None:
+        assert reason in REFUSAL_REASONS, reason
+        self.refused.append(f"partition {partition}: {why}")
+        self.reasons.append(reason)
+
+    def summary(self) -> dict[str, Any]:
+        """What PostgreSQL keeps of the table's last pass (status shows it)."""
+        return {
+            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "result": self.result,
+            "dropped": len(self.dropped),
+            "refused": self.refused,
+            "late": self.late,
+            "error": self.error,
+        }
 
     def lines(self) -> list[str]:
         if self.status == "off":
@@ -244,6 +272,14 @@ async def retain_table(
     report.seconds = time.monotonic() - started
     event = log.error if report.status == "failed" else log.info
     event(f"retention {report.status}", extra={"table": table.target, **report.as_dict()})
+    if not dry_run and report.status != "skipped":
+        try:
+            await store.record_retention(table.target, report.summary())
+        except TableError as exc:
+            log.warning(
+                "could not record the retention pass",
+                extra={"table": table.target, "error": str(exc)},
+            )
     return report
 
 
@@ -333,6 +369,7 @@ class _Source:
                 f"ALTER TABLE {self.qualified} DROP DETACHED PART {quote_string(name)} "
                 "SETTINGS allow_drop_detached = 1"
             )
+            faults.point("retain_drop_part")
 
     async def attach(self, parts: Sequence[str]) -> None:
         for name in parts:
@@ -388,31 +425,39 @@ async def _pass(
         if deadline is not None and time.monotonic() > deadline:
             break
         assert ice is not None and state.position is not None
-        why = await _differs(cfg, table, store, src, ice, list(state.position), d)
+        why, rows = await _differs(cfg, table, store, src, ice, list(state.position), d)
         if why is not None:
-            report.refused.append(f"partition {d.partition.id}: {why}")
+            report.refuse(d.partition.id, why.text, why.reason)
             log.error(
                 "retention refused",
-                extra={"table": table.target, "partition": d.partition.id, "reason": why},
+                extra={"table": table.target, "partition": d.partition.id, "reason": why.text},
             )
             break  # never drop past a day the tiers disagree on
         if report.dry_run:
-            report.dropped.append(_dropped(d))
+            report.dropped.append(_dropped(d, rows))
             continue
         changed = await _drop(hot, store, table.target, d)
         if changed:
-            report.refused.append(f"partition {d.partition.id}: {changed}")
+            report.refuse(d.partition.id, changed, "changed")
             break
-        report.dropped.append(_dropped(d))
-        log.info("partition dropped", extra={"table": table.target, **asdict(_dropped(d))})
+        report.dropped.append(_dropped(d, rows))
+        log.info("partition dropped", extra={"table": table.target, **asdict(_dropped(d, rows))})
     after = await store.get(table.target, table.source)
     report.retained_until = after.retained_until.isoformat() if after.retained_until else None
     remaining = [partition_range(p.value, unit)[0] for p in await hot.partitions() if p.rows]
     report.oldest_hot_day = min(remaining).isoformat() if remaining else None
 
 
-def _dropped(d: Decision) -> Dropped:
-    return Dropped(d.partition.id, d.first.isoformat(), d.days[-1].isoformat(), d.partition.rows)
+@dataclass(frozen=True, slots=True)
+class Why:
+    """Why a partition is not dropped: the line, and its REFUSAL_REASONS entry."""
+
+    text: str
+    reason: str
+
+
+def _dropped(d: Decision, rows: int) -> Dropped:
+    return Dropped(d.partition.id, d.first.isoformat(), d.days[-1].isoformat(), rows)
 
 
 async def _differs(
@@ -423,21 +468,29 @@ async def _differs(
     ice: IcebergTable,
     position: list[Any],
     d: Decision,
-) -> str | None:
-    """Why the tiers cannot be shown equal on the partition's days, or None: counts
-    against Iceberg's manifests and row-hash sums against the recorded ones; days whose
-    recorded sums are incomplete are compared by verify's checksum of every value."""
+) -> tuple[Why | None, int]:
+    """Why the tiers cannot be shown equal on the partition's days (None when they are),
+    and the rows compared: the rows as offloader reads them (with FINAL when the table
+    says so: a deduplicating table's unmerged versions are one row, as in Iceberg),
+    counted against Iceberg's manifests, and row-hash sums against the recorded ones;
+    days whose recorded sums are incomplete are compared by verify's checksum of every
+    value. The partition must hold the same parts after the comparison as before (part
+    names: an insert, a merge or a mutation makes new ones)."""
     first, last = d.first, d.days[-1]
     hashed = row_hash(src.columns)
     recorded = await store.day_sums(table.target, day_number(first), day_number(last))
     hot = HotTable(src.source, src.relation, src.order, hashed)
     found = await audit_days(hot, ice, position, (first, last), recorded=recorded)
-    if sum(c.clickhouse for c in found.days) != d.partition.rows:
-        return "its rows changed while being compared; retried next pass"
+    rows = sum(c.clickhouse for c in found.days)
+    now = {p.id: p.parts for p in await _Source(src, table).partitions()}
+    if now.get(d.partition.id) != d.partition.parts:
+        changed = "its parts changed while being compared (an insert or a merge); retried next pass"
+        return Why(changed, "changed"), rows
     unsummed = []
     for count in found.days:
         if count.drifted or count.iceberg is None:
-            return f"the tiers differ on {count} (repair it first: offloader repair {table.target})"
+            why = f"the tiers differ on {count} (repair it first: offloader repair {table.target})"
+            return Why(why, "differ"), rows
         kept = recorded.get(day_number(count.day))
         complete = (
             kept is not None and kept.rows == count.iceberg and kept.columns_key == hashed.key
@@ -451,8 +504,8 @@ async def _differs(
             cfg, table, min(unsummed), max(unsummed) + dt.timedelta(days=1)
         )
         if verdict.error or verdict.differences:
-            return f"verify: {verdict.error or '; '.join(verdict.differences)}"
-    return None
+            return Why(f"verify: {verdict.error or '; '.join(verdict.differences)}", "verify"), rows
+    return None, rows
 
 
 async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | None:
@@ -469,6 +522,9 @@ async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | N
 
 
 async def _finish(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str | None:
+    """The detached parts are the compared ones: record the point of no return (phase
+    `drop` and retained_until, one transaction), then drop them. Else attach them again
+    (phase `detach`: nothing was dropped yet)."""
     ours = sorted((await hot.detached(intent.partition)) - set(intent.detached_before))
     if ours != sorted(intent.parts):
         await hot.attach(ours)
@@ -477,7 +533,7 @@ async def _finish(hot: _Source, store: Store, target: str, intent: RetentionInte
             "it changed between the comparison and the drop (rows inserted or parts merged): "
             "attached again, retried next pass"
         )
-    await store.retained(target, dt.date.fromisoformat(intent.retained_until))
+    await store.retention_dropping(target, replace(intent, phase=RetentionIntent.DROP))
     faults.point("retain_drop")
     await hot.drop(ours)
     await store.retention_intent(target, None)
@@ -485,12 +541,22 @@ async def _finish(hot: _Source, store: Store, target: str, intent: RetentionInte
 
 
 async def _recover(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str:
-    """A pass killed between its intent and its end: finish the drop if the detached
-    parts are the ones compared, else attach them again."""
+    """A pass stopped between its intent and its end. Once its drop began (phase `drop`)
+    it only moves forward: the compared parts still detached are dropped, none is ever
+    attached again (the day is recorded as Iceberg's alone). Before that: finish the
+    drop if the detached parts are the ones compared, else attach them again."""
     ours = (await hot.detached(intent.partition)) - set(intent.detached_before)
+    if intent.phase == RetentionIntent.DROP:
+        left = sorted(ours & set(intent.parts))
+        await hot.drop(left)
+        await store.retention_intent(target, None)
+        return (
+            f"finished dropping partition {intent.partition} ({len(left)} of its "
+            f"{len(intent.parts)} parts left detached by a stopped pass)"
+        )
     if not ours:
         await store.retention_intent(target, None)
-        return f"a stopped pass left partition {intent.partition} as it was (or dropped it)"
+        return f"a stopped pass left partition {intent.partition} as it was"
     why = await _finish(hot, store, target, intent)
     if why is None:
         return f"finished dropping partition {intent.partition}, left detached by a stopped pass"

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 __all__ = [
     "Advance",
@@ -89,25 +89,39 @@ class AuditAgreed:
 class RetentionIntent:
     """A hot partition retention is about to detach and drop (retention.py), recorded
     before the detach so a pass killed at any step is finished or undone: the parts that
-    were compared, the partition's detached parts before (not ours), and the day the
-    table's `retained_until` moves to once they are dropped."""
+    were compared, the partition's detached parts before (not ours), the day the table's
+    `retained_until` moves to once they are dropped, and the phase. In phase `detach`
+    a stopped pass may still be undone (its parts attached again); once the detached
+    parts were found to be the compared ones, phase `drop` is recorded with
+    `retained_until` in one transaction, and from then on recovery only moves forward:
+    it drops whatever of the parts is still detached, never attaches one again."""
 
     partition: str
     parts: tuple[str, ...]
     detached_before: tuple[str, ...]
     retained_until: str  # ISO day
+    phase: str = "detach"  # RetentionIntent.DETACH or .DROP
+
+    DETACH: ClassVar[str] = "detach"
+    DROP: ClassVar[str] = "drop"
 
     def encode(self) -> str:
         return json.dumps(
-            [self.partition, list(self.parts), list(self.detached_before), self.retained_until]
+            [
+                self.partition,
+                list(self.parts),
+                list(self.detached_before),
+                self.retained_until,
+                self.phase,
+            ]
         )
 
     @classmethod
     def decode(cls, text: str | None) -> RetentionIntent | None:
         if not text:
             return None
-        partition, parts, before, until = json.loads(text)
-        return cls(str(partition), tuple(parts), tuple(before), str(until))
+        partition, parts, before, until, *phase = json.loads(text)
+        return cls(str(partition), tuple(parts), tuple(before), str(until), *phase)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +181,7 @@ class StatusRow:
     last_rows: int | None
     last_error: str | None
     retained_until: date | None = None  # hot_retention dropped the days before it
+    retention_last: dict[str, Any] | None = None  # the last retention pass (record_retention)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +225,11 @@ class Store(Protocol):
 
     async def retention_intent(self, target: str, intent: RetentionIntent | None) -> None: ...
 
-    async def retained(self, target: str, until: date) -> None:
-        """Days before `until` are dropped from the hot tier (never moves back)."""
+    async def record_retention(self, target: str, result: dict[str, Any]) -> None: ...
+
+    async def retention_dropping(self, target: str, intent: RetentionIntent) -> None:
+        """A retention drop's point of no return: `intent` (phase drop) and the days
+        before its retained_until dropped from the hot tier (never moves back)."""
         ...
 
     async def record_run(

@@ -61,6 +61,7 @@ class TableStatus:
     hot_retention: float | None = None  # seconds (hot_retention), None: off
     retained_until: str | None = None  # days before it were dropped from ClickHouse
     oldest_hot_day: str | None = None  # the source's oldest row's UTC day
+    retention_last: dict[str, Any] | None = None  # the last retention pass (retention.py)
 
     @property
     def ttl_warning(self) -> str | None:
@@ -154,6 +155,7 @@ def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
         view=table.view,
         hot_retention=table.hot_retention,
         retained_until=row.retained_until.isoformat() if row and row.retained_until else None,
+        retention_last=row.retention_last if row else None,
     )
 
 
@@ -191,6 +193,12 @@ async def _source_side(
         st.source_newest = str(watermark_from_int(wm_type, raw_newest))
         oldest_day = watermark_day(wm_type, encode_value(watermark_from_int(wm_type, raw_oldest)))
         st.oldest_hot_day = oldest_day.isoformat() if oldest_day and int(count) else None
+        if st.retained_until and st.oldest_hot_day and st.oldest_hot_day < st.retained_until:
+            st.problem = st.problem or (
+                f"rows in days hot_retention already dropped (oldest hot day "
+                f"{st.oldest_hot_day}, days before {st.retained_until} were dropped): they "
+                f"are not in Iceberg; see `offloader retain {table.target}`"
+            )
         st.ttl = await source.table_ttl(ch, db, table.source_table)
         st.ttl_seconds = ttl_seconds(st.ttl)
         # The same measure as each run's (pipeline._measure_behind), so status, --check
@@ -275,6 +283,8 @@ def render(statuses: list[TableStatus]) -> str:
                     else ""
                 )
             )
+        if s.retention_last:
+            lines.append(f"    last retention pass: {retention_line(s.retention_last)}")
         if s.ttl_warning:
             lines.append(f"    WARNING: {s.ttl_warning}")
         if s.view is not None:
@@ -287,6 +297,18 @@ def render(statuses: list[TableStatus]) -> str:
                     f"    view: last replacement failed (retried next run): {s.view_error}"
                 )
     return "\n".join(lines)
+
+
+def retention_line(last: dict[str, Any]) -> str:
+    """The last retention pass as status shows it (RetentionReport.summary)."""
+    text = f"{last.get('at', '?')} {last.get('result', '?')}, {last.get('dropped', 0)} dropped"
+    for refused in last.get("refused") or []:
+        text += f"; REFUSED {refused}"
+    for late in last.get("late") or []:
+        text += f"; LATE ROWS {late}"
+    if last.get("error"):
+        text += f"; {last['error']}"
+    return text
 
 
 def _human(seconds: float) -> str:

@@ -8,6 +8,7 @@ advance it from the same place.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -121,6 +122,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS retained_until date;
     ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS retention_intent text;
+    """,
+    # The last retention pass's result per table (status shows it).
+    """
+    ALTER TABLE {s}.watermarks ADD COLUMN IF NOT EXISTS retention_last jsonb;
     """,
 )
 _MOD64 = HASH_MODULUS
@@ -386,14 +391,27 @@ class Watermarks:
             intent.encode() if intent is not None else None,
         )
 
-    async def retained(self, target: str, until: date) -> None:
+    async def retention_dropping(self, target: str, intent: RetentionIntent) -> None:
+        """The point of no return of a retention drop, in one transaction: the intent
+        in its `drop` phase and the table's retained_until moved to the intent's day."""
         await self._run(
-            "record retained days",
+            "record retention drop",
             f"""UPDATE {self._s}.watermarks
-                SET retained_until = GREATEST(coalesce(retained_until, $2), $2)
+                SET retention_intent = $2,
+                    retained_until = GREATEST(coalesce(retained_until, $3), $3)
                 WHERE target = $1""",
             target,
-            until,
+            intent.encode(),
+            date.fromisoformat(intent.retained_until),
+        )
+
+    async def record_retention(self, target: str, result: dict[str, Any]) -> None:
+        """The result of a table's last retention pass (status shows it)."""
+        await self._run(
+            "record retention result",
+            f"UPDATE {self._s}.watermarks SET retention_last = $2::jsonb WHERE target = $1",
+            target,
+            json.dumps(result),
         )
 
     async def forget_view(self, target: str) -> None:
@@ -447,7 +465,8 @@ class Watermarks:
         rows = await self._run(
             "read status",
             f"""SELECT w.target, w.source, w.seq, w.position::text, w.rows_total, w.updated_at,
-                       r.status, r.finished_at, r.rows, r.error, w.retained_until
+                       r.status, r.finished_at, r.rows, r.error, w.retained_until,
+                       w.retention_last::text
                 FROM {self._s}.watermarks w
                 LEFT JOIN LATERAL (
                     SELECT status, finished_at, rows, error FROM {self._s}.runs
@@ -457,7 +476,18 @@ class Watermarks:
         )
         return [
             StatusRow(
-                r[0], r[1], r[2], cursor.loads(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10]
+                r[0],
+                r[1],
+                r[2],
+                cursor.loads(r[3]),
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                json.loads(r[11]) if r[11] else None,
             )
             for r in rows
         ]

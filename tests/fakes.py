@@ -189,7 +189,10 @@ class FakeStore:
     async def retention_intent(self, target: str, intent: Any) -> None:
         raise NotImplementedError("retention runs against PostgreSQL only")
 
-    async def retained(self, target: str, until: Any) -> None:
+    async def retention_dropping(self, target: str, intent: Any) -> None:
+        raise NotImplementedError("retention runs against PostgreSQL only")
+
+    async def record_retention(self, target: str, result: Any) -> None:
         raise NotImplementedError("retention runs against PostgreSQL only")
 
     async def forget_view(self, target: str) -> None:

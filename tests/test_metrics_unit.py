@@ -11,7 +11,8 @@ from prometheus_client import generate_latest
 
 from offloader.errors import FAILURE_REASONS
 from offloader.metrics import MAINTENANCE_RESULTS, Metrics
-from offloader.report import TableReport
+from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS, TableReport
+from offloader.retention import RetentionReport
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +48,30 @@ def test_tracked_tables_have_their_series_at_zero_until_removed() -> None:
     assert 'table="cold.b"' not in text
     assert 'offloader_table_failures_total{reason="clickhouse",table="cold.a"} 1.0' in text
     assert 'offloader_table_failures_total{reason="clickhouse",table="cold.c"} 0.0' in text
+
+
+def test_retention_passes_refusals_and_failures_are_counted() -> None:
+    """Refusals by reason, passes by result, and the refused-partitions gauge the
+    OffloaderRetentionRefused alert watches (back to 0 after a clean pass)."""
+    m = Metrics()
+    m.track(["cold.a"])
+    text = generate_latest(m.registry).decode()
+    for reason in REFUSAL_REASONS:
+        assert f'offloader_retention_refusals_total{{reason="{reason}",table="cold.a"}} 0.0' in text
+    for result in RETENTION_RESULTS:
+        assert f'offloader_retention_passes_total{{result="{result}",table="cold.a"}} 0.0' in text
+    refused = RetentionReport("cold.a")
+    refused.refuse("20250101", "the tiers differ on 2025-01-01", "differ")
+    refused.late.append("partition 20241201: 3 rows in days offloader already dropped")
+    m.retention(refused)
+    m.retention(RetentionReport("cold.a", status="failed", error="cold.a: ClickHouse down"))
+    text = generate_latest(m.registry).decode()
+    assert 'offloader_retention_refusals_total{reason="differ",table="cold.a"} 1.0' in text
+    assert 'offloader_retention_refusals_total{reason="late",table="cold.a"} 1.0' in text
+    assert 'offloader_retention_passes_total{result="refused",table="cold.a"} 1.0' in text
+    assert 'offloader_retention_passes_total{result="failed",table="cold.a"} 1.0' in text
+    assert 'offloader_retention_refused_partitions{table="cold.a"} 2.0' in text
+    m.retention(RetentionReport("cold.a"))
+    text = generate_latest(m.registry).decode()
+    assert 'offloader_retention_refused_partitions{table="cold.a"} 0.0' in text
+    assert 'offloader_retention_passes_total{result="ok",table="cold.a"} 1.0' in text

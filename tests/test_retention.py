@@ -33,12 +33,17 @@ def day(back: int) -> str:
     return (TODAY - dt.timedelta(days=back)).isoformat()
 
 
-def setup(env: Env, **extra: Any) -> None:
-    """`t`, partitioned by day, with DAYS days of rows ending at midnight today."""
+def setup(env: Env, *, two_parts: bool = False, **extra: Any) -> None:
+    """`t`, partitioned by day, with DAYS days of rows ending at midnight today; with
+    `two_parts`, two parts in every partition (merges, and so mutations, stopped)."""
     db = env.ch_database
     ddl = trades_ddl(db, "t", ttl_days=None)
     env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
-    env.insert_trades("t", DAYS * PER_DAY, 1, f"{day(DAYS)} 00:00:00", 15 * 60 * 1_000_000, 1)
+    if two_parts:
+        env.ch(f"SYSTEM STOP MERGES {db}.t")
+    half, step = DAYS * PER_DAY // 2, 30 * 60 * 1_000_000
+    env.insert_trades("t", half, 1, f"{day(DAYS)} 00:00:00", step, 1)
+    env.insert_trades("t", half, 1_000_001, f"{day(DAYS)} 00:15:00", step, 1)
     table = {"hot_retention": "3d", "partition_by": ["day(exchange_ts)"], **extra}
     env.write_config([env.table("t", **table)])
 
@@ -180,20 +185,61 @@ def test_an_insert_racing_the_drop_is_never_lost(
     assert env.ch(f"SELECT count() FROM {db}.t WHERE trade_id = 123456") == [(1,)]
 
 
-@pytest.mark.parametrize("point", ["retain_detach", "retain_drop"])
+@pytest.mark.parametrize("point", ["retain_detach", "retain_drop", "retain_drop_part"])
 def test_a_pass_killed_at_each_step_is_finished_or_undone(env_one: Env, point: str) -> None:
+    """Killed before the detach, before the drop, and inside the drop between a
+    partition's two parts: the next pass finishes or undoes it, each partition is either
+    all present or all dropped, and once its drop began it only moves forward (no part
+    attached again into a day recorded as dropped, no false late rows)."""
     env = env_one
-    setup(env)
+    setup(env, two_parts=True)
     assert env.once().ok
     killed = env.cli("retain", extra_env={faults.ENV: point})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert hot_rows(env) >= 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
+    if point == "retain_drop_part":
+        assert len(detached(env)) == 1  # one of the partition's two parts dropped
     again = env.cli("retain")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "stopped pass" in again.stdout, again.stdout
+    if point == "retain_drop_part":
+        assert "1 of its 2 parts left detached by a stopped pass" in again.stdout
+    assert "LATE ROWS" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
+    assert again.stdout.count("dropped partition") == DAYS - 3 - (point != "retain_detach")
     assert hot_rows(env) == 3 * PER_DAY and not detached(env)
     assert cold_rows(env) == DAYS * PER_DAY
     assert env.once().ok and env.cli("status", "--check").returncode == 0
+    verify = env.cli("verify")
+    assert verify.returncode == 0 and "LATE" not in verify.stdout, verify.stdout
+
+
+def test_rows_inserted_into_a_dropped_day_are_reported(env_one: Env) -> None:
+    """A row arriving in a day retention already dropped is not in Iceberg: `retain`,
+    `verify` and `status --check` say so (it is never dropped with the days around it)."""
+    env = env_one
+    setup(env)
+    db = env.ch_database
+    assert env.once().ok
+    assert env.cli("retain").returncode == 0
+    env.ch(
+        f"INSERT INTO {db}.t SELECT * REPLACE (4242 AS trade_id, toDateTime64('{day(8)} "
+        "01:02:03', 6, 'UTC') AS exchange_ts) FROM {db}.t LIMIT 1".replace("{db}", db)
+    )
+    late = env.cli("retain")
+    assert late.returncode == 1, late.stdout + late.stderr
+    assert f"LATE ROWS partition {day(8).replace('-', '')}: 1 rows in days offloader" in (
+        late.stdout
+    )
+    assert hot_rows(env) == 3 * PER_DAY + 1  # kept
+    status = env.cli("status", "--check")
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert f"rows in days hot_retention already dropped (oldest hot day {day(8)}" in (status.stderr)
+    assert "last retention pass: " in status.stdout and " refused, 0 dropped; LATE ROWS" in (
+        status.stdout
+    )
+    verify = env.cli("verify")
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert f"{day(8)}: ClickHouse holds 1 rows of a day hot_retention dropped" in verify.stdout
 
 
 def test_a_source_not_partitioned_by_time_is_refused(env_one: Env) -> None:
@@ -252,7 +298,76 @@ def test_the_service_runs_retention_between_cycles(env_one: Env) -> None:
         done = svc.wait_for(lambda e: e.get("msg") == "retention ok", timeout=120)
         assert len(done["dropped"]) == DAYS - 3 and done["oldest_hot_day"] == day(3)
         scrape_until(metrics_at, 'offloader_retention_partitions_dropped_total{table="cold.t"} 7.0')
-        scrape_until(metrics_at, 'offloader_retention_rows_dropped_total{table="cold.t"} 672.0')
+        body = scrape_until(
+            metrics_at, 'offloader_retention_rows_dropped_total{table="cold.t"} 672.0'
+        )
+        assert 'offloader_retention_passes_total{result="ok",table="cold.t"} 1.0' in body
+        assert 'offloader_retention_refused_partitions{table="cold.t"} 0.0' in body
     finally:
         svc.stop()
     assert hot_rows(env) == 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
+
+
+@pytest.mark.parametrize("engine", ["ReplacingMergeTree", "CollapsingMergeTree"])
+def test_a_final_table_is_dropped_once_what_final_shows_is_verified(
+    env_one: Env, engine: str
+) -> None:
+    """A deduplicating table read with `final = true`, two versions of every row in
+    separate unmerged parts: retention compares what FINAL shows (one row per key) with
+    Iceberg, guards the partition by its part names, and drops the verified partitions
+    (every pass refused them as 'rows changed' when it compared raw part rows)."""
+    env = env_one
+    db = env.ch_database
+    extra, engine_args = (
+        ("ver UInt32", "ver")
+        if engine == "ReplacingMergeTree"
+        else (
+            "sign Int8",
+            "sign",
+        )
+    )
+    env.ch(
+        f"CREATE TABLE {db}.f (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64, "
+        f"price Float64, {extra}) ENGINE = {engine}({engine_args}) "
+        "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY (exchange_ts, trade_id)"
+    )
+    env.ch(f"SYSTEM STOP MERGES {db}.f")
+    rows = (
+        f"SELECT toDateTime64('{day(DAYS)} 00:00:00', 6, 'UTC') + toIntervalMinute(15 * number), "
+        f"number, {{price}}, {{last}} FROM numbers({DAYS * PER_DAY})"
+    )
+    if engine == "ReplacingMergeTree":
+        env.ch(f"INSERT INTO {db}.f " + rows.format(price=1.0, last=1))
+        env.ch(f"INSERT INTO {db}.f " + rows.format(price=2.0, last=2))
+    else:
+        env.ch(f"INSERT INTO {db}.f " + rows.format(price=1.0, last=1))
+        env.ch(
+            f"INSERT INTO {db}.f "
+            + rows.format(price=1.0, last=-1)
+            + " UNION ALL "
+            + rows.format(price=2.0, last=1)
+        )
+    parts = env.ch(
+        f"SELECT count() FROM system.parts WHERE database = '{db}' AND table = 'f' AND active "
+        f"AND partition = '{day(DAYS).replace('-', '')}'"
+    )
+    assert parts[0][0] >= 2, parts  # unmerged versions
+    env.write_config(
+        [env.table("f", final=True, hot_retention="3d", partition_by=["day(exchange_ts)"])]
+    )
+    report = env.once()
+    assert report.ok and report.tables[0].rows == DAYS * PER_DAY, report.summary()
+    done = env.cli("retain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "REFUSED" not in done.stdout, done.stdout
+    assert done.stdout.count("dropped partition") == DAYS - 3, done.stdout
+    first = day(DAYS).replace("-", "")
+    assert f"dropped partition {first} ({day(DAYS)}): ClickHouse 96 rows, Iceberg 96 rows" in (
+        done.stdout
+    )
+    assert env.ch(f"SELECT count(), sum(price) FROM {db}.f FINAL") == [
+        (3 * PER_DAY, 2.0 * 3 * PER_DAY)
+    ]
+    cold = env.iceberg_arrow(env.config().table("cold.f"))
+    assert cold.num_rows == DAYS * PER_DAY and set(cold.column("price").to_pylist()) == {2.0}
+    assert env.once().ok and env.cli("status", "--check").returncode == 0
