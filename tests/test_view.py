@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from offloader import faults, maintenance, view
@@ -82,7 +83,8 @@ def test_every_type_through_the_view_equals_the_source(env: Env) -> None:
     """Every type family (Nullable and in an Array where allowed) read back through the
     view: its types are the source's (the text-form families aside: their stored type,
     from both tiers), and its rows equal the source's value by value (EXCEPT both ways)
-    while they come from Iceberg, then while they come from the hot table."""
+    while they come from Iceberg, then with the same values from the hot side too (rows
+    after the committed position), then from Iceberg alone (the hot table emptied)."""
     db = env.ch_database
     create_every_table(env)
     report = env.once()
@@ -113,25 +115,53 @@ def test_every_type_through_the_view_equals_the_source(env: Env) -> None:
 
     assert env.ch(f"SELECT count() FROM {db}.every_all")[0][0] == 5
     assert differences() == []
+    # The same values once more, a day later: rows after the committed position, which
+    # the view reads from the hot side.
+    env.ch(
+        f"INSERT INTO {db}.every SELECT * REPLACE (toDateTime64('2030-01-01 00:00:00', 9, 'UTC') + "
+        f"toIntervalSecond(id) AS ts, id + 100 AS id) "
+        f"FROM {db}.every"
+    )
+    assert env.ch(f"SELECT count() FROM {db}.every_all")[0][0] == 10
+    assert differences() == []
     # Every row from Iceberg: the hot table emptied (as a TTL would), the view unchanged.
     env.ch(f"CREATE TABLE {db}.every_hot AS {db}.every")
-    env.ch(f"INSERT INTO {db}.every_hot SELECT * FROM {db}.every")
+    env.ch(f"INSERT INTO {db}.every_hot SELECT * FROM {db}.every WHERE id < 100")
     env.ch(f"TRUNCATE TABLE {db}.every")
     assert env.ch(f"SELECT count() FROM {db}.every_all")[0][0] == 5
     forms = f"SELECT {hot} FROM {db}.every_hot"
     assert env.ch(f"SELECT count() FROM ({forms} EXCEPT SELECT * FROM {db}.every_all)") == [(0,)]
 
 
+# Every column of the trades table, hashed per row: what a reader compares.
+ALL = "count(), sum(cityHash64(*))"
+
+
+def _commit_ends(env: Env, target: str) -> list[list[Any]]:
+    """The position each Iceberg commit reached (its snapshots' offloader markers)."""
+    ice = IcebergCatalog(env.config().catalog).load(target)
+    assert ice is not None
+    return [
+        orjson.loads(str(snap.summary["offloader.watermark"]))
+        for snap in ice.table.metadata.snapshots
+        if snap.summary is not None and snap.summary["offloader.watermark"] is not None
+    ]
+
+
 def test_view_is_exact_at_every_read_while_rows_stream_in(env: Env) -> None:
-    """25 cycles, rows arriving before each (some tied on the committed row's
-    watermark, after it by key), pages and appends ending inside ties, a backlog worked
-    off in chunks: a reader queries the view in a loop all the while, and every read
-    equals the source (count and checksum), while commits and view replacements go on."""
+    """25 cycles, rows arriving before each (four per watermark value, and more tied on
+    the committed row's watermark, after it by key), pages of 701 rows and appends of two
+    pages (so pages and commits end inside ties: checked on every commit Iceberg holds),
+    a backlog that binds max_rows_per_cycle (worked off over several cycles): a reader
+    queries the view in a loop all the while, and every read equals the source (count
+    and the hash of every column of every row), while commits and view replacements go
+    on. Any error a reader meets fails the test."""
     db = env.ch_database
     env.create_trades("trades")
     env.write_config(
-        [env.table("trades", view=True, batch_rows=700, append_rows=1400, max_rows_per_cycle=2800)]
+        [env.table("trades", view=True, batch_rows=701, append_rows=1402, max_rows_per_cycle=2804)]
     )
+    assert env.once().ok  # nothing yet: the view is the hot table
     stop = threading.Event()
     quiet = threading.Lock()  # held while rows are inserted: the source changes then
     reads: list[tuple[object, ...]] = []
@@ -142,12 +172,11 @@ def test_view_is_exact_at_every_read_while_rows_stream_in(env: Env) -> None:
             with quiet:
                 try:
                     got = env.ch(
-                        f"SELECT (SELECT {SUMS} FROM {db}.trades_all), "
-                        f"(SELECT {SUMS} FROM {db}.trades)"
+                        f"SELECT (SELECT {ALL} FROM {db}.trades_all), "
+                        f"(SELECT {ALL} FROM {db}.trades)"
                     )[0]
-                except Exception as exc:  # e.g. the view not created yet
-                    if "trades_all" not in str(exc):
-                        wrong.append(repr(exc))
+                except Exception as exc:
+                    wrong.append(repr(exc))
                     continue
             reads.append(got)
             if got[0] != got[1]:
@@ -155,14 +184,14 @@ def test_view_is_exact_at_every_read_while_rows_stream_in(env: Env) -> None:
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
+    bound = 0
     try:
         next_id = 1
         for cycle in range(25):
             with quiet:
                 start = dt.datetime(2025, 6, 1) + dt.timedelta(hours=cycle)
-                env.insert_trades(
-                    "trades", 1000 + 37 * cycle, next_id, f"{start:%Y-%m-%d %H:%M:%S}", ties=4
-                )
+                count = 1000 + 37 * cycle + (4000 if cycle == 3 else 0)  # a backlog at 3
+                env.insert_trades("trades", count, next_id, f"{start:%Y-%m-%d %H:%M:%S}", ties=4)
                 next_id += 10_000
                 position = (
                     env.ch(
@@ -184,18 +213,25 @@ def test_view_is_exact_at_every_read_while_rows_stream_in(env: Env) -> None:
             report = env.once()
             assert report.ok, report.summary()
             assert report.tables[0].view_error is None, report.tables[0].view_error
+            bound += report.tables[0].more
     finally:
         stop.set()
         thread.join(timeout=60)
     assert not wrong, wrong[:5]
     assert len(reads) >= 25, len(reads)
     print(f"\n{len(reads)} reads of the view over 25 cycles, each equal to the source")
-    assert _same_as_source(env)[0] == env.ch(f"SELECT count() FROM {db}.trades")[0][0]
-    # A backlog was worked off in chunks, and the view moved with each commit.
-    commits = env.ch(
-        f"SELECT comment FROM system.tables WHERE name = 'trades_all' AND database = '{db}'"
-    )[0][0]
-    assert "commit" in commits
+    assert env.ch(f"SELECT {ALL} FROM {db}.trades_all") == env.ch(f"SELECT {ALL} FROM {db}.trades")
+    assert bound >= 2, "max_rows_per_cycle never bound: no backlog was worked off in chunks"
+    # Commits (each at a page end) that ended inside a tie: rows of the same watermark
+    # after the commit's row by key, read in a later page or cycle.
+    inside = 0
+    for ts, trade_id in _commit_ends(env, "cold.trades"):
+        after = env.ch(
+            f"SELECT count() FROM {db}.trades WHERE exchange_ts = "
+            f"toDateTime64('{ts}', 6, 'UTC') AND trade_id > {trade_id}"
+        )
+        inside += after[0][0] > 0
+    assert inside >= 10, f"only {inside} commits ended inside a tie"
 
 
 def test_view_after_dropped_partitions_compaction_and_repair(env: Env) -> None:
@@ -207,22 +243,33 @@ def test_view_after_dropped_partitions_compaction_and_repair(env: Env) -> None:
     env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
     env.write_config([env.table("trades", partition_by=["day(exchange_ts)"])])
     for day in range(1, 6):
-        env.insert_trades("trades", 400, day * 1000, f"2025-03-0{day} 00:00:00", step_us=60_000_000)
-        report = env.once()
-        assert report.ok, report.summary()
+        for half in (0, 1):  # two runs, two files in each day's partition
+            env.insert_trades(
+                "trades",
+                200,
+                day * 1000 + half * 200,
+                f"2025-03-0{day} {half * 12:02d}:00:00",
+                step_us=60_000_000,
+            )
+            report = env.once()
+            assert report.ok, report.summary()
     env.write_config([env.table("trades", view=True, partition_by=["day(exchange_ts)"])])
     report = env.once()  # an idle run creates the view
     assert report.ok and report.tables[0].view_error is None, report.summary()
     everything = _same_as_source(env)
     assert everything[0] == 2000
     # Compaction (closed days, one file each) moves the view to the rewritten snapshot.
-    maintained = env.cli("maintain")
-    assert maintained.returncode == 0, maintained.stdout + maintained.stderr
-    assert "rewrote" in maintained.stdout and "view was not" not in maintained.stdout
-    meta = env.ch(
+    definition = (
         f"SELECT create_table_query FROM system.tables WHERE database = '{db}' "
         "AND name = 'trades_all'"
-    )[0][0]
+    )
+    before = env.ch(definition)[0][0]
+    maintained = env.cli("maintain")
+    assert maintained.returncode == 0, maintained.stdout + maintained.stderr
+    assert "rewrote 8 files" in maintained.stdout, maintained.stdout  # the last day is open
+    assert "view was not" not in maintained.stdout
+    meta = env.ch(definition)[0][0]
+    assert meta != before and "iceberg_metadata_file_path" in meta, (before, meta)
     assert _same_as_source(env) == everything
     # A late row below the position: not in the view until repaired.
     env.ch(
@@ -235,11 +282,7 @@ def test_view_after_dropped_partitions_compaction_and_repair(env: Env) -> None:
     assert '"view_error": null' in fixed.stdout, fixed.stdout
     everything = _same_as_source(env)
     assert everything[0] == 2001
-    after = env.ch(
-        f"SELECT create_table_query FROM system.tables WHERE database = '{db}' "
-        "AND name = 'trades_all'"
-    )[0][0]
-    assert after != meta
+    assert env.ch(definition)[0][0] != meta
     # Hot partitions dropped (what a TTL does): every row from Iceberg.
     for day in ("20250301", "20250302", "20250303"):
         env.ch(f"ALTER TABLE {db}.trades DROP PARTITION {day}")
