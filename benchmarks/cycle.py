@@ -92,7 +92,7 @@ class Bench:
         self.sql(f"CREATE DATABASE IF NOT EXISTS {self.db}")
         for name in names:
             self.sql(f"DROP TABLE IF EXISTS {self.db}.{name}")
-            self.sql(trades_ddl(self.db, name, ttl_days=None))
+            self.sql(trades_ddl(self.db, name))
             if rows:
                 self.sql(INSERT.format(db=self.db, name=name, rows=rows))
 

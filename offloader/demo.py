@@ -33,14 +33,16 @@ ORDER BY (exchange_ts, trade_id)
 """
 
 
-def trades_ddl(db: str, name: str, *, ttl_days: int | None = 30) -> str:
+def trades_ddl(db: str, name: str, *, partitioned: bool = False) -> str:
     """The one trades table of the quick start, the tests and the benchmarks: the
     shapes market-data tables have (microsecond exchange and receive times, a UInt64
     id, LowCardinality symbols, Decimal prices, an Enum side, a Nullable column and an
-    Array). The quick start's keeps 30 days in ClickHouse (TTL); tests and benchmarks
-    hold old rows, so theirs has none."""
-    ttl = f"TTL toDateTime(exchange_ts) + INTERVAL {int(ttl_days)} DAY\n" if ttl_days else ""
-    return _TRADES_DDL.format(db=db, name=name) + ttl
+    Array). `partitioned`: by the UTC day of exchange_ts, as hot_retention needs (the
+    quick start's tables: offloader, not a TTL, drops their old days)."""
+    ddl = _TRADES_DDL.format(db=db, name=name)
+    if partitioned:
+        ddl = ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts)\nORDER BY")
+    return ddl
 
 
 # `count` trades spread evenly after `start_us` over `span_us` microseconds (UTC), three
@@ -68,14 +70,15 @@ TABLES = ("bronze_trades_binance", "bronze_trades_kraken")
 async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...] = TABLES) -> None:
     """Create the tables if needed and add `rows` trades to each.
 
-    A new table gets a day of trades ending 30 minutes ago. A table that has rows gets
+    A new table gets three days of trades ending 30 minutes ago (so hot_retention = "1d"
+    has old days to show: `offloader retain --dry-run`). A table that has rows gets
     new trades after its newest one, ending 6 minutes ago, so they are past the 5-minute
     lag and land after the watermark (never "late" rows offloader would not see).
     """
     async with native.session(cfg, "demo") as ch:
         await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
         for name in tables:
-            await ch.execute(trades_ddl(db, name))
+            await ch.execute(trades_ddl(db, name, partitioned=True))
             newest, last_id, now, count = (
                 await ch.rows(
                     "SELECT toUnixTimestamp64Micro(max(exchange_ts)), max(trade_id), "
@@ -90,7 +93,7 @@ async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...
                 first_id = int(last_id) + 1
             else:
                 end = int(now) - 1_800_000_000
-                start, first_id = end - 86_400_000_000, 1
+                start, first_id = end - 3 * 86_400_000_000, 1
             await ch.execute(
                 TRADES_INSERT.format(
                     db=db,
@@ -126,6 +129,9 @@ keys = ["trade_id"]
 lag = "5m"
 batch_rows = 100000
 partition_by = ["day(exchange_ts)"]
+# offloader, not a ClickHouse TTL, drops the hot days older than this, each only once
+# Iceberg verifiably holds it (`offloader retain --dry-run` shows what it would drop).
+hot_retention = "1d"
 """
         for name in TABLES
     )
@@ -192,8 +198,8 @@ async def named_collection(cfg: ClickHouseConfig, store: devstore.Store) -> None
 
 async def show_views(cfg: ClickHouseConfig, db: str, tables: tuple[str, ...] = TABLES) -> None:
     """Print one query over both tiers per table: rows per day through its view beside
-    the hot table's (equal while the hot table still holds every row; after its TTL
-    drops a day, the view still has it, from Iceberg)."""
+    the hot table's (equal while the hot table still holds every row; after hot
+    retention drops a day, the view still has it, from Iceberg)."""
     async with native.session(cfg, "demo") as ch:
         for name in tables:
             view = f"{db}.{name}_all"

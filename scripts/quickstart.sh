@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start on a fresh Debian machine: install, start an embedded ClickHouse 26.9 with two
-# sample trades tables, offload them into Iceberg, show the report, the status and a query
-# over both tiers through each table's view.
+# sample trades tables, offload them into Iceberg, show the report, the status, what the
+# verified hot retention would drop (instead of a TTL) and a query over both tiers through
+# each table's view.
 #   bash scripts/quickstart.sh        a local warehouse (SQLite catalog, files under var/)
 #   bash scripts/quickstart.sh --s3   the production shape: an S3 object store and an Iceberg
 #                                     REST catalog (SeaweedFS, started under var/s3)
@@ -60,6 +61,9 @@ echo
 echo "== offloader status"
 offloader status
 echo
+echo "== offloader retain --dry-run (hot_retention: what offloader would drop from ClickHouse, verified)"
+offloader retain --dry-run
+echo
 echo "== one query over both tiers (the views offloader keeps)"
 python -m offloader.demo --port "$port" --show-views
 echo
@@ -69,3 +73,4 @@ else
     echo "Config: $config  Iceberg warehouse: var/offloader/warehouse"
 fi
 echo "Try: OFFLOADER_CONFIG=$config .venv/bin/offloader run --now --log-format text"
+echo "     OFFLOADER_CONFIG=$config .venv/bin/offloader retain   (drops the verified old days)"

@@ -111,7 +111,7 @@ class Env:
         return anyio.run(go)
 
     def create_trades(self, name: str) -> None:
-        self.ch(trades_ddl(self.ch_database, name, ttl_days=None))
+        self.ch(trades_ddl(self.ch_database, name))
 
     def insert_trades(
         self, name: str, count: int, first_id: int, start: str, step_us: int = 1000, ties: int = 3

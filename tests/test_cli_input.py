@@ -4,7 +4,9 @@ a silent success on a no-op. No server: every case fails before anything is cont
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import re
 from pathlib import Path
 
@@ -78,6 +80,10 @@ def test_inverted_or_empty_ranges_are_refused(
         (["reset", "nope"], "nope"),
         (["repair", "cold.bronze_trades_binance", "--force"], "--force"),
         (["once", "--jsn"], "--jsn"),
+        (["retain", "nope"], "nope"),
+        (["retain", ""], "''"),
+        (["retain", "--dry-rn"], "--dry-rn"),
+        (["retain", "--json", "cold.nope"], "cold.nope"),
     ],
 )
 def test_malformed_options_are_refused(
@@ -97,15 +103,17 @@ def test_an_empty_config_path_is_refused(capsys: pytest.CaptureFixture[str]) -> 
 @given(text=st.text(max_size=14) | st.from_regex(r"\d{4}-\d{2}-\d{2}", fullmatch=True))
 def test_a_day_option_is_a_real_day_or_refused(text: str) -> None:
     """Any text given as --since: parsed to that exact day, or refused with exit 2 and
-    a line naming the option (never a string compared as if it were a day)."""
+    one line naming the option (never a string compared as if it were a day)."""
     parser = cli.build_parser()
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) and _real(text):
         args = parser.parse_args(["verify", "--since", text])
         assert args.since == dt.date.fromisoformat(text) and args.since.isoformat() == text
     else:
-        with pytest.raises(SystemExit) as refused:
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as refused, contextlib.redirect_stderr(err):
             parser.parse_args(["verify", "--since", text])
         assert refused.value.code == 2
+        assert one_line_naming(err.getvalue(), "--since"), err.getvalue()
 
 
 def _real(text: str) -> bool:

@@ -37,8 +37,7 @@ def setup(env: Env, *, two_parts: bool = False, **extra: Any) -> None:
     """`t`, partitioned by day, with DAYS days of rows ending at midnight today; with
     `two_parts`, two parts in every partition (merges, and so mutations, stopped)."""
     db = env.ch_database
-    ddl = trades_ddl(db, "t", ttl_days=None)
-    env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
+    env.ch(trades_ddl(db, "t", partitioned=True))
     if two_parts:
         env.ch(f"SYSTEM STOP MERGES {db}.t")
     half, step = DAYS * PER_DAY // 2, 30 * 60 * 1_000_000

@@ -239,8 +239,7 @@ def test_view_after_dropped_partitions_compaction_and_repair(env: Env) -> None:
     Iceberg. After a compaction and after a repair of late rows (the view keeps a late
     row out until it is repaired), the view equals what ClickHouse held."""
     db = env.ch_database
-    ddl = trades_ddl(db, "trades", ttl_days=None)
-    env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
+    env.ch(trades_ddl(db, "trades", partitioned=True))
     env.write_config([env.table("trades", partition_by=["day(exchange_ts)"])])
     for day in range(1, 6):
         for half in (0, 1):  # two runs, two files in each day's partition
@@ -440,8 +439,7 @@ def test_a_run_killed_between_its_commits_then_any_path_keeps_the_view_exact(
     returned the killed run's rows twice)."""
     env = env_one
     db = env.ch_database
-    ddl = trades_ddl(db, "trades", ttl_days=None)
-    env.ch(ddl.replace("ORDER BY", "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY"))
+    env.ch(trades_ddl(db, "trades", partitioned=True))
     env.insert_trades("trades", 3000, 1, "2025-03-01 00:00:00", step_us=400_000_000)
     env.write_config(
         [env.table("trades", view=True, partition_by=["day(exchange_ts)"], hot_retention="1d")]
