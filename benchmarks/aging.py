@@ -33,12 +33,12 @@ import anyio
 import orjson
 
 from benchmarks.cycle import Bench, machine
-from offloader import devserver
 from offloader.configfile import load_config
+from offloader.dev import devserver
 from offloader.iceberg import IcebergCatalog
-from offloader.iceberg import maintenance as ops
-from offloader.maintenance import maintain
-from offloader.supervisor import open_runtime, run_cycle
+from offloader.iceberg import rewrite as ops
+from offloader.offload.supervisor import open_runtime, run_cycle
+from offloader.ops.maintenance import maintain
 
 INSERT = """
 INSERT INTO {db}.{name} (exchange_ts, received_ts, trade_id, symbol, price, quantity, side,

@@ -34,17 +34,18 @@ import orjson
 import pyarrow as pa
 
 from benchmarks import peers
-from offloader import devserver, source
+from offloader import source
 from offloader.config import ClickHouseConfig, Config
 from offloader.configfile import load_config
 from offloader.cursor import encode_value
-from offloader.demo import trades_ddl
+from offloader.dev import devserver
+from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog, Marker
+from offloader.offload.supervisor import CycleReport, open_runtime, run_cycle
 from offloader.plan import plan_source
 from offloader.source import Scan, arrow, native
 from offloader.sql import qualified, quote_ident
-from offloader.supervisor import CycleReport, open_runtime, run_cycle
-from offloader.writing import FILE_ROWS
+from offloader.tiers.writing import FILE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
 PG = os.environ.get("OFFLOADER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/offloader_bench")
@@ -604,7 +605,7 @@ def scenario_bulk(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
     python -m benchmarks.cycle --scenario bulk --bulk-rows 10000000 --repeats 4
     """
-    from offloader.demo import TRADES_INSERT
+    from offloader.dev.demo import TRADES_INSERT
 
     rows = args.bulk_rows
     b.make_tables(["bulk"], 0)
@@ -677,8 +678,8 @@ def scenario_view(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """
     import httpx
 
-    from offloader.demo import TRADES_INSERT
-    from offloader.view import ColdSide, cold_reader
+    from offloader.dev.demo import TRADES_INSERT
+    from offloader.tiers.view import ColdSide, cold_reader
 
     rows = args.view_rows
     b.make_tables(["tiers"], 0)

@@ -287,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _once(cfg: Config, args: argparse.Namespace) -> int:
     from offloader import progress
-    from offloader.supervisor import run_once
+    from offloader.offload.supervisor import run_once
 
     if progress.wanted(args.json):
         with progress.TerminalProgress() as bars:
@@ -302,13 +302,13 @@ async def _once(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _run(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.scheduler import serve
+    from offloader.service.scheduler import serve
 
     return await serve(cfg.path, cfg, run_now=args.now)
 
 
 async def _status(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.status import collect, render
+    from offloader.ops.status import collect, render
 
     statuses = await collect(cfg)
     if args.json:
@@ -362,9 +362,11 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     )
     if args.offline:
         return EXIT_OK
-    from offloader import iceberg, retention, source, view
+    from offloader import iceberg, source
     from offloader.errors import TableError
     from offloader.iceberg import IcebergCatalog
+    from offloader.ops import retention
+    from offloader.tiers import view
 
     failed = 0
     catalog = IcebergCatalog(cfg.catalog)
@@ -399,7 +401,7 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _reset(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.iceberg import IcebergCatalog
-    from offloader.watermarks import Watermarks
+    from offloader.postgres.watermarks import Watermarks
 
     table = cfg.table(args.table)
     ice = await anyio.to_thread.run_sync(IcebergCatalog(cfg.catalog).load, table.target)
@@ -425,8 +427,8 @@ async def _reset(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _verify(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.verify import verify_table
-    from offloader.watermarks import Watermarks
+    from offloader.ops.verify import verify_table
+    from offloader.postgres.watermarks import Watermarks
 
     since, until = day_range(args)
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
@@ -454,8 +456,8 @@ async def _verify(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.iceberg import IcebergCatalog
-    from offloader.maintenance import maintain
-    from offloader.watermarks import Watermarks
+    from offloader.ops.maintenance import maintain
+    from offloader.postgres.watermarks import Watermarks
 
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
     watermarks = await Watermarks.open(cfg.postgres, max_size=2)
@@ -484,7 +486,7 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _repair(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.repair import RepairReport, repair_table
+    from offloader.ops.repair import RepairReport, repair_table
 
     table = cfg.table(args.table)
     since, until = day_range(args)
@@ -527,8 +529,8 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
     from offloader.iceberg import IcebergCatalog
-    from offloader.iceberg import maintenance as ops
-    from offloader.watermarks import Watermarks
+    from offloader.iceberg import rewrite as ops
+    from offloader.postgres.watermarks import Watermarks
 
     keep: float = args.older_than  # parsed by `duration`
     cutoff = datetime.now(UTC) - timedelta(seconds=keep)
@@ -558,8 +560,8 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _retain(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.retention import RetentionReport, retain
-    from offloader.watermarks import Watermarks
+    from offloader.ops.retention import RetentionReport, retain
+    from offloader.postgres.watermarks import Watermarks
 
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
     watermarks = await Watermarks.open(cfg.postgres, max_size=2)

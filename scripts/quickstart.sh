@@ -11,8 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "stop" ]; then
-    .venv/bin/python -m offloader.devserver stop --dir var/clickhouse
-    .venv/bin/python -m offloader.devstore stop --dir var/s3
+    .venv/bin/python -m offloader.dev.devserver stop --dir var/clickhouse
+    .venv/bin/python -m offloader.dev.devstore stop --dir var/s3
     exit 0
 fi
 s3=0
@@ -28,17 +28,17 @@ bash scripts/setup.sh
 
 mkdir -p var
 # ClickHouse runs from var/ so that it can read the Iceberg warehouse under it (the views).
-python -m offloader.devserver start --dir var/clickhouse --files-root var
+python -m offloader.dev.devserver start --dir var/clickhouse --files-root var
 port=$(cut -f1 var/clickhouse/ports.tsv)
 config=var/quickstart.toml
 store=()
 if [ "$s3" = 1 ]; then
-    python -m offloader.devstore start --dir var/s3
+    python -m offloader.dev.devstore start --dir var/s3
     config=var/quickstart-s3.toml
     store=(--s3-store var/s3)
 fi
 if [ ! -f "$config" ]; then
-    python -m offloader.demo --port "$port" --rows 200000 "${store[@]}" \
+    python -m offloader.dev.demo --port "$port" --rows 200000 "${store[@]}" \
         --config-out "$config" --state-dir var/offloader \
         --postgres "postgresql://postgres@127.0.0.1:5432/offloader_quickstart"
 else
@@ -48,7 +48,7 @@ else
         # A config from before the views: add them (before the first table).
         sed -i '0,/^\[\[tables\]\]/s//[views]\nenabled = true\n\n[[tables]]/' "$config"
     fi
-    python -m offloader.demo --port "$port" --rows 1000 "${store[@]}"
+    python -m offloader.dev.demo --port "$port" --rows 1000 "${store[@]}"
 fi
 export OFFLOADER_CONFIG=$config
 echo
@@ -65,10 +65,10 @@ echo "== offloader retain --dry-run (hot_retention: what offloader would drop fr
 offloader retain --dry-run
 echo
 echo "== one query over both tiers (the views offloader keeps)"
-python -m offloader.demo --port "$port" --show-views
+python -m offloader.dev.demo --port "$port" --show-views
 echo
 if [ "$s3" = 1 ]; then
-    echo "Config: $config  Iceberg: REST catalog and S3 of var/s3 (python -m offloader.devstore status --dir var/s3)"
+    echo "Config: $config  Iceberg: REST catalog and S3 of var/s3 (python -m offloader.dev.devstore status --dir var/s3)"
 else
     echo "Config: $config  Iceberg warehouse: var/offloader/warehouse"
 fi

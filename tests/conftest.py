@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from offloader import devserver, devstore
+from offloader.dev import devserver, devstore
 from tests.helpers import Env, pg_admin
 
 PG_DSN = os.environ.get("OFFLOADER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/offloader_tests")

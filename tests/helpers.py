@@ -17,13 +17,13 @@ import pyarrow as pa
 from offloader import source
 from offloader.config import ClickHouseConfig, Config, TableConfig
 from offloader.configfile import load_config
-from offloader.demo import trades_ddl
+from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
+from offloader.offload.supervisor import CycleReport, run_once
 from offloader.plan import plan_source
 from offloader.source import native
 from offloader.source.native_convert import to_record_batch
 from offloader.sql import qualified, quote_ident
-from offloader.supervisor import CycleReport, run_once
 
 ROOT = Path(__file__).resolve().parent.parent
 

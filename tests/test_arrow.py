@@ -8,12 +8,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offloader import devserver
 from offloader.config import ClickHouseConfig
+from offloader.dev import devserver
 from offloader.errors import SourceSchemaError, SourceUnavailable
 from offloader.iceberg import IcebergCatalog
+from offloader.ops.verify import verify_table
 from offloader.source import arrow as clickhouse_http
-from offloader.verify import verify_table
 from tests.conftest import make_env
 from tests.helpers import Env, independent_reads, wait_for_log
 from tests.test_bad_input import EXTREMES

@@ -7,10 +7,10 @@ import datetime as dt
 
 import pyarrow as pa
 
-from offloader.audit import add_sums, compare, day_sums
 from offloader.days import day_number
 from offloader.sql import row_hash
 from offloader.state import DaySum
+from offloader.tiers.audit import add_sums, compare, day_sums
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 N1, N2 = day_number(D1), day_number(D2)

@@ -13,7 +13,7 @@ import pytest
 from offloader import faults
 from offloader.errors import InconsistentState, Locked
 from offloader.iceberg import IcebergCatalog, Marker
-from offloader.watermarks import Watermarks
+from offloader.postgres.watermarks import Watermarks
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration

@@ -97,7 +97,7 @@ def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
     past the position; a late insert, a mutation
     that updates a value in place and a lightweight DELETE each change the parts, so
     the next cycle audits the window again and reports the day."""
-    from offloader import audit
+    from offloader.tiers import audit
 
     windows: list[str] = []
     hashed_window = audit.clickhouse_days
@@ -107,7 +107,7 @@ def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
         return await hashed_window(*args, **kwargs)
 
     monkeypatch.setattr(audit, "clickhouse_days", counting)
-    from offloader import pipeline
+    from offloader.offload import pipeline
 
     behind: list[str] = []
     behind_query = pipeline.behind_query

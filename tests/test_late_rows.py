@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import generate_latest
 
 from offloader.iceberg import IcebergCatalog
-from offloader.metrics import Metrics
-from offloader.supervisor import run_once
+from offloader.offload.supervisor import run_once
+from offloader.service.metrics import Metrics
 from tests.helpers import Env, independent_reads
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,8 @@ def test_the_audit_reads_clickhouse_while_the_run_commits(
     (checkup.read_ahead) and runs while the files are written and committed: the audit
     after the commits reads no window of its own, and still reports a late row. A first
     run (a backfill) does not hash again the rows it just read and summed."""
-    from offloader import audit, pipeline
+    from offloader.offload import pipeline
+    from offloader.tiers import audit
 
     events: list[str] = []
     window = audit.clickhouse_days
@@ -167,7 +168,7 @@ def test_a_recovered_run_does_not_audit_with_the_dropped_reads_query(
     drops the page it read from PostgreSQL's, and with it the audit query read ahead
     for that read: a row arriving before the rows are read again is committed, and the
     audit must not compare it with ClickHouse as it was before the row came."""
-    from offloader import checkup, pipeline
+    from offloader.offload import checkup, pipeline
 
     env.create_trades("rec")
     env.insert_trades("rec", 300, first_id=1, start="2026-01-01 00:00:00", step_us=10**6)
@@ -307,7 +308,7 @@ def test_repair_commit_is_compare_and_set(env: Env) -> None:
 
     from offloader.errors import InconsistentState
     from offloader.iceberg import IcebergCatalog, Marker
-    from offloader.iceberg import maintenance as ops
+    from offloader.iceberg import rewrite as ops
 
     setup_days(env, "cas")
     env.write_config([env.table("cas", batch_rows=1000)])

@@ -16,10 +16,11 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from offloader import devserver, faults
+from offloader import faults
 from offloader.config import MaintenanceConfig
+from offloader.dev import devserver
 from offloader.iceberg import IcebergCatalog
-from offloader.iceberg import maintenance as ops
+from offloader.iceberg import rewrite as ops
 from tests.conftest import S3Server, make_env
 from tests.helpers import Env, independent_reads
 from tests.test_s3 import production

@@ -10,9 +10,9 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from offloader.errors import FAILURE_REASONS
-from offloader.metrics import MAINTENANCE_RESULTS, Metrics
+from offloader.ops.retention import RetentionReport
 from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS, TableReport
-from offloader.retention import RetentionReport
+from offloader.service.metrics import MAINTENANCE_RESULTS, Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

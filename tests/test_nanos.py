@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from offloader.iceberg import IcebergCatalog
-from offloader.iceberg import maintenance as ops
-from offloader.supervisor import run_once
+from offloader.iceberg import rewrite as ops
+from offloader.offload.supervisor import run_once
 from tests.helpers import Env, independent_reads
 
 pytestmark = pytest.mark.integration

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 
 from offloader import cursor, days, plan, sql
-from offloader.audit import day_sums
 from offloader.config import TableConfig
 from offloader.days import day_number, day_start, watermark_day
 from offloader.errors import SourceSchemaError
 from offloader.iceberg.table import day_runs
 from offloader.state import DaySum
+from offloader.tiers.audit import day_sums
 from offloader.types import parse_type
 
 NS = parse_type("DateTime64(9, 'UTC')")

@@ -10,7 +10,7 @@ import anyio
 import asyncpg
 import pytest
 
-from offloader import devserver
+from offloader.dev import devserver
 from tests.conftest import make_env
 from tests.helpers import Env, wait_for_log
 

@@ -13,10 +13,10 @@ import pytest
 from offloader.config import CatalogConfig, ClickHouseConfig, TableConfig
 from offloader.errors import SinkError, SourceUnavailable
 from offloader.iceberg import IcebergCatalog
+from offloader.offload.supervisor import offload_table
 from offloader.report import TableReport
 from offloader.services import Services
 from offloader.source import SourceTable
-from offloader.supervisor import offload_table
 from tests.fakes import FakeSource, FakeStore
 
 
@@ -63,7 +63,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeSource], None]:
     """Route the pipeline's open_table to a FakeSource."""
     from contextlib import asynccontextmanager
 
-    from offloader import pipeline
+    from offloader.offload import pipeline
     from tests.fakes import COLUMNS
 
     def install(fake: FakeSource) -> None:

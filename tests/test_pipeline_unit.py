@@ -9,7 +9,7 @@ import pytest
 
 from offloader.config import TableConfig
 from offloader.errors import SinkError, SourceSchemaError
-from offloader.pipeline import _single
+from offloader.offload.pipeline import _single
 from offloader.plan import plan_source
 
 

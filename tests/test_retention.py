@@ -14,10 +14,11 @@ from typing import Any
 import anyio
 import pytest
 
-from offloader import faults, retention
-from offloader.demo import trades_ddl
+from offloader import faults
+from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
-from offloader.watermarks import Watermarks
+from offloader.ops import retention
+from offloader.postgres.watermarks import Watermarks
 from tests.helpers import Env
 from tests.test_every_type import create_every_table
 from tests.test_service import Service, scrape_until

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from offloader import devstore
+from offloader.dev import devstore
 from tests.conftest import S3Server
 from tests.helpers import ROOT, Env
 

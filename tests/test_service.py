@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from offloader.errors import FAILURE_REASONS
-from offloader.metrics import MAINTENANCE_RESULTS
-from offloader.scheduler import after_cycle, next_tick
+from offloader.service.metrics import MAINTENANCE_RESULTS
+from offloader.service.scheduler import after_cycle, next_tick
 from tests.helpers import ROOT, Env
 
 H = 3600.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offloader.supervisor import open_runtime, run_cycle
+from offloader.offload.supervisor import open_runtime, run_cycle
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from offloader.status import ttl_seconds
+from offloader.ops.status import ttl_seconds
 from tests.helpers import Env
 
 
@@ -65,8 +65,8 @@ def test_status_check_and_metrics_agree_on_lag(env: Env) -> None:
     import anyio
     from prometheus_client import generate_latest
 
-    from offloader.metrics import Metrics
-    from offloader.supervisor import run_once
+    from offloader.offload.supervisor import run_once
+    from offloader.service.metrics import Metrics
 
     env.create_trades("quiet")
     env.create_trades("behind")

@@ -7,8 +7,8 @@ from typing import Any
 import anyio
 import pytest
 
-from offloader import supervisor
 from offloader.configfile import parse_config
+from offloader.offload import supervisor
 from offloader.report import TableReport
 
 CONFIG = {

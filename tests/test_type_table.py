@@ -10,7 +10,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from offloader import devserver
+from offloader.dev import devserver
 from offloader.errors import SourceSchemaError
 from offloader.iceberg.catalog import describe
 from offloader.wire import plan_column

@@ -8,7 +8,7 @@ import decimal
 import orjson
 import pytest
 
-from offloader.verify import _decimal_text, canonical_value
+from offloader.ops.verify import _decimal_text, canonical_value
 from tests.helpers import Env
 from tests.test_types_live import ALL_TYPES, ROWS
 

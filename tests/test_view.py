@@ -23,14 +23,16 @@ import anyio
 import orjson
 import pytest
 
-from offloader import faults, maintenance, view
-from offloader.demo import trades_ddl
+from offloader import faults
+from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
-from offloader.maintenance import MaintenanceReport
+from offloader.ops import maintenance
+from offloader.ops.maintenance import MaintenanceReport
+from offloader.postgres.watermarks import Watermarks
 from offloader.sql import quote_ident
+from offloader.tiers import view
+from offloader.tiers.view import column_pair, exact
 from offloader.types import parse_type
-from offloader.view import column_pair, exact
-from offloader.watermarks import Watermarks
 from offloader.wire import iceberg_type
 from tests.conftest import S3Server
 from tests.helpers import Env

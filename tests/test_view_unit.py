@@ -11,8 +11,7 @@ import pytest
 from offloader.config import ViewsConfig
 from offloader.configfile import load_config
 from offloader.errors import ConfigError
-from offloader.types import parse_type
-from offloader.view import (
+from offloader.tiers.view import (
     ColdSide,
     ViewError,
     ViewSpec,
@@ -21,6 +20,7 @@ from offloader.view import (
     exact,
     view_ddl,
 )
+from offloader.types import parse_type
 from tests.test_config import BASE, write
 
 LOCAL = ColdSide("file:///w/cold/t", "file:///w/cold/t/metadata/00003-a.metadata.json", 3, (1,), 7)

@@ -154,7 +154,7 @@ class IcebergTable:
 
     @property
     def table(self) -> Table:
-        """The pyiceberg table (for offloader.iceberg.maintenance only)."""
+        """The pyiceberg table (for offloader.iceberg.rewrite only)."""
         return self._table
 
     def evolve(self, schema: pa.Schema) -> None:

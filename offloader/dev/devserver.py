@@ -5,8 +5,9 @@ Runs the clickhouse-local engine shipped in the `chdb-core` wheel (extra
 Docker, no system package. Not for production: point offloader at your own
 ClickHouse there.
 
-    python -m offloader.devserver start --dir var/clickhouse [--tcp-port 9000] [--files-root var]
-    python -m offloader.devserver stop --dir var/clickhouse
+    python -m offloader.dev.devserver start --dir var/clickhouse [--tcp-port 9000]
+                                        [--files-root var]
+    python -m offloader.dev.devserver stop --dir var/clickhouse
 
 clickhouse-local lets `file()` and `icebergLocal()` read only below its current directory
 (it ignores `<user_files_path>` for that check), so the server runs from `files_root`
@@ -148,7 +149,7 @@ def kill(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offloader.devserver")
+    parser = argparse.ArgumentParser(prog="python -m offloader.dev.devserver")
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--dir", default="var/clickhouse", help="data and run directory")
     parser.add_argument("--tcp-port", type=int, default=0, help="native port (0: any free)")

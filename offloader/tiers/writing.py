@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import audit, faults
+from offloader import faults
 from offloader.iceberg import WrittenFiles
 from offloader.source import Page
 from offloader.sql import RowHash
 from offloader.state import DaySum
+from offloader.tiers import audit
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -28,20 +28,21 @@ from typing import Any
 
 import anyio
 
-from offloader import faults, plan, view
-from offloader.audit import DayCount, HotTable, add_sums, audit_days
+from offloader import faults, plan
 from offloader.config import Config, TableConfig
 from offloader.cursor import as_datetime, from_micros, watermark_from_int
 from offloader.days import day_number, day_start, kind_of, watermark_day
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, Marker, WrittenFiles
-from offloader.iceberg import maintenance as ops
+from offloader.iceberg import rewrite as ops
+from offloader.postgres.watermarks import Watermarks
 from offloader.progress import Progress
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
 from offloader.sql import NOW_MICROS, quote_ident, row_hash, ttl_seconds, watermark_int
 from offloader.state import Advance, DaySum, Store, encode_days
-from offloader.watermarks import Watermarks
-from offloader.writing import PageWriter
+from offloader.tiers import view
+from offloader.tiers.audit import DayCount, HotTable, add_sums, audit_days
+from offloader.tiers.writing import PageWriter
 
 log = logging.getLogger(__name__)
 

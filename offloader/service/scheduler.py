@@ -23,12 +23,12 @@ import anyio.abc
 from offloader.config import Config
 from offloader.configfile import load_config
 from offloader.errors import ConfigError, TableError
-from offloader.metrics import Metrics
-from offloader.supervisor import open_runtime, run_cycle
+from offloader.offload.supervisor import open_runtime, run_cycle
+from offloader.service.metrics import Metrics
 
 if TYPE_CHECKING:
-    from offloader.maintenance import MaintenanceReport
-    from offloader.retention import RetentionReport
+    from offloader.ops.maintenance import MaintenanceReport
+    from offloader.ops.retention import RetentionReport
 
 T = TypeVar("T")
 
@@ -190,7 +190,7 @@ class Service:
         deadline = self._due("maintenance", mcfg.enabled, mcfg.interval, mcfg.budget, next_tick_at)
         if deadline is None:
             return
-        from offloader.maintenance import maintain
+        from offloader.ops.maintenance import maintain
 
         started = time.monotonic()
 
@@ -230,8 +230,8 @@ class Service:
         deadline = self._due("retention", enabled, rcfg.interval, rcfg.budget, next_tick_at)
         if deadline is None:
             return
-        from offloader.retention import retain
-        from offloader.watermarks import Watermarks
+        from offloader.ops.retention import retain
+        from offloader.postgres.watermarks import Watermarks
 
         async def run() -> list[RetentionReport]:
             watermarks = await Watermarks.open(cfg.postgres, max_size=2)

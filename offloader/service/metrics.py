@@ -21,8 +21,8 @@ from offloader.errors import FAILURE_REASONS
 from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS, TableReport
 
 if TYPE_CHECKING:
-    from offloader.maintenance import MaintenanceReport
-    from offloader.retention import RetentionReport
+    from offloader.ops.maintenance import MaintenanceReport
+    from offloader.ops.retention import RetentionReport
 
 log = logging.getLogger(__name__)
 

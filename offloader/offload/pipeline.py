@@ -25,10 +25,11 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from offloader import audit, checkup, cursor, days, faults, plan, view
+from offloader import cursor, days, faults, plan
 from offloader.config import TableConfig
 from offloader.errors import OffloaderError
 from offloader.iceberg import Marker, WrittenFiles
+from offloader.offload import checkup
 from offloader.report import RunStatus, TableReport
 from offloader.services import Services
 from offloader.source import (
@@ -42,7 +43,8 @@ from offloader.source import (
 )
 from offloader.sql import behind_query, parts_fingerprint
 from offloader.state import Advance, DaySum, TableState, decode_days, encode_days
-from offloader.writing import PageWriter
+from offloader.tiers import audit, view
+from offloader.tiers.writing import PageWriter
 
 if TYPE_CHECKING:
     from offloader.iceberg import IcebergTable

@@ -259,7 +259,7 @@ async def audit_days(
     manifests, cached per snapshot. `known`: ClickHouse's days as the run's prepare read
     them, so only the days from `known.before` are read again. `ahead`: those days,
     read already for this position (used if they are the same)."""
-    from offloader.iceberg import maintenance as ops  # pyiceberg: only when auditing it
+    from offloader.iceberg import rewrite as ops  # pyiceberg: only when auditing it
 
     first_day, last_day = window
     wm_name = hot.order[0][0]

@@ -17,12 +17,12 @@ import orjson
 
 from offloader.config import Config, TableConfig
 from offloader.errors import Locked, TableError
-from offloader.pipeline import run_table
+from offloader.offload.pipeline import run_table
+from offloader.postgres.watermarks import Watermarks
 from offloader.progress import Progress
 from offloader.report import RunStatus, TableReport
 from offloader.services import Services
 from offloader.state import CLEANUP_SECONDS
-from offloader.watermarks import Watermarks
 
 if TYPE_CHECKING:
     from offloader.iceberg.catalog import IcebergCatalog

@@ -4,8 +4,8 @@ extra) on loopback ports, in a child process. A real S3 API (credentials checked
 multipart, conditional writes, no bucket created on upload) and a real Iceberg REST
 catalog over it. Not for production: point offloader at your own object store there.
 
-    python -m offloader.devstore start --dir var/s3
-    python -m offloader.devstore stop --dir var/s3
+    python -m offloader.dev.devstore start --dir var/s3
+    python -m offloader.dev.devstore stop --dir var/s3
 
 The S3 bucket `cold` holds S3 warehouses; the table bucket `tables` is the REST
 catalog's warehouse (`s3://tables`). The credentials (`AWS_ACCESS_KEY_ID`,
@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from offloader.devserver import kill
+from offloader.dev.devserver import kill
 
 BUCKET = "cold"
 TABLE_BUCKET = "tables"
@@ -271,7 +271,7 @@ def stop(directory: str | os.PathLike[str], timeout: float = 10.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offloader.devstore")
+    parser = argparse.ArgumentParser(prog="python -m offloader.dev.devstore")
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--dir", default="var/s3", help="data and run directory")
     args = parser.parse_args(argv)

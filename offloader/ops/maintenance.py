@@ -23,12 +23,13 @@ from typing import Any
 
 import anyio
 
-from offloader import faults, plan, view
+from offloader import faults, plan
 from offloader.config import ClickHouseConfig, MaintenanceConfig, TableConfig, ViewsConfig
 from offloader.errors import Locked, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
-from offloader.iceberg import maintenance as ops
+from offloader.iceberg import rewrite as ops
 from offloader.state import Store
+from offloader.tiers import view
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,6 @@ from typing import Any, Literal
 import anyio
 
 from offloader import faults
-from offloader.audit import HotTable, audit_days
 from offloader.config import Config, TableConfig
 from offloader.cursor import from_micros
 from offloader.days import day_number, watermark_day
@@ -45,6 +44,7 @@ from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS
 from offloader.source import SourceTable, open_table
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import RetentionIntent, Store
+from offloader.tiers.audit import HotTable, audit_days
 from offloader.types import ChType
 
 log = logging.getLogger(__name__)
@@ -498,7 +498,7 @@ async def _differs(
         if count.clickhouse and not complete:
             unsummed.append(count.day)
     if unsummed:
-        from offloader.verify import verify_table
+        from offloader.ops.verify import verify_table
 
         verdict = await verify_table(
             cfg, table, min(unsummed), max(unsummed) + dt.timedelta(days=1)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from offloader import audit as tiers
 from offloader import cursor, plan
 from offloader.config import TableConfig
 from offloader.days import day_number, watermark_day
@@ -22,6 +21,7 @@ from offloader.services import Services
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query, parts_fingerprint
 from offloader.state import AuditAgreed, DaySum, TableState
+from offloader.tiers import audit as tiers
 from offloader.types import ChType
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ async def audit(
         )
     drifted = found.drifted
     if drifted and table.late_rows == "repair":
-        from offloader import repair  # pyiceberg's rewrite path, loaded when used
+        from offloader.ops import repair  # pyiceberg's rewrite path, loaded when used
 
         fixed = await repair.repair(
             check.src,

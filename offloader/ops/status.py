@@ -9,14 +9,15 @@ from typing import Any
 
 import anyio
 
-from offloader import audit, source
+from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.cursor import encode_value, from_micros, watermark_from_int
 from offloader.days import day_number, kind_of, ticks_precision, watermark_day
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
-from offloader.iceberg import maintenance as ops
+from offloader.iceberg import rewrite as ops
 from offloader.plan import behind
+from offloader.postgres.watermarks import Watermarks
 from offloader.sql import (
     behind_query,
     quote_ident,
@@ -27,8 +28,8 @@ from offloader.sql import (
     watermark_int,
 )
 from offloader.state import DaySum, StatusRow
+from offloader.tiers import audit
 from offloader.types import parse_type
-from offloader.watermarks import Watermarks
 
 
 @dataclass(slots=True)

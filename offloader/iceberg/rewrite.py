@@ -4,7 +4,7 @@ offloader commit marker forward. Part of the `offloader.iceberg` package, the on
 importer of pyiceberg. The read side and housekeeping (live files, shape, expiry,
 orphans) are in files.py and re-exported here for the callers' one `ops` name.
 
-Every call blocks; `offloader.maintenance` runs them in worker threads and decides
+Every call blocks; `offloader.ops.maintenance` runs them in worker threads and decides
 what to do (`plan.compaction_groups`).
 """
 

@@ -1,6 +1,6 @@
 """Sample data for the quick start and the benchmarks: realistic trades tables.
 
-python -m offloader.demo --port 9000 --rows 200000 [--config-out var/quickstart.toml]
+python -m offloader.dev.demo --port 9000 --rows 200000 [--config-out var/quickstart.toml]
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import anyio
 
-from offloader import devstore
 from offloader.config import ClickHouseConfig
+from offloader.dev import devstore
 from offloader.source import native
 
 _TRADES_DDL = """
@@ -116,7 +116,7 @@ def write_config(
     store: devstore.Store | None = None,
 ) -> None:
     """The quick start's config: a local SQLite catalog and warehouse under `state_dir`,
-    or with `store` (python -m offloader.devstore) its Iceberg REST catalog and S3, as
+    or with `store` (python -m offloader.dev.devstore) its Iceberg REST catalog and S3, as
     config/examples/rest.toml has them."""
     state_dir = state_dir.resolve()
     tables = "".join(
@@ -136,7 +136,7 @@ hot_retention = "1d"
         for name in TABLES
     )
     path.write_text(
-        f"""# Written by the quick start (python -m offloader.demo); edit freely.
+        f"""# Written by the quick start (python -m offloader.dev.demo); edit freely.
 [offloader]
 interval = "15m"
 max_parallel_tables = 4
@@ -177,7 +177,7 @@ uri = "sqlite:///{state_dir}/catalog.db"
 warehouse = "file://{state_dir}/warehouse"
 """
     props = "\n".join(f'"{k}" = "{v}"' for k, v in store.rest_catalog().items())
-    return f"""# SeaweedFS's Iceberg REST catalog and S3 (python -m offloader.devstore), as
+    return f"""# SeaweedFS's Iceberg REST catalog and S3 (python -m offloader.dev.devstore), as
 # config/examples/rest.toml has them.
 [iceberg.catalog]
 name = "cold"
@@ -222,7 +222,7 @@ async def show_views(cfg: ClickHouseConfig, db: str, tables: tuple[str, ...] = T
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offloader.demo")
+    parser = argparse.ArgumentParser(prog="python -m offloader.dev.demo")
     parser.add_argument("--port", type=int, required=True, help="ClickHouse native port")
     parser.add_argument("--database", default="market")
     parser.add_argument("--rows", type=int, default=200_000, help="rows per table")
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--s3-store",
         type=Path,
-        help="the directory of a running `python -m offloader.devstore`: use its REST "
+        help="the directory of a running `python -m offloader.dev.devstore`: use its REST "
         "catalog and S3 (and give ClickHouse a named collection with its keys)",
     )
     args = parser.parse_args(argv)
