@@ -15,8 +15,8 @@ from offloader.errors import SinkError, SourceUnavailable
 from offloader.iceberg import IcebergCatalog
 from offloader.offload.supervisor import offload_table
 from offloader.report import TableReport
-from offloader.services import Services
 from offloader.source import SourceTable
+from offloader.tiers.services import Services
 from tests.fakes import FakeSource, FakeStore
 
 

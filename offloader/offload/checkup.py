@@ -17,11 +17,11 @@ from offloader.config import TableConfig
 from offloader.days import day_number, watermark_day
 from offloader.errors import TableError
 from offloader.report import TableReport
-from offloader.services import Services
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query, parts_fingerprint
 from offloader.state import AuditAgreed, DaySum, TableState
 from offloader.tiers import audit as tiers
+from offloader.tiers.services import Services
 from offloader.types import ChType
 
 if TYPE_CHECKING:

@@ -31,7 +31,6 @@ from offloader.errors import OffloaderError
 from offloader.iceberg import Marker, WrittenFiles
 from offloader.offload import checkup
 from offloader.report import RunStatus, TableReport
-from offloader.services import Services
 from offloader.source import (
     Page,
     Pager,
@@ -44,6 +43,7 @@ from offloader.source import (
 from offloader.sql import behind_query, parts_fingerprint
 from offloader.state import Advance, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
+from offloader.tiers.services import Services
 from offloader.tiers.writing import PageWriter
 
 if TYPE_CHECKING:

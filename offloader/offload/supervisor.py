@@ -21,8 +21,8 @@ from offloader.offload.pipeline import run_table
 from offloader.postgres.watermarks import Watermarks
 from offloader.progress import Progress
 from offloader.report import RunStatus, TableReport
-from offloader.services import Services
 from offloader.state import CLEANUP_SECONDS
+from offloader.tiers.services import Services
 
 if TYPE_CHECKING:
     from offloader.iceberg.catalog import IcebergCatalog
