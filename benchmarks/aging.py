@@ -35,8 +35,7 @@ import orjson
 from benchmarks.cycle import Bench, machine
 from offloader.configfile import load_config
 from offloader.dev import devserver
-from offloader.iceberg import IcebergCatalog
-from offloader.iceberg import rewrite as ops
+from offloader.iceberg import IcebergCatalog, files
 from offloader.offload.supervisor import open_runtime, run_cycle
 from offloader.ops.maintenance import maintain
 
@@ -99,8 +98,8 @@ def read_times(catalog: IcebergCatalog, target: str, day: str, repeats: int) -> 
 def shape_of(catalog: IcebergCatalog, target: str) -> dict[str, Any]:
     ice = catalog.load(target)
     assert ice is not None
-    s = ops.shape(ice)
-    live = ops.live_files(ice, "exchange_ts")
+    s = files.shape(ice)
+    live = files.live_files(ice, "exchange_ts")
     per_day: dict[Any, int] = {}
     for f in live.stats:
         per_day[f.partition] = per_day.get(f.partition, 0) + 1

@@ -21,10 +21,10 @@ from typing import Any
 import anyio
 import orjson
 
-from offloader import log as logsetup
 from offloader.config import Config, config_path, parse_duration
 from offloader.configfile import load_config
 from offloader.errors import ConfigError, OffloaderError
+from offloader.log import setup as setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NOTHING = 0, 1, 2, 3
 
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_memory()
     fmt = args.log_format or ("text" if sys.stderr.isatty() else "json")
     stream = sys.stdout if args.command == "run" else sys.stderr
-    logsetup.setup(fmt, args.log_level, stream)
+    setup_logging(fmt, args.log_level, stream)
     path = config_path(args.config)
     try:
         cfg = load_config(path)
@@ -528,8 +528,7 @@ async def _repair(cfg: Config, args: argparse.Namespace) -> int:
 async def _expire(cfg: Config, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
 
-    from offloader.iceberg import IcebergCatalog
-    from offloader.iceberg import rewrite as ops
+    from offloader.iceberg import IcebergCatalog, files
     from offloader.postgres.watermarks import Watermarks
 
     keep: float = args.older_than  # parsed by `duration`
@@ -548,9 +547,9 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
         if ice is None:
             print(f"{table.target}: no Iceberg table yet")
             continue
-        victims = await anyio.to_thread.run_sync(ops.expirable_snapshots, ice, cutoff)
+        victims = await anyio.to_thread.run_sync(files.expirable_snapshots, ice, cutoff)
         victims = [v for v in victims if v not in viewed]
-        await anyio.to_thread.run_sync(ops.expire, ice, victims)
+        await anyio.to_thread.run_sync(files.expire, ice, victims)
         expired = len(victims)
         print(
             f"{table.target}: expired {expired} snapshots older than {cutoff:%Y-%m-%d %H:%M} UTC; "

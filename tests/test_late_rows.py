@@ -307,8 +307,7 @@ def test_repair_commit_is_compare_and_set(env: Env) -> None:
     from pathlib import Path
 
     from offloader.errors import InconsistentState
-    from offloader.iceberg import IcebergCatalog, Marker
-    from offloader.iceberg import rewrite as ops
+    from offloader.iceberg import IcebergCatalog, Marker, files, rewrite
 
     setup_days(env, "cas")
     env.write_config([env.table("cas", batch_rows=1000)])
@@ -317,18 +316,18 @@ def test_repair_commit_is_compare_and_set(env: Env) -> None:
     assert ice is not None
     mark = ice.latest_mark()
     assert mark is not None
-    live = ops.live_files(ice, "exchange_ts")
+    live = files.live_files(ice, "exchange_ts")
     victim = live.files[live.stats[0].path]
     kept = ice.write_files(
         [
             b
-            for t in ops.rows_outside_days(ice, live, [victim.file_path], "exchange_ts", set())
+            for t in rewrite.rows_outside_days(ice, live, [victim.file_path], "exchange_ts", set())
             for b in t.to_batches()
         ],
         "exchange_ts",
     )
     with pytest.raises(InconsistentState, match="another worker committed meanwhile"):
-        ops.replace_files(
+        rewrite.replace_files(
             ice,
             [victim],
             kept.files,

@@ -19,8 +19,7 @@ import pytest
 from offloader import faults
 from offloader.config import MaintenanceConfig
 from offloader.dev import devserver
-from offloader.iceberg import IcebergCatalog
-from offloader.iceberg import rewrite as ops
+from offloader.iceberg import IcebergCatalog, files, rewrite
 from tests.conftest import S3Server, make_env
 from tests.helpers import Env, independent_reads
 from tests.test_s3 import production
@@ -55,14 +54,14 @@ def cycles(env: Env, name: str, count: int, *, start: dt.datetime, step: dt.time
 def table_files(env: Env, target: str) -> list[tuple[tuple[object, ...], str]]:
     ice = IcebergCatalog(env.config().catalog).load(target)
     assert ice is not None
-    live = ops.live_files(ice, "exchange_ts")
+    live = files.live_files(ice, "exchange_ts")
     return [(f.partition, f.path) for f in live.stats]
 
 
-def shape(env: Env, target: str) -> ops.Shape:
+def shape(env: Env, target: str) -> files.Shape:
     ice = IcebergCatalog(env.config().catalog).load(target)
     assert ice is not None
-    return ops.shape(ice)
+    return files.shape(ice)
 
 
 def age(path: Path, days: float) -> None:
@@ -169,21 +168,21 @@ def test_compaction_commit_is_compare_and_set_against_an_append(native: Env) -> 
     assert ice is not None
     from offloader import plan
 
-    live = ops.live_files(ice, "exchange_ts")
+    live = files.live_files(ice, "exchange_ts")
     cutoff = plan.compaction_cutoff([f.upper for f in live.stats], live.kind, time.time(), 0)
     (group,) = plan.compaction_groups(live.stats, cutoff, 1 << 27, whole_partitions=False)
-    written = ops.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
+    written = rewrite.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
     # Another process appends meanwhile.
     rows += cycles(env, "c", 1, start=dt.datetime(2026, 4, 2), step=dt.timedelta(hours=1))
     deleted = [live.files[f.path] for f in group.files]
-    ops.replace_files(ice, deleted, written, "test")
+    rewrite.replace_files(ice, deleted, written, "test")
     assert env.assert_tiers_equal("cold.c") == rows
     # The same inputs again: already replaced, so the commit refuses and cleans up.
-    again = ops.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
+    again = rewrite.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
     from offloader.errors import InconsistentState
 
     with pytest.raises(InconsistentState, match="changed by another writer"):
-        ops.replace_files(ice, deleted, again, "test")
+        rewrite.replace_files(ice, deleted, again, "test")
     assert not any(Path(f.file_path.removeprefix("file://")).exists() for f in again)
     assert env.assert_tiers_equal("cold.c") == rows
     assert env.once().ok
@@ -309,14 +308,14 @@ def test_maintenance_on_s3(
     # Expire every older snapshot, as a pass past the retention would: the small files
     # compaction replaced become unreferenced. With no safety age, they and the
     # leftover are orphans; nothing live is.
-    ops.expire(ice, ops.expirable_snapshots(ice, datetime.now(UTC)))
-    orphans = ops.orphan_files(ice, 0)
+    files.expire(ice, files.expirable_snapshots(ice, datetime.now(UTC)))
+    orphans = files.orphan_files(ice, 0)
     names = {o.path.rsplit("/", 1)[1] for o in orphans}
     assert "leftover.parquet" in names
-    live = {p.rsplit("/", 1)[1] for p in ops.live_files(ice, "exchange_ts").files}
+    live = {p.rsplit("/", 1)[1] for p in files.live_files(ice, "exchange_ts").files}
     assert not names & live
-    assert ops.delete_orphans(ice, orphans) == len(orphans)
-    assert ops.orphan_files(ice, 0) == []
+    assert files.delete_orphans(ice, orphans) == len(orphans)
+    assert files.orphan_files(ice, 0) == []
     assert env.assert_tiers_equal("cold.s3m") == 900
     env.insert_trades("s3m", 50, first_id=90_000, start="2026-02-04 00:00:00")
     assert env.once().ok

@@ -8,8 +8,7 @@ import anyio
 import orjson
 import pytest
 
-from offloader.iceberg import IcebergCatalog
-from offloader.iceberg import rewrite as ops
+from offloader.iceberg import IcebergCatalog, files
 from offloader.offload.supervisor import run_once
 from tests.helpers import Env, independent_reads
 
@@ -72,7 +71,7 @@ def test_nanosecond_watermark_is_exact(env: Env) -> None:
     assert str(field.field_type) == "long"
     assert field.doc is not None and field.doc.startswith("ticks of 10^-9 seconds")
     # Each data file holds one UTC day (the audit counts days from the manifests).
-    live = ops.live_files(ice, "ts")
+    live = files.live_files(ice, "ts")
     assert live.kind == "ticks9"
     assert {(f.lower // DAY_NS, f.upper // DAY_NS) for f in live.stats} == {
         (20454, 20454),

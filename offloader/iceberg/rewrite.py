@@ -2,7 +2,7 @@
 in one snapshot) and the file replacement a repair commits, both carrying the
 offloader commit marker forward. Part of the `offloader.iceberg` package, the only
 importer of pyiceberg. The read side and housekeeping (live files, shape, expiry,
-orphans) are in files.py and re-exported here for the callers' one `ops` name.
+orphans) are in files.py.
 
 Every call blocks; `offloader.ops.maintenance` runs them in worker threads and decides
 what to do (`plan.compaction_groups`).
@@ -41,40 +41,11 @@ from offloader.iceberg.compat import (
     _OverwriteFiles,
     _to_requested_schema,
 )
-from offloader.iceberg.files import (
-    LiveFiles,
-    Orphan,
-    Shape,
-    day_counts,
-    day_of,
-    delete_orphans,
-    expirable_snapshots,
-    expire,
-    live_files,
-    orphan_files,
-    referenced_files,
-    shape,
-)
+from offloader.iceberg.files import LiveFiles
 from offloader.iceberg.table import IcebergTable, day_runs
 from offloader.plan import RewriteGroup
 
-__all__ = [
-    "LiveFiles",
-    "Orphan",
-    "Shape",
-    "day_counts",
-    "day_of",
-    "delete_orphans",
-    "expirable_snapshots",
-    "expire",
-    "live_files",
-    "orphan_files",
-    "referenced_files",
-    "replace_files",
-    "rewrite_group",
-    "rows_outside_days",
-    "shape",
-]
+__all__ = ["replace_files", "rewrite_group", "rows_outside_days"]
 
 log = logging.getLogger(__name__)
 

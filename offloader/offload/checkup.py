@@ -20,7 +20,16 @@ from offloader.report import TableReport
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query, parts_fingerprint
 from offloader.state import AuditAgreed, DaySum, TableState
-from offloader.tiers import audit as tiers
+from offloader.tiers.audit import (
+    DaysAhead,
+    HotTable,
+    KnownDays,
+    agrees,
+    audit_days,
+    clickhouse_days,
+    reread_from,
+    window,
+)
 from offloader.tiers.services import Services
 from offloader.types import ChType
 
@@ -37,7 +46,7 @@ class Prepared:
     state: TableState  # the committed state read from PostgreSQL
     waiting: int  # rows past the committed position
     upto: Any | None  # the high-water mark this run reads up to (encoded); None: idle
-    known: tiers.KnownDays | None = None  # ClickHouse's side of the window, if read
+    known: KnownDays | None = None  # ClickHouse's side of the window, if read
     parts: str = ""  # the source's parts_fingerprint when read apart from the window
 
 
@@ -53,8 +62,8 @@ class Check:
     prepared: Prepared
 
     @property
-    def hot(self) -> tiers.HotTable:
-        return tiers.HotTable(self.src.source, self.src.relation, self.src.order, self.hashed)
+    def hot(self) -> HotTable:
+        return HotTable(self.src.source, self.src.relation, self.src.order, self.hashed)
 
     @property
     def wm_type(self) -> ChType:
@@ -63,7 +72,7 @@ class Check:
     def window(self, position: Sequence[Any] | None) -> tuple[dt.date, dt.date] | None:
         """The audit window at `position` (audit.window), days dropped by retention left out."""
         state = self.prepared.state
-        return tiers.window(self.wm_type, position, self.table.audit_days, state.retained_until)
+        return window(self.wm_type, position, self.table.audit_days, state.retained_until)
 
 
 class Audited(NamedTuple):
@@ -73,10 +82,10 @@ class Audited(NamedTuple):
 
 class Recorded(NamedTuple):
     agrees: bool  # every day of the window agrees with what PostgreSQL recorded
-    known: tiers.KnownDays | None  # ClickHouse's days as read, for the audit with Iceberg
+    known: KnownDays | None  # ClickHouse's days as read, for the audit with Iceberg
 
 
-async def read_ahead(check: Check, position: list[Any]) -> tiers.DaysAhead | None:
+async def read_ahead(check: Check, position: list[Any]) -> DaysAhead | None:
     """The audit's ClickHouse query for `position`, the last position of a complete
     scan, started as soon as that page is read: it runs while the run's last files are
     written and committed, and audit() then only compares. All rows up to `position`
@@ -86,12 +95,12 @@ async def read_ahead(check: Check, position: list[Any]) -> tiers.DaysAhead | Non
     bounds = audit_bounds(check, position)
     if bounds is None:
         return None
-    start = tiers.reread_from(bounds[0], check.prepared.known)
+    start = reread_from(bounds[0], check.prepared.known)
     try:
-        hot = await tiers.clickhouse_days(check.hot, position, start)
+        hot = await clickhouse_days(check.hot, position, start)
     except TableError:
         return None
-    return tiers.DaysAhead(position, start, hot)
+    return DaysAhead(position, start, hot)
 
 
 def audit_bounds(check: Check, position: list[Any] | None) -> tuple[dt.date, dt.date] | None:
@@ -117,9 +126,9 @@ async def audit(
     report: TableReport,
     *,
     seq: int,
-    ahead: tiers.DaysAhead | None = None,
+    ahead: DaysAhead | None = None,
 ) -> Audited:
-    """Compare both tiers per day over the audit window (audit.py) after the run's
+    """Compare both tiers per day over the audit window (tiers/audit.py) after the run's
     commits (the committed `seq`); with `late_rows = "repair"`, replace the drifted days
     at once. The same query tells how far the table is behind (report.rows_behind,
     lag_seconds). `ahead`: the window's ClickHouse side read ahead (read_ahead)."""
@@ -130,7 +139,7 @@ async def audit(
         return Audited(False, seq)
     bounds = audit_bounds(check, report.watermark)
     if bounds is None:
-        if tiers.window(check.wm_type, report.watermark, table.audit_days) is not None:
+        if window(check.wm_type, report.watermark, table.audit_days) is not None:
             report.drifted = []  # every day of the window was written (and summed) now
         return Audited(False, seq)
     position = list(report.watermark)
@@ -139,7 +148,7 @@ async def audit(
         recorded = None
         if check.hashed is not None:
             recorded = await _recorded(check, seq, bounds)
-        found = await tiers.audit_days(
+        found = await audit_days(
             check.hot,
             ice,
             position,
@@ -215,16 +224,14 @@ async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Reco
             hot = prepared.known.hot
         else:
             fingerprint = parts_fingerprint(src.database, table.source_table)
-            hot = await tiers.clickhouse_days(
-                check.hot, list(report.watermark), bounds[0], fingerprint
-            )
+            hot = await clickhouse_days(check.hot, list(report.watermark), bounds[0], fingerprint)
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
         return Recorded(True, None)
     report.stage("audit", time.monotonic() - t0)
     lo, hi = (day_number(d) for d in bounds)
-    if not tiers.agrees(lo, hi, hot, recorded, check.hashed):
-        return Recorded(False, tiers.KnownDays(hot, bounds[1]))  # the Iceberg audit reuses them
+    if not agrees(lo, hi, hot, recorded, check.hashed):
+        return Recorded(False, KnownDays(hot, bounds[1]))  # the Iceberg audit reuses them
     report.drifted = []
     agreed = AuditAgreed(seq, lo, hi, hot.fingerprint, caught_up=prepared.waiting == 0)
     if hot.fingerprint and agreed != prepared.state.agreed:

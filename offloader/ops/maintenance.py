@@ -26,8 +26,7 @@ import anyio
 from offloader import faults, plan
 from offloader.config import ClickHouseConfig, MaintenanceConfig, TableConfig, ViewsConfig
 from offloader.errors import Locked, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable
-from offloader.iceberg import rewrite as ops
+from offloader.iceberg import IcebergCatalog, IcebergTable, files, rewrite
 from offloader.state import Store
 from offloader.tiers import view
 
@@ -49,7 +48,7 @@ class MaintenanceReport:
     snapshots_expired: int = 0
     orphans_deleted: int = 0
     orphan_bytes: int = 0
-    shape: ops.Shape | None = None
+    shape: files.Shape | None = None
     seconds: float = 0.0
     error: str | None = None
     reason: str | None = None
@@ -169,21 +168,21 @@ def _pass(
     _compact(ice, table, cfg, report, deadline, sort_by)
     ice.refresh()
     older = datetime.now(UTC) - timedelta(seconds=cfg.snapshot_retention)
-    victims = [v for v in ops.expirable_snapshots(ice, older) if v not in pinned.snapshots]
+    victims = [v for v in files.expirable_snapshots(ice, older) if v not in pinned.snapshots]
     report.snapshots_expired = len(victims)
     if report.dry_run:
         report.planned += [f"expire {len(victims)} snapshots older than {older:%Y-%m-%d %H:%M}"]
     elif victims:
-        ops.expire(ice, victims)
+        files.expire(ice, victims)
         faults.point("expire")
-    orphans = ops.orphan_files(ice, cfg.orphan_age, pinned.metadata)
+    orphans = files.orphan_files(ice, cfg.orphan_age, pinned.metadata)
     report.orphan_bytes = sum(o.bytes for o in orphans)
     if report.dry_run:
         report.orphans_deleted = len(orphans)
         report.planned += [f"delete orphan {o.path} ({o.bytes} bytes)" for o in orphans]
     else:
-        report.orphans_deleted = ops.delete_orphans(ice, orphans)
-    report.shape = ops.shape(ice)
+        report.orphans_deleted = files.delete_orphans(ice, orphans)
+    report.shape = files.shape(ice)
 
 
 def _compact(
@@ -194,7 +193,7 @@ def _compact(
     deadline: float | None,
     sort_by: tuple[str, ...],
 ) -> None:
-    live = ops.live_files(ice, table.watermark)
+    live = files.live_files(ice, table.watermark)
     cutoff = plan.compaction_cutoff(
         [f.upper for f in live.stats if f.upper is not None],
         live.kind,
@@ -219,14 +218,14 @@ def _compact(
                 f"{group.rows} rows, {_mb(group.bytes)}"
             )
             continue
-        files = ops.rewrite_group(ice, live, group, sort_by, cfg.target_file_size)
+        written = rewrite.rewrite_group(ice, live, group, sort_by, cfg.target_file_size)
         deleted += [live.files[f.path] for f in group.files]
-        added += files
-        report.files_written += len(files)
+        added += written
+        report.files_written += len(written)
     if not added:
         return
     faults.point("compact_write")
-    ops.replace_files(ice, deleted, added, uuid.uuid4().hex)
+    rewrite.replace_files(ice, deleted, added, uuid.uuid4().hex)
     faults.point("compact_commit")
     log.info(
         "compacted",

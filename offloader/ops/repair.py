@@ -33,8 +33,7 @@ from offloader.config import Config, TableConfig
 from offloader.cursor import as_datetime, from_micros, watermark_from_int
 from offloader.days import day_number, day_start, kind_of, watermark_day
 from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable, Marker, WrittenFiles
-from offloader.iceberg import rewrite as ops
+from offloader.iceberg import IcebergCatalog, IcebergTable, Marker, WrittenFiles, files, rewrite
 from offloader.postgres.watermarks import Watermarks
 from offloader.progress import Progress
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
@@ -221,10 +220,10 @@ async def repair(
     add_sums(sums, read_sums)
     report.rows_after = sum(w.rows for w in written)
     wm_name = src.plan.order[0][0]
-    live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
+    live = await anyio.to_thread.run_sync(files.live_files, ice, wm_name, limiter=limiter)
     deleted, kept_rows = [], 0
     for f in live.stats:
-        lo, hi = ops.day_of(f.lower, live.kind), ops.day_of(f.upper, live.kind)
+        lo, hi = files.day_of(f.lower, live.kind), files.day_of(f.upper, live.kind)
         if lo is not None and hi is not None and not wanted & set(range(lo, hi + 1)):
             continue
         deleted.append(f)
@@ -243,7 +242,7 @@ async def repair(
     # shutdown waits for both commits (a kill in between is recovered from Iceberg).
     with anyio.CancelScope(shield=True):
         snapshot_id = await anyio.to_thread.run_sync(
-            lambda: ops.replace_files(
+            lambda: rewrite.replace_files(
                 ice,
                 [live.files[f.path] for f in deleted],
                 [df for w in written for df in w.files],
@@ -270,11 +269,11 @@ async def repair(
 
 
 def _keep_rows(
-    ice: IcebergTable, live: ops.LiveFiles, path: str, wm: str, days: set[int]
+    ice: IcebergTable, live: files.LiveFiles, path: str, wm: str, days: set[int]
 ) -> WrittenFiles | None:
     """Write again the rows of a replaced file that fall outside the repaired days."""
     batches = [
-        b for t in ops.rows_outside_days(ice, live, [path], wm, days) for b in t.to_batches()
+        b for t in rewrite.rows_outside_days(ice, live, [path], wm, days) for b in t.to_batches()
     ]
     return ice.write_files(batches, wm) if batches else None
 

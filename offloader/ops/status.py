@@ -14,8 +14,7 @@ from offloader.config import Config, TableConfig
 from offloader.cursor import encode_value, from_micros, watermark_from_int
 from offloader.days import day_number, kind_of, ticks_precision, watermark_day
 from offloader.errors import TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable
-from offloader.iceberg import rewrite as ops
+from offloader.iceberg import IcebergCatalog, IcebergTable, files
 from offloader.plan import behind
 from offloader.postgres.watermarks import Watermarks
 from offloader.sql import (
@@ -136,7 +135,7 @@ def _iceberg_side(
     ice = catalog.load(table.target)
     if ice is None:
         return None
-    shape = ops.shape(ice)
+    shape = files.shape(ice)
     st.data_files, st.manifests = shape.data_files, shape.manifests
     st.snapshots, st.metadata_files = shape.snapshots, shape.metadata_files
     return ice

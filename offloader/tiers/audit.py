@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from offloader import days as units
+from offloader import days
 from offloader.config import TableConfig
 from offloader.days import day_number, day_of_number, day_start, watermark_day
 from offloader.plan import Order
@@ -116,7 +116,7 @@ def compare(
 
 
 def day_sums(
-    watermarks: pa.Array, hashes: pa.Array, columns_key: str, kind: str = units.MICROS
+    watermarks: pa.Array, hashes: pa.Array, columns_key: str, kind: str = days.MICROS
 ) -> dict[int, DaySum]:
     """Per UTC day of a converted page's watermark column (of days.kind_of `kind`): its
     rows and the sum (mod 2^64) of their row hashes. Pure; vectorised. A page is in
@@ -125,7 +125,7 @@ def day_sums(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    runs = pc.run_end_encode(units.day_numbers(watermarks, kind))
+    runs = pc.run_end_encode(days.day_numbers(watermarks, kind))
     hashes = hashes.cast(pa.uint64())
     out: dict[int, DaySum] = {}
     start = 0
@@ -259,7 +259,7 @@ async def audit_days(
     manifests, cached per snapshot. `known`: ClickHouse's days as the run's prepare read
     them, so only the days from `known.before` are read again. `ahead`: those days,
     read already for this position (used if they are the same)."""
-    from offloader.iceberg import rewrite as ops  # pyiceberg: only when auditing it
+    from offloader.iceberg import files  # pyiceberg: only when auditing it
 
     first_day, last_day = window
     wm_name = hot.order[0][0]
@@ -278,8 +278,8 @@ async def audit_days(
     if last is not None and last[0] == key:
         cached = last[1]
     else:
-        live = await anyio.to_thread.run_sync(ops.live_files, ice, wm_name, limiter=limiter)
-        cached = ops.day_counts(live, *days)
+        live = await anyio.to_thread.run_sync(files.live_files, ice, wm_name, limiter=limiter)
+        cached = files.day_counts(live, *days)
         _ICEBERG_DAYS[ice.target] = (key, cached)
     cold, unknown = cached
     if hot.hashed is None or recorded is None:
@@ -327,7 +327,7 @@ def window(
 
 def audited(table: TableConfig, order: Order) -> bool:
     """Whether the table has an audit window (a time or date watermark, audit_days > 0)."""
-    return units.kind_of(order[0][1]) != units.VALUE and table.audit_days > 0
+    return days.kind_of(order[0][1]) != days.VALUE and table.audit_days > 0
 
 
 def checksummed(
@@ -345,7 +345,7 @@ def convert_page(
     watermark: str | None,
     hashed: RowHash | None,
     summed: dict[int, DaySum] | None = None,
-    kind: str = units.MICROS,
+    kind: str = days.MICROS,
 ) -> tuple[pa.RecordBatch, dict[int, DaySum]]:
     """A page as Arrow, and its rows per day of `watermark` (of days.kind_of `kind`)
     with the sums of their row hashes when the page carries them, or `summed` (what
