@@ -166,11 +166,11 @@ def test_compaction_commit_is_compare_and_set_against_an_append(native: Env) -> 
     catalog = IcebergCatalog(env.config().catalog, MaintenanceConfig())
     ice = catalog.load("cold.c")
     assert ice is not None
-    from offloader import plan
+    from offloader.iceberg import compaction
 
     live = files.live_files(ice, "exchange_ts")
-    cutoff = plan.compaction_cutoff([f.upper for f in live.stats], live.kind, time.time(), 0)
-    (group,) = plan.compaction_groups(live.stats, cutoff, 1 << 27, whole_partitions=False)
+    cutoff = compaction.compaction_cutoff([f.upper for f in live.stats], live.kind, time.time(), 0)
+    (group,) = compaction.compaction_groups(live.stats, cutoff, 1 << 27, whole_partitions=False)
     written = rewrite.rewrite_group(ice, live, group, ("exchange_ts", "trade_id"), 1 << 27)
     # Another process appends meanwhile.
     rows += cycles(env, "c", 1, start=dt.datetime(2026, 4, 2), step=dt.timedelta(hours=1))

@@ -7,7 +7,7 @@ import pytest
 from offloader.config import MaintenanceConfig, parse_size
 from offloader.configfile import parse_config
 from offloader.errors import ConfigError
-from offloader.plan import FileStat, compaction_cutoff, compaction_groups
+from offloader.iceberg.compaction import FileStat, compaction_cutoff, compaction_groups
 
 MB = 1_000_000
 

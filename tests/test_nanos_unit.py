@@ -12,6 +12,7 @@ from offloader import cursor, days, plan, sql
 from offloader.config import TableConfig
 from offloader.days import day_number, day_start, watermark_day
 from offloader.errors import SourceSchemaError
+from offloader.iceberg import compaction
 from offloader.iceberg.table import day_runs
 from offloader.state import DaySum
 from offloader.tiers.audit import day_sums
@@ -106,5 +107,5 @@ def test_audit_days_of_ticks() -> None:
 
 
 def test_compaction_cutoff_in_ticks() -> None:
-    assert plan.compaction_cutoff([10**18], "ticks9", 1000.0, 10.0) == 990 * 10**9
-    assert plan.compaction_cutoff([5], "ticks9", 1000.0, 10.0) == 5
+    assert compaction.compaction_cutoff([10**18], "ticks9", 1000.0, 10.0) == 990 * 10**9
+    assert compaction.compaction_cutoff([5], "ticks9", 1000.0, 10.0) == 5

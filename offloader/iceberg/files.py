@@ -27,8 +27,8 @@ from offloader.errors import SinkError
 from offloader.iceberg import (
     brief,
 )
+from offloader.iceberg.compaction import FileStat
 from offloader.iceberg.table import IcebergTable
-from offloader.plan import FileStat
 
 log = logging.getLogger(__name__)
 

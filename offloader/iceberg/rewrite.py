@@ -5,7 +5,7 @@ importer of pyiceberg. The read side and housekeeping (live files, shape, expiry
 orphans) are in files.py.
 
 Every call blocks; `offloader.ops.maintenance` runs them in worker threads and decides
-what to do (`plan.compaction_groups`).
+what to do (`compaction.compaction_groups`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from offloader.iceberg import (
     PROP_OPERATION,
     Marker,
 )
+from offloader.iceberg.compaction import RewriteGroup
 from offloader.iceberg.compat import (
     _ManifestMergeManager,
     _OverwriteFiles,
@@ -43,7 +44,6 @@ from offloader.iceberg.compat import (
 )
 from offloader.iceberg.files import LiveFiles
 from offloader.iceberg.table import IcebergTable, day_runs
-from offloader.plan import RewriteGroup
 
 __all__ = ["replace_files", "rewrite_group", "rows_outside_days"]
 

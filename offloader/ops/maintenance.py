@@ -23,10 +23,10 @@ from typing import Any
 
 import anyio
 
-from offloader import faults, plan
+from offloader import faults
 from offloader.config import ClickHouseConfig, MaintenanceConfig, TableConfig, ViewsConfig
 from offloader.errors import Locked, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable, files, rewrite
+from offloader.iceberg import IcebergCatalog, IcebergTable, compaction, files, rewrite
 from offloader.state import Store
 from offloader.tiers import view
 
@@ -194,13 +194,13 @@ def _compact(
     sort_by: tuple[str, ...],
 ) -> None:
     live = files.live_files(ice, table.watermark)
-    cutoff = plan.compaction_cutoff(
+    cutoff = compaction.compaction_cutoff(
         [f.upper for f in live.stats if f.upper is not None],
         live.kind,
         time.time(),
         table.lag + cfg.settle,
     )
-    groups = plan.compaction_groups(
+    groups = compaction.compaction_groups(
         live.stats, cutoff, cfg.target_file_size, whole_partitions=live.whole_partitions
     )
     deleted, added = [], []
