@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from offloader.days import SECONDS_PER_DAY
 from offloader.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "config/tables.toml"
@@ -27,7 +28,7 @@ Transport = Literal[
 PARQUET_BATCH_ROWS = 2_000_000
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": float(SECONDS_PER_DAY)}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "b": 1,
@@ -129,9 +130,13 @@ class MaintenanceConfig:
     budget: float = 600.0  # time budget of one pass (never delays a cycle tick)
     settle: float = 3600.0  # a partition is closed when its rows are older than now-lag-settle
     target_file_size: int = 128 * 1000**2  # compacted data files, Parquet bytes
-    snapshot_retention: float = 7 * 86400.0  # older snapshots are expired (never the newest)
+    snapshot_retention: float = (
+        7.0 * SECONDS_PER_DAY
+    )  # older snapshots are expired (never the newest)
     metadata_versions: int = 20  # metadata files kept (write.metadata.previous-versions-max)
-    orphan_age: float = 3 * 86400.0  # unreferenced files younger than this are never deleted
+    orphan_age: float = (
+        3.0 * SECONDS_PER_DAY
+    )  # unreferenced files younger than this are never deleted
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from offloader.config import (
     parse_partition,
     parse_size,
 )
+from offloader.days import SECONDS_PER_DAY
 from offloader.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -281,7 +282,7 @@ class _Reader:
             seconds = parse_duration(value)
         except ValueError:
             self.fail(f"{where}.{key}", "must be a duration like '30s', '5m' or '1h30m'", value)
-        if seconds < minimum or seconds > 366 * 86400:
+        if seconds < minimum or seconds > 366 * SECONDS_PER_DAY:
             self.fail(
                 f"{where}.{key}",
                 f"must be between {format_duration(minimum)} and 366d",

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from offloader.days import kind_of, ticks_precision
+from offloader.types import INT64_MAX
 
 if TYPE_CHECKING:
     from offloader.types import ChType
 
-_INT64_MAX = 2**63 - 1
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -73,7 +73,7 @@ def encode_value(v: Any) -> Any:
     if isinstance(v, bool):
         return int(v)
     if isinstance(v, int):
-        return v if -_INT64_MAX - 1 <= v <= _INT64_MAX else str(v)
+        return v if -INT64_MAX - 1 <= v <= INT64_MAX else str(v)
     if isinstance(v, decimal.Decimal | uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(v)
     if isinstance(v, bytes):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from offloader.cursor import ticks_text
+from offloader.days import SECONDS_PER_DAY
 from offloader.types import ChType, leaf_name, quote_ident, time_precision
 
 __all__ = ["behind_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
@@ -291,11 +292,11 @@ _UNIT = {
     "second": 1,
     "minute": 60,
     "hour": 3600,
-    "day": 86400,
-    "week": 7 * 86400,
-    "month": 30 * 86400,
-    "quarter": 91 * 86400,
-    "year": 365 * 86400,
+    "day": SECONDS_PER_DAY,
+    "week": 7 * SECONDS_PER_DAY,
+    "month": 30 * SECONDS_PER_DAY,
+    "quarter": 91 * SECONDS_PER_DAY,
+    "year": 365 * SECONDS_PER_DAY,
 }
 
 

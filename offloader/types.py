@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 
+# The largest Int64 (Iceberg's long): UInt64 values above it need uint64 = "decimal".
+INT64_MAX = 2**63 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class ChType:
     """A parsed ClickHouse type: name, arguments, and field names for named Tuples."""

@@ -37,7 +37,7 @@ import anyio
 from offloader import faults
 from offloader.config import Config, TableConfig
 from offloader.cursor import from_micros
-from offloader.days import day_number, watermark_day
+from offloader.days import SECONDS_PER_DAY, day_number, watermark_day
 from offloader.errors import Locked, SourceSchemaError, TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable
 from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS
@@ -316,7 +316,7 @@ async def check(src: SourceTable, table: TableConfig) -> str:
     unit = await _Source(src, table).unit()
     assert table.hot_retention is not None
     return (
-        f"hot_retention {table.hot_retention / 86400:g}d: drops {unit} partitions of "
+        f"hot_retention {table.hot_retention / SECONDS_PER_DAY:g}d: drops {unit} partitions of "
         f"{table.watermark!r} once Iceberg verifiably holds them"
     )
 

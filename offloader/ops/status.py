@@ -12,7 +12,7 @@ import anyio
 from offloader import source
 from offloader.config import Config, TableConfig
 from offloader.cursor import encode_value, from_micros, watermark_from_int
-from offloader.days import day_number, kind_of, ticks_precision, watermark_day
+from offloader.days import SECONDS_PER_DAY, day_number, kind_of, ticks_precision, watermark_day
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, files
 from offloader.plan import behind
@@ -318,4 +318,4 @@ def _human(seconds: float) -> str:
         return f"{seconds / 60:.0f}m"
     if seconds < 172800:
         return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+    return f"{seconds / SECONDS_PER_DAY:.1f}d"

@@ -39,9 +39,7 @@ from offloader.source import Scan, invalid_utf8_columns
 from offloader.source.arrow import ArrowHttpSession
 from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
 from offloader.state import DaySum
-from offloader.types import (
-    ChType,
-)
+from offloader.types import INT64_MAX, ChType
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves
 
 if TYPE_CHECKING:
@@ -102,13 +100,13 @@ def _leaves(table: TableConfig, column: str) -> dict[str, str]:
         'this table with transport = "arrow" and strings = "binary"'
     )
     too_big = (
-        f"{table.target}: column {column!r}: a UInt64 value is above 9223372036854775807; "
+        f"{table.target}: column {column!r}: a UInt64 value is above {INT64_MAX}; "
         'set uint64 = "decimal" on this table to store UInt64 as decimal(20,0)'
     )
     utf8 = f"throwIf(NOT ifNull(isValidUTF8({{0}}), 1), {_template_text(not_utf8)})"
     leaves = {"String": f"tupleElement(({{0}}, {utf8}), 1)", **TEXT_LEAVES, **SHARED_LEAVES}
     if table.uint64 == "error":
-        big = f"throwIf(ifNull({{0}} > 9223372036854775807, 0), {_template_text(too_big)})"
+        big = f"throwIf(ifNull({{0}} > {INT64_MAX}, 0), {_template_text(too_big)})"
         leaves["UInt64"] = f"toInt64(tupleElement(({{0}}, {big}), 1))"
     return leaves
 
@@ -271,12 +269,11 @@ class ParquetPager:
                 if col.ch_type.unwrap().name == "UInt64":
                     q = quote_ident(col.name)
                     top = await self._http.scalar(
-                        f"SELECT toString(max({q})) FROM {scan.relation} "
-                        f"WHERE {q} > 9223372036854775807"
+                        f"SELECT toString(max({q})) FROM {scan.relation} WHERE {q} > {INT64_MAX}"
                     )
                     example = f" (e.g. {top})"
                 return DataError(
-                    f"{where}: a value{example} is above 9223372036854775807 and cannot be "
+                    f"{where}: a value{example} is above {INT64_MAX} and cannot be "
                     'stored as long; set uint64 = "decimal" on this table to store UInt64 '
                     "as decimal(20,0)"
                 )
