@@ -36,8 +36,9 @@ from benchmarks.cycle import Bench, machine
 from offloader.configfile import load_config
 from offloader.dev import devserver
 from offloader.iceberg import IcebergCatalog, files
-from offloader.offload.supervisor import open_runtime, run_cycle
+from offloader.offload.supervisor import run_cycle
 from offloader.ops.maintenance import maintain
+from offloader.tiers.services import open_services
 
 INSERT = """
 INSERT INTO {db}.{name} (exchange_ts, received_ts, trade_id, symbol, price, quantity, side,
@@ -127,14 +128,13 @@ def run(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     passes: list[dict[str, Any]] = []
 
     async def go() -> None:
-        async with open_runtime(cfg) as runtime:
-            catalog = runtime.services.catalog
+        async with open_services(cfg) as services:
             for i in range(args.cycles):
                 for n in names:
                     query = INSERT.format(db=b.db, name=n, cycle=i, rows=args.rows_per_cycle)
                     await anyio.to_thread.run_sync(b.sql, query)
                 started_at.append(time.time())
-                report = await run_cycle(cfg, runtime)
+                report = await run_cycle(cfg, services)
                 if not report.ok:
                     raise SystemExit(report.summary())
                 for t in report.tables:
@@ -148,9 +148,8 @@ def run(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
                         cfg.maintenance, snapshot_retention=retention, orphan_age=args.orphan_age
                     )
                     t0 = time.perf_counter()
-                    (rep,) = await maintain(
-                        catalog, runtime.services.watermarks, [cfg.table("cold.age_maint")], mcfg
-                    )
+                    services.maintenance = mcfg
+                    (rep,) = await maintain(services, [cfg.table("cold.age_maint")])
                     if rep.status != "ok":
                         raise SystemExit(f"maintenance failed: {rep.error}")
                     passes.append(

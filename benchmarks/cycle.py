@@ -41,10 +41,11 @@ from offloader.cursor import encode_value
 from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog, Marker
-from offloader.offload.supervisor import CycleReport, open_runtime, run_cycle
+from offloader.offload.supervisor import CycleReport, run_cycle
 from offloader.plan import plan_source
 from offloader.source import Scan, arrow, native
 from offloader.sql import qualified, quote_ident
+from offloader.tiers.services import open_services
 from offloader.tiers.writing import FILE_ROWS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,8 +154,8 @@ def cycle(path: Path) -> CycleReport:
     cfg = load_config(path)
 
     async def go() -> CycleReport:
-        async with open_runtime(cfg) as runtime:
-            return await run_cycle(cfg, runtime)
+        async with open_services(cfg) as services:
+            return await run_cycle(cfg, services)
 
     report = anyio.run(go)
     if not report.ok:

@@ -25,6 +25,7 @@ from offloader.config import Config, config_path, parse_duration
 from offloader.configfile import load_config
 from offloader.errors import ConfigError, OffloaderError
 from offloader.log import setup as setup_logging
+from offloader.report import Status, Verdict
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_NOTHING = 0, 1, 2, 3
 
@@ -309,8 +310,10 @@ async def _run(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _status(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.ops.status import collect, render
+    from offloader.tiers.services import open_services
 
-    statuses = await collect(cfg)
+    async with open_services(cfg, connections=2) as services:
+        statuses = await collect(services, cfg)
     if args.json:
         print(orjson.dumps([s.as_dict() for s in statuses], option=orjson.OPT_INDENT_2).decode())
     else:
@@ -323,7 +326,7 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
         if s.enabled
         and (
             (s.lag_seconds is not None and s.lag_seconds > cfg.service.lag_alert)
-            or s.last_status == "failed"
+            or s.last_status == Status.FAILED
             or s.problem
             or s.ttl_warning
             or s.drifted_days
@@ -428,50 +431,36 @@ async def _reset(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _verify(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.ops.verify import verify_table
-    from offloader.postgres.watermarks import Watermarks
+    from offloader.tiers.services import open_services
 
     since, until = day_range(args)
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
     if not tables:
         print(f"offloader: {cfg.path}: no enabled table to verify", file=sys.stderr)
         return EXIT_NOTHING
-    watermarks = await Watermarks.open(cfg.postgres, max_size=1)
-    try:
-        retained = {r.target: r.retained_until for r in await watermarks.status()}
-    finally:
-        await watermarks.close()
     verdicts = []
-    for table in tables:
-        verdict = await verify_table(cfg, table, since, until, retained.get(table.target))
-        verdicts.append(verdict)
-        if not args.json:
-            print(verdict.render())
+    async with open_services(cfg, connections=2) as services:
+        retained = {r.target: r.retained_until for r in await services.watermarks.status()}
+        for table in tables:
+            verdict = await verify_table(services, table, since, until, retained.get(table.target))
+            verdicts.append(verdict)
+            if not args.json:
+                print(verdict.render())
     if args.json:
         print(orjson.dumps([v.as_dict() for v in verdicts], option=orjson.OPT_INDENT_2).decode())
     if any(not v.ok for v in verdicts):
         return EXIT_FAILED
     # Comparing no day proves nothing: a typo'd range must not pass a cron check.
-    return EXIT_NOTHING if any(v.result == "nothing" for v in verdicts) else EXIT_OK
+    return EXIT_NOTHING if any(v.result == Verdict.NOTHING for v in verdicts) else EXIT_OK
 
 
 async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
-    from offloader.iceberg import IcebergCatalog
     from offloader.ops.maintenance import maintain
-    from offloader.postgres.watermarks import Watermarks
+    from offloader.tiers.services import open_services
 
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
-    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
-    try:
-        reports = await maintain(
-            IcebergCatalog(cfg.catalog, cfg.maintenance),
-            watermarks,
-            tables,
-            cfg.maintenance,
-            dry_run=args.dry_run,
-            views=(cfg.clickhouse, cfg.views),
-        )
-    finally:
-        await watermarks.close()
+    async with open_services(cfg, connections=2) as services:
+        reports = await maintain(services, tables, dry_run=args.dry_run)
     if args.json:
         print(orjson.dumps([r.as_dict() for r in reports], option=orjson.OPT_INDENT_2).decode())
     else:
@@ -479,7 +468,7 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
             print(r.line())
             for step in r.planned:
                 print(f"  {step}")
-    failed = [r for r in reports if r.status == "failed"]
+    failed = [r for r in reports if r.status == Status.FAILED]
     for r in failed:
         print(f"offloader: maintenance FAILED {r.error}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
@@ -487,6 +476,7 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _repair(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.ops.repair import RepairReport, repair_table
+    from offloader.tiers.services import open_services
 
     table = cfg.table(args.table)
     since, until = day_range(args)
@@ -495,15 +485,10 @@ async def _repair(cfg: Config, args: argparse.Namespace) -> int:
     from offloader import progress
 
     async def run(bars: progress.Progress | None = None) -> RepairReport:
-        return await repair_table(
-            cfg,
-            table,
-            since=since,
-            until=until,
-            force=args.force,
-            dry_run=args.dry_run,
-            progress=bars,
-        )
+        async with open_services(cfg, bars, connections=2) as services:
+            return await repair_table(
+                services, table, since=since, until=until, force=args.force, dry_run=args.dry_run
+            )
 
     if progress.wanted(args.json) and not args.dry_run:
         with progress.TerminalProgress() as bars:
@@ -515,7 +500,7 @@ async def _repair(cfg: Config, args: argparse.Namespace) -> int:
     else:
         for line in report.lines():
             print(line)
-    if report.status in ("failed", "refused") or report.refused:
+    if report.status in (Status.FAILED, Status.REFUSED) or report.refused:
         print(
             f"offloader: repair of {table.target} {report.status}"
             + (f": {report.error}" if report.error else "; see the REFUSED lines"),
@@ -560,15 +545,12 @@ async def _expire(cfg: Config, args: argparse.Namespace) -> int:
 
 async def _retain(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.ops.retention import RetentionReport, retain
-    from offloader.postgres.watermarks import Watermarks
+    from offloader.tiers.services import open_services
 
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
-    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
-    try:
-        reports = await retain(cfg, tables, watermarks, dry_run=args.dry_run)
-    finally:
-        await watermarks.close()
-    off = [RetentionReport(t.target, status="off") for t in tables if t.hot_retention is None]
+    async with open_services(cfg, connections=2) as services:
+        reports = await retain(services, tables, dry_run=args.dry_run)
+    off = [RetentionReport(t.target, status=Status.OFF) for t in tables if t.hot_retention is None]
     if args.json:
         shown = [r.as_dict() for r in [*reports, *off]]
         print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
@@ -577,7 +559,7 @@ async def _retain(cfg: Config, args: argparse.Namespace) -> int:
             print("\n".join(report.lines()))
     if not reports and not args.json:
         print("offloader: no table sets hot_retention", file=sys.stderr)
-    bad = [r for r in reports if r.status == "failed" or r.refused or r.late]
+    bad = [r for r in reports if r.status == Status.FAILED or r.refused or r.late]
     return EXIT_FAILED if bad else EXIT_OK
 
 

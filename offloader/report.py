@@ -1,26 +1,82 @@
-"""What one table run did: the report the supervisor, metrics, logs and `--json` share."""
+"""What an operation on a table did: the reports the supervisor, the operations, metrics,
+logs and `--json` share, their one status vocabulary, and `guarded`, the one shell that
+keeps a table's problem from escaping its operation."""
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
+
+from offloader.errors import Locked, TableError
+
+log = logging.getLogger(__name__)
 
 
-class RunStatus(StrEnum):
-    """How a table run ended (logs, `--json`, the metrics' `status` label)."""
+class Status(StrEnum):
+    """How one operation on one table ended — a table run, a repair, a maintenance or a
+    retention pass (logs, `--json`, the metrics' labels, exit codes)."""
 
-    OK = "ok"  # rows committed
-    IDLE = "idle"  # nothing to read
-    FAILED = "failed"  # `reason` and `error` say why; committed rows are kept
+    OK = "ok"  # done: rows committed, days replaced, a pass ran
+    IDLE = "idle"  # a run with nothing to read
+    NOTHING = "nothing"  # a repair with no day to replace
+    MISSING = "missing"  # no Iceberg table yet (maintenance)
+    OFF = "off"  # not asked of this table (retention without hot_retention)
+    REFUSED = "refused"  # a repair whose every day must not be replaced
+    FAILED = "failed"  # `reason` and `error` say why; what was committed is kept
     SKIPPED = "skipped"  # another worker holds the table's lock
+
+
+class Verdict(StrEnum):
+    """What `verify` found for a table."""
+
+    EQUAL = "equal"
+    DIFFERENT = "different"
+    NOTHING = "nothing"  # no day compared: not a proof
+    ERROR = "error"
+
+
+class Guarded(Protocol):
+    """A report `guarded` fills in when its operation fails."""
+
+    target: str
+    status: Status
+    error: str | None
+    reason: str | None
+    seconds: float
+
+
+@contextmanager
+def guarded(report: Guarded, what: str) -> Iterator[None]:
+    """The one shell around an operation on one table (a run, a repair, a maintenance or
+    retention pass): it never raises for the table. A TableError fails the operation
+    (skipped when another worker holds the table's lock) with its line and reason; any
+    other exception is a bug, logged with its traceback as `<what> crashed` and
+    reported as an internal error. Cancellation passes through. Times the operation."""
+    started = time.monotonic()
+    try:
+        yield
+    except TableError as exc:
+        report.status = Status.SKIPPED if isinstance(exc, Locked) else Status.FAILED
+        report.error, report.reason = str(exc), exc.reason
+    except Exception as exc:
+        log.exception(f"{what} crashed", extra={"table": report.target})
+        report.status = Status.FAILED
+        report.reason = "internal"
+        report.error = f"{report.target}: internal error {type(exc).__name__}: {exc}"
+    finally:
+        report.seconds = time.monotonic() - started
 
 
 @dataclass(slots=True)
 class TableReport:
     target: str
     source: str
-    status: RunStatus = RunStatus.OK
+    status: Status = Status.OK
     rows: int = 0
     pages: int = 0
     snapshots: int = 0

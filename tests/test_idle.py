@@ -106,8 +106,10 @@ def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
         windows.append(args[0].relation)
         return await hashed_window(*args, **kwargs)
 
-    monkeypatch.setattr(audit, "clickhouse_days", counting)
-    from offloader.offload import pipeline
+    from offloader.offload import checkup, pipeline
+
+    monkeypatch.setattr(audit, "clickhouse_days", counting)  # the run's prepare
+    monkeypatch.setattr(checkup, "clickhouse_days", counting)  # the audits
 
     behind: list[str] = []
     behind_query = pipeline.behind_query

@@ -125,7 +125,7 @@ def test_the_audit_reads_clickhouse_while_the_run_commits(
     (checkup.read_ahead) and runs while the files are written and committed: the audit
     after the commits reads no window of its own, and still reports a late row. A first
     run (a backfill) does not hash again the rows it just read and summed."""
-    from offloader.offload import pipeline
+    from offloader.offload import checkup, pipeline
     from offloader.tiers import audit
 
     events: list[str] = []
@@ -141,7 +141,8 @@ def test_the_audit_reads_clickhouse_while_the_run_commits(
         await commit(*args, **kwargs)
         events.append("committed")
 
-    monkeypatch.setattr(audit, "clickhouse_days", counting)
+    monkeypatch.setattr(audit, "clickhouse_days", counting)  # the run's prepare
+    monkeypatch.setattr(checkup, "clickhouse_days", counting)  # the audit's read-ahead
     monkeypatch.setattr(pipeline.TableRun, "_commit", committing)
     setup_days(env, "ahead")
     env.write_config([env.table("ahead", audit_days=4, batch_rows=1000)])

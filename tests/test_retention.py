@@ -16,9 +16,8 @@ import pytest
 
 from offloader import faults
 from offloader.dev.demo import trades_ddl
-from offloader.iceberg import IcebergCatalog
 from offloader.ops import retention
-from offloader.postgres.watermarks import Watermarks
+from offloader.tiers.services import open_services
 from tests.helpers import Env
 from tests.test_every_type import create_every_table
 from tests.test_service import Service, scrape_until
@@ -170,12 +169,8 @@ def test_an_insert_racing_the_drop_is_never_lost(
     cfg = env.config()
 
     async def go() -> retention.RetentionReport:
-        store = await Watermarks.open(cfg.postgres, max_size=2)
-        try:
-            catalog = IcebergCatalog(cfg.catalog)
-            return await retention.retain_table(cfg, cfg.table("cold.t"), store, catalog)
-        finally:
-            await store.close()
+        async with open_services(cfg, connections=2) as services:
+            return await retention.retain_table(services, cfg.table("cold.t"))
 
     report = anyio.run(go)
     assert (

@@ -12,7 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from offloader.offload.supervisor import open_runtime, run_cycle
+from offloader.offload.supervisor import run_cycle
+from offloader.tiers.services import open_services
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ def test_soak(env_long: Env) -> None:
 
     async def soak() -> None:
         nonlocal inserted, with_rows
-        async with open_runtime(cfg) as runtime:
+        async with open_services(cfg) as services:
             for i in range(CYCLES):
                 if i % 4 != 3:  # every fourth cycle finds nothing new
                     start = dt.datetime(2026, 1, 1) + dt.timedelta(minutes=i)
@@ -49,7 +50,7 @@ def test_soak(env_long: Env) -> None:
                         )
                     )
                     inserted += n
-                report = await run_cycle(cfg, runtime)
+                report = await run_cycle(cfg, services)
                 assert report.ok, report.summary()
                 if report.rows:
                     with_rows += 1

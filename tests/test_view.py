@@ -28,9 +28,9 @@ from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.ops import maintenance
 from offloader.ops.maintenance import MaintenanceReport
-from offloader.postgres.watermarks import Watermarks
 from offloader.sql import quote_ident
 from offloader.tiers import view
+from offloader.tiers.services import open_services
 from offloader.tiers.view import column_pair, exact
 from offloader.types import parse_type
 from offloader.wire import iceberg_type
@@ -509,17 +509,8 @@ def test_the_view_keeps_its_metadata_file_while_its_replacement_keeps_failing(
     cfg = env.config()
 
     async def maintain() -> list[MaintenanceReport]:
-        store = await Watermarks.open(cfg.postgres, max_size=2)
-        try:
-            return await maintenance.maintain(
-                IcebergCatalog(cfg.catalog, cfg.maintenance),
-                store,
-                list(cfg.tables),
-                cfg.maintenance,
-                views=(cfg.clickhouse, cfg.views),
-            )
-        finally:
-            await store.close()
+        async with open_services(cfg, connections=2) as services:
+            return await maintenance.maintain(services, list(cfg.tables))
 
     before = len(_metadata_files(env))
     reports = anyio.run(maintain)

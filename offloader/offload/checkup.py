@@ -178,16 +178,11 @@ async def audit(
     if drifted and table.late_rows == "repair":
         from offloader.ops import repair  # pyiceberg's rewrite path, loaded when used
 
+        request = repair.RepairRequest(
+            [d.day for d in drifted], retained_until=check.prepared.state.retained_until
+        )
         fixed = await repair.repair(
-            check.src,
-            check.services.watermarks,
-            table,
-            ice,
-            seq=seq,
-            position=position,
-            days=[d.day for d in drifted],
-            limiter=check.services.io,
-            retained_until=check.prepared.state.retained_until,
+            check.services, check.src, table, ice, seq=seq, position=position, request=request
         )
         report.repaired = [d.day.isoformat() for d in fixed.days]
         if fixed.seq is not None:

@@ -30,7 +30,7 @@ from offloader.config import TableConfig
 from offloader.errors import OffloaderError
 from offloader.iceberg import Marker, WrittenFiles
 from offloader.offload import checkup
-from offloader.report import RunStatus, TableReport
+from offloader.report import Status, TableReport
 from offloader.source import (
     Page,
     Pager,
@@ -44,7 +44,7 @@ from offloader.sql import behind_query, parts_fingerprint
 from offloader.state import Advance, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services
-from offloader.tiers.writing import PageWriter
+from offloader.tiers.writing import PageWriter, commit
 
 if TYPE_CHECKING:
     from offloader.iceberg import IcebergTable
@@ -122,7 +122,7 @@ class TableRun:
             pager = self.src.source.pager(table, self.src.plan, self.hashed)
             await self.transfer(check, pager, opening=True)
             if report.rows == 0:
-                report.status = RunStatus.IDLE
+                report.status = Status.IDLE
             audited = await checkup.audit(
                 check, self.ice, report, seq=self.seq, ahead=self.audit_ahead
             )
@@ -193,7 +193,7 @@ class TableRun:
             elif agreed.caught_up:
                 report.rows_behind, report.lag_seconds = 0, 0.0
                 report.stage("prepare", time.monotonic() - t0)
-                report.status = RunStatus.IDLE
+                report.status = Status.IDLE
                 return checkup.Prepared(state, 0, None, parts=fingerprint)
         known: audit.KnownDays | None = None
         if agreed is None and bounds is not None and report.watermark is not None:
@@ -212,14 +212,14 @@ class TableRun:
         report.stage("prepare", time.monotonic() - t0)
         idle = checkup.Prepared(state, waiting, None, known, fingerprint)
         if not waiting:
-            report.status = RunStatus.IDLE
+            report.status = Status.IDLE
             return idle
         now = cursor.from_micros(now_micros) if now_micros is not None else datetime.now(UTC)
         upto = plan.high_water_value(
             cursor.watermark_from_int(wm_type, newest), now, table.lag, wm_type
         )
         if cursor.watermark_from_int(wm_type, oldest) > upto:  # only rows inside `lag`
-            report.status = RunStatus.IDLE
+            report.status = Status.IDLE
             return idle
         return replace(idle, upto=cursor.encode_value(upto))
 
@@ -389,32 +389,30 @@ class TableRun:
     async def _commit(
         self, written: list[WrittenFiles], position: list[Any], sums: dict[int, DaySum]
     ) -> None:
-        """Commit the written files to Iceberg, then advance PostgreSQL. Shielded: once the
-        Iceberg commit starts, a deadline or shutdown waits for both commits to finish."""
+        """Commit the written files to Iceberg, then advance PostgreSQL (writing.commit:
+        shielded, a deadline or shutdown waits for both), then move the view."""
         services, table, report = self.services, self.table, self.report
         rows = sum(w.rows for w in written)
-        with anyio.CancelScope(shield=True):
-            t0 = time.monotonic()
-            marker = Marker(
-                self.seq + 1, position, self.run_id, rows, encode_days(sums) if sums else None
-            )
-            mark = await anyio.to_thread.run_sync(
-                self.ice.commit_files, written, marker, limiter=services.io
-            )
-            report.stage("iceberg_commit", time.monotonic() - t0)
-            faults.point("iceberg_commit")
-            t0 = time.monotonic()
-            advance = Advance(mark.seq, position, rows, self.run_id, mark.snapshot_id, sums)
-            await services.watermarks.commit(table.target, self.seq, advance)
-            report.stage("watermark_commit", time.monotonic() - t0)
-        self.seq = mark.seq
+        marker = Marker(
+            self.seq + 1, position, self.run_id, rows, encode_days(sums) if sums else None
+        )
+        await commit(
+            services.watermarks,
+            table.target,
+            marker,
+            sums,
+            lambda m: self.ice.commit_files(written, m).snapshot_id,
+            limiter=services.io,
+            stage=report.stage,
+        )
+        self.seq = marker.seq
         report.rows += rows
         report.bytes += sum(w.nbytes for w in written)
         report.snapshots += 1
         report.watermark = position
         log.info(
             "committed",
-            extra={"table": table.target, "rows": rows, "seq": mark.seq, "watermark": position},
+            extra={"table": table.target, "rows": rows, "seq": marker.seq, "watermark": position},
         )
         if table.view is not None:
             # The view moves with every commit: its cold side is this commit's metadata

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,16 +14,15 @@ import anyio
 import orjson
 
 from offloader.config import Config, TableConfig
-from offloader.errors import Locked, TableError
+from offloader.errors import TableError
 from offloader.offload.pipeline import run_table
-from offloader.postgres.watermarks import Watermarks
 from offloader.progress import Progress
-from offloader.report import RunStatus, TableReport
+from offloader.report import Status, TableReport, guarded
 from offloader.state import CLEANUP_SECONDS
-from offloader.tiers.services import Services
+from offloader.tiers.services import Services, open_services
 
 if TYPE_CHECKING:
-    from offloader.iceberg.catalog import IcebergCatalog
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +37,13 @@ class CycleReport:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(t.status != "failed" for t in self.tables)
+        return self.error is None and all(t.status != Status.FAILED for t in self.tables)
 
     @property
     def rows(self) -> int:
         return sum(t.rows for t in self.tables)
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for t in self.tables if t.status == status)
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,50 +64,16 @@ class CycleReport:
         parts = [
             f"cycle {self.cycle_id[:8]}: {len(self.tables)} tables in {self.seconds:.2f}s, "
             f"{self.rows} rows",
-            f"ok {self.count('ok')}, idle {self.count('idle')}, failed {self.count('failed')}, "
-            f"skipped {self.count('skipped')}",
+            f"ok {self.count(Status.OK)}, idle {self.count(Status.IDLE)}, "
+            f"failed {self.count(Status.FAILED)}, skipped {self.count(Status.SKIPPED)}",
         ]
         text = "; ".join(parts)
         if self.error:
             text += f"; error: {self.error}"
         for t in self.tables:
-            if t.status == "failed" and t.error != self.error:
+            if t.status == Status.FAILED and t.error != self.error:
                 text += f"\n  FAILED {t.error}"
         return text
-
-
-@dataclass(slots=True)
-class Runtime:
-    """Connections that live across cycles: the state pool and the Iceberg catalog."""
-
-    services: Services
-
-
-@asynccontextmanager
-async def open_runtime(cfg: Config, progress: Progress | None = None) -> AsyncIterator[Runtime]:
-    """Open PostgreSQL (migrating its schema) and the catalog for one process."""
-    watermarks = await Watermarks.open(
-        cfg.postgres, max_size=2 * cfg.service.max_parallel_tables + 2
-    )
-    try:
-        services = Services(
-            clickhouse=cfg.clickhouse,
-            open_catalog=lambda: _open_catalog(cfg),
-            watermarks=watermarks,
-            cpu=anyio.CapacityLimiter(max(1, os.cpu_count() or 1)),
-            io=anyio.CapacityLimiter(max(2, cfg.service.max_parallel_tables)),
-            progress=progress,
-            views=cfg.views,
-        )
-        yield Runtime(services)
-    finally:
-        await watermarks.close()
-
-
-def _open_catalog(cfg: Config) -> IcebergCatalog:
-    from offloader.iceberg.catalog import IcebergCatalog
-
-    return IcebergCatalog(cfg.catalog, cfg.maintenance)
 
 
 async def offload_table(
@@ -125,11 +88,10 @@ async def offload_table(
     timeout are kept; the rest continues next cycle.
     """
     report = TableReport(target=table.target, source=table.source)
-    started = time.monotonic()
     started_at = finished_at = datetime.now(UTC)
     run_id = uuid.uuid4().hex
     log.info("table started", extra={"table": table.target, "run_id": run_id})
-    try:
+    with guarded(report, "table run"):
         with anyio.move_on_after(timeout) as deadline:
             async with services.watermarks.table_lock(table.target):
                 # The run's interval in the log is the time it held the table's lock.
@@ -139,24 +101,13 @@ async def offload_table(
                 finally:
                     finished_at = datetime.now(UTC)
         if deadline.cancelled_caught:
-            report.status = RunStatus.FAILED
+            report.status = Status.FAILED
             report.reason = "timeout"
             report.error = (
                 f"{table.target}: table_timeout of {timeout:g}s exceeded after {report.rows} rows "
                 "(committed rows are kept; the rest continues next cycle)"
             )
-    except TableError as exc:
-        report.status = RunStatus.SKIPPED if isinstance(exc, Locked) else RunStatus.FAILED
-        report.error = str(exc)
-        report.reason = exc.reason
-    except Exception as exc:  # a bug, not an expected failure: keep the traceback in the log
-        log.exception("table run crashed", extra={"table": table.target})
-        report.status = RunStatus.FAILED
-        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
-        report.reason = "internal"
-    finally:
-        report.seconds = time.monotonic() - started
-    if report.status != "skipped":
+    if report.status != Status.SKIPPED:
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
                 await services.watermarks.record_run(
@@ -192,7 +143,7 @@ async def offload_table(
 TableHook = Callable[[TableReport], None]
 
 
-def _unrun(table: TableConfig, status: RunStatus, reason: str, why: str) -> TableReport:
+def _unrun(table: TableConfig, status: Status, reason: str, why: str) -> TableReport:
     """The report of a table whose run did not happen or did not end normally."""
     return TableReport(
         table.target, table.source, status=status, reason=reason, error=f"{table.target}: {why}"
@@ -201,7 +152,7 @@ def _unrun(table: TableConfig, status: RunStatus, reason: str, why: str) -> Tabl
 
 async def run_cycle(
     cfg: Config,
-    runtime: Runtime,
+    services: Services,
     *,
     stopping: anyio.Event | None = None,
     on_table: TableHook | None = None,
@@ -214,23 +165,17 @@ async def run_cycle(
     log.info("cycle started", extra={"cycle_id": report.cycle_id, "tables": len(tables)})
 
     async def one(table: TableConfig) -> None:
-        # Guarded here, not only inside offload_table: an exception escaping this
+        # Guarded here too, not only inside offload_table: an exception escaping this
         # coroutine would make the task group cancel every other table of the cycle.
-        try:
+        result = _unrun(table, Status.FAILED, "internal", "the run ended without a report")
+        with guarded(result, "table run outside its guard"):
             async with limiter:
                 if stopping is not None and stopping.is_set():
-                    result = _unrun(
-                        table, RunStatus.SKIPPED, "shutdown", "not started, shutting down"
-                    )
+                    result = _unrun(table, Status.SKIPPED, "shutdown", "not started, shutting down")
                 else:
                     result = await offload_table(
-                        runtime.services, table, cfg.service.table_timeout, stopping
+                        services, table, cfg.service.table_timeout, stopping
                     )
-        except Exception as exc:
-            log.exception("table run crashed outside its guard", extra={"table": table.target})
-            result = _unrun(
-                table, RunStatus.FAILED, "internal", f"internal error {type(exc).__name__}: {exc}"
-            )
         report.tables.append(result)
         if on_table is not None:
             try:
@@ -251,10 +196,10 @@ async def run_cycle(
 async def run_once(
     cfg: Config, on_table: TableHook | None = None, progress: Progress | None = None
 ) -> CycleReport:
-    """Open the runtime, run one cycle, close. A state database outage fails the cycle."""
+    """Open the services, run one cycle, close. A state database outage fails the cycle."""
     try:
-        async with open_runtime(cfg, progress) as runtime:
-            return await run_cycle(cfg, runtime, on_table=on_table)
+        async with open_services(cfg, progress) as services:
+            return await run_cycle(cfg, services, on_table=on_table)
     except TableError as exc:
         report = CycleReport(
             cycle_id=uuid.uuid4().hex, started_at=datetime.now(UTC), error=str(exc)
@@ -262,7 +207,7 @@ async def run_once(
         for t in cfg.enabled_tables:
             report.tables.append(
                 TableReport(
-                    t.target, t.source, status=RunStatus.FAILED, reason=exc.reason, error=str(exc)
+                    t.target, t.source, status=Status.FAILED, reason=exc.reason, error=str(exc)
                 )
             )
         log.error("cycle failed", extra={"report": report.as_dict()})

@@ -24,11 +24,11 @@ from typing import Any
 import anyio
 
 from offloader import faults
-from offloader.config import ClickHouseConfig, MaintenanceConfig, TableConfig, ViewsConfig
-from offloader.errors import Locked, TableError
+from offloader.config import MaintenanceConfig, TableConfig
 from offloader.iceberg import IcebergCatalog, IcebergTable, compaction, files, rewrite
-from offloader.state import Store
+from offloader.report import Status, guarded
 from offloader.tiers import view
+from offloader.tiers.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class MaintenanceReport:
     target: str
     dry_run: bool = False
-    status: str = "ok"  # ok | missing (no Iceberg table yet) | skipped (locked) | failed
+    status: Status = Status.OK  # OK, MISSING (no Iceberg table yet), SKIPPED (locked), FAILED
     sort_order_set: bool = False
     groups: int = 0  # partitions compacted
     files_rewritten: int = 0
@@ -61,7 +61,7 @@ class MaintenanceReport:
         return d
 
     def line(self) -> str:
-        if self.status != "ok":
+        if self.status != Status.OK:
             return f"{self.target}: {self.status}" + (f": {self.error}" if self.error else "")
         verb = "would rewrite" if self.dry_run else "rewrote"
         text = (
@@ -90,33 +90,30 @@ def _mb(n: int) -> str:
 
 
 async def maintain_table(
-    catalog: IcebergCatalog,
-    watermarks: Store,
+    services: Services,
     table: TableConfig,
-    cfg: MaintenanceConfig,
     *,
     dry_run: bool = False,
     deadline: float | None = None,
-    limiter: anyio.CapacityLimiter | None = None,
-    views: tuple[ClickHouseConfig, ViewsConfig] | None = None,
 ) -> MaintenanceReport:
-    """One maintenance pass over one table. Never raises for a table problem.
+    """One maintenance pass over one table ([maintenance] of `services`), under its lock.
+    Never raises for a table problem (`guarded`).
 
     `deadline` (time.monotonic()) bounds the compaction: no new partition is started
-    past it; what was rewritten by then is committed. `views`: where the table's view
-    over both tiers lives; it is pointed at the rewritten table after the pass, and the
-    snapshot it reads until then is never expired.
+    past it; what was rewritten by then is committed. The table's view over both tiers
+    is pointed at the rewritten table after the pass, and what it reads until then
+    (snapshot, metadata file) is never expired or deleted.
     """
     report = MaintenanceReport(table.target, dry_run=dry_run)
-    started = time.monotonic()
-    try:
-        async with watermarks.table_lock(table.target):
-            ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=limiter)
+    with guarded(report, "maintenance"):
+        async with services.watermarks.table_lock(table.target):
+            catalog = await services.open_iceberg()
+            ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
             if ice is None:
-                report.status = "missing"
+                report.status = Status.MISSING
                 report.error = "no Iceberg table yet (it is created by the first offload)"
             else:
-                known = await watermarks.view_state(table.target) if table.view else None
+                known = await services.watermarks.view_state(table.target) if table.view else None
                 # What the view over both tiers reads is kept until the view moves on,
                 # however long its replacement keeps failing: its snapshot and its
                 # metadata file.
@@ -124,22 +121,13 @@ async def maintain_table(
                     {known.snapshot_id} if known and known.snapshot_id else set(),
                     {known.metadata} if known and known.metadata else set(),
                 )
+                cfg = services.maintenance
                 await anyio.to_thread.run_sync(
-                    _pass, catalog, ice, table, cfg, report, deadline, pinned, limiter=limiter
+                    _pass, catalog, ice, table, cfg, report, deadline, pinned, limiter=services.io
                 )
-                if views is not None and not dry_run:
-                    report.view_error = await view.after_rewrite(*views, watermarks, table, ice)
-    except TableError as exc:
-        report.status = "skipped" if isinstance(exc, Locked) else "failed"
-        report.error = str(exc)
-        report.reason = exc.reason
-    except Exception as exc:  # a bug: keep the traceback in the log
-        log.exception("maintenance crashed", extra={"table": table.target})
-        report.status = "failed"
-        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
-        report.reason = "internal"
-    report.seconds = time.monotonic() - started
-    event = log.error if report.status == "failed" else log.info
+                if not dry_run:
+                    report.view_error = await view.after_rewrite(services, table, ice)
+    event = log.error if report.status == Status.FAILED else log.info
     event(f"maintenance {report.status}", extra={"table": table.target, **report.as_dict()})
     return report
 
@@ -240,15 +228,12 @@ def _compact(
 
 
 async def maintain(
-    catalog: IcebergCatalog,
-    watermarks: Store,
+    services: Services,
     tables: list[TableConfig],
-    cfg: MaintenanceConfig,
     *,
     dry_run: bool = False,
     deadline: float | None = None,
     stopping: anyio.Event | None = None,
-    views: tuple[ClickHouseConfig, ViewsConfig] | None = None,
 ) -> list[MaintenanceReport]:
     """A pass over `tables`, one after another (maintenance is not urgent, and one at a
     time keeps its memory to one table's work). Tables not reached before `deadline`
@@ -263,9 +248,5 @@ async def maintain(
                 extra={"remaining": [t.target for t in tables[len(reports) :]]},
             )
             break
-        reports.append(
-            await maintain_table(
-                catalog, watermarks, table, cfg, dry_run=dry_run, deadline=deadline, views=views
-            )
-        )
+        reports.append(await maintain_table(services, table, dry_run=dry_run, deadline=deadline))
     return reports

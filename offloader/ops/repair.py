@@ -29,19 +29,20 @@ from typing import Any
 import anyio
 
 from offloader import faults, plan
-from offloader.config import Config, TableConfig
+from offloader.config import TableConfig
 from offloader.cursor import as_datetime, from_micros, watermark_from_int
 from offloader.days import day_number, day_start, kind_of, watermark_day
-from offloader.errors import InconsistentState, Locked, SourceSchemaError, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable, Marker, WrittenFiles, files, rewrite
-from offloader.postgres.watermarks import Watermarks
+from offloader.errors import InconsistentState, SourceSchemaError
+from offloader.iceberg import IcebergTable, Marker, WrittenFiles, files, rewrite
 from offloader.progress import Progress
+from offloader.report import Status, guarded
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
 from offloader.sql import NOW_MICROS, quote_ident, row_hash, ttl_seconds, watermark_int
-from offloader.state import Advance, DaySum, Store, encode_days
+from offloader.state import DaySum, encode_days
 from offloader.tiers import view
 from offloader.tiers.audit import DayCount, HotTable, add_sums, audit_days
-from offloader.tiers.writing import PageWriter
+from offloader.tiers.services import Services
+from offloader.tiers.writing import PageWriter, commit
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 class RepairReport:
     target: str
     dry_run: bool = False
-    status: str = "ok"  # ok | nothing (no day to repair) | refused | failed
+    status: Status = Status.OK  # OK, NOTHING (no day to repair), REFUSED, FAILED, SKIPPED
     days: list[DayCount] = field(default_factory=list)  # replaced (counts before)
     refused: list[str] = field(default_factory=list)  # "day: why"
     rows_before: int = 0  # Iceberg rows of the replaced days
@@ -58,6 +59,8 @@ class RepairReport:
     files_replaced: int = 0
     seq: int | None = None
     error: str | None = None
+    reason: str | None = None
+    seconds: float = 0.0
     view_error: str | None = None  # the view over both tiers was not replaced (view.py)
 
     def as_dict(self) -> dict[str, Any]:
@@ -86,7 +89,7 @@ class RepairReport:
                 f"{self.rows_before} rows -> {self.rows_after} rows"
             )
         out += [f"{self.target}: REFUSED {r}" for r in self.refused]
-        if self.status == "nothing":
+        if self.status == Status.NOTHING:
             out.append(f"{self.target}: no day to repair")
         if self.error:
             out.append(f"{self.target}: FAILED {self.error}")
@@ -143,63 +146,144 @@ def refusal(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class RepairRequest:
+    """What a repair is asked: `days` (each at or before the committed watermark's day),
+    `force` (replace even days ClickHouse may no longer fully hold: only days named
+    with --since/--until), `dry_run`, the table's `retained_until` (days before it are
+    never replaced) and a progress display."""
+
+    days: list[dt.date]
+    force: bool = False
+    dry_run: bool = False
+    retained_until: dt.date | None = None
+    progress: Progress | None = None
+
+
+@dataclass(slots=True)
+class Replacement:
+    """What the commit of a repair replaces: ClickHouse's rows of the days as data files
+    (and the rows of other days in the files it deletes, written again), the files it
+    deletes, and the days' per-day sums from scratch."""
+
+    written: list[WrittenFiles]
+    deleted: list[Any]  # the live data files (pyiceberg's DataFile) it deletes
+    rows_before: int
+    rows_after: int
+    sums: dict[int, DaySum]
+
+
 async def repair(
+    services: Services,
     src: SourceTable,
-    watermarks: Store,
     table: TableConfig,
     ice: IcebergTable,
     *,
     seq: int,
     position: list[Any],
-    days: list[dt.date],
-    force: bool = False,
-    dry_run: bool = False,
-    limiter: anyio.CapacityLimiter | None = None,
-    progress: Progress | None = None,
-    retained_until: dt.date | None = None,
+    request: RepairRequest,
 ) -> RepairReport:
-    """Replace `days` (each at or before the committed watermark's day) of the Iceberg
-    table with ClickHouse's rows. The caller holds the table's lock and has reconciled
-    PostgreSQL with Iceberg (`seq`, `position`). Raises TableError on a failure."""
-    report = RepairReport(table.target, dry_run=dry_run)
-    if not days:
-        report.status = "nothing"
+    """Replace the requested days of the Iceberg table with ClickHouse's rows, in one
+    offloader commit (`writing.commit`). The caller holds the table's lock and has
+    reconciled PostgreSQL with Iceberg (`seq`, `position`). Raises TableError."""
+    report = RepairReport(table.target, dry_run=request.dry_run)
+    if not request.days:
+        report.status = Status.NOTHING
         return report
+    report.days, report.refused = await _plan(services, src, table, ice, position, request)
+    if not report.days:
+        report.status = Status.REFUSED if report.refused else Status.NOTHING
+        return report
+    if request.dry_run:
+        return report
+    new = await _replacement(services, src, table, ice, position, report.days, request.progress)
+    report.files_replaced = len(new.deleted)
+    report.rows_before, report.rows_after = new.rows_before, new.rows_after
+    faults.point("repair_write")
+    run_id = uuid.uuid4().hex
+    delta = new.rows_after - new.rows_before
+    marker = Marker(seq + 1, position, run_id, delta, encode_days(new.sums, replace=True))
+    added = [df for w in new.written for df in w.files]
+    await commit(
+        services.watermarks,
+        table.target,
+        marker,
+        new.sums,
+        lambda m: rewrite.replace_files(ice, new.deleted, added, run_id, m),
+        limiter=services.io,
+        replace_days=True,
+        point="repair_commit",
+    )
+    report.seq = marker.seq
+    log.info(
+        "repaired",
+        extra={
+            "table": table.target,
+            "days": [c.day.isoformat() for c in report.days],
+            "rows_before": report.rows_before,
+            "rows_after": report.rows_after,
+            "seq": report.seq,
+        },
+    )
+    return report
+
+
+async def _plan(
+    services: Services,
+    src: SourceTable,
+    table: TableConfig,
+    ice: IcebergTable,
+    position: list[Any],
+    request: RepairRequest,
+) -> tuple[list[DayCount], list[str]]:
+    """The requested days a repair replaces (with both tiers' counts before) and those it
+    refuses, with why: days hot_retention dropped (always), days ClickHouse may no longer
+    fully hold (unless forced)."""
+    days = request.days
     checked = row_hash(src.columns) if table.audit_checksums else None
     recorded = None
     if checked is not None:
-        recorded = await watermarks.day_sums(
+        recorded = await services.watermarks.day_sums(
             table.target, day_number(min(days)), day_number(max(days))
         )
     hot = HotTable(src.source, src.relation, src.plan.order, checked)
-    audit = await audit_days(
-        hot, ice, position, (min(days), max(days)), recorded=recorded, limiter=limiter
+    found = await audit_days(
+        hot, ice, position, (min(days), max(days)), recorded=recorded, limiter=services.io
     )
-    counts = {c.day: c for c in audit.days}
+    counts = {c.day: c for c in found.days}
     oldest_day, ttl, now = await _source_facts(src, table)
     accepted: list[DayCount] = []
+    refused: list[str] = []
     for day in sorted(set(days)):
-        count = counts[day]
-        if retained_until is not None and day < retained_until:
+        if request.retained_until is not None and day < request.retained_until:
             # Not even with --force: ClickHouse's copy of it was dropped on purpose.
-            report.refused.append(
+            refused.append(
                 f"{day}: hot_retention dropped this day from ClickHouse after Iceberg was "
                 "verified to hold it; Iceberg is the only copy"
             )
             continue
-        why = refusal(count, oldest_day, ttl, now)
-        if why is not None and not force:
-            report.refused.append(why)
+        why = refusal(counts[day], oldest_day, ttl, now)
+        if why is not None and not request.force:
+            refused.append(why)
             log.error("repair refused", extra={"table": table.target, "reason": why})
             continue
-        accepted.append(count)
-    report.days = accepted
-    if not accepted:
-        report.status = "refused" if report.refused else "nothing"
-        return report
-    if dry_run:
-        return report
-    run_id = uuid.uuid4().hex
+        accepted.append(counts[day])
+    return accepted, refused
+
+
+async def _replacement(
+    services: Services,
+    src: SourceTable,
+    table: TableConfig,
+    ice: IcebergTable,
+    position: list[Any],
+    accepted: list[DayCount],
+    progress: Progress | None,
+) -> Replacement:
+    """ClickHouse's rows of the accepted days written as data files (not committed),
+    and the live files holding any row of those days, whose other rows are written
+    again."""
+    limiter = services.io
     hashed = row_hash(src.columns)
     wanted = {day_number(c.day) for c in accepted}
     # The repaired days' sums start again from what is written now (empty days too).
@@ -218,7 +302,7 @@ async def repair(
     )
     written, read_sums = await _read_days(src, table, position, accepted, writer)
     add_sums(sums, read_sums)
-    report.rows_after = sum(w.rows for w in written)
+    rows_after = sum(w.rows for w in written)
     wm_name = src.plan.order[0][0]
     live = await anyio.to_thread.run_sync(files.live_files, ice, wm_name, limiter=limiter)
     deleted, kept_rows = [], 0
@@ -234,38 +318,10 @@ async def repair(
             if kept is not None:
                 written.append(kept)
                 kept_rows += kept.rows
-    report.files_replaced = len(deleted)
-    report.rows_before = sum(f.rows for f in deleted) - kept_rows
-    faults.point("repair_write")
-    delta = report.rows_after - report.rows_before
-    # Shielded like an append's commit: once the Iceberg commit starts, a deadline or
-    # shutdown waits for both commits (a kill in between is recovered from Iceberg).
-    with anyio.CancelScope(shield=True):
-        snapshot_id = await anyio.to_thread.run_sync(
-            lambda: rewrite.replace_files(
-                ice,
-                [live.files[f.path] for f in deleted],
-                [df for w in written for df in w.files],
-                run_id,
-                Marker(seq + 1, position, run_id, delta, encode_days(sums, replace=True)),
-            ),
-            limiter=limiter,
-        )
-        faults.point("repair_commit")
-        advance = Advance(seq + 1, position, delta, run_id, snapshot_id, sums, replace_days=True)
-        await watermarks.commit(table.target, seq, advance)
-    report.seq = seq + 1
-    log.info(
-        "repaired",
-        extra={
-            "table": table.target,
-            "days": [c.day.isoformat() for c in accepted],
-            "rows_before": report.rows_before,
-            "rows_after": report.rows_after,
-            "seq": report.seq,
-        },
+    rows_before = sum(f.rows for f in deleted) - kept_rows
+    return Replacement(
+        written, [live.files[f.path] for f in deleted], rows_before, rows_after, sums
     )
-    return report
 
 
 def _keep_rows(
@@ -318,27 +374,26 @@ async def _read_days(
 
 
 async def repair_table(
-    cfg: Config,
+    services: Services,
     table: TableConfig,
     *,
     since: dt.date | None = None,
     until: dt.date | None = None,
     force: bool = False,
     dry_run: bool = False,
-    progress: Progress | None = None,
 ) -> RepairReport:
     """`offloader repair`: the days in [since, until) (up to the watermark's day), or
     without them the days a fresh audit of the table's window finds drifted. Never
-    raises for a table problem: it is in the report."""
+    raises for a table problem (`guarded`): it is in the report."""
     report = RepairReport(table.target, dry_run=dry_run)
-    catalog = IcebergCatalog(cfg.catalog, cfg.maintenance)
-    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
-    try:
+    watermarks = services.watermarks
+    with guarded(report, "repair"):
         async with (
             watermarks.table_lock(table.target),
-            open_table(cfg.clickhouse, table) as src,
+            open_table(services.clickhouse, table) as src,
         ):
-            ice = await anyio.to_thread.run_sync(catalog.load, table.target)
+            catalog = await services.open_iceberg()
+            ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
             if ice is None:
                 raise SourceSchemaError(f"{table.target}: no Iceberg table yet", reason="config")
             state = await watermarks.get(table.target, table.source)
@@ -350,55 +405,56 @@ async def repair_table(
                     "commits; run `offloader once` (it recovers), then repair"
                 )
             if decision.position is None:
-                report.status = "nothing"
+                report.status = Status.NOTHING
                 return report
             position = list(decision.position)
-            wm_type = src.plan.order[0][1]
-            last = watermark_day(wm_type, position[0])
-            if last is None:
-                raise SourceSchemaError(
-                    f"{table.target}: the watermark {table.watermark!r} is an integer; repair "
-                    "works on days of a time or date watermark",
-                    reason="config",
-                )
             explicit = since is not None or until is not None
-            if explicit:
-                end = min(until or last + dt.timedelta(days=1), last + dt.timedelta(days=1))
-                first = since or end - dt.timedelta(days=1)
-                days = [first + dt.timedelta(days=k) for k in range((end - first).days)]
-            else:
-                first_day, last_day = last - dt.timedelta(days=max(table.audit_days, 1) - 1), last
-                hashed = row_hash(src.columns) if table.audit_checksums else None
-                recorded = await watermarks.day_sums(
-                    table.target, day_number(first_day), day_number(last_day)
-                )
-                hot = HotTable(src.source, src.relation, src.plan.order, hashed)
-                found = await audit_days(
-                    hot, ice, position, (first_day, last_day), recorded=recorded
-                )
-                days = [d.day for d in found.drifted]
-            report = await repair(
-                src,
-                watermarks,
-                table,
-                ice,
-                seq=decision.seq,
-                position=position,
-                days=days,
+            days = await _days_asked(services, src, table, ice, position, since, until)
+            request = RepairRequest(
+                days,
                 force=force and explicit,
                 dry_run=dry_run,
-                progress=progress,
                 retained_until=state.retained_until,
+                progress=services.progress,
+            )
+            report = await repair(
+                services, src, table, ice, seq=decision.seq, position=position, request=request
             )
             if table.view is not None and report.seq is not None and not dry_run:
                 # The view reads the repaired snapshot from now on.
                 report.view_error = await view.keep(
-                    src, watermarks, cfg.views, table, view.ColdSide.of(ice)
+                    src, watermarks, services.views, table, view.ColdSide.of(ice)
                 )
-            return report
-    except TableError as exc:
-        report.status = "skipped" if isinstance(exc, Locked) else "failed"
-        report.error = str(exc)
-        return report
-    finally:
-        await watermarks.close()
+    return report
+
+
+async def _days_asked(
+    services: Services,
+    src: SourceTable,
+    table: TableConfig,
+    ice: IcebergTable,
+    position: list[Any],
+    since: dt.date | None,
+    until: dt.date | None,
+) -> list[dt.date]:
+    """The days in [since, until) up to the watermark's day, or without them the days a
+    fresh audit of the table's window finds drifted."""
+    last = watermark_day(src.plan.order[0][1], position[0])
+    if last is None:
+        raise SourceSchemaError(
+            f"{table.target}: the watermark {table.watermark!r} is an integer; repair "
+            "works on days of a time or date watermark",
+            reason="config",
+        )
+    if since is not None or until is not None:
+        end = min(until or last + dt.timedelta(days=1), last + dt.timedelta(days=1))
+        first = since or end - dt.timedelta(days=1)
+        return [first + dt.timedelta(days=k) for k in range((end - first).days)]
+    first_day = last - dt.timedelta(days=max(table.audit_days, 1) - 1)
+    hashed = row_hash(src.columns) if table.audit_checksums else None
+    recorded = await services.watermarks.day_sums(
+        table.target, day_number(first_day), day_number(last)
+    )
+    hot = HotTable(src.source, src.relation, src.plan.order, hashed)
+    found = await audit_days(hot, ice, position, (first_day, last), recorded=recorded)
+    return [d.day for d in found.drifted]

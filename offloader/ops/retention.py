@@ -35,16 +35,17 @@ from typing import Any, Literal
 import anyio
 
 from offloader import faults
-from offloader.config import Config, TableConfig
+from offloader.config import TableConfig
 from offloader.cursor import from_micros
 from offloader.days import SECONDS_PER_DAY, day_number, watermark_day
-from offloader.errors import Locked, SourceSchemaError, TableError
-from offloader.iceberg import IcebergCatalog, IcebergTable
-from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS
+from offloader.errors import SourceSchemaError, TableError
+from offloader.iceberg import IcebergTable
+from offloader.report import REFUSAL_REASONS, Status, guarded
 from offloader.source import SourceTable, open_table
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
+from offloader.tiers.services import Services
 from offloader.types import ChType
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class Dropped:
 class RetentionReport:
     target: str
     dry_run: bool = False
-    status: str = "ok"  # ok | off | skipped | failed
+    status: Status = Status.OK  # OK, OFF, SKIPPED, FAILED
     retention: float | None = None
     dropped: list[Dropped] = field(default_factory=list)  # (would be) dropped
     refused: list[str] = field(default_factory=list)  # "partition: why"
@@ -189,14 +190,12 @@ class RetentionReport:
         return d
 
     @property
-    def result(self) -> str:
-        """The pass in one word (a RETENTION_RESULTS entry): failed, skipped, off,
-        refused (a partition refused or rows found in dropped days) or ok."""
-        if self.status != "ok":
+    def result(self) -> Status:
+        """The pass in one word (a RETENTION_RESULTS entry, or OFF): FAILED, SKIPPED,
+        OFF, REFUSED (a partition refused or rows found in dropped days) or OK."""
+        if self.status != Status.OK:
             return self.status
-        result = "refused" if self.refused or self.late else "ok"
-        assert result in RETENTION_RESULTS
-        return result
+        return Status.REFUSED if self.refused or self.late else Status.OK
 
     def refuse(self, partition: str, why: str, reason: str) -> None:
         assert reason in REFUSAL_REASONS, reason
@@ -215,9 +214,9 @@ class RetentionReport:
         }
 
     def lines(self) -> list[str]:
-        if self.status == "off":
+        if self.status == Status.OFF:
             return [f"{self.target}: hot_retention is not set"]
-        if self.status in ("failed", "skipped"):
+        if self.status in (Status.FAILED, Status.SKIPPED):
             return [f"{self.target}: {self.status}: {self.error}"]
         verb = "would drop" if self.dry_run else "dropped"
         out = [
@@ -243,36 +242,25 @@ class RetentionReport:
 
 
 async def retain_table(
-    cfg: Config,
+    services: Services,
     table: TableConfig,
-    store: Store,
-    catalog: IcebergCatalog,
     *,
     dry_run: bool = False,
     deadline: float | None = None,
 ) -> RetentionReport:
     """One retention pass over one table, under its lock. Never raises for a table
-    problem: it is in the report."""
+    problem (`guarded`): it is in the report, and PostgreSQL keeps its summary."""
     report = RetentionReport(table.target, dry_run=dry_run, retention=table.hot_retention)
-    started = time.monotonic()
     if table.hot_retention is None:
-        report.status = "off"
+        report.status = Status.OFF
         return report
-    try:
-        async with store.table_lock(table.target), open_table(cfg.clickhouse, table) as src:
-            await _pass(cfg, table, store, catalog, src, report, deadline)
-    except TableError as exc:
-        report.status = "skipped" if isinstance(exc, Locked) else "failed"
-        report.error, report.reason = str(exc), exc.reason
-    except Exception as exc:  # a bug: keep the traceback, never stop the service
-        log.exception("retention crashed", extra={"table": table.target})
-        report.status = "failed"
-        report.reason = "internal"
-        report.error = f"{table.target}: internal error {type(exc).__name__}: {exc}"
-    report.seconds = time.monotonic() - started
-    event = log.error if report.status == "failed" else log.info
+    store = services.watermarks
+    with guarded(report, "retention"):
+        async with store.table_lock(table.target), open_table(services.clickhouse, table) as src:
+            await _pass(services, table, src, report, deadline)
+    event = log.error if report.status == Status.FAILED else log.info
     event(f"retention {report.status}", extra={"table": table.target, **report.as_dict()})
-    if not dry_run and report.status != "skipped":
+    if not dry_run and report.status != Status.SKIPPED:
         try:
             await store.record_retention(table.target, report.summary())
         except TableError as exc:
@@ -284,9 +272,8 @@ async def retain_table(
 
 
 async def retain(
-    cfg: Config,
+    services: Services,
     tables: Sequence[TableConfig],
-    store: Store,
     *,
     dry_run: bool = False,
     deadline: float | None = None,
@@ -294,7 +281,6 @@ async def retain(
 ) -> list[RetentionReport]:
     """A retention pass over the tables that set hot_retention, one after another;
     those not reached before `deadline` or a shutdown wait for the next pass."""
-    catalog = IcebergCatalog(cfg.catalog, cfg.maintenance)
     reports = []
     for table in tables:
         if table.hot_retention is None:
@@ -304,9 +290,7 @@ async def retain(
         ):
             log.info("retention pass out of time; the other tables wait for the next pass")
             break
-        reports.append(
-            await retain_table(cfg, table, store, catalog, dry_run=dry_run, deadline=deadline)
-        )
+        reports.append(await retain_table(services, table, dry_run=dry_run, deadline=deadline))
     return reports
 
 
@@ -379,15 +363,14 @@ class _Source:
 
 
 async def _pass(
-    cfg: Config,
+    services: Services,
     table: TableConfig,
-    store: Store,
-    catalog: IcebergCatalog,
     src: SourceTable,
     report: RetentionReport,
     deadline: float | None,
 ) -> None:
     assert table.hot_retention is not None
+    store = services.watermarks
     hot = _Source(src, table)
     unit = await hot.unit()
     state = await store.get(table.target, table.source)
@@ -406,7 +389,10 @@ async def _pass(
         retention=table.hot_retention,
         retained_until=retained,
     )
-    ice = await anyio.to_thread.run_sync(catalog.load, table.target) if decisions else None
+    ice = None
+    if decisions:
+        catalog = await services.open_iceberg()
+        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
     for d in decisions:
         if d.verdict == "late":
             report.late.append(
@@ -425,7 +411,7 @@ async def _pass(
         if deadline is not None and time.monotonic() > deadline:
             break
         assert ice is not None and state.position is not None
-        why, rows = await _differs(cfg, table, store, src, ice, list(state.position), d)
+        why, rows = await _differs(services, table, src, ice, list(state.position), d)
         if why is not None:
             report.refuse(d.partition.id, why.text, why.reason)
             log.error(
@@ -461,9 +447,8 @@ def _dropped(d: Decision, rows: int) -> Dropped:
 
 
 async def _differs(
-    cfg: Config,
+    services: Services,
     table: TableConfig,
-    store: Store,
     src: SourceTable,
     ice: IcebergTable,
     position: list[Any],
@@ -478,7 +463,7 @@ async def _differs(
     names: an insert, a merge or a mutation makes new ones)."""
     first, last = d.first, d.days[-1]
     hashed = row_hash(src.columns)
-    recorded = await store.day_sums(table.target, day_number(first), day_number(last))
+    recorded = await services.watermarks.day_sums(table.target, day_number(first), day_number(last))
     hot = HotTable(src.source, src.relation, src.order, hashed)
     found = await audit_days(hot, ice, position, (first, last), recorded=recorded)
     rows = sum(c.clickhouse for c in found.days)
@@ -501,7 +486,7 @@ async def _differs(
         from offloader.ops.verify import verify_table
 
         verdict = await verify_table(
-            cfg, table, min(unsummed), max(unsummed) + dt.timedelta(days=1)
+            services, table, min(unsummed), max(unsummed) + dt.timedelta(days=1)
         )
         if verdict.error or verdict.differences:
             return Why(f"verify: {verdict.error or '; '.join(verdict.differences)}", "verify"), rows

@@ -16,7 +16,7 @@ from offloader.days import SECONDS_PER_DAY, day_number, kind_of, ticks_precision
 from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, files
 from offloader.plan import behind
-from offloader.postgres.watermarks import Watermarks
+from offloader.report import Status
 from offloader.sql import (
     behind_query,
     quote_ident,
@@ -26,8 +26,9 @@ from offloader.sql import (
     ttl_seconds,
     watermark_int,
 )
-from offloader.state import DaySum, StatusRow
+from offloader.state import StatusRow
 from offloader.tiers import audit
+from offloader.tiers.services import Services
 from offloader.types import parse_type
 
 
@@ -81,21 +82,19 @@ class TableStatus:
         return {**asdict(self), "ttl_warning": self.ttl_warning}
 
 
-async def collect(cfg: Config) -> list[TableStatus]:
-    watermarks = await Watermarks.open(cfg.postgres, max_size=2)
-    try:
-        rows = {r.target: r for r in await watermarks.status()}
-        views = {v.target: v for v in await watermarks.views()}
-    finally:
-        await watermarks.close()
+async def collect(services: Services, cfg: Config) -> list[TableStatus]:
+    """Every configured table's status: PostgreSQL's state, the Iceberg table's shape,
+    the source's lag and a fresh audit; a table's problem is in its status."""
+    rows = {r.target: r for r in await services.watermarks.status()}
+    views = {v.target: v for v in await services.watermarks.views()}
     result = []
-    catalog = IcebergCatalog(cfg.catalog)
+    catalog = await services.open_iceberg()
     for table in cfg.tables:
         row = rows.get(table.target)
         st = _from_row(table, row)
         try:
             ice = await anyio.to_thread.run_sync(_iceberg_side, catalog, table, st)
-            await _source_side(cfg, table, st, ice)
+            await _source_side(services, table, st, ice)
         except TableError as exc:
             st.problem = str(exc)
         known = views.get(table.target)
@@ -160,11 +159,11 @@ def _from_row(table: TableConfig, row: StatusRow | None) -> TableStatus:
 
 
 async def _source_side(
-    cfg: Config, table: TableConfig, st: TableStatus, ice: IcebergTable | None
+    services: Services, table: TableConfig, st: TableStatus, ice: IcebergTable | None
 ) -> None:
-    db = table.source_database or cfg.clickhouse.database
-    transport = source.transport_of(cfg.clickhouse, table)
-    async with source.open_source(cfg.clickhouse, table.target, transport) as ch:
+    db = table.source_database or services.clickhouse.database
+    transport = source.transport_of(services.clickhouse, table)
+    async with source.open_source(services.clickhouse, table.target, transport) as ch:
         columns = dict(await source.table_columns(ch, db, table.source_table))
         if table.watermark not in columns:
             st.problem = f"watermark column {table.watermark!r} not in source"
@@ -214,7 +213,10 @@ async def _source_side(
             hashed = row_hash(list(columns.items())) if table.audit_checksums else None
             recorded = None
             if hashed is not None:
-                recorded = await recorded_sums(cfg, table.target, *bounds)
+                first, last = bounds
+                recorded = await services.watermarks.day_sums(
+                    table.target, day_number(first), day_number(last)
+                )
             hot = audit.HotTable(ch, src, tuple(order), hashed)
             found = await audit.audit_days(hot, ice, st.watermark, bounds, recorded=recorded)
             st.drifted_days = [d.as_dict() for d in found.drifted]
@@ -232,16 +234,6 @@ async def view_commit(ch: source.Source, name: str) -> int | None:
         return None
     found = re.search(r"at commit (\d+),", str(rows[0][0]))
     return int(found.group(1)) if found else 0
-
-
-async def recorded_sums(
-    cfg: Config, target: str, first: dt.date, last: dt.date
-) -> dict[int, DaySum]:
-    watermarks = await Watermarks.open(cfg.postgres, max_size=1)
-    try:
-        return await watermarks.day_sums(target, day_number(first), day_number(last))
-    finally:
-        await watermarks.close()
 
 
 def render(statuses: list[TableStatus]) -> str:
@@ -267,7 +259,7 @@ def render(statuses: list[TableStatus]) -> str:
                 f"    LATE ROWS {d['day']}: ClickHouse {d['clickhouse']} rows, Iceberg "
                 f"{d['iceberg']} rows (offloader repair {s.target})"
             )
-        if s.last_status == "failed" and s.last_error:
+        if s.last_status == Status.FAILED and s.last_error:
             lines.append(f"    last error: {s.last_error}")
         if s.problem:
             lines.append(f"    problem: {s.problem}")

@@ -22,9 +22,9 @@ from typing import Any
 import anyio
 
 from offloader import days, source
-from offloader.config import Config, TableConfig
+from offloader.config import TableConfig
 from offloader.errors import ConfigError, TableError
-from offloader.iceberg import IcebergCatalog
+from offloader.report import Verdict
 from offloader.sql import (
     keyset_after,
     quote_ident,
@@ -32,6 +32,7 @@ from offloader.sql import (
     with_text_settings,
 )
 from offloader.state import HASH_MODULUS
+from offloader.tiers.services import Services
 from offloader.types import (
     AS_COUNT,
     AS_TEXT,
@@ -236,13 +237,12 @@ class TableVerdict:
         return self.error is None and not self.differences
 
     @property
-    def result(self) -> str:
-        """equal | different | nothing (no day compared: not a proof) | error"""
+    def result(self) -> Verdict:
         if self.error:
-            return "error"
+            return Verdict.ERROR
         if self.differences:
-            return "different"
-        return "equal" if self.days else "nothing"
+            return Verdict.DIFFERENT
+        return Verdict.EQUAL if self.days else Verdict.NOTHING
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -262,7 +262,7 @@ class TableVerdict:
     def render(self, limit: int = 10) -> str:
         if self.error:
             return f"{self.target}: ERROR {self.error}"
-        if self.result == "nothing":
+        if self.result == Verdict.NOTHING:
             where = (
                 f"between {self.since or 'the first day'} and "
                 f"{self.until or 'the committed watermark'}"
@@ -317,7 +317,7 @@ def _bucket_of(wm: ColumnPlan) -> Callable[[Any], str]:
 
 
 async def verify_table(
-    cfg: Config,
+    services: Services,
     table: TableConfig,
     since_day: dt.date | None,
     until_day: dt.date | None,
@@ -333,11 +333,11 @@ async def verify_table(
     )
     since = since_day.isoformat() if since_day else None
     until = until_day.isoformat() if until_day else None
-    catalog = IcebergCatalog(cfg.catalog)
     try:
-        ice = await anyio.to_thread.run_sync(catalog.load, table.target)
+        catalog = await services.open_iceberg()
+        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
         mark = await anyio.to_thread.run_sync(ice.latest_mark) if ice is not None else None
-        async with source.open_table(cfg.clickhouse, table) as opened:
+        async with source.open_table(services.clickhouse, table) as opened:
             ch, src = opened.source, opened.plan
             wm = src.columns[src.order_index[0]]
             if (since or until) and not _by_day(wm):

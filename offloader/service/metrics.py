@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 
 from offloader.errors import FAILURE_REASONS
-from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS, TableReport
+from offloader.report import REFUSAL_REASONS, RETENTION_RESULTS, Status, TableReport
 
 if TYPE_CHECKING:
     from offloader.ops.maintenance import MaintenanceReport
@@ -256,16 +256,16 @@ class Metrics:
         self.rows.labels(t).inc(report.rows)
         self.bytes.labels(t).inc(report.bytes)
         self.snapshots.labels(t).inc(report.snapshots)
-        if report.status == "failed":
+        if report.status == Status.FAILED:
             self.failures.labels(t, report.reason or "error").inc()
-        elif report.status in ("ok", "idle"):
+        elif report.status in (Status.OK, Status.IDLE):
             self.last_success.labels(t).set(time.time())
         if report.drifted is not None:
             self.drifted_days.labels(t).set(len(report.drifted))
         if report.view_error is not None:
             self.view_failures.labels(t).inc()
             self.view_current.labels(t).set(0)
-        elif report.status in ("ok", "idle"):
+        elif report.status in (Status.OK, Status.IDLE):
             self.view_failures.labels(t).inc(0)  # the series exists at 0 from the start
             self.view_current.labels(t).set(1)
         if report.rows_behind is not None:
@@ -332,7 +332,7 @@ class Metrics:
         t = report.target
         if report.dry_run:
             return
-        if report.result == "off":
+        if report.result == Status.OFF:
             return
         self.retention_passes.labels(t, report.result).inc()
         self.retention_partitions.labels(t).inc(len(report.dropped))
@@ -341,7 +341,7 @@ class Metrics:
             self.retention_refusals.labels(t, reason).inc()
         if report.late:
             self.retention_refusals.labels(t, "late").inc(len(report.late))
-        if report.status == "ok":
+        if report.status == Status.OK:
             self.retention_refused.labels(t).set(len(report.refused) + len(report.late))
 
     def cycle(self, seconds: float, ok: bool) -> None:

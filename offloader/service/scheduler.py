@@ -23,8 +23,10 @@ import anyio.abc
 from offloader.config import Config
 from offloader.configfile import load_config
 from offloader.errors import ConfigError, TableError
-from offloader.offload.supervisor import open_runtime, run_cycle
+from offloader.offload.supervisor import run_cycle
+from offloader.report import Status
 from offloader.service.metrics import Metrics
+from offloader.tiers.services import open_services
 
 if TYPE_CHECKING:
     from offloader.ops.maintenance import MaintenanceReport
@@ -155,9 +157,9 @@ class Service:
         cfg = self.cfg
         started = time.monotonic()
         try:
-            async with open_runtime(cfg) as runtime:
+            async with open_services(cfg) as services:
                 report = await run_cycle(
-                    cfg, runtime, stopping=self.stopping, on_table=self.metrics.table
+                    cfg, services, stopping=self.stopping, on_table=self.metrics.table
                 )
             ok = report.ok
             log.info(report.summary().splitlines()[0])
@@ -195,15 +197,9 @@ class Service:
         started = time.monotonic()
 
         async def run() -> list[MaintenanceReport]:
-            async with open_runtime(cfg) as runtime:
+            async with open_services(cfg, connections=2) as services:
                 return await maintain(
-                    runtime.services.catalog,
-                    runtime.services.watermarks,
-                    list(cfg.enabled_tables),
-                    mcfg,
-                    deadline=deadline,
-                    stopping=self.stopping,
-                    views=(cfg.clickhouse, cfg.views),
+                    services, list(cfg.enabled_tables), deadline=deadline, stopping=self.stopping
                 )
 
         reports = await _guarded("maintenance", run)
@@ -215,7 +211,7 @@ class Service:
             "maintenance pass finished",
             extra={
                 "tables": len(reports),
-                "failed": sum(r.status == "failed" for r in reports),
+                "failed": sum(r.status == Status.FAILED for r in reports),
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
@@ -231,16 +227,10 @@ class Service:
         if deadline is None:
             return
         from offloader.ops.retention import retain
-        from offloader.postgres.watermarks import Watermarks
 
         async def run() -> list[RetentionReport]:
-            watermarks = await Watermarks.open(cfg.postgres, max_size=2)
-            try:
-                return await retain(
-                    cfg, tables, watermarks, deadline=deadline, stopping=self.stopping
-                )
-            finally:
-                await watermarks.close()
+            async with open_services(cfg, connections=2) as services:
+                return await retain(services, tables, deadline=deadline, stopping=self.stopping)
 
         for report in await _guarded("retention", run) or []:
             self.metrics.retention(report)

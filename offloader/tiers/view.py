@@ -42,9 +42,9 @@ from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves
 
 if TYPE_CHECKING:
-    from offloader.config import ClickHouseConfig
     from offloader.iceberg import IcebergTable
     from offloader.source import Source, SourceTable
+    from offloader.tiers.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -444,13 +444,7 @@ async def keep(
     return error
 
 
-async def after_rewrite(
-    clickhouse: ClickHouseConfig,
-    views: ViewsConfig,
-    store: Store,
-    table: TableConfig,
-    ice: IcebergTable,
-) -> str | None:
+async def after_rewrite(services: Services, table: TableConfig, ice: IcebergTable) -> str | None:
     """After a commit that rewrote the table without moving its position (maintenance's
     compaction and expiry): point the view at the new metadata file, unless it reads it
     already. The pin is the rewritten table's own (its metadata file and the marker its
@@ -458,6 +452,7 @@ async def after_rewrite(
     behind Iceberg's. The caller holds the table's lock. Returns the error, if any."""
     if table.view is None:
         return None
+    store = services.watermarks
     known = await store.view_state(table.target)
     if known is not None and known.error is None and known.metadata == ice.metadata_location:
         return None
@@ -465,8 +460,8 @@ async def after_rewrite(
 
     cold = ColdSide.of(ice)
     try:
-        async with open_table(clickhouse, table) as src:
-            return await keep(src, store, views, table, cold)
+        async with open_table(services.clickhouse, table) as src:
+            return await keep(src, store, services.views, table, cold)
     except OffloaderError as exc:
         log.warning("view not replaced", extra={"table": table.target, "error": str(exc)})
         await store.view_failed(table.target, table.view, str(exc))

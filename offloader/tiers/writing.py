@@ -1,5 +1,6 @@
 """The one write path: pages read from ClickHouse become Parquet data files of the
-Iceberg table, not committed yet. Used by a table run (pipeline.py), which commits
+Iceberg table (PageWriter), and the one two-phase commit that makes them part of it
+(commit: Iceberg, then PostgreSQL). Used by a table run (pipeline.py), which commits
 every `append_rows`, and by a repair (repair.py), which commits once at the end.
 
 Pages are converted to Arrow in worker threads (`cpu` limiter) as they arrive, and
@@ -20,10 +21,10 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from offloader import faults
-from offloader.iceberg import WrittenFiles
+from offloader.iceberg import Marker, WrittenFiles
 from offloader.source import Page
 from offloader.sql import RowHash
-from offloader.state import DaySum
+from offloader.state import Advance, DaySum, Store
 from offloader.tiers import audit
 
 if TYPE_CHECKING:
@@ -142,3 +143,42 @@ class PageWriter:
 # Converted batches (or the Parquet files ClickHouse encoded), the position they reach
 # and their per-day sums.
 _Chunk = tuple[list["pa.RecordBatch | bytes"], list[Any], dict[int, DaySum]]
+
+
+async def commit(
+    store: Store,
+    target: str,
+    marker: Marker,
+    sums: dict[int, DaySum],
+    iceberg: Callable[[Marker], int],
+    *,
+    limiter: anyio.CapacityLimiter | None = None,
+    replace_days: bool = False,
+    stage: Callable[[str, float], None] = _no_stage,
+    point: str = "iceberg_commit",
+) -> int:
+    """The one two-phase commit of a table run's append and of a repair: the Iceberg
+    snapshot carrying `marker` (`iceberg(marker)`, compare-and-set, returns its id), then
+    PostgreSQL advanced to it in one transaction (compare-and-set on the seq before).
+    Shielded: once the Iceberg commit starts, a deadline or shutdown waits for both. A
+    kill between the two is recovered from the marker by the next run. `replace_days`:
+    the per-day sums replace those recorded (a repair) instead of adding to them.
+    Returns the snapshot id."""
+    with anyio.CancelScope(shield=True):
+        t0 = time.monotonic()
+        snapshot_id = await anyio.to_thread.run_sync(iceberg, marker, limiter=limiter)
+        stage("iceberg_commit", time.monotonic() - t0)
+        faults.point(point)
+        t0 = time.monotonic()
+        advance = Advance(
+            marker.seq,
+            marker.position,
+            marker.rows,
+            marker.run_id,
+            snapshot_id,
+            sums,
+            replace_days=replace_days,
+        )
+        await store.commit(target, marker.seq - 1, advance)
+        stage("watermark_commit", time.monotonic() - t0)
+    return snapshot_id
