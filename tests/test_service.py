@@ -204,7 +204,7 @@ def test_validate_runs_without_servers_offline() -> None:
 def test_one_minute_interval_ticks_on_the_minute_and_notifies_systemd(
     env: Env, tmp_path: Any
 ) -> None:
-    """The issue's own setting: a 1-minute interval. The first cycle runs at once
+    """A 1-minute interval, the shortest a user sets. The first cycle runs at once
     (--now); the second starts at second :00 of the next minute. Readiness, watchdog and
     stopping are sent to a NOTIFY_SOCKET the way systemd listens for them."""
     import socket as socketlib

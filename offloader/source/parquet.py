@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 # (1 MiB) spends a fifth of a page's CPU building dictionaries of unique values (times,
 # ids, prices) before giving up on them; low-cardinality columns (symbols, enums, tags)
 # stay far below it. Same file sizes here, 0.29 -> 0.23 CPU seconds per 500k-row page
-# (benchmarks/RESULTS.md, seventh session).
+# (benchmarks/RESULTS.md, 2026-11-27, 1978f25).
 DICTIONARY_BYTES = 64 * 1024
 SETTINGS = {
     "prefer_column_name_to_alias": "1",
