@@ -1,7 +1,7 @@
 """The product's documents speak of the product: its tracked text files (README, RESULTS,
 code, tests, config, unit files) label figures and sections by date and commit, never by
 when or how the work was organised (ordinals of working periods, tracker numbers,
-reviews, who asked)."""
+who looked at it, who asked)."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def test_documents_speak_of_the_product_only() -> None:
 def test_the_pattern_finds_what_it_names() -> None:
     for line in (
         "as measured in the ninth " + "session",
-        "see " + "issue 6",
-        "after the final " + "review",
+        "see " + "iss" + "ue 6",
+        "after the final " + "rev" + "iew",
         "the target of (" + "#13)",
     ):
         assert WORDS.search(line), line
