@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+import anyio
 
 from offloader.errors import Locked, TableError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Status(StrEnum):
@@ -48,6 +51,24 @@ class Guarded(Protocol):
     error: str | None
     reason: str | None
     seconds: float
+
+
+def in_time(
+    tables: Sequence[T], deadline: float | None, stopping: anyio.Event | None, what: str
+) -> Iterator[T]:
+    """The tables of a pass (maintenance, retention) one after another, until its
+    `deadline` (time.monotonic()) or a shutdown: those not reached wait for the next
+    pass (logged)."""
+    for done, table in enumerate(tables):
+        if (deadline is not None and time.monotonic() > deadline) or (
+            stopping is not None and stopping.is_set()
+        ):
+            log.info(
+                f"{what} pass out of time; the remaining tables wait for the next pass",
+                extra={"remaining": len(tables) - done},
+            )
+            return
+        yield table
 
 
 @contextmanager

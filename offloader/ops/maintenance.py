@@ -26,7 +26,7 @@ import anyio
 from offloader import faults
 from offloader.config import MaintenanceConfig, TableConfig
 from offloader.iceberg import IcebergCatalog, IcebergTable, compaction, files, rewrite
-from offloader.report import Status, guarded
+from offloader.report import Status, guarded, in_time
 from offloader.tiers import view
 from offloader.tiers.services import Services
 
@@ -238,15 +238,7 @@ async def maintain(
     """A pass over `tables`, one after another (maintenance is not urgent, and one at a
     time keeps its memory to one table's work). Tables not reached before `deadline`
     or a shutdown are left for the next pass."""
-    reports: list[MaintenanceReport] = []
-    for table in tables:
-        if (deadline is not None and time.monotonic() > deadline) or (
-            stopping is not None and stopping.is_set()
-        ):
-            log.info(
-                "maintenance pass out of time; the remaining tables wait for the next pass",
-                extra={"remaining": [t.target for t in tables[len(reports) :]]},
-            )
-            break
-        reports.append(await maintain_table(services, table, dry_run=dry_run, deadline=deadline))
-    return reports
+    return [
+        await maintain_table(services, table, dry_run=dry_run, deadline=deadline)
+        for table in in_time(tables, deadline, stopping, "maintenance")
+    ]

@@ -40,7 +40,7 @@ from offloader.cursor import from_micros
 from offloader.days import SECONDS_PER_DAY, day_number, watermark_day
 from offloader.errors import SourceSchemaError, TableError
 from offloader.iceberg import IcebergTable
-from offloader.report import REFUSAL_REASONS, Status, guarded
+from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
 from offloader.source import SourceTable, open_table
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import RetentionIntent, Store
@@ -281,17 +281,11 @@ async def retain(
 ) -> list[RetentionReport]:
     """A retention pass over the tables that set hot_retention, one after another;
     those not reached before `deadline` or a shutdown wait for the next pass."""
-    reports = []
-    for table in tables:
-        if table.hot_retention is None:
-            continue
-        if (deadline is not None and time.monotonic() > deadline) or (
-            stopping is not None and stopping.is_set()
-        ):
-            log.info("retention pass out of time; the other tables wait for the next pass")
-            break
-        reports.append(await retain_table(services, table, dry_run=dry_run, deadline=deadline))
-    return reports
+    kept = [t for t in tables if t.hot_retention is not None]
+    return [
+        await retain_table(services, table, dry_run=dry_run, deadline=deadline)
+        for table in in_time(kept, deadline, stopping, "retention")
+    ]
 
 
 async def check(src: SourceTable, table: TableConfig) -> str:
