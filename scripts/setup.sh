@@ -50,3 +50,14 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         exit 1
     }
 fi
+
+# Iceberg readers the tests use beside DuckDB and ClickHouse's own: Polars and Daft, in a
+# virtualenv of their own (Daft pins an older pyarrow than offloader's).
+readers=.venv-readers
+if [ ! -f "$readers/.installed-2" ]; then
+    rm -rf "$readers"
+    "$PYTHON" -m venv "$readers"
+    "$readers/bin/python" -m pip install -q --upgrade pip
+    "$readers/bin/python" -m pip install -q "polars==2.1.0" "daft==0.7.26" "pyiceberg[sql-sqlite]==0.12.0"
+    touch "$readers/.installed-2"
+fi

@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,108 @@ def independent_reads(target_location: str, metadata_location: str, query: str) 
         con.close()
     assert row is not None
     return [ch, ",".join(str(v) for v in row)]
+
+
+READERS_PYTHON = ROOT / ".venv-readers" / "bin" / "python"
+
+
+def read_with(env: Env, reader: str, target: str) -> pa.Table:
+    """The Iceberg table `target` as Polars or Daft reads it (tests/iceberg_readers.py,
+    in the readers' own virtualenv), in watermark and key order."""
+    assert READERS_PYTHON.exists(), "the readers' virtualenv is missing: run scripts/setup.sh"
+    cat = env.config().catalog
+    props = dict(cat.properties)
+    out = env.tmp / f"{reader}-{target}.arrow"
+    done = subprocess.run(
+        [
+            str(READERS_PYTHON),
+            str(ROOT / "tests" / "iceberg_readers.py"),
+            reader,
+            cat.name,
+            props["uri"],
+            props["warehouse"],
+            target,
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, f"{reader} could not read {target}:\n{done.stderr[-3000:]}"
+    with pa.memory_map(str(out)) as source_file:
+        data = pa.ipc.open_file(source_file).read_all()
+    t = env.config().table(target)
+    return data.sort_by([(c, "ascending") for c in (t.watermark, *t.keys)])
+
+
+def assert_read_equal(env: Env, reader: str, target: str) -> int:
+    """What `reader` reads of `target` equals pyiceberg's read of it (itself checked equal
+    to ClickHouse), column by column, value by value."""
+    theirs = read_with(env, reader, target)
+    ours = env.iceberg_arrow(env.config().table(target))
+    assert theirs.num_rows == ours.num_rows, (reader, theirs.num_rows, ours.num_rows)
+    assert theirs.schema.names == ours.schema.names, (reader, theirs.schema.names)
+    wrong = [
+        name
+        for name in ours.schema.names
+        if not _same(_plain(theirs.column(name).to_pylist()), _plain(ours.column(name).to_pylist()))
+    ]
+    assert not wrong, f"{reader} reads these columns of {target} differently: {wrong}"
+    return ours.num_rows
+
+
+def _plain(v: Any) -> Any:
+    """A value as every reader can give it: a UUID as its 16 bytes (Polars and Daft
+    read Iceberg's uuid as binary, pyiceberg as uuid.UUID)."""
+    if isinstance(v, uuid.UUID):
+        return v.bytes
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def assert_field_ids_everywhere(env: Env, target: str) -> int:
+    """Every live data file of `target` carries an Iceberg field id on every column,
+    nested fields too (pyarrow reads them back from the Parquet footer), equal to the
+    table schema's. Returns how many files were checked."""
+    import pyarrow.parquet as pq
+
+    ice = IcebergCatalog(env.config().catalog).load(target)
+    assert ice is not None
+    schema = ice.table.schema()
+    paths = [task.file.file_path for task in ice.table.scan().plan_files()]
+    assert paths, f"{target} has no data files"
+    for path in paths:
+        arrow_schema = pq.read_metadata(path.removeprefix("file://")).schema.to_arrow_schema()
+        missing = [
+            name
+            for name, field_id in _field_ids(arrow_schema)
+            if field_id is None or schema.find_field(field_id) is None
+        ]
+        assert not missing, f"{path}: columns without a field id of the table: {missing}"
+    return len(paths)
+
+
+def _field_ids(schema: pa.Schema) -> list[tuple[str, int | None]]:
+    out: list[tuple[str, int | None]] = []
+
+    def walk(f: pa.Field, path: str) -> None:
+        raw = (f.metadata or {}).get(b"PARQUET:field_id")
+        out.append((path, int(raw) if raw is not None else None))
+        t = f.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+            walk(t.value_field, path + ".element")
+        elif pa.types.is_map(t):
+            walk(t.key_field, path + ".key")
+            walk(t.item_field, path + ".value")
+        elif pa.types.is_struct(t):
+            for i in range(t.num_fields):
+                walk(t.field(i), f"{path}.{t.field(i).name}")
+
+    for field_ in schema:
+        walk(field_, field_.name)
+    return out

@@ -52,6 +52,7 @@ from offloader.iceberg.compat import (
     iceberg_schema,
     transaction,
 )
+from offloader.iceberg.footer import with_field_ids
 
 log = logging.getLogger(__name__)
 
@@ -263,15 +264,18 @@ class IcebergTable:
 
     def add_encoded(self, bodies: Sequence[bytes]) -> WrittenFiles:
         """Store Parquet files that ClickHouse encoded in this table's schema (the
-        parquet transport) as data files, not yet committed, byte for byte; each file's
-        entry (rows, sizes, column bounds, partition) comes from its footer. The files
-        carry no field ids: readers map their columns by name (ensure_name_mapping).
+        parquet transport) as data files, not yet committed: their data pages byte for
+        byte, their footer given each column's Iceberg field id (footer.with_field_ids),
+        so readers that map columns by id read them as they read pyiceberg's own; each
+        file's entry (rows, sizes, column bounds, partition) comes from its footer.
         Files of a run that dies before committing are orphans, as with write_files."""
         files: list[DataFile] = []
         nbytes = 0
+        mapping = list(self._table.schema().name_mapping)
         with sink_errors(f"{self.target}: adding Parquet data files failed"):
             locations = self._table.location_provider()
-            for body in bodies:
+            for page in bodies:
+                body = with_field_ids(page, mapping, f"{self.target}: a Parquet page")
                 name = f"{next(self._file_counter):05d}-ch-{self._write_uuid}.parquet"
                 path = locations.new_data_location(name)
                 with self._table.io.new_output(path).create(overwrite=False) as out:
