@@ -169,6 +169,12 @@ def build_parser() -> _Parser:
         "--dry-run", action="store_true", help="print what would be rewritten and deleted"
     )
     maintain.add_argument("--json", action="store_true", help="print the reports as JSON")
+    maintain.add_argument(
+        "--field-ids",
+        action="store_true",
+        help="also write again (data pages unchanged) the data files whose footer lacks "
+        "Iceberg field ids, so readers that map columns by id only (Daft) read them",
+    )
 
     repair = sub.add_parser(
         "repair",
@@ -460,7 +466,7 @@ async def _maintain(cfg: Config, args: argparse.Namespace) -> int:
 
     tables = [cfg.table(t) for t in args.tables] if args.tables else list(cfg.enabled_tables)
     async with open_services(cfg, connections=2) as services:
-        reports = await maintain(services, tables, dry_run=args.dry_run)
+        reports = await maintain(services, tables, dry_run=args.dry_run, field_ids=args.field_ids)
     if args.json:
         print(orjson.dumps([r.as_dict() for r in reports], option=orjson.OPT_INDENT_2).decode())
     else:

@@ -19,10 +19,12 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.expressions import AlwaysTrue
 from pyiceberg.io.fileformat import FileFormatFactory
 from pyiceberg.io.pyarrow import (
     ArrowScan,
+    parquet_file_to_data_file,
     pyarrow_to_schema,
 )
 from pyiceberg.manifest import DataFile, DataFileContent, FileFormat, ManifestContent, ManifestFile
@@ -43,9 +45,16 @@ from offloader.iceberg.compat import (
     _to_requested_schema,
 )
 from offloader.iceberg.files import LiveFiles
+from offloader.iceberg.footer import with_field_ids
 from offloader.iceberg.table import IcebergTable, day_runs
 
-__all__ = ["replace_files", "rewrite_group", "rows_outside_days"]
+__all__ = [
+    "give_field_ids",
+    "replace_files",
+    "rewrite_group",
+    "rows_outside_days",
+    "without_field_ids",
+]
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +307,49 @@ def rows_outside_days(
         kept = data.filter(keep)
         if kept.num_rows:
             yield kept
+
+
+def without_field_ids(ice: IcebergTable, live: LiveFiles) -> list[DataFile]:
+    """The live data files whose Parquet footer lacks a field id on some column (the
+    parquet transport's pages written before pages were given them): readers that map
+    columns by id only (Daft) refuse them."""
+    out = []
+    for path, data_file in live.files.items():
+        with ice.table.io.new_input(path).open() as stream:
+            schema = pq.read_metadata(stream).schema.to_arrow_schema()
+        if not _all_have_ids(schema):
+            out.append(data_file)
+    return out
+
+
+def _all_have_ids(schema: pa.Schema) -> bool:
+    def has(f: pa.Field) -> bool:
+        if b"PARQUET:field_id" not in (f.metadata or {}):
+            return False
+        t = f.type
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return has(t.value_field)
+        if pa.types.is_map(t):
+            return has(t.key_field) and has(t.item_field)
+        if pa.types.is_struct(t):
+            return all(has(t.field(i)) for i in range(t.num_fields))
+        return True
+
+    return all(has(f) for f in schema)
+
+
+def give_field_ids(ice: IcebergTable, files: Sequence[DataFile]) -> list[DataFile]:
+    """Each file written again with field ids in its footer (footer.with_field_ids: the
+    data pages byte for byte), not committed; one file in memory at a time."""
+    mapping = list(ice.table.schema().name_mapping)
+    locations = ice.table.location_provider()
+    added = []
+    for data_file in files:
+        with ice.table.io.new_input(data_file.file_path).open() as stream:
+            body = stream.read()
+        body = with_field_ids(body, mapping, f"{ice.target}: {data_file.file_path}")
+        path = locations.new_data_location(f"{uuid.uuid4()}-ids.parquet")
+        with ice.table.io.new_output(path).create(overwrite=False) as out:
+            out.write(body)
+        added.append(parquet_file_to_data_file(ice.table.io, ice.table.metadata, path))
+    return added

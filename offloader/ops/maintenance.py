@@ -48,6 +48,7 @@ class MaintenanceReport:
     snapshots_expired: int = 0
     orphans_deleted: int = 0
     orphan_bytes: int = 0
+    files_given_ids: int = 0  # data files written again with field ids (--field-ids)
     shape: files.Shape | None = None
     seconds: float = 0.0
     error: str | None = None
@@ -72,6 +73,9 @@ class MaintenanceReport:
             f"snapshots; {'would delete' if self.dry_run else 'deleted'} "
             f"{self.orphans_deleted} orphan files ({_mb(self.orphan_bytes)})"
         )
+        if self.files_given_ids:
+            verb = "would write" if self.dry_run else "wrote"
+            text += f"; {verb} {self.files_given_ids} files again with field ids"
         if self.partial:
             text += "; time budget reached, the rest waits for the next pass"
         if self.view_error:
@@ -95,6 +99,7 @@ async def maintain_table(
     *,
     dry_run: bool = False,
     deadline: float | None = None,
+    field_ids: bool = False,
 ) -> MaintenanceReport:
     """One maintenance pass over one table ([maintenance] of `services`), under its lock.
     Never raises for a table problem (`guarded`).
@@ -102,7 +107,8 @@ async def maintain_table(
     `deadline` (time.monotonic()) bounds the compaction: no new partition is started
     past it; what was rewritten by then is committed. The table's view over both tiers
     is pointed at the rewritten table after the pass, and what it reads until then
-    (snapshot, metadata file) is never expired or deleted.
+    (snapshot, metadata file) is never expired or deleted. `field_ids`: also write
+    again, with field ids in their footer, the data files that lack them.
     """
     report = MaintenanceReport(table.target, dry_run=dry_run)
     with guarded(report, "maintenance"):
@@ -123,7 +129,15 @@ async def maintain_table(
                 )
                 cfg = services.maintenance
                 await anyio.to_thread.run_sync(
-                    _pass, catalog, ice, table, cfg, report, deadline, pinned, limiter=services.io
+                    _pass,
+                    catalog,
+                    ice,
+                    table,
+                    cfg,
+                    report,
+                    (deadline, field_ids),
+                    pinned,
+                    limiter=services.io,
                 )
                 if not dry_run:
                     report.view_error = await view.after_rewrite(services, table, ice)
@@ -146,15 +160,18 @@ def _pass(
     table: TableConfig,
     cfg: MaintenanceConfig,
     report: MaintenanceReport,
-    deadline: float | None,
+    asked: tuple[float | None, bool],
     pinned: Pinned,
 ) -> None:
+    deadline, field_ids = asked
     sort_by = (table.watermark, *table.keys)
     if not report.dry_run:
         ice.ensure_properties(catalog.properties)
         report.sort_order_set = ice.ensure_sort_order(sort_by)
     _compact(ice, table, cfg, report, deadline, sort_by)
     ice.refresh()
+    if field_ids:
+        _give_field_ids(ice, table, report)
     older = datetime.now(UTC) - timedelta(seconds=cfg.snapshot_retention)
     victims = [v for v in files.expirable_snapshots(ice, older) if v not in pinned.snapshots]
     report.snapshots_expired = len(victims)
@@ -171,6 +188,23 @@ def _pass(
     else:
         report.orphans_deleted = files.delete_orphans(ice, orphans)
     report.shape = files.shape(ice)
+
+
+def _give_field_ids(ice: IcebergTable, table: TableConfig, report: MaintenanceReport) -> None:
+    """Write again the live data files whose footer lacks field ids (the parquet
+    transport's pages from before they were given them), in one snapshot that changes
+    no row, so readers that map columns by id only (Daft) read every file."""
+    live = files.live_files(ice, table.watermark)
+    lacking = rewrite.without_field_ids(ice, live)
+    report.files_given_ids = len(lacking)
+    if report.dry_run:
+        report.planned.append(f"write {len(lacking)} data files again with field ids")
+        return
+    if lacking:
+        added = rewrite.give_field_ids(ice, lacking)
+        rewrite.replace_files(ice, lacking, added, uuid.uuid4().hex)
+        ice.refresh()
+        log.info("field ids given", extra={"table": table.target, "files": len(lacking)})
 
 
 def _compact(
@@ -234,11 +268,14 @@ async def maintain(
     dry_run: bool = False,
     deadline: float | None = None,
     stopping: anyio.Event | None = None,
+    field_ids: bool = False,
 ) -> list[MaintenanceReport]:
     """A pass over `tables`, one after another (maintenance is not urgent, and one at a
     time keeps its memory to one table's work). Tables not reached before `deadline`
     or a shutdown are left for the next pass."""
     return [
-        await maintain_table(services, table, dry_run=dry_run, deadline=deadline)
+        await maintain_table(
+            services, table, dry_run=dry_run, deadline=deadline, field_ids=field_ids
+        )
         for table in in_time(tables, deadline, stopping, "maintenance")
     ]
