@@ -56,16 +56,18 @@ def footer(body: bytes, what: str) -> tuple[Any, int]:
     return meta, length
 
 
-def with_field_ids(body: bytes, mapping: Sequence[Any], what: str) -> bytes:
-    """`body` with every column of its footer's schema given its Iceberg field id from
-    `mapping` (the table's name mapping: MappedFields with field_id, names, fields).
+def with_field_ids(body: bytes, mapping: Sequence[Any], what: str) -> tuple[int, bytes]:
+    """How `body` reads with every column of its footer's schema given its Iceberg field
+    id from `mapping` (the table's name mapping: MappedFields with field_id, names,
+    fields): its first `keep` bytes as they are, then `tail` (the new footer, its
+    length, PAR1) — written one after the other, so a page is never copied whole.
     Raises SinkError naming the column when one has no id in the mapping (the file is
     then not stored: a file readers would map partly by id is worse than none)."""
     meta, length = footer(body, what)
     _assign(meta.schema, mapping, what)
     factory, _, serialize = _codec()
     rewritten: bytes = serialize(meta, factory)
-    return body[: -8 - length] + rewritten + len(rewritten).to_bytes(4, "little") + MAGIC
+    return len(body) - 8 - length, rewritten + len(rewritten).to_bytes(4, "little") + MAGIC
 
 
 def field_ids(body: bytes, what: str) -> dict[str, int | None]:

@@ -347,9 +347,10 @@ def give_field_ids(ice: IcebergTable, files: Sequence[DataFile]) -> list[DataFil
     for data_file in files:
         with ice.table.io.new_input(data_file.file_path).open() as stream:
             body = stream.read()
-        body = with_field_ids(body, mapping, f"{ice.target}: {data_file.file_path}")
+        keep, tail = with_field_ids(body, mapping, f"{ice.target}: {data_file.file_path}")
         path = locations.new_data_location(f"{uuid.uuid4()}-ids.parquet")
         with ice.table.io.new_output(path).create(overwrite=False) as out:
-            out.write(body)
+            out.write(memoryview(body)[:keep])  # type: ignore[arg-type]  # not copied
+            out.write(tail)
         added.append(parquet_file_to_data_file(ice.table.io, ice.table.metadata, path))
     return added

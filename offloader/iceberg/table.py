@@ -275,13 +275,16 @@ class IcebergTable:
         with sink_errors(f"{self.target}: adding Parquet data files failed"):
             locations = self._table.location_provider()
             for page in bodies:
-                body = with_field_ids(page, mapping, f"{self.target}: a Parquet page")
+                keep, tail = with_field_ids(page, mapping, f"{self.target}: a Parquet page")
                 name = f"{next(self._file_counter):05d}-ch-{self._write_uuid}.parquet"
                 path = locations.new_data_location(name)
                 with self._table.io.new_output(path).create(overwrite=False) as out:
-                    out.write(body)
+                    # A buffer, not a slice of bytes: the page is not copied (pyarrow's
+                    # stream takes any buffer; pyiceberg types it as bytes).
+                    out.write(memoryview(page)[:keep])  # type: ignore[arg-type]
+                    out.write(tail)
                 files.append(parquet_file_to_data_file(self._table.io, self._table.metadata, path))
-                nbytes += len(body)
+                nbytes += keep + len(tail)
         return WrittenFiles(files, sum(f.record_count for f in files), nbytes)
 
     def ensure_name_mapping(self) -> None:
