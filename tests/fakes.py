@@ -105,6 +105,7 @@ def _after_value(query: str) -> int | None:
 @dataclass
 class FakePager:
     read_ahead = 0
+    encodes = False
 
     source: FakeSource
     plan: SourcePlan

@@ -28,6 +28,13 @@ MAGIC = b"PAR1"
 _LIST, _MAP, _MAP_KEY_VALUE = 3, 1, 2
 
 
+def load() -> None:
+    """Load the Thrift codec (thriftpy2, Parquet's definition: about 0.1 s of one core),
+    so the first footer does not wait for it."""
+    _thrift()
+    _codec()
+
+
 @functools.cache
 def _thrift() -> Any:
     import thriftpy2

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from offloader import cursor, days, faults, plan
 from offloader.config import TableConfig
 from offloader.errors import OffloaderError
-from offloader.iceberg import Marker, WrittenFiles
+from offloader.iceberg import Marker, WrittenFiles, footer
 from offloader.offload import checkup
 from offloader.report import Status, TableReport
 from offloader.source import (
@@ -280,6 +280,10 @@ class TableRun:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._fetch, check, pager, scan, after, send)
+                if opening and pager.encodes:
+                    # The pages' footers get field ids (iceberg.footer): its Thrift
+                    # codec loads while ClickHouse encodes the first page.
+                    tg.start_soon(anyio.to_thread.run_sync, footer.load)
                 if opening:
                     await self.open_iceberg(check.prepared.state)
                     moved = self.report.watermark != after

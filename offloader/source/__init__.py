@@ -135,6 +135,8 @@ class Pager(Protocol):
     # Parquet files ClickHouse encodes) are read on while Iceberg opens or a commit
     # runs; decoded pages (0) are not.
     read_ahead: int
+    # Its pages are Parquet files ClickHouse encoded (Page.encoded), stored as they are.
+    encodes: bool
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> Page:
         """The rows of `scan` after `after`, at most `limit` plus the ties of the last."""

@@ -221,6 +221,7 @@ class ArrowPage:
 
 class ArrowPager:
     read_ahead = 0
+    encodes = False
 
     def __init__(
         self,

@@ -218,6 +218,7 @@ class NativePage:
 
 class NativePager:
     read_ahead = 0
+    encodes = False
 
     def __init__(
         self,

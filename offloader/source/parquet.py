@@ -196,6 +196,7 @@ class ParquetPager:
     # A page is a compressed file (about 11 MB for 2M rows of trades, PAGE_BYTES at
     # most): one more is read while Iceberg opens or the pages before are committed.
     read_ahead = 1
+    encodes = True
 
     def __init__(
         self,
