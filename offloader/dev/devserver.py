@@ -31,7 +31,14 @@ CONFIG_XML = """<clickhouse>
   <tcp_port>{tcp}</tcp_port>
   <http_port>{http}</http_port>
   <logger><level>warning</level><console>0</console><log>{dir}/server.log</log></logger>
-</clickhouse>
+{extra}</clickhouse>
+"""
+
+# Users and their grants, enforced: the users.xml at `users` (users created by SQL fail
+# on the embedded engine: it has no writable access storage).
+USERS_XML = """  <user_directories replace="replace">
+    <users_xml><path>{users}</path></users_xml>
+  </user_directories>
 """
 
 # The listeners live only while this query runs; its last statement keeps it
@@ -65,10 +72,12 @@ def start(
     http_port: int = 0,
     timeout: float = 60.0,
     files_root: str | os.PathLike[str] | None = None,
+    users: str | os.PathLike[str] | None = None,
 ) -> Server:
     """Start the server in the background and wait until it accepts connections.
     `files_root`: the directory the server runs from, below which `icebergLocal` may
-    read (default: `directory`)."""
+    read (default: `directory`). `users`: a users.xml whose users and grants the server
+    enforces (default: the one `default` user, all rights, no password)."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     existing = running(d)
@@ -77,7 +86,10 @@ def start(
     root = Path(files_root).resolve() if files_root is not None else d
     for stale in ("ports.tmp", "ports.tsv", "pid"):
         (d / stale).unlink(missing_ok=True)
-    (root / "config.xml").write_text(CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d))
+    extra = USERS_XML.format(users=Path(users).resolve()) if users is not None else ""
+    (root / "config.xml").write_text(
+        CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d, extra=extra)
+    )
     log = (d / "stdout.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(d)],
@@ -159,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="directory the server runs from; icebergLocal reads only below it (default: --dir)",
     )
+    parser.add_argument("--users", default=None, help="a users.xml to enforce (users, grants)")
     args = parser.parse_args(argv)
     if args.action == "start":
-        s = start(args.dir, args.tcp_port, args.http_port, files_root=args.files_root)
+        s = start(
+            args.dir, args.tcp_port, args.http_port, files_root=args.files_root, users=args.users
+        )
         print(
             f"embedded ClickHouse pid {s.pid}: native 127.0.0.1:{s.tcp_port}, "
             f"http 127.0.0.1:{s.http_port}, data {s.directory}/data"

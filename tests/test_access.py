@@ -1,0 +1,221 @@
+"""Least privilege, tested: ClickHouse users defined in a users.xml the embedded server
+enforces. offloader runs as a user with exactly the grants the README lists (offload on
+every transport, the view over both tiers, verify, status, hot retention); an analyst
+with SELECT on the views' database only reads every row of both tiers through the view
+and is refused the source table and the table functions; with each grant taken away in
+turn, the table fails with one line naming the missing grant, and nothing is lost."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from offloader.dev import devserver
+from tests.helpers import Env
+
+pytestmark = pytest.mark.integration
+
+SRC, VIEWS = "lp_src", "lp_views"  # the grants name these databases
+# What offloader's ClickHouse user needs (README "Access"), one grant per line.
+GRANTS = {
+    "source": f"GRANT SELECT ON {SRC}.*",
+    "parts": "GRANT SELECT ON system.parts",
+    "detached": "GRANT SELECT ON system.detached_parts",
+    "views": f"GRANT CREATE VIEW, DROP VIEW, SELECT ON {VIEWS}.*",
+    "cold": "GRANT READ ON FILE, CREATE TEMPORARY TABLE ON *.*",
+    "retention": f"GRANT ALTER DELETE, INSERT ON {SRC}.*",
+}
+PASSWORD = "s3cret-pass"
+# What the line of a table run or a retention pass says when that grant is missing.
+NAMED = {
+    "source": f"SELECT(exchange_ts) ON {SRC}.trades",
+    "parts": "SELECT ON system.parts",
+    "detached": "SELECT ON system.detached_parts",
+    "views": f"CREATE VIEW, DROP VIEW ON {VIEWS}.trades_all",
+    "cold": "READ ON FILE",
+    "retention": f"ALTER DELETE ON {SRC}.trades",
+}
+
+
+def users_xml(path: Path) -> Path:
+    """default (every right, for the tests' own set-up), offloader (GRANTS), one user
+    per grant taken away (offloader_no_<name>) and analyst (SELECT on the views)."""
+    users = {"offloader": list(GRANTS.values()), "analyst": [f"GRANT SELECT ON {VIEWS}.*"]}
+    for name in GRANTS:
+        users[f"offloader_no_{name}"] = [g for k, g in GRANTS.items() if k != name]
+    body = "".join(
+        f"""
+    <{user}>
+      <password>{PASSWORD}</password>
+      <networks><ip>::/0</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+      <grants>{"".join(f"<query>{g}</query>" for g in grants)}</grants>
+    </{user}>"""
+        for user, grants in users.items()
+    )
+    path.write_text(
+        f"""<clickhouse>
+  <profiles><default/></profiles>
+  <quotas><default/></quotas>
+  <users>
+    <default>
+      <password></password>
+      <networks><ip>::/0</ip></networks>
+      <profile>default</profile>
+      <quota>default</quota>
+    </default>{body}
+  </users>
+</clickhouse>
+"""
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.Server]:
+    directory = tmp_path_factory.mktemp("clickhouse-secured")
+    users = users_xml(directory / "users.xml")
+    # Below the session's base directory, like the other server: icebergLocal (the
+    # views) reads the tests' warehouses below it.
+    server = devserver.start(directory, files_root=tmp_path_factory.getbasetemp(), users=users)
+    try:
+        yield server
+    finally:
+        devserver.stop(directory)
+
+
+@pytest.fixture
+def secured(secured_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    tag = uuid.uuid4().hex[:10]
+    env = Env(
+        tmp=tmp_path,
+        ch_port=secured_server.tcp_port,
+        ch_http_port=secured_server.http_port,
+        ch_database=SRC,
+        pg_dsn=pg_database,
+        pg_schema=f"t_{tag}",
+        catalog_name=f"cold_{tag}",
+    )
+    for db in (SRC, VIEWS):
+        env.ch(f"DROP DATABASE IF EXISTS {db}")
+        env.ch(f"CREATE DATABASE {db}")
+    try:
+        yield env
+    finally:
+        for db in (SRC, VIEWS):
+            env.ch(f"DROP DATABASE IF EXISTS {db}")
+        env.drop_pg_schema()
+
+
+def configure(env: Env, user: str, transport: str = "native", **table: object) -> None:
+    env.transport = transport
+    env.write_config(
+        [env.table("trades", view=f"{VIEWS}.trades_all", **table)],
+        clickhouse_extra={"user": user, "password": PASSWORD},
+    )
+
+
+def http(env: Env, sql: str, user: str) -> str:
+    """`sql` as `user` over HTTP: its result, or the server's error text."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"user": user, "password": PASSWORD})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{env.ch_http_port}/?{query}", data=sql.encode()
+    )
+    try:
+        return urllib.request.urlopen(request, timeout=30).read().decode().strip()
+    except urllib.error.HTTPError as exc:
+        return "ERROR " + exc.read().decode()
+
+
+ALL = "count(), sum(cityHash64(*))"
+
+
+@pytest.mark.parametrize("transport", ["native", "arrow", "parquet"])
+def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) -> None:
+    env = secured
+    env.ch(
+        f"CREATE TABLE {SRC}.trades (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64, "
+        "price Decimal(18, 6), symbol LowCardinality(String)) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMMDD(exchange_ts) ORDER BY (exchange_ts, trade_id)"
+    )
+    env.ch(
+        f"INSERT INTO {SRC}.trades SELECT toDateTime64('2025-03-01 00:00:00', 6, 'UTC') + "
+        "toIntervalMinute(number), number, number / 7, ['a', 'b'][number % 2 + 1] "
+        "FROM numbers(10000)"
+    )
+    configure(
+        env,
+        "offloader",
+        transport,
+        partition_by=["day(exchange_ts)"],
+        hot_retention="1d",
+        batch_rows=3000,
+    )
+    validate = env.cli("validate")
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    report = env.once()
+    assert report.ok and report.tables[0].rows == 10_000, report.summary()
+    assert report.tables[0].view_error is None, report.tables[0].view_error
+    assert env.cli("verify").returncode == 0
+    status = env.cli("status", "--check")
+    assert status.returncode == 0, status.stdout + status.stderr
+    everything = env.ch(f"SELECT {ALL} FROM {SRC}.trades")[0]
+    # The analyst: every row of both tiers through the view, nothing else.
+    assert http(env, f"SELECT {ALL} FROM {VIEWS}.trades_all FORMAT TSV", "analyst") == (
+        "\t".join(str(v) for v in everything)
+    )
+    refused = http(env, f"SELECT count() FROM {SRC}.trades", "analyst")
+    assert "ACCESS_DENIED" in refused and f"SELECT ON {SRC}.trades" in refused, refused
+    cold = http(
+        env, f"SELECT count() FROM icebergLocal('{env.tmp}/warehouse/cold/trades')", "analyst"
+    )
+    assert "ACCESS_DENIED" in cold, cold
+    # Hot retention as offloader: the verified old days dropped, the view still whole.
+    retain = env.cli("retain")
+    assert retain.returncode == 0, retain.stdout + retain.stderr
+    assert retain.stdout.count("dropped partition") >= 5, retain.stdout
+    assert http(env, f"SELECT {ALL} FROM {VIEWS}.trades_all FORMAT TSV", "analyst") == (
+        "\t".join(str(v) for v in everything)
+    )
+
+
+@pytest.mark.parametrize("missing", sorted(GRANTS))
+def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: str) -> None:
+    env = secured
+    env.ch(
+        f"CREATE TABLE {SRC}.trades (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64, "
+        "price Float64) ENGINE = MergeTree PARTITION BY toYYYYMMDD(exchange_ts) "
+        "ORDER BY (exchange_ts, trade_id)"
+    )
+    env.ch(
+        f"INSERT INTO {SRC}.trades SELECT toDateTime64('2025-03-01 00:00:00', 6, 'UTC') + "
+        "toIntervalMinute(number), number, number FROM numbers(5000)"
+    )
+    table = {"partition_by": ["day(exchange_ts)"], "hot_retention": "1d", "batch_rows": 2000}
+    everything = env.ch(f"SELECT {ALL} FROM {SRC}.trades")[0]
+    configure(env, f"offloader_no_{missing}", **table)
+    report = env.once()
+    failed = [*(t.error or "" for t in report.tables), report.tables[0].view_error or ""]
+    retain = env.cli("retain")
+    lines = " ".join([*failed, retain.stdout])
+    assert "Not enough privileges" in lines, (missing, report.summary(), retain.stdout)
+    assert f"it's necessary to have the grant {NAMED[missing]}" in lines, lines
+    for error in failed:
+        assert "\n" not in error.strip(), error  # one line
+    # With every grant: every row exactly once in Iceberg and through the view (also
+    # the days retention dropped, when only its own grant was missing).
+    configure(env, "offloader", **table)
+    again = env.once()
+    assert again.ok and again.tables[0].view_error is None, again.summary()
+    assert env.iceberg_arrow(env.config().table("cold.trades")).num_rows == 5000
+    assert http(env, f"SELECT {ALL} FROM {VIEWS}.trades_all FORMAT TSV", "analyst") == (
+        "\t".join(str(v) for v in everything)
+    )
