@@ -7,6 +7,8 @@ which library raised.
 
 from __future__ import annotations
 
+import re
+
 # ClickHouse error codes that mean "fix the table or config", not "retry later".
 CLICKHOUSE_SCHEMA_CODES = {
     16: "no such column",
@@ -111,3 +113,21 @@ class Locked(TableError):
     """Another offloader worker holds this table's lock: skipped this cycle."""
 
     reason = "locked"
+
+
+# ClickHouse's codes for a remote server it could not reach: an initiator answering for a
+# Distributed table one of whose shards is down.
+UNREACHABLE_CODES = frozenset(
+    {209, 210, 279}
+)  # SOCKET_TIMEOUT, NETWORK_ERROR, ALL_CONNECTION_TRIES_FAILED
+# "Connection refused (127.0.0.1:9001)", "(127.0.0.1:9001, local address: …)"
+_ADDRESS = re.compile(r"\(([A-Za-z0-9_.\-\[\]:]+:\d+)[,)]")
+
+
+def unreachable(code: int | None, text: str) -> str:
+    """For a server error about a server it could not reach, the addresses its whole
+    message names (' (unreachable: 127.0.0.1:9001)'), else ''."""
+    if code not in UNREACHABLE_CODES:
+        return ""
+    found = sorted(set(_ADDRESS.findall(text)))
+    return f" (unreachable: {', '.join(found)}: is that shard's server running?)" if found else ""

@@ -213,19 +213,36 @@ def behind_query(
     return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest} FROM {source}{where}"
 
 
-def parts_fingerprint(database: str, table: str) -> str:
+def parts_fingerprint(database: str, table: str, cluster: str | None = None) -> str:
     """A scalar subquery naming the exact data a MergeTree table holds: its active parts
     (patch parts of lightweight updates included), each with the hash of its files. Any
     insert, merge, finished mutation, lightweight delete or update, TTL removal, dropped,
     detached or attached partition, truncation or recreation changes it. (A mutation
     applied on the fly, before it rewrites parts, changes it only when it finishes.) ''
-    when the table has no parts (empty, or not a MergeTree: a view, a Distributed or
-    Merge table), which the audit takes as "unknown"."""
+    when the table has no parts (empty, or not a MergeTree: a view or a Merge table),
+    which the audit takes as "unknown". With `cluster`: the parts of that local table on
+    every replica of every shard of the cluster (a Distributed source's)."""
+    parts = (
+        "system.parts"
+        if cluster is None
+        else f"clusterAllReplicas({quote_string(cluster)}, system.parts)"
+    )
     return (
         "(SELECT if(count() = 0, '', toString(cityHash64(arraySort(groupArray("
-        "(name, hash_of_all_files)))))) FROM system.parts WHERE database = "
+        f"(name, hash_of_all_files)))))) FROM {parts} WHERE database = "
         f"{quote_string(database)} AND table = {quote_string(table)} AND active)"
     )
+
+
+def distributed_over(engine_full: str) -> tuple[str, str, str] | None:
+    """The cluster, database and table a `Distributed` table's engine clause names, or
+    None for another engine (its `engine_full` in system.tables)."""
+    match = re.match(
+        r"\s*Distributed\(\s*'?([^',\s]+)'?\s*,\s*'?([^',\s]+)'?\s*,\s*'?([^',\s)]+)'?", engine_full
+    )
+    if match is None:
+        return None
+    return match.group(1), match.group(2), match.group(3)
 
 
 def day_expr(wm_name: str, wm_type: ChType) -> str:

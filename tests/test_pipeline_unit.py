@@ -54,3 +54,30 @@ def test_the_error_that_matters_is_picked_out_of_a_task_group() -> None:
         assert _single(closed) is other
 
     anyio.run(check)
+
+
+def test_a_distributed_tables_cluster_and_local_table_are_read_from_its_engine() -> None:
+    from offloader.sql import distributed_over, parts_fingerprint
+
+    assert distributed_over(
+        "Distributed('trades_cluster', 'market', 'trades_local', cityHash64(trade_id))"
+    ) == ("trades_cluster", "market", "trades_local")
+    assert distributed_over("Distributed(c, db, t)") == ("c", "db", "t")
+    assert distributed_over("MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY ts") is None
+    assert "clusterAllReplicas('c', system.parts)" in parts_fingerprint("db", "t", "c")
+    assert "FROM system.parts" in parts_fingerprint("db", "t")
+
+
+def test_an_unreachable_shard_is_named() -> None:
+    from offloader.errors import unreachable
+
+    text = (
+        "Code: 279.\nDB::Exception: All connection tries failed. Log: \n\nCode: 210. "
+        "DB::NetException: Connection refused (127.0.0.1:43505, local address: "
+        "127.0.0.1:32894). (NETWORK_ERROR)\nCode: 210. DB::NetException: Connection "
+        "refused (127.0.0.1:43505). (NETWORK_ERROR)"
+    )
+    assert unreachable(279, text) == (
+        " (unreachable: 127.0.0.1:43505: is that shard's server running?)"
+    )
+    assert unreachable(60, text) == ""

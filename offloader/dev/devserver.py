@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,16 @@ CONFIG_XML = """<clickhouse>
   <http_port>{http}</http_port>
   <logger><level>warning</level><console>0</console><log>{dir}/server.log</log></logger>
 {extra}</clickhouse>
+"""
+
+# A cluster: each node names every node, one shard each (no replication: the embedded
+# engine has no ZooKeeper client).
+CLUSTER_XML = """  <remote_servers>
+    <{name}>
+{shards}    </{name}>
+  </remote_servers>
+"""
+SHARD_XML = """      <shard><replica><host>127.0.0.1</host><port>{tcp}</port></replica></shard>
 """
 
 # Users and their grants, enforced: the users.xml at `users` (users created by SQL fail
@@ -73,11 +85,13 @@ def start(
     timeout: float = 60.0,
     files_root: str | os.PathLike[str] | None = None,
     users: str | os.PathLike[str] | None = None,
+    cluster: tuple[str, Sequence[int]] | None = None,
 ) -> Server:
     """Start the server in the background and wait until it accepts connections.
     `files_root`: the directory the server runs from, below which `icebergLocal` may
     read (default: `directory`). `users`: a users.xml whose users and grants the server
-    enforces (default: the one `default` user, all rights, no password)."""
+    enforces (default: the one `default` user, all rights, no password). `cluster`: its
+    name and the native ports of its shards, one node each (`start_cluster`)."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     existing = running(d)
@@ -87,6 +101,11 @@ def start(
     for stale in ("ports.tmp", "ports.tsv", "pid"):
         (d / stale).unlink(missing_ok=True)
     extra = USERS_XML.format(users=Path(users).resolve()) if users is not None else ""
+    if cluster is not None:
+        name, shards = cluster
+        extra += CLUSTER_XML.format(
+            name=name, shards="".join(SHARD_XML.format(tcp=port) for port in shards)
+        )
     (root / "config.xml").write_text(
         CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d, extra=extra)
     )
@@ -113,6 +132,40 @@ def start(
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"embedded ClickHouse did not open its ports within {timeout:g}s")
+
+
+def start_cluster(
+    directory: str | os.PathLike[str],
+    nodes: int = 2,
+    *,
+    name: str = "offloader_cluster",
+    files_root: str | os.PathLike[str] | None = None,
+    users: str | os.PathLike[str] | None = None,
+) -> list[Server]:
+    """`nodes` servers (directory/node1, node2, …) forming the cluster `name`, one shard
+    each: every node's config names all of them, with ports chosen free first. They are
+    started one after another (each reads config.xml from `files_root` at start)."""
+    ports = [(free_port(), free_port()) for _ in range(nodes)]
+    shards = [tcp for tcp, _ in ports]
+    root = files_root if files_root is not None else directory
+    return [
+        start(
+            Path(directory) / f"node{i}",
+            tcp,
+            http,
+            files_root=root,
+            users=users,
+            cluster=(name, shards),
+        )
+        for i, (tcp, http) in enumerate(ports, 1)
+    ]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def running(directory: str | os.PathLike[str]) -> Server | None:

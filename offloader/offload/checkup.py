@@ -18,7 +18,7 @@ from offloader.days import day_number, watermark_day
 from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.source import SourceTable
-from offloader.sql import RowHash, behind_query, parts_fingerprint
+from offloader.sql import RowHash, behind_query
 from offloader.state import AuditAgreed, DaySum, TableState
 from offloader.tiers.audit import (
     DaysAhead,
@@ -218,7 +218,7 @@ async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Reco
         if prepared.known is not None:
             hot = prepared.known.hot
         else:
-            fingerprint = parts_fingerprint(src.database, table.source_table)
+            fingerprint = src.parts
             hot = await clickhouse_days(check.hot, list(report.watermark), bounds[0], fingerprint)
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})

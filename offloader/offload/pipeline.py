@@ -40,7 +40,7 @@ from offloader.source import (
     open_table,
     scan_complete,
 )
-from offloader.sql import behind_query, parts_fingerprint
+from offloader.sql import behind_query
 from offloader.state import Advance, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services
@@ -180,7 +180,7 @@ class TableRun:
         report.watermark = list(state.position) if state.position else None
         wm_type = src.order[0][1]
         bounds = audit.window(wm_type, report.watermark, table.audit_days, state.retained_until)
-        parts = parts_fingerprint(src.database, table.source_table)
+        parts = src.parts
         fingerprint = ""
         agreed = checkup.agreed_window(state, bounds, self.seq)
         if agreed is not None:

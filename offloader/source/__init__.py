@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offloader.config import ClickHouseConfig, TableConfig, Transport
 from offloader.errors import SourceSchemaError, SourceUnavailable, TableError
 from offloader.plan import SourcePlan, plan_order, plan_source
-from offloader.sql import RowHash, page_query, quote_ident, quote_string, read_from
+from offloader.sql import (
+    RowHash,
+    distributed_over,
+    page_query,
+    parts_fingerprint,
+    quote_ident,
+    quote_string,
+    read_from,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -204,12 +212,16 @@ class SourceTable:
         columns: list[tuple[str, str]],
         relation: str,
         database: str,
+        parts: str | None = None,
     ) -> None:
         self.source = source
         self.table = table
         self.columns = columns
         self.relation = relation
         self.database = database
+        # The subquery of the source's parts (sql.parts_fingerprint): a Distributed
+        # table's are its local table's on every shard.
+        self.parts = parts or parts_fingerprint(database, table.source_table)
         self.order, self.order_index = plan_order(table, columns)
         self._plan: SourcePlan | None = None
 
@@ -227,8 +239,25 @@ async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator
     fails when the plan is first used)."""
     db = table.source_database or cfg.database
     async with open_source(cfg, table.target, transport_of(cfg, table)) as s:
-        columns = await table_columns(s, db, table.source_table)
-        yield SourceTable(s, table, columns, read_from(db, table.source_table, table.final), db)
+        engine, columns = await _engine_and_columns(s, db, table.source_table)
+        over = distributed_over(engine)
+        parts = parts_fingerprint(over[1], over[2], over[0]) if over is not None else None
+        relation = read_from(db, table.source_table, table.final)
+        yield SourceTable(s, table, columns, relation, db, parts)
+
+
+async def _engine_and_columns(s: Source, db: str, table: str) -> tuple[str, list[tuple[str, str]]]:
+    """The table's engine clause (system.tables' engine_full) and its columns, in one
+    query."""
+    rows = await s.rows(
+        "SELECT name, type, (SELECT any(engine_full) FROM system.tables WHERE database = "
+        f"{quote_string(db)} AND name = {quote_string(table)}) FROM system.columns "
+        f"WHERE database = {quote_string(db)} AND table = {quote_string(table)} "
+        "ORDER BY position"
+    )
+    if not rows:
+        return "", await table_columns(s, db, table)  # raises, naming what is wrong
+    return str(rows[0][2]), [(str(name), str(t)) for name, t, _ in rows]
 
 
 def scan_complete(page: Page, limit: int, read: int, waiting: int | None = None) -> bool:

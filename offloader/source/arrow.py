@@ -31,6 +31,7 @@ from offloader.errors import (
     CLICKHOUSE_SCHEMA_CODES,
     SourceSchemaError,
     SourceUnavailable,
+    unreachable,
 )
 from offloader.source import CLOSE_SECONDS, Pager, Scan
 from offloader.sql import quote_ident
@@ -121,6 +122,8 @@ class ArrowHttpSession:
         if response.status_code != 200 or code:
             text = body.decode("utf-8", "replace").strip().splitlines()
             message = text[0][:500] if text else f"HTTP {response.status_code}"
+            if code is not None and code.isdigit():
+                message += unreachable(int(code), "\n".join(text))
             schema = code is not None and code.isdigit() and int(code) in CLICKHOUSE_SCHEMA_CODES
             error = SourceSchemaError if schema else SourceUnavailable
             raise error(f"{self._where()}: server error {code}: {message}")

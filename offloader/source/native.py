@@ -26,6 +26,7 @@ from offloader.errors import (
     DataError,
     SourceSchemaError,
     SourceUnavailable,
+    unreachable,
 )
 from offloader.source import CLOSE_SECONDS, Scan, invalid_utf8_columns
 
@@ -113,6 +114,7 @@ class ClickHouseSession:
             if code in CLICKHOUSE_SCHEMA_CODES:
                 kind = CLICKHOUSE_SCHEMA_CODES[code]
                 raise SourceSchemaError(f"{where}: {kind}: {text}", reason="schema") from exc
+            text += unreachable(code, str(exc))
             raise SourceUnavailable(f"{where}: server error {code} during {what}: {text}") from exc
         except UnicodeDecodeError as exc:
             raise DataError(

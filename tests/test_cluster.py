@@ -1,0 +1,223 @@
+"""A sharded hot tier: a `Distributed` table over a real 2-shard cluster of embedded
+ClickHouse 26.9 servers (one node a shard; replication cannot run here), read through
+the Distributed table. Every row once over many pages and appends with ties on the
+watermark spread across shards, on every transport; the idle audit fingerprints the
+local table's parts on every shard; a shard killed mid-run commits nothing partial and
+the next run, once it is back, completes with no row twice."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from offloader import faults
+from offloader.dev import devserver
+from offloader.dev.demo import trades_ddl
+from tests.helpers import Env, trades_rows
+
+pytestmark = pytest.mark.integration
+
+CLUSTER = "offloader_cluster"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
+    directory = tmp_path_factory.mktemp("cluster")
+    nodes = devserver.start_cluster(
+        directory, 2, name=CLUSTER, files_root=tmp_path_factory.getbasetemp()
+    )
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            devserver.stop(node.directory)
+
+
+def node_env(node: devserver.Server, env: Env) -> Env:
+    """The same test's databases, seen from another node."""
+    return Env(
+        tmp=env.tmp,
+        ch_port=node.tcp_port,
+        ch_http_port=node.http_port,
+        ch_database=env.ch_database,
+        pg_dsn=env.pg_dsn,
+        pg_schema=env.pg_schema,
+        catalog_name=env.catalog_name,
+        transport=env.transport,
+    )
+
+
+def _sharded(
+    cluster: list[devserver.Server], pg_database: str, tmp_path: Path, transport: str
+) -> Iterator[Env]:
+    """`trades`: a Distributed table on node 1 over `trades_local` on both shards
+    (sharded by trade_id, so rows tied on the watermark land on both)."""
+    tag = uuid.uuid4().hex[:10]
+    env = Env(
+        tmp=tmp_path,
+        ch_port=cluster[0].tcp_port,
+        ch_http_port=cluster[0].http_port,
+        ch_database=f"t_{tag}",
+        pg_dsn=pg_database,
+        pg_schema=f"t_{tag}",
+        catalog_name=f"cold_{tag}",
+        transport=transport,
+    )
+    db = env.ch_database
+    for node in cluster:
+        shard = node_env(node, env)
+        shard.ch(f"CREATE DATABASE {db}")
+        shard.ch(trades_ddl(db, "trades_local", partitioned=True))
+        shard.ch(
+            f"CREATE TABLE {db}.trades AS {db}.trades_local "
+            f"ENGINE = Distributed({CLUSTER}, {db}, trades_local, trade_id)"
+        )
+    try:
+        yield env
+    finally:
+        for node in cluster:
+            if devserver.running(node.directory) is not None:
+                node_env(node, env).ch(f"DROP DATABASE IF EXISTS {db}")
+        env.drop_pg_schema()
+
+
+@pytest.fixture(params=["native", "arrow", "parquet"])
+def sharded(
+    request: pytest.FixtureRequest,
+    cluster: list[devserver.Server],
+    pg_database: str,
+    tmp_path: Path,
+) -> Iterator[Env]:
+    """A sharded source on every transport."""
+    yield from _sharded(cluster, pg_database, tmp_path, request.param)
+
+
+@pytest.fixture
+def sharded_one(cluster: list[devserver.Server], pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    """A sharded source on the default transport, for what no transport changes."""
+    yield from _sharded(cluster, pg_database, tmp_path, "native")
+
+
+def insert(env: Env, count: int, first_id: int, start: str, step_us: int = 1_000_000) -> None:
+    """Rows through the Distributed table, written to the shards before it returns."""
+    sql = trades_rows(env.ch_database, "trades", count, first_id, start, step_us, ties=3)
+    env.ch(sql + " SETTINGS distributed_foreground_insert = 1")
+
+
+def shard_counts(env: Env, cluster: list[devserver.Server]) -> list[int]:
+    return [
+        int(node_env(n, env).ch(f"SELECT count() FROM {env.ch_database}.trades_local")[0][0])
+        for n in cluster
+    ]
+
+
+def test_a_sharded_source_offloads_every_row_once(
+    sharded: Env, cluster: list[devserver.Server]
+) -> None:
+    env = sharded
+    insert(env, 9_001, 1, "2025-05-01 00:00:00")
+    counts = shard_counts(env, cluster)
+    assert sum(counts) == 9_001 and min(counts) > 3_000, counts  # both shards hold rows
+    env.write_config([env.table("trades", batch_rows=1_000, append_rows=2_000)])
+    report = env.once()
+    assert report.ok and report.tables[0].rows == 9_001, report.summary()
+    assert report.tables[0].snapshots >= 4
+    insert(env, 500, 100_000, "2025-05-03 00:00:00")
+    assert env.once().tables[0].rows == 500
+    assert env.assert_tiers_equal("cold.trades") == 9_501
+    assert env.cli("verify").returncode == 0
+
+
+def test_the_idle_audit_fingerprints_every_shard(
+    sharded_one: Env, cluster: list[devserver.Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts fingerprint of a Distributed source is its local table's on every
+    shard: an idle cycle whose window agreed reads no window; a late row inserted into
+    one shard's local table changes it, and the next cycle reports the day."""
+    from offloader.offload import checkup
+    from offloader.tiers import audit
+
+    env = sharded_one
+    windows: list[str] = []
+    real = audit.clickhouse_days
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        windows.append("window")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "clickhouse_days", counting)
+    monkeypatch.setattr(checkup, "clickhouse_days", counting)
+    insert(env, 3_000, 1, "2025-05-01 00:00:00", step_us=60_000_000)
+    env.write_config([env.table("trades", audit_days=4)])
+    assert env.once().ok
+    assert env.once().ok  # the first audit of the window after the offload agrees
+    windows.clear()
+    idle = env.once()
+    assert idle.ok and idle.tables[0].drifted == [], idle.summary()
+    assert windows == [], "an idle cycle over unchanged shards read the window"
+    db = env.ch_database
+    node_env(cluster[1], env).ch(
+        f"INSERT INTO {db}.trades_local SELECT * REPLACE (999999 AS trade_id) "
+        f"FROM {db}.trades_local LIMIT 1"
+    )
+    late = env.once()
+    assert windows, "a changed shard was not audited"
+    assert late.tables[0].drifted, late.summary()
+
+
+def test_a_shard_killed_mid_run_commits_nothing_partial(
+    sharded_one: Env, cluster: list[devserver.Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shard 2's server is SIGKILLed after the run's second page: the table fails naming
+    the shard's address, what it committed before are whole appends (every row at or
+    before the committed position, from both shards), and once the shard is back the
+    next run completes with every row once."""
+    env = sharded_one
+    insert(env, 12_000, 1, "2025-05-01 00:00:00")
+    env.write_config([env.table("trades", batch_rows=1_000, append_rows=1_000)])
+    node = cluster[1]
+    pages = 0
+    real = faults.point
+
+    def kill_shard_after_two_pages(name: str) -> None:
+        nonlocal pages
+        if name == "read":
+            pages += 1
+            if pages == 2:
+                devserver.kill(node.pid, sig=signal.SIGKILL)
+        real(name)
+
+    monkeypatch.setattr(faults, "point", kill_shard_after_two_pages)
+    report = env.once()
+    monkeypatch.undo()
+    [t] = report.tables
+    assert t.status == "failed", report.summary()
+    assert f"127.0.0.1:{node.tcp_port}" in (t.error or ""), t.error
+    committed = env.iceberg_arrow(env.config().table("cold.trades"))
+    assert committed.num_rows == t.rows and t.rows % 1_000 == 0, (committed.num_rows, t.rows)
+    ids = committed.column("trade_id").to_pylist()
+    assert len(set(ids)) == len(ids)
+    # Whole appends: every source row at or before the last committed row is there.
+    last = committed.slice(committed.num_rows - 1).to_pylist()[0] if ids else None
+    restarted = devserver.start(
+        node.directory,
+        node.tcp_port,
+        node.http_port,
+        cluster=(CLUSTER, [n.tcp_port for n in cluster]),
+    )
+    cluster[1] = restarted
+    if last is not None:
+        before = env.ch(
+            f"SELECT count() FROM {env.ch_database}.trades WHERE (exchange_ts, trade_id) <= "
+            f"(toDateTime64('{last['exchange_ts']:%Y-%m-%d %H:%M:%S.%f}', 6, 'UTC'), "
+            f"{last['trade_id']})"
+        )
+        assert before == [(committed.num_rows,)], (before, committed.num_rows)
+    again = env.once()
+    assert again.ok, again.summary()
+    assert env.assert_tiers_equal("cold.trades") == 12_000
