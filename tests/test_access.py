@@ -138,9 +138,8 @@ def http(env: Env, sql: str, user: str) -> str:
 ALL = "count(), sum(cityHash64(*))"
 
 
-@pytest.mark.parametrize("transport", ["native", "arrow", "parquet"])
-def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) -> None:
-    env = secured
+def trades(env: Env, rows: int) -> None:
+    """`lp_src.trades`, partitioned by day, `rows` rows a minute apart from 2025-03-01."""
     env.ch(
         f"CREATE TABLE {SRC}.trades (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64, "
         "price Decimal(18, 6), symbol LowCardinality(String)) ENGINE = MergeTree "
@@ -149,8 +148,14 @@ def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) 
     env.ch(
         f"INSERT INTO {SRC}.trades SELECT toDateTime64('2025-03-01 00:00:00', 6, 'UTC') + "
         "toIntervalMinute(number), number, number / 7, ['a', 'b'][number % 2 + 1] "
-        "FROM numbers(10000)"
+        f"FROM numbers({rows})"
     )
+
+
+@pytest.mark.parametrize("transport", ["native", "arrow", "parquet"])
+def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) -> None:
+    env = secured
+    trades(env, 10_000)
     configure(
         env,
         "offloader",
@@ -190,15 +195,7 @@ def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) 
 @pytest.mark.parametrize("missing", sorted(GRANTS))
 def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: str) -> None:
     env = secured
-    env.ch(
-        f"CREATE TABLE {SRC}.trades (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64, "
-        "price Float64) ENGINE = MergeTree PARTITION BY toYYYYMMDD(exchange_ts) "
-        "ORDER BY (exchange_ts, trade_id)"
-    )
-    env.ch(
-        f"INSERT INTO {SRC}.trades SELECT toDateTime64('2025-03-01 00:00:00', 6, 'UTC') + "
-        "toIntervalMinute(number), number, number FROM numbers(5000)"
-    )
+    trades(env, 5_000)
     table = {"partition_by": ["day(exchange_ts)"], "hot_retention": "1d", "batch_rows": 2000}
     everything = env.ch(f"SELECT {ALL} FROM {SRC}.trades")[0]
     configure(env, f"offloader_no_{missing}", **table)

@@ -7,6 +7,7 @@ the next run, once it is back, completes with no row twice."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import uuid
 from collections.abc import Iterator
@@ -40,16 +41,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver
 
 def node_env(node: devserver.Server, env: Env) -> Env:
     """The same test's databases, seen from another node."""
-    return Env(
-        tmp=env.tmp,
-        ch_port=node.tcp_port,
-        ch_http_port=node.http_port,
-        ch_database=env.ch_database,
-        pg_dsn=env.pg_dsn,
-        pg_schema=env.pg_schema,
-        catalog_name=env.catalog_name,
-        transport=env.transport,
-    )
+    return dataclasses.replace(env, ch_port=node.tcp_port, ch_http_port=node.http_port)
 
 
 def _sharded(
