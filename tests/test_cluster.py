@@ -200,6 +200,7 @@ def test_a_shard_killed_mid_run_commits_nothing_partial(
         node.directory,
         node.tcp_port,
         node.http_port,
+        files_root=node.directory.parent.parent,  # the session's base, as at the start
         cluster=(CLUSTER, [n.tcp_port for n in cluster]),
     )
     cluster[1] = restarted
@@ -213,3 +214,28 @@ def test_a_shard_killed_mid_run_commits_nothing_partial(
     again = env.once()
     assert again.ok, again.summary()
     assert env.assert_tiers_equal("cold.trades") == 12_000
+
+
+def test_the_view_is_kept_on_every_node(sharded: Env, cluster: list[devserver.Server]) -> None:
+    """Each node keeps its own view definition: offloader replaces the view over both
+    tiers on every node of the source's cluster, each at the same (commit, position),
+    and a reader on any node gets every row of both tiers once."""
+    env = sharded
+    db = env.ch_database
+    insert(env, 4_000, 1, "2025-05-01 00:00:00")
+    env.write_config([env.table("trades", view=True, batch_rows=1_500)])
+    report = env.once()
+    assert report.ok and report.tables[0].view_error is None, report.summary()
+    insert(env, 300, 50_000, "2025-05-02 00:00:00")  # in the hot tier only, for now
+    every = "count(), sum(cityHash64(*))"
+    source = env.ch(f"SELECT {every} FROM {db}.trades")
+    comment = f"SELECT comment FROM system.tables WHERE database = '{db}' AND name = 'trades_all'"
+    for node in cluster:
+        reader = node_env(node, env)
+        assert reader.ch(f"SELECT {every} FROM {db}.trades_all") == source, node
+        assert "commit 1," in reader.ch(comment)[0][0]
+    assert env.once().tables[0].rows == 300
+    for node in cluster:
+        reader = node_env(node, env)
+        assert "commit 2," in reader.ch(comment)[0][0], node
+        assert reader.ch(f"SELECT {every} FROM {db}.trades_all") == source, node

@@ -162,7 +162,13 @@ class TableRun:
         if current and known is not None and known.signature == spec.signature(cold, views):
             return
         self.report.view_error = await view.keep(
-            self.src, self.services.watermarks, views, table, cold, seq=self.seq
+            self.src,
+            self.services.watermarks,
+            views,
+            table,
+            cold,
+            seq=self.seq,
+            clickhouse=self.services.clickhouse,
         )
 
     async def prepare(self) -> checkup.Prepared:
@@ -422,7 +428,12 @@ class TableRun:
             # The view moves with every commit: its cold side is this commit's metadata
             # file (older ones are deleted after metadata_versions more commits).
             report.view_error = await view.keep(
-                self.src, services.watermarks, services.views, table, view.ColdSide.of(self.ice)
+                self.src,
+                services.watermarks,
+                services.views,
+                table,
+                view.ColdSide.of(self.ice),
+                clickhouse=services.clickhouse,
             )
 
 

@@ -423,7 +423,12 @@ async def repair_table(
             if table.view is not None and report.seq is not None and not dry_run:
                 # The view reads the repaired snapshot from now on.
                 report.view_error = await view.keep(
-                    src, watermarks, services.views, table, view.ColdSide.of(ice)
+                    src,
+                    watermarks,
+                    services.views,
+                    table,
+                    view.ColdSide.of(ice),
+                    clickhouse=services.clickhouse,
                 )
     return report
 

@@ -212,16 +212,23 @@ class SourceTable:
         columns: list[tuple[str, str]],
         relation: str,
         database: str,
-        parts: str | None = None,
+        cluster: tuple[str, str, str] | None = None,
     ) -> None:
         self.source = source
         self.table = table
         self.columns = columns
         self.relation = relation
         self.database = database
+        # A Distributed source's cluster, and the database and table it reads on each
+        # shard (sql.distributed_over), else None.
+        self.cluster = cluster[0] if cluster is not None else None
         # The subquery of the source's parts (sql.parts_fingerprint): a Distributed
         # table's are its local table's on every shard.
-        self.parts = parts or parts_fingerprint(database, table.source_table)
+        self.parts = (
+            parts_fingerprint(cluster[1], cluster[2], cluster[0])
+            if cluster is not None
+            else parts_fingerprint(database, table.source_table)
+        )
         self.order, self.order_index = plan_order(table, columns)
         self._plan: SourcePlan | None = None
 
@@ -240,10 +247,8 @@ async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator
     db = table.source_database or cfg.database
     async with open_source(cfg, table.target, transport_of(cfg, table)) as s:
         engine, columns = await _engine_and_columns(s, db, table.source_table)
-        over = distributed_over(engine)
-        parts = parts_fingerprint(over[1], over[2], over[0]) if over is not None else None
         relation = read_from(db, table.source_table, table.final)
-        yield SourceTable(s, table, columns, relation, db, parts)
+        yield SourceTable(s, table, columns, relation, db, distributed_over(engine))
 
 
 async def _engine_and_columns(s: Source, db: str, table: str) -> tuple[str, list[tuple[str, str]]]:

@@ -24,6 +24,7 @@ from both tiers (README "One table over both tiers").
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -42,6 +43,7 @@ from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves
 
 if TYPE_CHECKING:
+    from offloader.config import ClickHouseConfig
     from offloader.iceberg import IcebergTable
     from offloader.source import Source, SourceTable
     from offloader.tiers.services import Services
@@ -320,9 +322,11 @@ async def replace(
     cold: ColdSide | None,
     *,
     target: str,
+    others: Sequence[ClickHouseConfig] = (),
 ) -> ViewState:
     """Build and run the view's DDL, then record it (seq, metadata file, signature).
-    `spec` is `spec_of` the pin `cold` (`keep` makes it so)."""
+    `spec` is `spec_of` the pin `cold` (`keep` makes it so). `others`: the cluster's
+    other nodes, where the same DDL runs too (each node keeps its own view)."""
     t0 = time.monotonic()
     reader = cold_reader(cold, views, target) if cold is not None else None
     columns = await _probe(source, reader, target) if reader is not None else {}
@@ -334,6 +338,17 @@ async def replace(
         await source.command(ddl)
     except TableError as exc:
         raise ViewError(f"{target}: replacing view {spec.name} failed: {exc}") from exc
+    for node in others:
+        from offloader.source import open_source
+
+        try:
+            async with open_source(node, target, "native") as other:
+                await other.command(ddl)
+        except TableError as exc:
+            raise ViewError(
+                f"{target}: replacing view {spec.name} on node {node.host}:{node.port} of the "
+                f"cluster failed: {exc}"
+            ) from exc
     state = ViewState(
         target=target,
         name=spec.name,
@@ -423,16 +438,21 @@ async def keep(
     cold: ColdSide | None,
     *,
     seq: int = 0,
+    clickhouse: ClickHouseConfig | None = None,
 ) -> str | None:
     """Replace the view of `table` at the pin `cold` (`seq`: the commit when there is no
     pin yet), never raising for a table problem: a failure is logged with the table and
     the reason and recorded (status, metrics); the view keeps its previous consistent
-    definition and the next run retries. Returns the error, if any."""
+    definition and the next run retries. With `clickhouse` (the settings offloader
+    connects with) and a `Distributed` source, the view is replaced on every node of its
+    cluster, each over the native protocol at the port system.clusters lists. Returns
+    the error, if any."""
     assert table.view is not None
     target = table.target
     spec = spec_of(src, table, cold, seq)
     try:
-        await replace(src.source, store, views, spec, cold, target=target)
+        others = await cluster_nodes(src, clickhouse) if clickhouse is not None else []
+        await replace(src.source, store, views, spec, cold, target=target, others=others)
         return None
     except OffloaderError as exc:
         error = str(exc)
@@ -442,6 +462,22 @@ async def keep(
     except OffloaderError:
         log.warning("could not record the view's failure", extra={"table": target}, exc_info=True)
     return error
+
+
+async def cluster_nodes(src: SourceTable, clickhouse: ClickHouseConfig) -> list[ClickHouseConfig]:
+    """The other nodes of a Distributed source's cluster (none for another source), as
+    settings to connect to each (its host and native port, offloader's user)."""
+    if src.cluster is None:
+        return []
+    rows = await src.source.rows(
+        "SELECT DISTINCT host_address, port FROM system.clusters WHERE cluster = "
+        f"{quote_string(src.cluster)} AND NOT is_local"
+    )
+    return [
+        dataclasses.replace(clickhouse, host=str(host), port=int(port))
+        for host, port in rows
+        if (str(host), int(port)) != (clickhouse.host, clickhouse.port)
+    ]
 
 
 async def after_rewrite(services: Services, table: TableConfig, ice: IcebergTable) -> str | None:
@@ -461,7 +497,9 @@ async def after_rewrite(services: Services, table: TableConfig, ice: IcebergTabl
     cold = ColdSide.of(ice)
     try:
         async with open_table(services.clickhouse, table) as src:
-            return await keep(src, store, services.views, table, cold)
+            return await keep(
+                src, store, services.views, table, cold, clickhouse=services.clickhouse
+            )
     except OffloaderError as exc:
         log.warning("view not replaced", extra={"table": table.target, "error": str(exc)})
         await store.view_failed(table.target, table.view, str(exc))
