@@ -6,6 +6,8 @@
 #   bash scripts/quickstart.sh        a local warehouse (SQLite catalog, files under var/)
 #   bash scripts/quickstart.sh --s3   the production shape: an S3 object store and an Iceberg
 #                                     REST catalog (SeaweedFS, started under var/s3)
+#   bash scripts/quickstart.sh --cluster  a sharded hot tier: two embedded ClickHouse nodes
+#                                     (one shard each, var/cluster), Distributed trades tables
 #   bash scripts/quickstart.sh stop   stop the embedded servers
 # Everything lives under ./var.
 set -euo pipefail
@@ -13,13 +15,17 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "stop" ]; then
     .venv/bin/python -m offloader.dev.devserver stop --dir var/clickhouse
     .venv/bin/python -m offloader.dev.devstore stop --dir var/s3
+    .venv/bin/python -m offloader.dev.devserver stop --dir var/cluster
     exit 0
 fi
 s3=0
+cluster=0
 if [ "${1:-}" = "--s3" ]; then
     s3=1
+elif [ "${1:-}" = "--cluster" ]; then
+    cluster=1
 elif [ -n "${1:-}" ]; then
-    echo "usage: bash scripts/quickstart.sh [--s3 | stop]" >&2
+    echo "usage: bash scripts/quickstart.sh [--s3 | --cluster | stop]" >&2
     exit 2
 fi
 bash scripts/setup.sh
@@ -28,10 +34,20 @@ bash scripts/setup.sh
 
 mkdir -p var
 # ClickHouse runs from var/ so that it can read the Iceberg warehouse under it (the views).
-python -m offloader.dev.devserver start --dir var/clickhouse --files-root var
-port=$(cut -f1 var/clickhouse/ports.tsv)
 config=var/quickstart.toml
+state=var/offloader
 store=()
+if [ "$cluster" = 1 ]; then
+    python -m offloader.dev.devserver start --dir var/cluster --nodes 2 --files-root var
+    port=$(cut -f1 var/cluster/node1/ports.tsv)
+    ports="$port,$(cut -f1 var/cluster/node2/ports.tsv)"
+    config=var/quickstart-cluster.toml
+    state=var/offloader-cluster
+    store=(--cluster-ports "$ports")
+else
+    python -m offloader.dev.devserver start --dir var/clickhouse --files-root var
+    port=$(cut -f1 var/clickhouse/ports.tsv)
+fi
 if [ "$s3" = 1 ]; then
     python -m offloader.dev.devstore start --dir var/s3
     config=var/quickstart-s3.toml
@@ -39,7 +55,7 @@ if [ "$s3" = 1 ]; then
 fi
 if [ ! -f "$config" ]; then
     python -m offloader.dev.demo --port "$port" --rows 200000 "${store[@]}" \
-        --config-out "$config" --state-dir var/offloader \
+        --config-out "$config" --state-dir "$state" \
         --postgres "postgresql://postgres@127.0.0.1:5432/offloader_quickstart"
 else
     # ClickHouse may have come up on another port: keep the config pointing at it.
@@ -61,16 +77,26 @@ echo
 echo "== offloader status"
 offloader status
 echo
-echo "== offloader retain --dry-run (hot_retention: what offloader would drop from ClickHouse, verified)"
-offloader retain --dry-run
-echo
-echo "== one query over both tiers (the views offloader keeps)"
-python -m offloader.dev.demo --port "$port" --show-views
+if [ "$cluster" = 1 ]; then
+    echo "== one query over both tiers, on each node (the views offloader keeps on every node)"
+    for node in var/cluster/node*; do
+        echo "-- $node"
+        python -m offloader.dev.demo --port "$(cut -f1 "$node/ports.tsv")" --show-views
+    done
+else
+    echo "== offloader retain --dry-run (hot_retention: what offloader would drop from ClickHouse, verified)"
+    offloader retain --dry-run
+    echo
+    echo "== one query over both tiers (the views offloader keeps)"
+    python -m offloader.dev.demo --port "$port" --show-views
+fi
 echo
 if [ "$s3" = 1 ]; then
     echo "Config: $config  Iceberg: REST catalog and S3 of var/s3 (python -m offloader.dev.devstore status --dir var/s3)"
 else
-    echo "Config: $config  Iceberg warehouse: var/offloader/warehouse"
+    echo "Config: $config  Iceberg warehouse: $state/warehouse"
 fi
 echo "Try: OFFLOADER_CONFIG=$config .venv/bin/offloader run --now --log-format text"
-echo "     OFFLOADER_CONFIG=$config .venv/bin/offloader retain   (drops the verified old days)"
+if [ "$cluster" = 0 ]; then
+    echo "     OFFLOADER_CONFIG=$config .venv/bin/offloader retain   (drops the verified old days)"
+fi

@@ -65,6 +65,23 @@ FROM numbers({count})
 """
 
 TABLES = ("bronze_trades_binance", "bronze_trades_kraken")
+CLUSTER = "offloader_cluster"  # the cluster devserver.start_cluster forms
+
+
+async def make_sharded(
+    nodes: list[ClickHouseConfig], db: str, cluster: str, tables: tuple[str, ...] = TABLES
+) -> None:
+    """On every node of the cluster: `<name>_local` (the shard's rows) and `<name>`, a
+    Distributed table over them sharded by trade_id, for each table."""
+    for node in nodes:
+        async with native.session(node, "demo") as ch:
+            await ch.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+            for name in tables:
+                await ch.execute(trades_ddl(db, f"{name}_local", partitioned=True))
+                await ch.execute(
+                    f"CREATE TABLE IF NOT EXISTS {db}.{name} AS {db}.{name}_local ENGINE = "
+                    f"Distributed({cluster}, {db}, {name}_local, trade_id)"
+                )
 
 
 async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...] = TABLES) -> None:
@@ -103,7 +120,19 @@ async def load(cfg: ClickHouseConfig, db: str, rows: int, tables: tuple[str, ...
                     span_us=end - start,
                     first_id=first_id,
                 )
+                # A Distributed table (the --cluster quick start): on the shards before
+                # it returns.
+                + " SETTINGS distributed_foreground_insert = 1"
             )
+
+
+RETENTION = """# offloader, not a ClickHouse TTL, drops the hot days older than this, each only once
+# Iceberg verifiably holds it (`offloader retain --dry-run` shows what it would drop).
+hot_retention = "1d"
+"""
+SHARDED = """# A Distributed table over the cluster's shards (README "ClickHouse clusters"); the
+# view over both tiers is kept on every node.
+"""
 
 
 def write_config(
@@ -114,6 +143,7 @@ def write_config(
     state_dir: Path,
     pg_dsn: str,
     store: devstore.Store | None = None,
+    sharded: bool = False,
 ) -> None:
     """The quick start's config: a local SQLite catalog and warehouse under `state_dir`,
     or with `store` (python -m offloader.dev.devstore) its Iceberg REST catalog and S3, as
@@ -129,10 +159,7 @@ keys = ["trade_id"]
 lag = "5m"
 batch_rows = 100000
 partition_by = ["day(exchange_ts)"]
-# offloader, not a ClickHouse TTL, drops the hot days older than this, each only once
-# Iceberg verifiably holds it (`offloader retain --dry-run` shows what it would drop).
-hot_retention = "1d"
-"""
+{RETENTION if not sharded else SHARDED}"""
         for name in TABLES
     )
     path.write_text(
@@ -233,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         "--show-views", action="store_true", help="only print a query over each table's view"
     )
     parser.add_argument(
+        "--cluster-ports",
+        default="",
+        help="the native ports of a cluster's nodes (comma-separated, the first --port): "
+        "each table is a Distributed table over `<name>_local` on every node",
+    )
+    parser.add_argument(
         "--s3-store",
         type=Path,
         help="the directory of a running `python -m offloader.dev.devstore`: use its REST "
@@ -248,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_views:
         anyio.run(show_views, cfg, args.database)
         return 0
+    nodes = [ClickHouseConfig(port=int(p)) for p in args.cluster_ports.split(",") if p]
+    if nodes:
+        anyio.run(make_sharded, nodes, args.database, CLUSTER)
     anyio.run(load, cfg, args.database, args.rows)
     print(f"loaded {args.rows} rows into each of {', '.join(TABLES)} in {args.database}")
     if args.config_out:
@@ -259,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             state_dir=args.state_dir,
             pg_dsn=args.postgres,
             store=store,
+            sharded=bool(nodes),
         )
         print(f"wrote {args.config_out}")
     return 0

@@ -225,7 +225,32 @@ def main(argv: list[str] | None = None) -> int:
         help="directory the server runs from; icebergLocal reads only below it (default: --dir)",
     )
     parser.add_argument("--users", default=None, help="a users.xml to enforce (users, grants)")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="start a cluster of this many nodes (one shard each; --dir/node1, node2, ...)",
+    )
     args = parser.parse_args(argv)
+    nodes = sorted(Path(args.dir).glob("node[0-9]*"))
+    if args.action == "start" and args.nodes > 1:
+        running_nodes = [running(n) for n in nodes]
+        if nodes and all(running_nodes):
+            cluster = [n for n in running_nodes if n is not None]
+        else:
+            cluster = start_cluster(
+                args.dir, args.nodes, files_root=args.files_root, users=args.users
+            )
+        for s in cluster:
+            print(
+                f"embedded ClickHouse pid {s.pid}: native 127.0.0.1:{s.tcp_port}, "
+                f"http 127.0.0.1:{s.http_port}, data {s.directory}/data"
+            )
+        return 0
+    if args.action == "stop" and nodes:
+        stopped = [stop(n) for n in nodes]
+        print("stopped" if any(stopped) else "not running")
+        return 0
     if args.action == "start":
         s = start(
             args.dir, args.tcp_port, args.http_port, files_root=args.files_root, users=args.users
