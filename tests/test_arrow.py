@@ -12,8 +12,9 @@ from offloader.config import ClickHouseConfig
 from offloader.dev import devserver
 from offloader.errors import SourceSchemaError, SourceUnavailable
 from offloader.iceberg import IcebergCatalog
-from offloader.ops.verify import verify_table
+from offloader.ops.verify import TableVerdict, verify_table
 from offloader.source import arrow as clickhouse_http
+from offloader.tiers.services import open_services
 from tests.conftest import make_env
 from tests.helpers import Env, independent_reads, wait_for_log
 from tests.test_bad_input import EXTREMES
@@ -205,5 +206,10 @@ def test_a_settings_profile_cannot_change_stored_text(
     [row] = env.iceberg_arrow(env.config().table("cold.prof")).to_pylist()
     assert row["j"] == '{"n":1,"t":"2026-01-01 00:00:00"}'  # the defaults' text
     cfg = env.config()
-    verdict = anyio.run(verify_table, cfg, cfg.table("cold.prof"), None, None)
+
+    async def verify() -> TableVerdict:
+        async with open_services(cfg, connections=2) as services:
+            return await verify_table(services, cfg.table("cold.prof"), None, None)
+
+    verdict = anyio.run(verify)
     assert verdict.ok, verdict.render()
