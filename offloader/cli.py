@@ -395,7 +395,9 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
                 probed = []
                 if table.view is not None:
                     ice = await anyio.to_thread.run_sync(catalog.load, table.target)
-                    probed.append(await view.probe(src.source, cfg.views, table, ice))
+                    probed.append(
+                        await view.probe_everywhere(src, cfg.views, table, ice, cfg.clickhouse)
+                    )
                 if table.hot_retention is not None:
                     probed.append(await retention.check(src, table))
             print(f"\n{table.source} -> {table.target}{'' if table.enabled else ' (disabled)'}: OK")

@@ -239,3 +239,51 @@ def test_the_view_is_kept_on_every_node(sharded: Env, cluster: list[devserver.Se
         reader = node_env(node, env)
         assert "commit 2," in reader.ch(comment)[0][0], node
         assert reader.ch(f"SELECT {every} FROM {db}.trades_all") == source, node
+
+
+def test_validate_probes_the_view_on_every_node(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """`validate` checks each node can keep and read the view (its database, the cold
+    tier), and names the node that cannot."""
+    env = sharded_one
+    db = env.ch_database
+    insert(env, 1_000, 1, "2025-05-01 00:00:00")
+    env.write_config([env.table("trades", view=True)])
+    assert env.once().ok
+    ok = env.cli("validate")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"the same on the 1 other nodes of cluster {CLUSTER}" in ok.stdout, ok.stdout
+    env.write_config([env.table("trades", view=f"{db}_views.trades_all")])
+    env.ch(f"CREATE DATABASE {db}_views")  # on node 1 only
+    try:
+        bad = env.cli("validate")
+        assert bad.returncode == 1, bad.stdout
+        assert f"on node 127.0.0.1:{cluster[1].tcp_port}: cold.trades: the view's database" in (
+            bad.stdout
+        ), bad.stdout
+    finally:
+        env.ch(f"DROP DATABASE {db}_views")
+
+
+def test_status_names_a_node_whose_view_is_missing(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """`status --check` fails naming the node whose view is missing or behind; the next
+    commit replaces it there too."""
+    env = sharded_one
+    db = env.ch_database
+    insert(env, 1_000, 1, "2025-05-01 00:00:00")
+    env.write_config([env.table("trades", view=True)])
+    assert env.once().ok
+    ok = env.cli("status", "--check")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    node_env(cluster[1], env).ch(f"DROP VIEW {db}.trades_all")
+    bad = env.cli("status", "--check")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert f"does not exist on node 127.0.0.1:{cluster[1].tcp_port} of the cluster" in (
+        bad.stderr
+    ), bad.stderr
+    insert(env, 10, 90_000, "2025-05-02 00:00:00")
+    assert env.once().tables[0].rows == 10
+    assert env.cli("status", "--check").returncode == 0

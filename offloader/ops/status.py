@@ -19,6 +19,7 @@ from offloader.plan import behind
 from offloader.report import Status
 from offloader.sql import (
     behind_query,
+    distributed_over,
     quote_ident,
     quote_string,
     read_from,
@@ -27,7 +28,7 @@ from offloader.sql import (
     watermark_int,
 )
 from offloader.state import StatusRow
-from offloader.tiers import audit
+from offloader.tiers import audit, view
 from offloader.tiers.services import Services
 from offloader.types import parse_type
 
@@ -63,6 +64,8 @@ class TableStatus:
     retained_until: str | None = None  # days before it were dropped from ClickHouse
     oldest_hot_day: str | None = None  # the source's oldest row's UTC day
     retention_last: dict[str, Any] | None = None  # the last retention pass (retention.py)
+    # A Distributed source's other nodes: the commit each one's view reads (None: none).
+    view_nodes: dict[str, int | None] | None = None
 
     @property
     def ttl_warning(self) -> str | None:
@@ -111,6 +114,13 @@ def view_problem(st: TableStatus, row: StatusRow | None, interval: float) -> str
     if st.view is None or not st.enabled:
         return None
     error = f" (last error: {st.view_error})" if st.view_error else ""
+    for node, at in (st.view_nodes or {}).items():
+        if at != st.view_commit:
+            where = "does not exist" if at is None else f"reads commit {at}"
+            return (
+                f"view {st.view} {where} on node {node} of the cluster (this node's reads "
+                f"commit {st.view_commit}){error}"
+            )
     if st.view_commit is None:
         if st.commits == 0 and not st.view_error:
             return None  # nothing offloaded yet: the first run creates it
@@ -181,6 +191,7 @@ async def _source_side(
             st.shown = ", ".join([shown, *(str(v) for v in st.watermark[1:])])
         if table.view is not None:
             st.view_commit = await view_commit(ch, table.view)
+            st.view_nodes = await _other_nodes_views(services, ch, db, table)
         src = read_from(db, table.source_table, table.final)
         wm = quote_ident(table.watermark)
         raw_oldest, raw_newest, count = (
@@ -220,6 +231,26 @@ async def _source_side(
             hot = audit.HotTable(ch, src, tuple(order), hashed)
             found = await audit.audit_days(hot, ice, st.watermark, bounds, recorded=recorded)
             st.drifted_days = [d.as_dict() for d in found.drifted]
+
+
+async def _other_nodes_views(
+    services: Services, ch: source.Source, db: str, table: TableConfig
+) -> dict[str, int | None] | None:
+    """For a Distributed source, the commit the view reads on each other node of its
+    cluster (each node keeps its own view); None for another source."""
+    assert table.view is not None
+    engine = await ch.scalar(
+        "SELECT any(engine_full) FROM system.tables WHERE database = "
+        f"{quote_string(db)} AND name = {quote_string(table.source_table)}"
+    )
+    over = distributed_over(str(engine or ""))
+    if over is None:
+        return None
+    found: dict[str, int | None] = {}
+    for node in await view.nodes_of(ch, over[0], services.clickhouse):
+        async with source.open_source(node, table.target, "native") as other:
+            found[f"{node.host}:{node.port}"] = await view_commit(other, table.view)
+    return found
 
 
 async def view_commit(ch: source.Source, name: str) -> int | None:

@@ -469,9 +469,17 @@ async def cluster_nodes(src: SourceTable, clickhouse: ClickHouseConfig) -> list[
     settings to connect to each (its host and native port, offloader's user)."""
     if src.cluster is None:
         return []
-    rows = await src.source.rows(
+    return await nodes_of(src.source, src.cluster, clickhouse)
+
+
+async def nodes_of(
+    source: Source, cluster: str, clickhouse: ClickHouseConfig
+) -> list[ClickHouseConfig]:
+    """Every node of `cluster` but the one `source` is connected to, as system.clusters
+    lists them (host, native port), with `clickhouse`'s user."""
+    rows = await source.rows(
         "SELECT DISTINCT host_address, port FROM system.clusters WHERE cluster = "
-        f"{quote_string(src.cluster)} AND NOT is_local"
+        f"{quote_string(cluster)} AND NOT is_local"
     )
     return [
         dataclasses.replace(clickhouse, host=str(host), port=int(port))
@@ -545,3 +553,29 @@ async def probe(
         f"view {table.view}: ClickHouse reads the cold tier ({reader.split('(')[0]}, "
         f"{len(columns)} columns)"
     )
+
+
+async def probe_everywhere(
+    src: SourceTable,
+    views: ViewsConfig,
+    table: TableConfig,
+    ice: IcebergTable | None,
+    clickhouse: ClickHouseConfig,
+) -> str:
+    """`probe` on the node offloader connects to and, for a Distributed source, on every
+    other node of its cluster (each keeps its own view, and each must reach the view's
+    database, the named collection and the cold tier). Raises ViewError naming the
+    node."""
+    line = await probe(src.source, views, table, ice)
+    nodes = await cluster_nodes(src, clickhouse)
+    for node in nodes:
+        from offloader.source import open_source
+
+        try:
+            async with open_source(node, table.target, "native") as other:
+                await probe(other, views, table, ice)
+        except TableError as exc:
+            raise ViewError(f"{table.target}: on node {node.host}:{node.port}: {exc}") from exc
+    if nodes:
+        line += f"; the same on the {len(nodes)} other nodes of cluster {src.cluster}"
+    return line
