@@ -438,20 +438,20 @@ async def keep(
     cold: ColdSide | None,
     *,
     seq: int = 0,
-    clickhouse: ClickHouseConfig | None = None,
+    clickhouse: ClickHouseConfig,
 ) -> str | None:
     """Replace the view of `table` at the pin `cold` (`seq`: the commit when there is no
     pin yet), never raising for a table problem: a failure is logged with the table and
     the reason and recorded (status, metrics); the view keeps its previous consistent
-    definition and the next run retries. With `clickhouse` (the settings offloader
-    connects with) and a `Distributed` source, the view is replaced on every node of its
-    cluster, each over the native protocol at the port system.clusters lists. Returns
-    the error, if any."""
+    definition and the next run retries. For a `Distributed` source the view is replaced
+    on every node of its cluster, each over the native protocol at the port
+    system.clusters lists, with `clickhouse`'s user (the settings offloader connects
+    with). Returns the error, if any."""
     assert table.view is not None
     target = table.target
     spec = spec_of(src, table, cold, seq)
     try:
-        others = await cluster_nodes(src, clickhouse) if clickhouse is not None else []
+        others = await cluster_nodes(src, clickhouse)
         await replace(src.source, store, views, spec, cold, target=target, others=others)
         return None
     except OffloaderError as exc:
