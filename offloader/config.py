@@ -176,6 +176,10 @@ class ClickHouseConfig:
     transport: Transport = "native"
     http_port: int = 8123
     http_compression: bool = False
+    # A Distributed source read shard by shard: the HTTP port of a node known by its
+    # "host:tcp_port" in system.clusters, where ClickHouse's own answer is not the one
+    # to use (a proxy, NAT). Others: getServerPort('http_port') on that node.
+    http_ports: tuple[tuple[str, int], ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -222,6 +226,9 @@ class TableConfig:
     late_rows: Literal["alert", "repair"] = "alert"  # what a run does with drifted days
     audit_checksums: bool = True  # the audit also compares per-day row-hash sums
     final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
+    # A Distributed source: "shards" reads each shard's local table on one replica of
+    # it (source/shards.py); "through" reads through the Distributed table.
+    distributed: Literal["shards", "through"] = "shards"
     # The view over both tiers, `database.name` (resolved from `view` and [views]); None: none.
     view: str | None = None
     # Seconds: drop source partitions older than this once Iceberg verifiably holds them

@@ -110,6 +110,7 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
         transport=reader.transport(ch, "clickhouse", c.transport),
         http_port=reader.integer(ch, "clickhouse", "http_port", c.http_port, 1, 65535),
         http_compression=reader.boolean(ch, "clickhouse", "http_compression", c.http_compression),
+        http_ports=reader.http_ports(ch),
     )
     reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
 
@@ -384,6 +385,21 @@ class _Reader:
             self.fail(f"{label}.view", "must not be the source table itself", value)
         return value
 
+    def http_ports(self, data: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+        """[clickhouse.http_ports]: "host:tcp_port" = http_port, for shards' nodes."""
+        raw = data.get("http_ports", {})
+        if not isinstance(raw, dict):
+            self.fail("clickhouse.http_ports", 'must be a table of "host:tcp_port" = port', raw)
+        out = []
+        for node, port in raw.items():
+            host, _, tcp = str(node).rpartition(":")
+            if not host or not tcp.isdigit():
+                self.fail("clickhouse.http_ports", 'keys must be "host:tcp_port"', node)
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                self.fail(f"clickhouse.http_ports.{node}", "must be a port number", port)
+            out.append((str(node), int(port)))
+        return tuple(sorted(out))
+
     def transport(
         self, data: Mapping[str, Any], where: str, default: Transport | None
     ) -> Transport:
@@ -473,6 +489,14 @@ class _Reader:
                 "must be 'alert' (report drifted days) or 'repair' (also repair them)",
                 late_rows,
             )
+        distributed = data.get("distributed", d["distributed"])
+        if distributed not in ("shards", "through"):
+            self.fail(
+                f"{label}.distributed",
+                "must be 'shards' (read each shard's local table) or 'through' (read "
+                "through the Distributed table)",
+                distributed,
+            )
         return TableConfig(
             source=source,
             target=target,
@@ -491,6 +515,7 @@ class _Reader:
             late_rows=late_rows,
             audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
             final=self.boolean(data, label, "final", d["final"]),
+            distributed=distributed,
             view=self.view(data, label, source, clickhouse.database, views),
             hot_retention=(
                 self.duration(data, label, "hot_retention", 0.0, minimum=3600.0)

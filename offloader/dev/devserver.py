@@ -37,8 +37,9 @@ CONFIG_XML = """<clickhouse>
 """
 
 # A cluster: each node names every node, one shard each (no replication: the embedded
-# engine has no ZooKeeper client).
-CLUSTER_XML = """  <remote_servers>
+# engine has no ZooKeeper client), and logs its queries (what was asked of which node).
+CLUSTER_XML = """  <query_log><database>system</database><table>query_log</table></query_log>
+  <remote_servers>
     <{name}>
 {shards}    </{name}>
   </remote_servers>

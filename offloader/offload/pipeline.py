@@ -119,7 +119,7 @@ class TableRun:
         else:
             # The transport refuses a table it cannot store exactly before Iceberg is
             # touched (no table is created for it).
-            pager = self.src.source.pager(table, self.src.plan, self.hashed)
+            pager = await self.src.pager(self.hashed)
             await self.transfer(check, pager, opening=True)
             if report.rows == 0:
                 report.status = Status.IDLE

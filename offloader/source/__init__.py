@@ -17,7 +17,7 @@ source (tests/fakes.py) that implements the same three protocols.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -213,6 +213,9 @@ class SourceTable:
         relation: str,
         database: str,
         cluster: tuple[str, str, str] | None = None,
+        *,
+        cfg: ClickHouseConfig | None = None,
+        stack: AsyncExitStack | None = None,
     ) -> None:
         self.source = source
         self.table = table
@@ -222,6 +225,10 @@ class SourceTable:
         # A Distributed source's cluster, and the database and table it reads on each
         # shard (sql.distributed_over), else None.
         self.cluster = cluster[0] if cluster is not None else None
+        self._distributed = cluster
+        self._cfg = cfg
+        self._stack = stack
+        self._sharded: Pager | None = None
         # The subquery of the source's parts (sql.parts_fingerprint): a Distributed
         # table's are its local table's on every shard.
         self.parts = (
@@ -238,6 +245,34 @@ class SourceTable:
             self._plan = plan_source(self.table, self.columns)
         return self._plan
 
+    @property
+    def by_shard(self) -> bool:
+        """Whether pages are read shard by shard (a Distributed source, `distributed =
+        "shards"`) rather than through the relation."""
+        return self._distributed is not None and self.table.distributed == "shards"
+
+    async def pager(self, row_hash: RowHash | None = None) -> Pager:
+        """The table's page reader: a Distributed source's reads every shard's local
+        table (source/shards.py, sessions opened on first use and closed with the
+        table), any other the relation through the session."""
+        if not self.by_shard:
+            return self.source.pager(self.table, self.plan, row_hash)
+        if self._sharded is None:
+            from offloader.source import shards
+
+            assert self._distributed is not None
+            assert self._cfg is not None and self._stack is not None, "open_table() opens shards"
+            self._sharded = await shards.open_pager(
+                self._stack,
+                self._cfg,
+                self.table,
+                self.plan,
+                self.source,
+                self._distributed,
+                row_hash,
+            )
+        return self._sharded
+
 
 @asynccontextmanager
 async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator[SourceTable]:
@@ -245,10 +280,15 @@ async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator
     watermark or a key is missing or unfit; a column that cannot be stored exactly
     fails when the plan is first used)."""
     db = table.source_database or cfg.database
-    async with open_source(cfg, table.target, transport_of(cfg, table)) as s:
+    async with (
+        open_source(cfg, table.target, transport_of(cfg, table)) as s,
+        AsyncExitStack() as stack,
+    ):
         engine, columns = await _engine_and_columns(s, db, table.source_table)
         relation = read_from(db, table.source_table, table.final)
-        yield SourceTable(s, table, columns, relation, db, distributed_over(engine))
+        yield SourceTable(
+            s, table, columns, relation, db, distributed_over(engine), cfg=cfg, stack=stack
+        )
 
 
 async def _engine_and_columns(s: Source, db: str, table: str) -> tuple[str, list[tuple[str, str]]]:

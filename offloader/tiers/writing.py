@@ -23,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from offloader import faults
 from offloader.iceberg import Marker, WrittenFiles
 from offloader.source import Page
+from offloader.source.shards import parts_of
 from offloader.sql import RowHash
 from offloader.state import Advance, DaySum, Store
 from offloader.tiers import audit
@@ -75,32 +76,36 @@ class PageWriter:
         pending_rows = 0
         sums: dict[int, DaySum] = {}
         position: list[Any] | None = None
-        async for page in pages:
-            item: pa.RecordBatch | bytes | None = page.encoded()
-            rows = page.rows
-            summed = await page.summed() if self.day_column else None
-            if item is not None:  # a Parquet file ClickHouse encoded: stored as it is
-                page_sums = summed or {}
-            else:
-                t0 = time.monotonic()
-                item, page_sums = await anyio.to_thread.run_sync(
-                    audit.convert_page,
-                    page,
-                    self.day_column,
-                    self.hashed,
-                    summed,
-                    self.day_kind,
-                    limiter=self.cpu,
-                )
-                self.stage("convert", time.monotonic() - t0)
-            faults.point("convert")
-            position = page.position
-            del page  # the driver's Python objects are the bulk of a page's memory
-            pending.append(item)
-            pending_rows += rows
-            audit.add_sums(sums, page_sums)
-            if self.page_done is not None:
-                self.page_done(rows)
+        async for read in pages:
+            # A sharded read's round is one position over several pages: the chunk
+            # that holds its last page is the first to reach that position.
+            for page in parts_of(read):
+                item: pa.RecordBatch | bytes | None = page.encoded()
+                rows = page.rows
+                summed = await page.summed() if self.day_column else None
+                if item is not None:  # a Parquet file ClickHouse encoded: stored as it is
+                    page_sums = summed or {}
+                else:
+                    t0 = time.monotonic()
+                    item, page_sums = await anyio.to_thread.run_sync(
+                        audit.convert_page,
+                        page,
+                        self.day_column,
+                        self.hashed,
+                        summed,
+                        self.day_kind,
+                        limiter=self.cpu,
+                    )
+                    self.stage("convert", time.monotonic() - t0)
+                faults.point("convert")
+                del page  # the driver's Python objects are the bulk of a page's memory
+                pending.append(item)
+                pending_rows += rows
+                audit.add_sums(sums, page_sums)
+                if self.page_done is not None:
+                    self.page_done(rows)
+            position = read.position
+            del read
             if pending_rows >= chunk_rows:
                 await chunks.send((pending, position, sums))
                 pending, pending_rows, sums = [], 0, {}

@@ -1,0 +1,346 @@
+"""A `Distributed` source read shard by shard: each shard's local table on one replica of
+it, every shard's rows of the same keyset range in one page (a `ShardRound`).
+
+Read through the Distributed table, every keyset page makes every shard sort and send
+up to a page of rows, and the initiator keeps one page of them: the work per page
+grows with the shard count. Here a round after position P does, on every shard at
+once (its own session, on the replica `replicas_of` found first answering):
+
+1. the probe: the position Q_s of the shard's `limit`-th row after P (reading the
+   watermark and key columns of one page only, in the table's order);
+2. Q = the least Q_s: no shard has an unread row at or before Q past its page, so
+   every shard's rows of (P, Q] are at most a page (and the ties of Q's last row);
+3. every shard's rows of (P, Q] read as a keyset scan of its local table (its
+   transport's pages, with their own day cuts and sizes), all kept.
+
+The round is one page of the pipeline, at position Q: the writer stores all of its
+pages before the position can be committed, so an append holds the rows of all shards
+up to one global position. When no shard has `limit` rows after P, the round reads
+each shard to the scan's high-water mark and ends the scan; its position is the
+greatest last row (ordered by ClickHouse, `ordered`). A shard that fails fails the
+round: nothing of it is committed, and the table's error names the shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from offloader.config import ClickHouseConfig, TableConfig
+from offloader.errors import SourceUnavailable, TableError
+from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
+from offloader.sql import keyset_after, literal, quote_ident, quote_string, read_from
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from offloader.plan import SourcePlan
+    from offloader.sql import RowHash
+    from offloader.state import DaySum
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One node of a shard, as system.clusters names it, and its HTTP port."""
+
+    shard: int
+    replica: int
+    host: str
+    tcp_port: int
+    http_port: int
+
+    @property
+    def node(self) -> str:
+        return f"{self.host}:{self.tcp_port}"
+
+
+async def replicas_of(
+    source: Source, cluster: str, cfg: ClickHouseConfig, http: bool
+) -> list[list[Replica]]:
+    """Each shard's replicas, in replica order. With `http`, each node's HTTP port:
+    [clickhouse.http_ports] for its "host:tcp_port", else the one the node reports
+    (getServerPort('http_port'), asked of every replica through the cluster; a node that
+    does not answer keeps [clickhouse] http_port)."""
+    rows = await source.rows(
+        "SELECT shard_num, replica_num, host_name, port FROM system.clusters "
+        f"WHERE cluster = {quote_string(cluster)} ORDER BY shard_num, replica_num"
+    )
+    if not rows:
+        raise SourceUnavailable(
+            f"{source.label}: cluster {cluster!r} of the Distributed source is not in "
+            f"system.clusters of {source.endpoint}",
+            reason="config",
+        )
+    reported: dict[tuple[int, int], set[int]] = {}
+    if http:
+        found = await source.rows(
+            "SELECT shardNum(), getServerPort('tcp_port'), getServerPort('http_port') FROM "
+            f"clusterAllReplicas({quote_string(cluster)}, system.one) "
+            "SETTINGS skip_unavailable_shards = 1"
+        )
+        for shard, tcp, port in found:
+            reported.setdefault((int(shard), int(tcp)), set()).add(int(port))
+    overrides = dict(cfg.http_ports)
+    shards: dict[int, list[Replica]] = {}
+    for shard, replica, host, tcp in rows:
+        node = f"{host}:{tcp}"
+        ports = reported.get((int(shard), int(tcp)), set())
+        port = overrides.get(node, ports.pop() if len(ports) == 1 else cfg.http_port)
+        shards.setdefault(int(shard), []).append(
+            Replica(int(shard), int(replica), str(host), int(tcp), port)
+        )
+    return [shards[n] for n in sorted(shards)]
+
+
+async def open_replica(
+    stack: AsyncExitStack, cfg: ClickHouseConfig, table: TableConfig, replicas: Sequence[Replica]
+) -> Source:
+    """A session of the first of the shard's replicas that answers (its server, its
+    user and password from [clickhouse]); SourceUnavailable naming every replica tried
+    when none does."""
+    failures = []
+    for r in replicas:
+        node = replace(cfg, host=r.host, port=r.tcp_port, http_port=r.http_port)
+        label = f"{table.target} (shard {r.shard}, replica {r.replica} {r.node})"
+        inner = AsyncExitStack()
+        try:
+            s = await inner.enter_async_context(open_source(node, label, transport_of(cfg, table)))
+            await s.scalar("SELECT 1")
+        except TableError as exc:
+            await inner.aclose()
+            failures.append(str(exc))
+            continue
+        stack.push_async_exit(inner)
+        return s
+    raise SourceUnavailable(
+        f"{table.target}: no replica of shard {replicas[0].shard} answers: " + "; ".join(failures)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """A shard's session and what it reads: its local table (with FINAL when
+    configured), a pager for its pages and one for its probes."""
+
+    number: int
+    source: Source
+    relation: str
+    pager: Pager
+    prober: Pager
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRound:
+    """One round: every shard's pages of one keyset range, as one page at `position`."""
+
+    pages: tuple[Page, ...]
+    rows: int
+    position: list[Any]
+    cut: bool = False
+
+    def to_batch(self) -> pa.RecordBatch:
+        raise NotImplementedError("a round is written page by page (ShardRound.pages)")
+
+    def checksums(self) -> pa.Array | None:
+        raise NotImplementedError("a round is written page by page (ShardRound.pages)")
+
+    def encoded(self) -> bytes | None:
+        raise NotImplementedError("a round is written page by page (ShardRound.pages)")
+
+    async def summed(self) -> dict[int, DaySum] | None:
+        raise NotImplementedError("a round is written page by page (ShardRound.pages)")
+
+
+async def each(fn: Callable[[int, T], Coroutine[Any, Any, None]], items: Sequence[T]) -> None:
+    """`fn(i, item)` for every item at once; the first to fail cancels the others and
+    its error is raised as it is (a shard's, naming it), not in a group."""
+    try:
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(fn, i, item)
+    except BaseExceptionGroup as group:
+        cancelled = anyio.get_cancelled_exc_class()
+        leaves = [e for e in _leaves(group) if not isinstance(e, cancelled)]
+        raise (leaves or [group])[0] from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def parts_of(page: Page) -> tuple[Page, ...]:
+    """The pages a page read stands for: a round's every shard page, else itself."""
+    return page.pages if isinstance(page, ShardRound) else (page,)
+
+
+def probe_relation(
+    relation: str,
+    plan: SourcePlan,
+    upto: Any,
+    after: Sequence[Any] | None,
+    offset: int,
+) -> str:
+    """The rows at the position of the `offset`-th row (0-based) after `after` up to
+    watermark `upto`, as a subquery a pager reads like a table: only the watermark and
+    key columns of the rows before it are read, in the table's order."""
+    order = plan.order
+    cols = ", ".join(quote_ident(c) for c, _ in order)
+    wm, wm_type = order[0]
+    where = [f"{quote_ident(wm)} <= {literal(wm_type, upto)}"]
+    if after is not None:
+        where.append(f"({keyset_after(order, after)})")
+    names = ", ".join(quote_ident(c.name) for c in plan.columns)
+    return (
+        f"(SELECT {names} FROM {relation} WHERE ({cols}) IN (SELECT {cols} FROM {relation} "
+        f"WHERE {' AND '.join(where)} ORDER BY {cols} LIMIT 1 OFFSET {int(offset)}))"
+    )
+
+
+async def ordered(source: Source, plan: SourcePlan, positions: Sequence[list[Any]]) -> list[int]:
+    """The indexes of `positions` in keyset order, as ClickHouse orders the values (not
+    as Python would: UUIDs, Decimals, 128-bit integers)."""
+    if len(positions) < 2:
+        return list(range(len(positions)))
+    selects = [
+        f"SELECT {i} AS i, tuple("
+        + ", ".join(literal(t, v) for (_, t), v in zip(plan.order, p, strict=True))
+        + ") AS p"
+        for i, p in enumerate(positions)
+    ]
+    rows = await source.rows(f"SELECT i FROM ({' UNION ALL '.join(selects)}) ORDER BY p, i")
+    return [int(r[0]) for r in rows]
+
+
+class ShardedPager:
+    """Reads rounds of every shard (the module's docstring) as a Pager of the
+    Distributed table's scans."""
+
+    def __init__(
+        self,
+        target: str,
+        plan: SourcePlan,
+        shards: Sequence[Shard],
+        order: Callable[[Sequence[list[Any]]], Awaitable[list[int]]],
+    ) -> None:
+        self._target = target
+        self._plan = plan
+        self._shards = tuple(shards)
+        self._order = order  # `ordered`, on one shard's session
+        self.read_ahead = shards[0].pager.read_ahead
+        self.encodes = shards[0].pager.encodes
+
+    @property
+    def shards(self) -> int:
+        return len(self._shards)
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ShardRound:
+        if scan.since is not None or scan.before is not None or scan.through is not None:
+            raise ValueError("a sharded read is a plain scan (repair reads the Distributed table)")
+        plan = self._plan
+        probes: list[list[Any]] = [[] for _ in self._shards]
+
+        async def probe(i: int, shard: Shard) -> None:
+            rel = probe_relation(shard.relation, plan, scan.upto, after, limit - 1)
+            page = await shard.prober.read(Scan(rel, scan.upto), after, 1)
+            probes[i] = list(page.position)
+
+        await each(probe, self._shards)
+        full = [p for p in probes if p]
+        through: list[Any] | None = None
+        if full:
+            through = full[(await self._order(full))[0]]
+        pages: list[list[Page]] = [[] for _ in self._shards]
+
+        async def read(i: int, shard: Shard) -> None:
+            own = Scan(shard.relation, scan.upto, through=through)
+            async for page in keyset_pages(
+                shard.pager, own, after, limit, target=f"{self._target} shard {shard.number}"
+            ):
+                pages[i].append(page)
+
+        await each(read, self._shards)
+        found = [p for shard_pages in pages for p in shard_pages]
+        rows = sum(p.rows for p in found)
+        if through is not None:
+            position = through
+        else:
+            lasts = [ps[-1].position for ps in pages if ps]
+            position = lasts[(await self._order(lasts))[-1]] if lasts else []
+        log.debug(
+            "shard round",
+            extra={
+                "table": self._target,
+                "rows": rows,
+                "shard_rows": [sum(p.rows for p in ps) for ps in pages],
+            },
+        )
+        return ShardRound(tuple(found), rows, list(position))
+
+
+async def open_pager(
+    stack: AsyncExitStack,
+    cfg: ClickHouseConfig,
+    table: TableConfig,
+    plan: SourcePlan,
+    source: Source,
+    cluster: tuple[str, str, str],
+    row_hash: RowHash | None,
+) -> ShardedPager:
+    """The sharded pager of a Distributed source over `cluster` (its name, and the
+    database and table it reads on each shard): a session on one replica of every shard,
+    opened on `stack` (closed with the run)."""
+    name, database, local = cluster
+    shards = await replicas_of(source, name, cfg, http=transport_of(cfg, table) != "native")
+    opened: list[Source | None] = [None] * len(shards)
+
+    async def connect(i: int, replicas: list[Replica]) -> None:
+        opened[i] = await open_replica(stack, cfg, table, replicas)
+
+    await each(connect, shards)
+    relation = read_from(database, local, table.final)
+    members = []
+    for replicas, s in zip(shards, opened, strict=True):
+        assert s is not None
+        members.append(
+            Shard(
+                replicas[0].shard,
+                s,
+                relation,
+                s.pager(table, plan, row_hash),
+                s.pager(table, plan),
+            )
+        )
+    log.info(
+        "reading shard by shard",
+        extra={
+            "table": table.target,
+            "cluster": name,
+            "shards": [s.source.endpoint for s in members],
+        },
+    )
+    return ShardedPager(table.target, plan, members, partial(ordered, members[0].source, plan))
+
+
+__all__ = [
+    "Replica",
+    "ShardRound",
+    "ShardedPager",
+    "open_pager",
+    "ordered",
+    "parts_of",
+    "probe_relation",
+    "replicas_of",
+]

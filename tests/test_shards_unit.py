@@ -1,0 +1,167 @@
+"""Reading shard by shard (source/shards.py) without servers: fake shards hold rows of
+(watermark, key) and answer pages, probes and day cuts as ClickHouse would; the rounds
+of a scan must hold every row of every shard exactly once, each round every row at or
+before its position and none after, in rounds bounded by the page size per shard."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from offloader.config import TableConfig
+from offloader.errors import SourceUnavailable
+from offloader.plan import plan_source
+from offloader.source import Scan, keyset_pages
+from offloader.source.shards import Shard, ShardedPager, ShardRound, parts_of, probe_relation
+
+pytestmark = pytest.mark.anyio
+
+TABLE = TableConfig(source="db.t", target="cold.t", watermark="wm", keys=("k",))
+PLAN = plan_source(TABLE, [("wm", "Int64"), ("k", "Int64"), ("v", "String")])
+
+Row = tuple[int, int]
+
+
+@dataclass
+class ShardPage:
+    data: list[Row]
+    cut: bool = False
+
+    @property
+    def rows(self) -> int:
+        return len(self.data)
+
+    @property
+    def position(self) -> list[Any]:
+        return list(self.data[-1]) if self.data else []
+
+
+@dataclass
+class FakeShard:
+    """One shard's local table: keyset pages with ClickHouse's semantics (after, upto,
+    through, LIMIT n WITH TIES on the whole position), a page cut short at a multiple
+    of `cut_every` watermarks (a day), and the probe subquery (`OFFSET n`)."""
+
+    rows: list[Row]
+    cut_every: int | None = None
+    fail_after: int | None = None  # pages served before the shard dies
+    served: int = 0
+    probes: list[str] = field(default_factory=list)
+
+    async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ShardPage:
+        self.served += 1
+        if self.fail_after is not None and self.served > self.fail_after:
+            raise SourceUnavailable("cold.t (shard 2, 127.0.0.1:9001): connection refused")
+        rows = sorted(r for r in self.rows if r[0] <= scan.upto)
+        if after is not None:
+            rows = [r for r in rows if r > tuple(after)]
+        if scan.relation.startswith("(SELECT"):  # probe_relation: the row at OFFSET n
+            self.probes.append(scan.relation)
+            offset = int(re.findall(r"OFFSET (\d+)", scan.relation)[0])
+            return ShardPage(rows[offset : offset + 1])
+        if scan.through is not None:
+            rows = [r for r in rows if r <= tuple(scan.through)]
+        page = rows[:limit]
+        if page and self.cut_every:  # a page ends at its first row's "day"
+            day = page[0][0] // self.cut_every
+            short = [r for r in page if r[0] // self.cut_every == day]
+            if len(short) < len(page):
+                return ShardPage(short, cut=True)
+        return ShardPage(page)
+
+    read_ahead = 0
+    encodes = False
+
+
+async def python_order(positions: Sequence[list[Any]]) -> list[int]:
+    return sorted(range(len(positions)), key=lambda i: tuple(positions[i]))
+
+
+def sharded(shards: list[FakeShard]) -> ShardedPager:
+    members = [
+        Shard(n, None, f"db.t_local_{n}", s, s)  # type: ignore[arg-type]
+        for n, s in enumerate(shards, 1)
+    ]
+    return ShardedPager("cold.t", PLAN, members, python_order)
+
+
+async def scan_all(pager: ShardedPager, upto: int, limit: int) -> list[ShardRound]:
+    rounds = []
+    async for page in keyset_pages(pager, Scan("db.t", upto), None, limit):
+        assert isinstance(page, ShardRound)
+        rounds.append(page)
+    return rounds
+
+
+def spread(count: int, shards: int, rng: random.Random, ties: int = 3) -> list[list[Row]]:
+    """Rows with `ties` rows on each watermark, keys dealt to random shards."""
+    out: list[list[Row]] = [[] for _ in range(shards)]
+    for k in range(count):
+        out[rng.randrange(shards)].append((k // ties, k))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_rounds_hold_every_row_once_up_to_their_position(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.choice([2, 3, 4])
+    data = spread(rng.randrange(1, 3000), n, rng, ties=rng.choice([1, 3, 7]))
+    if seed % 3 == 0:  # skewed: one shard holds most rows
+        data[0].extend((wm, 10_000 + i) for i, (wm, _) in enumerate(data[1]))
+        data[1] = data[1][:3]
+    limit = rng.choice([1, 7, 50, 333])
+    upto = max((r[0] for rows in data for r in rows), default=0) - rng.choice([0, 0, 5])
+    shards = [FakeShard(rows, cut_every=rng.choice([None, 40])) for rows in data]
+    rounds = await scan_all(sharded(shards), upto, limit)
+    read = [r for rnd in rounds for p in parts_of(rnd) for r in p.data]  # type: ignore[attr-defined]
+    expected = sorted(r for rows in data for r in rows if r[0] <= upto)
+    assert sorted(read) == expected, "a row was lost or read twice"
+    assert len(read) == len(set(read))
+    before: tuple[int, ...] = ()
+    for rnd in rounds:
+        position = tuple(rnd.position)
+        rows = [r for p in parts_of(rnd) for r in p.data]  # type: ignore[attr-defined]
+        assert position > before, "a round's position did not move forward"
+        assert all(before < r <= position for r in rows), "a round holds a row past it"
+        # A later round holds no row at or before this one's position.
+        before = position
+        assert rnd.rows <= n * limit + n * 7, "a round is larger than a page per shard"
+    if rounds:
+        assert tuple(rounds[-1].position) == max(expected)
+
+
+async def test_a_round_ends_where_the_first_shard_has_a_page() -> None:
+    """Shard 1's 10th row is (9, 27), shard 2's (27, 82): the round ends at (9, 27), with
+    shard 2's three rows before it; its (9, 28), tied on the watermark, waits."""
+    one = [(wm, wm * 3) for wm in range(0, 30)]
+    two = [(wm, wm * 3 + 1) for wm in range(0, 30, 3)]
+    pager = sharded([FakeShard(one), FakeShard(two)])
+    first = await pager.read(Scan("db.t", 100), None, 10)
+    assert first.position == [9, 27]
+    got = sorted(r for p in first.pages for r in p.data)  # type: ignore[attr-defined]
+    assert got == sorted([*one[:10], (0, 1), (3, 10), (6, 19)])
+    second = await pager.read(Scan("db.t", 100), first.position, 10)
+    later = [r for p in second.pages for r in p.data]  # type: ignore[attr-defined]
+    assert (9, 28) in later and second.position == [19, 57]
+
+
+async def test_a_failing_shard_fails_the_round() -> None:
+    shards = [FakeShard([(i, i) for i in range(100)]), FakeShard([(i, -i) for i in range(100)])]
+    shards[1].fail_after = 3
+    with pytest.raises(SourceUnavailable, match="shard 2"):
+        await scan_all(sharded(shards), 1_000, 10)
+
+
+def test_the_probe_reads_the_offset_row_in_keyset_order() -> None:
+    rel = probe_relation("`db`.`t_local` FINAL", PLAN, 42, [7, 3], 999)
+    assert "LIMIT 1 OFFSET 999" in rel
+    assert "FROM `db`.`t_local` FINAL WHERE (`wm`, `k`) IN (SELECT `wm`, `k` FROM" in rel
+    assert "ORDER BY `wm`, `k`" in rel
+    assert "`wm` <= 42" in rel and "`wm` >= 7" in rel
+    # Every column the plan reads, not `*` (MATERIALIZED and ALIAS columns too).
+    assert rel.startswith("(SELECT `wm`, `k`, `v` FROM")
