@@ -108,6 +108,7 @@ class Bench:
         transport: str = "native",
         audit_days: int = 4,
         view: bool = False,
+        extra: str = "",
     ) -> Path:
         tag = uuid.uuid4().hex[:8]
         pages = f"batch_rows = {batch_rows}\n" if batch_rows else ""
@@ -125,7 +126,7 @@ lag = "0s"
 partition_by = ["day(exchange_ts)"]
 audit_days = {audit_days}
 view = {"true" if view else "false"}
-"""
+{extra}"""
             for n in names
         )
         path = state / "tables.toml"
@@ -651,6 +652,67 @@ def scenario_bulk(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def scenario_cluster(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Hypothesis: a first offload of a 2-shard `Distributed` source (--cluster-rows rows
+    of trades, sharded by trade_id, parquet transport) read shard by shard (each shard's
+    local table on its own node, concurrently) takes less wall time than read through
+    the Distributed table (the node offloader connects to merges both shards' rows and
+    encodes every page), because both shards encode their own pages. Whole `offloader
+    once` processes, cold against cold (each a new Iceberg table and state schema), the
+    two modes alternating within each repetition, on a 2-node embedded cluster started by
+    the scenario. Then the idle cycle of each mode (the same table, nothing new: the
+    second idle run, which fingerprints the local table's parts on every shard).
+
+    python -m benchmarks.cycle --scenario cluster --cluster-rows 2000000 --repeats 5
+    """
+    name = "bench_cluster"
+    nodes = devserver.start_cluster(b.work / "cluster", 2, name=name, files_root=b.work)
+    try:
+        first = Bench(b.work, nodes[0].tcp_port, nodes[0].http_port, db=b.db)
+        for node in nodes:
+            shard = Bench(b.work, node.tcp_port, node.http_port, db=b.db)
+            shard.sql(f"CREATE DATABASE IF NOT EXISTS {b.db}")
+            shard.sql(trades_ddl(b.db, "t_local"))
+            shard.sql(
+                f"CREATE TABLE {b.db}.t AS {b.db}.t_local "
+                f"ENGINE = Distributed({name}, {b.db}, t_local, trade_id)"
+            )
+        first.sql(
+            INSERT.format(db=b.db, name="t", rows=args.cluster_rows)
+            + " SETTINGS distributed_foreground_insert = 1"
+        )
+        modes = ("shards", "through")
+        runs: dict[str, list[float]] = {m: [] for m in modes}
+        peaks: dict[str, list[float]] = {m: [] for m in modes}
+        idle: dict[str, list[float]] = {m: [] for m in modes}
+        for i in range(args.repeats):
+            for mode in modes if i % 2 == 0 else modes[::-1]:
+                path = first.config(
+                    ["t"],
+                    transport="parquet",
+                    batch_rows=args.batch_rows,
+                    extra=f'distributed = "{mode}"\n',
+                )
+                secs, peak = whole_process(path)
+                runs[mode].append(secs)
+                peaks[mode].append(peak)
+                whole_process(path)  # the first idle run audits the window
+                idle[mode].append(whole_process(path)[0])
+        out: dict[str, Any] = {"rows": args.cluster_rows, "shards": 2, "repeats": args.repeats}
+        for mode in modes:
+            out[f"{mode}_seconds_median"] = round(median(runs[mode]), 2)
+            out[f"{mode}_seconds_min_max"] = [round(min(runs[mode]), 2), round(max(runs[mode]), 2)]
+            out[f"{mode}_peak_mb"] = round(median(peaks[mode]))
+            out[f"{mode}_idle_seconds_median"] = round(median(idle[mode]), 2)
+        pairs = [a / t for a, t in zip(runs["shards"], runs["through"], strict=True)]
+        out["shards_over_through"] = round(median(pairs), 2)
+        out["shards_over_through_min_max"] = [round(min(pairs), 2), round(max(pairs), 2)]
+        return out
+    finally:
+        for node in nodes:
+            devserver.stop(node.directory)
+
+
 def scenario_footer(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Hypothesis: giving a parquet-transport page its Iceberg field ids (its footer read
     and written again with thriftpy2, the data pages not copied) costs well under 2% of
@@ -803,6 +865,7 @@ SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "view": scenario_view,
     "bulk": scenario_bulk,
     "footer": scenario_footer,
+    "cluster": scenario_cluster,
 }
 
 
@@ -848,6 +911,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--bulk-rows", type=int, default=10_000_000, help="bulk: rows over three days"
+    )
+    parser.add_argument(
+        "--cluster-rows", type=int, default=2_000_000, help="cluster: the sharded source's rows"
     )
     parser.add_argument("--clickhouse-port", type=int, help="use a running ClickHouse")
     parser.add_argument("--clickhouse-http-port", type=int, default=8123)

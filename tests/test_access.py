@@ -28,6 +28,9 @@ GRANTS = {
     "cold": "GRANT READ ON FILE, CREATE TEMPORARY TABLE ON *.*",
     "retention": f"GRANT ALTER DELETE, INSERT ON {SRC}.*",
 }
+# And for a Distributed source (README "ClickHouse clusters"), on every node.
+CLUSTER_GRANTS = {"clusters": "GRANT SELECT ON system.clusters", "remote": "GRANT READ ON REMOTE"}
+CLUSTER_NAMED = {"clusters": "SELECT ON system.clusters", "remote": "READ ON REMOTE"}
 PASSWORD = "s3cret-pass"
 # What the line of a table run or a retention pass says when that grant is missing.
 NAMED = {
@@ -43,9 +46,15 @@ NAMED = {
 def users_xml(path: Path) -> Path:
     """default (every right, for the tests' own set-up), offloader (GRANTS), one user
     per grant taken away (offloader_no_<name>) and analyst (SELECT on the views)."""
-    users = {"offloader": list(GRANTS.values()), "analyst": [f"GRANT SELECT ON {VIEWS}.*"]}
+    users = {
+        "offloader": [*GRANTS.values(), *CLUSTER_GRANTS.values()],
+        "analyst": [f"GRANT SELECT ON {VIEWS}.*"],
+    }
     for name in GRANTS:
         users[f"offloader_no_{name}"] = [g for k, g in GRANTS.items() if k != name]
+    for name in CLUSTER_GRANTS:
+        kept = [g for k, g in CLUSTER_GRANTS.items() if k != name]
+        users[f"offloader_no_{name}"] = [*GRANTS.values(), *kept]
     body = "".join(
         f"""
     <{user}>
@@ -216,3 +225,110 @@ def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: 
     assert http(env, f"SELECT {ALL} FROM {VIEWS}.trades_all FORMAT TSV", "analyst") == (
         "\t".join(str(v) for v in everything)
     )
+
+
+CLUSTER = "offloader_cluster"
+
+
+@pytest.fixture(scope="module")
+def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
+    directory = tmp_path_factory.mktemp("cluster-secured")
+    users = users_xml(directory / "users.xml")
+    nodes = devserver.start_cluster(
+        directory, 2, name=CLUSTER, files_root=tmp_path_factory.getbasetemp(), users=users
+    )
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            devserver.stop(node.directory)
+
+
+@pytest.fixture
+def secured_sharded(
+    secured_cluster: list[devserver.Server], pg_database: str, tmp_path: Path
+) -> Iterator[list[Env]]:
+    """`lp_src.trades`: a Distributed table over `trades_local` on both nodes, 6,000 rows
+    (two on each minute, on different shards); the first node's Env first."""
+    import dataclasses
+
+    tag = uuid.uuid4().hex[:10]
+    first = secured_cluster[0]
+    env = Env(
+        tmp=tmp_path,
+        ch_port=first.tcp_port,
+        ch_http_port=first.http_port,
+        ch_database=SRC,
+        pg_dsn=pg_database,
+        pg_schema=f"t_{tag}",
+        catalog_name=f"cold_{tag}",
+    )
+    nodes = [
+        dataclasses.replace(env, ch_port=n.tcp_port, ch_http_port=n.http_port)
+        for n in secured_cluster
+    ]
+    for node in nodes:
+        for db in (SRC, VIEWS):
+            node.ch(f"DROP DATABASE IF EXISTS {db}")
+            node.ch(f"CREATE DATABASE {db}")
+        node.ch(
+            f"CREATE TABLE {SRC}.trades_local (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64,"
+            " price Decimal(18, 6)) ENGINE = MergeTree PARTITION BY toYYYYMMDD(exchange_ts) "
+            "ORDER BY (exchange_ts, trade_id)"
+        )
+        node.ch(
+            f"CREATE TABLE {SRC}.trades AS {SRC}.trades_local "
+            f"ENGINE = Distributed({CLUSTER}, {SRC}, trades_local, trade_id)"
+        )
+    env.ch(
+        f"INSERT INTO {SRC}.trades SELECT toDateTime64('2025-03-01 00:00:00', 6, 'UTC') + "
+        "toIntervalMinute(intDiv(number, 2)), number, number / 7 FROM numbers(6000) "
+        "SETTINGS distributed_foreground_insert = 1"
+    )
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            for db in (SRC, VIEWS):
+                node.ch(f"DROP DATABASE IF EXISTS {db}")
+        env.drop_pg_schema()
+
+
+@pytest.mark.parametrize("transport", ["native", "parquet"])
+def test_a_cluster_source_read_shard_by_shard_with_the_listed_grants(
+    secured_sharded: list[Env], transport: str
+) -> None:
+    """On a 2-shard cluster whose nodes enforce the same users.xml: offloader, with the
+    README's grants on every node, reads each shard's local table on its own node
+    (finding each node's HTTP port), audits the parts of every shard when idle, keeps
+    the view on both nodes, and the analyst reads every row through either node's view."""
+    env, nodes = secured_sharded[0], secured_sharded
+    configure(env, "offloader", transport, batch_rows=1000)
+    report = env.once()
+    assert report.ok and report.tables[0].rows == 6_000, report.summary()
+    assert report.tables[0].view_error is None, report.tables[0].view_error
+    assert env.assert_tiers_equal("cold.trades") == 6_000
+    for _ in range(2):  # the idle runs: the audit, then the parts of every shard
+        idle = env.once()
+        assert idle.ok and idle.tables[0].drifted == [], idle.summary()
+    everything = env.ch(f"SELECT {ALL} FROM {SRC}.trades")[0]
+    for node in nodes:
+        got = http(node, f"SELECT {ALL} FROM {VIEWS}.trades_all FORMAT TSV", "analyst")
+        assert got == "\t".join(str(v) for v in everything), (node.ch_port, got)
+
+
+@pytest.mark.parametrize("missing", sorted(CLUSTER_GRANTS))
+def test_each_missing_cluster_grant_is_named_and_nothing_is_lost(
+    secured_sharded: list[Env], missing: str
+) -> None:
+    env = secured_sharded[0]
+    configure(env, f"offloader_no_{missing}", "parquet", batch_rows=1000)
+    report = env.once()
+    [t] = report.tables
+    assert t.status == "failed" and t.rows == 0, report.summary()
+    assert CLUSTER_NAMED[missing] in (t.error or ""), t.error
+    assert "\n" not in (t.error or "")
+    configure(env, "offloader", "parquet", batch_rows=1000)
+    again = env.once()
+    assert again.ok and again.tables[0].rows == 6_000, again.summary()
+    assert env.assert_tiers_equal("cold.trades") == 6_000

@@ -366,3 +366,87 @@ def test_status_names_a_node_whose_view_is_missing(
     insert(env, 10, 90_000, "2025-05-02 00:00:00")
     assert env.once().tables[0].rows == 10
     assert env.cli("status", "--check").returncode == 0
+
+
+def detached_on(env: Env, cluster: list[devserver.Server]) -> list[int]:
+    return [
+        int(
+            node_env(n, env).ch(
+                "SELECT count() FROM system.detached_parts WHERE database = "
+                f"'{env.ch_database}' AND table = 'trades_local'"
+            )[0][0]
+        )
+        for n in cluster
+    ]
+
+
+def days_on(env: Env, cluster: list[devserver.Server]) -> list[list[str]]:
+    return [
+        [
+            str(r[0])
+            for r in node_env(n, env).ch(
+                "SELECT DISTINCT partition_id FROM system.parts WHERE database = "
+                f"'{env.ch_database}' AND table = 'trades_local' AND active ORDER BY 1"
+            )
+        ]
+        for n in cluster
+    ]
+
+
+def test_retention_drops_verified_days_on_every_shard(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """Old days verified over the whole cluster are dropped from both shards' local
+    tables, nothing left detached on either; a late row on shard 2 blocks its day on
+    both shards (and every later day); the hot tier plus Iceberg still hold every row."""
+    env = sharded_one
+    db = env.ch_database
+    for day in range(1, 7):
+        insert(env, 600, day * 10_000, f"2025-05-{day:02d} 00:00:00", step_us=60_000_000)
+    env.write_config([env.table("trades", hot_retention="1d", partition_by=["day(exchange_ts)"])])
+    assert env.once().ok
+    # A late row on shard 2 only, in 2025-05-04 (before the position: not offloaded).
+    node_env(cluster[1], env).ch(
+        f"INSERT INTO {db}.trades_local SELECT * REPLACE (999999 AS trade_id) "
+        f"FROM {db}.trades_local WHERE toDate(exchange_ts) = '2025-05-04' LIMIT 1"
+    )
+    validate = env.cli("validate")
+    assert "on every shard" in validate.stdout, validate.stdout + validate.stderr
+    result = env.cli("retain")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("dropped partition") == 3, result.stdout
+    assert "REFUSED partition 20250504" in result.stdout, result.stdout
+    old = {"20250501", "20250502", "20250503"}
+    for days in days_on(env, cluster):
+        assert not old & set(days) and "20250504" in days, days
+    assert detached_on(env, cluster) == [0, 0]
+    hot = int(env.ch(f"SELECT count() FROM {db}.trades")[0][0])
+    assert hot == 3 * 600 + 1
+    cold = env.iceberg_arrow(env.config().table("cold.trades")).num_rows
+    assert cold == 6 * 600
+
+
+def test_a_cluster_retention_pass_killed_inside_the_drop_is_finished_on_every_shard(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """Killed after the first of a partition's parts (shard 1's) was dropped: shard 2's
+    part stays detached until the next pass drops it; no part is attached again, no
+    late rows, and the hot tier keeps the days it should on both shards."""
+    env = sharded_one
+    for day in range(1, 5):
+        insert(env, 300, day * 10_000, f"2025-05-{day:02d} 00:00:00", step_us=60_000_000)
+    env.write_config([env.table("trades", hot_retention="1d")])
+    assert env.once().ok
+    killed = env.cli("retain", extra_env={faults.ENV: "retain_drop_part"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert detached_on(env, cluster) == [0, 1]
+    again = env.cli("retain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 of its 2 parts left detached by a stopped pass" in again.stdout, again.stdout
+    assert "LATE ROWS" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
+    assert detached_on(env, cluster) == [0, 0]
+    for days in days_on(env, cluster):
+        assert days == ["20250504"], days
+    assert env.once().ok
+    verify = env.cli("verify")
+    assert verify.returncode == 0 and "LATE" not in verify.stdout, verify.stdout

@@ -41,7 +41,7 @@ from offloader.days import SECONDS_PER_DAY, day_number, watermark_day
 from offloader.errors import SourceSchemaError, TableError
 from offloader.iceberg import IcebergTable
 from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
-from offloader.source import SourceTable, open_table
+from offloader.source import Source, SourceTable, open_table
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
@@ -291,27 +291,64 @@ async def retain(
 async def check(src: SourceTable, table: TableConfig) -> str:
     """`offloader validate`: what one partition of the source spans, or SourceSchemaError
     naming the table and the partition key offloader cannot drop by."""
-    unit = await _Source(src, table).unit()
+    unit = await (await _Source.open(src, table)).unit()
     assert table.hot_retention is not None
+    where = " on every shard" if src.distributed is not None else ""
     return (
         f"hot_retention {table.hot_retention / SECONDS_PER_DAY:g}d: drops {unit} partitions of "
-        f"{table.watermark!r} once Iceberg verifiably holds them"
+        f"{table.watermark!r}{where} once Iceberg verifiably holds them"
     )
 
 
-class _Source:
-    """The source table's partitions and parts, and the statements that move them."""
+@dataclass(frozen=True, slots=True)
+class _Node:
+    """A table whose parts retention moves: the source itself, or a Distributed source's
+    local table on one shard (its part names carry `prefix`, "shard N/", in the intent)."""
 
-    def __init__(self, src: SourceTable, table: TableConfig) -> None:
-        self.src, self.table = src, table
-        self.db, self.name = src.database, table.source_table
-        self.where = f"database = {quote_string(self.db)} AND table = {quote_string(self.name)}"
-        self.qualified = qualified(self.db, self.name)
+    prefix: str
+    source: Source
+    db: str
+    name: str
+
+    @property
+    def where(self) -> str:
+        return f"database = {quote_string(self.db)} AND table = {quote_string(self.name)}"
+
+    @property
+    def qualified(self) -> str:
+        return qualified(self.db, self.name)
+
+
+class _Source:
+    """The source table's partitions and parts, and the statements that move them: on
+    one server the table's own; for a Distributed source its local table's on every shard
+    (a partition is the union of its parts on all shards, detached and dropped on each)."""
+
+    def __init__(self, src: SourceTable, table: TableConfig, nodes: Sequence[_Node]) -> None:
+        self.src, self.table, self.nodes = src, table, tuple(nodes)
+
+    @classmethod
+    async def open(cls, src: SourceTable, table: TableConfig) -> _Source:
+        if src.distributed is None:
+            return cls(src, table, [_Node("", src.source, src.database, table.source_table)])
+        _, db, local = src.distributed
+        shards = await src.shards()
+        engines = {str(await s.scalar(_engine_query(db, local))) for _, s in shards}
+        replicated = sorted(e for e in engines if e.startswith("Replicated"))
+        if replicated:
+            raise SourceSchemaError(
+                f"{table.target}: hot_retention on a Distributed source over {replicated[0]} "
+                f"local tables ({db}.{local}) is not built: DROP DETACHED PART acts on one "
+                "replica only (README 'ClickHouse clusters'); keep a TTL on the local tables",
+                reason="config",
+            )
+        return cls(src, table, [_Node(f"shard {n}/", s, db, local) for n, s in shards])
 
     async def unit(self) -> Unit:
-        key = await self.src.source.scalar(
+        first = self.nodes[0]
+        key = await first.source.scalar(
             "SELECT partition_key FROM system.tables WHERE database = "
-            f"{quote_string(self.db)} AND name = {quote_string(self.name)}"
+            f"{quote_string(first.db)} AND name = {quote_string(first.name)}"
         )
         wm = self.src.order[0]
         try:
@@ -320,40 +357,63 @@ class _Source:
             raise SourceSchemaError(str(exc), reason="config") from None
 
     async def partitions(self) -> list[Partition]:
-        rows = await self.src.source.rows(
-            "SELECT partition_id, any(partition), arraySort(groupArray(name)), sum(rows) "
-            f"FROM system.parts WHERE {self.where} AND active GROUP BY partition_id"
-        )
+        found: dict[str, tuple[str, list[str], int]] = {}
+        for node in self.nodes:
+            rows = await node.source.rows(
+                "SELECT partition_id, any(partition), arraySort(groupArray(name)), sum(rows) "
+                f"FROM system.parts WHERE {node.where} AND active GROUP BY partition_id"
+            )
+            for i, v, names, r in rows:
+                _, parts, total = found.get(str(i), (str(v), [], 0))
+                parts = parts + [node.prefix + str(n) for n in names]
+                found[str(i)] = (str(v), parts, total + int(r))
         return [
-            Partition(str(i), str(v), tuple(str(n) for n in names), int(r))
-            for i, v, names, r in rows
+            Partition(i, v, tuple(sorted(parts)), rows) for i, (v, parts, rows) in found.items()
         ]
 
     async def detached(self, partition_id: str) -> set[str]:
-        rows = await self.src.source.rows(
-            f"SELECT name FROM system.detached_parts WHERE {self.where} "
-            f"AND partition_id = {quote_string(partition_id)}"
-        )
-        return {str(r[0]) for r in rows}
+        out: set[str] = set()
+        for node in self.nodes:
+            rows = await node.source.rows(
+                f"SELECT name FROM system.detached_parts WHERE {node.where} "
+                f"AND partition_id = {quote_string(partition_id)}"
+            )
+            out |= {node.prefix + str(r[0]) for r in rows}
+        return out
 
     async def detach(self, partition_id: str) -> None:
-        await self.src.source.command(
-            f"ALTER TABLE {self.qualified} DETACH PARTITION ID {quote_string(partition_id)}"
-        )
+        for node in self.nodes:
+            await node.source.command(
+                f"ALTER TABLE {node.qualified} DETACH PARTITION ID {quote_string(partition_id)}"
+            )
+
+    def _located(self, parts: Sequence[str]) -> list[tuple[_Node, str]]:
+        out = []
+        for part in parts:
+            node = next(n for n in reversed(self.nodes) if part.startswith(n.prefix))
+            out.append((node, part[len(node.prefix) :]))
+        return out
 
     async def drop(self, parts: Sequence[str]) -> None:
-        for name in parts:
-            await self.src.source.command(
-                f"ALTER TABLE {self.qualified} DROP DETACHED PART {quote_string(name)} "
+        for node, name in self._located(parts):
+            await node.source.command(
+                f"ALTER TABLE {node.qualified} DROP DETACHED PART {quote_string(name)} "
                 "SETTINGS allow_drop_detached = 1"
             )
             faults.point("retain_drop_part")
 
     async def attach(self, parts: Sequence[str]) -> None:
-        for name in parts:
-            await self.src.source.command(
-                f"ALTER TABLE {self.qualified} ATTACH PART {quote_string(name)}"
+        for node, name in self._located(parts):
+            await node.source.command(
+                f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(name)}"
             )
+
+
+def _engine_query(db: str, name: str) -> str:
+    return (
+        "SELECT engine FROM system.tables WHERE database = "
+        f"{quote_string(db)} AND name = {quote_string(name)}"
+    )
 
 
 async def _pass(
@@ -365,7 +425,7 @@ async def _pass(
 ) -> None:
     assert table.hot_retention is not None
     store = services.watermarks
-    hot = _Source(src, table)
+    hot = await _Source.open(src, table)
     unit = await hot.unit()
     state = await store.get(table.target, table.source)
     if state.retention_intent is not None:
@@ -405,7 +465,7 @@ async def _pass(
         if deadline is not None and time.monotonic() > deadline:
             break
         assert ice is not None and state.position is not None
-        why, rows = await _differs(services, table, src, ice, list(state.position), d)
+        why, rows = await _differs(services, table, src, hot, ice, list(state.position), d)
         if why is not None:
             report.refuse(d.partition.id, why.text, why.reason)
             log.error(
@@ -444,6 +504,7 @@ async def _differs(
     services: Services,
     table: TableConfig,
     src: SourceTable,
+    source: _Source,
     ice: IcebergTable,
     position: list[Any],
     d: Decision,
@@ -461,7 +522,7 @@ async def _differs(
     hot = HotTable(src.source, src.relation, src.order, hashed)
     found = await audit_days(hot, ice, position, (first, last), recorded=recorded)
     rows = sum(c.clickhouse for c in found.days)
-    now = {p.id: p.parts for p in await _Source(src, table).partitions()}
+    now = {p.id: p.parts for p in await source.partitions()}
     if now.get(d.partition.id) != d.partition.parts:
         changed = "its parts changed while being compared (an insert or a merge); retried next pass"
         return Why(changed, "changed"), rows

@@ -228,7 +228,7 @@ class SourceTable:
         self._distributed = cluster
         self._cfg = cfg
         self._stack = stack
-        self._sharded: Pager | None = None
+        self._shards: list[tuple[int, Source]] | None = None
         # The subquery of the source's parts (sql.parts_fingerprint): a Distributed
         # table's are its local table's on every shard.
         self.parts = (
@@ -251,27 +251,36 @@ class SourceTable:
         "shards"`) rather than through the relation."""
         return self._distributed is not None and self.table.distributed == "shards"
 
-    async def pager(self, row_hash: RowHash | None = None) -> Pager:
-        """The table's page reader: a Distributed source's reads every shard's local
-        table (source/shards.py, sessions opened on first use and closed with the
-        table), any other the relation through the session."""
-        if not self.by_shard:
-            return self.source.pager(self.table, self.plan, row_hash)
-        if self._sharded is None:
+    @property
+    def distributed(self) -> tuple[str, str, str] | None:
+        """A Distributed source's cluster, and the database and table it reads on each
+        shard; None for any other table."""
+        return self._distributed
+
+    async def shards(self) -> list[tuple[int, Source]]:
+        """A Distributed source's shards: a session on one replica of each (shard
+        number, session), opened on first use and closed with the table."""
+        assert self._distributed is not None, f"{self.table.source} is not Distributed"
+        assert self._cfg is not None and self._stack is not None, "open_table() opens shards"
+        if self._shards is None:
             from offloader.source import shards
 
-            assert self._distributed is not None
-            assert self._cfg is not None and self._stack is not None, "open_table() opens shards"
-            self._sharded = await shards.open_pager(
-                self._stack,
-                self._cfg,
-                self.table,
-                self.plan,
-                self.source,
-                self._distributed,
-                row_hash,
+            self._shards = await shards.open_shards(
+                self._stack, self._cfg, self.table, self.source, self._distributed[0]
             )
-        return self._sharded
+        return self._shards
+
+    async def pager(self, row_hash: RowHash | None = None) -> Pager:
+        """The table's page reader: a Distributed source's reads every shard's local
+        table (source/shards.py), any other the relation through the session."""
+        if not self.by_shard:
+            return self.source.pager(self.table, self.plan, row_hash)
+        from offloader.source import shards
+
+        assert self._distributed is not None
+        return shards.sharded_pager(
+            self.table, self.plan, await self.shards(), self._distributed, row_hash
+        )
 
 
 @asynccontextmanager

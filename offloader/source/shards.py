@@ -69,8 +69,9 @@ async def replicas_of(
 ) -> list[list[Replica]]:
     """Each shard's replicas, in replica order. With `http`, each node's HTTP port:
     [clickhouse.http_ports] for its "host:tcp_port", else the one the node reports
-    (getServerPort('http_port'), asked of every replica through the cluster; a node that
-    does not answer keeps [clickhouse] http_port)."""
+    (getServerPort('http_port'), asked of every replica through the cluster, matched by
+    shard and native port); a node that does not answer, or whose port is ambiguous,
+    keeps [clickhouse] http_port."""
     rows = await source.rows(
         "SELECT shard_num, replica_num, host_name, port FROM system.clusters "
         f"WHERE cluster = {quote_string(cluster)} ORDER BY shard_num, replica_num"
@@ -82,20 +83,24 @@ async def replicas_of(
             reason="config",
         )
     reported: dict[tuple[int, int], set[int]] = {}
+    by_port: dict[int, set[int]] = {}
     if http:
+        # system.clusters, the one system table offloader needs here anyway (no grant on
+        # system.one): evaluated on each node, getServerPort is that node's.
         found = await source.rows(
-            "SELECT shardNum(), getServerPort('tcp_port'), getServerPort('http_port') FROM "
-            f"clusterAllReplicas({quote_string(cluster)}, system.one) "
+            "SELECT DISTINCT shardNum(), getServerPort('tcp_port'), getServerPort('http_port') "
+            f"FROM clusterAllReplicas({quote_string(cluster)}, system.clusters) "
             "SETTINGS skip_unavailable_shards = 1"
         )
         for shard, tcp, port in found:
             reported.setdefault((int(shard), int(tcp)), set()).add(int(port))
+            by_port.setdefault(int(tcp), set()).add(int(port))
     overrides = dict(cfg.http_ports)
     shards: dict[int, list[Replica]] = {}
     for shard, replica, host, tcp in rows:
         node = f"{host}:{tcp}"
-        ports = reported.get((int(shard), int(tcp)), set())
-        port = overrides.get(node, ports.pop() if len(ports) == 1 else cfg.http_port)
+        ports = reported.get((int(shard), int(tcp))) or by_port.get(int(tcp), set())
+        port = overrides.get(node, next(iter(ports)) if len(ports) == 1 else cfg.http_port)
         shards.setdefault(int(shard), []).append(
             Replica(int(shard), int(replica), str(host), int(tcp), port)
         )
@@ -290,39 +295,44 @@ class ShardedPager:
         return ShardRound(tuple(found), rows, list(position))
 
 
-async def open_pager(
+async def open_shards(
     stack: AsyncExitStack,
     cfg: ClickHouseConfig,
     table: TableConfig,
-    plan: SourcePlan,
     source: Source,
-    cluster: tuple[str, str, str],
-    row_hash: RowHash | None,
-) -> ShardedPager:
-    """The sharded pager of a Distributed source over `cluster` (its name, and the
-    database and table it reads on each shard): a session on one replica of every shard,
-    opened on `stack` (closed with the run)."""
-    name, database, local = cluster
-    shards = await replicas_of(source, name, cfg, http=transport_of(cfg, table) != "native")
+    cluster: str,
+) -> list[tuple[int, Source]]:
+    """A session on one replica of every shard of `cluster` (shard number, session),
+    opened at once on `stack` (closed with the table)."""
+    shards = await replicas_of(source, cluster, cfg, http=transport_of(cfg, table) != "native")
     opened: list[Source | None] = [None] * len(shards)
 
     async def connect(i: int, replicas: list[Replica]) -> None:
         opened[i] = await open_replica(stack, cfg, table, replicas)
 
     await each(connect, shards)
-    relation = read_from(database, local, table.final)
-    members = []
+    out = []
     for replicas, s in zip(shards, opened, strict=True):
         assert s is not None
-        members.append(
-            Shard(
-                replicas[0].shard,
-                s,
-                relation,
-                s.pager(table, plan, row_hash),
-                s.pager(table, plan),
-            )
-        )
+        out.append((replicas[0].shard, s))
+    return out
+
+
+def sharded_pager(
+    table: TableConfig,
+    plan: SourcePlan,
+    shards: Sequence[tuple[int, Source]],
+    cluster: tuple[str, str, str],
+    row_hash: RowHash | None,
+) -> ShardedPager:
+    """The pager of a Distributed source over `cluster` (its name, and the database and
+    table it reads on each shard), on the shards' sessions."""
+    name, database, local = cluster
+    relation = read_from(database, local, table.final)
+    members = [
+        Shard(number, s, relation, s.pager(table, plan, row_hash), s.pager(table, plan))
+        for number, s in shards
+    ]
     log.info(
         "reading shard by shard",
         extra={
@@ -338,9 +348,10 @@ __all__ = [
     "Replica",
     "ShardRound",
     "ShardedPager",
-    "open_pager",
+    "open_shards",
     "ordered",
     "parts_of",
     "probe_relation",
     "replicas_of",
+    "sharded_pager",
 ]
