@@ -109,6 +109,8 @@ class Bench:
         audit_days: int = 4,
         view: bool = False,
         extra: str = "",
+        watermark: str = "exchange_ts",
+        key: str = "trade_id",
     ) -> Path:
         tag = uuid.uuid4().hex[:8]
         pages = f"batch_rows = {batch_rows}\n" if batch_rows else ""
@@ -119,11 +121,11 @@ class Bench:
 [[tables]]
 source = "{self.db}.{n}"
 target = "cold.{n}"
-watermark = "exchange_ts"
-keys = ["trade_id"]
+watermark = "{watermark}"
+keys = ["{key}"]
 lag = "0s"
 {pages}append_rows = {append_rows}
-partition_by = ["day(exchange_ts)"]
+partition_by = ["day({watermark})"]
 audit_days = {audit_days}
 view = {"true" if view else "false"}
 {extra}"""
@@ -713,6 +715,111 @@ def scenario_cluster(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
             devserver.stop(node.directory)
 
 
+SMALL_DDL = """
+CREATE TABLE {db}.{name} (ts DateTime64(6, 'UTC'), id UInt64, venue LowCardinality(String),
+                          price Float64, qty Float64)
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, id)
+"""
+SMALL_INSERT = """
+INSERT INTO {db}.{name} SELECT toDateTime64('2026-01-01 00:00:00', 6, 'UTC')
+    + toIntervalMicrosecond(({first} + number) * 1000003), {first} + number,
+    ['binance', 'kraken', 'okx'][number % 3 + 1], 100 + number / 7, number % 13
+FROM numbers({rows})
+"""
+
+
+def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """Hypothesis: one process carries a thousand tables: an idle cycle of 1,000 tables
+    in <= 5 s and one new row in each of them in <= 30 s, memory flat in the table count
+    beyond a fixed per-table state. For each N of --tables (a small five-column schema,
+    100 rows a table, default audit, max_parallel_tables 4, native transport), whole
+    `offloader once` processes in one run: the first offload, an idle cycle (the second
+    idle run: the first audits every window once), one new row in every table, and 1% of
+    the tables with 10k new rows; wall and CPU seconds of the offloader process, its peak
+    RSS, the ClickHouse queries it made (system.query_log) and the PostgreSQL
+    transactions it ran (pg_stat_database), each per cycle.
+
+    python -m benchmarks.cycle --scenario tables --tables 100,300,1000
+    """
+    import asyncpg
+
+    counts = [int(n) for n in str(args.tables).split(",")]
+    dbname = PG.rsplit("/", 1)[1]
+
+    def ch_queries(since: float) -> int:
+        async def go() -> int:
+            async with native.session(b.ch, "bench") as s:
+                await s.execute("SYSTEM FLUSH LOGS")
+                rows = await s.rows(
+                    "SELECT count() FROM system.query_log WHERE type = 'QueryStart' AND "
+                    f"is_initial_query AND event_time_microseconds >= "
+                    f"fromUnixTimestamp64Micro({int(since * 1e6)}) AND query NOT LIKE "
+                    "'%system.query_log%' AND query NOT LIKE 'SYSTEM FLUSH LOGS%'"
+                )
+                return int(rows[0][0])
+
+        return anyio.run(go)
+
+    def pg_transactions() -> int:
+        async def go() -> int:
+            conn = await asyncpg.connect(PG)
+            try:
+                return int(
+                    await conn.fetchval(
+                        "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                        "WHERE datname = $1",
+                        dbname,
+                    )
+                )
+            finally:
+                await conn.close()
+
+        time.sleep(1.2)  # sessions that ended flush their counters
+        return anyio.run(go)
+
+    def measured(path: Path) -> dict[str, float]:
+        before_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        pg0 = pg_transactions()
+        since = time.time()
+        secs, peak = whole_process(path)
+        after_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after_cpu.ru_utime - before_cpu.ru_utime) + (
+            after_cpu.ru_stime - before_cpu.ru_stime
+        )
+        return {
+            "wall_s": round(secs, 2),
+            "cpu_s": round(cpu, 2),
+            "peak_mb": round(peak),
+            "clickhouse_queries": ch_queries(since),
+            # Minus the one this benchmark ran to read the counter.
+            "postgres_transactions": pg_transactions() - pg0 - 1,
+        }
+
+    out: dict[str, Any] = {}
+    for n in counts:
+        names = [f"s{i:04d}" for i in range(n)]
+        b.sql(f"DROP DATABASE IF EXISTS {b.db}")
+        b.sql(f"CREATE DATABASE {b.db}")
+        for name in names:
+            b.sql(SMALL_DDL.format(db=b.db, name=name))
+            b.sql(SMALL_INSERT.format(db=b.db, name=name, first=0, rows=100))
+        path = b.config(names, watermark="ts", key="id")
+        row: dict[str, Any] = {"first_offload": measured(path)}
+        whole_process(path)  # the first idle run audits every window once
+        row["idle"] = measured(path)
+        for name in names:
+            b.sql(SMALL_INSERT.format(db=b.db, name=name, first=100, rows=1))
+        row["one_row_each"] = measured(path)
+        for name in names[:: max(1, 100)][: max(1, n // 100)]:
+            b.sql(SMALL_INSERT.format(db=b.db, name=name, first=1000, rows=10_000))
+        row["one_percent_10k"] = measured(path)
+        for phase, figures in row.items():
+            figures["per_table_ms"] = round(figures["wall_s"] * 1000 / n, 1)
+            print(f"  tables={n} {phase}: {figures}", file=sys.stderr, flush=True)
+        out[str(n)] = row
+    return out
+
+
 def scenario_footer(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Hypothesis: giving a parquet-transport page its Iceberg field ids (its footer read
     and written again with thriftpy2, the data pages not copied) costs well under 2% of
@@ -866,6 +973,7 @@ SCENARIOS: dict[str, Callable[[Bench, argparse.Namespace], dict[str, Any]]] = {
     "bulk": scenario_bulk,
     "footer": scenario_footer,
     "cluster": scenario_cluster,
+    "tables": scenario_tables,
 }
 
 
@@ -913,6 +1021,9 @@ def main(argv: list[str] | None = None) -> int:
         "--bulk-rows", type=int, default=10_000_000, help="bulk: rows over three days"
     )
     parser.add_argument(
+        "--tables", default="100,300,1000", help="tables: the table counts, comma-separated"
+    )
+    parser.add_argument(
         "--cluster-rows", type=int, default=2_000_000, help="cluster: the sharded source's rows"
     )
     parser.add_argument("--clickhouse-port", type=int, help="use a running ClickHouse")
@@ -926,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
             port, http_port = args.clickhouse_port, args.clickhouse_http_port
         else:
             # From the work directory: ClickHouse reads the warehouses under it (the view).
-            server = devserver.start(server_dir, files_root=work)
+            server = devserver.start(server_dir, files_root=work, query_log=True)
             port, http_port = server.tcp_port, server.http_port
         try:
             bench = Bench(work, port, http_port, None if args.clickhouse_port else server.pid)

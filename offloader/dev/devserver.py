@@ -38,8 +38,9 @@ CONFIG_XML = """<clickhouse>
 
 # A cluster: each node names every node, one shard each (no replication: the embedded
 # engine has no ZooKeeper client), and logs its queries (what was asked of which node).
-CLUSTER_XML = """  <query_log><database>system</database><table>query_log</table></query_log>
-  <remote_servers>
+QUERY_LOG_XML = """  <query_log><database>system</database><table>query_log</table></query_log>
+"""
+CLUSTER_XML = """  <remote_servers>
     <{name}>
 {shards}    </{name}>
   </remote_servers>
@@ -87,12 +88,14 @@ def start(
     files_root: str | os.PathLike[str] | None = None,
     users: str | os.PathLike[str] | None = None,
     cluster: tuple[str, Sequence[int]] | None = None,
+    query_log: bool = False,
 ) -> Server:
     """Start the server in the background and wait until it accepts connections.
     `files_root`: the directory the server runs from, below which `icebergLocal` may
     read (default: `directory`). `users`: a users.xml whose users and grants the server
     enforces (default: the one `default` user, all rights, no password). `cluster`: its
-    name and the native ports of its shards, one node each (`start_cluster`)."""
+    name and the native ports of its shards, one node each (`start_cluster`; a cluster's
+    nodes log their queries). `query_log`: system.query_log is kept."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     existing = running(d)
@@ -107,6 +110,8 @@ def start(
         extra += CLUSTER_XML.format(
             name=name, shards="".join(SHARD_XML.format(tcp=port) for port in shards)
         )
+    if query_log or cluster is not None:
+        extra += QUERY_LOG_XML
     (root / "config.xml").write_text(
         CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d, extra=extra)
     )

@@ -330,19 +330,20 @@ class _Source:
     @classmethod
     async def open(cls, src: SourceTable, table: TableConfig) -> _Source:
         if src.distributed is None:
-            return cls(src, table, [_Node("", src.source, src.database, table.source_table)])
-        _, db, local = src.distributed
-        shards = await src.shards()
-        engines = {str(await s.scalar(_engine_query(db, local))) for _, s in shards}
-        replicated = sorted(e for e in engines if e.startswith("Replicated"))
-        if replicated:
-            raise SourceSchemaError(
-                f"{table.target}: hot_retention on a Distributed source over {replicated[0]} "
-                f"local tables ({db}.{local}) is not built: DROP DETACHED PART acts on one "
-                "replica only (README 'ClickHouse clusters'); keep a TTL on the local tables",
-                reason="config",
-            )
-        return cls(src, table, [_Node(f"shard {n}/", s, db, local) for n, s in shards])
+            nodes = [_Node("", src.source, src.database, table.source_table)]
+        else:
+            _, db, local = src.distributed
+            nodes = [_Node(f"shard {n}/", s, db, local) for n, s in await src.shards()]
+        for node in nodes:
+            engine = str(await node.source.scalar(_engine_query(node.db, node.name)))
+            if engine.startswith("Replicated"):
+                raise SourceSchemaError(
+                    f"{table.target}: hot_retention on {engine} {node.db}.{node.name} is not "
+                    "built: DROP DETACHED PART acts on one replica and would leave the other "
+                    "replicas' copies on disk (README 'ClickHouse clusters'); keep a TTL on it",
+                    reason="config",
+                )
+        return cls(src, table, nodes)
 
     async def unit(self) -> Unit:
         first = self.nodes[0]
