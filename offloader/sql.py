@@ -234,6 +234,31 @@ def parts_fingerprint(database: str, table: str, cluster: str | None = None) -> 
     )
 
 
+def _pairs(tables: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"({quote_string(d)}, {quote_string(t)})" for d, t in tables)
+
+
+def survey_columns_query(tables: Sequence[tuple[str, str]]) -> str:
+    """Every column of each (database, table), in table order, with its table's engine
+    clause: what each table's run would ask for itself, for all tables at once."""
+    return (
+        "SELECT c.database, c.table, c.name, c.type, t.engine_full FROM system.columns AS c "
+        "INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table "
+        f"WHERE (c.database, c.table) IN ({_pairs(tables)}) "
+        "ORDER BY c.database, c.table, c.position"
+    )
+
+
+def survey_parts_query(tables: Sequence[tuple[str, str]]) -> str:
+    """parts_fingerprint of each (database, table) that has active parts, at once (a
+    table without any has none: '')."""
+    return (
+        "SELECT database, table, toString(cityHash64(arraySort(groupArray("
+        "(name, hash_of_all_files))))) FROM system.parts "
+        f"WHERE active AND (database, table) IN ({_pairs(tables)}) GROUP BY database, table"
+    )
+
+
 def distributed_over(engine_full: str) -> tuple[str, str, str] | None:
     """The cluster, database and table a `Distributed` table's engine clause names, or
     None for another engine (its `engine_full` in system.tables)."""

@@ -68,7 +68,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeSource], None]:
 
     def install(fake: FakeSource) -> None:
         @asynccontextmanager
-        async def open_table(cfg: ClickHouseConfig, table: TableConfig):  # type: ignore[no-untyped-def]
+        async def open_table(cfg: ClickHouseConfig, table: TableConfig, surveyed: object = None):  # type: ignore[no-untyped-def]
             yield SourceTable(fake, table, list(COLUMNS), "db.t", "db")
 
         monkeypatch.setattr(pipeline, "open_table", open_table)

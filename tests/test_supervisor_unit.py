@@ -26,7 +26,9 @@ def test_one_table_raising_never_cancels_the_others(monkeypatch: pytest.MonkeyPa
     cfg = parse_config(CONFIG, "t.toml", {})
     finished: list[str] = []
 
-    async def fake(services: Any, table: Any, timeout: Any, stopping: Any) -> TableReport:
+    async def fake(
+        services: Any, table: Any, timeout: Any, stopping: Any, surveyed: Any = None
+    ) -> TableReport:
         if table.target == "cold.t1":
             raise RuntimeError("boom")  # escapes: a bug outside offload_table's own guard
         await anyio.sleep(0.2)  # still running when cold.t1 fails

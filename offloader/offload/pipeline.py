@@ -36,6 +36,7 @@ from offloader.source import (
     Pager,
     Scan,
     SourceTable,
+    Survey,
     keyset_pages,
     open_table,
     scan_complete,
@@ -59,9 +60,11 @@ async def run_table(
     report: TableReport,
     run_id: str,
     stopping: anyio.Event | None = None,
+    surveyed: Survey | None = None,
 ) -> None:
-    """One run of `table` (its lock held by the caller): open its source, then TableRun."""
-    async with open_table(services.clickhouse, table) as src:
+    """One run of `table` (its lock held by the caller): open its source (what the
+    cycle's survey read of it taken from `surveyed`), then TableRun."""
+    async with open_table(services.clickhouse, table, surveyed) as src:
         await TableRun(services, table, src, report, run_id, stopping).run()
 
 
@@ -193,7 +196,7 @@ class TableRun:
             # The window agreed at this seq: while the source's parts are the same, so
             # are its rows (the idle audit need not read them), and when nothing was
             # waiting then, nothing is now (the run is idle).
-            fingerprint = str(await src.source.scalar(f"SELECT {parts}"))
+            fingerprint = await src.fingerprint()
             if fingerprint != agreed.parts:
                 agreed = None  # changed: read the window again, below
             elif agreed.caught_up:

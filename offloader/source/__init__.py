@@ -32,6 +32,8 @@ from offloader.sql import (
     quote_ident,
     quote_string,
     read_from,
+    survey_columns_query,
+    survey_parts_query,
 )
 
 if TYPE_CHECKING:
@@ -45,11 +47,13 @@ __all__ = [
     "Scan",
     "Source",
     "SourceTable",
+    "Survey",
     "Transport",
     "keyset_pages",
     "open_source",
     "open_table",
     "scan_complete",
+    "survey",
     "table_columns",
     "table_ttl",
     "transport_of",
@@ -238,6 +242,16 @@ class SourceTable:
         )
         self.order, self.order_index = plan_order(table, columns)
         self._plan: SourcePlan | None = None
+        # The parts fingerprint the cycle's survey read, taken by the first
+        # `fingerprint()` (later ones ask again: the run may have changed what it saw).
+        self.surveyed_parts: str | None = None
+
+    async def fingerprint(self) -> str:
+        """The source's parts fingerprint (sql.parts_fingerprint)."""
+        if self.surveyed_parts is not None:
+            found, self.surveyed_parts = self.surveyed_parts, None
+            return found
+        return str(await self.source.scalar(f"SELECT {self.parts}"))
 
     @property
     def plan(self) -> SourcePlan:
@@ -283,21 +297,65 @@ class SourceTable:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What every table's run of a cycle would first ask ClickHouse, asked once for all
+    of them (`survey`): each source's engine clause and columns, and each non-Distributed
+    source's parts fingerprint. A table that is not in it asks for itself."""
+
+    columns: dict[tuple[str, str], tuple[str, list[tuple[str, str]]]]
+    parts: dict[tuple[str, str], str]
+
+    @staticmethod
+    def empty() -> Survey:
+        return Survey({}, {})
+
+
+async def survey(cfg: ClickHouseConfig, tables: Sequence[TableConfig]) -> Survey:
+    """Two queries for every table of a cycle (sql.survey_columns_query and
+    survey_parts_query), on one session of [clickhouse] transport."""
+    pairs = sorted({(t.source_database or cfg.database, t.source_table) for t in tables})
+    if not pairs:
+        return Survey.empty()
+    columns: dict[tuple[str, str], tuple[str, list[tuple[str, str]]]] = {}
+    async with open_source(cfg, "survey", cfg.transport) as s:
+        for db, table, name, type_, engine in await s.rows(survey_columns_query(pairs)):
+            key = (str(db), str(table))
+            columns.setdefault(key, (str(engine), []))[1].append((str(name), str(type_)))
+        local = [p for p in pairs if p in columns and distributed_over(columns[p][0]) is None]
+        parts = {
+            (str(db), str(table)): str(hashed)
+            for db, table, hashed in (await s.rows(survey_parts_query(local)) if local else [])
+        }
+    # A table with no parts has the fingerprint '' (sql.parts_fingerprint).
+    return Survey(columns, {p: parts.get(p, "") for p in local})
+
+
 @asynccontextmanager
-async def open_table(cfg: ClickHouseConfig, table: TableConfig) -> AsyncIterator[SourceTable]:
+async def open_table(
+    cfg: ClickHouseConfig, table: TableConfig, surveyed: Survey | None = None
+) -> AsyncIterator[SourceTable]:
     """Open the table's transport and read its columns (SourceSchemaError if the
     watermark or a key is missing or unfit; a column that cannot be stored exactly
-    fails when the plan is first used)."""
+    fails when the plan is first used). With `surveyed`, what it holds of the table is
+    taken from it instead of asked again (a session connects on its first query)."""
     db = table.source_database or cfg.database
+    key = (db, table.source_table)
     async with (
         open_source(cfg, table.target, transport_of(cfg, table)) as s,
         AsyncExitStack() as stack,
     ):
-        engine, columns = await _engine_and_columns(s, db, table.source_table)
+        if surveyed is not None and key in surveyed.columns:
+            engine, columns = surveyed.columns[key]
+        else:
+            engine, columns = await _engine_and_columns(s, db, table.source_table)
         relation = read_from(db, table.source_table, table.final)
-        yield SourceTable(
+        src = SourceTable(
             s, table, columns, relation, db, distributed_over(engine), cfg=cfg, stack=stack
         )
+        if surveyed is not None:
+            src.surveyed_parts = surveyed.parts.get(key)
+        yield src
 
 
 async def _engine_and_columns(s: Source, db: str, table: str) -> tuple[str, list[tuple[str, str]]]:

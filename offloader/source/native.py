@@ -271,9 +271,10 @@ def _last_position(plan: SourcePlan, data: Columns) -> list[Any]:
 
 @asynccontextmanager
 async def session(cfg: ClickHouseConfig, label: str) -> AsyncIterator[ClickHouseSession]:
+    # Connected by its first query: a table whose run asks ClickHouse nothing (an idle
+    # run the cycle's survey answered) opens no connection.
     s = ClickHouseSession(cfg, label)
     try:
-        await s.connect()
         yield s
     finally:
         await s.close()
