@@ -160,3 +160,61 @@ def test_a_service_rehashes_the_window_only_when_the_source_parts_change(
     windows.clear()
     again = cycle()
     assert len(set(windows)) == 3 and all(len(t["drifted"]) == 1 for t in again.values())
+
+
+def test_an_idle_cycle_of_many_tables_asks_clickhouse_two_queries(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle's survey reads every table's columns, engine and parts fingerprint in
+    two queries: once each table's window agreed, an idle cycle of six tables makes no
+    other ClickHouse query and no table opens a ClickHouse connection; a table that
+    gained rows is still offloaded in the next cycle, and when the survey fails the
+    tables ask for themselves and are right."""
+    from offloader.offload import supervisor
+    from offloader.source import arrow, native
+
+    names = [f"many{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        env.create_trades(name)
+        env.insert_trades(name, 500, first_id=1 + i * 1000, start="2026-01-01 00:00:00")
+    env.write_config([env.table(n, audit_days=4) for n in names])
+    assert env.once().ok
+    assert env.once().ok  # the first idle run audits each window once and records it
+    asked: list[str] = []
+    real_native, real_http = native.ClickHouseSession.execute, arrow.ArrowHttpSession._post
+
+    async def counted_native(self: Any, query: str, **kw: Any) -> Any:
+        asked.append(self.label)
+        return await real_native(self, query, **kw)
+
+    async def counted_http(self: Any, *args: Any, **kw: Any) -> Any:
+        asked.append(self.label)
+        return await real_http(self, *args, **kw)
+
+    monkeypatch.setattr(native.ClickHouseSession, "execute", counted_native)
+    monkeypatch.setattr(arrow.ArrowHttpSession, "_post", counted_http)
+    connects: list[str] = []
+    real_connect = native.ClickHouseSession.connect
+
+    async def counted_connect(self: Any) -> None:
+        connects.append(self.label)
+        await real_connect(self)
+
+    monkeypatch.setattr(native.ClickHouseSession, "connect", counted_connect)
+    idle = env.once()
+    assert idle.ok and all(t.status == "idle" for t in idle.tables), idle.summary()
+    assert asked == ["survey", "survey"], asked
+    assert [c for c in connects if c != "survey"] == [], connects
+    env.insert_trades("many3", 7, first_id=90_000, start="2026-01-02 00:00:00")
+    moved = env.once()
+    assert [t.rows for t in moved.tables] == [0, 0, 0, 7, 0, 0], moved.summary()
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise supervisor.TableError("ClickHouse went away for the survey")
+
+    monkeypatch.setattr(supervisor, "survey", failing)
+    env.insert_trades("many5", 3, first_id=95_000, start="2026-01-03 00:00:00")
+    fallback = env.once()
+    assert fallback.ok and [t.rows for t in fallback.tables] == [0, 0, 0, 0, 0, 3]
+    for name in names:
+        env.assert_tiers_equal(f"cold.{name}")
