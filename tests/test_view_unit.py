@@ -128,7 +128,13 @@ def test_view_ddl_splits_at_the_committed_position() -> None:
         "DEFINER AS\nSELECT `ts`, `id`, `side` FROM `market`.`trades` WHERE `ts` >= "
         "toDateTime64('2025-01-01 00:00:00.5', 6, 'UTC') AND (`ts` > "
     )
-    assert "`id` > 9" in ddl and "\nUNION ALL\nSELECT CAST(`ts`" in ddl
+    assert "`id` > 9" in ddl
+    # `ts` is read as the source's own type: bare; `id` (Int64 in Iceberg) and `side`
+    # (String) are cast back to the source's UInt64 and Enum8.
+    assert (
+        "\nUNION ALL\nSELECT `ts`, CAST(`id`, 'UInt64') AS `id`, "
+        "CAST(`side`, 'Enum8(\\'b\\' = 1)') AS `side`"
+    ) in ddl
     assert f"FROM {reader}\nCOMMENT 'offloader: both tiers at commit 4, position" in ddl
     hot_only = view_ddl(_spec(None), None, {})
     assert "UNION" not in hot_only and "nothing offloaded yet" in hot_only

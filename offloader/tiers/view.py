@@ -208,6 +208,11 @@ def column_pair(
             # source after the table's first offload): older rows read its default.
             plain = _plain_text(t, type_text)
             cold = f"ifNull(CAST({cold}, {quote_string(f'Nullable({plain})')}), {fallback})"
+        elif cold == q and cold_type == type_text:
+            # Read as the source's own type already (times, Decimals, Float64, ...): the
+            # bare column, no CAST for the planner to see through (about 0.1x of a
+            # pruned cold read's time, benchmarks/RESULTS.md).
+            return q, q
     return q, f"CAST({cold}, {quote_string(type_text)}) AS {q}"
 
 
