@@ -97,18 +97,23 @@ def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserv
         devserver.stop(directory)
 
 
-@pytest.fixture
-def secured(secured_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+def lp_env(server: devserver.Server, pg_database: str, tmp_path: Path) -> Env:
+    """A test's Env on `server`, its sources in SRC, its own state schema and catalog."""
     tag = uuid.uuid4().hex[:10]
-    env = Env(
+    return Env(
         tmp=tmp_path,
-        ch_port=secured_server.tcp_port,
-        ch_http_port=secured_server.http_port,
+        ch_port=server.tcp_port,
+        ch_http_port=server.http_port,
         ch_database=SRC,
         pg_dsn=pg_database,
         pg_schema=f"t_{tag}",
         catalog_name=f"cold_{tag}",
     )
+
+
+@pytest.fixture
+def secured(secured_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    env = lp_env(secured_server, pg_database, tmp_path)
     for db in (SRC, VIEWS):
         env.ch(f"DROP DATABASE IF EXISTS {db}")
         env.ch(f"CREATE DATABASE {db}")
@@ -252,17 +257,7 @@ def secured_sharded(
     (two on each minute, on different shards); the first node's Env first."""
     import dataclasses
 
-    tag = uuid.uuid4().hex[:10]
-    first = secured_cluster[0]
-    env = Env(
-        tmp=tmp_path,
-        ch_port=first.tcp_port,
-        ch_http_port=first.http_port,
-        ch_database=SRC,
-        pg_dsn=pg_database,
-        pg_schema=f"t_{tag}",
-        catalog_name=f"cold_{tag}",
-    )
+    env = lp_env(secured_cluster[0], pg_database, tmp_path)
     nodes = [
         dataclasses.replace(env, ch_port=n.tcp_port, ch_http_port=n.http_port)
         for n in secured_cluster
