@@ -8,6 +8,7 @@ which library raised.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 # ClickHouse error codes that mean "fix the table or config", not "retry later".
 CLICKHOUSE_SCHEMA_CODES = {
@@ -131,3 +132,28 @@ def unreachable(code: int | None, text: str) -> str:
         return ""
     found = sorted(set(_ADDRESS.findall(text)))
     return f" (unreachable: {', '.join(found)}: is that shard's server running?)" if found else ""
+
+
+def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that matters out of a task group's group: offloader's own first (a
+    failing writer closes its stream, so the converter's send fails with a
+    BrokenResourceError that is only the consequence), then any that is not a
+    cancellation or a closed stream (a failing task cancels its siblings)."""
+    import anyio
+
+    cancelled = anyio.get_cancelled_exc_class()
+    echoes = (cancelled, anyio.BrokenResourceError, anyio.ClosedResourceError)
+    leaves = list(_leaves(group))
+    for kinds in (OffloaderError, Exception):
+        for exc in leaves:
+            if isinstance(exc, kinds) and not isinstance(exc, echoes):
+                return exc
+    return leaves[0]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

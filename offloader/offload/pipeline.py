@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -27,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from offloader import cursor, days, faults, plan
 from offloader.config import TableConfig
-from offloader.errors import OffloaderError
+from offloader.errors import single_error
 from offloader.iceberg import Marker, WrittenFiles, footer
 from offloader.offload import checkup
 from offloader.report import Status, TableReport
@@ -302,7 +301,7 @@ class TableRun:
                 else:
                     await self._consume(receive, check.prepared.waiting)
         except BaseExceptionGroup as group:
-            raise _single(group) from None
+            raise single_error(group) from None
         if moved:
             # Its read-ahead (if the dropped read was complete) saw ClickHouse before the
             # rows are read again: not the rows the audit will compare.
@@ -438,27 +437,3 @@ class TableRun:
                 view.ColdSide.of(self.ice),
                 clickhouse=services.clickhouse,
             )
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error that matters out of a task group's group: offloader's own first (a
-    failing writer closes its stream, so the converter's send fails with a
-    BrokenResourceError that is only the consequence), then any that is not a
-    cancellation or a closed stream (a failing fetch cancels the consumer and vice
-    versa)."""
-    cancelled = anyio.get_cancelled_exc_class()
-    echoes = (cancelled, anyio.BrokenResourceError, anyio.ClosedResourceError)
-    leaves = list(_leaves(group))
-    for kinds in (OffloaderError, Exception):
-        for exc in leaves:
-            if isinstance(exc, kinds) and not isinstance(exc, echoes):
-                return exc
-    return leaves[0]
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from offloader.config import ClickHouseConfig, TableConfig
-from offloader.errors import SourceUnavailable, TableError
+from offloader.errors import SourceUnavailable, TableError, single_error
 from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
 from offloader.sql import keyset_after, literal, quote_ident, quote_string, read_from
 
@@ -174,16 +174,7 @@ async def each(fn: Callable[[int, T], Coroutine[Any, Any, None]], items: Sequenc
             for i, item in enumerate(items):
                 tg.start_soon(fn, i, item)
     except BaseExceptionGroup as group:
-        cancelled = anyio.get_cancelled_exc_class()
-        leaves = [e for e in _leaves(group) if not isinstance(e, cancelled)]
-        raise (leaves or [group])[0] from None
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+        raise single_error(group) from None
 
 
 def parts_of(page: Page) -> tuple[Page, ...]:
@@ -246,10 +237,6 @@ class ShardedPager:
         self._order = order  # `ordered`, on one shard's session
         self.read_ahead = shards[0].pager.read_ahead
         self.encodes = shards[0].pager.encodes
-
-    @property
-    def shards(self) -> int:
-        return len(self._shards)
 
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ShardRound:
         if scan.since is not None or scan.before is not None or scan.through is not None:
