@@ -8,8 +8,7 @@ import anyio
 import pytest
 
 from offloader.config import TableConfig
-from offloader.errors import SinkError, SourceSchemaError
-from offloader.offload.pipeline import _single
+from offloader.errors import SinkError, SourceSchemaError, single_error
 from offloader.plan import plan_source
 
 
@@ -20,9 +19,9 @@ def test_the_real_error_wins_over_nested_cancellations() -> None:
             "outer",
             [BaseExceptionGroup("inner", [asyncio.CancelledError()]), real],
         )
-        assert _single(group) is real
+        assert single_error(group) is real
         only_cancelled = BaseExceptionGroup("g", [asyncio.CancelledError()])
-        assert isinstance(_single(only_cancelled), asyncio.CancelledError)
+        assert isinstance(single_error(only_cancelled), asyncio.CancelledError)
 
     anyio.run(check)
 
@@ -48,10 +47,10 @@ def test_the_error_that_matters_is_picked_out_of_a_task_group() -> None:
     async def check() -> None:
         real = SinkError("cold.t: Iceberg commit still conflicting after 5 attempts")
         group = BaseExceptionGroup("run", [anyio.BrokenResourceError(), real])
-        assert _single(group) is real
+        assert single_error(group) is real
         other = ValueError("a bug")
         closed = BaseExceptionGroup("run", [anyio.ClosedResourceError(), other])
-        assert _single(closed) is other
+        assert single_error(closed) is other
 
     anyio.run(check)
 
