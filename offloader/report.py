@@ -4,7 +4,9 @@ keeps a table's problem from escaping its operation."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,7 +79,9 @@ def guarded(report: Guarded, what: str) -> Iterator[None]:
     retention pass): it never raises for the table. A TableError fails the operation
     (skipped when another worker holds the table's lock) with its line and reason; any
     other exception is a bug, logged with its traceback as `<what> crashed` and
-    reported as an internal error. Cancellation passes through. Times the operation."""
+    reported as an internal error. Cancellation passes through, unless it is stray (no
+    cancellation of this task raised it): that fails the operation like a bug, as a task
+    group would otherwise end the table's task without a report. Times the operation."""
     started = time.monotonic()
     try:
         yield
@@ -85,12 +89,34 @@ def guarded(report: Guarded, what: str) -> Iterator[None]:
         report.status = Status.SKIPPED if isinstance(exc, Locked) else Status.FAILED
         report.error, report.reason = str(exc), exc.reason
     except Exception as exc:
-        log.exception(f"{what} crashed", extra={"table": report.target})
-        report.status = Status.FAILED
-        report.reason = "internal"
-        report.error = f"{report.target}: internal error {type(exc).__name__}: {exc}"
+        _crashed(report, what, exc)
+    except BaseException as exc:
+        if not stray_cancellation(exc):
+            raise
+        _crashed(report, what, exc, "a cancellation no one asked for")
     finally:
         report.seconds = time.monotonic() - started
+
+
+def _crashed(report: Guarded, what: str, exc: BaseException, kind: str = "") -> None:
+    log.error(f"{what} crashed", extra={"table": report.target}, exc_info=exc)
+    report.status = Status.FAILED
+    report.reason = "internal"
+    named = f"{kind} ({type(exc).__name__}: {exc})" if kind else f"{type(exc).__name__}: {exc}"
+    report.error = f"{report.target}: internal error {named}"
+
+
+def stray_cancellation(exc: BaseException) -> bool:
+    """Whether `exc` is a cancellation that nothing cancelled: no cancel scope around the
+    current task is cancelled and the task has no cancel request pending. A cancelled
+    future awaited again raises one (a driver's stale close waiter, say); passed through,
+    it ends the task quietly, and a task group takes it for a cancellation it asked for."""
+    if not isinstance(exc, anyio.get_cancelled_exc_class()):
+        return False
+    if anyio.current_effective_deadline() == -math.inf:
+        return False  # a cancel scope around this task was cancelled
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
 
 
 @dataclass(slots=True)

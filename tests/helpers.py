@@ -186,7 +186,13 @@ class Env:
         return load_config(self.config_path)
 
     def once(self) -> CycleReport:
-        return anyio.run(run_once, self.config())
+        """One cycle in this process; every enabled table has its report (a table whose
+        task ended without one would leave `ok` true)."""
+        cfg = self.config()
+        report = anyio.run(run_once, cfg)
+        reported = [t.target for t in report.tables]
+        assert reported == [t.target for t in cfg.enabled_tables], report.summary()
+        return report
 
     def cli(
         self, *args: str, timeout: float = 300, extra_env: dict[str, str] | None = None

@@ -10,7 +10,9 @@ import anyio
 import asyncpg
 import pytest
 
+from offloader.config import ClickHouseConfig
 from offloader.dev import devserver
+from offloader.source.native import ClickHouseSession
 from tests.conftest import make_env
 from tests.helpers import Env, wait_for_log
 
@@ -168,3 +170,30 @@ def test_disk_full_and_read_only_warehouse(env: Env, small_disk: Path) -> None:
     assert env.cli("verify").returncode == 0
     assert env.assert_tiers_equal("cold.full") == 600_000
     assert env.assert_tiers_equal("cold.fine") == 1_010
+
+
+def test_a_session_cancelled_at_any_point_answers_its_next_query(
+    clickhouse_server: devserver.Server,
+) -> None:
+    """A run cancels its page read when it recovers a killed run's commit; the same native
+    session then runs the audit. Cancelled anywhere in its connect or its query, a session
+    answers the next query (before: asynch's reconnect awaited the cancelled stream's close
+    waiter again, and its stale CancelledError ended the table's task without a report)."""
+    cfg = ClickHouseConfig(host="127.0.0.1", port=clickhouse_server.tcp_port)
+
+    async def main() -> tuple[int, int]:
+        session = ClickHouseSession(cfg, "test")
+        cancelled = 0
+        try:
+            for step in range(60):
+                with anyio.move_on_after(step * 0.0004) as scope:
+                    await session.rows("SELECT sleepEachRow(0.001) FROM numbers(10)")
+                cancelled += scope.cancelled_caught
+                assert await session.rows("SELECT 1") == [(1,)], step
+                await session.close()  # the next step's query connects again
+        finally:
+            await session.close()
+        return cancelled, step + 1
+
+    cancelled, steps = anyio.run(main)
+    assert cancelled >= steps // 2, (cancelled, steps)  # most steps did cancel something

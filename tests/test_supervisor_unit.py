@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import anyio
@@ -49,6 +50,53 @@ def test_one_table_raising_never_cancels_the_others(monkeypatch: pytest.MonkeyPa
     assert [t.status for t in report.tables] == ["ok", "failed", "ok"]
     assert "RuntimeError: boom" in (report.tables[1].error or "")
     assert sorted(seen) == ["cold.t0", "cold.t1", "cold.t2"]
+
+
+def test_a_stray_cancellation_fails_its_table_instead_of_dropping_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A driver that awaits a future an earlier, cancelled task left cancelled raises a
+    CancelledError that no cancellation of this task asked for. The table fails with a
+    report (before: its task ended quietly, the task group took it for its own cancel and
+    the cycle reported 0 tables, ok). A cancellation that was asked for still cancels."""
+    cfg = parse_config(CONFIG, "t.toml", {})
+
+    async def fake(
+        services: Any, table: Any, timeout: Any, stopping: Any, surveyed: Any = None
+    ) -> TableReport:
+        report = TableReport(table.target, table.source)
+        with supervisor.guarded(report, "table run"):
+            if table.target == "cold.t1":
+                stale: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                stale.cancel()
+                await stale
+        return report
+
+    monkeypatch.setattr(supervisor, "offload_table", fake)
+    services: Any = None
+    report = anyio.run(lambda: supervisor.run_cycle(cfg, services))
+    assert [t.target for t in report.tables] == ["cold.t0", "cold.t1", "cold.t2"]
+    assert [t.status for t in report.tables] == ["ok", "failed", "ok"]
+    assert "a cancellation no one asked for" in (report.tables[1].error or "")
+    assert not report.ok
+
+    async def cancelled() -> bool:
+        with anyio.move_on_after(0.05) as scope:
+            with supervisor.guarded(TableReport("cold.t", "db.t"), "table run"):
+                await anyio.sleep(5)
+        return scope.cancelled_caught
+
+    assert anyio.run(cancelled)
+
+    async def cancelled_from_outside() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().call_later(0.05, task.cancel)
+        with supervisor.guarded(TableReport("cold.t", "db.t"), "table run"):
+            await anyio.sleep(5)
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_from_outside())
 
 
 @pytest.mark.parametrize(

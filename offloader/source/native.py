@@ -55,10 +55,17 @@ class ClickHouseSession:
         self._cfg = cfg
         self.label = label
         self.endpoint = f"{cfg.host}:{cfg.port}"
+        self._conn = self._connection()
+        self._open = False
+        self._busy = anyio.Lock()
+
+    def _connection(self) -> Connection:
+        """A new asynch connection object (not yet connected)."""
+        cfg = self._cfg
         kwargs: dict[str, Any] = {}
         if cfg.secure:
             kwargs.update(secure=True, verify=True)
-        self._conn = Connection(  # type: ignore[no-untyped-call]
+        return Connection(  # type: ignore[no-untyped-call]
             host=cfg.host,
             port=cfg.port,
             user=cfg.user,
@@ -69,8 +76,6 @@ class ClickHouseSession:
             client_name="offloader",
             **kwargs,
         )
-        self._open = False
-        self._busy = anyio.Lock()
 
     def __repr__(self) -> str:
         cfg = self._cfg
@@ -99,6 +104,11 @@ class ClickHouseSession:
                 # in its stream's close waiter when an earlier read was cancelled, and
                 # letting it escape would turn a table's real error into a silent cancel.
                 log.debug("ignored error closing ClickHouse connection", exc_info=True)
+        # The next query connects a new object: asynch's connect() first closes the old
+        # stream and awaits its close waiter, which a cancelled connect or read left
+        # cancelled, so reconnecting the old object raised a stale CancelledError into
+        # whatever task asked next (the run's audit, after a cancelled page read).
+        self._conn = self._connection()
 
     @contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
