@@ -234,6 +234,10 @@ class TableConfig:
     # Seconds: drop source partitions older than this once Iceberg verifiably holds them
     # (retention.py); None: offloader never drops hot data.
     hot_retention: float | None = None
+    # A table of the source's structure and engine family, in the (local) source's
+    # database on every node, that retention moves a partition to before it drops it
+    # (needed for a Replicated* source; retention.py); None: detach, then drop.
+    retiring_table: str | None = None
 
     @property
     def source_database(self) -> str | None:

@@ -522,7 +522,22 @@ class _Reader:
                 if "hot_retention" in data
                 else None
             ),
+            retiring_table=self.retiring(data, label),
         )
+
+    def retiring(self, data: Mapping[str, Any], label: str) -> str | None:
+        if "retiring_table" not in data:
+            return None
+        name = self.string(data, label, "retiring_table", None)
+        if "hot_retention" not in data:
+            self.fail(f"{label}.retiring_table", "is used by hot_retention, which is not set", name)
+        if "." in name or not _IDENT.match(name):
+            self.fail(
+                f"{label}.retiring_table",
+                "must be a table name (no database: it is the source's own, on every node)",
+                name,
+            )
+        return name
 
 
 _TABLE_DEFAULTS: dict[str, Any] = {

@@ -94,13 +94,18 @@ class RetentionIntent:
     a stopped pass may still be undone (its parts attached again); once the detached
     parts were found to be the compared ones, phase `drop` is recorded with
     `retained_until` in one transaction, and from then on recovery only moves forward:
-    it drops whatever of the parts is still detached, never attaches one again."""
+    it drops whatever of the parts is still detached, never attaches one again.
+
+    `method` "move" (a `retiring_table`): the partition is moved to that table instead of
+    detached, parts are named by their contents' hash (a moved part is renamed), and
+    "detached" means "in the retiring table"."""
 
     partition: str
     parts: tuple[str, ...]
     detached_before: tuple[str, ...]
     retained_until: str  # ISO day
     phase: str = "detach"  # RetentionIntent.DETACH or .DROP
+    method: str = "detach"  # "detach" or "move" (retention.Method)
 
     DETACH: ClassVar[str] = "detach"
     DROP: ClassVar[str] = "drop"
@@ -113,15 +118,17 @@ class RetentionIntent:
                 list(self.detached_before),
                 self.retained_until,
                 self.phase,
+                self.method,
             ]
         )
 
     @classmethod
     def decode(cls, text: str | None) -> RetentionIntent | None:
+        """An intent as encoded; those recorded before `method` existed detached."""
         if not text:
             return None
-        partition, parts, before, until, *phase = json.loads(text)
-        return cls(str(partition), tuple(parts), tuple(before), str(until), *phase)
+        partition, parts, before, until, *rest = json.loads(text)
+        return cls(str(partition), tuple(parts), tuple(before), str(until), *rest)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ import pytest
 from offloader import faults
 from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
+from offloader.ops import retention
 from tests.helpers import Env, trades_rows
 
 pytestmark = pytest.mark.integration
@@ -368,16 +369,19 @@ def test_status_names_a_node_whose_view_is_missing(
     assert env.cli("status", "--check").returncode == 0
 
 
-def detached_on(env: Env, cluster: list[devserver.Server]) -> list[int]:
-    return [
-        int(
-            node_env(n, env).ch(
-                "SELECT count() FROM system.detached_parts WHERE database = "
-                f"'{env.ch_database}' AND table = 'trades_local'"
-            )[0][0]
+def detached_on(env: Env, cluster: list[devserver.Server], method: str = "detach") -> list[int]:
+    """Each node's parts retention parked: detached, or (method "move") in its retiring
+    table."""
+    query = (
+        "SELECT count() FROM system.detached_parts WHERE database = "
+        f"'{env.ch_database}' AND table = 'trades_local'"
+    )
+    if method == "move":
+        query = (
+            f"SELECT count() FROM system.parts WHERE database = '{env.ch_database}' "
+            "AND table = 'trades_local_retiring' AND active AND rows > 0"
         )
-        for n in cluster
-    ]
+    return [int(node_env(n, env).ch(query)[0][0]) for n in cluster]
 
 
 def days_on(env: Env, cluster: list[devserver.Server]) -> list[list[str]]:
@@ -386,7 +390,8 @@ def days_on(env: Env, cluster: list[devserver.Server]) -> list[list[str]]:
             str(r[0])
             for r in node_env(n, env).ch(
                 "SELECT DISTINCT partition_id FROM system.parts WHERE database = "
-                f"'{env.ch_database}' AND table = 'trades_local' AND active ORDER BY 1"
+                f"'{env.ch_database}' AND table = 'trades_local' AND active AND rows > 0 "
+                "ORDER BY 1"
             )
         ]
         for n in cluster
@@ -426,24 +431,39 @@ def test_retention_drops_verified_days_on_every_shard(
     assert cold == 6 * 600
 
 
+@pytest.mark.parametrize("method", ["detach", "move"])
 def test_a_cluster_retention_pass_killed_inside_the_drop_is_finished_on_every_shard(
-    sharded_one: Env, cluster: list[devserver.Server]
+    sharded_one: Env, cluster: list[devserver.Server], method: str
 ) -> None:
     """Killed after the first of a partition's parts (shard 1's) was dropped: shard 2's
-    part stays detached until the next pass drops it; no part is attached again, no
-    late rows, and the hot tier keeps the days it should on both shards."""
+    part stays parked (detached, or in shard 2's retiring table: the method Replicated
+    shards need) until the next pass drops it; no part is put back, no late rows, and
+    the hot tier keeps the days it should on both shards."""
     env = sharded_one
+    db = env.ch_database
     for day in range(1, 5):
         insert(env, 300, day * 10_000, f"2025-05-{day:02d} 00:00:00", step_us=60_000_000)
-    env.write_config([env.table("trades", hot_retention="1d")])
+    extra = {}
+    if method == "move":
+        for node in cluster:
+            on = node_env(node, env)
+            full = on.ch(
+                f"SELECT engine_full FROM system.tables WHERE database = '{db}' "
+                "AND name = 'trades_local'"
+            )[0][0]
+            on.ch(retention.retiring_ddl(db, "trades_local", "trades_local_retiring", str(full)))
+        extra["retiring_table"] = "trades_local_retiring"
+    env.write_config([env.table("trades", hot_retention="1d", **extra)])
     assert env.once().ok
     killed = env.cli("retain", extra_env={faults.ENV: "retain_drop_part"})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
-    assert detached_on(env, cluster) == [0, 1]
+    assert detached_on(env, cluster, method) == [0, 1]
     again = env.cli("retain")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "1 of its 2 parts left detached by a stopped pass" in again.stdout, again.stdout
+    parked = "detached" if method == "detach" else "in the retiring table"
+    assert f"1 of its 2 parts left {parked} by a stopped pass" in again.stdout, again.stdout
     assert "LATE ROWS" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
+    assert detached_on(env, cluster, method) == [0, 0]
     assert detached_on(env, cluster) == [0, 0]
     for days in days_on(env, cluster):
         assert days == ["20250504"], days

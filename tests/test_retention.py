@@ -33,11 +33,18 @@ def day(back: int) -> str:
     return (TODAY - dt.timedelta(days=back)).isoformat()
 
 
-def setup(env: Env, *, two_parts: bool = False, **extra: Any) -> None:
+def setup(env: Env, *, two_parts: bool = False, method: str = "detach", **extra: Any) -> None:
     """`t`, partitioned by day, with DAYS days of rows ending at midnight today; with
-    `two_parts`, two parts in every partition (merges, and so mutations, stopped)."""
+    `two_parts`, two parts in every partition (merges, and so mutations, stopped); with
+    method "move", its retiring table `t_retiring` made by the DDL offloader prints."""
     db = env.ch_database
     env.ch(trades_ddl(db, "t", partitioned=True))
+    if method == "move":
+        full = env.ch(
+            f"SELECT engine_full FROM system.tables WHERE database = '{db}' AND name = 't'"
+        )
+        env.ch(retention.retiring_ddl(db, "t", "t_retiring", str(full[0][0])))
+        extra["retiring_table"] = "t_retiring"
     if two_parts:
         env.ch(f"SYSTEM STOP MERGES {db}.t")
     half, step = DAYS * PER_DAY // 2, 30 * 60 * 1_000_000
@@ -56,8 +63,44 @@ def cold_rows(env: Env) -> int:
 
 
 def detached(env: Env) -> list[str]:
-    rows = env.ch(f"SELECT name FROM system.detached_parts WHERE database = '{env.ch_database}'")
+    """The parts retention parked: detached, or in the retiring table."""
+    db = env.ch_database
+    rows = env.ch(f"SELECT name FROM system.detached_parts WHERE database = '{db}'")
+    rows += env.ch(
+        f"SELECT name FROM system.parts WHERE database = '{db}' AND table = 't_retiring' "
+        "AND active AND rows > 0"
+    )
     return [str(r[0]) for r in rows]
+
+
+def test_a_retiring_table_drops_the_verified_partitions_leaving_nothing_behind(
+    env_one: Env,
+) -> None:
+    """The method Replicated tables need, on a plain MergeTree: each verified partition is
+    moved to the retiring table, compared there and dropped there; nothing is left in
+    either table or in detached/, and the rest of offloader sees what the detach method
+    leaves. Without the retiring table, validate and retain name it and print its DDL."""
+    env = env_one
+    setup(env, method="move", view=True)
+    db = env.ch_database
+    validate = env.cli("validate")
+    assert validate.returncode == 0, validate.stdout + validate.stderr
+    assert env.once().ok
+    done = env.cli("retain")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("dropped partition") == DAYS - 3
+    assert hot_rows(env) == 3 * PER_DAY and not detached(env)
+    assert env.ch(f"SELECT count() FROM {db}.t_retiring") == [(0,)]
+    assert cold_rows(env) == DAYS * PER_DAY
+    assert env.ch(f"SELECT count() FROM {db}.t_all") == [(DAYS * PER_DAY,)]
+    again = env.once()
+    assert again.ok and again.tables[0].drifted == [], again.summary()
+    assert env.cli("verify").returncode == 0
+    env.ch(f"DROP TABLE {db}.t_retiring")
+    missing = env.cli("retain")
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert f"its retiring table {db}.t_retiring does not exist; create it" in missing.stdout
+    assert f"CREATE TABLE `{db}`.`t_retiring` AS `{db}`.`t` ENGINE = MergeTree" in missing.stdout
 
 
 def test_drops_exactly_the_verified_old_offloaded_partitions(env: Env) -> None:
@@ -146,14 +189,15 @@ def test_a_late_row_or_an_update_blocks_its_day_until_repaired(env_one: Env) -> 
     assert hot_rows(env) == 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY + 1
 
 
+@pytest.mark.parametrize("method", ["detach", "move"])
 def test_an_insert_racing_the_drop_is_never_lost(
-    env_one: Env, monkeypatch: pytest.MonkeyPatch
+    env_one: Env, monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
-    """A row lands in the partition between the comparison and the drop: the detached
-    parts are not the compared ones, so they are attached again (nothing dropped), and
+    """A row lands in the partition between the comparison and the drop: the parked
+    parts are not the compared ones, so they are put back (nothing dropped), and
     the next pass, once the row is offloaded... is refused while it is a late row."""
     env = env_one
-    setup(env)
+    setup(env, method=method)
     db = env.ch_database
     assert env.once().ok
     detach = retention._Source.detach
@@ -180,25 +224,38 @@ def test_an_insert_racing_the_drop_is_never_lost(
     assert env.ch(f"SELECT count() FROM {db}.t WHERE trade_id = 123456") == [(1,)]
 
 
+@pytest.mark.parametrize("method", ["detach", "move"])
 @pytest.mark.parametrize("point", ["retain_detach", "retain_drop", "retain_drop_part"])
-def test_a_pass_killed_at_each_step_is_finished_or_undone(env_one: Env, point: str) -> None:
-    """Killed before the detach, before the drop, and inside the drop between a
-    partition's two parts: the next pass finishes or undoes it, each partition is either
-    all present or all dropped, and once its drop began it only moves forward (no part
-    attached again into a day recorded as dropped, no false late rows)."""
+def test_a_pass_killed_at_each_step_is_finished_or_undone(
+    env_one: Env, point: str, method: str
+) -> None:
+    """Killed before the park (detach, or move to the retiring table), before the drop,
+    and inside the drop (between a partition's two detached parts; after the retiring
+    table's partition is dropped): the next pass finishes or undoes it, each partition
+    is either all present or all dropped, and once its drop began it only moves forward
+    (no part put back into a day recorded as dropped, no false late rows)."""
     env = env_one
-    setup(env, two_parts=True)
+    setup(env, two_parts=True, method=method)
     assert env.once().ok
     killed = env.cli("retain", extra_env={faults.ENV: point})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert hot_rows(env) >= 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
-    if point == "retain_drop_part":
-        assert len(detached(env)) == 1  # one of the partition's two parts dropped
+    parked = {
+        "retain_detach": 0,
+        "retain_drop": 2,
+        "retain_drop_part": 1 if method == "detach" else 0,
+    }
+    assert len(detached(env)) == parked[point], detached(env)
     again = env.cli("retain")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "stopped pass" in again.stdout, again.stdout
     if point == "retain_drop_part":
-        assert "1 of its 2 parts left detached by a stopped pass" in again.stdout
+        left = (
+            "1 of its 2 parts left detached"
+            if method == "detach"
+            else ("0 of its 2 parts left in the retiring table")
+        )
+        assert f"{left} by a stopped pass" in again.stdout, again.stdout
     assert "LATE ROWS" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
     assert again.stdout.count("dropped partition") == DAYS - 3 - (point != "retain_detach")
     assert hot_rows(env) == 3 * PER_DAY and not detached(env)

@@ -1,34 +1,81 @@
-"""Retention's choices without servers: which tables it refuses, and how a cluster's
-parts are named in an intent and found again on their shard."""
+"""Retention's choices without servers: which tables it refuses, how a cluster's parts
+are named in an intent and found again on their shard, and the statement sequence of
+the retiring-table method on Replicated shards (replication cannot run here: a fake
+ClickHouse plays each replica's tables, as system.parts shows them)."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from offloader.config import TableConfig
 from offloader.errors import SourceSchemaError
-from offloader.ops.retention import _Node, _Source
+from offloader.ops import retention
+from offloader.ops.retention import Decision, Partition, _Node, _Source, retiring_ddl
+from offloader.state import RetentionIntent
 
 pytestmark = pytest.mark.anyio
 
 TABLE = TableConfig(
     source="market.trades", target="cold.trades", watermark="ts", keys=("id",), hot_retention=86400
 )
+RETIRING = replace(TABLE, retiring_table="trades_local_retiring")
+ZK = "ReplicatedMergeTree('/clickhouse/tables/{shard}/market/trades_local', '{replica}')"
+ENGINE_FULL = (
+    f"{ZK} PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, id) SETTINGS index_granularity = 8192"
+)
 
 
 class Session:
-    def __init__(self, engine: str) -> None:
+    """One node's ClickHouse: its tables' engines and active parts (partition id -> part
+    hashes), the statements it ran, and what it answers retention's queries with."""
+
+    def __init__(self, engine: str, parts: dict[str, list[str]] | None = None) -> None:
         self.engine = engine
+        self.tables: dict[str, dict[str, list[str]]] = {"trades_local": parts or {}}
         self.commands: list[str] = []
 
+    def add_retiring(self) -> Session:
+        self.tables["trades_local_retiring"] = {}
+        return self
+
+    async def rows(self, query: str) -> list[tuple[Any, ...]]:
+        if query.startswith("SELECT engine, engine_full"):
+            name = re.search(r"name = '(\w+)'", query)
+            assert name is not None
+            if name[1] not in self.tables and name[1] != "trades":
+                return []
+            full = ENGINE_FULL.replace("ReplicatedMergeTree", self.engine)
+            return [(self.engine, full, "toYYYYMMDD(ts)")]
+        table = re.search(r"AND table = '(\w+)'", query)
+        assert table is not None and "hash_of_all_files" in query, query
+        parts = self.tables[table[1]]
+        if "GROUP BY partition_id" in query:
+            return [(p, p, sorted(h), len(h)) for p, h in parts.items() if h]
+        pid = re.search(r"partition_id = '(\w+)'", query)
+        assert pid is not None
+        return [(h,) for h in parts.get(pid[1], [])]
+
     async def scalar(self, query: str) -> Any:
-        assert "SELECT engine FROM system.tables" in query, query
-        return self.engine
+        return (await self.rows(query))[0][0]
 
     async def command(self, query: str) -> None:
         self.commands.append(query)
+        moved = re.fullmatch(
+            r"ALTER TABLE `market`\.`(\w+)` MOVE PARTITION ID '(\w+)' TO TABLE `market`\.`(\w+)`",
+            query,
+        )
+        dropped = re.fullmatch(r"ALTER TABLE `market`\.`(\w+)` DROP PARTITION ID '(\w+)'", query)
+        if moved:
+            src, pid, dst = moved.groups()
+            self.tables[dst].setdefault(pid, []).extend(self.tables[src].pop(pid, []))
+        elif dropped:
+            self.tables[dropped[1]].pop(dropped[2], None)
+        else:
+            raise AssertionError(f"unexpected statement {query}")
 
 
 class Src:
@@ -46,34 +93,200 @@ class Src:
         return list(enumerate(self._shards, 1))
 
 
+class Store:
+    def __init__(self) -> None:
+        self.intents: list[RetentionIntent | None] = []
+
+    async def retention_intent(self, target: str, intent: RetentionIntent | None) -> None:
+        self.intents.append(intent)
+
+    async def retention_dropping(self, target: str, intent: RetentionIntent) -> None:
+        self.intents.append(intent)
+
+
+def _cluster(one: dict[str, list[str]], two: dict[str, list[str]]) -> tuple[Session, Session]:
+    return (
+        Session("ReplicatedMergeTree", one).add_retiring(),
+        Session("ReplicatedMergeTree", two).add_retiring(),
+    )
+
+
+async def _opened(one: Session, two: Session) -> _Source:
+    src = Src([one, two], Session("Distributed"))
+    return await _Source.open(src, RETIRING)  # type: ignore[arg-type]
+
+
+def _decision(hot_parts: list[str]) -> Decision:
+    import datetime as dt
+
+    day = dt.date(2025, 5, 1)
+    return Decision(
+        Partition("20250501", "20250501", tuple(sorted(hot_parts)), 10),
+        day,
+        day + dt.timedelta(days=1),
+        "candidate",
+    )
+
+
+LOCAL, OUT = "`market`.`trades_local`", "`market`.`trades_local_retiring`"
+MOVE = f"ALTER TABLE {LOCAL} MOVE PARTITION ID '20250501' TO TABLE {OUT}"
+BACK = f"ALTER TABLE {OUT} MOVE PARTITION ID '20250501' TO TABLE {LOCAL}"
+DROP = "ALTER TABLE `market`.`trades_local_retiring` DROP PARTITION ID '20250501'"
+
+
 @pytest.mark.parametrize("sharded", [False, True])
-async def test_a_replicated_table_is_refused_naming_it(sharded: bool) -> None:
+async def test_a_replicated_table_without_a_retiring_table_is_refused_naming_it(
+    sharded: bool,
+) -> None:
     replicated = Session("ReplicatedMergeTree")
     src = Src([Session("MergeTree"), replicated], Session("Distributed")) if sharded else None
     src = src or Src(None, replicated)
     with pytest.raises(SourceSchemaError, match=r"ReplicatedMergeTree market\.trades") as err:
         await _Source.open(src, TABLE)  # type: ignore[arg-type]
     assert "one replica" in str(err.value)
+    assert "/market/trades_local_retiring', '{replica}')" in str(err.value)
+    assert "retiring_table = " in str(err.value)
 
 
-async def test_a_shards_parts_are_dropped_and_attached_on_that_shard() -> None:
+async def test_a_retiring_table_that_is_missing_or_of_another_family_is_refused() -> None:
+    with pytest.raises(SourceSchemaError, match="does not exist on shard 2; create it"):
+        await _opened(Session("ReplicatedMergeTree").add_retiring(), Session("ReplicatedMergeTree"))
+    plain = Session("MergeTree").add_retiring()
+
+    async def replicated_retiring(query: str) -> list[tuple[Any, ...]]:
+        if "'trades_local_retiring'" in query:
+            return [("ReplicatedMergeTree", ENGINE_FULL, "toYYYYMMDD(ts)")]
+        return await Session.rows(plain, query)
+
+    plain.rows = replicated_retiring  # type: ignore[method-assign]
+    with pytest.raises(SourceSchemaError, match="same engine family"):
+        await _opened(plain, Session("MergeTree").add_retiring())
+
+
+def test_the_retiring_table_of_a_replicated_table_has_its_own_zookeeper_path() -> None:
+    ddl = retiring_ddl("market", "trades_local", "trades_local_retiring", ENGINE_FULL)
+    assert ddl == (
+        "CREATE TABLE `market`.`trades_local_retiring` AS `market`.`trades_local` ENGINE = "
+        "ReplicatedMergeTree('/clickhouse/tables/{shard}/market/trades_local_retiring', "
+        "'{replica}') PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, id) "
+        "SETTINGS index_granularity = 8192"
+    )
+    plain = "MergeTree PARTITION BY toYYYYMMDD(ts) ORDER BY (ts, id)"
+    assert retiring_ddl("m", "t", "r", plain).endswith(f"AS `m`.`t` ENGINE = {plain}")
+
+
+async def test_replicated_shards_move_the_partition_out_then_drop_it_there() -> None:
+    """Each shard: MOVE PARTITION to the retiring table (a replicated ALTER: every replica
+    of the shard moves the same parts, so nothing stays in any replica's detached/),
+    compare what arrived with what was verified, then DROP PARTITION there (replicated
+    too). The intent is recorded before the move, the point of no return before the
+    drop."""
+    one, two = _cluster({"20250501": ["h1", "h2"]}, {"20250501": ["h3"]})
+    hot = await _opened(one, two)
+    assert hot.method == "move"
+    store = Store()
+    why = await retention._drop(
+        hot, store, "cold.trades", _decision(["shard 1/h1", "shard 1/h2", "shard 2/h3"])
+    )  # type: ignore[arg-type]
+    assert why is None
+    assert one.commands == [MOVE, DROP] and two.commands == [MOVE, DROP]
+    assert [i.phase if i else None for i in store.intents] == ["detach", "drop", None]
+    assert store.intents[0] is not None and store.intents[0].method == "move"
+    assert one.tables == {"trades_local": {}, "trades_local_retiring": {}}
+
+
+async def test_a_part_inserted_on_one_shard_after_the_comparison_moves_everything_back() -> None:
+    one, two = _cluster({"20250501": ["h1", "h9"]}, {"20250501": ["h3"]})  # h9: the insert
+    hot = await _opened(one, two)
+    store = Store()
+    why = await retention._drop(hot, store, "cold.trades", _decision(["shard 1/h1", "shard 2/h3"]))  # type: ignore[arg-type]
+    assert why is not None and "changed between the comparison and the drop" in why
+    assert one.commands == [MOVE, BACK] and two.commands == [MOVE, BACK]
+    assert sorted(one.tables["trades_local"]["20250501"]) == ["h1", "h9"]
+    assert [i.phase if i else None for i in store.intents] == ["detach", None]
+
+
+async def test_two_parts_of_the_same_rows_are_two_parts() -> None:
+    """Parts are named by their files' hash: two parts of identical rows share one, and
+    are still two (a multiset, not a set), so the partition is dropped, not refused."""
+    one, two = _cluster({"20250501": ["h1", "h1"]}, {})
+    hot = await _opened(one, two)
+    why = await retention._drop(
+        hot, Store(), "cold.trades", _decision(["shard 1/h1", "shard 1/h1"])
+    )  # type: ignore[arg-type]
+    assert why is None and one.commands == [MOVE, DROP]
+
+
+async def test_a_retiring_table_holding_the_partition_already_is_refused() -> None:
+    one, two = _cluster({"20250501": ["h1"]}, {})
+    one.tables["trades_local_retiring"]["20250501"] = ["h0"]
+    hot = await _opened(one, two)
+    store = Store()
+    why = await retention._drop(hot, store, "cold.trades", _decision(["shard 1/h1"]))  # type: ignore[arg-type]
+    assert why is not None and "did not move there" in why
+    assert one.commands == [] and store.intents == []
+
+
+@pytest.mark.parametrize("phase", ["detach", "drop"])
+async def test_a_pass_stopped_between_the_shards_moves_is_undone_or_finished(phase: str) -> None:
+    """Killed after shard 1 moved its parts and before shard 2 did: before the point of
+    no return they are moved back; after it (phase drop, every shard moved) whatever is
+    still in a retiring table is dropped, nothing moved back."""
+    if phase == "detach":
+        one, two = _cluster({}, {"20250501": ["h3"]})
+        one.tables["trades_local_retiring"]["20250501"] = ["h1"]
+    else:
+        one, two = _cluster({}, {})
+        two.tables["trades_local_retiring"]["20250501"] = ["h3"]  # shard 1 dropped already
+    hot = await _opened(one, two)
+    intent = RetentionIntent(
+        "20250501", ("shard 1/h1", "shard 2/h3"), (), "2025-05-02", phase, "move"
+    )
+    store = Store()
+    said = await retention._recover(hot, store, "cold.trades", intent)  # type: ignore[arg-type]
+    if phase == "detach":
+        assert one.commands == [BACK] and two.commands == []
+        assert "put partition 20250501 back" in said
+        assert one.tables["trades_local"]["20250501"] == ["h1"]
+    else:
+        assert one.commands == [] and two.commands == [DROP]
+        assert "1 of its 2 parts left in the retiring table" in said
+    assert store.intents == [None]
+
+
+async def test_an_intent_of_the_other_method_is_not_guessed_at() -> None:
+    one, two = _cluster({}, {})
+    hot = await _opened(one, two)
+    intent = RetentionIntent("20250501", ("shard 1/a_1_1_0",), (), "2025-05-02")
+    with pytest.raises(SourceSchemaError, match="parked by method 'detach'"):
+        await retention._recover(hot, Store(), "cold.trades", intent)  # type: ignore[arg-type]
+    assert RetentionIntent.decode(intent.encode()) == intent
+    old = '["20250501", ["a_1_1_0"], [], "2025-05-02", "drop"]'  # before `method`
+    assert RetentionIntent.decode(old) == replace(intent, parts=("a_1_1_0",), phase="drop")
+
+
+async def test_a_shards_detached_parts_are_dropped_and_attached_on_that_shard() -> None:
     one, two = Session("MergeTree"), Session("MergeTree")
+    recorded: list[str] = []
+
+    async def record(query: str) -> None:
+        recorded.append(query)
+
+    one.command = two.command = record  # type: ignore[method-assign]
     src = Src([one, two], Session("Distributed"))
     hot = await _Source.open(src, TABLE)  # type: ignore[arg-type]
-    assert [n.prefix for n in hot.nodes] == ["shard 1/", "shard 2/"]
-    await hot.drop(["shard 2/20250501_1_1_0", "shard 1/20250501_3_3_0"])
-    await hot.attach(["shard 1/20250502_2_2_0"])
-    assert [c.split(" SETTINGS")[0] for c in two.commands] == [
-        "ALTER TABLE `market`.`trades_local` DROP DETACHED PART '20250501_1_1_0'"
+    assert [n.prefix for n in hot.nodes] == ["shard 1/", "shard 2/"] and hot.method == "detach"
+    await hot.drop("20250501", ["shard 2/20250501_1_1_0", "shard 1/20250501_3_3_0"])
+    await hot.attach("20250502", ["shard 1/20250502_2_2_0"])
+    assert [c.split(" SETTINGS")[0] for c in recorded] == [
+        "ALTER TABLE `market`.`trades_local` DROP DETACHED PART '20250501_3_3_0'",
+        "ALTER TABLE `market`.`trades_local` DROP DETACHED PART '20250501_1_1_0'",
+        "ALTER TABLE `market`.`trades_local` ATTACH PART '20250502_2_2_0'",
     ]
-    assert one.commands[0].startswith(
-        "ALTER TABLE `market`.`trades_local` DROP DETACHED PART '20250501_3_3_0'"
-    )
-    assert one.commands[1] == "ALTER TABLE `market`.`trades_local` ATTACH PART '20250502_2_2_0'"
 
 
 def test_one_servers_parts_keep_their_names() -> None:
     """Intents recorded before clusters name parts without a prefix: still found."""
     node = _Node("", Session("MergeTree"), "market", "trades")  # type: ignore[arg-type]
     hot = _Source(None, TABLE, [node])  # type: ignore[arg-type]
-    assert hot._located(["20250501_1_1_0"]) == [(node, "20250501_1_1_0")]
+    assert hot._located(["20250501_1_1_0"]) == [(node, ["20250501_1_1_0"])]

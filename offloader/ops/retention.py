@@ -28,6 +28,7 @@ import datetime as dt
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -300,15 +301,20 @@ async def check(src: SourceTable, table: TableConfig) -> str:
     )
 
 
+Method = Literal["detach", "move"]
+
+
 @dataclass(frozen=True, slots=True)
 class _Node:
     """A table whose parts retention moves: the source itself, or a Distributed source's
-    local table on one shard (its part names carry `prefix`, "shard N/", in the intent)."""
+    local table on one shard (its parts carry `prefix`, "shard N/", in the intent), and
+    its retiring table (method "move") in the same database."""
 
     prefix: str
     source: Source
     db: str
     name: str
+    retiring: str | None = None
 
     @property
     def where(self) -> str:
@@ -318,32 +324,118 @@ class _Node:
     def qualified(self) -> str:
         return qualified(self.db, self.name)
 
+    @property
+    def retiring_where(self) -> str:
+        assert self.retiring is not None
+        return f"database = {quote_string(self.db)} AND table = {quote_string(self.retiring)}"
+
+    @property
+    def retiring_qualified(self) -> str:
+        assert self.retiring is not None
+        return qualified(self.db, self.retiring)
+
+
+# The statements of each method, on one node, for one partition (pure; the unit tests
+# read the sequence off them). "detach": the partition's parts go to the table's
+# detached/ directory, named as they were. "move": they go to the retiring table (a
+# moved part is renamed there, so parts are named by their files' hash).
+
+
+def parts_query(node: _Node, method: Method) -> str:
+    """Each active partition of the node's table: id, value, its parts as the method
+    names them, rows. A partition moved away leaves empty covering parts behind until
+    ClickHouse removes them: those have no rows and are not the partition's."""
+    named = "name" if method == "detach" else "hash_of_all_files"
+    return (
+        f"SELECT partition_id, any(partition), arraySort(groupArray({named})), sum(rows) "
+        f"FROM system.parts WHERE {node.where} AND active AND rows > 0 GROUP BY partition_id"
+    )
+
+
+def parked_query(node: _Node, method: Method, partition_id: str) -> str:
+    """The parts of the partition where `park_sql` put them."""
+    pid = quote_string(partition_id)
+    if method == "detach":
+        return f"SELECT name FROM system.detached_parts WHERE {node.where} AND partition_id = {pid}"
+    return (
+        f"SELECT hash_of_all_files FROM system.parts WHERE {node.retiring_where} AND active "
+        f"AND rows > 0 AND partition_id = {pid}"
+    )
+
+
+def park_sql(node: _Node, method: Method, partition_id: str) -> str:
+    pid = quote_string(partition_id)
+    if method == "detach":
+        return f"ALTER TABLE {node.qualified} DETACH PARTITION ID {pid}"
+    return (
+        f"ALTER TABLE {node.qualified} MOVE PARTITION ID {pid} TO TABLE {node.retiring_qualified}"
+    )
+
+
+def drop_sql(node: _Node, method: Method, partition_id: str, parts: Sequence[str]) -> list[str]:
+    """Drop the parked `parts` (method "detach": one statement a part; "move": the
+    retiring table's partition, which holds those parts alone)."""
+    if method == "detach":
+        return [
+            f"ALTER TABLE {node.qualified} DROP DETACHED PART {quote_string(p)} "
+            "SETTINGS allow_drop_detached = 1"
+            for p in parts
+        ]
+    pid = quote_string(partition_id)
+    return [f"ALTER TABLE {node.retiring_qualified} DROP PARTITION ID {pid}"] if parts else []
+
+
+def unpark_sql(node: _Node, method: Method, partition_id: str, parts: Sequence[str]) -> list[str]:
+    """Put the parked `parts` back into the node's table."""
+    if method == "detach":
+        return [f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(p)}" for p in parts]
+    pid = quote_string(partition_id)
+    back = (
+        f"ALTER TABLE {node.retiring_qualified} MOVE PARTITION ID {pid} TO TABLE {node.qualified}"
+    )
+    return [back] if parts else []
+
+
+def retiring_ddl(db: str, name: str, retiring: str, engine_full: str) -> str:
+    """The statement that creates `retiring` for the table `name` whose engine clause is
+    `engine_full` (system.tables): the same structure, keys and engine; a Replicated
+    engine gets its own ZooKeeper path (the source's path + "_retiring"), replicas keep
+    their macro. To run on every replica (ON CLUSTER) before retention is turned on."""
+    engine = engine_full
+    match = re.match(r"(Replicated\w*MergeTree)\(\s*'((?:[^'\\]|\\.)*)'(.*)", engine_full, re.S)
+    if match:
+        kind, path, rest = match.groups()
+        engine = f"{kind}('{path}_retiring'{rest}"
+    return f"CREATE TABLE {qualified(db, retiring)} AS {qualified(db, name)} ENGINE = {engine}"
+
 
 class _Source:
     """The source table's partitions and parts, and the statements that move them: on
     one server the table's own; for a Distributed source its local table's on every shard
-    (a partition is the union of its parts on all shards, detached and dropped on each)."""
+    (a partition is the union of its parts on all shards, parked and dropped on each).
+    `method`: "detach" (the default) or "move" (a `retiring_table`: needed on Replicated
+    tables, whose detached parts are each replica's own)."""
 
-    def __init__(self, src: SourceTable, table: TableConfig, nodes: Sequence[_Node]) -> None:
-        self.src, self.table, self.nodes = src, table, tuple(nodes)
+    def __init__(
+        self,
+        src: SourceTable,
+        table: TableConfig,
+        nodes: Sequence[_Node],
+        method: Method = "detach",
+    ) -> None:
+        self.src, self.table, self.nodes, self.method = src, table, tuple(nodes), method
 
     @classmethod
     async def open(cls, src: SourceTable, table: TableConfig) -> _Source:
+        retiring = table.retiring_table
         if src.distributed is None:
-            nodes = [_Node("", src.source, src.database, table.source_table)]
+            nodes = [_Node("", src.source, src.database, table.source_table, retiring)]
         else:
             _, db, local = src.distributed
-            nodes = [_Node(f"shard {n}/", s, db, local) for n, s in await src.shards()]
+            nodes = [_Node(f"shard {n}/", s, db, local, retiring) for n, s in await src.shards()]
         for node in nodes:
-            engine = str(await node.source.scalar(_engine_query(node.db, node.name)))
-            if engine.startswith("Replicated"):
-                raise SourceSchemaError(
-                    f"{table.target}: hot_retention on {engine} {node.db}.{node.name} is not "
-                    "built: DROP DETACHED PART acts on one replica and would leave the other "
-                    "replicas' copies on disk (README 'ClickHouse clusters'); keep a TTL on it",
-                    reason="config",
-                )
-        return cls(src, table, nodes)
+            await _check_node(table, node)
+        return cls(src, table, nodes, "detach" if retiring is None else "move")
 
     async def unit(self) -> Unit:
         first = self.nodes[0]
@@ -360,11 +452,7 @@ class _Source:
     async def partitions(self) -> list[Partition]:
         found: dict[str, tuple[str, list[str], int]] = {}
         for node in self.nodes:
-            rows = await node.source.rows(
-                "SELECT partition_id, any(partition), arraySort(groupArray(name)), sum(rows) "
-                f"FROM system.parts WHERE {node.where} AND active GROUP BY partition_id"
-            )
-            for i, v, names, r in rows:
+            for i, v, names, r in await node.source.rows(parts_query(node, self.method)):
                 _, parts, total = found.get(str(i), (str(v), [], 0))
                 parts = parts + [node.prefix + str(n) for n in names]
                 found[str(i)] = (str(v), parts, total + int(r))
@@ -372,47 +460,78 @@ class _Source:
             Partition(i, v, tuple(sorted(parts)), rows) for i, (v, parts, rows) in found.items()
         ]
 
-    async def detached(self, partition_id: str) -> set[str]:
-        out: set[str] = set()
+    async def detached(self, partition_id: str) -> list[str]:
+        """The partition's parked parts on every node, as the method names them (a
+        multiset: two parts of the same rows have one hash)."""
+        out: list[str] = []
         for node in self.nodes:
-            rows = await node.source.rows(
-                f"SELECT name FROM system.detached_parts WHERE {node.where} "
-                f"AND partition_id = {quote_string(partition_id)}"
-            )
-            out |= {node.prefix + str(r[0]) for r in rows}
-        return out
+            rows = await node.source.rows(parked_query(node, self.method, partition_id))
+            out += [node.prefix + str(r[0]) for r in rows]
+        return sorted(out)
 
     async def detach(self, partition_id: str) -> None:
         for node in self.nodes:
-            await node.source.command(
-                f"ALTER TABLE {node.qualified} DETACH PARTITION ID {quote_string(partition_id)}"
-            )
+            await node.source.command(park_sql(node, self.method, partition_id))
 
-    def _located(self, parts: Sequence[str]) -> list[tuple[_Node, str]]:
-        out = []
+    def _located(self, parts: Sequence[str]) -> list[tuple[_Node, list[str]]]:
+        """`parts` by node, in node order, with the names each node knows them by."""
+        by_node: dict[str, list[str]] = {}
         for part in parts:
             node = next(n for n in reversed(self.nodes) if part.startswith(n.prefix))
-            out.append((node, part[len(node.prefix) :]))
-        return out
+            by_node.setdefault(node.prefix, []).append(part[len(node.prefix) :])
+        return [(n, by_node[n.prefix]) for n in self.nodes if n.prefix in by_node]
 
-    async def drop(self, parts: Sequence[str]) -> None:
-        for node, name in self._located(parts):
-            await node.source.command(
-                f"ALTER TABLE {node.qualified} DROP DETACHED PART {quote_string(name)} "
-                "SETTINGS allow_drop_detached = 1"
-            )
-            faults.point("retain_drop_part")
+    async def drop(self, partition_id: str, parts: Sequence[str]) -> None:
+        for node, names in self._located(parts):
+            for statement in drop_sql(node, self.method, partition_id, names):
+                await node.source.command(statement)
+                faults.point("retain_drop_part")
 
-    async def attach(self, parts: Sequence[str]) -> None:
-        for node, name in self._located(parts):
-            await node.source.command(
-                f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(name)}"
+    async def attach(self, partition_id: str, parts: Sequence[str]) -> None:
+        for node, names in self._located(parts):
+            for statement in unpark_sql(node, self.method, partition_id, names):
+                await node.source.command(statement)
+
+
+async def _check_node(table: TableConfig, node: _Node) -> None:
+    """A Replicated table needs a retiring table (its detached parts are each replica's
+    own); a retiring table must exist in the same engine family and partition key."""
+    engine, full, key = (await node.source.rows(_engine_query(node.db, node.name)))[0]
+    replicated = str(engine).startswith("Replicated")
+    where = f"{table.target}: hot_retention on {engine} {node.db}.{node.name}"
+    if node.retiring is None:
+        if replicated:
+            ddl = retiring_ddl(node.db, node.name, f"{node.name}_retiring", str(full))
+            raise SourceSchemaError(
+                f"{where} needs a retiring table: DROP DETACHED PART acts on one replica and "
+                "would leave the other replicas' copies on disk. Create it on every replica "
+                f"(ON CLUSTER): {ddl}; then set retiring_table = {node.name + '_retiring'!r} "
+                "(README 'ClickHouse clusters')",
+                reason="config",
             )
+        return
+    found = await node.source.rows(_engine_query(node.db, node.retiring))
+    if not found:
+        ddl = retiring_ddl(node.db, node.name, node.retiring, str(full))
+        raise SourceSchemaError(
+            f"{where}: its retiring table {node.db}.{node.retiring} does not exist"
+            + (f" on shard {node.prefix[6:-1]}" if node.prefix else "")
+            + f"; create it (on every replica): {ddl}",
+            reason="config",
+        )
+    theirs, _, their_key = found[0]
+    if str(theirs).startswith("Replicated") != replicated or str(their_key) != str(key):
+        raise SourceSchemaError(
+            f"{where}: its retiring table {node.db}.{node.retiring} is {theirs} partitioned by "
+            f"{their_key or '(nothing)'}; it must be of the same engine family "
+            f"({'Replicated' if replicated else 'not Replicated'}) and partition key ({key})",
+            reason="config",
+        )
 
 
 def _engine_query(db: str, name: str) -> str:
     return (
-        "SELECT engine FROM system.tables WHERE database = "
+        "SELECT engine, engine_full, partition_key FROM system.tables WHERE database = "
         f"{quote_string(db)} AND name = {quote_string(name)}"
     )
 
@@ -550,11 +669,17 @@ async def _differs(
 
 
 async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | None:
-    """Detach the partition, drop its parts if they are exactly those compared, else
-    attach them again. Returns why it did not drop, or None."""
+    """Park the partition (detach it, or move it to the retiring table), drop its parts
+    if they are exactly those compared, else put them back. Returns why it did not
+    drop, or None."""
     before = await hot.detached(d.partition.id)
+    if hot.method == "move" and before:
+        return (
+            f"the retiring table {hot.table.retiring_table} holds {len(before)} parts of "
+            "this partition that retention did not move there; move them back or drop them"
+        )
     intent = RetentionIntent(
-        d.partition.id, d.partition.parts, tuple(sorted(before)), d.after.isoformat()
+        d.partition.id, d.partition.parts, tuple(before), d.after.isoformat(), method=hot.method
     )
     await store.retention_intent(target, intent)
     faults.point("retain_detach")
@@ -562,43 +687,61 @@ async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | N
     return await _finish(hot, store, target, intent)
 
 
+def _ours(parked: Sequence[str], intent: RetentionIntent) -> list[str]:
+    """The parked parts the intent's pass parked (a multiset difference)."""
+    return sorted((Counter(parked) - Counter(intent.detached_before)).elements())
+
+
 async def _finish(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str | None:
-    """The detached parts are the compared ones: record the point of no return (phase
-    `drop` and retained_until, one transaction), then drop them. Else attach them again
+    """The parked parts are the compared ones: record the point of no return (phase
+    `drop` and retained_until, one transaction), then drop them. Else put them back
     (phase `detach`: nothing was dropped yet)."""
-    ours = sorted((await hot.detached(intent.partition)) - set(intent.detached_before))
+    ours = _ours(await hot.detached(intent.partition), intent)
     if ours != sorted(intent.parts):
-        await hot.attach(ours)
+        await hot.attach(intent.partition, ours)
         await store.retention_intent(target, None)
         return (
             "it changed between the comparison and the drop (rows inserted or parts merged): "
-            "attached again, retried next pass"
+            "put back, retried next pass"
         )
     await store.retention_dropping(target, replace(intent, phase=RetentionIntent.DROP))
     faults.point("retain_drop")
-    await hot.drop(ours)
+    await hot.drop(intent.partition, ours)
     await store.retention_intent(target, None)
     return None
 
 
 async def _recover(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str:
     """A pass stopped between its intent and its end. Once its drop began (phase `drop`)
-    it only moves forward: the compared parts still detached are dropped, none is ever
-    attached again (the day is recorded as Iceberg's alone). Before that: finish the
-    drop if the detached parts are the ones compared, else attach them again."""
-    ours = (await hot.detached(intent.partition)) - set(intent.detached_before)
+    it only moves forward: the compared parts still parked are dropped, none is ever
+    put back (the day is recorded as Iceberg's alone). Before that: finish the drop if
+    the parked parts are the ones compared, else put them back."""
+    if intent.method != hot.method:
+        raise SourceSchemaError(
+            f"{target}: a stopped retention pass left partition {intent.partition} parked by "
+            f"method {intent.method!r}, but retiring_table now asks for {hot.method!r}; "
+            "restore the table's retiring_table setting until a pass finishes it",
+            reason="config",
+        )
+    ours = _ours(await hot.detached(intent.partition), intent)
     if intent.phase == RetentionIntent.DROP:
-        left = sorted(ours & set(intent.parts))
-        await hot.drop(left)
+        left = sorted((Counter(ours) & Counter(intent.parts)).elements())
+        await hot.drop(intent.partition, left)
         await store.retention_intent(target, None)
         return (
             f"finished dropping partition {intent.partition} ({len(left)} of its "
-            f"{len(intent.parts)} parts left detached by a stopped pass)"
+            f"{len(intent.parts)} parts left {_parked(hot)} by a stopped pass)"
         )
     if not ours:
         await store.retention_intent(target, None)
         return f"a stopped pass left partition {intent.partition} as it was"
     why = await _finish(hot, store, target, intent)
     if why is None:
-        return f"finished dropping partition {intent.partition}, left detached by a stopped pass"
-    return f"attached partition {intent.partition} again, left detached by a stopped pass"
+        return (
+            f"finished dropping partition {intent.partition}, left {_parked(hot)} by a stopped pass"
+        )
+    return f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass"
+
+
+def _parked(hot: _Source) -> str:
+    return "detached" if hot.method == "detach" else "in the retiring table"
