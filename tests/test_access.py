@@ -206,6 +206,30 @@ def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) 
     )
 
 
+def test_retention_through_a_retiring_table_with_the_listed_grants(secured: Env) -> None:
+    """The retention grant covers the retiring-table method too (MOVE PARTITION to it and
+    back, DROP PARTITION there, both tables in the source's database); without it the
+    pass names the grant and keeps every row."""
+    env = secured
+    trades(env, 10_000)
+    env.ch(f"CREATE TABLE {SRC}.trades_retiring AS {SRC}.trades")
+    table = {"partition_by": ["day(exchange_ts)"], "hot_retention": "1d"}
+    configure(env, "offloader_no_retention", retiring_table="trades_retiring", **table)
+    assert env.once().ok
+    refused = env.cli("retain")
+    assert refused.returncode == 1 and "Not enough privileges" in refused.stdout, refused.stdout
+    assert env.ch(f"SELECT count() FROM {SRC}.trades") == [(10_000,)]
+    configure(env, "offloader", retiring_table="trades_retiring", **table)
+    retain = env.cli("retain")
+    assert retain.returncode == 0, retain.stdout + retain.stderr
+    assert retain.stdout.count("dropped partition") >= 5, retain.stdout
+    assert env.ch(f"SELECT count() FROM {SRC}.trades_retiring") == [(0,)]
+    everything = env.ch(f"SELECT {ALL} FROM {SRC}.trades")[0]
+    assert everything[0] < 10_000
+    cold = env.iceberg_arrow(env.config().table("cold.trades")).num_rows
+    assert cold == 10_000
+
+
 @pytest.mark.parametrize("missing", sorted(GRANTS))
 def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: str) -> None:
     env = secured

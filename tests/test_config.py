@@ -103,6 +103,16 @@ def test_base_config(tmp_path: Path) -> None:
         ('password = "${CH_PASS:-}"', 'password = "${CH_PASS}"', "refers to ${CH_PASS}"),
         ("enabled = true", 'enabled = "yes"', "enabled must be true or false"),
         ("port = 9000", 'port = 9000\nhttp_compression = "zstd"', "http_compression must be"),
+        (
+            "enabled = true",
+            'enabled = true\nretiring_table = "bronze_retiring"',
+            "retiring_table is used by hot_retention, which is not set",
+        ),
+        (
+            "enabled = true",
+            'enabled = true\nhot_retention = "7d"\nretiring_table = "market.r"',
+            "retiring_table must be a table name (no database",
+        ),
     ],
 )
 def test_mistakes_are_one_clear_line(tmp_path: Path, old: str, new: str, message: str) -> None:

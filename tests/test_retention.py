@@ -85,6 +85,7 @@ def test_a_retiring_table_drops_the_verified_partitions_leaving_nothing_behind(
     db = env.ch_database
     validate = env.cli("validate")
     assert validate.returncode == 0, validate.stdout + validate.stderr
+    assert "partitions of 'exchange_ts' (through t_retiring)" in validate.stdout, validate.stdout
     assert env.once().ok
     done = env.cli("retain")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -292,12 +292,14 @@ async def retain(
 async def check(src: SourceTable, table: TableConfig) -> str:
     """`offloader validate`: what one partition of the source spans, or SourceSchemaError
     naming the table and the partition key offloader cannot drop by."""
-    unit = await (await _Source.open(src, table)).unit()
+    hot = await _Source.open(src, table)
+    unit = await hot.unit()
     assert table.hot_retention is not None
     where = " on every shard" if src.distributed is not None else ""
+    via = f" (through {table.retiring_table})" if hot.method == "move" else ""
     return (
         f"hot_retention {table.hot_retention / SECONDS_PER_DAY:g}d: drops {unit} partitions of "
-        f"{table.watermark!r}{where} once Iceberg verifiably holds them"
+        f"{table.watermark!r}{where}{via} once Iceberg verifiably holds them"
     )
 
 
