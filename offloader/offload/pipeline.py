@@ -160,8 +160,12 @@ class TableRun:
             cold = view.ColdSide.of(self.ice)
         views = self.services.views
         spec = view.spec_of(self.src, table, cold, self.seq)
-        current = known is not None and known.error is None
-        if current and known is not None and known.signature == spec.signature(cold, views):
+        current = (
+            known is not None
+            and known.error is None
+            and known.signature == spec.signature(cold, views)
+        )
+        if current and await view.on_every_node(self.src, spec, cold):
             return
         self.report.view_error = await view.keep(
             self.src,

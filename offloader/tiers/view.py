@@ -283,10 +283,9 @@ def view_ddl(
             f"{hot_sql} WHERE {keyset_after(spec.order, spec.position)}\n"
             f"UNION ALL\nSELECT {', '.join(cold_cols)} FROM {reader}"
         )
-        at = f"offloader: both tiers at commit {spec.seq}, position {cursor.dumps(spec.position)}"
     else:
         body = hot_sql
-        at = "offloader: nothing offloaded yet, the hot table only"
+    at = view_comment(spec, reader is not None)
     return (
         f"CREATE OR REPLACE VIEW {qualified_name(spec.name)} "
         f"DEFINER = CURRENT_USER SQL SECURITY DEFINER AS\n{body}\nCOMMENT {quote_string(at)}"
@@ -467,6 +466,38 @@ async def keep(
     except OffloaderError:
         log.warning("could not record the view's failure", extra={"table": target}, exc_info=True)
     return error
+
+
+def view_comment(spec: ViewSpec, cold: bool) -> str:
+    """The comment a view's DDL gives it: the pair it reads (status and the tests read
+    the commit off it), or that it reads the hot table only."""
+    if spec.position is not None and cold:
+        return f"offloader: both tiers at commit {spec.seq}, position {cursor.dumps(spec.position)}"
+    return "offloader: nothing offloaded yet, the hot table only"
+
+
+async def on_every_node(src: SourceTable, spec: ViewSpec, cold: ColdSide | None) -> bool:
+    """For a Distributed source: whether every node of its cluster has the view as it was
+    last replaced (one query: system.tables on every replica through clusterAllReplicas,
+    against system.clusters). A node rebuilt or restored without it, or left at another
+    commit, makes the run replace it everywhere. True for another source, and when the
+    cluster cannot be asked (status --check names such a node)."""
+    if src.cluster is None:
+        return True
+    db, _, name = spec.name.rpartition(".")
+    cluster = quote_string(src.cluster)
+    query = (
+        "SELECT (SELECT count() FROM (SELECT DISTINCT host_address, port FROM system.clusters "
+        f"WHERE cluster = {cluster})), (SELECT count() FROM clusterAllReplicas({cluster}, "
+        f"system.tables) WHERE database = {quote_string(db)} AND name = {quote_string(name)} "
+        f"AND comment = {quote_string(view_comment(spec, cold is not None))})"
+    )
+    try:
+        nodes, current = (await src.source.rows(query))[0]
+    except OffloaderError as exc:
+        log.warning("could not check the view on the cluster's nodes", extra={"error": str(exc)})
+        return True
+    return int(current) >= int(nodes)
 
 
 async def cluster_nodes(src: SourceTable, clickhouse: ClickHouseConfig) -> list[ClickHouseConfig]:
