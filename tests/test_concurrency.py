@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 TABLES = ["c1", "c2", "c3", "c4"]
 
 
-def test_three_workers_share_tables_exactly_once(env: Env) -> None:
+def test_three_workers_share_tables_exactly_once(env_long: Env) -> None:
+    env = env_long
     for name in TABLES:
         env.create_trades(name)
         env.insert_trades(name, 30_000, first_id=1, start="2026-01-01 00:00:00")

@@ -45,7 +45,8 @@ def test_clickhouse_stopped_mid_cycle(pg_database: str, tmp_path: Path) -> None:
         devserver.stop(tmp_path / "ch")
 
 
-def test_postgres_connections_killed_mid_cycle(env: Env) -> None:
+def test_postgres_connections_killed_mid_cycle(env_long: Env) -> None:
+    env = env_long
     for name in ("k1", "k2"):
         env.create_trades(name)
         env.insert_trades(name, 600_000, first_id=1, start="2026-01-01 00:00:00")

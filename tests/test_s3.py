@@ -89,8 +89,9 @@ def test_missing_bucket_and_wrong_credentials_are_clear(
 
 
 def test_object_store_stops_mid_append_then_recovers(
-    env: Env, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    env_long: Env, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    env = env_long
     env.create_trades("stop")
     env.insert_trades("stop", 800_000, first_id=1, start="2026-01-01 00:00:00")
     catalog = production(env, s3_server, monkeypatch)
@@ -114,8 +115,9 @@ def test_object_store_stops_mid_append_then_recovers(
 
 
 def test_two_writers_on_the_postgres_catalog(
-    env: Env, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    env_long: Env, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    env = env_long
     for name in ("w1", "w2", "w3"):
         env.create_trades(name)
         env.insert_trades(name, 60_000, first_id=1, start="2026-01-01 00:00:00")
@@ -133,12 +135,13 @@ def test_two_writers_on_the_postgres_catalog(
 
 
 def test_object_store_killed_and_restarted(
-    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env_long: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The object store's process SIGKILLed while a run writes its pages (after its
     first commit), then restarted on the same data: the run fails with a clear reason,
     nothing half-committed; the next run continues; every row once. Then the store
     stopped (SIGSTOP) for a compaction: it fails, and succeeds once the store is back."""
+    env = env_long
     store = devstore.start(tmp_path / "s3")
     server = S3Server(store.endpoint, store.access_key, store.secret_key, store.pid)
     try:
