@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,6 +320,58 @@ def test_the_view_is_kept_on_every_node(sharded: Env, cluster: list[devserver.Se
         reader = node_env(node, env)
         assert "commit 2," in reader.ch(comment)[0][0], node
         assert reader.ch(f"SELECT {every} FROM {db}.trades_all") == source, node
+
+
+def test_the_view_is_exact_on_every_node_at_every_read_while_rows_stream_in(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """12 cycles read shard by shard, rows arriving on both shards before each (ties on
+    the watermark across shards), pages of 900 rows and appends of two: a reader on each
+    node queries that node's view in a loop all the while, and every read equals the
+    Distributed table (count and the hash of every row), while commits and the view
+    replacements on both nodes go on. Any error a reader meets fails the test."""
+    env = sharded_one
+    db = env.ch_database
+    env.write_config([env.table("trades", view=True, batch_rows=900, append_rows=1800, lag="0s")])
+    every = "count(), sum(cityHash64(*))"
+    assert env.once().ok  # nothing yet: the view is the Distributed table, on each node
+    stop = threading.Event()
+    quiet = threading.Lock()  # held while rows are inserted: the source changes then
+    reads = [0 for _ in cluster]
+    wrong: list[str] = []
+
+    def reader(index: int) -> None:
+        on = node_env(cluster[index], env)
+        while not stop.is_set():
+            with quiet:
+                try:
+                    got = on.ch(
+                        f"SELECT (SELECT {every} FROM {db}.trades_all), "
+                        f"(SELECT {every} FROM {db}.trades)"
+                    )[0]
+                except Exception as exc:
+                    wrong.append(f"node {index + 1}: {exc!r}")
+                    continue
+            reads[index] += 1
+            if got[0] != got[1]:
+                wrong.append(f"node {index + 1}: view {got[0]} != source {got[1]}")
+
+    threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for cycle in range(12):
+            with quiet:
+                insert(env, 1_000 + 97 * cycle, 1 + cycle * 10_000, f"2025-06-01 {cycle:02d}:00:00")
+            report = env.once()
+            assert report.ok and report.tables[0].view_error is None, report.summary()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not wrong, wrong[:5]
+    assert min(reads) >= 12, reads
+    assert env.assert_tiers_equal("cold.trades") == sum(1_000 + 97 * c for c in range(12))
 
 
 def test_validate_probes_the_view_on_every_node(
