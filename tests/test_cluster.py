@@ -20,8 +20,9 @@ import pytest
 from offloader import faults
 from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
+from offloader.iceberg import IcebergCatalog
 from offloader.ops import retention
-from tests.helpers import Env, trades_rows
+from tests.helpers import Env, independent_reads, trades_rows
 
 pytestmark = pytest.mark.integration
 
@@ -149,6 +150,16 @@ def test_a_sharded_source_offloads_every_row_once(
     assert env.cli("verify").returncode == 0
     through, local = page_queries(env, cluster)
     assert through == 0 and local >= 5, (through, local)
+    # Readers nobody here wrote (icebergLocal, DuckDB) read the shard pages' files equal
+    # to the Distributed table.
+    ice = IcebergCatalog(env.config().catalog).load("cold.trades")
+    assert ice is not None
+    query = "SELECT count(*), sum(trade_id), count(DISTINCT trade_id) FROM {t}"
+    got = independent_reads(ice.table.location(), ice.table.metadata_location, query)
+    [(count, ids, distinct)] = env.ch(
+        f"SELECT count(), sum(trade_id), uniqExact(trade_id) FROM {env.ch_database}.trades"
+    )
+    assert got == [f"{count},{ids},{distinct}"] * 2, got
 
 
 def test_a_sharded_source_read_through_the_distributed_table(
