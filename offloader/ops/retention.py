@@ -346,11 +346,15 @@ class _Node:
 def parts_query(node: _Node, method: Method) -> str:
     """Each active partition of the node's table: id, value, its parts as the method
     names them, rows. A partition moved away leaves empty covering parts behind until
-    ClickHouse removes them: those have no rows and are not the partition's."""
-    named = "name" if method == "detach" else "hash_of_all_files"
+    ClickHouse removes them: with method "move" parts without rows are not counted
+    (on either side: the moved ones are counted the same way)."""
+    if method == "detach":
+        named, where = "name", node.where
+    else:
+        named, where = "hash_of_all_files", f"{node.where} AND rows > 0"
     return (
         f"SELECT partition_id, any(partition), arraySort(groupArray({named})), sum(rows) "
-        f"FROM system.parts WHERE {node.where} AND active AND rows > 0 GROUP BY partition_id"
+        f"FROM system.parts WHERE {where} AND active GROUP BY partition_id"
     )
 
 
