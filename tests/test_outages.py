@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -12,6 +13,7 @@ import pytest
 
 from offloader.config import ClickHouseConfig
 from offloader.dev import devserver
+from offloader.offload import pipeline
 from offloader.source.native import ClickHouseSession
 from tests.conftest import make_env
 from tests.helpers import Env, wait_for_log
@@ -101,20 +103,35 @@ def test_catalog_unavailable_then_back(env: Env) -> None:
     assert env.assert_tiers_equal("cold.cat") == 1_000
 
 
-def test_table_timeout_keeps_committed_progress(env: Env) -> None:
+def test_table_timeout_keeps_committed_progress(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run cut by table_timeout keeps what it committed (in Iceberg and as the
+    watermark), and the next run offloads only the rest. Each commit is followed by a
+    pause longer than the timeout, so the deadline falls after the first commit on any
+    machine that makes that commit within the timeout."""
+    total = 100_000
     env.create_trades("slow")
-    env.insert_trades("slow", 1_500_000, first_id=1, start="2026-01-01 00:00:00")
-    env.write_config(
-        [env.table("slow", batch_rows=10_000, append_rows=50_000)], service={"table_timeout": "1s"}
-    )
+    env.insert_trades("slow", total, first_id=1, start="2026-01-01 00:00:00")
+    table = {"batch_rows": 10_000, "append_rows": 20_000}
+    env.write_config([env.table("slow", **table)], service={"table_timeout": "5s"})
+    commit = pipeline.TableRun._commit
+
+    async def slow_commit(self: Any, *args: Any, **kwargs: Any) -> Any:
+        done = await commit(self, *args, **kwargs)
+        await anyio.sleep(30)
+        return done
+
+    monkeypatch.setattr(pipeline.TableRun, "_commit", slow_commit)
     first = env.once()
     [t] = first.tables
     assert t.status == "failed" and t.reason == "timeout", t
-    assert "table_timeout of 1s exceeded" in (t.error or "")
-    env.write_config([env.table("slow", batch_rows=10_000, append_rows=50_000)])
-    assert env.once().ok
+    assert "table_timeout of 5s exceeded" in (t.error or "")
+    assert 0 < t.rows < total and t.snapshots > 0, t  # committed before the deadline
+    assert env.iceberg_arrow(env.config().table("cold.slow")).num_rows == t.rows
+    monkeypatch.setattr(pipeline.TableRun, "_commit", commit)
+    rest = env.once()
+    assert rest.ok and rest.tables[0].rows == total - t.rows, rest.summary()
     assert env.cli("verify").returncode == 0
-    assert env.assert_tiers_equal("cold.slow") == 1_500_000
+    assert env.assert_tiers_equal("cold.slow") == total
 
 
 @pytest.fixture
