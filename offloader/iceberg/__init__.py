@@ -5,7 +5,12 @@ process that never writes (an idle cycle, `status` of PostgreSQL) does not pay f
     catalog.py      IcebergCatalog: open, create or evolve tables; describe a schema
     table.py        IcebergTable: write data files, commit them with the offloader
                     marker (compare-and-set), read the newest marker
-    maintenance.py  compaction, repair's file replacement, expiry, orphans, shape
+    files.py        what a table holds (live files, per-day counts, shape), snapshot
+                    expiry and orphan files
+    rewrite.py      compaction's and repair's file replacement, carrying the marker
+    compaction.py   which files compaction rewrites (pure)
+    footer.py       the Parquet footer's field ids (the parquet transport's pages)
+    compat.py       the pyiceberg private names offloader relies on, checked
 
 Every call blocks (catalog SQL, Parquet writes), so the pipeline runs them in worker
 threads. Each offloader commit carries the watermark, a commit sequence number and the

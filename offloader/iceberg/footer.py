@@ -25,7 +25,7 @@ from offloader.errors import SinkError
 MAGIC = b"PAR1"
 # parquet.thrift's ConvertedType values of the groups whose one child is a wrapper
 # (the repeated group holding a list's element, a map's key and value).
-_LIST, _MAP, _MAP_KEY_VALUE = 3, 1, 2
+_LIST, _MAP = 3, 1
 
 
 def load() -> None:
@@ -75,24 +75,6 @@ def with_field_ids(body: bytes, mapping: Sequence[Any], what: str) -> tuple[int,
     factory, _, serialize = _codec()
     rewritten: bytes = serialize(meta, factory)
     return len(body) - 8 - length, rewritten + len(rewritten).to_bytes(4, "little") + MAGIC
-
-
-def field_ids(body: bytes, what: str) -> dict[str, int | None]:
-    """Each schema element's dotted path and its field id (None: none), root excluded."""
-    meta, _ = footer(body, what)
-    out: dict[str, int | None] = {}
-    elements = iter(meta.schema)
-    root = next(elements)
-
-    def walk(count: int, prefix: str) -> None:
-        for _ in range(count):
-            element = next(elements)
-            path = f"{prefix}{element.name}"
-            out[path] = element.field_id
-            walk(element.num_children or 0, path + ".")
-
-    walk(root.num_children or 0, "")
-    return out
 
 
 def _assign(schema: list[Any], mapping: Sequence[Any], what: str) -> None:
