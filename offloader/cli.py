@@ -337,7 +337,7 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             or s.ttl_warning
             or s.drifted_days
             or s.view_problem
-            or (s.retention_last or {}).get("result") == "failed"
+            or (s.retention_last or {}).get("result") == Status.FAILED
         )
     ]
     for s in bad:
@@ -356,7 +356,7 @@ async def _status(cfg: Config, args: argparse.Namespace) -> int:
             + (f", {s.view_problem}" if s.view_problem else "")
             + (
                 f", last retention pass failed: {(s.retention_last or {}).get('error')}"
-                if (s.retention_last or {}).get("result") == "failed"
+                if (s.retention_last or {}).get("result") == Status.FAILED
                 else ""
             ),
             file=sys.stderr,

@@ -183,4 +183,4 @@ class TableReport:
 # found a difference, or rows arrived in days already dropped.
 REFUSAL_REASONS = ("differ", "changed", "verify", "late")
 # A pass per table (offloader_retention_passes_total{result}, RetentionReport.result).
-RETENTION_RESULTS = ("ok", "refused", "failed", "skipped")
+RETENTION_RESULTS = (Status.OK, Status.REFUSED, Status.FAILED, Status.SKIPPED)

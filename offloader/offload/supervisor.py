@@ -131,7 +131,7 @@ async def offload_table(
     if services.progress is not None:
         services.progress.finish(table.target, report.status)
     # Logged last, once the run is recorded, so `status` agrees with the log line.
-    event = {"failed": log.error, "skipped": log.info}.get(report.status, log.info)
+    event = {Status.FAILED: log.error, Status.SKIPPED: log.info}.get(report.status, log.info)
     event(
         f"table {report.status}",
         extra={

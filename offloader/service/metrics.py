@@ -350,7 +350,7 @@ class Metrics:
 
 
 # The results of a table's maintenance pass (maintenance.MaintenanceReport.status).
-MAINTENANCE_RESULTS = ("ok", "failed", "skipped", "missing")
+MAINTENANCE_RESULTS = (Status.OK, Status.FAILED, Status.SKIPPED, Status.MISSING)
 
 
 def _remove(metric: Any, *labels: str) -> None:
