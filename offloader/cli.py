@@ -206,6 +206,20 @@ def build_parser() -> _Parser:
     )
     retain.add_argument("--json", action="store_true", help="print the reports as JSON")
 
+    add = sub.add_parser(
+        "add",
+        help="propose [[tables]] blocks from ClickHouse's metadata, check them live, append "
+        "them to the config",
+    )
+    add.add_argument("sources", nargs="*", metavar="SOURCE", help="database.table to add")
+    add.add_argument(
+        "--all", metavar="DATABASE", help="also every readable table of DATABASE not yet added"
+    )
+    add.add_argument("--namespace", help="Iceberg namespace of the targets (default: the usual)")
+    add.add_argument(
+        "--dry-run", action="store_true", help="print the blocks, write nothing to the config"
+    )
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -410,6 +424,14 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+async def _add(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.ops import onboard
+
+    if not args.sources and not args.all:
+        raise ConfigError("add: name a source (database.table) or --all DATABASE")
+    return await onboard.add(cfg, args.sources, args.all, args.namespace, args.dry_run)
+
+
 async def _reset(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.iceberg import IcebergCatalog
     from offloader.postgres.watermarks import Watermarks
@@ -572,6 +594,7 @@ async def _retain(cfg: Config, args: argparse.Namespace) -> int:
 
 
 _COMMANDS: dict[str, Any] = {
+    "add": _add,
     "verify": _verify,
     "expire": _expire,
     "maintain": _maintain,

@@ -540,3 +540,25 @@ def test_a_cluster_retention_pass_killed_inside_the_drop_is_finished_on_every_sh
     assert env.once().ok
     verify = env.cli("verify")
     assert verify.returncode == 0 and "LATE" not in verify.stdout, verify.stdout
+
+
+def test_add_proposes_a_distributed_source_read_shard_by_shard(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """`offloader add --all` proposes the Distributed table (from its local table's keys
+    and partitioning), not the local table it reads, and the block offloads every row."""
+    env = sharded_one
+    insert(env, 600, 1, "2026-01-01 00:00:00")
+    env.write_config([])
+    result = env.cli("add", "--all", env.ch_database)
+    assert result.returncode == 0, result.stderr
+    (table,) = env.config().tables
+    assert table.source == f"{env.ch_database}.trades"
+    assert (table.watermark, table.keys, table.distributed) == (
+        "exchange_ts",
+        ("trade_id",),
+        "shards",
+    )
+    assert [str(p) for p in table.partition_by] == ["day(exchange_ts)"]
+    assert env.once().ok
+    assert env.assert_tiers_equal(table.target) == 600 == sum(shard_counts(env, cluster))
