@@ -124,9 +124,11 @@ def build_parser() -> _Parser:
 
     once = sub.add_parser("once", help="run one cycle over every enabled table and exit")
     once.add_argument("--json", action="store_true", help="print the cycle report as JSON")
+    once.add_argument("--worker", type=worker_share, help=argparse.SUPPRESS)
 
     run = sub.add_parser("run", help="run as a service: a cycle on every aligned interval")
     run.add_argument("--now", action="store_true", help="run a first cycle immediately")
+    run.add_argument("--worker", type=worker_share, help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="per-table watermark, last run and lag")
     status.add_argument("--json", action="store_true", help="print JSON")
@@ -306,11 +308,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def worker_share(text: str) -> tuple[int, int]:
+    from offloader.service.workers import parse_worker
+
+    try:
+        return parse_worker(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _worker_options(cfg: Config, args: argparse.Namespace) -> list[str]:
+    """The global options a worker process of this command is started with."""
+    return ["--config", cfg.path, "--log-level", args.log_level] + (
+        ["--log-format", args.log_format] if args.log_format else []
+    )
+
+
 async def _once(cfg: Config, args: argparse.Namespace) -> int:
     from offloader import progress
     from offloader.offload.supervisor import run_once
+    from offloader.service import workers
 
-    if progress.wanted(args.json):
+    if args.worker:
+        cfg = workers.share(cfg, *args.worker)
+    count = 1 if args.worker else workers.worker_count(cfg)
+    if count > 1:
+        report = await workers.once(cfg, count, _worker_options(cfg, args))
+    elif progress.wanted(args.json):
         with progress.TerminalProgress() as bars:
             report = await run_once(cfg, progress=bars)
     else:
@@ -323,9 +347,13 @@ async def _once(cfg: Config, args: argparse.Namespace) -> int:
 
 
 async def _run(cfg: Config, args: argparse.Namespace) -> int:
+    from offloader.service import workers
     from offloader.service.scheduler import serve
 
-    return await serve(cfg.path, cfg, run_now=args.now)
+    count = 1 if args.worker else workers.worker_count(cfg)
+    if count > 1:
+        return await workers.run(count, _worker_options(cfg, args), args.now)
+    return await serve(cfg.path, cfg, run_now=args.now, worker=args.worker)
 
 
 async def _status(cfg: Config, args: argparse.Namespace) -> int:

@@ -119,6 +119,10 @@ class ServiceConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     lag_alert: float = 3600.0
+    # Worker processes of `run` and `once`, each offloading its share of the tables on
+    # its own core (service/workers.py); 0 ("auto"): one per core, at most one per
+    # max_parallel_tables enabled tables.
+    workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,9 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
         metrics_port=reader.optional_integer(svc, "offloader", "metrics_port", 0, 65535),
         metrics_host=reader.string(svc, "offloader", "metrics_host", d.metrics_host),
         lag_alert=reader.duration(svc, "offloader", "lag_alert", d.lag_alert, minimum=1.0),
+        workers=0
+        if svc.get("workers", "auto") == "auto"
+        else reader.integer(svc, "offloader", "workers", d.workers, 1, 64),
     )
     reader.reject_unknown(svc, "offloader", set(ServiceConfig.__slots__))
 

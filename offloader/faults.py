@@ -17,6 +17,8 @@ import os
 import signal
 
 ENV = "OFFLOADER_TEST_KILL_AT"
+# With workers (service/workers.py): only the worker of this index dies.
+WORKER = "OFFLOADER_TEST_KILL_WORKER"
 POINTS = ("read", "convert", "write", "iceberg_commit", "watermark_txn", "view_replace")
 MAINTENANCE_POINTS = ("compact_write", "compact_commit", "expire", "orphan_delete")
 _hits: dict[str, int] = {}
@@ -28,6 +30,9 @@ def point(name: str) -> None:
         return
     target, _, nth = spec.partition(":")
     if target != name:
+        return
+    only = os.environ.get(WORKER)
+    if only is not None and only != os.environ.get("OFFLOADER_WORKER"):
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] >= int(nth or 1):

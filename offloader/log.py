@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 
+# A worker process's index (service/workers.py sets it), on each of its lines: the
+# workers of one service write to one stream.
+_WORKER = os.environ.get("OFFLOADER_WORKER")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -31,6 +35,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if _WORKER is not None:
+            event["worker"] = int(_WORKER)
         event.update(_fields(record))
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
@@ -43,7 +49,8 @@ class TextFormatter(logging.Formatter):
         fields = _fields(record)
         table = fields.pop("table", None)
         report = fields.pop("report", None)
-        head = f"{ts} {record.levelname:<7} " + (f"[{table}] " if table else "")
+        head = f"{ts} {record.levelname:<7} " + (f"w{_WORKER} " if _WORKER else "")
+        head += f"[{table}] " if table else ""
         text = head + record.getMessage()
         if fields:
             text += " " + " ".join(f"{k}={_short(v)}" for k, v in fields.items())

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
@@ -176,6 +176,14 @@ class TableReport:
             d["lag_seconds"] = None if self.lag_seconds is None else round(self.lag_seconds, 3)
         d["stages"] = {k: round(v, 3) for k, v in self.stages.items()}
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TableReport:
+        """The report `as_dict` gave (a worker process's, read back by `once`)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        values["status"] = Status(d["status"])
+        return cls(**values)
 
 
 # Why a partition was not dropped (offloader_retention_refusals_total{reason}): the tiers

@@ -26,6 +26,7 @@ from offloader.errors import ConfigError, TableError
 from offloader.offload.supervisor import run_cycle
 from offloader.report import Status
 from offloader.service.metrics import Metrics
+from offloader.service.workers import share
 from offloader.tiers.services import open_services
 
 if TYPE_CHECKING:
@@ -84,9 +85,21 @@ def sd_notify(message: str) -> bool:
     return True
 
 
+async def watchdog() -> None:
+    """Ping systemd's watchdog at half its period, when the unit sets one."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec:
+        return
+    period = int(usec) / 1e6 / 2
+    while True:
+        sd_notify("WATCHDOG=1")
+        await anyio.sleep(period)
+
+
 class Service:
-    def __init__(self, path: str, cfg: Config) -> None:
+    def __init__(self, path: str, cfg: Config, worker: tuple[int, int] | None = None) -> None:
         self.path = path
+        self.worker = worker  # (index, count): a worker process runs its share of the tables
         self.cfg = cfg
         self.stopping = anyio.Event()
         self.wake = anyio.Event()
@@ -107,6 +120,8 @@ class Service:
                 "config reload rejected; keeping the last good config", extra={"error": str(exc)}
             )
             return
+        if self.worker is not None:
+            new = share(new, *self.worker)
         before = {t.target for t in self.cfg.enabled_tables}
         after = {t.target for t in new.enabled_tables}
         if new != self.cfg:
@@ -143,15 +158,6 @@ class Service:
                     await anyio.sleep_forever()
                 log.warning("shutdown grace period over: cancelling the cycle")
                 scope.cancel()
-
-    async def watchdog(self) -> None:
-        usec = os.environ.get("WATCHDOG_USEC")
-        if not usec:
-            return
-        period = int(usec) / 1e6 / 2
-        while True:
-            sd_notify("WATCHDOG=1")
-            await anyio.sleep(period)
 
     async def cycle(self) -> None:
         cfg = self.cfg
@@ -277,8 +283,14 @@ async def _guarded(name: str, run: Callable[[], Awaitable[list[T]]]) -> list[T] 
     return None
 
 
-async def serve(path: str, cfg: Config, *, run_now: bool = False) -> int:
-    service = Service(path, cfg)
+async def serve(
+    path: str, cfg: Config, *, run_now: bool = False, worker: tuple[int, int] | None = None
+) -> int:
+    """`offloader run` in this process (with `worker`: as worker process I of N, on its
+    share of the tables, workers.py)."""
+    if worker is not None:
+        cfg = share(cfg, *worker)
+    service = Service(path, cfg, worker)
     server = None
     if cfg.service.metrics_port is not None:
         server = service.metrics.serve(cfg.service.metrics_host, cfg.service.metrics_port)
@@ -288,12 +300,13 @@ async def serve(path: str, cfg: Config, *, run_now: bool = False) -> int:
             "config": path,
             "tables": len(cfg.enabled_tables),
             "interval_seconds": cfg.service.interval,
+            **({"worker": worker[0]} if worker else {}),
         },
     )
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(service.signals, tg.cancel_scope)
-            tg.start_soon(service.watchdog)
+            tg.start_soon(watchdog)
             sd_notify("READY=1")
             await service.loop(run_now)
             tg.cancel_scope.cancel()
