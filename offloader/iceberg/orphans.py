@@ -80,11 +80,12 @@ class Survey:
         example = min(foreign, key=lambda p: (foreign[p], p))
         raise SinkError(
             f"{self.target}: the table's location {self.location} also holds the metadata of "
-            f"another Iceberg table (table-uuid {', '.join(others)}; e.g. {example}); this "
-            f"table's uuid is {self.own_uuid}. Two catalogs place a table there (two "
-            "deployments sharing one warehouse and target name?), so maintenance deletes "
-            "nothing in it: give each deployment its own warehouse ([iceberg.catalog] "
-            "warehouse) or target name; if the other table was dropped, delete its files there",
+            f"another Iceberg table (table-uuid {', '.join(others)}; e.g. "
+            f"{self.scheme}://{example}); this table's uuid is {self.own_uuid}. Two catalogs "
+            "place a table there (two deployments sharing one warehouse and target name?), "
+            "so maintenance deletes nothing in it: give each deployment its own warehouse "
+            "([iceberg.catalog] warehouse) or target name; if the other table was dropped, "
+            "delete its files there",
             reason="config",
         )
 
