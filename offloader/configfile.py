@@ -8,10 +8,11 @@ print it and exit 2 without a traceback. Defaults come from the config dataclass
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, NoReturn
@@ -153,6 +154,7 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
                 table.target,
             )
         seen[table.target] = i
+    _refuse_nested_locations(reader, tables, catalog)
     views_seen: dict[str, int] = {}
     for i, table in enumerate(tables):
         if table.view is None:
@@ -546,6 +548,36 @@ class _Reader:
 _TABLE_DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclasses.fields(TableConfig) if f.default is not MISSING
 }
+
+
+def table_location(catalog: CatalogConfig, target: str) -> str:
+    """Where the catalog places `target` by default, below its warehouse: Hive, Glue and
+    DynamoDB catalogs at `<namespace>.db/<table>`, pyiceberg's others (SQL) and the
+    usual REST catalogs at `<namespace>/<table>`."""
+    namespace, _, name = target.rpartition(".")
+    kind = catalog.properties.get("type", "")
+    if kind in ("hive", "glue", "dynamodb") or (
+        not kind and catalog.properties.get("uri", "").startswith("thrift")
+    ):
+        return f"{namespace}.db/{name}"
+    return f"{namespace}/{name}"
+
+
+def _refuse_nested_locations(
+    reader: _Reader, tables: Sequence[TableConfig], catalog: CatalogConfig
+) -> None:
+    """Two targets whose locations nest (one a directory above the other) would each
+    see the other's files as its own orphans: refused, naming both."""
+    located = sorted((table_location(catalog, t.target) + "/", i) for i, t in enumerate(tables))
+    for (outer, i), (inner, j) in itertools.pairwise(located):
+        if inner.startswith(outer):
+            reader.fail(
+                f"tables[{j}] ({tables[j].source}).target",
+                f"is placed at {inner.rstrip('/')}, inside the location of tables[{i}] "
+                f"({tables[i].target}) at {outer.rstrip('/')}, below the warehouse; each "
+                "table needs a location of its own: rename one target",
+                tables[j].target,
+            )
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

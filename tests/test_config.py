@@ -134,6 +134,36 @@ def test_duplicate_target(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+def _second_table(source: str, target: str) -> str:
+    return (
+        BASE[BASE.index("[[tables]]") :]
+        .replace("market.bronze_trades_binance", source)
+        .replace("cold.bronze_trades_binance", target)
+    )
+
+
+def test_targets_whose_locations_nest_are_refused_naming_both(tmp_path: Path) -> None:
+    """A table located inside another's would see the other's files as its orphans."""
+    inner = _second_table("market.archive", "cold.bronze_trades_binance/archive")
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, BASE + inner), env={})
+    text = str(caught.value)
+    assert (
+        "tables[1] (market.archive).target is placed at cold/bronze_trades_binance/archive" in text
+    )
+    assert "inside the location of tables[0] (cold.bronze_trades_binance)" in text
+    assert "rename one target" in text and "\n" not in text
+    # A Hive or Glue catalog places a table at <namespace>.db/<table>.
+    glue = BASE.replace('type = "sql"', 'type = "glue"') + inner
+    with pytest.raises(ConfigError, match=r"placed at cold\.db/bronze_trades_binance/archive"):
+        load_config(write(tmp_path, glue), env={})
+    # Names that only share a prefix, or a namespace that only starts with a table's
+    # name (`cold.bronze_trades_binance/y`), do not nest.
+    for target in ("cold.bronze_trades_binance_2", "cold.bronze_trades_binance.y"):
+        cfg = load_config(write(tmp_path, BASE + _second_table("market.y", target)), env={})
+        assert len(cfg.tables) == 2
+
+
 def test_missing_section_and_file(tmp_path: Path) -> None:
     start, end = BASE.index("[postgres]"), BASE.index("[iceberg.catalog]")
     with pytest.raises(ConfigError, match=r"missing section \[postgres\]"):

@@ -38,6 +38,19 @@ def native(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path
         e.drop_pg_schema()
 
 
+@pytest.fixture
+def staging(clickhouse_server: devserver.Server, pg_database: str, tmp_path: Path) -> Iterator[Env]:
+    """A second deployment beside `native`: its own ClickHouse database, PostgreSQL
+    state (schema) and Iceberg catalog."""
+    (tmp_path / "staging").mkdir()
+    e = make_env(clickhouse_server, pg_database, tmp_path / "staging")
+    try:
+        yield e
+    finally:
+        e.ch(f"DROP DATABASE IF EXISTS {e.ch_database}")
+        e.drop_pg_schema()
+
+
 def cycles(env: Env, name: str, count: int, *, start: dt.datetime, step: dt.timedelta) -> int:
     """`count` cycles, each after inserting a few rows `step` later than the last."""
     rows = 0
@@ -323,3 +336,58 @@ def test_maintenance_on_s3(
     env.insert_trades("s3m", 50, first_id=90_000, start="2026-02-04 00:00:00")
     assert env.once().ok
     assert env.assert_tiers_equal("cold.s3m") == 950
+
+
+@pytest.mark.parametrize("store", ["file", "s3"])
+def test_deployments_sharing_a_location_keep_each_others_tables(
+    native: Env,
+    staging: Env,
+    store: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Staging and production, each with its own catalog and state, one warehouse and
+    the same target name: their tables share a location. `maintain` of one refuses the
+    location, naming it, both uuids and what to do, and deletes nothing there: the other
+    table still loads and reads exactly (before, the other's older metadata files were
+    deleted as superseded, and it no longer loaded: "No such file")."""
+    prod = native
+    if store == "s3":
+        s3: S3Server = request.getfixturevalue("s3_server")
+        catalog = production(prod, s3, monkeypatch)  # one ${OFFLOADER_WAREHOUSE} for both
+        prod.write_config([prod.table("m", batch_rows=50)], catalog=catalog)
+        staging.write_config([staging.table("m", batch_rows=50)], catalog=catalog)
+    else:
+        prod.write_config([prod.table("m", batch_rows=50)])
+        shared = {
+            "type": "sql",
+            "uri": f"sqlite:///{staging.tmp}/catalog.db",
+            "warehouse": f"file://{prod.tmp}/warehouse",
+        }
+        staging.write_config([staging.table("m", batch_rows=50)], catalog=shared)
+    for env in (prod, staging):
+        env.create_trades("m")
+    staged = cycles(staging, "m", 1, start=dt.datetime(2026, 3, 1, 1), step=dt.timedelta(hours=1))
+    rows = cycles(prod, "m", 3, start=dt.datetime(2026, 3, 2, 1), step=dt.timedelta(hours=1))
+    tables = [IcebergCatalog(e.config().catalog).load("cold.m") for e in (prod, staging)]
+    assert tables[0] is not None and tables[1] is not None
+    location = tables[0].table.location()
+    assert tables[1].table.location() == location
+    uuids = [str(t.table.metadata.table_uuid) for t in tables]
+    if store == "file":  # every file old enough to be an orphan, to whichever table
+        for path in (prod.tmp / "warehouse").rglob("*.*"):
+            age(path, 4)
+
+    result = prod.cli("maintain")
+    assert staging.assert_tiers_equal("cold.m") == staged, result.stdout
+    assert prod.assert_tiers_equal("cold.m") == rows
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert f"location {location} also holds" in result.stdout, result.stdout + result.stderr
+    assert uuids[0] in result.stdout and uuids[1] in result.stdout
+    assert "give each deployment its own warehouse" in result.stdout
+    assert "maintenance FAILED cold.m: the table's location" in result.stderr
+
+    refused = orjson.loads(staging.cli("maintain", "--json").stdout)[0]
+    assert refused["status"] == "failed" and uuids[0] in refused["error"], refused
+    assert staging.assert_tiers_equal("cold.m") == staged
+    assert prod.assert_tiers_equal("cold.m") == rows

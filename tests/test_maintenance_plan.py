@@ -1,13 +1,17 @@
-"""Compaction planning and the [maintenance] config, pure: no servers."""
+"""Compaction and orphan planning and the [maintenance] config, pure: no servers."""
 
 from __future__ import annotations
+
+import gzip
+import json
 
 import pytest
 
 from offloader.config import MaintenanceConfig, parse_size
 from offloader.configfile import parse_config
-from offloader.errors import ConfigError
+from offloader.errors import ConfigError, SinkError
 from offloader.iceberg.compaction import FileStat, compaction_cutoff, compaction_groups
+from offloader.iceberg.orphans import Listed, Survey, declared_uuid, metadata_version, plan
 
 MB = 1_000_000
 
@@ -102,3 +106,61 @@ def test_maintenance_config_defaults_and_values() -> None:
 def test_maintenance_config_errors_name_the_key(section: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config({**BASE, "maintenance": section}, "t.toml", {})
+
+
+OWN = "0b6e2f0e-0000-4000-8000-000000000001"
+OTHER = "7d1c4a9b-0000-4000-8000-000000000002"
+LOC = "/wh/cold.db/m"
+DAY = 86400.0
+
+
+def listed(name: str, age: float = 0.0) -> Listed:
+    return Listed(f"{LOC}/{name}", 100, age)
+
+
+def survey(files: list[Listed], uuids: dict[str, str | None]) -> Survey:
+    return Survey("cold.m", f"file://{LOC}", "file", OWN, files, uuids)
+
+
+def test_orphans_are_only_files_provably_the_tables_own() -> None:
+    current = listed("metadata/00007-c.metadata.json")
+    superseded = listed("metadata/00003-s.metadata.json")  # young, but a commit replaced it
+    torn = listed("metadata/00002-t.metadata.json", 4 * DAY)  # declares no table-uuid
+    leftover, young = listed("data/old.parquet", 4 * DAY), listed("data/new.parquet")
+    live, notes = listed("data/live.parquet", 4 * DAY), listed("data/notes.txt", 4 * DAY)
+    s = survey(
+        [leftover, young, live, notes, current, superseded, torn],
+        {current.path: OWN, superseded.path: OWN, torn.path: None},
+    )
+    orphans = plan(s, {current.path, live.path}, 7, DAY)
+    assert [o.path for o in orphans] == [f"file://{leftover.path}", f"file://{superseded.path}"]
+
+
+def test_a_location_holding_another_tables_metadata_is_refused() -> None:
+    """Two deployments (two catalogs, one warehouse, the same target name): the other
+    table's metadata, older versions than this table's current one, is never an orphan;
+    the location is refused, naming it, both uuids and what to do."""
+    own = listed("metadata/00009-a.metadata.json")
+    other = listed("metadata/00001-b.metadata.json", 4 * DAY)
+    their_data = listed("data/theirs.parquet", 4 * DAY)
+    s = survey([their_data, own, other], {own.path: OWN, other.path: OTHER})
+    assert s.foreign() == {other.path: OTHER}
+    with pytest.raises(SinkError) as caught:
+        plan(s, {own.path}, 9, DAY)
+    text = str(caught.value)
+    assert text.startswith(f"cold.m: the table's location file://{LOC} also holds")
+    assert OWN in text and OTHER in text and other.path in text
+    assert "its own warehouse" in text and "target name" in text
+    # One location, one table: the same files are ordinary orphans.
+    alone = survey([their_data, own, other], {own.path: OWN, other.path: OWN})
+    assert len(plan(alone, {own.path}, 9, DAY)) == 2
+
+
+def test_declared_uuid_is_read_from_a_plain_or_gzipped_head() -> None:
+    text = json.dumps({"location": LOC, "table-uuid": OWN, "snapshots": list(range(5000))}).encode()
+    assert declared_uuid(text[:200], gzipped=False) == OWN
+    packed = gzip.compress(text)
+    assert declared_uuid(packed[: len(packed) // 2], gzipped=True) == OWN  # a partial read
+    assert declared_uuid(b"", gzipped=False) is None
+    assert declared_uuid(b"not gzip", gzipped=True) is None
+    assert metadata_version(f"{LOC}/metadata/00012-x.gz.metadata.json") == 12

@@ -6,14 +6,13 @@ housekeeping that keeps it bounded: snapshot expiry and orphan files. Part of th
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pyarrow.fs import FileSelector, FileType
+from pyarrow.fs import FileSelector, FileSystem, FileType
 from pyiceberg.conversions import from_bytes
 from pyiceberg.io.pyarrow import (
     PyArrowFileIO,
@@ -26,8 +25,10 @@ from offloader import days, faults
 from offloader.errors import SinkError
 from offloader.iceberg import (
     brief,
+    orphans,
 )
 from offloader.iceberg.compaction import FileStat
+from offloader.iceberg.orphans import Orphan
 from offloader.iceberg.table import IcebergTable
 
 log = logging.getLogger(__name__)
@@ -161,13 +162,6 @@ def expire(ice: IcebergTable, snapshot_ids: Sequence[int]) -> None:
         ice.table.maintenance.expire_snapshots().by_ids(list(snapshot_ids)).commit()
 
 
-@dataclass(frozen=True, slots=True)
-class Orphan:
-    path: str  # a full location, as the table's FileIO takes it
-    bytes: int
-    age_seconds: float
-
-
 def referenced_files(ice: IcebergTable) -> set[str]:
     """Every file a retained snapshot or metadata file refers to, as FileIO locations
     without scheme: manifest lists, manifests, data and delete files (of every entry,
@@ -194,42 +188,11 @@ def _strip(location: str) -> str:
     return PyArrowFileIO.parse_location(location)[2]
 
 
-# Only files of these kinds are ever deleted as orphans: what Iceberg writers leave
-# (data, manifests and lists, metadata, statistics), never e.g. a catalog's
-# version-hint.text or a file someone put there by hand.
-_ICEBERG_SUFFIXES = (
-    ".parquet",
-    ".orc",
-    ".avro",
-    ".metadata.json",
-    ".metadata.json.gz",
-    ".gz.metadata.json",
-    ".stats",
-    ".puffin",
-)
-
-
-def metadata_version(path: str) -> int | None:
-    """The version of a metadata file named as Iceberg writers name them
-    (`00012-<uuid>.metadata.json`), or None."""
-    match = _METADATA_NAME.search(path)
-    return int(match.group(1)) if match else None
-
-
-_METADATA_NAME = re.compile(r"/(\d+)-[^/]*\.metadata\.json(?:\.gz)?$")
-
-
-def orphan_files(ice: IcebergTable, min_age: float, keep: Set[str] = frozenset()) -> list[Orphan]:
-    """Iceberg files under the table's data/ and metadata/ directories that nothing
-    retained refers to, never those in `keep` (the metadata file a view pins).
-
-    Why the age (`min_age` seconds): a run writes its data files, manifests and
-    metadata before the commit that refers to them; only files older than any run could
-    take are crash leftovers. A metadata file of a lower version than the current one
-    was superseded by a commit (not one in flight), and is deleted at any age once the
-    metadata log no longer lists it. The listing is taken before the references are
-    read, so a file committed between the two is seen as referenced.
-    """
+def survey(ice: IcebergTable) -> orphans.Survey:
+    """List the table's data/ and metadata/ directories (data first) and read the
+    table-uuid of every metadata file the table's metadata log does not list (those it
+    lists are the table's own). A metadata file that declares none is reported and
+    never deleted."""
     table = ice.table
     location = table.location().rstrip("/")
     io = table.io
@@ -245,22 +208,55 @@ def orphan_files(ice: IcebergTable, min_age: float, keep: Set[str] = frozenset()
         except FileNotFoundError:
             continue
         for info in infos:
-            if info.type != FileType.File or not info.path.endswith(_ICEBERG_SUFFIXES):
+            if info.type != FileType.File:
                 continue
             mtime = info.mtime.timestamp() if info.mtime is not None else now
-            listed.append((info.path, info.size or 0, now - mtime))
+            listed.append(orphans.Listed(info.path, info.size or 0, now - mtime))
+    own = str(table.metadata.table_uuid)
+    logged = {_strip(table.metadata_location)}
+    logged |= {_strip(m.metadata_file) for m in table.metadata.metadata_log}
+    uuids: dict[str, str | None] = {}
+    for f in listed:
+        if orphans.is_metadata(f.path):
+            uuids[f.path] = own if f.path in logged else _declared_uuid(fs, f.path)
+            if uuids[f.path] is None:
+                log.warning(
+                    "metadata file declares no table-uuid: never deleted as an orphan; "
+                    "delete it by hand if it is a torn leftover",
+                    extra={"table": ice.target, "file": f"{scheme}://{f.path}"},
+                )
+    return orphans.Survey(ice.target, location, scheme, own, listed, uuids)
+
+
+def _declared_uuid(fs: FileSystem, path: str) -> str | None:
+    gzipped = orphans.is_gzipped(path)
+    try:
+        with fs.open_input_stream(path) as stream:
+            head = stream.read(orphans.HEAD_BYTES)
+            found = orphans.declared_uuid(head, gzipped)
+            if found is None and len(head) == orphans.HEAD_BYTES:
+                found = orphans.declared_uuid(head + stream.read(), gzipped)
+    except FileNotFoundError:  # deleted since the listing: nothing to decide
+        return None
+    return found
+
+
+def orphan_files(
+    ice: IcebergTable,
+    min_age: float,
+    keep: Set[str] = frozenset(),
+    surveyed: orphans.Survey | None = None,
+) -> list[Orphan]:
+    """Iceberg files under the table's data/ and metadata/ directories that nothing
+    retained refers to and that are provably the table's (orphans.plan), never those
+    in `keep` (the metadata file a view pins). Raises SinkError when another table's
+    metadata shares the location. `surveyed`: the location's listing, taken before the
+    references are read (so a file committed between the two is seen as referenced);
+    listed now when not given."""
+    listing = surveyed if surveyed is not None else survey(ice)
     referenced = referenced_files(ice) | {_strip(k) for k in keep}
-    current = metadata_version(table.metadata_location)
-
-    def superseded(path: str) -> bool:
-        version = metadata_version(path)
-        return current is not None and version is not None and version < current
-
-    return [
-        Orphan(f"{scheme}://{path}", size, age)
-        for path, size, age in listed
-        if (age >= min_age or superseded(path)) and path not in referenced
-    ]
+    current = orphans.metadata_version(ice.table.metadata_location)
+    return orphans.plan(listing, referenced, current, min_age)
 
 
 def delete_orphans(ice: IcebergTable, orphans: Sequence[Orphan]) -> int:

@@ -9,7 +9,9 @@ by another process is also safe: every commit is compare-and-set):
 3. snapshots older than `snapshot_retention` are expired (never the newest offloader
    commit, never the one the view over both tiers reads);
 4. files nothing retained refers to, older than `orphan_age`, are deleted, and metadata
-   files the metadata log no longer lists at any age — never the one the view pins.
+   files the metadata log no longer lists at any age — never the one the view pins, and
+   only what is provably the table's (iceberg/orphans.py): a location that also holds
+   another table's metadata is refused before the pass changes anything.
 """
 
 from __future__ import annotations
@@ -164,6 +166,10 @@ def _pass(
     pinned: Pinned,
 ) -> None:
     deadline, field_ids = asked
+    # Listed before anything changes: a location that also holds another table's
+    # metadata is refused before this pass writes or deletes anything in it.
+    surveyed = files.survey(ice)
+    surveyed.check()
     sort_by = (table.watermark, *table.keys)
     if not report.dry_run:
         ice.ensure_properties(catalog.properties)
@@ -180,7 +186,7 @@ def _pass(
     elif victims:
         files.expire(ice, victims)
         faults.point("expire")
-    orphans = files.orphan_files(ice, cfg.orphan_age, pinned.metadata)
+    orphans = files.orphan_files(ice, cfg.orphan_age, pinned.metadata, surveyed)
     report.orphan_bytes = sum(o.bytes for o in orphans)
     if report.dry_run:
         report.orphans_deleted = len(orphans)
