@@ -12,6 +12,7 @@ import ctypes
 import datetime as dt
 import gc
 import importlib.abc
+import importlib.metadata
 import os
 import re
 import sys
@@ -108,6 +109,10 @@ def build_parser() -> _Parser:
         prog="offloader",
         description="Move rows from ClickHouse to Apache Iceberg, exactly once.",
         parents=[_global_options(suppress=False)],
+    )
+    # The installed distribution's version (pyproject.toml), whichever way it was installed.
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {importlib.metadata.version('offloader')}"
     )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser

@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
-# Install offloader and its development tools into .venv (idempotent), and make sure
-# a local PostgreSQL answers on 127.0.0.1:5432. Used by quickstart.sh, test.sh and CI.
+# Install offloader into .venv from the lock (idempotent), and make sure a local PostgreSQL
+# answers on 127.0.0.1:5432.
+#   bash scripts/setup.sh         what the quick start needs: offloader, the embedded
+#                                 ClickHouse and SeaweedFS (requirements/quickstart.txt)
+#   bash scripts/setup.sh --dev   also the tests' and linters' tools and the documentation
+#                                 site (requirements/dev.txt); scripts/test.sh and CI use it
+# Every package comes from a lock file with its hash (scripts/lock.sh writes them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+lock=requirements/quickstart.txt
+if [ "${1:-}" = "--dev" ]; then
+    lock=requirements/dev.txt
+elif [ -n "${1:-}" ]; then
+    echo "usage: bash scripts/setup.sh [--dev]" >&2
+    exit 2
+fi
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -15,23 +28,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-stamp=.venv/.offloader-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    python -m pip install -q --upgrade pip
-    python -m pip install -q -e ".[dev]"
+# One stamp per lock file: installed once, again when the lock or pyproject.toml changes.
+stamp=.venv/.installed-$(basename "$lock" .txt)
+if [ ! -f "$stamp" ] || [ "$lock" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    python -m pip install -q --disable-pip-version-check --require-hashes -r "$lock"
+    # offloader itself, editable, built by the locked setuptools: nothing unlocked is fetched.
+    python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
     touch "$stamp"
-fi
-
-# promtool (from Debian's prometheus package, unpacked, no service) checks and unit-tests
-# the alert rules in ops/.
-if [ ! -x .venv/promtool/usr/bin/promtool ]; then
-    tmp=$(mktemp -d)
-    if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
-        apt-get update -qq >/dev/null
-        (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1)
-    fi
-    dpkg -x "$tmp"/prometheus_*.deb .venv/promtool
-    rm -rf "$tmp"
 fi
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
@@ -49,15 +52,4 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         echo "setup: PostgreSQL is not answering on 127.0.0.1:5432" >&2
         exit 1
     }
-fi
-
-# Iceberg readers the tests use beside DuckDB and ClickHouse's own: Polars and Daft, in a
-# virtualenv of their own (Daft pins an older pyarrow than offloader's).
-readers=.venv-readers
-if [ ! -f "$readers/.installed-2" ]; then
-    rm -rf "$readers"
-    "$PYTHON" -m venv "$readers"
-    "$readers/bin/python" -m pip install -q --upgrade pip
-    "$readers/bin/python" -m pip install -q "polars==2.1.0" "daft==0.7.26" "pyiceberg[sql-sqlite]==0.12.0"
-    touch "$readers/.installed-2"
 fi

@@ -349,7 +349,7 @@ READERS_PYTHON = ROOT / ".venv-readers" / "bin" / "python"
 def read_with(env: Env, reader: str, target: str) -> pa.Table:
     """The Iceberg table `target` as Polars or Daft reads it (tests/iceberg_readers.py,
     in the readers' own virtualenv), in watermark and key order."""
-    assert READERS_PYTHON.exists(), "the readers' virtualenv is missing: run scripts/setup.sh"
+    assert READERS_PYTHON.exists(), "the readers' virtualenv is missing: run scripts/test.sh"
     cat = env.config().catalog
     props = dict(cat.properties)
     out = env.tmp / f"{reader}-{target}.arrow"

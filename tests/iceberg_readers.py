@@ -1,7 +1,7 @@
 """Read an Iceberg table with a reader nobody here wrote — Polars (`pl.scan_iceberg`)
 or Daft (`daft.read_iceberg`) — and write what it read as an Arrow IPC file.
 
-Runs in its own virtualenv (`.venv-readers`, made by scripts/setup.sh: Daft pins an
+Runs in its own virtualenv (`.venv-readers`, made by scripts/test.sh: Daft pins an
 older pyarrow than offloader's), so it imports nothing of offloader's:
 
     .venv-readers/bin/python tests/iceberg_readers.py READER CATALOG_NAME CATALOG_URI \\

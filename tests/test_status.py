@@ -123,7 +123,7 @@ def test_alert_rules_pass_promtool() -> None:
     from tests.helpers import ROOT
 
     promtool = ROOT / ".venv" / "promtool" / "usr" / "bin" / "promtool"
-    assert promtool.exists(), "promtool is missing: run scripts/setup.sh"
+    assert promtool.exists(), "promtool is missing: run scripts/test.sh"
     for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]):
         done = subprocess.run(
             [str(promtool), *args], cwd=ROOT / "ops", capture_output=True, text=True

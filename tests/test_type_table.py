@@ -1,6 +1,6 @@
-"""The README's type table is checked against the code's mapping: every row is known
+"""The type table (docs/types.md) is checked against the code's mapping: every row is known
 here with example types, each example maps (through offloader's plan and pyiceberg's
-own Arrow-to-Iceberg conversion) to the Iceberg type its README row names, and the
+own Arrow-to-Iceberg conversion) to the Iceberg type its row names, and the
 unmappable types in the paragraph under the table really are refused."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from offloader.iceberg.catalog import describe
 from offloader.wire import plan_column
 from tests.helpers import ROOT
 
-# README row (its ClickHouse cell) -> [(example type, the Iceberg type it gets)]
+# A row of the type table (its ClickHouse cell) -> [(example type, the Iceberg type it gets)]
 ROWS: dict[str, list[tuple[str, str]]] = {
     "Int8/16/32, UInt8/16": [(t, "int") for t in ("Int8", "Int16", "Int32", "UInt8", "UInt16")],
     "UInt32, Int64, UInt64": [(t, "long") for t in ("UInt32", "Int64", "UInt64")],
@@ -93,8 +93,8 @@ ROWS: dict[str, list[tuple[str, str]]] = {
 REFUSED = ["AggregateFunction(sum, UInt64)"]
 
 
-def readme_rows() -> dict[str, str]:
-    section = (ROOT / "README.md").read_text().split("### Type mapping", 1)[1]
+def table_rows() -> dict[str, str]:
+    section = (ROOT / "docs" / "types.md").read_text().split("## Type mapping", 1)[1]
     lines = section.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("| ClickHouse | Iceberg |"))
     rows = {}
@@ -113,14 +113,14 @@ def iceberg_type(ch: str) -> str:
     return re.sub(r"^\s*c: (required|optional) ", "", line)
 
 
-def test_every_readme_row_is_checked_and_true() -> None:
-    rows = readme_rows()
-    assert set(rows) == set(ROWS), "README type table and this test disagree on the rows"
+def test_every_type_table_row_is_checked_and_true() -> None:
+    rows = table_rows()
+    assert set(rows) == set(ROWS), "docs/types.md type table and this test disagree on the rows"
     for row, examples in ROWS.items():
         for ch, expected in examples:
             got = iceberg_type(ch)
             assert got.startswith(expected), (row, ch, got)
-            # The README names the outer type (list, map, …) on the containers' row, the
+            # The table names the outer type (list, map, …) on the containers' row, the
             # element's type on a row about an element type (JSON inside an Array).
             word = expected.split("<")[0].split("(")[0]
             if "<" in expected and row != "Array(T) / Map(K,V) / Tuple(...)":
@@ -130,9 +130,9 @@ def test_every_readme_row_is_checked_and_true() -> None:
 
 
 @pytest.mark.parametrize("ch", REFUSED)
-def test_types_the_readme_lists_as_refused_are_refused(ch: str) -> None:
-    text = (ROOT / "README.md").read_text()
-    paragraph = text.split("### Type mapping", 1)[1].split("Anything else", 1)[1][:400]
+def test_types_the_docs_list_as_refused_are_refused(ch: str) -> None:
+    text = (ROOT / "docs" / "types.md").read_text()
+    paragraph = text.split("## Type mapping", 1)[1].split("Anything else", 1)[1][:400]
     assert ch.split("(")[0] in paragraph or "geo types" in paragraph or "aggregate" in paragraph
     with pytest.raises(SourceSchemaError):
         plan_column("t", "c", ch)
