@@ -11,8 +11,10 @@ import datetime as dt
 
 import pytest
 
+from offloader.offload.checkup import held
 from offloader.ops import retention
 from offloader.state import RetentionIntent
+from offloader.tiers.audit import DayCount
 from tests.test_retention_unit import BACK, DROP, MOVE, Store, _cluster, _opened
 
 pytestmark = pytest.mark.anyio
@@ -29,10 +31,17 @@ INTENT = RetentionIntent(
 )
 
 
+def _days(*days: int) -> list[DayCount]:
+    return [DayCount(dt.date(2025, 5, d), 5, 10) for d in days]
+
+
 def test_an_intent_holds_its_partitions_days_only() -> None:
     month = RetentionIntent("202504", PARTS, (), "2025-05-01", first_day="2025-04-01")
     assert month.covers(dt.date(2025, 4, 1)) and month.covers(dt.date(2025, 4, 30))
     assert not month.covers(dt.date(2025, 3, 31)) and not month.covers(dt.date(2025, 5, 1))
+    kept, rest = held(_days(1, 2, 3), INTENT)
+    assert [d.day.day for d in kept] == [1] and [d.day.day for d in rest] == [2, 3]
+    assert held(_days(1, 2), None) == ([], _days(1, 2))
     said = INTENT.pending("cold.trades")
     assert "cold.trades: a retention pass of partition 20250501 (2025-05-01 to 2025-05-01)" in said
     assert "offloader retain" in said
