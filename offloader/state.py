@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 __all__ = [
@@ -98,7 +98,15 @@ class RetentionIntent:
 
     `method` "move" (a `retiring_table`): the partition is moved to that table instead of
     detached, parts are named by their contents' hash (a moved part is renamed), and
-    "detached" means "in the retiring table"."""
+    "detached" means "in the retiring table".
+
+    While an intent is pending, its days (`first_day` up to `retained_until`) belong to
+    retention: the cycle's audit, `late_rows = "repair"` and `offloader repair` leave
+    them alone (`covers`). `snapshot_id` is the Iceberg snapshot the partition was
+    compared against: a pass recovering the intent drops nothing if Iceberg moved since
+    (it puts the parts back and compares again). Intents recorded by 0.3.0 have neither:
+    they hold every day before `retained_until`, and count as compared against an
+    unknown snapshot."""
 
     partition: str
     parts: tuple[str, ...]
@@ -106,6 +114,8 @@ class RetentionIntent:
     retained_until: str  # ISO day
     phase: str = "detach"  # RetentionIntent.DETACH or .DROP
     method: str = "detach"  # "detach" or "move" (retention.Method)
+    first_day: str = ""  # ISO day: the partition's first ('' from 0.3.0: unknown)
+    snapshot_id: int | None = None  # the Iceberg snapshot compared against
 
     DETACH: ClassVar[str] = "detach"
     DROP: ClassVar[str] = "drop"
@@ -119,16 +129,38 @@ class RetentionIntent:
                 self.retained_until,
                 self.phase,
                 self.method,
+                self.first_day,
+                self.snapshot_id,
             ]
         )
 
     @classmethod
     def decode(cls, text: str | None) -> RetentionIntent | None:
-        """An intent as encoded; those recorded before `method` existed detached."""
+        """An intent as encoded; those recorded before `method` existed detached, those
+        recorded by 0.3.0 have no first day nor snapshot."""
         if not text:
             return None
         partition, parts, before, until, *rest = json.loads(text)
         return cls(str(partition), tuple(parts), tuple(before), str(until), *rest)
+
+    def covers(self, day: date) -> bool:
+        """Whether `day` is one of the partition's days (every day before its
+        retained_until when the first is unknown)."""
+        after = date.fromisoformat(self.retained_until)
+        first = date.fromisoformat(self.first_day) if self.first_day else date.min
+        return first <= day < after
+
+    def pending(self, target: str) -> str:
+        """Why a day it covers is left alone, and what to do."""
+        first = self.first_day or "the first day"
+        last = date.fromisoformat(self.retained_until) - timedelta(days=1)
+        return (
+            f"{target}: a retention pass of partition {self.partition} ({first} to {last}) "
+            f"is pending (phase {self.phase}: its parts are being parked or dropped, so "
+            "ClickHouse's rows of those days are not all visible); those days are neither "
+            "audited nor repaired until the next retention pass (`offloader retain`) "
+            "finishes or undoes it"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,9 @@ from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query
-from offloader.state import AuditAgreed, DaySum, TableState
+from offloader.state import AuditAgreed, DaySum, RetentionIntent, TableState
 from offloader.tiers.audit import (
+    DayCount,
     DaysAhead,
     HotTable,
     KnownDays,
@@ -162,7 +163,9 @@ async def audit(
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
         return Audited(False, seq)
     behind(check.wm_type, report, found.waiting, found.oldest_waiting, found.server_now)
-    for day in found.drifted:
+    intent = check.prepared.state.retention_intent
+    drifted = _leave_held(table.target, found.drifted, intent)
+    for day in drifted:
         log.warning(
             "late rows: the tiers differ on a day below the watermark",
             extra={
@@ -174,12 +177,12 @@ async def audit(
                 "policy": table.late_rows,
             },
         )
-    drifted = found.drifted
     if drifted and table.late_rows == "repair":
         from offloader.ops import repair  # pyiceberg's rewrite path, loaded when used
 
+        state = check.prepared.state
         request = repair.RepairRequest(
-            [d.day for d in drifted], retained_until=check.prepared.state.retained_until
+            [d.day for d in drifted], retained_until=state.retained_until, intent=intent
         )
         fixed = await repair.repair(
             check.services, check.src, table, ice, seq=seq, position=position, request=request
@@ -235,6 +238,33 @@ async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Reco
         except TableError as exc:  # only the next idle audit's cost depends on it
             log.warning("could not record audit", extra={"table": table.target, "error": str(exc)})
     return Recorded(True, None)
+
+
+def held(
+    days: Sequence[DayCount], intent: RetentionIntent | None
+) -> tuple[list[DayCount], list[DayCount]]:
+    """`days` split: those a pending retention intent covers, and the others. The first
+    are neither audited nor repaired until a retention pass finishes or undoes it (its
+    partition may be parked on some shards or nodes and not on others: ClickHouse's
+    count of those days is not the day's). Pure."""
+    if intent is None:
+        return [], list(days)
+    return [d for d in days if intent.covers(d.day)], [d for d in days if not intent.covers(d.day)]
+
+
+def _leave_held(
+    target: str, drifted: Sequence[DayCount], intent: RetentionIntent | None
+) -> list[DayCount]:
+    """The drifted days no pending retention intent covers; each one it covers is
+    logged, naming the intent and what to do."""
+    kept, rest = held(drifted, intent)
+    for day in kept:
+        assert intent is not None
+        log.warning(
+            "day not audited: a pending retention pass holds it",
+            extra={"table": target, "day": day.day.isoformat(), "reason": intent.pending(target)},
+        )
+    return rest
 
 
 def agreed_window(

@@ -38,7 +38,7 @@ from offloader.progress import Progress
 from offloader.report import Status, guarded
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
 from offloader.sql import NOW_MICROS, quote_ident, row_hash, ttl_seconds, watermark_int
-from offloader.state import DaySum, encode_days
+from offloader.state import DaySum, RetentionIntent, encode_days
 from offloader.tiers import view
 from offloader.tiers.audit import DayCount, HotTable, add_sums, audit_days
 from offloader.tiers.services import Services
@@ -151,13 +151,15 @@ class RepairRequest:
     """What a repair is asked: `days` (each at or before the committed watermark's day),
     `force` (replace even days ClickHouse may no longer fully hold: only days named
     with --since/--until), `dry_run`, the table's `retained_until` (days before it are
-    never replaced) and a progress display."""
+    never replaced), its pending retention `intent` (days it covers are never replaced:
+    ClickHouse may hold only part of them, parked by the pass) and a progress display."""
 
     days: list[dt.date]
     force: bool = False
     dry_run: bool = False
     retained_until: dt.date | None = None
     progress: Progress | None = None
+    intent: RetentionIntent | None = None
 
 
 @dataclass(slots=True)
@@ -237,8 +239,8 @@ async def _plan(
     request: RepairRequest,
 ) -> tuple[list[DayCount], list[str]]:
     """The requested days a repair replaces (with both tiers' counts before) and those it
-    refuses, with why: days hot_retention dropped (always), days ClickHouse may no longer
-    fully hold (unless forced)."""
+    refuses, with why: days hot_retention dropped or a pending retention pass holds
+    (always), days ClickHouse may no longer fully hold (unless forced)."""
     days = request.days
     checked = row_hash(src.columns) if table.audit_checksums else None
     recorded = None
@@ -255,6 +257,12 @@ async def _plan(
     accepted: list[DayCount] = []
     refused: list[str] = []
     for day in sorted(set(days)):
+        if request.intent is not None and request.intent.covers(day):
+            # Not even with --force: the pass may have parked some of the day's parts.
+            pending = f"{day}: {request.intent.pending(table.target)}"
+            refused.append(pending)
+            log.error("repair refused", extra={"table": table.target, "reason": pending})
+            continue
         if request.retained_until is not None and day < request.retained_until:
             # Not even with --force: ClickHouse's copy of it was dropped on purpose.
             refused.append(
@@ -416,6 +424,7 @@ async def repair_table(
                 dry_run=dry_run,
                 retained_until=state.retained_until,
                 progress=services.progress,
+                intent=state.retention_intent,
             )
             report = await repair(
                 services, src, table, ice, seq=decision.seq, position=position, request=request

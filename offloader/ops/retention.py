@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -555,7 +555,9 @@ async def _pass(
     unit = await hot.unit()
     state = await store.get(table.target, table.source)
     if state.retention_intent is not None:
-        report.recovered = await _recover(hot, store, table.target, state.retention_intent)
+        report.recovered = await _recover(
+            hot, store, table.target, state.retention_intent, _snapshot_probe(services, table)
+        )
         state = await store.get(table.target, table.source)
     retained = state.retained_until
     wm_type = src.order[0][1]
@@ -602,7 +604,7 @@ async def _pass(
         if report.dry_run:
             report.dropped.append(_dropped(d, rows))
             continue
-        changed = await _drop(hot, store, table.target, d)
+        changed = await _drop(hot, store, table.target, d, snapshot_id=ice.snapshot_id)
         if changed:
             report.refuse(d.partition.id, changed, "changed")
             break
@@ -674,10 +676,13 @@ async def _differs(
     return None, rows
 
 
-async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | None:
+async def _drop(
+    hot: _Source, store: Store, target: str, d: Decision, *, snapshot_id: int | None = None
+) -> str | None:
     """Park the partition (detach it, or move it to the retiring table), drop its parts
     if they are exactly those compared, else put them back. Returns why it did not
-    drop, or None."""
+    drop, or None. The intent records the partition's days and the Iceberg snapshot it
+    was compared against (`snapshot_id`)."""
     before = await hot.detached(d.partition.id)
     if hot.method == "move" and before:
         return (
@@ -685,11 +690,18 @@ async def _drop(hot: _Source, store: Store, target: str, d: Decision) -> str | N
             "this partition that retention did not move there; move them back or drop them"
         )
     intent = RetentionIntent(
-        d.partition.id, d.partition.parts, tuple(before), d.after.isoformat(), method=hot.method
+        d.partition.id,
+        d.partition.parts,
+        tuple(before),
+        d.after.isoformat(),
+        method=hot.method,
+        first_day=d.first.isoformat(),
+        snapshot_id=snapshot_id,
     )
     await store.retention_intent(target, intent)
     faults.point("retain_detach")
     await hot.detach(d.partition.id)
+    faults.point("retain_parked")
     return await _finish(hot, store, target, intent)
 
 
@@ -717,11 +729,23 @@ async def _finish(hot: _Source, store: Store, target: str, intent: RetentionInte
     return None
 
 
-async def _recover(hot: _Source, store: Store, target: str, intent: RetentionIntent) -> str:
+SnapshotProbe = Callable[[], Awaitable[int | None]]
+
+
+async def _recover(
+    hot: _Source,
+    store: Store,
+    target: str,
+    intent: RetentionIntent,
+    iceberg_snapshot: SnapshotProbe | None = None,
+) -> str:
     """A pass stopped between its intent and its end. Once its drop began (phase `drop`)
     it only moves forward: the compared parts still parked are dropped, none is ever
     put back (the day is recorded as Iceberg's alone). Before that: finish the drop if
-    the parked parts are the ones compared, else put them back."""
+    the parked parts are the ones compared and Iceberg is still at the snapshot they
+    were compared against (`iceberg_snapshot` tells its current one; without it, it is
+    unknown), else put them back (the pass then compares the partition again, with
+    Iceberg as it is now)."""
     if intent.method != hot.method:
         raise SourceSchemaError(
             f"{target}: a stopped retention pass left partition {intent.partition} parked by "
@@ -741,12 +765,51 @@ async def _recover(hot: _Source, store: Store, target: str, intent: RetentionInt
     if not ours:
         await store.retention_intent(target, None)
         return f"a stopped pass left partition {intent.partition} as it was"
+    moved = None
+    if sorted(ours) == sorted(intent.parts):
+        moved = await _iceberg_moved(iceberg_snapshot, intent)
+    if moved is not None:
+        await hot.attach(intent.partition, ours)
+        await store.retention_intent(target, None)
+        log.warning(
+            "retention put a parked partition back: Iceberg moved since it was compared",
+            extra={"table": target, "partition": intent.partition, "reason": moved},
+        )
+        return (
+            f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass: "
+            f"{moved}; compared again"
+        )
     why = await _finish(hot, store, target, intent)
     if why is None:
         return (
             f"finished dropping partition {intent.partition}, left {_parked(hot)} by a stopped pass"
         )
     return f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass"
+
+
+def _snapshot_probe(services: Services, table: TableConfig) -> SnapshotProbe:
+    """The Iceberg table's current snapshot id, when asked (None: no snapshot)."""
+
+    async def current() -> int | None:
+        catalog = await services.open_iceberg()
+        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+        return None if ice is None else ice.snapshot_id
+
+    return current
+
+
+async def _iceberg_moved(probe: SnapshotProbe | None, intent: RetentionIntent) -> str | None:
+    """Why the Iceberg table is not known to be the one the intent's partition was
+    compared against (its current snapshot is another; the intent, from 0.3.0, records
+    none; or it could not be looked at), or None."""
+    if probe is None:
+        return "Iceberg's current snapshot was not looked at"
+    now = await probe()
+    if intent.snapshot_id is None:
+        return f"the intent records no Iceberg snapshot (Iceberg is now at {now})"
+    if now != intent.snapshot_id:
+        return f"Iceberg moved from snapshot {intent.snapshot_id} to {now} since it was compared"
+    return None
 
 
 def _parked(hot: _Source) -> str:
