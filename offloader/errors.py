@@ -42,6 +42,7 @@ FAILURE_REASONS = (
     "unmappable",
     "view",
     "internal",
+    "worker",  # `once` in worker processes: the table's worker died before reporting
 )
 
 

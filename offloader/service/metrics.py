@@ -34,10 +34,19 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
+    """offloader's series, one registry per service: the runs' and cycles', the view's,
+    retention's and maintenance's (each group declared by its own method)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.tracked: set[str] = set()  # tables whose series exist (track)
-        r = self.registry
+        self._run_metrics(self.registry)
+        self._view_metrics(self.registry)
+        self._retention_metrics(self.registry)
+        self._maintenance_metrics(self.registry)
+
+    def _run_metrics(self, r: CollectorRegistry) -> None:
+        """Table runs and cycles: rows, failures, durations, lag."""
         self.rows = Counter("offloader_rows", "Rows offloaded", ["table"], registry=r)
         self.bytes = Counter("offloader_bytes", "Arrow bytes offloaded", ["table"], registry=r)
         self.snapshots = Counter(
@@ -96,6 +105,8 @@ class Metrics:
             "offloader_config_reload_errors", "Config reloads rejected", registry=r
         )
 
+    def _view_metrics(self, r: CollectorRegistry) -> None:
+        """The view over both tiers (view.py)."""
         self.view_failures = Counter(
             "offloader_view_failures",
             "Failed replacements of the table's view over both tiers (the view keeps its "
@@ -110,6 +121,9 @@ class Metrics:
             ["table"],
             registry=r,
         )
+
+    def _retention_metrics(self, r: CollectorRegistry) -> None:
+        """Verified hot retention (retention.py) and the audit's drifted days."""
         self.retention_partitions = Counter(
             "offloader_retention_partitions_dropped",
             "Hot partitions dropped by hot_retention after Iceberg was verified to hold them",
@@ -152,6 +166,9 @@ class Metrics:
             ["table"],
             registry=r,
         )
+
+    def _maintenance_metrics(self, r: CollectorRegistry) -> None:
+        """Maintenance passes and the Iceberg table's shape after them."""
         self.maintenance_runs = Counter(
             "offloader_maintenance_runs",
             "Maintenance passes of a table, by result (ok, failed, skipped, missing)",
