@@ -23,7 +23,7 @@ import anyio
 import asyncpg
 
 from offloader import cursor, faults
-from offloader.config import PostgresConfig, redact_dsn
+from offloader.config import PostgresConfig, dsn_secrets, redact_dsn, redact_secrets
 from offloader.errors import InconsistentState, Locked, StateError
 from offloader.state import (
     CLEANUP_SECONDS,
@@ -138,8 +138,10 @@ def _mapped(what: str, dsn: str) -> Iterator[None]:
     try:
         yield
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # The driver's own text may quote the DSN's parameters: scrub them too.
+        said = redact_secrets(str(exc), dsn_secrets(dsn))
         raise StateError(
-            f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}"
+            f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {said}"
         ) from exc
 
 
