@@ -206,6 +206,21 @@ def build_parser() -> _Parser:
     )
     retain.add_argument("--json", action="store_true", help="print the reports as JSON")
 
+    grants = sub.add_parser(
+        "grants",
+        help="print the ClickHouse and PostgreSQL grants offloader needs for the config",
+    )
+    grants.add_argument(
+        "--user", type=nonempty, help="ClickHouse user to grant to (default: [clickhouse] user)"
+    )
+    grants.add_argument(
+        "--local-table",
+        action="append",
+        default=[],
+        metavar="SOURCE=DB.TABLE",
+        help="a Distributed source and the local table under it on every node (repeatable)",
+    )
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -410,6 +425,23 @@ async def _validate(cfg: Config, args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+async def _grants(cfg: Config, args: argparse.Namespace) -> int:
+    """Print the grants; reads the config only (no server is contacted)."""
+    import getpass
+
+    from offloader.ops.grants import clickhouse_grants, parse_local_tables, postgres_statements
+
+    user = args.user or cfg.clickhouse.user
+    local_tables = parse_local_tables(args.local_table, cfg)
+    print(f"-- ClickHouse, on every node ({cfg.path}):")
+    for grant in clickhouse_grants(cfg, local_tables):
+        print(grant.statement(user))
+    print("-- PostgreSQL, the state database:")
+    for line in postgres_statements(cfg, os.environ.get("PGUSER") or getpass.getuser()):
+        print(line)
+    return EXIT_OK
+
+
 async def _reset(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.iceberg import IcebergCatalog
     from offloader.postgres.watermarks import Watermarks
@@ -581,6 +613,7 @@ _COMMANDS: dict[str, Any] = {
     "status": _status,
     "validate": _validate,
     "reset": _reset,
+    "grants": _grants,
     "retain": _retain,
 }
 
