@@ -8,9 +8,11 @@ one line naming the missing grant, and nothing is lost."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -271,6 +273,42 @@ def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: 
     assert http(env, f"SELECT {ALL} FROM {VIEWS}.trades_all FORMAT TSV", "analyst") == (
         "\t".join(str(v) for v in everything)
     )
+
+
+def psql(dsn: str, sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atc", sql], capture_output=True, text=True
+    )
+
+
+def test_the_state_database_with_exactly_the_printed_postgres_grants(secured: Env) -> None:
+    """A PostgreSQL role with no rights but what `offloader grants` prints for the state
+    database: refused before, offloads after (offloader creates its schema itself)."""
+    env = secured
+    trades(env, 100)
+    admin, role = env.pg_dsn, f"lp_{uuid.uuid4().hex[:8]}"
+    created = psql(admin, f"CREATE ROLE {role} LOGIN")
+    assert created.returncode == 0, created.stderr
+    assert psql(admin, f"CREATE DATABASE {role}").returncode == 0
+    parts = urlsplit(admin)
+    host = parts.netloc.rpartition("@")[2]
+    env.pg_dsn = urlunsplit(parts._replace(netloc=f"{role}@{host}", path=f"/{role}"))
+    try:
+        configure(env, "offloader")
+        refused = env.cli("once")
+        assert refused.returncode == 1 and "permission denied" in refused.stdout, refused.stdout
+        printed = env.cli("grants").stdout.split("-- PostgreSQL")[1].splitlines()[1:]
+        assert printed and all(line.startswith("GRANT ") for line in printed), printed
+        for line in printed:
+            done = psql(urlunsplit(parts._replace(path=f"/{role}")), line)
+            assert done.returncode == 0, (line, done.stderr)
+        offloaded = env.cli("once")
+        assert offloaded.returncode == 0, offloaded.stdout + offloaded.stderr
+        assert "100 rows" in offloaded.stdout, offloaded.stdout
+    finally:
+        env.pg_dsn = admin
+        psql(admin, f"DROP DATABASE IF EXISTS {role} WITH (FORCE)")
+        psql(admin, f"DROP ROLE IF EXISTS {role}")
 
 
 CLUSTER = "offloader_cluster"
