@@ -227,6 +227,21 @@ def build_parser() -> _Parser:
         "--dry-run", action="store_true", help="print the blocks, write nothing to the config"
     )
 
+    grants = sub.add_parser(
+        "grants",
+        help="print the ClickHouse and PostgreSQL grants offloader needs for the config",
+    )
+    grants.add_argument(
+        "--user", type=nonempty, help="ClickHouse user to grant to (default: [clickhouse] user)"
+    )
+    grants.add_argument(
+        "--local-table",
+        action="append",
+        default=[],
+        metavar="SOURCE=DB.TABLE",
+        help="a Distributed source and the local table under it on every node (repeatable)",
+    )
+
     reset = sub.add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
@@ -465,6 +480,23 @@ async def _add(cfg: Config, args: argparse.Namespace) -> int:
     return await onboard.add(cfg, args.sources, args.all, args.namespace, args.dry_run)
 
 
+async def _grants(cfg: Config, args: argparse.Namespace) -> int:
+    """Print the grants; reads the config only (no server is contacted)."""
+    import getpass
+
+    from offloader.ops.grants import clickhouse_grants, parse_local_tables, postgres_statements
+
+    user = args.user or cfg.clickhouse.user
+    local_tables = parse_local_tables(args.local_table, cfg)
+    print(f"-- ClickHouse, on every node ({cfg.path}):")
+    for grant in clickhouse_grants(cfg, local_tables):
+        print(grant.statement(user))
+    print("-- PostgreSQL, the state database:")
+    for line in postgres_statements(cfg, os.environ.get("PGUSER") or getpass.getuser()):
+        print(line)
+    return EXIT_OK
+
+
 async def _reset(cfg: Config, args: argparse.Namespace) -> int:
     from offloader.iceberg import IcebergCatalog
     from offloader.postgres.watermarks import Watermarks
@@ -637,6 +669,7 @@ _COMMANDS: dict[str, Any] = {
     "status": _status,
     "validate": _validate,
     "reset": _reset,
+    "grants": _grants,
     "retain": _retain,
 }
 

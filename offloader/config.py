@@ -288,9 +288,64 @@ def is_secret_key(key: str) -> bool:
     return any(word in lowered for word in ("password", "secret", "token", "credential", "key"))
 
 
+# A DSN's secret parameters, in a URL's query (`?password=...&sslmode=...`) or a libpq
+# key/value DSN (`host=h password='...'`): any key naming a password, secret or token.
+_SECRET_PARAM = re.compile(
+    r"(?P<key>(?:^|[?&;\s])[A-Za-z0-9_.-]*(?:pass(?:word|wd)?|pwd|secret|token|credential)"
+    r"[A-Za-z0-9_.-]*\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'?|[^&\s#]*)",
+    re.IGNORECASE,
+)
+
+
+# What precedes a URL's query when it has no user info: host, port, database.
+_NO_USER_INFO = re.compile(r"[^:/@?]*(?::\d*)?(?:/[^?@]*)?")
+
+
 def redact_dsn(dsn: str) -> str:
-    """Hide the password of a URL-style DSN: postgresql://u:***@host/db."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    """The DSN with every secret in it shown as ***: the password of `user:password@`
+    (which may hold `@`, `:`, `/` and other reserved characters, raw or %-encoded) and
+    the value of every secret parameter (`password=`, `passwd=`, `sslpassword=`,
+    `secret=`, `token=`, ...), in a URL's query or a key/value DSN."""
+    text = _SECRET_PARAM.sub(lambda m: m.group("key") + "***", dsn)
+    span = _password_span(text)
+    return text if span is None else text[: span[0]] + "***" + text[span[1] :]
+
+
+def dsn_secrets(dsn: str) -> tuple[str, ...]:
+    """The secret values a DSN holds, as written and %-decoded, longest first: the text
+    `redact_secrets` removes from messages a driver builds from it."""
+    from urllib.parse import unquote
+
+    found = {m.group("value").strip("'") for m in _SECRET_PARAM.finditer(dsn)}
+    span = _password_span(dsn)
+    if span is not None:
+        found.add(dsn[span[0] : span[1]])
+    found = {v for v in found if v} | {unquote(v) for v in found if v}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def _password_span(dsn: str) -> tuple[int, int] | None:
+    """Where the password of a URL's `user:password@` is. The user info ends at the last
+    `@` (urllib's rule: a password may hold `@`, and any other character), unless that
+    `@` is in the query of a URL that has no user info."""
+    scheme_end = dsn.find("://")
+    if scheme_end < 0:
+        return None
+    start = scheme_end + 3
+    at = dsn.rfind("@", start)
+    query = dsn.find("?", start)
+    if 0 <= query < at and "=" in dsn[query:at] and _NO_USER_INFO.fullmatch(dsn, start, query):
+        at = -1  # `host:port/db?key=a@b`: that `@` is in the query
+    colon = dsn.find(":", start, at) if at >= 0 else -1
+    return None if colon < 0 else (colon + 1, at)
+
+
+def redact_secrets(text: str, secrets: tuple[str, ...]) -> str:
+    """`text` with every one of `secrets` replaced by ***."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def config_path(explicit: str | None) -> str:

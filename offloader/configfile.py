@@ -30,6 +30,7 @@ from offloader.config import (
     Transport,
     ViewsConfig,
     format_duration,
+    is_secret_key,
     parse_duration,
     parse_partition,
     parse_size,
@@ -37,7 +38,10 @@ from offloader.config import (
 from offloader.days import SECONDS_PER_DAY
 from offloader.errors import ConfigError
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `${VAR}`, `${VAR:-default}` and `${credential:NAME}` (the file NAME in
+# $CREDENTIALS_DIRECTORY: systemd's LoadCredential=), expanded in one pass.
+_ENV_REF = re.compile(r"\$\{(?:credential:([^}]*)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
+_CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _IDENT = re.compile(r"^[^\x00-\x1f]+$")
 
 
@@ -181,8 +185,12 @@ class _Reader:
         self.env = env
 
     def fail(self, where: str, expected: str, got: object) -> NoReturn:
-        shown = _show(got)
-        suffix = f", got {shown}" if got is not None else ""
+        suffix = ""
+        if got is not None and _holds_secret(where):
+            # A secret's value is never printed: its key and type are enough to fix it.
+            suffix = f", got a {type(got).__name__} (not shown: {where} is a secret)"
+        elif got is not None:
+            suffix = f", got {_show(got)}"
         raise ConfigError(f"{self.path}: {where} {expected}{suffix}")
 
     def reject_unknown(self, data: Mapping[str, Any], where: str, known: set[str]) -> None:
@@ -211,7 +219,9 @@ class _Reader:
 
     def expand(self, value: str, where: str) -> str:
         def sub(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
+            credential, name, default = match.group(1, 2, 3)
+            if credential is not None:
+                return self.credential(credential, where)
             if name in self.env:
                 return self.env[name]
             if default is not None:
@@ -222,6 +232,31 @@ class _Reader:
             )
 
         return _ENV_REF.sub(sub, value)
+
+    def credential(self, name: str, where: str) -> str:
+        """The contents of credential `name` (one trailing newline dropped)."""
+        if not _CREDENTIAL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{self.path}: {where} refers to ${{credential:{name}}}: a credential's name "
+                "is letters, digits, '_', '.' and '-' (as in LoadCredential=NAME:PATH)"
+            )
+        directory = self.env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(
+                f"{self.path}: {where} refers to ${{credential:{name}}}, but "
+                "CREDENTIALS_DIRECTORY is not set (run under systemd with "
+                f"LoadCredential={name}:PATH, or set it to a directory holding a file {name})"
+            )
+        path = Path(directory) / name
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"{self.path}: {where} refers to ${{credential:{name}}}: cannot read {path}: "
+                f"{reason} (check LoadCredential={name}:PATH in the unit)"
+            ) from None
+        return text.removesuffix("\n").removesuffix("\r")
 
     def string(
         self,
@@ -591,6 +626,16 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _holds_secret(where: str) -> bool:
+    """Whether the key at `where` (`clickhouse.password`, `postgres.dsn`,
+    `iceberg.catalog.s3.secret-access-key`, `iceberg.catalog.token.value`) holds a secret,
+    whose value is never shown. No table setting is one."""
+    if where.startswith("tables["):  # `tables[0] (market.x).keys`: table settings
+        return False
+    keys = where.split(".")[1:]
+    return "dsn" in keys or any(is_secret_key(key) for key in keys)
 
 
 def _show(value: object) -> str:

@@ -1,15 +1,18 @@
 """Least privilege, tested: ClickHouse users defined in a users.xml the embedded server
-enforces. offloader runs as a user with exactly the grants the README lists (offload on
-every transport, the view over both tiers, verify, status, hot retention); an analyst
-with SELECT on the views' database only reads every row of both tiers through the view
-and is refused the source table and the table functions; with each grant taken away in
-turn, the table fails with one line naming the missing grant, and nothing is lost."""
+enforces. offloader runs as a user with exactly the grants `offloader grants` prints for
+the tests' config, each on one table, view or system table (offload on every transport,
+the view over both tiers, verify, status, hot retention); an analyst with SELECT on the
+view only reads every row of both tiers through it and is refused the source table and
+the table functions; with each feature's grants taken away in turn, the table fails with
+one line naming the missing grant, and nothing is lost."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -19,17 +22,9 @@ from tests.helpers import Env
 pytestmark = pytest.mark.integration
 
 SRC, VIEWS = "lp_src", "lp_views"  # the grants name these databases
-# What offloader's ClickHouse user needs (README "Access"), one grant per line.
-GRANTS = {
-    "source": f"GRANT SELECT ON {SRC}.*",
-    "parts": "GRANT SELECT ON system.parts",
-    "detached": "GRANT SELECT ON system.detached_parts",
-    "views": f"GRANT CREATE VIEW, DROP VIEW, SELECT ON {VIEWS}.*",
-    "cold": "GRANT READ ON FILE, CREATE TEMPORARY TABLE ON *.*",
-    "retention": f"GRANT ALTER DELETE, INSERT ON {SRC}.*",
-}
-# And for a Distributed source (README "ClickHouse clusters"), on every node.
-CLUSTER_GRANTS = {"clusters": "GRANT SELECT ON system.clusters", "remote": "GRANT READ ON REMOTE"}
+# What `offloader grants` prints grants for, each feature known by its word.
+FEATURES = ["cold", "detached", "parts", "retention", "source", "views"]
+CLUSTER_FEATURES = ["clusters", "remote"]
 CLUSTER_NAMED = {"clusters": "SELECT ON system.clusters", "remote": "READ ON REMOTE"}
 PASSWORD = "s3cret-pass"
 # What the line of a table run or a retention pass says when that grant is missing.
@@ -43,18 +38,32 @@ NAMED = {
 }
 
 
-def users_xml(path: Path) -> Path:
-    """default (every right, for the tests' own set-up), offloader (GRANTS), one user
-    per grant taken away (offloader_no_<name>) and analyst (SELECT on the views)."""
+def printed_grants(directory: Path, *args: str, **table: object) -> dict[str, list[str]]:
+    """The grants `offloader grants --user offloader *args` prints for a config with the
+    tests' table (`lp_src.trades`, its view `lp_views.trades_all`, `table`'s settings), as
+    users.xml grant queries by feature: exactly what offloader runs with here."""
+    env = Env(directory, 9000, 8123, SRC, "postgresql://offloader@127.0.0.1/lp", "lp", "cold")
+    configure(env, "offloader", **table)
+    printed = env.cli("grants", "--user", "offloader", *args)
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    grants: dict[str, list[str]] = {}
+    for line in printed.stdout.splitlines():
+        if line.startswith("GRANT") and " TO `offloader`;" in line:
+            statement, _, comment = line.partition(" TO `offloader`;  -- ")
+            grants.setdefault(comment.split(":")[0], []).append(statement)
+    return grants
+
+
+def users_xml(path: Path, grants: dict[str, list[str]]) -> Path:
+    """default (every right, for the tests' own set-up), offloader (`grants`, as
+    `offloader grants` printed them), one user per feature's grants taken away
+    (offloader_no_<feature>) and analyst (SELECT on the view)."""
     users = {
-        "offloader": [*GRANTS.values(), *CLUSTER_GRANTS.values()],
-        "analyst": [f"GRANT SELECT ON {VIEWS}.*"],
+        "offloader": [g for feature in grants.values() for g in feature],
+        "analyst": [f"GRANT SELECT ON {VIEWS}.trades_all"],
     }
-    for name in GRANTS:
-        users[f"offloader_no_{name}"] = [g for k, g in GRANTS.items() if k != name]
-    for name in CLUSTER_GRANTS:
-        kept = [g for k, g in CLUSTER_GRANTS.items() if k != name]
-        users[f"offloader_no_{name}"] = [*GRANTS.values(), *kept]
+    for name in grants:
+        users[f"offloader_no_{name}"] = [g for k, gs in grants.items() if k != name for g in gs]
     body = "".join(
         f"""
     <{user}>
@@ -87,7 +96,15 @@ def users_xml(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserver.Server]:
     directory = tmp_path_factory.mktemp("clickhouse-secured")
-    users = users_xml(directory / "users.xml")
+    # Every feature the tests below use: the view, hot retention, a retiring table.
+    grants = printed_grants(
+        tmp_path_factory.mktemp("grants"),
+        partition_by=["day(exchange_ts)"],
+        hot_retention="1d",
+        retiring_table="trades_retiring",
+    )
+    assert sorted(grants) == FEATURES, grants
+    users = users_xml(directory / "users.xml", grants)
     # Below the session's base directory, like the other server: icebergLocal (the
     # views) reads the tests' warehouses below it.
     server = devserver.start(directory, files_root=tmp_path_factory.getbasetemp(), users=users)
@@ -207,9 +224,10 @@ def test_offloader_with_exactly_the_listed_grants(secured: Env, transport: str) 
 
 
 def test_retention_through_a_retiring_table_with_the_listed_grants(secured: Env) -> None:
-    """The retention grant covers the retiring-table method too (MOVE PARTITION to it and
-    back, DROP PARTITION there, both tables in the source's database); without it the
-    pass names the grant and keeps every row."""
+    """The retention grants cover the retiring-table method too (MOVE PARTITION to it and
+    back, DROP PARTITION there, both tables in the source's database); without them the
+    pass cannot see the retiring table, says so with the command that prints the grants,
+    and keeps every row."""
     env = secured
     trades(env, 10_000)
     env.ch(f"CREATE TABLE {SRC}.trades_retiring AS {SRC}.trades")
@@ -217,7 +235,8 @@ def test_retention_through_a_retiring_table_with_the_listed_grants(secured: Env)
     configure(env, "offloader_no_retention", retiring_table="trades_retiring", **table)
     assert env.once().ok
     refused = env.cli("retain")
-    assert refused.returncode == 1 and "Not enough privileges" in refused.stdout, refused.stdout
+    assert refused.returncode == 1, refused.stdout
+    assert "offloader grants" in refused.stdout and "trades_retiring" in refused.stdout
     assert env.ch(f"SELECT count() FROM {SRC}.trades") == [(10_000,)]
     configure(env, "offloader", retiring_table="trades_retiring", **table)
     retain = env.cli("retain")
@@ -230,7 +249,7 @@ def test_retention_through_a_retiring_table_with_the_listed_grants(secured: Env)
     assert cold == 10_000
 
 
-@pytest.mark.parametrize("missing", sorted(GRANTS))
+@pytest.mark.parametrize("missing", FEATURES)
 def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: str) -> None:
     env = secured
     trades(env, 5_000)
@@ -256,13 +275,53 @@ def test_each_missing_grant_is_named_and_nothing_is_lost(secured: Env, missing: 
     )
 
 
+def psql(dsn: str, sql: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-Atc", sql], capture_output=True, text=True
+    )
+
+
+def test_the_state_database_with_exactly_the_printed_postgres_grants(secured: Env) -> None:
+    """A PostgreSQL role with no rights but what `offloader grants` prints for the state
+    database: refused before, offloads after (offloader creates its schema itself)."""
+    env = secured
+    trades(env, 100)
+    admin, role = env.pg_dsn, f"lp_{uuid.uuid4().hex[:8]}"
+    created = psql(admin, f"CREATE ROLE {role} LOGIN")
+    assert created.returncode == 0, created.stderr
+    assert psql(admin, f"CREATE DATABASE {role}").returncode == 0
+    parts = urlsplit(admin)
+    host = parts.netloc.rpartition("@")[2]
+    env.pg_dsn = urlunsplit(parts._replace(netloc=f"{role}@{host}", path=f"/{role}"))
+    try:
+        configure(env, "offloader")
+        refused = env.cli("once")
+        assert refused.returncode == 1 and "permission denied" in refused.stdout, refused.stdout
+        printed = env.cli("grants").stdout.split("-- PostgreSQL")[1].splitlines()[1:]
+        assert printed and all(line.startswith("GRANT ") for line in printed), printed
+        for line in printed:
+            done = psql(urlunsplit(parts._replace(path=f"/{role}")), line)
+            assert done.returncode == 0, (line, done.stderr)
+        offloaded = env.cli("once")
+        assert offloaded.returncode == 0, offloaded.stdout + offloaded.stderr
+        assert "100 rows" in offloaded.stdout, offloaded.stdout
+    finally:
+        env.pg_dsn = admin
+        psql(admin, f"DROP DATABASE IF EXISTS {role} WITH (FORCE)")
+        psql(admin, f"DROP ROLE IF EXISTS {role}")
+
+
 CLUSTER = "offloader_cluster"
 
 
 @pytest.fixture(scope="module")
 def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
     directory = tmp_path_factory.mktemp("cluster-secured")
-    users = users_xml(directory / "users.xml")
+    # lp_src.trades: a Distributed table over lp_src.trades_local (secured_sharded).
+    local = f"{SRC}.trades={SRC}.trades_local"
+    grants = printed_grants(tmp_path_factory.mktemp("grants"), "--local-table", local)
+    assert sorted(grants) == sorted(["cold", "parts", "source", "views", *CLUSTER_FEATURES])
+    users = users_xml(directory / "users.xml", grants)
     nodes = devserver.start_cluster(
         directory, 2, name=CLUSTER, files_root=tmp_path_factory.getbasetemp(), users=users
     )
@@ -318,9 +377,10 @@ def test_a_cluster_source_read_shard_by_shard_with_the_listed_grants(
     secured_sharded: list[Env], transport: str
 ) -> None:
     """On a 2-shard cluster whose nodes enforce the same users.xml: offloader, with the
-    README's grants on every node, reads each shard's local table on its own node
-    (finding each node's HTTP port), audits the parts of every shard when idle, keeps
-    the view on both nodes, and the analyst reads every row through either node's view."""
+    grants `offloader grants --local-table` prints on every node, reads each shard's local
+    table on its own node (finding each node's HTTP port), audits the parts of every shard
+    when idle, keeps the view on both nodes, and the analyst reads every row through
+    either node's view."""
     env, nodes = secured_sharded[0], secured_sharded
     configure(env, "offloader", transport, batch_rows=1000)
     report = env.once()
@@ -336,7 +396,7 @@ def test_a_cluster_source_read_shard_by_shard_with_the_listed_grants(
         assert got == "\t".join(str(v) for v in everything), (node.ch_port, got)
 
 
-@pytest.mark.parametrize("missing", sorted(CLUSTER_GRANTS))
+@pytest.mark.parametrize("missing", CLUSTER_FEATURES)
 def test_each_missing_cluster_grant_is_named_and_nothing_is_lost(
     secured_sharded: list[Env], missing: str
 ) -> None:

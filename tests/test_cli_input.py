@@ -99,6 +99,17 @@ def test_an_empty_config_path_is_refused(capsys: pytest.CaptureFixture[str]) -> 
     assert code == 2 and one_line_naming(err, "--config"), err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["grants", "--user", ""], ["grants", "--local-table", "market.bronze_trades_binance"]],
+)
+def test_grants_options_are_checked(
+    capsys: pytest.CaptureFixture[str], config: str, argv: list[str]
+) -> None:
+    code, err = run(capsys, ["--config", config, *argv])
+    assert code == 2 and one_line_naming(err, argv[1]), err
+
+
 @settings(max_examples=300, deadline=None)
 @given(text=st.text(max_size=14) | st.from_regex(r"\d{4}-\d{2}-\d{2}", fullmatch=True))
 def test_a_day_option_is_a_real_day_or_refused(text: str) -> None:

@@ -522,7 +522,8 @@ async def _check_node(table: TableConfig, node: _Node) -> None:
         raise SourceSchemaError(
             f"{where}: its retiring table {node.db}.{node.retiring} does not exist"
             + (f" on shard {node.prefix[6:-1]}" if node.prefix else "")
-            + f"; create it (on every replica): {ddl}",
+            + f"; create it (on every replica): {ddl}; if it exists, offloader's user has no "
+            "grant on it (`offloader grants` prints the grants it needs)",
             reason="config",
         )
     theirs, _, their_key = found[0]

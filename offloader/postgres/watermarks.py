@@ -23,7 +23,7 @@ import anyio
 import asyncpg
 
 from offloader import cursor, faults
-from offloader.config import PostgresConfig, redact_dsn
+from offloader.config import PostgresConfig, dsn_secrets, redact_dsn, redact_secrets
 from offloader.errors import InconsistentState, Locked, StateError
 from offloader.state import (
     CLEANUP_SECONDS,
@@ -138,9 +138,26 @@ def _mapped(what: str, dsn: str) -> Iterator[None]:
     try:
         yield
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        # The driver's own text may quote the DSN's parameters: scrub them too.
+        said = redact_secrets(str(exc), dsn_secrets(dsn))
         raise StateError(
-            f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {exc}"
+            f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {said}"
         ) from exc
+
+
+@contextmanager
+def _parsed(dsn: str) -> Iterator[None]:
+    """asyncpg's ValueError on a DSN it cannot parse -> StateError. asyncpg splits the
+    user info at the first `@` and its message quotes what follows (the rest of a
+    password): not shown, and not chained."""
+    try:
+        yield
+    except ValueError:
+        raise StateError(
+            f"PostgreSQL {redact_dsn(dsn)}: asyncpg cannot parse [postgres] dsn (its message "
+            "is not shown: it may quote the password); percent-encode reserved characters "
+            "in the user and password (@ as %40, : as %3A, / as %2F, ? as %3F, # as %23)"
+        ) from None
 
 
 class Watermarks:
@@ -158,12 +175,13 @@ class Watermarks:
     async def open(cls, cfg: PostgresConfig, max_size: int = 10) -> Watermarks:
         """Connect and bring the state schema up to date; create the database if missing."""
         for attempt in (1, 2):
-            with _mapped("connect", cfg.dsn):
+            with _mapped("connect", cfg.dsn), _parsed(cfg.dsn):
                 pool = await _create_pool(cfg.dsn, max_size)
             self = cls(cfg, pool)
             try:
-                with _mapped("schema migration", cfg.dsn):
+                with _mapped("schema migration", cfg.dsn), _parsed(cfg.dsn):
                     await self._migrate()
+                log.debug("state database open", extra={"dsn": redact_dsn(cfg.dsn)})
                 return self
             except StateError as exc:
                 await pool.close()
