@@ -1,3 +1,4 @@
-"""offloader: move rows from ClickHouse (hot tier) to Apache Iceberg (cold tier), exactly once."""
+"""offloader: move rows from ClickHouse (hot tier) to Apache Iceberg (cold tier), exactly once.
 
-__version__ = "0.1.0"
+The installed version: `offloader --version` (importlib.metadata).
+"""
