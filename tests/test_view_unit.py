@@ -17,6 +17,7 @@ from offloader.tiers.view import (
     ViewSpec,
     cold_reader,
     column_pair,
+    constant_literal,
     exact,
     view_ddl,
 )
@@ -99,6 +100,49 @@ def test_column_pairs_cast_back_to_the_source_type() -> None:
 )
 def test_which_families_have_a_way_back(type_text: str, is_exact: bool) -> None:
     assert exact(parse_type(type_text)) is is_exact
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "'x'",
+        "'it''s \\' ok'",
+        "0",
+        "-1.5e3",
+        "0x1F",
+        "NULL",
+        "true",
+        "-inf",
+        "[]",
+        "[1, 2]",
+        "('a', [NULL, 3])",
+        "['2025-01-01 00:00:00']",
+    ],
+)
+def test_constant_literal_defaults_are_copied_into_the_view(expression: str) -> None:
+    assert constant_literal(expression)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "now()",
+        "toDate('2025-01-01')",
+        "dictGet('db.d', 'venue', toUInt64(1))",
+        "(SELECT max(x) FROM db.secrets)",
+        "currentUser()",
+        "other_column",
+        "1 + 2",
+        "'a' || 'b'",
+        "'a' 'b'",
+        "[1, 2",
+        "(1,)",
+        "'x'::String",
+        "",
+    ],
+)
+def test_expressions_are_not_constant_literals(expression: str) -> None:
+    assert not constant_literal(expression)
 
 
 def test_text_families_read_their_stored_form_from_both_tiers() -> None:
