@@ -4,6 +4,7 @@ the per-table `view`), and a whole table run against the fake source and state s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,31 @@ def test_signature_follows_what_the_sql_depends_on() -> None:
     assert a != _spec((1, 2)).signature(LOCAL, ViewsConfig(s3_collection="c"))
 
 
+def test_view_security_is_definer_unless_invoker_is_asked_for() -> None:
+    reader = cold_reader(LOCAL, ViewsConfig(), "cold.t")
+    definer = view_ddl(_spec((1, 2)), reader, {})
+    assert "DEFINER = CURRENT_USER SQL SECURITY DEFINER AS\n" in definer
+    invoker = view_ddl(dataclasses.replace(_spec((1, 2)), security="invoker"), reader, {})
+    assert "`market`.`trades_all` SQL SECURITY INVOKER AS\n" in invoker
+    assert "DEFINER" not in invoker
+    # Switching replaces the view (its signature changes).
+    views = ViewsConfig()
+    signature = _spec((1, 2)).signature(LOCAL, views)
+    other = dataclasses.replace(_spec((1, 2)), security="invoker").signature(LOCAL, views)
+    assert other != signature
+
+
+def test_view_security_config(tmp_path: Path) -> None:
+    text = BASE.replace("[[tables]]", VIEWS + "\n[[tables]]")
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.views.security == "definer" and cfg.tables[0].view_security == "definer"
+    invoker = text.replace("[views]\n", '[views]\nsecurity = "invoker"\n')
+    cfg = load_config(write(tmp_path, invoker), env={})
+    assert cfg.views.security == "invoker" and cfg.tables[0].view_security == "invoker"
+    own = load_config(write(tmp_path, invoker + 'view_security = "definer"\n'), env={})
+    assert own.tables[0].view_security == "definer"
+
+
 VIEWS = """
 [views]
 enabled = true
@@ -228,6 +254,8 @@ def test_views_config(tmp_path: Path) -> None:
         ('[views]\ns3_endpoint = "minio:9000"', "views.s3_endpoint must be an http:// or"),
         ('[views]\ns3_collection = "bad name"', "views.s3_collection must be a named"),
         ("[views]\nenabeld = true", "views.enabeld"),
+        ('[views]\nsecurity = "caller"', "views.security must be 'definer' (the view reads"),
+        ('view_security = "INVOKER"', "view_security must be 'definer' (the view reads"),
     ],
 )
 def test_views_config_mistakes(tmp_path: Path, edit: str, message: str) -> None:

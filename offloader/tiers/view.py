@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from offloader import cursor, faults
-from offloader.config import TableConfig, ViewsConfig
+from offloader.config import TableConfig, ViewsConfig, ViewSecurity
 from offloader.errors import OffloaderError, TableError
 from offloader.sql import keyset_after, quote_ident, quote_string
 from offloader.state import Store, ViewState
@@ -238,6 +238,7 @@ class ViewSpec:
     position: tuple[Any, ...] | None  # the committed position; None: nothing offloaded yet
     seq: int
     uint64: str = "error"
+    security: ViewSecurity = "definer"  # whose rights the view reads with
 
     def signature(self, cold: ColdSide | None, views: ViewsConfig) -> str:
         """A digest of what the view's SQL depends on: an unchanged one means the view
@@ -254,6 +255,9 @@ class ViewSpec:
             views.s3_endpoint,
             VIEW_FORMAT,
         ]
+        if self.security != "definer":
+            # Only when not the default, so that existing views' signatures stay.
+            parts.append(f"security={self.security}")
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
 
 
@@ -287,9 +291,18 @@ def view_ddl(
     else:
         body = hot_sql
     at = view_comment(spec, reader is not None)
+    # DEFINER: the view reads both tiers with offloader's rights, so an analyst needs
+    # SELECT on the view only, and the source's row policies and column grants do not
+    # apply through it. INVOKER: with the analyst's own rights on the source and on the
+    # cold tier's table function (or named collection).
+    security = (
+        "SQL SECURITY INVOKER"
+        if spec.security == "invoker"
+        else "DEFINER = CURRENT_USER SQL SECURITY DEFINER"
+    )
     return (
         f"CREATE OR REPLACE VIEW {qualified_name(spec.name)} "
-        f"DEFINER = CURRENT_USER SQL SECURITY DEFINER AS\n{body}\nCOMMENT {quote_string(at)}"
+        f"{security} AS\n{body}\nCOMMENT {quote_string(at)}"
     )
 
 
@@ -316,6 +329,7 @@ def spec_of(src: SourceTable, table: TableConfig, cold: ColdSide | None, seq: in
         position=cold.position if cold is not None else None,
         seq=cold.seq if cold is not None else seq,
         uint64=table.uint64,
+        security=table.view_security,
     )
 
 
