@@ -41,25 +41,27 @@ def test_a_column_added_while_its_table_waits_for_its_turn(
     env_one: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
     env, db = env_one, env_one.ch_database
+    # Targets of their own: the tables' advisory locks are keyed by target name, in a
+    # PostgreSQL database other test sessions may share.
     for name in ("first", "second"):
         env.create_trades(name)
         env.insert_trades(name, 60, 1, "2025-07-01 00:00:00", step_us=60_000_000)
-    tables = [env.table("first"), env.table("second")]
+    tables = [env.table(n, target=f"cold.schema_change_{n}") for n in ("first", "second")]
     env.write_config(tables, service={"max_parallel_tables": 1})
     assert env.once().ok
     env.insert_trades("first", 6, 1000, "2025-07-03 00:00:00")
 
     def after(report: TableReport) -> None:
         # `first` is done, `second` (surveyed with the cycle) waits for the slot.
-        if report.target == "cold.first":
+        if report.target == "cold.schema_change_first":
             add_venue(env, "second", "2025-07-03 00:00:00", 10)
 
     with caplog.at_level("INFO", logger="offloader.offload.pipeline"):
         report = anyio.run(run_once, env.config(), after)
     assert report.ok, report.summary()
     second = report.tables[1]
-    assert second.rows == 10, report.summary()
-    stored = env.iceberg_arrow(env.config().table("cold.second"))
+    assert second.status == "ok" and second.rows == 10, report.summary()
+    stored = env.iceberg_arrow(env.config().table("cold.schema_change_second"))
     assert "venue" in stored.schema.names, stored.schema
     assert pc.sum(pc.equal(stored.column("venue"), "v")).as_py() == 10
     assert any("changed since the cycle's survey" in r.getMessage() for r in caplog.records)
@@ -71,6 +73,7 @@ def test_a_column_added_while_its_table_waits_for_its_turn(
         "SETTINGS mutations_sync = 2"
     )
     again = env.once().tables[1]
+    assert again.status == "idle", again.as_dict()
     assert again.drifted == [
         {"day": "2025-07-03", "clickhouse": 10, "iceberg": 10, "values_differ": True}
     ], again.as_dict()
@@ -100,7 +103,8 @@ def test_a_column_added_while_a_run_reads_pages(env_one: Env) -> None:
     env = env_one
     env.create_trades("trades")
     env.insert_trades("trades", 60, 1, "2025-07-01 00:00:00", step_us=60_000_000)
-    env.write_config([env.table("trades", batch_rows=12, append_rows=1000)])
+    target = "cold.schema_change_pages"  # its own lock (see above)
+    env.write_config([env.table("trades", target=target, batch_rows=12, append_rows=1000)])
     progress = AddColumnAfterFirstPage(env, "trades")
     report = anyio.run(run_once, env.config(), None, progress)
     [failed] = report.tables
@@ -109,5 +113,5 @@ def test_a_column_added_while_a_run_reads_pages(env_one: Env) -> None:
     assert "the columns of the source" in (failed.error or "")
     assert "changed while this run read it (added venue String)" in (failed.error or "")
     again = env.once()
-    assert again.ok and again.tables[0].rows == 65, again.summary()
-    assert env.assert_tiers_equal("cold.trades") == 65
+    assert again.tables[0].status == "ok" and again.tables[0].rows == 65, again.summary()
+    assert env.assert_tiers_equal(target) == 65
