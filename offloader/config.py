@@ -27,6 +27,9 @@ Transport = Literal[
 # pages to about 64 MiB of Parquet (source/parquet.py, page_rows).
 PARQUET_BATCH_ROWS = 2_000_000
 
+# Whose rights the view over both tiers reads with (ViewsConfig.security).
+ViewSecurity = Literal["definer", "invoker"]
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": float(SECONDS_PER_DAY)}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$", re.IGNORECASE)
@@ -155,6 +158,11 @@ class ViewsConfig:
     s3_collection: str = ""
     # The object store's URL as ClickHouse reaches it (default: the catalog's s3.endpoint).
     s3_endpoint: str = ""
+    # Whose rights a view reads both tiers with (a table's `view_security` overrides it):
+    # "definer", offloader's (an analyst needs SELECT on the view only, and the source's
+    # row policies and column grants do not apply), or "invoker", the analyst's own (SELECT
+    # on the source and on the cold tier's table function or named collection too).
+    security: ViewSecurity = "definer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +243,8 @@ class TableConfig:
     distributed: Literal["shards", "through"] = "shards"
     # The view over both tiers, `database.name` (resolved from `view` and [views]); None: none.
     view: str | None = None
+    # Its SQL SECURITY (resolved from `view_security` and [views] security).
+    view_security: ViewSecurity = "definer"
     # Seconds: drop source partitions older than this once Iceberg verifiably holds them
     # (retention.py); None: offloader never drops hot data.
     hot_retention: float | None = None

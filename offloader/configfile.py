@@ -29,6 +29,7 @@ from offloader.config import (
     TableConfig,
     Transport,
     ViewsConfig,
+    ViewSecurity,
     format_duration,
     is_secret_key,
     parse_duration,
@@ -396,6 +397,23 @@ class _Reader:
             suffix=suffix,
             s3_collection=collection,
             s3_endpoint=endpoint.rstrip("/"),
+            security=self.view_security(data, w, "security", d.security),
+        )
+
+    def view_security(
+        self, data: Mapping[str, Any], where: str, key: str, default: ViewSecurity
+    ) -> ViewSecurity:
+        value = data.get(key, default)
+        if value == "definer":
+            return "definer"
+        if value == "invoker":
+            return "invoker"
+        self.fail(
+            f"{where}.{key}",
+            "must be 'definer' (the view reads with offloader's rights: analysts need SELECT "
+            "on the view only, the source's row policies and column grants do not apply) or "
+            "'invoker' (with the analyst's own: SELECT on the source and the cold tier too)",
+            value,
         )
 
     def view(
@@ -557,6 +575,7 @@ class _Reader:
             final=self.boolean(data, label, "final", d["final"]),
             distributed=distributed,
             view=self.view(data, label, source, clickhouse.database, views),
+            view_security=self.view_security(data, label, "view_security", views.security),
             hot_retention=(
                 self.duration(data, label, "hot_retention", 0.0, minimum=3600.0)
                 if "hot_retention" in data

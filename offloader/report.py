@@ -140,6 +140,9 @@ class TableReport:
     drifted: list[dict[str, Any]] | None = None  # audited days whose tiers differ (after repair)
     repaired: list[str] = field(default_factory=list)  # days the late_rows policy repaired
     view_error: str | None = None  # the view over both tiers could not be replaced (view.py)
+    # Audited days whose checksums were not compared: their sums were recorded over other
+    # columns than the source's now (checkup.note_unchecked).
+    unchecked: list[str] = field(default_factory=list)
 
     def stage(self, name: str, seconds: float) -> None:
         """Add `seconds` to the time spent in stage `name`."""
@@ -171,6 +174,8 @@ class TableReport:
             d["repaired"] = self.repaired
         if self.view_error:
             d["view_error"] = self.view_error
+        if self.unchecked:
+            d["unchecked"] = self.unchecked
         if self.rows_behind is not None:
             d["rows_behind"] = self.rows_behind
             d["lag_seconds"] = None if self.lag_seconds is None else round(self.lag_seconds, 3)

@@ -199,19 +199,41 @@ def test_a_session_cancelled_at_any_point_answers_its_next_query(
     waiter again, and its stale CancelledError ended the table's task without a report)."""
     cfg = ClickHouseConfig(host="127.0.0.1", port=clickhouse_server.tcp_port)
 
-    async def main() -> tuple[int, int]:
+    async def cancel_after(scope: anyio.CancelScope, turns: int) -> None:
+        # `turns` passes of the event loop, then cancel: the session is cancelled at
+        # whatever await it is in by then, counted in the loop's own steps, not seconds.
+        for _ in range(turns):
+            await anyio.lowlevel.checkpoint()
+        scope.cancel()
+
+    async def main() -> list[int]:
         session = ClickHouseSession(cfg, "test")
-        cancelled = 0
+        cancelled_at: list[int] = []
+        turns = 0
         try:
-            for step in range(60):
-                with anyio.move_on_after(step * 0.0004) as scope:
-                    await session.rows("SELECT sleepEachRow(0.001) FROM numbers(10)")
-                cancelled += scope.cancelled_caught
-                assert await session.rows("SELECT 1") == [(1,)], step
+            # Later and later cancellations (one loop pass apart, then a quarter more
+            # each) until one comes after the query finished, however fast the machine.
+            while len(cancelled_at) < MAX_CANCELLATIONS:
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(cancel_after, scope, turns)
+                        await session.rows("SELECT sleepEachRow(0.001) FROM numbers(10)")
+                        tg.cancel_scope.cancel()  # finished first: stop the canceller
+                if not scope.cancelled_caught:
+                    return cancelled_at
+                cancelled_at.append(turns)
+                assert await session.rows("SELECT 1") == [(1,)], turns
                 await session.close()  # the next step's query connects again
+                turns = turns + 1 if turns < 40 else turns * 5 // 4
         finally:
             await session.close()
-        return cancelled, step + 1
+        raise AssertionError(f"the query never finished before {turns} loop passes")
 
-    cancelled, steps = anyio.run(main)
-    assert cancelled >= steps // 2, (cancelled, steps)  # most steps did cancel something
+    cancelled_at = anyio.run(main)
+    print(f"cancelled after {cancelled_at} loop passes, then finished")
+    assert cancelled_at, "the query finished before its first await"
+
+
+# Bounds the test, not the machine: loop passes grow by a quarter after 40, so this many
+# cancellations reach past 10^9 passes.
+MAX_CANCELLATIONS = 140

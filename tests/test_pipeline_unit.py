@@ -80,3 +80,34 @@ def test_an_unreachable_shard_is_named() -> None:
         " (unreachable: 127.0.0.1:43505: is that shard's server running?)"
     )
     assert unreachable(60, text) == ""
+
+
+def test_column_changes_name_what_changed() -> None:
+    from offloader.offload.pipeline import column_changes
+
+    read = [("ts", "DateTime"), ("id", "UInt64"), ("v", "String")]
+    assert column_changes(read, read) == ""
+    now = [("ts", "DateTime"), ("id", "Int64"), ("venue", "String")]
+    assert (
+        column_changes(read, now)
+        == "added venue String, dropped v, id changed from UInt64 to Int64"
+    )
+    assert column_changes(read, [read[1], read[0], read[2]]) == "columns reordered"
+
+
+def test_unchecked_days_are_those_summed_over_other_columns() -> None:
+    import datetime as dt
+
+    from offloader.days import day_number
+    from offloader.offload.checkup import unchecked_days
+    from offloader.state import DaySum
+
+    first = dt.date(2025, 7, 1)
+    recorded = {
+        day_number(first): DaySum(60, 1, "old"),
+        day_number(first) + 2: DaySum(10, 2, "new"),
+        day_number(first) + 9: DaySum(5, 3, "old"),  # outside the window
+    }
+    window = (first - dt.timedelta(days=1), first + dt.timedelta(days=2))
+    assert unchecked_days(recorded, "new", window) == [first]
+    assert unchecked_days(recorded, "old", window) == [first + dt.timedelta(days=2)]

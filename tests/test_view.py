@@ -419,6 +419,36 @@ def test_columns_added_to_the_source_appear_in_the_view(env: Env) -> None:
     assert _same_as_source(env)[0] == 911
 
 
+def test_only_constant_literal_defaults_reach_the_view(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Columns added after the first offload: their cold rows read the column's DEFAULT
+    when it is a constant literal, and the type's default when it is any other
+    expression (neither run as offloader nor pasted into the view), logged naming the
+    table and the column."""
+    db = env.ch_database
+    env.create_trades("trades")
+    env.insert_trades("trades", 50, 1, "2025-07-01 00:00:00", step_us=60_000_000)
+    # Its own target: advisory locks are keyed by target name in a shared PostgreSQL.
+    env.write_config([env.table("trades", target="cold.literal_defaults", view=True)])
+    assert env.once().tables[0].status == "ok"
+    env.ch(f"ALTER TABLE {db}.trades ADD COLUMN venue String DEFAULT 'x'")
+    env.ch(f"ALTER TABLE {db}.trades ADD COLUMN tag String DEFAULT concat('a', 'b')")
+    env.ch(f"ALTER TABLE {db}.trades ADD COLUMN who String DEFAULT currentUser()")
+    with caplog.at_level("WARNING", logger="offloader.tiers.view"):
+        report = env.once()
+    assert report.tables[0].status == "idle", report.summary()
+    assert report.tables[0].view_error is None, report.summary()
+    got = env.ch(f"SELECT DISTINCT venue, tag, who FROM {db}.trades_all")
+    assert got == [("x", "", "")], got
+    skipped = {
+        (getattr(r, "table", None), getattr(r, "column", None))
+        for r in caplog.records
+        if "not a constant literal" in r.getMessage()
+    }
+    assert skipped == {(f"{db}.trades", "tag"), (f"{db}.trades", "who")}, skipped
+
+
 KILLED_THEN = {
     "once": ("once",),
     "maintain": ("maintain",),

@@ -4,6 +4,7 @@ the per-table `view`), and a whole table run against the fake source and state s
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from offloader.tiers.view import (
     ViewSpec,
     cold_reader,
     column_pair,
+    constant_literal,
     exact,
     view_ddl,
 )
@@ -101,6 +103,49 @@ def test_which_families_have_a_way_back(type_text: str, is_exact: bool) -> None:
     assert exact(parse_type(type_text)) is is_exact
 
 
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "'x'",
+        "'it''s \\' ok'",
+        "0",
+        "-1.5e3",
+        "0x1F",
+        "NULL",
+        "true",
+        "-inf",
+        "[]",
+        "[1, 2]",
+        "('a', [NULL, 3])",
+        "['2025-01-01 00:00:00']",
+    ],
+)
+def test_constant_literal_defaults_are_copied_into_the_view(expression: str) -> None:
+    assert constant_literal(expression)
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "now()",
+        "toDate('2025-01-01')",
+        "dictGet('db.d', 'venue', toUInt64(1))",
+        "(SELECT max(x) FROM db.secrets)",
+        "currentUser()",
+        "other_column",
+        "1 + 2",
+        "'a' || 'b'",
+        "'a' 'b'",
+        "[1, 2",
+        "(1,)",
+        "'x'::String",
+        "",
+    ],
+)
+def test_expressions_are_not_constant_literals(expression: str) -> None:
+    assert not constant_literal(expression)
+
+
 def test_text_families_read_their_stored_form_from_both_tiers() -> None:
     hot, cold = column_pair("v", "Variant(String, UInt64)", "Nullable(String)", "error")
     assert hot == "CAST(if(isNull(`v`), NULL, toString(`v`)), 'Nullable(String)') AS `v`"
@@ -149,6 +194,31 @@ def test_signature_follows_what_the_sql_depends_on() -> None:
     assert a != _spec((1, 2)).signature(LOCAL, ViewsConfig(s3_collection="c"))
 
 
+def test_view_security_is_definer_unless_invoker_is_asked_for() -> None:
+    reader = cold_reader(LOCAL, ViewsConfig(), "cold.t")
+    definer = view_ddl(_spec((1, 2)), reader, {})
+    assert "DEFINER = CURRENT_USER SQL SECURITY DEFINER AS\n" in definer
+    invoker = view_ddl(dataclasses.replace(_spec((1, 2)), security="invoker"), reader, {})
+    assert "`market`.`trades_all` SQL SECURITY INVOKER AS\n" in invoker
+    assert "DEFINER" not in invoker
+    # Switching replaces the view (its signature changes).
+    views = ViewsConfig()
+    signature = _spec((1, 2)).signature(LOCAL, views)
+    other = dataclasses.replace(_spec((1, 2)), security="invoker").signature(LOCAL, views)
+    assert other != signature
+
+
+def test_view_security_config(tmp_path: Path) -> None:
+    text = BASE.replace("[[tables]]", VIEWS + "\n[[tables]]")
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.views.security == "definer" and cfg.tables[0].view_security == "definer"
+    invoker = text.replace("[views]\n", '[views]\nsecurity = "invoker"\n')
+    cfg = load_config(write(tmp_path, invoker), env={})
+    assert cfg.views.security == "invoker" and cfg.tables[0].view_security == "invoker"
+    own = load_config(write(tmp_path, invoker + 'view_security = "definer"\n'), env={})
+    assert own.tables[0].view_security == "definer"
+
+
 VIEWS = """
 [views]
 enabled = true
@@ -184,6 +254,8 @@ def test_views_config(tmp_path: Path) -> None:
         ('[views]\ns3_endpoint = "minio:9000"', "views.s3_endpoint must be an http:// or"),
         ('[views]\ns3_collection = "bad name"', "views.s3_collection must be a named"),
         ("[views]\nenabeld = true", "views.enabeld"),
+        ('[views]\nsecurity = "caller"', "views.security must be 'definer' (the view reads"),
+        ('view_security = "INVOKER"', "view_security must be 'definer' (the view reads"),
     ],
 )
 def test_views_config_mistakes(tmp_path: Path, edit: str, message: str) -> None:

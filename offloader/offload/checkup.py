@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from offloader import cursor, plan
 from offloader.config import TableConfig
-from offloader.days import day_number, watermark_day
+from offloader.days import day_number, day_of_number, watermark_day
 from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.source import SourceTable
@@ -162,6 +162,7 @@ async def audit(
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
         return Audited(False, seq)
+    note_unchecked(check, report, recorded, bounds)
     behind(check.wm_type, report, found.waiting, found.oldest_waiting, found.server_now)
     intent = check.prepared.state.retention_intent
     drifted = _leave_held(table.target, found.drifted, intent)
@@ -227,6 +228,7 @@ async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Reco
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
         return Recorded(True, None)
     report.stage("audit", time.monotonic() - t0)
+    note_unchecked(check, report, recorded, bounds)
     lo, hi = (day_number(d) for d in bounds)
     if not agrees(lo, hi, hot, recorded, check.hashed):
         return Recorded(False, KnownDays(hot, bounds[1]))  # the Iceberg audit reuses them
@@ -265,6 +267,44 @@ def _leave_held(
             extra={"table": target, "day": day.day.isoformat(), "reason": intent.pending(target)},
         )
     return rest
+
+
+def unchecked_days(
+    recorded: dict[int, DaySum], columns_key: str, bounds: tuple[dt.date, dt.date]
+) -> list[dt.date]:
+    """The days of `bounds` whose row-hash sums were recorded over other columns than
+    `columns_key` (committed before the source's columns changed): the audit compares
+    only their counts. Pure."""
+    lo, hi = (day_number(d) for d in bounds)
+    return [
+        day_of_number(n)
+        for n in range(lo, hi + 1)
+        if (kept := recorded.get(n)) is not None and kept.columns_key != columns_key
+    ]
+
+
+def note_unchecked(
+    check: Check,
+    report: TableReport,
+    recorded: dict[int, DaySum] | None,
+    bounds: tuple[dt.date, dt.date],
+) -> None:
+    """Log and report the audited days whose checksums cannot be compared."""
+    if check.hashed is None or recorded is None:
+        return
+    days = unchecked_days(recorded, check.hashed.key, bounds)
+    report.unchecked = [d.isoformat() for d in days]
+    if days:
+        log.warning(
+            "the audit compares only the row counts of days whose row-hash sums were "
+            "recorded over other columns than the source's now (committed before its "
+            "columns changed, or while audit_checksums was off)",
+            extra={
+                "table": check.table.target,
+                "days": report.unchecked,
+                "columns": [name for name, _ in check.src.columns],
+            },
+        )
 
 
 def agreed_window(

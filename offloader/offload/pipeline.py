@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from offloader import cursor, days, faults, plan
 from offloader.config import TableConfig
-from offloader.errors import single_error
+from offloader.errors import SourceSchemaError, single_error
 from offloader.iceberg import Marker, WrittenFiles, footer
 from offloader.offload import checkup
 from offloader.report import Status, TableReport
@@ -39,6 +40,7 @@ from offloader.source import (
     keyset_pages,
     open_table,
     scan_complete,
+    table_columns,
 )
 from offloader.sql import behind_query
 from offloader.state import Advance, DaySum, TableState, decode_days, encode_days
@@ -62,9 +64,34 @@ async def run_table(
     surveyed: Survey | None = None,
 ) -> None:
     """One run of `table` (its lock held by the caller): open its source (what the
-    cycle's survey read of it taken from `surveyed`), then TableRun."""
+    cycle's survey read of it taken from `surveyed`), then TableRun.
+
+    The survey may be minutes old when the run starts (a table queued behind
+    max_parallel_tables): a run with rows to read first checks that the table's columns
+    are still the survey's, and if they changed, opens the table again, described now,
+    so a column added meanwhile is offloaded by this run."""
+    db = table.source_database or services.clickhouse.database
+    from_survey = surveyed is not None and (db, table.source_table) in surveyed.columns
     async with open_table(services.clickhouse, table, surveyed) as src:
+        run = TableRun(services, table, src, report, run_id, stopping)
+        if await run.run(recheck_columns=from_survey):
+            return
+    async with open_table(services.clickhouse, table) as src:
         await TableRun(services, table, src, report, run_id, stopping).run()
+
+
+def column_changes(read: Sequence[tuple[str, str]], now: Sequence[tuple[str, str]]) -> str:
+    """What differs between the (name, type) columns a run read with and the table's
+    columns now, for a log line or an error ('' when nothing does). Pure."""
+    before, after = dict(read), dict(now)
+    changes = [f"added {n} {t}" for n, t in now if n not in before]
+    changes += [f"dropped {n}" for n, _ in read if n not in after]
+    changes += [
+        f"{n} changed from {t} to {after[n]}" for n, t in read if n in after and after[n] != t
+    ]
+    if not changes and list(before) != list(after):
+        changes.append("columns reordered")
+    return ", ".join(changes)
 
 
 class TableRun:
@@ -106,9 +133,20 @@ class TableRun:
         assert self._ice is not None, "open_iceberg() first"
         return self._ice
 
-    async def run(self) -> None:
+    async def run(self, recheck_columns: bool = False) -> bool:
+        """The run; with `recheck_columns` (the columns are the cycle's survey's), False
+        without reading a row when there are rows to read and the table's columns are
+        no longer those (`run_table` opens it again)."""
         table, report = self.table, self.report
         prepared = await self.prepare()
+        if prepared.upto is not None and recheck_columns:
+            changed = await self.columns_changed()
+            if changed:
+                log.info(
+                    "the source's columns changed since the cycle's survey; reading them again",
+                    extra={"table": table.target, "source": table.source, "changes": changed},
+                )
+                return False
         check = checkup.Check(self.services, table, self.src, self.hashed, prepared)
         if prepared.upto is None:
             # Nothing to read: Iceberg is not touched unless the audit of what
@@ -132,6 +170,14 @@ class TableRun:
             if not audited.ran:
                 await checkup.measure_behind(self.src, report)
         await self.keep_view(prepared.state)
+        return True
+
+    async def columns_changed(self) -> str:
+        """What changed in the source's columns since this run read them ('' if
+        nothing): one query of system.columns."""
+        src = self.src
+        now = await table_columns(src.source, src.database, self.table.source_table)
+        return column_changes(src.columns, now)
 
     async def keep_view(self, state: TableState) -> None:
         """Bring the view over both tiers to the committed position unless it is there
@@ -410,6 +456,16 @@ class TableRun:
         """Commit the written files to Iceberg, then advance PostgreSQL (writing.commit:
         shielded, a deadline or shutdown waits for both), then move the view."""
         services, table, report = self.services, self.table, self.report
+        # Every page of this append was read before this check: if the columns are the
+        # run's now, no page was read after a column was added (its rows would be
+        # stored without the column's values, and the audit would not see it).
+        changed = await self.columns_changed()
+        if changed:
+            raise SourceSchemaError(
+                f"{table.target}: the columns of the source {table.source} changed while "
+                f"this run read it ({changed}); the rows read since its last commit were not "
+                "committed, and the next run reads them again with the new columns"
+            )
         rows = sum(w.rows for w in written)
         marker = Marker(
             self.seq + 1, position, self.run_id, rows, encode_days(sums) if sums else None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from offloader import cursor, faults
-from offloader.config import TableConfig, ViewsConfig
+from offloader.config import TableConfig, ViewsConfig, ViewSecurity
 from offloader.errors import OffloaderError, TableError
 from offloader.sql import keyset_after, quote_ident, quote_string
 from offloader.state import Store, ViewState
@@ -237,6 +238,7 @@ class ViewSpec:
     position: tuple[Any, ...] | None  # the committed position; None: nothing offloaded yet
     seq: int
     uint64: str = "error"
+    security: ViewSecurity = "definer"  # whose rights the view reads with
 
     def signature(self, cold: ColdSide | None, views: ViewsConfig) -> str:
         """A digest of what the view's SQL depends on: an unchanged one means the view
@@ -253,6 +255,9 @@ class ViewSpec:
             views.s3_endpoint,
             VIEW_FORMAT,
         ]
+        if self.security != "definer":
+            # Only when not the default, so that existing views' signatures stay.
+            parts.append(f"security={self.security}")
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
 
 
@@ -286,9 +291,18 @@ def view_ddl(
     else:
         body = hot_sql
     at = view_comment(spec, reader is not None)
+    # DEFINER: the view reads both tiers with offloader's rights, so an analyst needs
+    # SELECT on the view only, and the source's row policies and column grants do not
+    # apply through it. INVOKER: with the analyst's own rights on the source and on the
+    # cold tier's table function (or named collection).
+    security = (
+        "SQL SECURITY INVOKER"
+        if spec.security == "invoker"
+        else "DEFINER = CURRENT_USER SQL SECURITY DEFINER"
+    )
     return (
         f"CREATE OR REPLACE VIEW {qualified_name(spec.name)} "
-        f"DEFINER = CURRENT_USER SQL SECURITY DEFINER AS\n{body}\nCOMMENT {quote_string(at)}"
+        f"{security} AS\n{body}\nCOMMENT {quote_string(at)}"
     )
 
 
@@ -315,6 +329,7 @@ def spec_of(src: SourceTable, table: TableConfig, cold: ColdSide | None, seq: in
         position=cold.position if cold is not None else None,
         seq=cold.seq if cold is not None else seq,
         uint64=table.uint64,
+        security=table.view_security,
     )
 
 
@@ -380,9 +395,12 @@ async def replace(
 async def constant_defaults(
     source: Source, table: tuple[str, str], names: Sequence[str]
 ) -> dict[str, str]:
-    """The DEFAULT (or MATERIALIZED) expressions of `names` that are constants (they
-    evaluate without a row): what the hot table shows for rows older than the column,
-    and so what the view's cold rows without a value read."""
+    """The DEFAULT (or MATERIALIZED) expressions of `names` that are constant literals
+    (`constant_literal`): what the hot table shows for rows older than the column, and
+    so what the view's cold rows without a value read. Any other expression is neither
+    run nor pasted into the view (the source's owner wrote it, and the view runs it with
+    the view's rights): those columns read the type's default, logged naming the table
+    and the column."""
     if not names:
         return {}
     db, name = table
@@ -394,13 +412,76 @@ async def constant_defaults(
     )
     found = {}
     for column, type_text, expression in rows:
+        where = {"table": f"{db}.{name}", "column": str(column), "default": str(expression)}
+        if not constant_literal(str(expression)):
+            log.warning(
+                "the view's cold rows read the type's default for a column whose DEFAULT is "
+                "not a constant literal (only literals are copied into the view)",
+                extra=where,
+            )
+            continue
         value = f"CAST(({expression}), {quote_string(str(type_text))})"
         try:
             await source.rows(f"SELECT {value}")
-        except TableError:
-            continue  # it reads other columns: the type's default instead
+        except TableError as exc:
+            log.warning(
+                "the view's cold rows read the type's default: the column's DEFAULT does not "
+                "cast to its type",
+                extra={**where, "error": str(exc)},
+            )
+            continue
         found[str(column)] = value
     return found
+
+
+# A token of a constant literal: a string, a number, NULL/true/false/inf/nan, or the
+# brackets and commas of an array or tuple of them.
+_LITERAL_TOKEN = re.compile(
+    r"\s*(?:(?P<string>'(?:[^'\\]|\\.|'')*')"
+    r"|(?P<number>[-+]?(?:0x[0-9a-f]+|(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|inf|nan))(?![\w.])"
+    r"|(?P<word>null|true|false)(?!\w)"
+    r"|(?P<punct>[\[\](),]))",
+    re.IGNORECASE,
+)
+
+
+def constant_literal(expression: str) -> bool:
+    """Whether a column's DEFAULT expression (as system.columns shows it) is a constant
+    literal: a string, a number, NULL, true or false, or an array or tuple of those.
+    Function calls, identifiers, subqueries and operators are not. Pure."""
+    tokens: list[str] = []
+    pos, text = 0, expression.rstrip()
+    while pos < len(text):
+        match = _LITERAL_TOKEN.match(text, pos)
+        if match is None:
+            return False
+        tokens.append(match.group("punct") or "v")
+        pos = match.end()
+    end = _literal_value(tokens, 0)
+    return end == len(tokens)
+
+
+def _literal_value(tokens: list[str], i: int) -> int | None:
+    """The index after the literal starting at tokens[i], or None if none starts there."""
+    if i >= len(tokens):
+        return None
+    if tokens[i] == "v":
+        return i + 1
+    close = {"[": "]", "(": ")"}.get(tokens[i])
+    if close is None:
+        return None
+    i += 1
+    if close == "]" and i < len(tokens) and tokens[i] == "]":
+        return i + 1  # []
+    while True:
+        after = _literal_value(tokens, i)
+        if after is None or after >= len(tokens):
+            return None
+        if tokens[after] == close:
+            return after + 1
+        if tokens[after] != ",":
+            return None
+        i = after + 1
 
 
 async def _probe(source: Source, reader: str, target: str) -> dict[str, str]:
