@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -104,6 +105,32 @@ def test_locked_table_is_skipped(env: Env) -> None:
     anyio.run(hold_lock_and_run)
     assert env.once().ok
     assert env.assert_tiers_equal("cold.locked") == 100
+
+
+def test_a_tables_lock_is_its_state_schemas(env_one: Env) -> None:
+    """Two deployments whose state shares one PostgreSQL database in two schemas hold
+    different locks for a target of the same name; one schema's lock excludes."""
+    env = env_one
+    env.write_config([env.table("locked")])
+    cfg = env.config()
+    other = dataclasses.replace(cfg.postgres, schema=cfg.postgres.schema + "_other")
+
+    async def go() -> None:
+        ours, theirs = await Watermarks.open(cfg.postgres), await Watermarks.open(other)
+        try:
+            async with ours.table_lock("cold.same"), theirs.table_lock("cold.same"):
+                with pytest.raises(Locked):
+                    async with theirs.table_lock("cold.same"):
+                        pass
+        finally:
+            await ours.close()
+            await theirs.close()
+
+    try:
+        anyio.run(go)
+    finally:
+        env.pg_schema = other.schema
+        env.drop_pg_schema()
 
 
 def test_rolled_back_iceberg_table_stops_that_table(env: Env) -> None:

@@ -223,14 +223,20 @@ class Watermarks:
 
     @asynccontextmanager
     async def table_lock(self, target: str) -> AsyncIterator[None]:
-        """Hold this table's advisory lock for the block, or raise Locked at once."""
+        """Hold this table's advisory lock for the block, or raise Locked at once.
+
+        The lock is the state schema's and the target's together: two deployments whose
+        state shares one PostgreSQL database in different schemas (staging and
+        production) hold different locks for a target of the same name, as they keep
+        different watermarks for it."""
+        key = f"{self._cfg.schema}.{target}"
         with _mapped("connect", self._cfg.dsn):
             conn = await self._pool.acquire()
         try:
             try:
                 with _mapped("lock", self._cfg.dsn):
                     got = await conn.fetchval(
-                        "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, target
+                        "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, key
                     )
             except BaseException:
                 # Stopped while asking (a deadline, a shutdown): the server may hold the
@@ -245,7 +251,7 @@ class Watermarks:
                 with anyio.move_on_after(CLEANUP_SECONDS, shield=True):
                     try:
                         await conn.execute(
-                            "SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, target
+                            "SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, key
                         )
                     except Exception:
                         # A dead connection has dropped the lock with itself; one asyncpg
