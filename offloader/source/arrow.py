@@ -222,6 +222,7 @@ class ArrowPage:
         return self.hashes
 
     cut = False  # pages end at their row limit or the scan's end
+    last = False  # a short page proves nothing (source.scan_complete)
 
     def encoded(self) -> bytes | None:
         return None

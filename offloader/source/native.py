@@ -228,6 +228,7 @@ class NativePage:
         return None if self.hashes is None else pa.array(self.hashes, pa.uint64())
 
     cut = False  # pages end at their row limit or the scan's end
+    last = False  # a short page proves nothing (source.scan_complete)
 
     def encoded(self) -> bytes | None:
         return None

@@ -162,11 +162,12 @@ class ParquetPage:
     body: bytes  # a complete Parquet file of the Iceberg schema
     rows: int
     position: list[Any]  # the encoded (watermark, keys...) of the last row
-    cut: bool  # ended at a UTC day or at its own size: the scan goes on after a short page
+    cut: bool  # ended at a UTC day or at its own size (the next page's size follows it)
     day: int | None = None  # the UTC day (number) all its rows are on
     sums_query: str | None = None  # sql.range_sums_query of its rows
     http: ArrowHttpSession | None = None
     hash_key: str = ""
+    last = False  # a short page proves nothing (source.scan_complete)
 
     def to_batch(self) -> pa.RecordBatch:
         import pyarrow as pa

@@ -34,6 +34,7 @@ import anyio
 
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable, TableError, single_error
+from offloader.report import stray_cancellation
 from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
 from offloader.sql import keyset_after, literal, quote_ident, quote_string, read_from
 
@@ -152,6 +153,9 @@ class ShardRound:
     rows: int
     position: list[Any]
     cut: bool = False
+    # Every shard was read to the scan's high-water mark (no shard had a page more):
+    # the scan ends with this round.
+    last: bool = False
 
     def to_batch(self) -> pa.RecordBatch:
         raise NotImplementedError("a round is written page by page (ShardRound.pages)")
@@ -166,15 +170,44 @@ class ShardRound:
         raise NotImplementedError("a round is written page by page (ShardRound.pages)")
 
 
-async def each(fn: Callable[[int, T], Coroutine[Any, Any, None]], items: Sequence[T]) -> None:
+async def each(
+    fn: Callable[[int, T], Coroutine[Any, Any, None]],
+    items: Sequence[T],
+    name: Callable[[T], str],
+) -> None:
     """`fn(i, item)` for every item at once; the first to fail cancels the others and
-    its error is raised as it is (a shard's, naming it), not in a group."""
+    its error is raised as it is (a shard's, naming it), not in a group. Returns only
+    when every call returned: a call that ended by a cancellation nothing asked for
+    (anyio's task group takes it for its own and exits normally) fails it, naming the
+    item (`name`)."""
+    done = [False] * len(items)
+
+    async def run(i: int, item: T) -> None:
+        try:
+            await fn(i, item)
+        except anyio.get_cancelled_exc_class() as exc:
+            if stray_cancellation(exc):
+                raise _unfinished(name(item), "was cancelled by nothing offloader asked") from exc
+            raise
+        done[i] = True
+
     try:
         async with anyio.create_task_group() as tg:
             for i, item in enumerate(items):
-                tg.start_soon(fn, i, item)
+                tg.start_soon(run, i, item)
     except BaseExceptionGroup as group:
         raise single_error(group) from None
+    for i, finished in enumerate(done):
+        if not finished:
+            raise _unfinished(name(items[i]), "ended without finishing")
+
+
+def _unfinished(what: str, how: str) -> SourceUnavailable:
+    return SourceUnavailable(
+        f"{what}: its part of the round {how} (a driver's stale cancellation?); the round "
+        "fails and nothing of it is committed; the next run reads it again",
+        reason="clickhouse",
+    )
 
 
 def parts_of(page: Page) -> tuple[Page, ...]:
@@ -238,39 +271,36 @@ class ShardedPager:
         self.read_ahead = shards[0].pager.read_ahead
         self.encodes = shards[0].pager.encodes
 
+    def _name(self, shard: Shard) -> str:
+        return f"{self._target} shard {shard.number}"
+
     async def read(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> ShardRound:
         if scan.since is not None or scan.before is not None or scan.through is not None:
             raise ValueError("a sharded read is a plain scan (repair reads the Distributed table)")
-        plan = self._plan
-        probes: list[list[Any]] = [[] for _ in self._shards]
-
-        async def probe(i: int, shard: Shard) -> None:
-            rel = probe_relation(shard.relation, plan, scan.upto, after, limit - 1)
-            page = await shard.prober.read(Scan(rel, scan.upto), after, 1)
-            probes[i] = list(page.position)
-
-        await each(probe, self._shards)
-        full = [p for p in probes if p]
+        probes = await self._probe(scan, after, limit)
+        full = [i for i, p in enumerate(probes) if p]
         through: list[Any] | None = None
         if full:
-            through = full[(await self._order(full))[0]]
-        pages: list[list[Page]] = [[] for _ in self._shards]
-
-        async def read(i: int, shard: Shard) -> None:
-            own = Scan(shard.relation, scan.upto, through=through)
-            async for page in keyset_pages(
-                shard.pager, own, after, limit, target=f"{self._target} shard {shard.number}"
-            ):
-                pages[i].append(page)
-
-        await each(read, self._shards)
-        found = [p for shard_pages in pages for p in shard_pages]
-        rows = sum(p.rows for p in found)
+            through = probes[full[(await self._order([probes[i] for i in full]))[0]]]
+        pages = await self._read_to(scan, after, limit, through)
         if through is not None:
+            # The shard whose probe gave the round's end holds that very row: its read
+            # must end on it (the others' ends are proven by their empty pages).
+            for i, p in enumerate(probes):
+                if p == through and (not pages[i] or pages[i][-1].position != through):
+                    got = pages[i][-1].position if pages[i] else "no row"
+                    raise SourceUnavailable(
+                        f"{self._name(self._shards[i])}: its read of the round after {after} "
+                        f"ended at {got}, short of the round's end {through}, a row it "
+                        "holds; the round fails and nothing of it is committed",
+                        reason="clickhouse",
+                    )
             position = through
         else:
             lasts = [ps[-1].position for ps in pages if ps]
             position = lasts[(await self._order(lasts))[-1]] if lasts else []
+        found = tuple(p for shard_pages in pages for p in shard_pages)
+        rows = sum(p.rows for p in found)
         log.debug(
             "shard round",
             extra={
@@ -279,7 +309,37 @@ class ShardedPager:
                 "shard_rows": [sum(p.rows for p in ps) for ps in pages],
             },
         )
-        return ShardRound(tuple(found), rows, list(position))
+        return ShardRound(found, rows, list(position), last=through is None)
+
+    async def _probe(self, scan: Scan, after: Sequence[Any] | None, limit: int) -> list[list[Any]]:
+        """Each shard's position of its `limit`-th row after `after` ([]: it has fewer)."""
+        plan = self._plan
+        probes: list[list[Any]] = [[] for _ in self._shards]
+
+        async def probe(i: int, shard: Shard) -> None:
+            rel = probe_relation(shard.relation, plan, scan.upto, after, limit - 1)
+            page = await shard.prober.read(Scan(rel, scan.upto), after, 1)
+            probes[i] = list(page.position)
+
+        await each(probe, self._shards, self._name)
+        return probes
+
+    async def _read_to(
+        self, scan: Scan, after: Sequence[Any] | None, limit: int, through: list[Any] | None
+    ) -> list[list[Page]]:
+        """Every shard's pages after `after` up to `through` (None: to the scan's end),
+        each read on to an empty page: a short page proves nothing (scan_complete)."""
+        pages: list[list[Page]] = [[] for _ in self._shards]
+
+        async def read(i: int, shard: Shard) -> None:
+            own = Scan(shard.relation, scan.upto, through=through)
+            async for page in keyset_pages(
+                shard.pager, own, after, limit, target=self._name(shard)
+            ):
+                pages[i].append(page)
+
+        await each(read, self._shards, self._name)
+        return pages
 
 
 async def open_shards(
@@ -297,7 +357,7 @@ async def open_shards(
     async def connect(i: int, replicas: list[Replica]) -> None:
         opened[i] = await open_replica(stack, cfg, table, replicas)
 
-    await each(connect, shards)
+    await each(connect, shards, lambda replicas: f"{table.target} shard {replicas[0].shard}")
     out = []
     for replicas, s in zip(shards, opened, strict=True):
         assert s is not None
