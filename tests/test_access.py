@@ -29,8 +29,17 @@ GRANTS = {
     "retention": f"GRANT ALTER DELETE, INSERT ON {SRC}.*",
 }
 # And for a Distributed source (README "ClickHouse clusters"), on every node.
-CLUSTER_GRANTS = {"clusters": "GRANT SELECT ON system.clusters", "remote": "GRANT READ ON REMOTE"}
-CLUSTER_NAMED = {"clusters": "SELECT ON system.clusters", "remote": "READ ON REMOTE"}
+# system.replicas: a shard is read on a replica in sync (none of its rows: not Replicated).
+CLUSTER_GRANTS = {
+    "clusters": "GRANT SELECT ON system.clusters",
+    "remote": "GRANT READ ON REMOTE",
+    "replicas": "GRANT SELECT ON system.replicas",
+}
+CLUSTER_NAMED = {
+    "clusters": "SELECT ON system.clusters",
+    "remote": "READ ON REMOTE",
+    "replicas": "SELECT ON system.replicas",
+}
 PASSWORD = "s3cret-pass"
 # What the line of a table run or a retention pass says when that grant is missing.
 NAMED = {

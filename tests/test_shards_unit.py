@@ -18,7 +18,17 @@ from offloader.config import TableConfig
 from offloader.errors import SourceUnavailable
 from offloader.plan import plan_source
 from offloader.source import Scan, keyset_pages
-from offloader.source.shards import Shard, ShardedPager, ShardRound, parts_of, probe_relation
+from offloader.source.shards import (
+    REPLICA_STATE,
+    Shard,
+    ShardedPager,
+    ShardRound,
+    out_of_sync,
+    parts_of,
+    probe_relation,
+    replica_state_query,
+    sync_replica_command,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +226,47 @@ async def test_a_round_that_read_every_shard_to_the_end_ends_the_scan() -> None:
     rounds = await scan_all(sharded(shards), 1_000, 10)
     assert len(rounds) == 1 and rounds[0].last and rounds[0].rows == 10
     assert [s.served for s in shards] == [3, 3]  # a probe, a page, the empty page
+
+
+def replica(**changed: int) -> list[tuple[int, ...]]:
+    """A system.replicas row (REPLICA_STATE) of a replica in sync, with `changed`."""
+    state = {
+        "is_readonly": 0,
+        "is_session_expired": 0,
+        "absolute_delay": 0,
+        "queue_size": 4,  # merges waiting: no row is missing for them
+        "inserts_in_queue": 0,
+        "log_pointer": 10,
+        "log_max_index": 9,
+    }
+    state.update(changed)
+    return [tuple(state[c] for c in REPLICA_STATE)]
+
+
+def test_a_replica_in_sync_or_of_a_table_not_replicated_is_read() -> None:
+    assert out_of_sync(replica()) is None
+    assert out_of_sync([]) is None  # no row: the local table is not Replicated
+    assert out_of_sync(replica(log_pointer=0, log_max_index=0)) is None  # a log never written
+
+
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        ({"inserts_in_queue": 3, "queue_size": 7}, "3 inserted parts not fetched yet"),
+        ({"absolute_delay": 12}, "12 s behind"),
+        ({"log_pointer": 5}, "5 replication log entries not queued yet"),
+        ({"is_readonly": 1}, "read-only"),
+        ({"is_session_expired": 1}, "session expired"),
+    ],
+)
+def test_a_lagging_replica_is_not_read_and_says_why(changed: dict[str, int], said: str) -> None:
+    why = out_of_sync(replica(**changed))
+    assert why is not None and said in why, why
+    assert f"queue_size {changed.get('queue_size', 4)}" in why
+
+
+def test_the_replica_state_is_asked_of_the_local_table() -> None:
+    query = replica_state_query("db", "t'local")
+    assert query.startswith(f"SELECT {', '.join(REPLICA_STATE)} FROM system.replicas WHERE ")
+    assert "database = 'db' AND table = 't\\'local'" in query
+    assert sync_replica_command("db", "t_local") == "SYSTEM SYNC REPLICA `db`.`t_local` LIGHTWEIGHT"

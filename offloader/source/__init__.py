@@ -279,15 +279,16 @@ class SourceTable:
         return self._distributed
 
     async def shards(self) -> list[tuple[int, Source]]:
-        """A Distributed source's shards: a session on one replica of each (shard
-        number, session), opened on first use and closed with the table."""
+        """A Distributed source's shards: a session on one replica of each, in sync when
+        the local table is Replicated (shard number, session), opened on first use and
+        closed with the table."""
         assert self._distributed is not None, f"{self.table.source} is not Distributed"
         assert self._cfg is not None and self._stack is not None, "open_table() opens shards"
         if self._shards is None:
             from offloader.source import shards
 
             self._shards = await shards.open_shards(
-                self._stack, self._cfg, self.table, self.source, self._distributed[0]
+                self._stack, self._cfg, self.table, self.source, self._distributed
             )
         return self._shards
 

@@ -4,7 +4,8 @@ it, every shard's rows of the same keyset range in one page (a `ShardRound`).
 Read through the Distributed table, every keyset page makes every shard sort and send
 up to a page of rows, and the initiator keeps one page of them: the work per page
 grows with the shard count. Here a round after position P does, on every shard at
-once (its own session, on the replica `replicas_of` found first answering):
+once (its own session, on the first replica `replicas_of` lists that answers and is
+in sync for a Replicated local table, `out_of_sync`):
 
 1. the probe: the position Q_s of the shard's `limit`-th row after P (reading the
    watermark and key columns of one page only, in the table's order);
@@ -36,7 +37,7 @@ from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable, TableError, single_error
 from offloader.report import stray_cancellation
 from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
-from offloader.sql import keyset_after, literal, quote_ident, quote_string, read_from
+from offloader.sql import keyset_after, literal, qualified, quote_ident, quote_string, read_from
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -108,12 +109,68 @@ async def replicas_of(
     return [shards[n] for n in sorted(shards)]
 
 
+# What a replica of a Replicated local table says of its replication (system.replicas).
+REPLICA_STATE = (
+    "is_readonly",
+    "is_session_expired",
+    "absolute_delay",
+    "queue_size",
+    "inserts_in_queue",
+    "log_pointer",
+    "log_max_index",
+)
+
+
+def replica_state_query(database: str, table: str) -> str:
+    """The local table's row of system.replicas on the replica asked (none: the table is
+    not Replicated), its columns REPLICA_STATE."""
+    return (
+        f"SELECT {', '.join(REPLICA_STATE)} FROM system.replicas WHERE database = "
+        f"{quote_string(database)} AND table = {quote_string(table)}"
+    )
+
+
+def sync_replica_command(database: str, table: str) -> str:
+    """Wait until the replica has fetched every part its replication log names (the
+    fetches only, not merges): where granted, a lagging replica catches up this way."""
+    return f"SYSTEM SYNC REPLICA {qualified(database, table)} LIGHTWEIGHT"
+
+
+def out_of_sync(rows: Sequence[Sequence[Any]]) -> str | None:
+    """Why a replica must not be read, from its replica_state_query rows; None when it may
+    be: the table is not Replicated (no row), or the replica holds every part its
+    replication log names (rows it has not fetched would be read later, as late rows)."""
+    if not rows:
+        return None
+    state = dict(zip(REPLICA_STATE, rows[0], strict=True))
+    why = []
+    if int(state["is_readonly"]):
+        why.append("it is read-only (no ZooKeeper session or metadata)")
+    if int(state["is_session_expired"]):
+        why.append("its ZooKeeper session expired")
+    if int(state["inserts_in_queue"]):
+        why.append(f"{state['inserts_in_queue']} inserted parts not fetched yet")
+    pointer, top = int(state["log_pointer"]), int(state["log_max_index"])
+    if top and pointer <= top:
+        why.append(f"{top - pointer + 1} replication log entries not queued yet")
+    if int(state["absolute_delay"]):
+        why.append(f"{state['absolute_delay']} s behind")
+    if not why:
+        return None
+    return ", ".join(why) + f" (queue_size {state['queue_size']})"
+
+
 async def open_replica(
-    stack: AsyncExitStack, cfg: ClickHouseConfig, table: TableConfig, replicas: Sequence[Replica]
+    stack: AsyncExitStack,
+    cfg: ClickHouseConfig,
+    table: TableConfig,
+    replicas: Sequence[Replica],
+    local: tuple[str, str],
 ) -> Source:
-    """A session of the first of the shard's replicas that answers (its server, its
-    user and password from [clickhouse]); SourceUnavailable naming every replica tried
-    when none does."""
+    """A session of the first of the shard's replicas that answers and is in sync for the
+    `local` (database, table): out_of_sync, after SYSTEM SYNC REPLICA where granted. Its
+    server, user and password from [clickhouse]. SourceUnavailable naming every replica
+    tried, and why, when none is."""
     failures = []
     for r in replicas:
         node = replace(cfg, host=r.host, port=r.tcp_port, http_port=r.http_port)
@@ -121,16 +178,35 @@ async def open_replica(
         inner = AsyncExitStack()
         try:
             s = await inner.enter_async_context(open_source(node, label, transport_of(cfg, table)))
-            await s.scalar("SELECT 1")
+            why = await _lagging(s, *local)
         except TableError as exc:
             await inner.aclose()
             failures.append(str(exc))
             continue
+        if why is not None:
+            await inner.aclose()
+            failures.append(f"{label}: not in sync: {why}")
+            continue
         stack.push_async_exit(inner)
         return s
     raise SourceUnavailable(
-        f"{table.target}: no replica of shard {replicas[0].shard} answers: " + "; ".join(failures)
+        f"{table.target}: no replica of shard {replicas[0].shard} answers in sync; the run "
+        "reads nothing of the shard until one does (check its replication queue, or grant "
+        "SYSTEM SYNC REPLICA so offloader can wait for it): " + "; ".join(failures)
     )
+
+
+async def _lagging(s: Source, database: str, table: str) -> str | None:
+    """Why the replica of session `s` is not in sync for the table (None: it is), after
+    asking it to catch up when it is not."""
+    why = out_of_sync(await s.rows(replica_state_query(database, table)))
+    if why is None:
+        return None
+    try:
+        await s.command(sync_replica_command(database, table))
+    except TableError as exc:
+        return f"{why}; SYSTEM SYNC REPLICA failed: {exc}"
+    return out_of_sync(await s.rows(replica_state_query(database, table)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,15 +423,17 @@ async def open_shards(
     cfg: ClickHouseConfig,
     table: TableConfig,
     source: Source,
-    cluster: str,
+    distributed: tuple[str, str, str],
 ) -> list[tuple[int, Source]]:
-    """A session on one replica of every shard of `cluster` (shard number, session),
-    opened at once on `stack` (closed with the table)."""
+    """A session on one replica of every shard of the Distributed source's cluster (its
+    name, and the database and table it reads on each shard), in sync for that table
+    (shard number, session), opened at once on `stack` (closed with the table)."""
+    cluster, database, local = distributed
     shards = await replicas_of(source, cluster, cfg, http=transport_of(cfg, table) != "native")
     opened: list[Source | None] = [None] * len(shards)
 
     async def connect(i: int, replicas: list[Replica]) -> None:
-        opened[i] = await open_replica(stack, cfg, table, replicas)
+        opened[i] = await open_replica(stack, cfg, table, replicas, (database, local))
 
     await each(connect, shards, lambda replicas: f"{table.target} shard {replicas[0].shard}")
     out = []
@@ -397,6 +475,7 @@ __all__ = [
     "ShardedPager",
     "open_shards",
     "ordered",
+    "out_of_sync",
     "parts_of",
     "probe_relation",
     "replicas_of",
