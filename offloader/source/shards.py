@@ -12,14 +12,17 @@ in sync for a Replicated local table, `out_of_sync`):
 2. Q = the least Q_s: no shard has an unread row at or before Q past its page, so
    every shard's rows of (P, Q] are at most a page (and the ties of Q's last row);
 3. every shard's rows of (P, Q] read as a keyset scan of its local table (its
-   transport's pages, with their own day cuts and sizes), all kept.
+   transport's pages, with their own day cuts and sizes), all kept. Each shard proves
+   it read to the round's end: its scan reads on to an empty page (a short page proves
+   nothing), and the shard holding Q must end on it.
 
 The round is one page of the pipeline, at position Q: the writer stores all of its
 pages before the position can be committed, so an append holds the rows of all shards
 up to one global position. When no shard has `limit` rows after P, the round reads
 each shard to the scan's high-water mark and ends the scan; its position is the
 greatest last row (ordered by ClickHouse, `ordered`). A shard that fails fails the
-round: nothing of it is committed, and the table's error names the shard.
+round: nothing of it is committed, and the table's error names the shard. So does a
+shard read that ended by a cancellation nothing asked for (`each`).
 """
 
 from __future__ import annotations
