@@ -15,24 +15,10 @@ from typing import Any
 
 from offloader.cursor import ticks_text
 from offloader.days import SECONDS_PER_DAY
+from offloader.pinned import TEXT_SETTINGS
 from offloader.types import ChType, leaf_name, quote_ident, time_precision
 
 __all__ = ["behind_query", "keyset_after", "literal", "page_query", "qualified", "quote_ident"]
-
-
-# Output settings that shape the text of JSON values (stored as ClickHouse's toString
-# text) and of Decimals (verify's checksum), pinned to ClickHouse's defaults on the
-# queries that produce them, so a user's settings profile cannot change what is stored
-# or compared.
-TEXT_SETTINGS = (
-    "date_time_output_format = 'simple'",
-    "output_format_json_quote_64bit_integers = 0",
-    "output_format_json_quote_64bit_floats = 0",
-    "output_format_json_quote_decimals = 0",
-    "output_format_json_quote_denormals = 0",
-    "output_format_json_escape_forward_slashes = 1",
-    "output_format_decimal_trailing_zeros = 0",
-)
 
 
 def with_text_settings(query: str) -> str:

@@ -46,6 +46,7 @@ class FakePage:
         return None
 
     cut = False
+    last = False
 
     def encoded(self) -> bytes | None:
         return None

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.integration
 SRC, VIEWS = "lp_src", "lp_views"  # the grants name these databases
 # What `offloader grants` prints grants for, each feature known by its word.
 FEATURES = ["cold", "detached", "parts", "retention", "source", "views"]
-CLUSTER_FEATURES = ["clusters", "remote"]
-CLUSTER_NAMED = {"clusters": "SELECT ON system.clusters", "remote": "READ ON REMOTE"}
+CLUSTER_FEATURES = ["clusters", "remote", "replicas"]
+CLUSTER_NAMED = {
+    "clusters": "SELECT ON system.clusters",
+    "remote": "READ ON REMOTE",
+    "replicas": "SELECT ON system.replicas",
+}
 PASSWORD = "s3cret-pass"
 # What the line of a table run or a retention pass says when that grant is missing.
 NAMED = {

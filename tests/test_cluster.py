@@ -562,3 +562,48 @@ def test_add_proposes_a_distributed_source_read_shard_by_shard(
     assert [str(p) for p in table.partition_by] == ["day(exchange_ts)"]
     assert env.once().ok
     assert env.assert_tiers_equal(table.target) == 600 == sum(shard_counts(env, cluster))
+
+
+def test_a_uuid_keyed_source_tied_across_shards_is_read_in_clickhouse_order(
+    cluster: list[devserver.Server], pg_database: str, tmp_path: Path
+) -> None:
+    """Keyed by a UUID whose two halves order the other way round in ClickHouse (by its
+    last 8 bytes first) than in Python (by its text), with rows tied on the whole
+    position (watermark and key) on both shards: every round's end and the scan's last
+    position are ClickHouse's, so a second run finds no row to read again."""
+    for env in _sharded(cluster, pg_database, tmp_path, "native"):
+        db = env.ch_database
+        for node in cluster:
+            node_env(node, env).ch(
+                f"CREATE TABLE {db}.keyed_local (ts DateTime64(6, 'UTC'), id UUID, v Int64) "
+                "ENGINE = MergeTree ORDER BY (ts, id)"
+            )
+            node_env(node, env).ch(
+                f"CREATE TABLE {db}.keyed AS {db}.keyed_local "
+                f"ENGINE = Distributed({CLUSTER}, {db}, keyed_local, v)"
+            )
+        # Ten rows a second; the key k = number % 7 is the UUID 0000000k-…-00000000000(6-k),
+        # so rows 7 apart share a position, and land on the other shard (v % 2).
+        env.ch(
+            f"INSERT INTO {db}.keyed SELECT toDateTime64('2025-05-01 00:00:00', 6, 'UTC') + "
+            "intDiv(number, 10), toUUID(concat('0000000', toString(number % 7), "
+            "'-0000-0000-0000-00000000000', toString(6 - number % 7))), number "
+            "FROM numbers(2000) SETTINGS distributed_foreground_insert = 1"
+        )
+        assert min(shard_counts_of(env, cluster, "keyed_local")) > 900
+        env.write_config([env.table("keyed", watermark="ts", keys=["id"], batch_rows=97)])
+        first = env.once()
+        assert first.ok and first.tables[0].rows == 2_000, first.summary()
+        again = env.once()
+        assert again.ok and again.tables[0].rows == 0, again.summary()
+        ice = IcebergCatalog(env.config().catalog).load("cold.keyed")
+        assert ice is not None
+        stored = ice.table.scan(selected_fields=("v",)).to_arrow().column("v").to_pylist()
+        assert sorted(stored) == list(range(2_000)), "a row was lost or stored twice"
+
+
+def shard_counts_of(env: Env, cluster: list[devserver.Server], table: str) -> list[int]:
+    return [
+        int(node_env(n, env).ch(f"SELECT count() FROM {env.ch_database}.{table}")[0][0])
+        for n in cluster
+    ]

@@ -5,6 +5,7 @@ before its position and none after, in rounds bounded by the page size per shard
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from collections.abc import Sequence
@@ -17,7 +18,17 @@ from offloader.config import TableConfig
 from offloader.errors import SourceUnavailable
 from offloader.plan import plan_source
 from offloader.source import Scan, keyset_pages
-from offloader.source.shards import Shard, ShardedPager, ShardRound, parts_of, probe_relation
+from offloader.source.shards import (
+    REPLICA_STATE,
+    Shard,
+    ShardedPager,
+    ShardRound,
+    out_of_sync,
+    parts_of,
+    probe_relation,
+    replica_state_query,
+    sync_replica_command,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +42,7 @@ Row = tuple[int, int]
 class ShardPage:
     data: list[Row]
     cut: bool = False
+    last = False
 
     @property
     def rows(self) -> int:
@@ -50,6 +62,12 @@ class FakeShard:
     rows: list[Row]
     cut_every: int | None = None
     fail_after: int | None = None  # pages served before the shard dies
+    # Rows a page holds at most, whatever it asked (result_overflow_mode = 'break').
+    cut_short: int | None = None
+    # Pages served before the shard answers every further page empty (rows it loses).
+    empty_after: int | None = None
+    # Pages served before a read raises a CancelledError nothing asked for.
+    stray_after: int | None = None
     served: int = 0
     probes: list[str] = field(default_factory=list)
 
@@ -57,6 +75,8 @@ class FakeShard:
         self.served += 1
         if self.fail_after is not None and self.served > self.fail_after:
             raise SourceUnavailable("cold.t (shard 2, 127.0.0.1:9001): connection refused")
+        if self.stray_after is not None and self.served > self.stray_after:
+            raise asyncio.CancelledError  # as a cancelled future awaited again raises it
         rows = sorted(r for r in self.rows if r[0] <= scan.upto)
         if after is not None:
             rows = [r for r in rows if r > tuple(after)]
@@ -67,6 +87,10 @@ class FakeShard:
         if scan.through is not None:
             rows = [r for r in rows if r <= tuple(scan.through)]
         page = rows[:limit]
+        if self.empty_after is not None and self.served > self.empty_after:
+            page = []
+        if self.cut_short is not None:
+            page = page[: self.cut_short]
         if page and self.cut_every:  # a page ends at its first row's "day"
             day = page[0][0] // self.cut_every
             short = [r for r in page if r[0] // self.cut_every == day]
@@ -165,3 +189,84 @@ def test_the_probe_reads_the_offset_row_in_keyset_order() -> None:
     assert "`wm` <= 42" in rel and "`wm` >= 7" in rel
     # Every column the plan reads, not `*` (MATERIALIZED and ALIAS columns too).
     assert rel.startswith("(SELECT `wm`, `k`, `v` FROM")
+
+
+async def test_a_shard_whose_pages_come_back_short_is_read_to_its_end() -> None:
+    """Pages cut short without an error (a server's result_overflow_mode = 'break'): every
+    shard is still read to the round's end, every row once."""
+    data = spread(500, 2, random.Random(7))
+    shards = [FakeShard(rows, cut_short=4) for rows in data]
+    rounds = await scan_all(sharded(shards), 10_000, 50)
+    read = sorted(r for rnd in rounds for p in parts_of(rnd) for r in p.data)  # type: ignore[attr-defined]
+    assert read == sorted(r for rows in data for r in rows)
+
+
+async def test_a_shard_read_short_of_the_round_end_fails_the_round() -> None:
+    """Shard 1 holds the round's end (its 10th row) but its read stops before it (an empty
+    page while rows remain): the round fails naming shard 1, nothing is returned."""
+    one = [(wm, wm * 3) for wm in range(0, 30)]
+    two = [(wm, wm * 3 + 1) for wm in range(0, 30, 3)]
+    shards = [FakeShard(one, cut_short=4, empty_after=2), FakeShard(two)]
+    with pytest.raises(SourceUnavailable, match=r"cold\.t shard 1: .*short of the round's end"):
+        await sharded(shards).read(Scan("db.t", 100), None, 10)
+
+
+async def test_a_stray_cancellation_in_one_shard_fails_the_round() -> None:
+    """A CancelledError no cancel scope asked for, raised in shard 2's read: anyio's task
+    group would cancel shard 1 and exit normally; the round fails naming shard 2."""
+    shards = [FakeShard([(i, i) for i in range(100)]), FakeShard([(i, -i) for i in range(100)])]
+    shards[1].stray_after = 2
+    with pytest.raises(SourceUnavailable, match=r"cold\.t shard 2: .*cancelled by nothing"):
+        await scan_all(sharded(shards), 1_000, 10)
+
+
+async def test_a_round_that_read_every_shard_to_the_end_ends_the_scan() -> None:
+    """No shard has a page more: the round says the scan is over (no round more is read)."""
+    shards = [FakeShard([(i, i) for i in range(5)]), FakeShard([(i, -i) for i in range(5)])]
+    rounds = await scan_all(sharded(shards), 1_000, 10)
+    assert len(rounds) == 1 and rounds[0].last and rounds[0].rows == 10
+    assert [s.served for s in shards] == [3, 3]  # a probe, a page, the empty page
+
+
+def replica(**changed: int) -> list[tuple[int, ...]]:
+    """A system.replicas row (REPLICA_STATE) of a replica in sync, with `changed`."""
+    state = {
+        "is_readonly": 0,
+        "is_session_expired": 0,
+        "absolute_delay": 0,
+        "queue_size": 4,  # merges waiting: no row is missing for them
+        "inserts_in_queue": 0,
+        "log_pointer": 10,
+        "log_max_index": 9,
+    }
+    state.update(changed)
+    return [tuple(state[c] for c in REPLICA_STATE)]
+
+
+def test_a_replica_in_sync_or_of_a_table_not_replicated_is_read() -> None:
+    assert out_of_sync(replica()) is None
+    assert out_of_sync([]) is None  # no row: the local table is not Replicated
+    assert out_of_sync(replica(log_pointer=0, log_max_index=0)) is None  # a log never written
+
+
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        ({"inserts_in_queue": 3, "queue_size": 7}, "3 inserted parts not fetched yet"),
+        ({"absolute_delay": 12}, "12 s behind"),
+        ({"log_pointer": 5}, "5 replication log entries not queued yet"),
+        ({"is_readonly": 1}, "read-only"),
+        ({"is_session_expired": 1}, "session expired"),
+    ],
+)
+def test_a_lagging_replica_is_not_read_and_says_why(changed: dict[str, int], said: str) -> None:
+    why = out_of_sync(replica(**changed))
+    assert why is not None and said in why, why
+    assert f"queue_size {changed.get('queue_size', 4)}" in why
+
+
+def test_the_replica_state_is_asked_of_the_local_table() -> None:
+    query = replica_state_query("db", "t'local")
+    assert query.startswith(f"SELECT {', '.join(REPLICA_STATE)} FROM system.replicas WHERE ")
+    assert "database = 'db' AND table = 't\\'local'" in query
+    assert sync_replica_command("db", "t_local") == "SYSTEM SYNC REPLICA `db`.`t_local` LIGHTWEIGHT"

@@ -398,7 +398,7 @@ class TableRun:
                 )
                 fetched += page.rows
                 position = page.position
-                done = scan_complete(page, table.batch_rows, fetched, waiting)
+                done = scan_complete(page, fetched, waiting)
                 if done:
                     self._read_ahead(ahead, check, position)
                 await send.send(page)

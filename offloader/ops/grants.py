@@ -74,6 +74,8 @@ def clickhouse_grants(cfg: Config, local_tables: Mapping[str, str]) -> list[Gran
         grants.append(Grant("SELECT", "system.clusters", "clusters", why))
         why = "clusterAllReplicas: the parts fingerprint, HTTP ports, views on every node"
         grants.append(Grant("READ", "REMOTE", "remote", why))
+        why = "a shard is read on a replica in sync (system.replicas: delay, fetches)"
+        grants.append(Grant("SELECT", "system.replicas", "replicas", why))
     seen: set[tuple[str, str]] = set()
     unique = []
     for grant in grants:

@@ -124,7 +124,14 @@ class Page(Protocol):
     @property
     def cut(self) -> bool:
         """Whether the page ended at a boundary of its own (a UTC day) rather than at
-        its row limit or the scan's end: the scan goes on after a short page."""
+        its row limit or the scan's end (the parquet transport sizes its next page by it)."""
+        ...
+
+    @property
+    def last(self) -> bool:
+        """Whether the page proves that its scan has no row after it (a shard round that
+        read every shard to its end). A page's own row count never does: a short page
+        is followed by another read (scan_complete)."""
         ...
 
     def encoded(self) -> bytes | None:
@@ -272,15 +279,16 @@ class SourceTable:
         return self._distributed
 
     async def shards(self) -> list[tuple[int, Source]]:
-        """A Distributed source's shards: a session on one replica of each (shard
-        number, session), opened on first use and closed with the table."""
+        """A Distributed source's shards: a session on one replica of each, in sync when
+        the local table is Replicated (shard number, session), opened on first use and
+        closed with the table."""
         assert self._distributed is not None, f"{self.table.source} is not Distributed"
         assert self._cfg is not None and self._stack is not None, "open_table() opens shards"
         if self._shards is None:
             from offloader.source import shards
 
             self._shards = await shards.open_shards(
-                self._stack, self._cfg, self.table, self.source, self._distributed[0]
+                self._stack, self._cfg, self.table, self.source, self._distributed
             )
         return self._shards
 
@@ -372,12 +380,13 @@ async def _engine_and_columns(s: Source, db: str, table: str) -> tuple[str, list
     return str(rows[0][2]), [(str(name), str(t)) for name, t, _ in rows]
 
 
-def scan_complete(page: Page, limit: int, read: int, waiting: int | None = None) -> bool:
-    """Whether no page follows `page`, `read` rows into its scan: it is short and not cut
-    at a day, or the scan has read the `waiting` rows counted before it began (rows that
-    came since are past its position, for the next scan): no empty page is read to find
-    the end."""
-    return (page.rows < limit and not page.cut) or (waiting is not None and read >= waiting)
+def scan_complete(page: Page, read: int, waiting: int | None = None) -> bool:
+    """Whether no page follows `page`, `read` rows into its scan, as proven: the page says
+    so (`Page.last`), or the scan has read the `waiting` rows counted before it began
+    (rows that came since are past its position, for the next scan). A short page proves
+    nothing (a server may cut a result short without an error): the scan reads on, and
+    an empty page ends it."""
+    return page.last or (waiting is not None and read >= waiting)
 
 
 async def keyset_pages(
@@ -390,7 +399,7 @@ async def keyset_pages(
     target: str = "",
 ) -> AsyncGenerator[Page, None]:
     """The pages of a keyset scan, in order: each next page starts after the previous
-    page's last row. Ends after an empty page or the last one (scan_complete). A page
+    page's last row. Ends after an empty page or a page proven last (scan_complete). A page
     that does not move the position forward is an error (never a loop that re-reads,
     or commits twice, the same rows)."""
     read = 0
@@ -402,7 +411,7 @@ async def keyset_pages(
             check_advance(target or scan.relation, list(after), page.position)
         read += page.rows
         yield page
-        if scan_complete(page, limit, read, waiting):
+        if scan_complete(page, read, waiting):
             return
         after = page.position
 

@@ -33,6 +33,7 @@ from offloader.errors import (
     SourceUnavailable,
     unreachable,
 )
+from offloader.pinned import PINNED, refusal
 from offloader.source import CLOSE_SECONDS, Pager, Scan
 from offloader.sql import quote_ident
 from offloader.types import ChType, parse_type
@@ -48,8 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
-QUERY_SETTINGS: dict[str, str] = {}  # small queries: the server's own settings
+# Every query carries the pinned settings (offloader.pinned): a settings profile on the
+# user cannot change which rows it returns. Small queries keep the server's other settings.
+QUERY_SETTINGS: dict[str, str] = dict(PINNED)
 SETTINGS = {
+    **PINNED,
     # Strings arrive as binary and are validated as UTF-8 in conversion.
     "output_format_arrow_string_as_string": "0",
     "output_format_arrow_low_cardinality_as_dictionary": "0",
@@ -126,6 +130,10 @@ class ArrowHttpSession:
                 message += unreachable(int(code), "\n".join(text))
             schema = code is not None and code.isdigit() and int(code) in CLICKHOUSE_SCHEMA_CODES
             error = SourceSchemaError if schema else SourceUnavailable
+            number = int(code) if code is not None and code.isdigit() else None
+            refused = refusal(number, message, self._cfg.user, settings)
+            if refused is not None:
+                raise SourceUnavailable(f"{self._where()}: {refused}: {message}", reason="config")
             raise error(f"{self._where()}: server error {code}: {message}")
         if b"__exception__" in body[-4096:]:
             tail = body[-2000:].decode("utf-8", "replace")
@@ -214,6 +222,7 @@ class ArrowPage:
         return self.hashes
 
     cut = False  # pages end at their row limit or the scan's end
+    last = False  # a short page proves nothing (source.scan_complete)
 
     def encoded(self) -> bytes | None:
         return None

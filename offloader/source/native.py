@@ -28,6 +28,7 @@ from offloader.errors import (
     SourceUnavailable,
     unreachable,
 )
+from offloader.pinned import PINNED, refusal
 from offloader.source import CLOSE_SECONDS, Scan, invalid_utf8_columns
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class ClickHouseSession:
             code = getattr(exc, "code", None)
             first = str(exc).strip().splitlines()
             text = first[1] if len(first) > 1 else (first[0] if first else repr(exc))
+            refused = refusal(code, text, self._cfg.user)
+            if refused is not None:
+                raise SourceUnavailable(f"{where}: {refused}: {text}", reason="config") from exc
             if code in CLICKHOUSE_SCHEMA_CODES:
                 kind = CLICKHOUSE_SCHEMA_CODES[code]
                 raise SourceSchemaError(f"{where}: {kind}: {text}", reason="schema") from exc
@@ -148,7 +152,11 @@ class ClickHouseSession:
         async with self._busy:
             if not self._open:
                 await self.connect()
-            settings = {"strings_as_bytes": True} if strings_as_bytes else None
+            # Every query carries the pinned settings (offloader.pinned): a settings
+            # profile on the user cannot change which rows it returns.
+            settings: dict[str, Any] = dict(PINNED)
+            if strings_as_bytes:
+                settings["strings_as_bytes"] = True
             try:
                 with self._mapped("query"), anyio.fail_after(self._cfg.query_timeout):
                     return await self._conn.execute(
@@ -220,6 +228,7 @@ class NativePage:
         return None if self.hashes is None else pa.array(self.hashes, pa.uint64())
 
     cut = False  # pages end at their row limit or the scan's end
+    last = False  # a short page proves nothing (source.scan_complete)
 
     def encoded(self) -> bytes | None:
         return None

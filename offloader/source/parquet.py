@@ -35,6 +35,7 @@ from offloader import cursor
 from offloader.config import TableConfig
 from offloader.days import day_number, watermark_day
 from offloader.errors import DataError, SourceSchemaError, TableError
+from offloader.pinned import PINNED
 from offloader.source import Scan, invalid_utf8_columns
 from offloader.source.arrow import ArrowHttpSession
 from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 # (benchmarks/RESULTS.md, 2026-11-27, 1978f25).
 DICTIONARY_BYTES = 64 * 1024
 SETTINGS = {
+    **PINNED,
     "prefer_column_name_to_alias": "1",
     "output_format_parquet_string_as_string": "1",
     "output_format_parquet_datetime_as_uint32": "0",
@@ -160,11 +162,12 @@ class ParquetPage:
     body: bytes  # a complete Parquet file of the Iceberg schema
     rows: int
     position: list[Any]  # the encoded (watermark, keys...) of the last row
-    cut: bool  # ended at a UTC day or at its own size: the scan goes on after a short page
+    cut: bool  # ended at a UTC day or at its own size (the next page's size follows it)
     day: int | None = None  # the UTC day (number) all its rows are on
     sums_query: str | None = None  # sql.range_sums_query of its rows
     http: ArrowHttpSession | None = None
     hash_key: str = ""
+    last = False  # a short page proves nothing (source.scan_complete)
 
     def to_batch(self) -> pa.RecordBatch:
         import pyarrow as pa
