@@ -145,7 +145,14 @@ def test_documented_default_is_the_default(section: str, key: str, cell: str) ->
             parse(data)
         return
     if cell.startswith("from "):
-        return  # derived from the setting it names; the key's acceptance is tested above
+        # Taken from the setting it names (`[views] security`; `[clickhouse]`: the key of
+        # the same name there), which must be one the reader accepts. Catalog properties
+        # are pyiceberg's.
+        named = re.match(r"^from `\[([a-z_.]+)\](?: ([a-z_]+))?`", cell)
+        assert named, f"docs [{section}] {key}: {cell!r} names no `[section] key`"
+        if named.group(1) not in PASSED_THROUGH | {"iceberg.catalog"}:
+            assert (named.group(2) or key) in accepted_keys(named.group(1)), cell
+        return
     if cell in ("unset", "empty"):
         assert absent in (None, "", ()), f"[{section}] {key}: documented {cell}, reads {absent!r}"
         assert field.default == absent, f"[{section}] {key}: dataclass default {field.default!r}"
