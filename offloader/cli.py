@@ -16,7 +16,7 @@ import importlib.metadata
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -105,6 +105,8 @@ def _global_options(*, suppress: bool) -> _Parser:
 
 
 def build_parser() -> _Parser:
+    """The command line: global options, then one subcommand, added group by group in
+    the order `--help` lists them."""
     parser = _Parser(
         prog="offloader",
         description="Move rows from ClickHouse to Apache Iceberg, exactly once.",
@@ -119,23 +121,32 @@ def build_parser() -> _Parser:
     )
     # Global options are accepted after the command too (`offloader once --config X`);
     # there they only override what was given before it.
-    sub_add = sub.add_parser
     globals_after = _global_options(suppress=True)
 
     def add_parser(name: str, **kwargs: Any) -> _Parser:
-        return sub_add(name, parents=[globals_after], **kwargs)
+        return sub.add_parser(name, parents=[globals_after], **kwargs)
 
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    _add_service_commands(add_parser)
+    _add_inspection_commands(add_parser)
+    _add_upkeep_commands(add_parser)
+    _add_setup_commands(add_parser)
+    return parser
 
-    once = sub.add_parser("once", help="run one cycle over every enabled table and exit")
+
+def _add_service_commands(add_parser: Callable[..., _Parser]) -> None:
+    """`once` and `run`: offloading cycles."""
+    once = add_parser("once", help="run one cycle over every enabled table and exit")
     once.add_argument("--json", action="store_true", help="print the cycle report as JSON")
     once.add_argument("--worker", type=worker_share, help=argparse.SUPPRESS)
 
-    run = sub.add_parser("run", help="run as a service: a cycle on every aligned interval")
+    run = add_parser("run", help="run as a service: a cycle on every aligned interval")
     run.add_argument("--now", action="store_true", help="run a first cycle immediately")
     run.add_argument("--worker", type=worker_share, help=argparse.SUPPRESS)
 
-    status = sub.add_parser("status", help="per-table watermark, last run and lag")
+
+def _add_inspection_commands(add_parser: Callable[..., _Parser]) -> None:
+    """`status`, `validate` and `verify`: they look, and change nothing."""
+    status = add_parser("status", help="per-table watermark, last run and lag")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument(
         "--check",
@@ -143,12 +154,12 @@ def build_parser() -> _Parser:
         help="exit 1 when a table's lag exceeds [offloader] lag_alert or its last run failed",
     )
 
-    validate = sub.add_parser("validate", help="check the config (and, live, the sources)")
+    validate = add_parser("validate", help="check the config (and, live, the sources)")
     validate.add_argument(
         "--offline", action="store_true", help="check the file only, without connecting"
     )
 
-    verify = sub.add_parser(
+    verify = add_parser(
         "verify", help="compare ClickHouse and Iceberg per day up to the committed watermark"
     )
     verify.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
@@ -156,7 +167,10 @@ def build_parser() -> _Parser:
     verify.add_argument("--until", type=day, help="day to stop before (YYYY-MM-DD)")
     verify.add_argument("--json", action="store_true", help="print the verdicts as JSON")
 
-    expire = sub.add_parser(
+
+def _add_upkeep_commands(add_parser: Callable[..., _Parser]) -> None:
+    """`expire`, `maintain`, `repair` and `retain`: upkeep of the two tiers."""
+    expire = add_parser(
         "expire", help="expire old Iceberg snapshots, always keeping the newest offloader commit"
     )
     expire.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
@@ -167,7 +181,7 @@ def build_parser() -> _Parser:
         help="retention, a duration such as 7d or 36h (default 7d)",
     )
 
-    maintain = sub.add_parser(
+    maintain = add_parser(
         "maintain",
         help="compact small files, expire snapshots, delete orphan files (see [maintenance])",
     )
@@ -182,8 +196,23 @@ def build_parser() -> _Parser:
         help="also write again (data pages unchanged) the data files whose footer lacks "
         "Iceberg field ids, so readers that map columns by id only (Daft) read them",
     )
+    _add_repair_command(add_parser)
 
-    repair = sub.add_parser(
+    retain = add_parser(
+        "retain",
+        help="drop hot partitions older than hot_retention that Iceberg verifiably holds",
+    )
+    retain.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
+    retain.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list each partition it would drop with both tiers' counts; drop nothing",
+    )
+    retain.add_argument("--json", action="store_true", help="print the reports as JSON")
+
+
+def _add_repair_command(add_parser: Callable[..., _Parser]) -> None:
+    repair = add_parser(
         "repair",
         help="replace days of an Iceberg table with ClickHouse's rows (late rows, mutations)",
     )
@@ -201,19 +230,10 @@ def build_parser() -> _Parser:
     )
     repair.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    retain = sub.add_parser(
-        "retain",
-        help="drop hot partitions older than hot_retention that Iceberg verifiably holds",
-    )
-    retain.add_argument("tables", nargs="*", metavar="TABLE", help="targets (default: all)")
-    retain.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="list each partition it would drop with both tiers' counts; drop nothing",
-    )
-    retain.add_argument("--json", action="store_true", help="print the reports as JSON")
 
-    add = sub.add_parser(
+def _add_setup_commands(add_parser: Callable[..., _Parser]) -> None:
+    """`add`, `grants` and `reset`: onboarding tables, access, recovery."""
+    add = add_parser(
         "add",
         help="propose [[tables]] blocks from ClickHouse's metadata, check them live, append "
         "them to the config",
@@ -227,7 +247,7 @@ def build_parser() -> _Parser:
         "--dry-run", action="store_true", help="print the blocks, write nothing to the config"
     )
 
-    grants = sub.add_parser(
+    grants = add_parser(
         "grants",
         help="print the ClickHouse and PostgreSQL grants offloader needs for the config",
     )
@@ -242,12 +262,11 @@ def build_parser() -> _Parser:
         help="a Distributed source and the local table under it on every node (repeatable)",
     )
 
-    reset = sub.add_parser(
+    reset = add_parser(
         "reset", help="recovery: set a table's PostgreSQL watermark to what Iceberg holds"
     )
     reset.add_argument("table", help="target (or source) name of the table")
     reset.add_argument("--yes", action="store_true", help="do it (without --yes: show only)")
-    return parser
 
 
 def tune_memory() -> None:

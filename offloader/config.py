@@ -115,35 +115,49 @@ def parse_partition(text: str) -> PartitionField:
 
 @dataclass(frozen=True, slots=True)
 class ServiceConfig:
+    """`[offloader]`: the service's schedule, concurrency and monitoring."""
+
     interval: float = 900.0
+    """Seconds between cycle starts, aligned to the top of the hour (over an hour: to
+    midnight UTC)."""
     max_parallel_tables: int = 4
+    """Tables offloaded at once (per worker process)."""
     table_timeout: float = 600.0
+    """Seconds one table's run may take; commits made before it are kept."""
     shutdown_grace: float = 60.0
+    """Seconds in-flight commits may take after SIGTERM before the cycle is cancelled."""
     metrics_port: int | None = None
+    """Port of the Prometheus metrics listener (0: any free port); None: no listener."""
     metrics_host: str = "127.0.0.1"
+    """Address of the metrics listener."""
     lag_alert: float = 3600.0
-    # Worker processes of `run` and `once`, each offloading its share of the tables on
-    # its own core (service/workers.py); 0 ("auto"): one per core, at most one per
-    # max_parallel_tables enabled tables.
+    """Seconds of lag above which `status --check` fails."""
     workers: int = 0
+    """Worker processes of `run` and `once`, each offloading its share of the tables on
+    its own core (service/workers.py); 0 ("auto"): one per core, at most one per
+    max_parallel_tables enabled tables."""
 
 
 @dataclass(frozen=True, slots=True)
 class MaintenanceConfig:
     """`[maintenance]`: keeps each Iceberg table's shape bounded (README "Maintenance")."""
 
-    enabled: bool = True  # run a pass inside `offloader run`
-    interval: float = 3600.0  # between passes of the service
-    budget: float = 600.0  # time budget of one pass (never delays a cycle tick)
-    settle: float = 3600.0  # a partition is closed when its rows are older than now-lag-settle
-    target_file_size: int = 128 * 1000**2  # compacted data files, Parquet bytes
-    snapshot_retention: float = (
-        7.0 * SECONDS_PER_DAY
-    )  # older snapshots are expired (never the newest)
-    metadata_versions: int = 20  # metadata files kept (write.metadata.previous-versions-max)
-    orphan_age: float = (
-        3.0 * SECONDS_PER_DAY
-    )  # unreferenced files younger than this are never deleted
+    enabled: bool = True
+    """Run a maintenance pass inside `offloader run`."""
+    interval: float = 3600.0
+    """Seconds between passes of the service."""
+    budget: float = 600.0
+    """Time budget of one pass, in seconds (never delays a cycle tick)."""
+    settle: float = 3600.0
+    """A partition is closed when its rows are older than now - lag - settle (seconds)."""
+    target_file_size: int = 128 * 1000**2
+    """Size of compacted data files, in Parquet bytes."""
+    snapshot_retention: float = 7.0 * SECONDS_PER_DAY
+    """Seconds after which snapshots are expired (never the newest)."""
+    metadata_versions: int = 20
+    """Metadata files kept (write.metadata.previous-versions-max)."""
+    orphan_age: float = 3.0 * SECONDS_PER_DAY
+    """Seconds: unreferenced files younger than this are never deleted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,18 +165,23 @@ class ViewsConfig:
     """`[views]`: the ClickHouse view over both tiers that offloader keeps per table
     (README "One table over both tiers")."""
 
-    enabled: bool = False  # keep a view for every table that does not say `view = false`
-    suffix: str = "_all"  # default view name: the source's name plus this, in its database
-    # The ClickHouse named collection holding access_key_id and secret_access_key, by which
-    # the server reads an S3 warehouse (icebergS3): secrets never appear in the view's DDL.
+    enabled: bool = False
+    """Keep a view for every table that does not say `view = false`."""
+    suffix: str = "_all"
+    """Default view name: the source's name plus this, in its database."""
     s3_collection: str = ""
-    # The object store's URL as ClickHouse reaches it (default: the catalog's s3.endpoint).
+    """The ClickHouse named collection holding access_key_id and secret_access_key, by
+    which the server reads an S3 warehouse (icebergS3): secrets never appear in the
+    view's DDL. Empty: none."""
     s3_endpoint: str = ""
-    # Whose rights a view reads both tiers with (a table's `view_security` overrides it):
-    # "definer", offloader's (an analyst needs SELECT on the view only, and the source's
-    # row policies and column grants do not apply), or "invoker", the analyst's own (SELECT
-    # on the source and on the cold tier's table function or named collection too).
+    """The object store's URL as ClickHouse reaches it (the file reader's default: the
+    catalog's s3.endpoint)."""
     security: ViewSecurity = "definer"
+    """Whose rights a view reads both tiers with (a table's `view_security` overrides
+    it): "definer", offloader's (an analyst needs SELECT on the view only, and the
+    source's row policies and column grants do not apply), or "invoker", the analyst's
+    own (SELECT on the source and on the cold tier's table function or named collection
+    too)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,28 +189,45 @@ class RetentionConfig:
     """`[retention]`: when the service runs its verified hot retention (tables opt in with
     `hot_retention`)."""
 
-    enabled: bool = True  # run retention passes inside `offloader run`
-    interval: float = 3600.0  # between passes
-    budget: float = 600.0  # time budget of a pass (never runs into a cycle tick)
+    enabled: bool = True
+    """Run retention passes inside `offloader run`."""
+    interval: float = 3600.0
+    """Seconds between passes."""
+    budget: float = 600.0
+    """Time budget of a pass, in seconds (never runs into a cycle tick)."""
 
 
 @dataclass(frozen=True, slots=True)
 class ClickHouseConfig:
+    """`[clickhouse]`: where and how the sources are read."""
+
     host: str = "127.0.0.1"
+    """Host of the native TCP endpoint (and of the HTTP one)."""
     port: int = 9000
+    """Native TCP port."""
     user: str = "default"
+    """ClickHouse user offloader reads as."""
     password: str = field(default="", repr=False)
+    """That user's password (a secret: never shown)."""
     database: str = "default"
+    """Database of sources written without one."""
     secure: bool = False
+    """TLS on the native port and HTTPS on the HTTP port, verifying the server's
+    certificate."""
     connect_timeout: float = 10.0
+    """Seconds per connection attempt."""
     query_timeout: float = 300.0
+    """Seconds per page query."""
     transport: Transport = "native"
+    """How pages are read: "native" (native TCP), "arrow" or "parquet" (HTTP)."""
     http_port: int = 8123
+    """HTTP port, for the "arrow" and "parquet" transports."""
     http_compression: bool = False
-    # A Distributed source read shard by shard: the HTTP port of a node known by its
-    # "host:tcp_port" in system.clusters, where ClickHouse's own answer is not the one
-    # to use (a proxy, NAT). Others: getServerPort('http_port') on that node.
+    """Let ClickHouse compress HTTP replies (zstd)."""
     http_ports: tuple[tuple[str, int], ...] = ()
+    """A Distributed source read shard by shard: the HTTP port of a node known by its
+    "host:tcp_port" in system.clusters, where ClickHouse's own answer is not the one
+    to use (a proxy, NAT). Others: getServerPort('http_port') on that node."""
 
     def __repr__(self) -> str:
         return (
@@ -202,8 +238,12 @@ class ClickHouseConfig:
 
 @dataclass(frozen=True, slots=True)
 class PostgresConfig:
+    """`[postgres]`: where the watermarks, commits and runs are kept."""
+
     dsn: str = field(default="postgresql://postgres@127.0.0.1:5432/offloader", repr=False)
+    """The database's DSN (required in the file; may hold a secret: shown redacted)."""
     schema: str = "offloader"
+    """Schema of offloader's tables, created and migrated automatically."""
 
     def __repr__(self) -> str:
         return f"PostgresConfig(dsn={redact_dsn(self.dsn)!r}, schema={self.schema!r})"
@@ -211,8 +251,13 @@ class PostgresConfig:
 
 @dataclass(frozen=True, slots=True)
 class CatalogConfig:
+    """`[iceberg.catalog]`: the Iceberg catalog the targets live in."""
+
     name: str
+    """The catalog's name (pyiceberg's load_catalog name)."""
     properties: Mapping[str, str] = field(repr=False)
+    """Every other property, passed to pyiceberg's load_catalog as it is (secrets are
+    shown as *** in a repr)."""
 
     def __repr__(self) -> str:
         shown = {k: ("***" if is_secret_key(k) else v) for k, v in self.properties.items()}
@@ -221,37 +266,57 @@ class CatalogConfig:
 
 @dataclass(frozen=True, slots=True)
 class TableConfig:
+    """`[[tables]]`: one ClickHouse source offloaded into one Iceberg target."""
+
     source: str
+    """ClickHouse `database.table`, or `table` in [clickhouse] database."""
     target: str
+    """Iceberg `namespace.table`, created if missing."""
     watermark: str
+    """The ordered, non-Nullable column the rows are offloaded in the order of."""
     keys: tuple[str, ...]
+    """Columns that with the watermark identify a row (the keyset order's tie-breaker)."""
     lag: float = 300.0
+    """Seconds: rows newer than now - lag wait for the next cycle."""
     batch_rows: int = 100_000
+    """Rows per page read from ClickHouse (PARQUET_BATCH_ROWS with transport "parquet")."""
     append_rows: int = 1_000_000
+    """Rows per Iceberg append (one snapshot); pages accumulate up to it."""
     max_rows_per_cycle: int = 50_000_000
+    """Rows a cycle offloads at most, so one big backlog never starves the others."""
     partition_by: tuple[PartitionField, ...] = ()
+    """The target's Iceberg partition transforms."""
     enabled: bool = True
+    """False keeps the table in the config but skips it."""
     uint64: Literal["error", "decimal"] = "error"
+    """UInt64 as long, failing above 2^63-1 ("error"), or as decimal(20,0) ("decimal")."""
     strings: Literal["string", "binary"] = "string"
-    transport: Transport | None = None  # None: [clickhouse] transport
-    audit_days: int = 4  # days audited each run, ending at the watermark's day; 0: off
-    late_rows: Literal["alert", "repair"] = "alert"  # what a run does with drifted days
-    audit_checksums: bool = True  # the audit also compares per-day row-hash sums
-    final: bool = False  # read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)
-    # A Distributed source: "shards" reads each shard's local table on one replica of
-    # it (source/shards.py); "through" reads through the Distributed table.
+    """String as Iceberg string (valid UTF-8 only) or binary, byte for byte."""
+    transport: Transport | None = None
+    """This table's transport; None: [clickhouse] transport."""
+    audit_days: int = 4
+    """Days audited each run, ending at the watermark's day; 0: off."""
+    late_rows: Literal["alert", "repair"] = "alert"
+    """What a run does with drifted days: report them, or also repair them."""
+    audit_checksums: bool = True
+    """The audit also compares per-day row-hash sums."""
+    final: bool = False
+    """Read with FINAL (ReplacingMergeTree, CollapsingMergeTree, ...)."""
     distributed: Literal["shards", "through"] = "shards"
-    # The view over both tiers, `database.name` (resolved from `view` and [views]); None: none.
+    """A Distributed source: "shards" reads each shard's local table on one replica of
+    it (source/shards.py); "through" reads through the Distributed table."""
     view: str | None = None
-    # Its SQL SECURITY (resolved from `view_security` and [views] security).
+    """The view over both tiers, `database.name` (resolved from `view` and [views]);
+    None: none."""
     view_security: ViewSecurity = "definer"
-    # Seconds: drop source partitions older than this once Iceberg verifiably holds them
-    # (retention.py); None: offloader never drops hot data.
+    """Its SQL SECURITY (resolved from `view_security` and [views] security)."""
     hot_retention: float | None = None
-    # A table of the source's structure and engine family, in the (local) source's
-    # database on every node, that retention moves a partition to before it drops it
-    # (needed for a Replicated* source; retention.py); None: detach, then drop.
+    """Seconds: drop source partitions older than this once Iceberg verifiably holds
+    them (retention.py); None: offloader never drops hot data."""
     retiring_table: str | None = None
+    """A table of the source's structure and engine family, in the (local) source's
+    database on every node, that retention moves a partition to before it drops it
+    (needed for a Replicated* source; retention.py); None: detach, then drop."""
 
     @property
     def source_database(self) -> str | None:
@@ -270,15 +335,26 @@ class TableConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The whole configuration file, validated (configfile.py builds it)."""
+
     path: str
+    """The file it was read from, named in every error."""
     service: ServiceConfig
+    """`[offloader]`."""
     clickhouse: ClickHouseConfig
+    """`[clickhouse]`."""
     postgres: PostgresConfig
+    """`[postgres]`."""
     catalog: CatalogConfig
+    """`[iceberg.catalog]`."""
     tables: tuple[TableConfig, ...]
+    """`[[tables]]`, in the file's order."""
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    """`[maintenance]`."""
     views: ViewsConfig = ViewsConfig()
+    """`[views]`."""
     retention: RetentionConfig = RetentionConfig()
+    """`[retention]`."""
 
     @property
     def enabled_tables(self) -> tuple[TableConfig, ...]:

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from offloader.config import (
     PARQUET_BATCH_ROWS,
@@ -23,6 +23,7 @@ from offloader.config import (
     ClickHouseConfig,
     Config,
     MaintenanceConfig,
+    PartitionField,
     PostgresConfig,
     RetentionConfig,
     ServiceConfig,
@@ -44,6 +45,13 @@ from offloader.errors import ConfigError
 _ENV_REF = re.compile(r"\$\{(?:credential:([^}]*)|([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?)\}")
 _CREDENTIAL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _IDENT = re.compile(r"^[^\x00-\x1f]+$")
+_Choice = TypeVar("_Choice", bound=str)
+# What a table's choices mean, in the error that refuses another value.
+_LATE_ROWS = "must be 'alert' (report drifted days) or 'repair' (also repair them)"
+_DISTRIBUTED = (
+    "must be 'shards' (read each shard's local table) or 'through' (read "
+    "through the Distributed table)"
+)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
@@ -69,6 +77,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 
 def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> Config:
+    """Validate a config file's TOML `data` into a Config, section by section (a
+    section's mistakes are reported before a later one's)."""
     reader = _Reader(path, env)
     reader.reject_unknown(
         data,
@@ -78,99 +88,12 @@ def parse_config(data: Mapping[str, Any], path: str, env: Mapping[str, str]) -> 
             *("views", "retention"),
         },
     )
-
-    svc = reader.section(data, "offloader", required=False)
-    d = ServiceConfig()  # the defaults are the dataclasses' own, written once
-    service = ServiceConfig(
-        interval=reader.duration(svc, "offloader", "interval", d.interval, minimum=1.0),
-        max_parallel_tables=reader.integer(
-            svc, "offloader", "max_parallel_tables", d.max_parallel_tables, 1, 256
-        ),
-        table_timeout=reader.duration(
-            svc, "offloader", "table_timeout", d.table_timeout, minimum=1.0
-        ),
-        shutdown_grace=reader.duration(
-            svc, "offloader", "shutdown_grace", d.shutdown_grace, minimum=0.0
-        ),
-        metrics_port=reader.optional_integer(svc, "offloader", "metrics_port", 0, 65535),
-        metrics_host=reader.string(svc, "offloader", "metrics_host", d.metrics_host),
-        lag_alert=reader.duration(svc, "offloader", "lag_alert", d.lag_alert, minimum=1.0),
-        workers=0
-        if svc.get("workers", "auto") == "auto"
-        else reader.integer(svc, "offloader", "workers", d.workers, 1, 64),
-    )
-    reader.reject_unknown(svc, "offloader", set(ServiceConfig.__slots__))
-
-    ch = reader.section(data, "clickhouse", required=True)
-    c = ClickHouseConfig()
-    clickhouse = ClickHouseConfig(
-        host=reader.string(ch, "clickhouse", "host", c.host),
-        port=reader.integer(ch, "clickhouse", "port", c.port, 1, 65535),
-        user=reader.string(ch, "clickhouse", "user", c.user),
-        password=reader.string(ch, "clickhouse", "password", c.password, allow_empty=True),
-        database=reader.string(ch, "clickhouse", "database", c.database),
-        secure=reader.boolean(ch, "clickhouse", "secure", c.secure),
-        connect_timeout=reader.duration(
-            ch, "clickhouse", "connect_timeout", c.connect_timeout, minimum=0.1
-        ),
-        query_timeout=reader.duration(
-            ch, "clickhouse", "query_timeout", c.query_timeout, minimum=1.0
-        ),
-        transport=reader.transport(ch, "clickhouse", c.transport),
-        http_port=reader.integer(ch, "clickhouse", "http_port", c.http_port, 1, 65535),
-        http_compression=reader.boolean(ch, "clickhouse", "http_compression", c.http_compression),
-        http_ports=reader.http_ports(ch),
-    )
-    reader.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
-
-    pg = reader.section(data, "postgres", required=True)
-    postgres = PostgresConfig(
-        dsn=reader.string(pg, "postgres", "dsn", None),
-        schema=reader.string(pg, "postgres", "schema", "offloader"),
-    )
-    reader.reject_unknown(pg, "postgres", {"dsn", "schema"})
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", postgres.schema):
-        reader.fail("postgres.schema", "must be a lower-case SQL identifier", postgres.schema)
-
-    ice = reader.section(data, "iceberg", required=True)
-    reader.reject_unknown(ice, "iceberg", {"catalog"})
-    cat = reader.section(ice, "catalog", required=True, where="iceberg.catalog")
-    props: dict[str, str] = {}
-    for key, value in _flatten(cat).items():
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            reader.fail(f"iceberg.catalog.{key}", "must be a string or number", value)
-        props[key] = reader.expand(str(value), f"iceberg.catalog.{key}")
-    name = props.pop("name", None)
-    if not name:
-        reader.fail("iceberg.catalog.name", "is required (the catalog's name, e.g. 'cold')", None)
-    catalog = CatalogConfig(name=str(name), properties=props)
-
+    service = reader.service(reader.section(data, "offloader", required=False))
+    clickhouse = reader.clickhouse(reader.section(data, "clickhouse", required=True))
+    postgres = reader.postgres(reader.section(data, "postgres", required=True))
+    catalog = reader.catalog(reader.section(data, "iceberg", required=True))
     views = reader.views(reader.section(data, "views", required=False), catalog)
-    raw_tables = data.get("tables", [])
-    if not isinstance(raw_tables, list) or not all(isinstance(t, dict) for t in raw_tables):
-        reader.fail("tables", "must be an array of tables ([[tables]] blocks)", raw_tables)
-    tables = tuple(reader.table(i, t, clickhouse, views) for i, t in enumerate(raw_tables))
-    seen: dict[str, int] = {}
-    for i, table in enumerate(tables):
-        if table.target in seen:
-            reader.fail(
-                f"tables[{i}] ({table.source}).target",
-                f"duplicates tables[{seen[table.target]}].target; each target needs one source",
-                table.target,
-            )
-        seen[table.target] = i
-    _refuse_nested_locations(reader, tables, catalog)
-    views_seen: dict[str, int] = {}
-    for i, table in enumerate(tables):
-        if table.view is None:
-            continue
-        if table.view in views_seen:
-            reader.fail(
-                f"tables[{i}] ({table.source}).view",
-                f"is also the view of tables[{views_seen[table.view]}]; each table needs its own",
-                table.view,
-            )
-        views_seen[table.view] = i
+    tables = reader.tables(data.get("tables", []), clickhouse, views, catalog)
     maintenance = reader.maintenance(reader.section(data, "maintenance", required=False))
     retention = reader.retention(reader.section(data, "retention", required=False))
     return Config(
@@ -348,6 +271,115 @@ class _Reader:
             self.fail(f"{where}.{key}", f"must be at least {minimum} bytes", value)
         return size
 
+    def service(self, svc: Mapping[str, Any]) -> ServiceConfig:
+        """`[offloader]`; the defaults are the dataclass's own, written once."""
+        d = ServiceConfig()
+        service = ServiceConfig(
+            interval=self.duration(svc, "offloader", "interval", d.interval, minimum=1.0),
+            max_parallel_tables=self.integer(
+                svc, "offloader", "max_parallel_tables", d.max_parallel_tables, 1, 256
+            ),
+            table_timeout=self.duration(
+                svc, "offloader", "table_timeout", d.table_timeout, minimum=1.0
+            ),
+            shutdown_grace=self.duration(
+                svc, "offloader", "shutdown_grace", d.shutdown_grace, minimum=0.0
+            ),
+            metrics_port=self.optional_integer(svc, "offloader", "metrics_port", 0, 65535),
+            metrics_host=self.string(svc, "offloader", "metrics_host", d.metrics_host),
+            lag_alert=self.duration(svc, "offloader", "lag_alert", d.lag_alert, minimum=1.0),
+            workers=0
+            if svc.get("workers", "auto") == "auto"
+            else self.integer(svc, "offloader", "workers", d.workers, 1, 64),
+        )
+        self.reject_unknown(svc, "offloader", set(ServiceConfig.__slots__))
+        return service
+
+    def clickhouse(self, ch: Mapping[str, Any]) -> ClickHouseConfig:
+        """`[clickhouse]`."""
+        c = ClickHouseConfig()
+        clickhouse = ClickHouseConfig(
+            host=self.string(ch, "clickhouse", "host", c.host),
+            port=self.integer(ch, "clickhouse", "port", c.port, 1, 65535),
+            user=self.string(ch, "clickhouse", "user", c.user),
+            password=self.string(ch, "clickhouse", "password", c.password, allow_empty=True),
+            database=self.string(ch, "clickhouse", "database", c.database),
+            secure=self.boolean(ch, "clickhouse", "secure", c.secure),
+            connect_timeout=self.duration(
+                ch, "clickhouse", "connect_timeout", c.connect_timeout, minimum=0.1
+            ),
+            query_timeout=self.duration(
+                ch, "clickhouse", "query_timeout", c.query_timeout, minimum=1.0
+            ),
+            transport=self.transport(ch, "clickhouse", c.transport),
+            http_port=self.integer(ch, "clickhouse", "http_port", c.http_port, 1, 65535),
+            http_compression=self.boolean(ch, "clickhouse", "http_compression", c.http_compression),
+            http_ports=self.http_ports(ch),
+        )
+        self.reject_unknown(ch, "clickhouse", set(ClickHouseConfig.__slots__))
+        return clickhouse
+
+    def postgres(self, pg: Mapping[str, Any]) -> PostgresConfig:
+        """`[postgres]`: `dsn` is required (the dataclass's default is for library use)."""
+        postgres = PostgresConfig(
+            dsn=self.string(pg, "postgres", "dsn", None),
+            schema=self.string(pg, "postgres", "schema", PostgresConfig().schema),
+        )
+        self.reject_unknown(pg, "postgres", set(PostgresConfig.__slots__))
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", postgres.schema):
+            self.fail("postgres.schema", "must be a lower-case SQL identifier", postgres.schema)
+        return postgres
+
+    def catalog(self, ice: Mapping[str, Any]) -> CatalogConfig:
+        """`[iceberg.catalog]`: `name` and pyiceberg's properties, passed as they are."""
+        self.reject_unknown(ice, "iceberg", {"catalog"})
+        cat = self.section(ice, "catalog", required=True, where="iceberg.catalog")
+        props: dict[str, str] = {}
+        for key, value in _flatten(cat).items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                self.fail(f"iceberg.catalog.{key}", "must be a string or number", value)
+            props[key] = self.expand(str(value), f"iceberg.catalog.{key}")
+        name = props.pop("name", None)
+        if not name:
+            self.fail("iceberg.catalog.name", "is required (the catalog's name, e.g. 'cold')", None)
+        return CatalogConfig(name=str(name), properties=props)
+
+    def tables(
+        self,
+        raw_tables: object,
+        clickhouse: ClickHouseConfig,
+        views: ViewsConfig,
+        catalog: CatalogConfig,
+    ) -> tuple[TableConfig, ...]:
+        """`[[tables]]`, each validated, then together: one source per target, targets'
+        locations that do not nest, one table per view."""
+        if not isinstance(raw_tables, list) or not all(isinstance(t, dict) for t in raw_tables):
+            self.fail("tables", "must be an array of tables ([[tables]] blocks)", raw_tables)
+        tables = tuple(self.table(i, t, clickhouse, views) for i, t in enumerate(raw_tables))
+        seen: dict[str, int] = {}
+        for i, table in enumerate(tables):
+            if table.target in seen:
+                self.fail(
+                    f"tables[{i}] ({table.source}).target",
+                    f"duplicates tables[{seen[table.target]}].target; each target needs one source",
+                    table.target,
+                )
+            seen[table.target] = i
+        _refuse_nested_locations(self, tables, catalog)
+        views_seen: dict[str, int] = {}
+        for i, table in enumerate(tables):
+            if table.view is None:
+                continue
+            if table.view in views_seen:
+                self.fail(
+                    f"tables[{i}] ({table.source}).view",
+                    f"is also the view of tables[{views_seen[table.view]}]; "
+                    "each table needs its own",
+                    table.view,
+                )
+            views_seen[table.view] = i
+        return tables
+
     def maintenance(self, data: Mapping[str, Any]) -> MaintenanceConfig:
         w = "maintenance"
         d = MaintenanceConfig()
@@ -482,13 +514,58 @@ class _Reader:
         clickhouse: ClickHouseConfig,
         views: ViewsConfig,
     ) -> TableConfig:
-        transport = clickhouse.transport
+        """`tables[index]`: the defaults are TableConfig's own, and those of [clickhouse]
+        and [views] where a table's key overrides them."""
         label = f"tables[{index}]"
-        source = data.get("source")
-        if isinstance(source, str) and source.strip():
-            label = f"tables[{index}] ({source})"
-        known = set(TableConfig.__slots__)
-        self.reject_unknown(data, label, known)
+        if isinstance(data.get("source"), str) and data["source"].strip():
+            label = f"tables[{index}] ({data['source']})"
+        self.reject_unknown(data, label, set(TableConfig.__slots__))
+        source, target, watermark, keys = self.table_names(data, label)
+        partitions = self.partition_by(data, label)
+        d = _TABLE_DEFAULTS
+        uint64 = self.choice(data, label, "uint64", d["uint64"], ("error", "decimal"))
+        strings = self.choice(data, label, "strings", d["strings"], ("string", "binary"))
+        own = self.transport(data, label, None) if "transport" in data else None
+        batch_rows, append_rows, max_rows = self.page_rows(data, label, own or clickhouse.transport)
+        late_rows = self.choice(
+            data, label, "late_rows", d["late_rows"], ("alert", "repair"), _LATE_ROWS
+        )
+        distributed = self.choice(
+            data, label, "distributed", d["distributed"], ("shards", "through"), _DISTRIBUTED
+        )
+        return TableConfig(
+            source=source,
+            target=target,
+            watermark=watermark,
+            keys=keys,
+            lag=self.duration(data, label, "lag", d["lag"], minimum=0.0),
+            batch_rows=batch_rows,
+            append_rows=max(append_rows, batch_rows),
+            max_rows_per_cycle=max_rows,
+            partition_by=partitions,
+            enabled=self.boolean(data, label, "enabled", d["enabled"]),
+            uint64=uint64,
+            strings=strings,
+            transport=own,
+            audit_days=self.integer(data, label, "audit_days", d["audit_days"], 0, 366),
+            late_rows=late_rows,
+            audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
+            final=self.boolean(data, label, "final", d["final"]),
+            distributed=distributed,
+            view=self.view(data, label, source, clickhouse.database, views),
+            view_security=self.view_security(data, label, "view_security", views.security),
+            hot_retention=(
+                self.duration(data, label, "hot_retention", 0.0, minimum=3600.0)
+                if "hot_retention" in data
+                else None
+            ),
+            retiring_table=self.retiring(data, label),
+        )
+
+    def table_names(
+        self, data: Mapping[str, Any], label: str
+    ) -> tuple[str, str, str, tuple[str, ...]]:
+        """A table's source, target, watermark and keys: required, well-formed names."""
         source = self.string(data, label, "source", None)
         target = self.string(data, label, "target", None)
         if target.count(".") < 1 or any(not part for part in target.split(".")):
@@ -514,6 +591,9 @@ class _Reader:
         for name in (source, target, watermark, *keys):
             if not _IDENT.match(name):
                 self.fail(label, "names must not contain control characters", name)
+        return source, target, watermark, keys
+
+    def partition_by(self, data: Mapping[str, Any], label: str) -> tuple[PartitionField, ...]:
         partitions_raw = data.get("partition_by", [])
         if not isinstance(partitions_raw, list) or not all(
             isinstance(p, str) for p in partitions_raw
@@ -525,64 +605,39 @@ class _Reader:
                 partitions.append(parse_partition(p))
             except ValueError as exc:
                 raise ConfigError(f"{self.path}: {label}.partition_by: {exc}") from None
+        return tuple(partitions)
+
+    def page_rows(
+        self, data: Mapping[str, Any], label: str, transport: Transport
+    ) -> tuple[int, int, int]:
+        """A table's batch_rows, append_rows (as written) and max_rows_per_cycle."""
         d = _TABLE_DEFAULTS
-        uint64 = data.get("uint64", d["uint64"])
-        if uint64 not in ("error", "decimal"):
-            self.fail(f"{label}.uint64", "must be 'error' or 'decimal'", uint64)
-        strings = data.get("strings", d["strings"])
-        if strings not in ("string", "binary"):
-            self.fail(f"{label}.strings", "must be 'string' or 'binary'", strings)
-        own = self.transport(data, label, None) if "transport" in data else None
         # A parquet page is one data file ClickHouse encodes: bigger pages by default.
-        pages = PARQUET_BATCH_ROWS if (own or transport) == "parquet" else d["batch_rows"]
+        pages = PARQUET_BATCH_ROWS if transport == "parquet" else d["batch_rows"]
         batch_rows = self.integer(data, label, "batch_rows", pages, 1, 10_000_000)
         append_rows = self.integer(data, label, "append_rows", d["append_rows"], 1, 100_000_000)
         max_rows = self.integer(
             data, label, "max_rows_per_cycle", d["max_rows_per_cycle"], 1, 2**62
         )
-        late_rows = data.get("late_rows", d["late_rows"])
-        if late_rows not in ("alert", "repair"):
-            self.fail(
-                f"{label}.late_rows",
-                "must be 'alert' (report drifted days) or 'repair' (also repair them)",
-                late_rows,
-            )
-        distributed = data.get("distributed", d["distributed"])
-        if distributed not in ("shards", "through"):
-            self.fail(
-                f"{label}.distributed",
-                "must be 'shards' (read each shard's local table) or 'through' (read "
-                "through the Distributed table)",
-                distributed,
-            )
-        return TableConfig(
-            source=source,
-            target=target,
-            watermark=watermark,
-            keys=keys,
-            lag=self.duration(data, label, "lag", d["lag"], minimum=0.0),
-            batch_rows=batch_rows,
-            append_rows=max(append_rows, batch_rows),
-            max_rows_per_cycle=max_rows,
-            partition_by=tuple(partitions),
-            enabled=self.boolean(data, label, "enabled", d["enabled"]),
-            uint64=uint64,
-            strings=strings,
-            transport=own,
-            audit_days=self.integer(data, label, "audit_days", d["audit_days"], 0, 366),
-            late_rows=late_rows,
-            audit_checksums=self.boolean(data, label, "audit_checksums", d["audit_checksums"]),
-            final=self.boolean(data, label, "final", d["final"]),
-            distributed=distributed,
-            view=self.view(data, label, source, clickhouse.database, views),
-            view_security=self.view_security(data, label, "view_security", views.security),
-            hot_retention=(
-                self.duration(data, label, "hot_retention", 0.0, minimum=3600.0)
-                if "hot_retention" in data
-                else None
-            ),
-            retiring_table=self.retiring(data, label),
-        )
+        return batch_rows, append_rows, max_rows
+
+    def choice(
+        self,
+        data: Mapping[str, Any],
+        where: str,
+        key: str,
+        default: _Choice,
+        allowed: tuple[_Choice, ...],
+        expected: str = "",
+    ) -> _Choice:
+        """`key`'s value, one of `allowed`; else fails with `expected` (by default:
+        "must be 'a' or 'b'")."""
+        value = data.get(key, default)
+        for option in allowed:
+            if value == option:
+                return option
+        expected = expected or "must be " + " or ".join(repr(option) for option in allowed)
+        self.fail(f"{where}.{key}", expected, value)
 
     def retiring(self, data: Mapping[str, Any], label: str) -> str | None:
         if "retiring_table" not in data:
