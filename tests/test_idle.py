@@ -218,3 +218,56 @@ def test_an_idle_cycle_of_many_tables_asks_clickhouse_two_queries(
     assert fallback.ok and [t.rows for t in fallback.tables] == [0, 0, 0, 0, 0, 3]
     for name in names:
         env.assert_tiers_equal(f"cold.{name}")
+
+
+def test_an_idle_cycle_right_after_merges_audits_nothing(
+    env_one: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges move no row, so they leave the parts fingerprint as it was: once the
+    window agreed, the idle cycle right after OPTIMIZE FINAL reads neither the window
+    nor the rows past the position; so again after one new row was offloaded and the
+    window agreed once more, when that row's part merged with the others."""
+    from offloader.offload import checkup, pipeline
+    from offloader.tiers import audit
+
+    env = env_one
+    read: list[str] = []
+    window, behind = audit.clickhouse_days, pipeline.behind_query
+
+    async def counting(*args: Any, **kwargs: Any) -> audit.ClickHouseDays:
+        read.append("window")
+        return await window(*args, **kwargs)
+
+    def counting_behind(*args: Any, **kwargs: Any) -> str:
+        read.append("behind")
+        return behind(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "clickhouse_days", counting)
+    monkeypatch.setattr(checkup, "clickhouse_days", counting)
+    monkeypatch.setattr(pipeline, "behind_query", counting_behind)
+    env.create_trades("merged")
+    for i in range(3):  # three parts
+        env.insert_trades("merged", 500, first_id=1 + i * 500, start=f"2026-01-0{i + 1} 00:00:00")
+    env.write_config([env.table("merged", audit_days=4)])
+    optimize = f"OPTIMIZE TABLE {env.ch_database}.merged FINAL"
+
+    def idle_after_merge() -> list[str]:
+        env.ch(optimize)
+        read.clear()
+        report = env.once()
+        assert report.ok and report.tables[0].status == "idle", report.summary()
+        assert report.tables[0].drifted == []
+        return read
+
+    assert env.once().tables[0].rows == 1_500
+    assert env.once().ok  # the window agrees, and is recorded so
+    assert idle_after_merge() == [], "an idle cycle after a merge read the source"
+    env.insert_trades("merged", 1, first_id=90_000, start="2026-01-03 12:00:00")
+    assert env.once().tables[0].rows == 1
+    assert env.once().ok  # the window agrees at the new commit, and is recorded so
+    assert idle_after_merge() == [], "an idle cycle after the new row's merge read it"
+    [(parts,)] = env.ch(
+        "SELECT count() FROM system.parts WHERE active AND table = 'merged' "
+        f"AND database = '{env.ch_database}'"
+    )
+    assert parts == 1  # the merges did merge
