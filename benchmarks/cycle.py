@@ -736,11 +736,11 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     `offloader once` processes in one run: the first offload, an idle cycle (the second
     idle run: the first audits every window once), an idle cycle right after OPTIMIZE
     FINAL on every table (merges change no row: no window is read again), one new row in
-    every table, the idle cycle after it (every table's new part merged first; it audits
-    each window once, at the new commit) and the one after that (merged again), and 1%
-    of the tables with 10k new rows; wall and CPU seconds of the offloader process, its peak
-    RSS, the ClickHouse queries it made (system.query_log) and the PostgreSQL
-    transactions it ran (pg_stat_database), each per cycle.
+    every table, the idle cycle after it (every table's new part merged first) and the
+    one after that (merged again), and 1% of the tables with 10k new rows; wall and CPU
+    seconds of the offloader process, its peak RSS, the ClickHouse queries it made
+    (system.query_log) and the PostgreSQL transactions it ran (pg_stat_database), each
+    per cycle.
 
     python -m benchmarks.cycle --scenario tables --tables 100,300,1000
     """
