@@ -734,10 +734,13 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     beyond a fixed per-table state. For each N of --tables (a small five-column schema,
     100 rows a table, default audit, max_parallel_tables 4, native transport), whole
     `offloader once` processes in one run: the first offload, an idle cycle (the second
-    idle run: the first audits every window once), one new row in every table, and 1% of
-    the tables with 10k new rows; wall and CPU seconds of the offloader process, its peak
-    RSS, the ClickHouse queries it made (system.query_log) and the PostgreSQL
-    transactions it ran (pg_stat_database), each per cycle.
+    idle run: the first audits every window once), an idle cycle right after OPTIMIZE
+    FINAL on every table (merges change no row: no window is read again), one new row in
+    every table, the idle cycle after it (every table's new part merged first) and the
+    one after that (merged again), and 1% of the tables with 10k new rows; wall and CPU
+    seconds of the offloader process, its peak RSS, the ClickHouse queries it made
+    (system.query_log) and the PostgreSQL transactions it ran (pg_stat_database), each
+    per cycle.
 
     python -m benchmarks.cycle --scenario tables --tables 100,300,1000
     """
@@ -795,6 +798,11 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
             "postgres_transactions": pg_transactions() - pg0 - 1,
         }
 
+    def merge_all(names: list[str]) -> None:
+        """Every table's parts merged into one a partition (no row changes)."""
+        for name in names:
+            b.sql(f"OPTIMIZE TABLE {b.db}.{name} FINAL")
+
     out: dict[str, Any] = {}
     for n in counts:
         names = [f"s{i:04d}" for i in range(n)]
@@ -807,9 +815,15 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {"first_offload": measured(path)}
         whole_process(path)  # the first idle run audits every window once
         row["idle"] = measured(path)
+        merge_all(names)
+        row["idle_after_merges"] = measured(path)
         for name in names:
             b.sql(SMALL_INSERT.format(db=b.db, name=name, first=100, rows=1))
         row["one_row_each"] = measured(path)
+        merge_all(names)
+        row["idle_after_one_row"] = measured(path)
+        merge_all(names)
+        row["idle_after_one_row_then_merges"] = measured(path)
         for name in names[:: max(1, 100)][: max(1, n // 100)]:
             b.sql(SMALL_INSERT.format(db=b.db, name=name, first=1000, rows=10_000))
         row["one_percent_10k"] = measured(path)

@@ -199,25 +199,72 @@ def behind_query(
     return f"SELECT count(), {oldest}, {NOW_MICROS}, {newest} FROM {source}{where}"
 
 
-def parts_fingerprint(database: str, table: str, cluster: str | None = None) -> str:
-    """A scalar subquery naming the exact data a MergeTree table holds: its active parts
-    (patch parts of lightweight updates included), each with the hash of its files. Any
-    insert, merge, finished mutation, lightweight delete or update, TTL removal, dropped,
-    detached or attached partition, truncation or recreation changes it. (A mutation
-    applied on the fly, before it rewrites parts, changes it only when it finishes.) ''
-    when the table has no parts (empty, or not a MergeTree: a view or a Merge table),
-    which the audit takes as "unknown". With `cluster`: the parts of that local table on
-    every replica of every shard of the cluster (a Distributed source's)."""
-    parts = (
-        "system.parts"
-        if cluster is None
-        else f"clusterAllReplicas({quote_string(cluster)}, system.parts)"
+# Engines whose merges keep every row (the others fold rows together: replace, collapse,
+# sum or aggregate them), as system.parts names them.
+ROW_KEEPING_ENGINES = ("MergeTree", "ReplicatedMergeTree", "SharedMergeTree")
+
+
+def fingerprints_query(tables: Sequence[tuple[str, str]], cluster: str | None = None) -> str:
+    """The parts fingerprint of each (database, table) that has active parts: database,
+    table, fingerprint (a table without any has none: '').
+
+    It names the data a MergeTree table holds but not how merges laid it out: a hash of,
+    per partition (and per node with `cluster`: the local table on every replica of
+    every shard, a Distributed source's), these merge-invariant values of its active
+    parts (system.parts):
+
+    - the highest block number. Every insert, and every part attached or taken by
+      REPLACE PARTITION, takes new block numbers; a merge keeps its parts' lowest and
+      highest (and bumps the level only);
+    - the highest mutation version: a part's data_version where it differs from its
+      lowest block number. A merged part's data_version is its lowest block number
+      again unless its parts were mutated, so the plain highest data_version is not
+      merge-invariant. Every ALTER UPDATE/DELETE, lightweight DELETE and MATERIALIZE
+      TTL raises it once it rewrote the parts; a merge keeps its parts' highest;
+    - the rows, in engines whose merges keep every row (ROW_KEEPING_ENGINES): MOVE
+      PARTITION leaves empty covering parts with the moved parts' block numbers, a TTL
+      merge removes rows. The other engines' merges fold rows (ReplacingMergeTree keeps
+      one row per key, CollapsingMergeTree cancels pairs), so there only whether the
+      partition holds any rows counts (a collapsing merge that cancels every row of a
+      partition moves the fingerprint once: an audit too many, never one too few);
+    - the partition itself: DROP and DETACH PARTITION remove its parts;
+    - the table's UUID (the directory holding its parts' directories, in an Atomic
+      database): a table dropped and created again numbers its blocks from 1 again.
+
+    So a merge does not move it, and every insert, finished mutation, lightweight
+    delete, dropped, detached, attached, replaced or moved partition, truncation or
+    recreation does. Not seen: a mutation applied on the fly, until it rewrites the
+    parts; a table recreated in an Ordinary database; in engines that fold rows, DROP
+    PART of one part among others and a background TTL merge that removes some of a
+    partition's rows. Moved once without a change of rows: by the merge that removes
+    rows a lightweight DELETE masked (in ROW_KEEPING_ENGINES) or that applies a
+    lightweight UPDATE's patch parts."""
+    where = f"active AND (database, table) IN ({_pairs(tables)})"
+    parts, node, by = "system.parts", "0", "partition_id"
+    if cluster is not None:
+        parts = f"clusterAllReplicas({quote_string(cluster)}, system.parts)"
+        node, by = "_shard_num", "_shard_num, partition_id"
+    kept = ", ".join(quote_string(e) for e in ROW_KEEPING_ENGINES)
+    rows = f"if(any(engine) IN ({kept}), sum(rows), toUInt64(sum(rows) > 0))"
+    mutation = "if(data_version = toUInt64(min_block_number), 0, data_version)"
+    uuid = "any(extract(path, '/([0-9a-f-]{36})/[^/]+/$'))"
+    states = (
+        f"SELECT database, table, ({node}, partition_id, max(max_block_number), "
+        f"max({mutation}), {rows}, {uuid}) AS state FROM {parts} WHERE {where} "
+        f"GROUP BY database, table, {by}"
     )
     return (
-        "(SELECT if(count() = 0, '', toString(cityHash64(arraySort(groupArray("
-        f"(name, hash_of_all_files)))))) FROM {parts} WHERE database = "
-        f"{quote_string(database)} AND table = {quote_string(table)} AND active)"
+        "SELECT database, table, toString(cityHash64(arraySort(groupArray(state)))) "
+        f"AS fingerprint FROM ({states}) GROUP BY database, table"
     )
+
+
+def parts_fingerprint(database: str, table: str, cluster: str | None = None) -> str:
+    """A scalar subquery of the table's parts fingerprint (fingerprints_query), '' when
+    the table has no parts (empty, or not a MergeTree: a view or a Merge table), which
+    the audit takes as "unknown"."""
+    found = fingerprints_query([(database, table)], cluster)
+    return f"(SELECT any(fingerprint) FROM ({found}))"
 
 
 def _pairs(tables: Sequence[tuple[str, str]]) -> str:
@@ -232,16 +279,6 @@ def survey_columns_query(tables: Sequence[tuple[str, str]]) -> str:
         "INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table "
         f"WHERE (c.database, c.table) IN ({_pairs(tables)}) "
         "ORDER BY c.database, c.table, c.position"
-    )
-
-
-def survey_parts_query(tables: Sequence[tuple[str, str]]) -> str:
-    """parts_fingerprint of each (database, table) that has active parts, at once (a
-    table without any has none: '')."""
-    return (
-        "SELECT database, table, toString(cityHash64(arraySort(groupArray("
-        "(name, hash_of_all_files))))) FROM system.parts "
-        f"WHERE active AND (database, table) IN ({_pairs(tables)}) GROUP BY database, table"
     )
 
 

@@ -22,6 +22,7 @@ from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.ops import retention
+from offloader.sql import parts_fingerprint
 from tests.helpers import Env, independent_reads, trades_rows
 
 pytestmark = pytest.mark.integration
@@ -221,8 +222,9 @@ def test_the_idle_audit_fingerprints_every_shard(
     sharded_one: Env, cluster: list[devserver.Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The parts fingerprint of a Distributed source is its local table's on every
-    shard: an idle cycle whose window agreed reads no window; a late row inserted into
-    one shard's local table changes it, and the next cycle reports the day."""
+    shard: an idle cycle whose window agreed reads no window, nor does one right after
+    every shard merged its parts; a late row inserted into one shard's local table
+    changes it, and the next cycle reports the day."""
     from offloader.offload import checkup
     from offloader.tiers import audit
 
@@ -236,7 +238,8 @@ def test_the_idle_audit_fingerprints_every_shard(
 
     monkeypatch.setattr(audit, "clickhouse_days", counting)
     monkeypatch.setattr(checkup, "clickhouse_days", counting)
-    insert(env, 3_000, 1, "2025-05-01 00:00:00", step_us=60_000_000)
+    for day in ("2025-05-01", "2025-05-02"):  # two parts on each shard
+        insert(env, 1_500, 1 if day.endswith("1") else 1_501, f"{day} 00:00:00", step_us=10**7)
     env.write_config([env.table("trades", audit_days=4)])
     assert env.once().ok
     assert env.once().ok  # the first audit of the window after the offload agrees
@@ -245,6 +248,11 @@ def test_the_idle_audit_fingerprints_every_shard(
     assert idle.ok and idle.tables[0].drifted == [], idle.summary()
     assert windows == [], "an idle cycle over unchanged shards read the window"
     db = env.ch_database
+    for node in cluster:
+        node_env(node, env).ch(f"OPTIMIZE TABLE {db}.trades_local FINAL")
+    merged = env.once()
+    assert merged.ok and merged.tables[0].drifted == [], merged.summary()
+    assert windows == [], "an idle cycle after merges on every shard read the window"
     node_env(cluster[1], env).ch(
         f"INSERT INTO {db}.trades_local SELECT * REPLACE (999999 AS trade_id) "
         f"FROM {db}.trades_local LIMIT 1"
@@ -252,6 +260,27 @@ def test_the_idle_audit_fingerprints_every_shard(
     late = env.once()
     assert windows, "a changed shard was not audited"
     assert late.tables[0].drifted, late.summary()
+
+
+def test_a_mutation_on_one_shard_moves_the_fingerprint(
+    sharded_one: Env, cluster: list[devserver.Server]
+) -> None:
+    """Each shard's parts count apart in a Distributed source's fingerprint: an ALTER
+    UPDATE on the shard with fewer blocks takes a mutation version below the other
+    shard's highest, and still moves it."""
+    env = sharded_one
+    db = env.ch_database
+    insert(env, 30, 1, "2025-05-01 00:00:00")
+    first, second = (node_env(node, env) for node in cluster)
+    for i in range(3):  # shard 1 numbers more blocks than shard 2
+        first.ch(trades_rows(db, "trades_local", 1, 1_000 + i, "2025-05-01 01:00:00", 1, 1))
+    sync = "SETTINGS mutations_sync = 2"
+    first.ch(f"ALTER TABLE {db}.trades_local UPDATE side = 'buy' WHERE trade_id = 1000 {sync}")
+    query = f"SELECT {parts_fingerprint(db, 'trades_local', CLUSTER)}"
+    [(before,)] = env.ch(query)
+    second.ch(f"ALTER TABLE {db}.trades_local UPDATE side = 'buy' WHERE trade_id % 2 = 0 {sync}")
+    [(after,)] = env.ch(query)
+    assert after != before, "a mutation on shard 2 left the fingerprint as it was"
 
 
 def test_a_shard_killed_mid_run_commits_nothing_partial(

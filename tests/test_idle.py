@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import orjson
@@ -218,3 +219,94 @@ def test_an_idle_cycle_of_many_tables_asks_clickhouse_two_queries(
     assert fallback.ok and [t.rows for t in fallback.tables] == [0, 0, 0, 0, 0, 3]
     for name in names:
         env.assert_tiers_equal(f"cold.{name}")
+
+
+def test_an_idle_cycle_right_after_merges_audits_nothing(
+    env_one: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merges move no row, so they leave the parts fingerprint as it was: once the
+    window agreed, the idle cycle right after OPTIMIZE FINAL reads neither the window
+    nor the rows past the position; nor does the idle cycle right after a cycle that
+    offloaded one new row (its audit recorded the window as agreed at its commit), once
+    that row's part merged with the others."""
+    from offloader.offload import checkup, pipeline
+    from offloader.tiers import audit
+
+    env = env_one
+    read: list[str] = []
+    window, behind = audit.clickhouse_days, pipeline.behind_query
+
+    async def counting(*args: Any, **kwargs: Any) -> audit.ClickHouseDays:
+        read.append("window")
+        return await window(*args, **kwargs)
+
+    def counting_behind(*args: Any, **kwargs: Any) -> str:
+        read.append("behind")
+        return behind(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "clickhouse_days", counting)
+    monkeypatch.setattr(checkup, "clickhouse_days", counting)
+    monkeypatch.setattr(pipeline, "behind_query", counting_behind)
+    env.create_trades("merged")
+    for i in range(3):  # three parts
+        env.insert_trades("merged", 500, first_id=1 + i * 500, start=f"2026-01-0{i + 1} 00:00:00")
+    env.write_config([env.table("merged", audit_days=4)])
+    optimize = f"OPTIMIZE TABLE {env.ch_database}.merged FINAL"
+
+    def idle_after_merge() -> list[str]:
+        env.ch(optimize)
+        read.clear()
+        report = env.once()
+        assert report.ok and report.tables[0].status == "idle", report.summary()
+        assert report.tables[0].drifted == []
+        return read
+
+    assert env.once().tables[0].rows == 1_500
+    assert env.once().ok  # the window agrees, and is recorded so
+    assert idle_after_merge() == [], "an idle cycle after a merge read the source"
+    env.insert_trades("merged", 1, first_id=90_000, start="2026-01-03 12:00:00")
+    assert env.once().tables[0].rows == 1
+    assert idle_after_merge() == [], "the idle cycle after a one-row cycle read the source"
+    [(parts,)] = env.ch(
+        "SELECT count() FROM system.parts WHERE active AND table = 'merged' "
+        f"AND database = '{env.ch_database}'"
+    )
+    assert parts == 1  # the merges did merge
+
+
+def test_a_row_changed_during_a_run_is_found_after_its_audit_agreed(
+    env_one: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's audit records its window as agreed with the parts fingerprint its prepare
+    read, before the run read a row: a late row inserted into an older day while the
+    run converts its page (a day its audit takes from the prepare's read, so it agrees)
+    moves the source's parts away from it, and the next cycle reads the window again and
+    reports the day."""
+    from offloader import faults
+
+    env = env_one
+    env.create_trades("during")
+    for i in range(3):
+        env.insert_trades("during", 300, first_id=1 + i * 300, start=f"2026-01-0{i + 1} 00:00:00")
+    env.write_config([env.table("during", audit_days=4)])
+    assert env.once().tables[0].rows == 900
+    assert env.once().ok  # the window agrees, and is recorded so
+    env.insert_trades("during", 1, first_id=90_000, start="2026-01-03 12:00:00")
+    real, inserted = faults.point, []
+
+    def late_row(name: str) -> None:
+        if name == "convert" and not inserted:  # on the event loop: insert from a thread
+            late = threading.Thread(
+                target=env.insert_trades, args=("during", 1, 95_000, "2026-01-01 12:00:00")
+            )
+            late.start()
+            late.join()
+            inserted.append(name)
+        real(name)
+
+    monkeypatch.setattr(faults, "point", late_row)
+    moved = env.once().tables[0]
+    assert inserted and moved.rows == 1 and moved.drifted == [], moved.as_dict()
+    found = env.once().tables[0]
+    [day] = found.drifted
+    assert day["day"] == "2026-01-01" and day["clickhouse"] == day["iceberg"] + 1, day

@@ -196,8 +196,38 @@ async def audit(
             log.error("late rows not repaired", extra={"table": table.target, "reason": why})
         drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
     report.drifted = [d.as_dict() for d in drifted]
+    if not found.drifted and not found.unknown:
+        await agreed_after_audit(check, position, seq, found.waiting)
     report.stage("audit", time.monotonic() - t0)
     return Audited(True, seq)
+
+
+async def agreed_after_audit(check: Check, position: list[Any], seq: int, waiting: int) -> None:
+    """Record the window at `position` as agreed at `seq` after audit() found no day
+    drifted nor unknown, so that the next idle cycle reads no window while the source's
+    parts stay the same (a merge does not move them). The parts are the fingerprint the
+    run's prepare read, before any of the run's rows: a change to the source since then
+    moved it. Days after the run's starting position were not compared: the run read
+    every row of them and recorded their sums with its commit. `waiting`: the rows past
+    the position when the audit read ClickHouse."""
+    prepared = check.prepared
+    parts = prepared.known.hot.fingerprint if prepared.known is not None else prepared.parts
+    bounds = check.window(position)
+    if not parts or bounds is None:
+        return  # not a MergeTree source (or its parts were not read): nothing to trust
+    lo, hi = (day_number(d) for d in bounds)
+    await _record_agreed(check, AuditAgreed(seq, lo, hi, parts, caught_up=waiting == 0))
+
+
+async def _record_agreed(check: Check, agreed: AuditAgreed) -> None:
+    if agreed == check.prepared.state.agreed:
+        return
+    try:
+        await check.services.watermarks.audit_agreed(check.table.target, agreed)
+    except TableError as exc:  # only the next idle audit's cost depends on it
+        log.warning(
+            "could not record audit", extra={"table": check.table.target, "error": str(exc)}
+        )
 
 
 async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Recorded:
@@ -233,12 +263,9 @@ async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Reco
     if not agrees(lo, hi, hot, recorded, check.hashed):
         return Recorded(False, KnownDays(hot, bounds[1]))  # the Iceberg audit reuses them
     report.drifted = []
-    agreed = AuditAgreed(seq, lo, hi, hot.fingerprint, caught_up=prepared.waiting == 0)
-    if hot.fingerprint and agreed != prepared.state.agreed:
-        try:
-            await check.services.watermarks.audit_agreed(table.target, agreed)
-        except TableError as exc:  # only the next idle audit's cost depends on it
-            log.warning("could not record audit", extra={"table": table.target, "error": str(exc)})
+    if hot.fingerprint:
+        agreed = AuditAgreed(seq, lo, hi, hot.fingerprint, caught_up=prepared.waiting == 0)
+        await _record_agreed(check, agreed)
     return Recorded(True, None)
 
 

@@ -27,13 +27,13 @@ from offloader.plan import SourcePlan, plan_order, plan_source
 from offloader.sql import (
     RowHash,
     distributed_over,
+    fingerprints_query,
     page_query,
     parts_fingerprint,
     quote_ident,
     quote_string,
     read_from,
     survey_columns_query,
-    survey_parts_query,
 )
 
 if TYPE_CHECKING:
@@ -240,8 +240,9 @@ class SourceTable:
         self._cfg = cfg
         self._stack = stack
         self._shards: list[tuple[int, Source]] | None = None
-        # The subquery of the source's parts (sql.parts_fingerprint): a Distributed
-        # table's are its local table's on every shard.
+        # The subquery of the source's parts fingerprint (sql.fingerprints_query, the
+        # survey's too, so the two agree): a Distributed table's are its local table's
+        # on every shard.
         self.parts = (
             parts_fingerprint(cluster[1], cluster[2], cluster[0])
             if cluster is not None
@@ -321,7 +322,7 @@ class Survey:
 
 async def survey(cfg: ClickHouseConfig, tables: Sequence[TableConfig]) -> Survey:
     """Two queries for every table of a cycle (sql.survey_columns_query and
-    survey_parts_query), on one session of [clickhouse] transport."""
+    fingerprints_query), on one session of [clickhouse] transport."""
     pairs = sorted({(t.source_database or cfg.database, t.source_table) for t in tables})
     if not pairs:
         return Survey.empty()
@@ -333,7 +334,7 @@ async def survey(cfg: ClickHouseConfig, tables: Sequence[TableConfig]) -> Survey
         local = [p for p in pairs if p in columns and distributed_over(columns[p][0]) is None]
         parts = {
             (str(db), str(table)): str(hashed)
-            for db, table, hashed in (await s.rows(survey_parts_query(local)) if local else [])
+            for db, table, hashed in (await s.rows(fingerprints_query(local)) if local else [])
         }
     # A table with no parts has the fingerprint '' (sql.parts_fingerprint).
     return Survey(columns, {p: parts.get(p, "") for p in local})
