@@ -26,11 +26,18 @@ pytestmark = pytest.mark.integration
 
 DAYS = 10  # of rows, ending at today's midnight (UTC)
 PER_DAY = 96  # one row every 15 minutes
-TODAY = dt.datetime.now(dt.UTC).date()
+_today: list[dt.date] = []
+
+
+@pytest.fixture(autouse=True)
+def _today_at_test_start() -> None:
+    """The day a test's rows end at, taken when the test starts (taken when the module
+    was imported, it was yesterday for the tests that ran after midnight)."""
+    _today[:] = [dt.datetime.now(dt.UTC).date()]
 
 
 def day(back: int) -> str:
-    return (TODAY - dt.timedelta(days=back)).isoformat()
+    return (_today[0] - dt.timedelta(days=back)).isoformat()
 
 
 def setup(env: Env, *, two_parts: bool = False, method: str = "detach", **extra: Any) -> None:
