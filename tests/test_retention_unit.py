@@ -258,6 +258,31 @@ async def test_a_lagging_replica_is_not_used() -> None:
     )
 
 
+@pytest.mark.parametrize("refused", [None, "access denied", "unknown table"])
+async def test_a_replica_is_synced_where_granted(refused: str | None) -> None:
+    """SYSTEM SYNC REPLICA on each Replicated node before its delay and queue are read;
+    where it is not granted the delay and queue decide alone; any other error fails."""
+    one, two = _cluster({"20250501": ["h1"]}, {})
+    synced: list[str] = []
+
+    async def sync(query: str) -> None:
+        if query.startswith("SYSTEM SYNC REPLICA"):
+            synced.append(query)
+            if refused:
+                raise SourceSchemaError(f"shard 1: {refused}: Not enough privileges")
+            return
+        await Session.command(one, query)
+
+    one.command = sync  # type: ignore[method-assign]
+    hot = await _opened(one, two)
+    if refused == "unknown table":
+        with pytest.raises(SourceSchemaError, match="unknown table"):
+            await retention._replicas_ready(hot)
+    else:
+        assert await retention._replicas_ready(hot) is None
+    assert synced == ["SYSTEM SYNC REPLICA `market`.`trades_local`"]
+
+
 async def test_two_parts_of_the_same_rows_are_two_parts() -> None:
     """Two parts of identical rows are still two (by content: two rows), so the
     partition is dropped, not refused."""
