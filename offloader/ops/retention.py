@@ -16,7 +16,12 @@ holds a suffix of time, and what offloader dropped is every day before the table
    PARTITION`), and only if the detached parts are exactly the parts that were compared
    are they dropped (`DROP DETACHED PART`); otherwise (a row inserted, a merge) they are
    attached again and the partition waits for the next pass. An intent recorded in
-   PostgreSQL before the detach lets a run killed at any step finish or undo it.
+   PostgreSQL before the detach lets a run killed at any step finish or undo it. With a
+   `retiring_table` the partition is moved there instead and what arrived is compared
+   by content (rows and row-hash sum on each node: the retiring table may merge);
+4. one replica per decision: what the comparison read (through a Distributed table,
+   from any replica) is what the replica retention opened on each shard holds, and a
+   Replicated replica is used only in sync (`Shard`, the interface it all goes through).
 
 The pure part (`partition_unit`, `partition_range`, `plan`) decides; `retain_table` does
 it under the table's lock.
