@@ -58,7 +58,7 @@ TABLE = TableConfig(
 DAYS = 5
 REPLICAS = 2
 FIRST = dt.date(2025, 5, 1)
-EXAMPLES = int(os.environ.get("OFFLOADER_SIM_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("OFFLOADER_SIM_EXAMPLES", "300"))
 STEPS = int(os.environ.get("OFFLOADER_SIM_STEPS", "25"))
 LONG = "OFFLOADER_SIM_EXAMPLES" in os.environ or "OFFLOADER_SIM_STEPS" in os.environ
 
