@@ -559,8 +559,10 @@ def test_a_cluster_retention_pass_killed_inside_the_drop_is_finished_on_every_sh
     assert detached_on(env, cluster, method) == [0, 1]
     again = env.cli("retain")
     assert again.returncode == 0, again.stdout + again.stderr
-    parked = "detached" if method == "detach" else "in the retiring table"
-    assert f"1 of its 2 parts left {parked} by a stopped pass" in again.stdout, again.stdout
+    left = "parts left detached"
+    if method == "move":
+        left = "nodes' parts left in the retiring table"
+    assert f"1 of its 2 {left} by a stopped pass" in again.stdout, again.stdout
     assert "LATE ROWS" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
     assert detached_on(env, cluster, method) == [0, 0]
     assert detached_on(env, cluster) == [0, 0]

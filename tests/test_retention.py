@@ -26,11 +26,18 @@ pytestmark = pytest.mark.integration
 
 DAYS = 10  # of rows, ending at today's midnight (UTC)
 PER_DAY = 96  # one row every 15 minutes
-TODAY = dt.datetime.now(dt.UTC).date()
+_today: list[dt.date] = []
+
+
+@pytest.fixture(autouse=True)
+def _today_at_test_start() -> None:
+    """The day a test's rows end at, taken when the test starts (taken when the module
+    was imported, it was yesterday for the tests that ran after midnight)."""
+    _today[:] = [dt.datetime.now(dt.UTC).date()]
 
 
 def day(back: int) -> str:
-    return (TODAY - dt.timedelta(days=back)).isoformat()
+    return (_today[0] - dt.timedelta(days=back)).isoformat()
 
 
 def setup(env: Env, *, two_parts: bool = False, method: str = "detach", **extra: Any) -> None:
@@ -254,7 +261,7 @@ def test_a_pass_killed_at_each_step_is_finished_or_undone(
         left = (
             "1 of its 2 parts left detached"
             if method == "detach"
-            else ("0 of its 2 parts left in the retiring table")
+            else ("0 of its 1 nodes' parts left in the retiring table")
         )
         assert f"{left} by a stopped pass" in again.stdout, again.stdout
     assert "LATE ROWS" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
@@ -262,6 +269,49 @@ def test_a_pass_killed_at_each_step_is_finished_or_undone(
     assert hot_rows(env) == 3 * PER_DAY and not detached(env)
     assert cold_rows(env) == DAYS * PER_DAY
     assert env.once().ok and env.cli("status", "--check").returncode == 0
+    verify = env.cli("verify")
+    assert verify.returncode == 0 and "LATE" not in verify.stdout, verify.stdout
+
+
+@pytest.mark.parametrize("point", ["retain_park", "retain_drop"])
+def test_a_merge_in_the_retiring_table_after_a_kill_neither_strands_nor_returns_the_partition(
+    env_one: Env, point: str
+) -> None:
+    """Killed once the oldest partition's two parts are in the retiring table, before the
+    point of no return (retain_park) or after it (retain_drop); then the retiring table
+    merges them into one part of another name and hash. The next pass finishes the drop
+    (what arrived is compared by content, which a merge keeps; past the point of no
+    return the partition goes whatever its parts are called): the retiring table is
+    empty, the intent cleared, the hot tier and Iceberg exact."""
+    env = env_one
+    setup(env, two_parts=True, method="move")
+    db = env.ch_database
+    assert env.once().ok
+    killed = env.cli("retain", extra_env={faults.ENV: point})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    active = f"SELECT name FROM system.parts WHERE database = '{db}' AND table = 't_retiring' "
+    before = env.ch(active + "AND active AND rows > 0")
+    assert len(before) == 2, before
+    env.ch(f"OPTIMIZE TABLE {db}.t_retiring FINAL")
+    after = env.ch(active + "AND active AND rows > 0")
+    assert len(after) == 1 and after[0] not in before, after
+    again = env.cli("retain")
+    assert again.returncode == 0, again.stdout + again.stderr
+    oldest = day(DAYS).replace("-", "")
+    assert f"finished dropping partition {oldest}" in again.stdout, again.stdout
+    assert "put partition" not in again.stdout and "REFUSED" not in again.stdout, again.stdout
+    assert again.stdout.count("dropped partition") == DAYS - 3 - 1, again.stdout
+    assert env.ch(f"SELECT count() FROM {db}.t_retiring") == [(0,)]
+    assert hot_rows(env) == 3 * PER_DAY and cold_rows(env) == DAYS * PER_DAY
+    cfg = env.config()
+
+    async def intent() -> object:
+        async with open_services(cfg, connections=1) as services:
+            state = await services.watermarks.get("cold.t", cfg.table("cold.t").source)
+            return state.retention_intent
+
+    assert anyio.run(intent) is None
+    assert env.once().ok
     verify = env.cli("verify")
     assert verify.returncode == 0 and "LATE" not in verify.stdout, verify.stdout
 

@@ -155,7 +155,7 @@ def test_a_parked_partition_is_compared_again_once_iceberg_moved(env_one: Env) -
     table = env.table("t", target=TARGET, hot_retention="1d", partition_by=["day(exchange_ts)"])
     env.write_config([table])
     assert env.once().ok
-    killed = env.cli("retain", extra_env={faults.ENV: "retain_parked"})
+    killed = env.cli("retain", extra_env={faults.ENV: "retain_park"})
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     count = f"SELECT count() FROM {db}.t WHERE toDate(exchange_ts) = '2025-05-01'"
     assert env.ch(count) == [(0,)]  # parked

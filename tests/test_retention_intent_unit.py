@@ -19,7 +19,9 @@ from tests.test_retention_unit import BACK, DROP, MOVE, Store, _cluster, _opened
 
 pytestmark = pytest.mark.anyio
 
-PARTS = ("shard 1/h1", "shard 2/h3")
+# What the retiring table holds of the partition on each node, by content (the fake
+# cluster's parts h1 and h3: one row each, hash sums 1 and 3).
+PARTS = ("shard 1/1 rows, hash sum 1", "shard 2/1 rows, hash sum 3")
 INTENT = RetentionIntent(
     "20250501",
     PARTS,

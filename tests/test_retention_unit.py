@@ -5,6 +5,7 @@ ClickHouse plays each replica's tables, as system.parts shows them)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import replace
 from typing import Any
@@ -31,12 +32,15 @@ ENGINE_FULL = (
 
 class Session:
     """One node's ClickHouse: its tables' engines and active parts (partition id -> part
-    hashes), the statements it ran, and what it answers retention's queries with."""
+    hashes; part "hN" holds one row whose hash is N, "h1.h2" is h1 and h2 merged), the
+    replicas of each shard, the statements it ran, and what it answers retention's
+    queries with."""
 
     def __init__(self, engine: str, parts: dict[str, list[str]] | None = None) -> None:
         self.engine = engine
         self.tables: dict[str, dict[str, list[str]]] = {"trades_local": parts or {}}
         self.commands: list[str] = []
+        self.replicas = {1: 1, 2: 1}  # system.clusters: replicas of each shard
 
     def add_retiring(self) -> Session:
         self.tables["trades_local_retiring"] = {}
@@ -50,19 +54,29 @@ class Session:
                 return []
             full = ENGINE_FULL.replace("ReplicatedMergeTree", self.engine)
             return [(self.engine, full, "toYYYYMMDD(ts)")]
+        if "FROM system.clusters" in query:
+            return list(self.replicas.items())
+        if "FROM system.replicas" in query:
+            return [(0, 0)] if self.engine.startswith("Replicated") else []
+        counted = re.search(r"FROM `market`\.`(\w+)` WHERE _partition_id = '(\w+)'", query)
+        if counted:
+            parts = self.tables[counted[1]].get(counted[2], [])
+            rows = [h for part in parts for h in part.split(".")]
+            return [(len(rows), str(sum(int(h[1:]) for h in rows)))]
         table = re.search(r"AND table = '(\w+)'", query)
         assert table is not None and "hash_of_all_files" in query, query
-        parts = self.tables[table[1]]
-        if "GROUP BY partition_id" in query:
-            return [(p, p, sorted(h), len(h)) for p, h in parts.items() if h]
-        pid = re.search(r"partition_id = '(\w+)'", query)
-        assert pid is not None
-        return [(h,) for h in parts.get(pid[1], [])]
+        return [
+            (p, p, f"{p}_{k}_{k}_0", h, 1)
+            for p, hashes in self.tables[table[1]].items()
+            for k, h in enumerate(hashes)
+        ]
 
     async def scalar(self, query: str) -> Any:
         return (await self.rows(query))[0][0]
 
     async def command(self, query: str) -> None:
+        if query.startswith("SYSTEM SYNC REPLICA"):
+            return
         self.commands.append(query)
         moved = re.fullmatch(
             r"ALTER TABLE `market`\.`(\w+)` MOVE PARTITION ID '(\w+)' TO TABLE `market`\.`(\w+)`",
@@ -82,6 +96,7 @@ class Src:
     def __init__(self, shards: list[Session] | None, own: Session) -> None:
         self.source = own
         self.database = "market"
+        self.columns = [("ts", "DateTime"), ("id", "UInt64")]
         self._shards = shards
 
     @property
@@ -117,8 +132,6 @@ async def _opened(one: Session, two: Session) -> _Source:
 
 
 def _decision(hot_parts: list[str]) -> Decision:
-    import datetime as dt
-
     day = dt.date(2025, 5, 1)
     return Decision(
         Partition("20250501", "20250501", tuple(sorted(hot_parts)), 10),
@@ -126,6 +139,14 @@ def _decision(hot_parts: list[str]) -> Decision:
         day + dt.timedelta(days=1),
         "candidate",
     )
+
+
+async def _compared(hot: _Source, hot_parts: list[str], *rows: str) -> Decision:
+    """The decision `_differs` hands on once the comparison read `rows` ("hN")."""
+    checksum = sum(int(h[1:]) for h in rows)
+    why, d = await retention._on_the_replicas(hot, _decision(hot_parts), len(rows), checksum)
+    assert why is None, why.text
+    return d
 
 
 LOCAL, OUT = "`market`.`trades_local`", "`market`.`trades_local_retiring`"
@@ -178,16 +199,16 @@ def test_the_retiring_table_of_a_replicated_table_has_its_own_zookeeper_path() -
 async def test_replicated_shards_move_the_partition_out_then_drop_it_there() -> None:
     """Each shard: MOVE PARTITION to the retiring table (a replicated ALTER: every replica
     of the shard moves the same parts, so nothing stays in any replica's detached/),
-    compare what arrived with what was verified, then DROP PARTITION there (replicated
-    too). The intent is recorded before the move, the point of no return before the
-    drop."""
+    compare what arrived with what was verified (by content: rows and row-hash sum on
+    each shard), then DROP PARTITION there (replicated too). The intent is recorded
+    before the move, the point of no return before the drop."""
     one, two = _cluster({"20250501": ["h1", "h2"]}, {"20250501": ["h3"]})
     hot = await _opened(one, two)
     assert hot.method == "move"
+    d = await _compared(hot, ["shard 1/h1", "shard 1/h2", "shard 2/h3"], "h1", "h2", "h3")
+    assert d.partition.parts == ("shard 1/2 rows, hash sum 3", "shard 2/1 rows, hash sum 3")
     store = Store()
-    why = await retention._drop(
-        hot, store, "cold.trades", _decision(["shard 1/h1", "shard 1/h2", "shard 2/h3"])
-    )  # type: ignore[arg-type]
+    why = await retention._drop(hot, store, "cold.trades", d)  # type: ignore[arg-type]
     assert why is None
     assert one.commands == [MOVE, DROP] and two.commands == [MOVE, DROP]
     assert [i.phase if i else None for i in store.intents] == ["detach", "drop", None]
@@ -196,24 +217,79 @@ async def test_replicated_shards_move_the_partition_out_then_drop_it_there() -> 
 
 
 async def test_a_part_inserted_on_one_shard_after_the_comparison_moves_everything_back() -> None:
-    one, two = _cluster({"20250501": ["h1", "h9"]}, {"20250501": ["h3"]})  # h9: the insert
+    one, two = _cluster({"20250501": ["h1"]}, {"20250501": ["h3"]})
     hot = await _opened(one, two)
+    d = await _compared(hot, ["shard 1/h1", "shard 2/h3"], "h1", "h3")
+    one.tables["trades_local"]["20250501"].append("h9")  # the insert
     store = Store()
-    why = await retention._drop(hot, store, "cold.trades", _decision(["shard 1/h1", "shard 2/h3"]))  # type: ignore[arg-type]
+    why = await retention._drop(hot, store, "cold.trades", d)  # type: ignore[arg-type]
     assert why is not None and "changed between the comparison and the drop" in why
     assert one.commands == [MOVE, BACK] and two.commands == [MOVE, BACK]
     assert sorted(one.tables["trades_local"]["20250501"]) == ["h1", "h9"]
     assert [i.phase if i else None for i in store.intents] == ["detach", None]
 
 
+async def test_a_replica_holding_other_rows_than_were_compared_parks_nothing() -> None:
+    """The comparison read through the Distributed table, from a replica without the
+    late row h9; the replica retention opened on shard 1 has it: refused, nothing
+    parked (else h9 would be moved and dropped unread)."""
+    one, two = _cluster({"20250501": ["h1", "h9"]}, {"20250501": ["h3"]})
+    hot = await _opened(one, two)
+    why, _ = await retention._on_the_replicas(hot, _decision(["shard 1/h1"]), 2, 4)
+    assert why is not None and why.reason == "changed"
+    assert "(2 rows, hash sum 4; shard 1/2 rows, hash sum 10; shard 2/1 rows" in why.text
+    why, _ = await retention._on_the_replicas(hot, _decision(["shard 1/h1"]), 3, 12)
+    assert why is not None and "shard 1/2 rows, hash sum 10" in why.text  # same count
+    assert one.commands == [] and two.commands == []
+
+
+async def test_a_lagging_replica_is_not_used() -> None:
+    one, two = _cluster({"20250501": ["h1"]}, {})
+
+    async def behind(query: str) -> list[tuple[Any, ...]]:
+        if "FROM system.replicas" in query:
+            return [(12, 3)]
+        return await Session.rows(two, query)
+
+    two.rows = behind  # type: ignore[method-assign]
+    why = await retention._replicas_ready(await _opened(one, two))
+    assert why is not None and why.text.startswith(
+        "shard 2/`market`.`trades_local` is 12 s behind its other replicas with 3 entries"
+    )
+
+
+@pytest.mark.parametrize("refused", [None, "access denied", "unknown table"])
+async def test_a_replica_is_synced_where_granted(refused: str | None) -> None:
+    """SYSTEM SYNC REPLICA on each Replicated node before its delay and queue are read;
+    where it is not granted the delay and queue decide alone; any other error fails."""
+    one, two = _cluster({"20250501": ["h1"]}, {})
+    synced: list[str] = []
+
+    async def sync(query: str) -> None:
+        if query.startswith("SYSTEM SYNC REPLICA"):
+            synced.append(query)
+            if refused:
+                raise SourceSchemaError(f"shard 1: {refused}: Not enough privileges")
+            return
+        await Session.command(one, query)
+
+    one.command = sync  # type: ignore[method-assign]
+    hot = await _opened(one, two)
+    if refused == "unknown table":
+        with pytest.raises(SourceSchemaError, match="unknown table"):
+            await retention._replicas_ready(hot)
+    else:
+        assert await retention._replicas_ready(hot) is None
+    assert synced == ["SYSTEM SYNC REPLICA `market`.`trades_local`"]
+
+
 async def test_two_parts_of_the_same_rows_are_two_parts() -> None:
-    """Parts are named by their files' hash: two parts of identical rows share one, and
-    are still two (a multiset, not a set), so the partition is dropped, not refused."""
+    """Two parts of identical rows are still two (by content: two rows), so the
+    partition is dropped, not refused."""
     one, two = _cluster({"20250501": ["h1", "h1"]}, {})
     hot = await _opened(one, two)
-    why = await retention._drop(
-        hot, Store(), "cold.trades", _decision(["shard 1/h1", "shard 1/h1"])
-    )  # type: ignore[arg-type]
+    d = await _compared(hot, ["shard 1/h1", "shard 1/h1"], "h1", "h1")
+    why = await retention._drop(hot, Store(), "cold.trades", d)  # type: ignore[arg-type]
     assert why is None and one.commands == [MOVE, DROP]
 
 
@@ -222,9 +298,41 @@ async def test_a_retiring_table_holding_the_partition_already_is_refused() -> No
     one.tables["trades_local_retiring"]["20250501"] = ["h0"]
     hot = await _opened(one, two)
     store = Store()
-    why = await retention._drop(hot, store, "cold.trades", _decision(["shard 1/h1"]))  # type: ignore[arg-type]
+    d = await _compared(hot, ["shard 1/h1"], "h1")
+    why = await retention._drop(hot, store, "cold.trades", d)  # type: ignore[arg-type]
     assert why is not None and "did not move there" in why
     assert one.commands == [] and store.intents == []
+
+
+@pytest.mark.parametrize("phase", ["detach", "drop"])
+async def test_a_merge_in_the_retiring_table_does_not_change_what_arrived(phase: str) -> None:
+    """Stopped after the move, then the retiring table merged the moved parts (new
+    names, new hashes): before the point of no return the content is still the compared
+    one, so the drop is finished (not moved back); after it, the partition is dropped
+    whatever its parts are called now."""
+    one, two = _cluster({}, {})
+    one.tables["trades_local_retiring"]["20250501"] = ["h1.h2"]  # h1 and h2, merged
+    hot = await _opened(one, two)
+    intent = RetentionIntent(
+        "20250501",
+        ("shard 1/2 rows, hash sum 3",),
+        (),
+        "2025-05-02",
+        phase,
+        "move",
+        snapshot_id=7,
+    )
+    store = Store()
+
+    async def iceberg_still_where_compared() -> int:
+        return 7
+
+    said = await retention._recover(  # type: ignore[arg-type]
+        hot, store, "cold.trades", intent, iceberg_still_where_compared
+    )
+    assert one.commands == [DROP] and two.commands == [], said
+    assert one.tables["trades_local_retiring"] == {} and store.intents[-1] is None
+    assert said.startswith("finished dropping partition 20250501")
 
 
 @pytest.mark.parametrize("phase", ["detach", "drop"])
@@ -239,9 +347,8 @@ async def test_a_pass_stopped_between_the_shards_moves_is_undone_or_finished(pha
         one, two = _cluster({}, {})
         two.tables["trades_local_retiring"]["20250501"] = ["h3"]  # shard 1 dropped already
     hot = await _opened(one, two)
-    intent = RetentionIntent(
-        "20250501", ("shard 1/h1", "shard 2/h3"), (), "2025-05-02", phase, "move"
-    )
+    parts = ("shard 1/1 rows, hash sum 1", "shard 2/1 rows, hash sum 3")
+    intent = RetentionIntent("20250501", parts, (), "2025-05-02", phase, "move")
     store = Store()
     said = await retention._recover(hot, store, "cold.trades", intent)  # type: ignore[arg-type]
     if phase == "detach":
@@ -250,7 +357,7 @@ async def test_a_pass_stopped_between_the_shards_moves_is_undone_or_finished(pha
         assert one.tables["trades_local"]["20250501"] == ["h1"]
     else:
         assert one.commands == [] and two.commands == [DROP]
-        assert "1 of its 2 parts left in the retiring table" in said
+        assert "1 of its 2 nodes' parts left in the retiring table" in said
     assert store.intents == [None]
 
 
@@ -275,7 +382,7 @@ async def test_a_shards_detached_parts_are_dropped_and_attached_on_that_shard() 
     one.command = two.command = record  # type: ignore[method-assign]
     src = Src([one, two], Session("Distributed"))
     hot = await _Source.open(src, TABLE)  # type: ignore[arg-type]
-    assert [n.prefix for n in hot.nodes] == ["shard 1/", "shard 2/"] and hot.method == "detach"
+    assert [n.prefix for n in hot.shards] == ["shard 1/", "shard 2/"] and hot.method == "detach"
     await hot.drop("20250501", ["shard 2/20250501_1_1_0", "shard 1/20250501_3_3_0"])
     await hot.attach("20250502", ["shard 1/20250502_2_2_0"])
     assert [c.split(" SETTINGS")[0] for c in recorded] == [
@@ -285,8 +392,21 @@ async def test_a_shards_detached_parts_are_dropped_and_attached_on_that_shard() 
     ]
 
 
+async def test_a_shard_of_several_replicas_without_replication_is_refused() -> None:
+    """DETACH and DROP DETACHED act on one replica, and each replica of a non-Replicated
+    shard holds rows of its own: refused, naming the shard and why."""
+    one, two = Session("MergeTree"), Session("MergeTree")
+    src = Src([one, two], Session("Distributed"))
+    src.source.replicas = {1: 1, 2: 2}
+    with pytest.raises(SourceSchemaError, match=r"shard 2/market\.trades_local: the shard has 2"):
+        await _Source.open(src, TABLE)  # type: ignore[arg-type]
+    src.source.replicas = {1: 1, 2: 1}
+    assert len((await _Source.open(src, TABLE)).shards) == 2  # type: ignore[arg-type]
+
+
 def test_one_servers_parts_keep_their_names() -> None:
     """Intents recorded before clusters name parts without a prefix: still found."""
     node = _Node("", Session("MergeTree"), "market", "trades")  # type: ignore[arg-type]
-    hot = _Source(None, TABLE, [node])  # type: ignore[arg-type]
-    assert hot._located(["20250501_1_1_0"]) == [(node, ["20250501_1_1_0"])]
+    shard = retention.Sql(node, "cityHash64(1)", final=False)
+    hot = _Source(None, TABLE, [shard])
+    assert hot._located(["20250501_1_1_0"]) == [(shard, ["20250501_1_1_0"])]

@@ -16,7 +16,12 @@ holds a suffix of time, and what offloader dropped is every day before the table
    PARTITION`), and only if the detached parts are exactly the parts that were compared
    are they dropped (`DROP DETACHED PART`); otherwise (a row inserted, a merge) they are
    attached again and the partition waits for the next pass. An intent recorded in
-   PostgreSQL before the detach lets a run killed at any step finish or undo it.
+   PostgreSQL before the detach lets a run killed at any step finish or undo it. With a
+   `retiring_table` the partition is moved there instead and what arrived is compared
+   by content (rows and row-hash sum on each node: the retiring table may merge);
+4. one replica per decision: what the comparison read (through a Distributed table,
+   from any replica) is what the replica retention opened on each shard holds, and a
+   Replicated replica is used only in sync (`Shard`, the interface it all goes through).
 
 The pure part (`partition_unit`, `partition_range`, `plan`) decides; `retain_table` does
 it under the table's lock.
@@ -31,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 
@@ -44,7 +49,7 @@ from offloader.iceberg import IcebergTable
 from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
 from offloader.source import Source, SourceTable, open_table
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
-from offloader.state import RetentionIntent, Store
+from offloader.state import HASH_MODULUS, RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
 from offloader.tiers.services import Services
 from offloader.types import ChType
@@ -310,13 +315,15 @@ Method = Literal["detach", "move"]
 class _Node:
     """A table whose parts retention moves: the source itself, or a Distributed source's
     local table on one shard (its parts carry `prefix`, "shard N/", in the intent), and
-    its retiring table (method "move") in the same database."""
+    its retiring table (method "move") in the same database. `replicated`: its engine is
+    Replicated (checked when the table is opened)."""
 
     prefix: str
     source: Source
     db: str
     name: str
     retiring: str | None = None
+    replicated: bool = False
 
     @property
     def where(self) -> str:
@@ -337,69 +344,208 @@ class _Node:
         return qualified(self.db, self.retiring)
 
 
-# The statements of each method, on one node, for one partition (pure; the unit tests
-# read the sequence off them). "detach": the partition's parts go to the table's
-# detached/ directory, named as they were. "move": they go to the retiring table (a
-# moved part is renamed there, so parts are named by their files' hash).
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What a partition holds on one node, by content rather than by part names (a merge
+    renames parts and keeps this): its rows and the sum of their row hashes (mod 2^64;
+    as FINAL shows them where the table is read with FINAL)."""
+
+    rows: int
+    checksum: int
+
+    @property
+    def token(self) -> str:
+        return f"{self.rows} rows, hash sum {self.checksum % HASH_MODULUS}"
 
 
-def parts_query(node: _Node, method: Method) -> str:
-    """Each active partition of the node's table: id, value, its parts as the method
-    names them, rows. A partition moved away leaves empty covering parts behind until
-    ClickHouse removes them: with method "move" parts without rows are not counted
-    (on either side: the moved ones are counted the same way)."""
-    if method == "detach":
-        named, where = "name", node.where
-    else:
-        named, where = "hash_of_all_files", f"{node.where} AND rows > 0"
-    return (
-        f"SELECT partition_id, any(partition), arraySort(groupArray({named})), sum(rows) "
-        f"FROM system.parts WHERE {where} AND active GROUP BY partition_id"
-    )
+@dataclass(frozen=True, slots=True)
+class PartRow:
+    """An active part as system.parts shows it."""
+
+    partition_id: str
+    partition: str
+    name: str
+    hash: str
+    rows: int
 
 
-def parked_query(node: _Node, method: Method, partition_id: str) -> str:
-    """The parts of the partition where `park_sql` put them."""
-    pid = quote_string(partition_id)
-    if method == "detach":
-        return f"SELECT name FROM system.detached_parts WHERE {node.where} AND partition_id = {pid}"
-    return (
-        f"SELECT hash_of_all_files FROM system.parts WHERE {node.retiring_where} AND active "
-        f"AND rows > 0 AND partition_id = {pid}"
-    )
+Action = Literal["park", "unpark", "drop"]
 
 
-def park_sql(node: _Node, method: Method, partition_id: str) -> str:
-    pid = quote_string(partition_id)
-    if method == "detach":
-        return f"ALTER TABLE {node.qualified} DETACH PARTITION ID {pid}"
-    return (
-        f"ALTER TABLE {node.qualified} MOVE PARTITION ID {pid} TO TABLE {node.retiring_qualified}"
-    )
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """One thing a method does to a partition on one node: park it (detach, or move to
+    the retiring table), put `parts` back, or drop the parked `parts`. The method renders
+    it as SQL (`sql`); a fake shard in the tests plays it on its model."""
+
+    action: Action
+    partition: str
+    parts: tuple[str, ...] = ()
 
 
-def drop_sql(node: _Node, method: Method, partition_id: str, parts: Sequence[str]) -> list[str]:
-    """Drop the parked `parts` (method "detach": one statement a part; "move": the
-    retiring table's partition, which holds those parts alone)."""
-    if method == "detach":
+class Shard(Protocol):
+    """The small interface retention's decisions go through: one node's tables, on the
+    one replica retention opened there (what it lists, compares and moves is seen on that
+    replica). `Sql` is ClickHouse; tests/test_replica_sim.py fakes a replicated shard."""
+
+    prefix: str
+
+    async def parts(self, retiring: bool) -> list[PartRow]: ...
+
+    async def detached(self, partition_id: str) -> list[str]: ...
+
+    async def content(self, partition_id: str, retiring: bool) -> Content: ...
+
+    async def run(self, method: Park, statement: Statement) -> None: ...
+
+    async def lag(self) -> str | None:
+        """Why this replica may not be used now (behind its shard's others), or None."""
+        ...
+
+
+class Detach:
+    """The partition's parts go to the table's detached/ directory, named as they were,
+    and are dropped there one by one (not for Replicated tables: detached parts are each
+    replica's own)."""
+
+    name: Method = "detach"
+    parked_where = "detached"
+
+    def names(self, parts: Sequence[PartRow]) -> list[str]:
+        return [p.name for p in parts]
+
+    async def parked(self, shard: Shard, partition_id: str) -> list[str]:
+        return await shard.detached(partition_id)
+
+    def compared(self, partition: Partition, contents: Sequence[tuple[str, Content]]) -> Partition:
+        return partition  # detached parts keep their names: the compared ones are named
+
+    def left(self, ours: Sequence[str], compared: Sequence[str]) -> list[str]:
+        return sorted((Counter(ours) & Counter(compared)).elements())
+
+    def sql(self, node: _Node, s: Statement) -> list[str]:
+        pid = quote_string(s.partition)
+        if s.action == "park":
+            return [f"ALTER TABLE {node.qualified} DETACH PARTITION ID {pid}"]
+        if s.action == "unpark":
+            return [f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(p)}" for p in s.parts]
         return [
             f"ALTER TABLE {node.qualified} DROP DETACHED PART {quote_string(p)} "
             "SETTINGS allow_drop_detached = 1"
-            for p in parts
+            for p in s.parts
         ]
-    pid = quote_string(partition_id)
-    return [f"ALTER TABLE {node.retiring_qualified} DROP PARTITION ID {pid}"] if parts else []
 
 
-def unpark_sql(node: _Node, method: Method, partition_id: str, parts: Sequence[str]) -> list[str]:
-    """Put the parked `parts` back into the node's table."""
-    if method == "detach":
-        return [f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(p)}" for p in parts]
-    pid = quote_string(partition_id)
-    back = (
-        f"ALTER TABLE {node.retiring_qualified} MOVE PARTITION ID {pid} TO TABLE {node.qualified}"
+class Move:
+    """The partition moves to the retiring table (a replicated ALTER on Replicated
+    tables: every replica moves it) and is dropped there by DROP PARTITION. Moved parts
+    are renamed, and the retiring table may merge them, so what arrived is compared by
+    content (rows and row-hash sum on each node), and past the point of no return the
+    partition goes from the retiring table whatever its parts are called by then."""
+
+    name: Method = "move"
+    parked_where = "in the retiring table"
+
+    def names(self, parts: Sequence[PartRow]) -> list[str]:
+        # A partition moved away leaves empty covering parts behind until ClickHouse
+        # removes them: they are not counted.
+        return [p.hash for p in parts if p.rows > 0]
+
+    async def parked(self, shard: Shard, partition_id: str) -> list[str]:
+        c = await shard.content(partition_id, retiring=True)
+        return [c.token] if c.rows else []
+
+    def compared(self, partition: Partition, contents: Sequence[tuple[str, Content]]) -> Partition:
+        tokens = tuple(sorted(prefix + c.token for prefix, c in contents if c.rows))
+        return replace(partition, parts=tokens)
+
+    def left(self, ours: Sequence[str], compared: Sequence[str]) -> list[str]:
+        return list(ours)  # the retiring table holds nothing else of the partition
+
+    def sql(self, node: _Node, s: Statement) -> list[str]:
+        pid = quote_string(s.partition)
+        here, there = node.qualified, node.retiring_qualified
+        if s.action == "park":
+            return [f"ALTER TABLE {here} MOVE PARTITION ID {pid} TO TABLE {there}"]
+        if not s.parts:
+            return []
+        if s.action == "unpark":
+            return [f"ALTER TABLE {there} MOVE PARTITION ID {pid} TO TABLE {here}"]
+        return [f"ALTER TABLE {there} DROP PARTITION ID {pid}"]
+
+
+Park = Detach | Move
+
+
+def parts_query(node: _Node, retiring: bool = False) -> str:
+    """The active parts of the node's table (or its retiring table)."""
+    where = node.retiring_where if retiring else node.where
+    return (
+        "SELECT partition_id, partition, name, hash_of_all_files, rows "
+        f"FROM system.parts WHERE {where} AND active"
     )
-    return [back] if parts else []
+
+
+def content_query(node: _Node, partition_id: str, retiring: bool, hashed: str, final: bool) -> str:
+    """The partition's rows and row-hash sum in the node's table (or retiring table)."""
+    table = node.retiring_qualified if retiring else node.qualified
+    return (
+        f"SELECT count(), toString(sum({hashed})) FROM {table}{' FINAL' if final else ''} "
+        f"WHERE _partition_id = {quote_string(partition_id)}"
+    )
+
+
+def lag_query(node: _Node) -> str:
+    return f"SELECT absolute_delay, queue_size FROM system.replicas WHERE {node.where}"
+
+
+class Sql:
+    """A `Shard` on ClickHouse: the node's session runs each statement."""
+
+    def __init__(self, node: _Node, hashed: str, final: bool) -> None:
+        self.node, self.prefix, self.hashed, self.final = node, node.prefix, hashed, final
+
+    async def parts(self, retiring: bool) -> list[PartRow]:
+        rows = await self.node.source.rows(parts_query(self.node, retiring))
+        return [PartRow(str(i), str(v), str(n), str(h), int(r)) for i, v, n, h, r in rows]
+
+    async def detached(self, partition_id: str) -> list[str]:
+        pid = quote_string(partition_id)
+        rows = await self.node.source.rows(
+            f"SELECT name FROM system.detached_parts WHERE {self.node.where} "
+            f"AND partition_id = {pid}"
+        )
+        return [str(r[0]) for r in rows]
+
+    async def content(self, partition_id: str, retiring: bool) -> Content:
+        query = content_query(self.node, partition_id, retiring, self.hashed, self.final)
+        rows, checksum = (await self.node.source.rows(query))[0]
+        return Content(int(rows), int(checksum or 0))
+
+    async def run(self, method: Park, statement: Statement) -> None:
+        for sql in method.sql(self.node, statement):
+            await self.node.source.command(sql)
+            if statement.action == "drop":
+                faults.point("retain_drop_part")
+
+    async def lag(self) -> str | None:
+        if not self.node.replicated:
+            return None
+        try:
+            await self.node.source.command(f"SYSTEM SYNC REPLICA {self.node.qualified}")
+        except SourceSchemaError as exc:
+            if "access denied" not in str(exc):
+                raise
+            # Not granted (SYSTEM SYNC REPLICA is optional): the delay and queue decide.
+            log.info("SYSTEM SYNC REPLICA not granted", extra={"node": self.prefix})
+        for delay, queue in await self.node.source.rows(lag_query(self.node)):
+            if int(delay) or int(queue):
+                return (
+                    f"{self.prefix or 'the replica '}{self.node.qualified} is {delay} s behind "
+                    f"its other replicas with {queue} entries in its replication queue "
+                    "(system.replicas); retried once it caught up"
+                )
+        return None
 
 
 def retiring_ddl(db: str, name: str, retiring: str, engine_full: str) -> str:
@@ -418,18 +564,24 @@ def retiring_ddl(db: str, name: str, retiring: str, engine_full: str) -> str:
 class _Source:
     """The source table's partitions and parts, and the statements that move them: on
     one server the table's own; for a Distributed source its local table's on every shard
-    (a partition is the union of its parts on all shards, parked and dropped on each).
-    `method`: "detach" (the default) or "move" (a `retiring_table`: needed on Replicated
-    tables, whose detached parts are each replica's own)."""
+    (a partition is the union of its parts on all shards, parked and dropped on each),
+    each through its `Shard`. `park`: `Detach` (the default) or `Move` (a
+    `retiring_table`: needed on Replicated tables, whose detached parts are each
+    replica's own)."""
 
     def __init__(
         self,
-        src: SourceTable,
+        src: SourceTable | None,
         table: TableConfig,
-        nodes: Sequence[_Node],
-        method: Method = "detach",
+        shards: Sequence[Shard],
+        park: Park | None = None,
     ) -> None:
-        self.src, self.table, self.nodes, self.method = src, table, tuple(nodes), method
+        self.src, self.table, self.shards = src, table, tuple(shards)
+        self.park: Park = park or Detach()
+
+    @property
+    def method(self) -> Method:
+        return self.park.name
 
     @classmethod
     async def open(cls, src: SourceTable, table: TableConfig) -> _Source:
@@ -437,17 +589,24 @@ class _Source:
         if src.distributed is None:
             nodes = [_Node("", src.source, src.database, table.source_table, retiring)]
         else:
-            _, db, local = src.distributed
+            cluster, db, local = src.distributed
+            replicas = await _replicas(src.source, cluster)
             nodes = [_Node(f"shard {n}/", s, db, local, retiring) for n, s in await src.shards()]
-        for node in nodes:
-            await _check_node(table, node)
-        return cls(src, table, nodes, "detach" if retiring is None else "move")
+        for k, node in enumerate(nodes):
+            nodes[k] = node = await _check_node(table, node)
+            if src.distributed is not None and not node.replicated:
+                _single_copy(table, node, replicas.get(int(node.prefix[6:-1]), 1))
+        hashed = row_hash(src.columns).expr
+        shards = [Sql(node, hashed, table.final) for node in nodes]
+        return cls(src, table, shards, Detach() if retiring is None else Move())
 
     async def unit(self) -> Unit:
-        first = self.nodes[0]
-        key = await first.source.scalar(
+        assert self.src is not None
+        first = self.shards[0]
+        assert isinstance(first, Sql)
+        key = await first.node.source.scalar(
             "SELECT partition_key FROM system.tables WHERE database = "
-            f"{quote_string(first.db)} AND name = {quote_string(first.name)}"
+            f"{quote_string(first.node.db)} AND name = {quote_string(first.node.name)}"
         )
         wm = self.src.order[0]
         try:
@@ -457,51 +616,84 @@ class _Source:
 
     async def partitions(self) -> list[Partition]:
         found: dict[str, tuple[str, list[str], int]] = {}
-        for node in self.nodes:
-            for i, v, names, r in await node.source.rows(parts_query(node, self.method)):
-                _, parts, total = found.get(str(i), (str(v), [], 0))
-                parts = parts + [node.prefix + str(n) for n in names]
-                found[str(i)] = (str(v), parts, total + int(r))
+        for shard in self.shards:
+            by_id: dict[str, list[PartRow]] = {}
+            for part in await shard.parts(retiring=False):
+                by_id.setdefault(part.partition_id, []).append(part)
+            for i, parts in by_id.items():
+                names = [shard.prefix + n for n in self.park.names(parts)]
+                if not names:
+                    continue
+                v, before, total = found.get(i, (parts[0].partition, [], 0))
+                found[i] = (v, before + names, total + sum(p.rows for p in parts))
         return [
             Partition(i, v, tuple(sorted(parts)), rows) for i, (v, parts, rows) in found.items()
         ]
+
+    async def contents(self, partition_id: str) -> list[tuple[str, Content]]:
+        """The partition's content on every node (on the replica opened there)."""
+        return [(s.prefix, await s.content(partition_id, retiring=False)) for s in self.shards]
+
+    async def lagging(self) -> list[str]:
+        return [why for s in self.shards if (why := await s.lag()) is not None]
 
     async def detached(self, partition_id: str) -> list[str]:
         """The partition's parked parts on every node, as the method names them (a
         multiset: two parts of the same rows have one hash)."""
         out: list[str] = []
-        for node in self.nodes:
-            rows = await node.source.rows(parked_query(node, self.method, partition_id))
-            out += [node.prefix + str(r[0]) for r in rows]
+        for shard in self.shards:
+            out += [shard.prefix + p for p in await self.park.parked(shard, partition_id)]
         return sorted(out)
 
     async def detach(self, partition_id: str) -> None:
-        for node in self.nodes:
-            await node.source.command(park_sql(node, self.method, partition_id))
+        for shard in self.shards:
+            await shard.run(self.park, Statement("park", partition_id))
 
-    def _located(self, parts: Sequence[str]) -> list[tuple[_Node, list[str]]]:
+    def _located(self, parts: Sequence[str]) -> list[tuple[Shard, list[str]]]:
         """`parts` by node, in node order, with the names each node knows them by."""
         by_node: dict[str, list[str]] = {}
         for part in parts:
-            node = next(n for n in reversed(self.nodes) if part.startswith(n.prefix))
-            by_node.setdefault(node.prefix, []).append(part[len(node.prefix) :])
-        return [(n, by_node[n.prefix]) for n in self.nodes if n.prefix in by_node]
+            shard = next(n for n in reversed(self.shards) if part.startswith(n.prefix))
+            by_node.setdefault(shard.prefix, []).append(part[len(shard.prefix) :])
+        return [(n, by_node[n.prefix]) for n in self.shards if n.prefix in by_node]
 
     async def drop(self, partition_id: str, parts: Sequence[str]) -> None:
-        for node, names in self._located(parts):
-            for statement in drop_sql(node, self.method, partition_id, names):
-                await node.source.command(statement)
-                faults.point("retain_drop_part")
+        for shard, names in self._located(parts):
+            await shard.run(self.park, Statement("drop", partition_id, tuple(names)))
 
     async def attach(self, partition_id: str, parts: Sequence[str]) -> None:
-        for node, names in self._located(parts):
-            for statement in unpark_sql(node, self.method, partition_id, names):
-                await node.source.command(statement)
+        for shard, names in self._located(parts):
+            await shard.run(self.park, Statement("unpark", partition_id, tuple(names)))
 
 
-async def _check_node(table: TableConfig, node: _Node) -> None:
+async def _replicas(session: Source, cluster: str) -> dict[int, int]:
+    """How many replicas each shard of the cluster has (system.clusters)."""
+    rows = await session.rows(
+        "SELECT shard_num, count() FROM system.clusters WHERE cluster = "
+        f"{quote_string(cluster)} GROUP BY shard_num"
+    )
+    return {int(n): int(c) for n, c in rows}
+
+
+def _single_copy(table: TableConfig, node: _Node, replicas: int) -> None:
+    """A shard of several replicas whose table is not Replicated: each replica holds its
+    own rows (inserts go to one of them), so parking and dropping on the one replica
+    retention opened would leave the others' copies, and comparing through the
+    Distributed table would read whichever replica it lands on. Refused."""
+    if replicas > 1:
+        raise SourceSchemaError(
+            f"{table.target}: hot_retention on {node.prefix}{node.db}.{node.name}: the shard "
+            f"has {replicas} replicas but the table is not Replicated, so each replica holds "
+            "rows of its own that retention on one replica would neither compare nor drop; "
+            "make it a Replicated table (with a retiring_table), or give the shard one replica",
+            reason="config",
+        )
+
+
+async def _check_node(table: TableConfig, node: _Node) -> _Node:
     """A Replicated table needs a retiring table (its detached parts are each replica's
-    own); a retiring table must exist in the same engine family and partition key."""
+    own); a retiring table must exist in the same engine family and partition key.
+    Returns the node, marked `replicated` where it is."""
     engine, full, key = (await node.source.rows(_engine_query(node.db, node.name)))[0]
     replicated = str(engine).startswith("Replicated")
     where = f"{table.target}: hot_retention on {engine} {node.db}.{node.name}"
@@ -515,7 +707,7 @@ async def _check_node(table: TableConfig, node: _Node) -> None:
                 "(README 'ClickHouse clusters')",
                 reason="config",
             )
-        return
+        return node
     found = await node.source.rows(_engine_query(node.db, node.retiring))
     if not found:
         ddl = retiring_ddl(node.db, node.name, node.retiring, str(full))
@@ -534,6 +726,7 @@ async def _check_node(table: TableConfig, node: _Node) -> None:
             f"({'Replicated' if replicated else 'not Replicated'}) and partition key ({key})",
             reason="config",
         )
+    return replace(node, replicated=replicated)
 
 
 def _engine_query(db: str, name: str) -> str:
@@ -594,7 +787,7 @@ async def _pass(
         if deadline is not None and time.monotonic() > deadline:
             break
         assert ice is not None and state.position is not None
-        why, rows = await _differs(services, table, src, hot, ice, list(state.position), d)
+        why, rows, d = await _differs(services, table, src, hot, ice, list(state.position), d)
         if why is not None:
             report.refuse(d.partition.id, why.text, why.reason)
             log.error(
@@ -637,14 +830,19 @@ async def _differs(
     ice: IcebergTable,
     position: list[Any],
     d: Decision,
-) -> tuple[Why | None, int]:
+) -> tuple[Why | None, int, Decision]:
     """Why the tiers cannot be shown equal on the partition's days (None when they are),
-    and the rows compared: the rows as offloader reads them (with FINAL when the table
-    says so: a deduplicating table's unmerged versions are one row, as in Iceberg),
-    counted against Iceberg's manifests, and row-hash sums against the recorded ones;
-    days whose recorded sums are incomplete are compared by verify's checksum of every
-    value. The partition must hold the same parts after the comparison as before (part
-    names: an insert, a merge or a mutation makes new ones)."""
+    the rows compared, and the decision with the partition's parts as the method compares
+    them once parked: the rows as offloader reads them (with FINAL when the table says
+    so: a deduplicating table's unmerged versions are one row, as in Iceberg), counted
+    against Iceberg's manifests, and row-hash sums against the recorded ones; days whose
+    recorded sums are incomplete are compared by verify's checksum of every value. The
+    partition must hold the same parts after the comparison as before (part names: an
+    insert, a merge or a mutation makes new ones), and the replicas retention acts on
+    what was compared (`_on_the_replicas`)."""
+    lagging = await _replicas_ready(source)
+    if lagging is not None:
+        return lagging, 0, d
     first, last = d.first, d.days[-1]
     hashed = row_hash(src.columns)
     recorded = await services.watermarks.day_sums(table.target, day_number(first), day_number(last))
@@ -654,18 +852,19 @@ async def _differs(
     now = {p.id: p.parts for p in await source.partitions()}
     if now.get(d.partition.id) != d.partition.parts:
         changed = "its parts changed while being compared (an insert or a merge); retried next pass"
-        return Why(changed, "changed"), rows
-    unsummed = []
+        return Why(changed, "changed"), rows, d
+    unsummed, checksum = [], 0
     for count in found.days:
         if count.drifted or count.iceberg is None:
             why = f"the tiers differ on {count} (repair it first: offloader repair {table.target})"
-            return Why(why, "differ"), rows
+            return Why(why, "differ"), rows, d
         kept = recorded.get(day_number(count.day))
         complete = (
             kept is not None and kept.rows == count.iceberg and kept.columns_key == hashed.key
         )
         if count.clickhouse and not complete:
             unsummed.append(count.day)
+        checksum += kept.checksum if kept is not None and complete else 0
     if unsummed:
         from offloader.ops.verify import verify_table
 
@@ -673,8 +872,45 @@ async def _differs(
             services, table, min(unsummed), max(unsummed) + dt.timedelta(days=1)
         )
         if verdict.error or verdict.differences:
-            return Why(f"verify: {verdict.error or '; '.join(verdict.differences)}", "verify"), rows
-    return None, rows
+            failed = f"verify: {verdict.error or '; '.join(verdict.differences)}"
+            return Why(failed, "verify"), rows, d
+    moved, d = await _on_the_replicas(source, d, rows, None if unsummed else checksum)
+    return moved, rows, d
+
+
+async def _replicas_ready(hot: _Source) -> Why | None:
+    """Why a replica retention opened may not be used now (it is behind: it would list,
+    compare and move other rows than its shard's others hold), or None."""
+    lagging = await hot.lagging()
+    return Why("; ".join(lagging), "changed") if lagging else None
+
+
+async def _on_the_replicas(
+    hot: _Source, d: Decision, rows: int, checksum: int | None
+) -> tuple[Why | None, Decision]:
+    """What retention parks must be what was compared. The comparison read through the
+    Distributed table (each shard's rows from whichever replica it landed on); retention
+    lists, parks and drops on the replica it opened on each shard. So the partition's
+    content there (rows and row-hash sums, summed over the shards) must equal what was
+    compared (the rows counted, and the recorded sums where complete), or the partition
+    waits. Returns the decision with the partition's parts as the method compares them
+    once parked (`Move`: each node's content, which survives a merge in the retiring
+    table)."""
+    contents = await hot.contents(d.partition.id)
+    here = sum(c.rows for _, c in contents)
+    summed = sum(c.checksum for _, c in contents) % HASH_MODULUS
+    if here != rows or (checksum is not None and summed != checksum % HASH_MODULUS):
+        shown = "; ".join(f"{p or 'the table: '}{c.token}" for p, c in contents)
+        compared = f"{rows} rows" + (
+            f", hash sum {checksum % HASH_MODULUS}" if checksum is not None else ""
+        )
+        why = (
+            f"the replicas retention acts on hold other rows than were compared ({compared}; "
+            f"{shown}): a replica the comparison read through the Distributed table is ahead "
+            "of or behind the one retention opened, or rows arrived; retried next pass"
+        )
+        return Why(why, "changed"), d
+    return None, replace(d, partition=hot.park.compared(d.partition, contents))
 
 
 async def _drop(
@@ -702,7 +938,7 @@ async def _drop(
     await store.retention_intent(target, intent)
     faults.point("retain_detach")
     await hot.detach(d.partition.id)
-    faults.point("retain_parked")
+    faults.point("retain_park")
     return await _finish(hot, store, target, intent)
 
 
@@ -756,12 +992,15 @@ async def _recover(
         )
     ours = _ours(await hot.detached(intent.partition), intent)
     if intent.phase == RetentionIntent.DROP:
-        left = sorted((Counter(ours) & Counter(intent.parts)).elements())
+        # Past the point of no return: whatever is still parked goes, whatever its parts
+        # are called by now (a retiring table may have merged them).
+        left = hot.park.left(ours, intent.parts)
         await hot.drop(intent.partition, left)
         await store.retention_intent(target, None)
+        of = "parts" if hot.method == "detach" else "nodes' parts"
         return (
             f"finished dropping partition {intent.partition} ({len(left)} of its "
-            f"{len(intent.parts)} parts left {_parked(hot)} by a stopped pass)"
+            f"{len(intent.parts)} {of} left {_parked(hot)} by a stopped pass)"
         )
     if not ours:
         await store.retention_intent(target, None)
@@ -814,4 +1053,4 @@ async def _iceberg_moved(probe: SnapshotProbe | None, intent: RetentionIntent) -
 
 
 def _parked(hot: _Source) -> str:
-    return "detached" if hot.method == "detach" else "in the retiring table"
+    return hot.park.parked_where
