@@ -221,6 +221,13 @@ def fingerprints_query(tables: Sequence[tuple[str, str]], cluster: str | None = 
       again unless its parts were mutated, so the plain highest data_version is not
       merge-invariant. Every ALTER UPDATE/DELETE, lightweight DELETE and MATERIALIZE
       TTL raises it once it rewrote the parts; a merge keeps its parts' highest;
+    - whether a part still awaits the partition's newest mutation (a part older than
+      it, max_block_number below its version, not rewritten by it yet): a mutation
+      rewrites a partition's parts one by one, and the highest version moves with the
+      first of them only; this moves when the last is done. A merge keeps it (merging
+      parts that await gives one that awaits; a part newer than the mutation never
+      awaits it). Without it, an audit between the first part and the last could agree
+      with a repair of the half-mutated day and the rest of the mutation go unseen;
     - the rows, in engines whose merges keep every row (ROW_KEEPING_ENGINES): MOVE
       PARTITION leaves empty covering parts with the moved parts' block numbers, a TTL
       merge removes rows. The other engines' merges fold rows (ReplacingMergeTree keeps
@@ -240,18 +247,24 @@ def fingerprints_query(tables: Sequence[tuple[str, str]], cluster: str | None = 
     rows a lightweight DELETE masked (in ROW_KEEPING_ENGINES) or that applies a
     lightweight UPDATE's patch parts."""
     where = f"active AND (database, table) IN ({_pairs(tables)})"
-    parts, node, by = "system.parts", "0", "partition_id"
+    parts, node = "system.parts", "0"
     if cluster is not None:
         parts = f"clusterAllReplicas({quote_string(cluster)}, system.parts)"
-        node, by = "_shard_num", "_shard_num, partition_id"
+        node = "_shard_num"
     kept = ", ".join(quote_string(e) for e in ROW_KEEPING_ENGINES)
     rows = f"if(any(engine) IN ({kept}), sum(rows), toUInt64(sum(rows) > 0))"
     mutation = "if(data_version = toUInt64(min_block_number), 0, data_version)"
     uuid = "any(extract(path, '/([0-9a-f-]{36})/[^/]+/$'))"
+    awaits = "toUInt64(countIf(max_block_number < newest AND mutation < newest) > 0)"
+    each_part = (
+        f"SELECT database, table, {node} AS node, partition_id, max_block_number, rows, "
+        f"engine, path, {mutation} AS mutation, max({mutation}) OVER (PARTITION BY "
+        f"database, table, {node}, partition_id) AS newest FROM {parts} WHERE {where}"
+    )
     states = (
-        f"SELECT database, table, ({node}, partition_id, max(max_block_number), "
-        f"max({mutation}), {rows}, {uuid}) AS state FROM {parts} WHERE {where} "
-        f"GROUP BY database, table, {by}"
+        "SELECT database, table, (node, partition_id, max(max_block_number), "
+        f"max(mutation), {awaits}, {rows}, {uuid}) AS state FROM ({each_part}) "
+        "GROUP BY database, table, node, partition_id"
     )
     return (
         "SELECT database, table, toString(cityHash64(arraySort(groupArray(state)))) "

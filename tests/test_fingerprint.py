@@ -147,3 +147,32 @@ def contents(env: Env) -> tuple[int, int]:
         f"SELECT count(), sum(cityHash64(d, k, v, sign)) FROM {env.ch_database}.t"
     )
     return int(count), int(hashed)
+
+
+def _crafted(env: Env, parts: list[tuple[int, int, int, int]]) -> str:
+    """The fingerprint the builder computes, on the real server, of one MergeTree
+    partition whose active parts are `parts`: (min_block, max_block, data_version,
+    rows) each — states a test cannot stop a real mutation in."""
+    rows = " UNION ALL ".join(
+        f"SELECT 1 AS active, 'db' AS database, 't' AS table, '202601' AS partition_id, "
+        f"toInt64({lo}) AS min_block_number, toInt64({hi}) AS max_block_number, "
+        f"toUInt64({version}) AS data_version, toUInt64({n}) AS rows, "
+        "'MergeTree' AS engine, '/data/store/0b6e0000-0000-0000-0000-000000000000/p/' AS path"
+        for lo, hi, version, n in parts
+    )
+    query = fingerprints_query([("db", "t")]).replace("system.parts", f"({rows})")
+    [(_, _, found)] = env.ch(query)
+    return str(found)
+
+
+def test_a_mutation_finishing_its_last_part_moves_the_fingerprint(env_one: Env) -> None:
+    """A mutation (version 9) rewrites a partition's parts one by one. The state after
+    the first part is rewritten, the state once every part is, and a merge of the
+    rewritten parts: the last part's rewrite moves the fingerprint (an audit that agreed
+    in between with a repair of the half-mutated day is repeated), the merge does not."""
+    before = _crafted(env_one, [(1, 1, 1, 10), (2, 2, 2, 10)])
+    first_done = _crafted(env_one, [(1, 1, 9, 10), (2, 2, 2, 10)])
+    all_done = _crafted(env_one, [(1, 1, 9, 10), (2, 2, 9, 10)])
+    merged = _crafted(env_one, [(1, 2, 9, 20)])
+    assert len({before, first_done, all_done}) == 3
+    assert merged == all_done
