@@ -521,8 +521,8 @@ async def keep(
     views: ViewsConfig,
     table: TableConfig,
     cold: ColdSide | None,
-    *,
     seq: int = 0,
+    *,
     clickhouse: ClickHouseConfig,
 ) -> str | None:
     """Replace the view of `table` at the pin `cold` (`seq`: the commit when there is no
