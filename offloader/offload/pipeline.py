@@ -197,32 +197,24 @@ class TableRun:
         if table.view is None and not state.has_view:
             return
         store = self.services.watermarks
-        known = await store.view_state(table.target)
-        if known is not None and known.name != table.view:
-            # Turned off or renamed: the old view would read a snapshot expiry removes.
-            await view.drop(self.src.source, store, known.name, target=table.target)
-            known = None
-        if table.view is None:
+        upkeep = view.upkeep(table.view, await store.view_state(table.target), self.committed)
+        if upkeep.drop is not None:
+            await view.drop(self.src.source, store, upkeep.drop, target=table.target)
+        if not upkeep.keep:
             return
-        # The pin: the one the view has while it is at the committed seq, else the
-        # Iceberg table's own (opening it reconciles PostgreSQL with it first).
-        cold = view.ColdSide.recorded(known) if known is not None else None
-        if self.committed.position is None:
-            cold = None
-        elif known is None or known.seq != self.committed.seq or cold is None:
+        cold = upkeep.pin
+        if upkeep.read_pin:
+            # Opening the Iceberg table reconciles PostgreSQL with it first.
             if self._ice is None:
                 await self.open_iceberg(state)
             cold = view.ColdSide.of(self.ice)
         views = self.services.views
         spec = view.spec_of(self.src, table, cold, self.committed.seq)
-        current = (
-            known is not None
-            and known.error is None
-            and known.signature == spec.signature(cold, views)
-        )
         # A run that committed replaced the view on every node with its last commit;
         # otherwise one query checks that every node still has it.
-        if current and (self.report.snapshots or await view.on_every_node(self.src, spec, cold)):
+        if upkeep.current(spec, cold, views) and (
+            self.report.snapshots or await view.on_every_node(self.src, spec, cold)
+        ):
             return
         self.report.view_error = await view.keep(
             self.src,
