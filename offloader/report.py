@@ -12,11 +12,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
 from offloader.errors import Locked, TableError
+
+if TYPE_CHECKING:
+    from offloader.state import Committed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,6 +146,11 @@ class TableReport:
     # Audited days whose checksums were not compared: their sums were recorded over other
     # columns than the source's now (checkup.note_unchecked).
     unchecked: list[str] = field(default_factory=list)
+
+    def reached(self, committed: Committed) -> None:
+        """The table's offloaded rows stand at `committed` (its position is the report's
+        watermark)."""
+        self.watermark = committed.watermark
 
     def stage(self, name: str, seconds: float) -> None:
         """Add `seconds` to the time spent in stage `name`."""

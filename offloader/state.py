@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol
 __all__ = [
     "Advance",
     "AuditAgreed",
+    "Committed",
     "CommittedMark",
     "DaySum",
     "DaySums",
@@ -180,6 +181,26 @@ class Advance:
 
 
 @dataclass(frozen=True, slots=True)
+class Committed:
+    """Where a table's offloaded rows stand: the offloader commit `seq` (0: none yet) and
+    the position `(watermark, keys…)` of the last row it holds (None: no row yet). A run
+    starts from its state's (`TableState.committed`), each commit returns the next
+    (`after`), and what reports and views show is read from the last."""
+
+    seq: int = 0
+    position: tuple[Any, ...] | None = None
+
+    def after(self, position: Sequence[Any]) -> Committed:
+        """The commit that follows this one, reaching `position`."""
+        return Committed(self.seq + 1, tuple(position))
+
+    @property
+    def watermark(self) -> list[Any] | None:
+        """The position as a list (the form queries and reports take), None before any row."""
+        return list(self.position) if self.position else None
+
+
+@dataclass(frozen=True, slots=True)
 class CommittedMark:
     """What the newest offloader snapshot of a table says it reached (the Iceberg side of
     the state PostgreSQL keeps; plan.reconcile_with compares the two)."""
@@ -205,6 +226,10 @@ class TableState:
     # Days before it were dropped from ClickHouse by hot_retention: Iceberg's alone.
     retained_until: date | None = None
     retention_intent: RetentionIntent | None = None  # a drop in progress (retention.py)
+
+    @property
+    def committed(self) -> Committed:
+        return Committed(self.seq, self.position)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,16 @@ def rows(n: int, start: int = 1) -> list[tuple[int, str]]:
     return [(i, f"v{i}") for i in range(start, start + n)]
 
 
+def failing_from(page: int) -> Callable[[int], None]:
+    """A FakeSource.on_page that fails every page from `page` on."""
+
+    def fail(n: int) -> None:
+        if n >= page:
+            raise SourceUnavailable(f"fake: connection reset on page {n}")
+
+    return fail
+
+
 def test_pages_and_appends_reach_the_high_water_mark(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
     h = Harness(tmp_path, rows(1_050))
     opened(h.fake)
@@ -142,12 +152,7 @@ def test_shutdown_mid_run_commits_what_was_read(tmp_path: Path, opened) -> None:
 def test_a_failing_page_fails_the_run_and_loses_nothing(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
     h = Harness(tmp_path, rows(1_000))
     opened(h.fake)
-
-    def fail_fifth(n: int) -> None:
-        if n == 5:
-            raise SourceUnavailable("fake: connection reset on page 5")
-
-    h.fake.on_page = fail_fifth
+    h.fake.on_page = failing_from(5)
     report = h.run(table())
     assert report.status == "failed" and report.reason == "clickhouse"
     assert "page 5" in (report.error or "")
@@ -159,6 +164,22 @@ def test_a_failing_page_fails_the_run_and_loses_nothing(tmp_path: Path, opened) 
     again = h.run(table())
     assert again.status == "ok" and h.iceberg_rows() == rows(1_000)
     assert [r["status"] for r in h.store.runs] == ["failed", "ok"]
+
+
+def test_a_failed_run_reports_what_is_committed(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]
+    """The report's watermark is the committed position whether the run ends well or
+    not: the last commit of a run that fails after it, the one the run started from when
+    it fails before its first."""
+    h = Harness(tmp_path, rows(600))
+    opened(h.fake)
+    h.fake.on_page = failing_from(5)
+    report = h.run(table())
+    assert report.status == "failed" and report.snapshots == 1  # 300 rows, then page 5
+    assert report.watermark == [300] and h.store.position["cold.t"] == (300,)
+    h.fake.on_page, h.fake.pages_served = failing_from(1), 0
+    again = h.run(table())
+    assert again.status == "failed" and again.snapshots == 0
+    assert again.watermark == [300]
 
 
 def test_recovery_found_while_the_first_page_is_read_reads_again_from_iceberg(

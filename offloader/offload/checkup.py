@@ -19,7 +19,7 @@ from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.source import SourceTable
 from offloader.sql import RowHash, behind_query
-from offloader.state import AuditAgreed, DaySum, RetentionIntent, TableState
+from offloader.state import AuditAgreed, Committed, DaySum, RetentionIntent, TableState
 from offloader.tiers.audit import (
     DayCount,
     DaysAhead,
@@ -78,7 +78,7 @@ class Check:
 
 class Audited(NamedTuple):
     ran: bool  # the table has an audit window, and it was compared
-    seq: int  # the committed seq after it (a repair of drifted days commits)
+    committed: Committed  # what is committed after it (a repair of drifted days commits)
 
 
 class Recorded(NamedTuple):
@@ -126,29 +126,29 @@ async def audit(
     ice: IcebergTable,
     report: TableReport,
     *,
-    seq: int,
+    committed: Committed,
     ahead: DaysAhead | None = None,
 ) -> Audited:
     """Compare both tiers per day over the audit window (tiers/audit.py) after the run's
-    commits (the committed `seq`); with `late_rows = "repair"`, replace the drifted days
-    at once. The same query tells how far the table is behind (report.rows_behind,
-    lag_seconds). `ahead`: the window's ClickHouse side read ahead (read_ahead)."""
+    commits (`committed`); with `late_rows = "repair"`, replace the drifted days at once.
+    The same query tells how far the table is behind (report.rows_behind, lag_seconds).
+    `ahead`: the window's ClickHouse side read ahead (read_ahead)."""
     table = check.table
-    if report.watermark is None or report.more:
+    position = committed.watermark
+    if position is None or report.more:
         # `more`: a backlog is being worked off in chunks; the run that catches up
         # audits (the window would mostly hold rows this very run just wrote).
-        return Audited(False, seq)
-    bounds = audit_bounds(check, report.watermark)
+        return Audited(False, committed)
+    bounds = audit_bounds(check, position)
     if bounds is None:
-        if window(check.wm_type, report.watermark, table.audit_days) is not None:
+        if window(check.wm_type, position, table.audit_days) is not None:
             report.drifted = []  # every day of the window was written (and summed) now
-        return Audited(False, seq)
-    position = list(report.watermark)
+        return Audited(False, committed)
     t0 = time.monotonic()
     try:
         recorded = None
         if check.hashed is not None:
-            recorded = await _recorded(check, seq, bounds)
+            recorded = await _recorded(check, committed.seq, bounds)
         found = await audit_days(
             check.hot,
             ice,
@@ -161,7 +161,7 @@ async def audit(
         )
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
-        return Audited(False, seq)
+        return Audited(False, committed)
     note_unchecked(check, report, recorded, bounds)
     behind(check.wm_type, report, found.waiting, found.oldest_waiting, found.server_now)
     intent = check.prepared.state.retention_intent
@@ -186,20 +186,26 @@ async def audit(
             [d.day for d in drifted], retained_until=state.retained_until, intent=intent
         )
         fixed = await repair.repair(
-            check.services, check.src, table, ice, seq=seq, position=position, request=request
+            check.services,
+            check.src,
+            table,
+            ice,
+            seq=committed.seq,
+            position=position,
+            request=request,
         )
         report.repaired = [d.day.isoformat() for d in fixed.days]
         if fixed.seq is not None:
-            seq = fixed.seq
+            committed = Committed(fixed.seq, committed.position)  # same rows, days replaced
             report.snapshots += 1
         for why in fixed.refused:
             log.error("late rows not repaired", extra={"table": table.target, "reason": why})
         drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
     report.drifted = [d.as_dict() for d in drifted]
     if not found.drifted and not found.unknown:
-        await agreed_after_audit(check, position, seq, found.waiting)
+        await agreed_after_audit(check, position, committed.seq, found.waiting)
     report.stage("audit", time.monotonic() - t0)
-    return Audited(True, seq)
+    return Audited(True, committed)
 
 
 async def agreed_after_audit(check: Check, position: list[Any], seq: int, waiting: int) -> None:
@@ -230,15 +236,16 @@ async def _record_agreed(check: Check, agreed: AuditAgreed) -> None:
         )
 
 
-async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Recorded:
+async def audit_recorded(check: Check, report: TableReport, *, committed: Committed) -> Recorded:
     """An idle run's audit, without Iceberg: ClickHouse's per-day rows (and row-hash
     sums) of the window against what PostgreSQL recorded as committed for those days
     (day_sums, written in the watermark's transaction). Agrees when every day does; not
     when a day needs Iceberg's own counts (a drifted day, or days committed without a
     record: before checksums existed, or recovered after a crash)."""
     table, src, prepared = check.table, check.src, check.prepared
-    bounds = check.window(report.watermark)
-    if bounds is None or report.watermark is None:
+    seq, position = committed.seq, committed.watermark
+    bounds = check.window(position)
+    if bounds is None or position is None:
         return Recorded(True, None)  # nothing to audit
     t0 = time.monotonic()
     known = agreed_window(prepared.state, bounds, seq)
@@ -253,7 +260,7 @@ async def audit_recorded(check: Check, report: TableReport, *, seq: int) -> Reco
             hot = prepared.known.hot
         else:
             fingerprint = src.parts
-            hot = await clickhouse_days(check.hot, list(report.watermark), bounds[0], fingerprint)
+            hot = await clickhouse_days(check.hot, position, bounds[0], fingerprint)
     except TableError as exc:
         log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
         return Recorded(True, None)
@@ -375,11 +382,11 @@ def behind(
     report.rows_behind, report.lag_seconds = lag.rows, lag.seconds
 
 
-async def measure_behind(src: SourceTable, report: TableReport) -> None:
+async def measure_behind(src: SourceTable, report: TableReport, committed: Committed) -> None:
     """How far Iceberg is behind ClickHouse after the run (status and metrics agree
-    on it): one small query that reads only the granules past the watermark. Its
-    failure does not fail a run whose commits are done."""
-    query = behind_query(src.relation, src.order, report.watermark)
+    on it): one small query that reads only the granules past the `committed` position.
+    Its failure does not fail a run whose commits are done."""
+    query = behind_query(src.relation, src.order, committed.watermark)
     try:
         rows, oldest, now, _ = (await src.source.rows(query))[0]
     except TableError as exc:

@@ -43,7 +43,7 @@ from offloader.source import (
     table_columns,
 )
 from offloader.sql import behind_query
-from offloader.state import Advance, DaySum, TableState, decode_days, encode_days
+from offloader.state import Advance, Committed, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services
 from offloader.tiers.writing import PageWriter, commit
@@ -99,9 +99,9 @@ class TableRun:
 
     The run's data flow: `prepare` reads the committed state and what waits past it
     (a frozen `checkup.Prepared`); `transfer` pages, converts, writes and commits
-    (`_commit` moves `seq` and the report); `checkup.audit` compares the tiers after
-    the commits; `keep_view` brings the view over both tiers to the committed
-    position."""
+    (each `_commit` moves `committed` on); `checkup.audit` compares the tiers after the
+    commits (a repair moves `committed` on too); `keep_view` brings the view over both
+    tiers to `committed`, and the report shows it."""
 
     def __init__(
         self,
@@ -122,7 +122,9 @@ class TableRun:
         # Rows (and row-hash sums) per day are recorded with each commit for the audit.
         self.day_column = table.watermark if audit.audited(table, src.order) else None
         self.day_kind = days.kind_of(src.order[0][1])
-        self.seq = 0  # the committed offloader seq (Iceberg marker and PostgreSQL)
+        # What is committed (Iceberg marker and PostgreSQL): read by prepare, recovered by
+        # open_iceberg, moved on by each commit and by a repair.
+        self.committed = Committed()
         self._ice: IcebergTable | None = None  # open_iceberg
         # The audit's ClickHouse side for the scan's last position, read while the last
         # pages are written (checkup.read_ahead, from the fetching task).
@@ -137,6 +139,12 @@ class TableRun:
         """The run; with `recheck_columns` (the columns are the cycle's survey's), False
         without reading a row when there are rows to read and the table's columns are
         no longer those (`run_table` opens it again)."""
+        try:
+            return await self._run(recheck_columns)
+        finally:
+            self.report.reached(self.committed)
+
+    async def _run(self, recheck_columns: bool) -> bool:
         table, report = self.table, self.report
         prepared = await self.prepare()
         if prepared.upto is not None and recheck_columns:
@@ -151,11 +159,12 @@ class TableRun:
         if prepared.upto is None:
             # Nothing to read: Iceberg is not touched unless the audit of what
             # PostgreSQL recorded finds a day to look at.
-            recorded = await checkup.audit_recorded(check, report, seq=self.seq)
+            recorded = await checkup.audit_recorded(check, report, committed=self.committed)
             if not recorded.agrees:
                 await self.open_iceberg(prepared.state)
                 check = replace(check, prepared=replace(prepared, known=recorded.known))
-                self.seq = (await checkup.audit(check, self.ice, report, seq=self.seq)).seq
+                audited = await checkup.audit(check, self.ice, report, committed=self.committed)
+                self.committed = audited.committed
         else:
             # The transport refuses a table it cannot store exactly before Iceberg is
             # touched (no table is created for it).
@@ -164,11 +173,11 @@ class TableRun:
             if report.rows == 0:
                 report.status = Status.IDLE
             audited = await checkup.audit(
-                check, self.ice, report, seq=self.seq, ahead=self.audit_ahead
+                check, self.ice, report, committed=self.committed, ahead=self.audit_ahead
             )
-            self.seq = audited.seq
+            self.committed = audited.committed
             if not audited.ran:
-                await checkup.measure_behind(self.src, report)
+                await checkup.measure_behind(self.src, report, self.committed)
         await self.keep_view(prepared.state)
         return True
 
@@ -188,32 +197,24 @@ class TableRun:
         if table.view is None and not state.has_view:
             return
         store = self.services.watermarks
-        known = await store.view_state(table.target)
-        if known is not None and known.name != table.view:
-            # Turned off or renamed: the old view would read a snapshot expiry removes.
-            await view.drop(self.src.source, store, known.name, target=table.target)
-            known = None
-        if table.view is None:
+        upkeep = view.upkeep(table.view, await store.view_state(table.target), self.committed)
+        if upkeep.drop is not None:
+            await view.drop(self.src.source, store, upkeep.drop, target=table.target)
+        if not upkeep.keep:
             return
-        # The pin: the one the view has while it is at the committed seq, else the
-        # Iceberg table's own (opening it reconciles PostgreSQL with it first).
-        cold = view.ColdSide.recorded(known) if known is not None else None
-        if self.report.watermark is None:
-            cold = None
-        elif known is None or known.seq != self.seq or cold is None:
+        cold = upkeep.pin
+        if upkeep.read_pin:
+            # Opening the Iceberg table reconciles PostgreSQL with it first.
             if self._ice is None:
                 await self.open_iceberg(state)
             cold = view.ColdSide.of(self.ice)
         views = self.services.views
-        spec = view.spec_of(self.src, table, cold, self.seq)
-        current = (
-            known is not None
-            and known.error is None
-            and known.signature == spec.signature(cold, views)
-        )
+        spec = view.spec_of(self.src, table, cold, self.committed.seq)
         # A run that committed replaced the view on every node with its last commit;
         # otherwise one query checks that every node still has it.
-        if current and (self.report.snapshots or await view.on_every_node(self.src, spec, cold)):
+        if upkeep.current(spec, cold, views) and (
+            self.report.snapshots or await view.on_every_node(self.src, spec, cold)
+        ):
             return
         self.report.view_error = await view.keep(
             self.src,
@@ -221,7 +222,7 @@ class TableRun:
             views,
             table,
             cold,
-            seq=self.seq,
+            self.committed.seq,
             clickhouse=self.services.clickhouse,
         )
 
@@ -232,17 +233,17 @@ class TableRun:
         t0 = time.monotonic()
         services, table, report, src = self.services, self.table, self.report, self.src
         state = await services.watermarks.get(table.target, table.source)
-        self.seq = state.seq
+        self.committed = state.committed
         if state.position is None:
             # Never offloaded: map every column now, so a column offloader cannot store
             # fails the table at once, even while the source is empty.
             _ = src.plan
-        report.watermark = list(state.position) if state.position else None
+        position = self.committed.watermark
         wm_type = src.order[0][1]
-        bounds = audit.window(wm_type, report.watermark, table.audit_days, state.retained_until)
+        bounds = audit.window(wm_type, position, table.audit_days, state.retained_until)
         parts = src.parts
         fingerprint = ""
-        agreed = checkup.agreed_window(state, bounds, self.seq)
+        agreed = checkup.agreed_window(state, bounds, state.seq)
         if agreed is not None:
             # The window agreed at this seq: while the source's parts are the same, so
             # are its rows (the idle audit need not read them), and when nothing was
@@ -256,16 +257,16 @@ class TableRun:
                 report.status = Status.IDLE
                 return checkup.Prepared(state, 0, None, parts=fingerprint)
         known: audit.KnownDays | None = None
-        if agreed is None and bounds is not None and report.watermark is not None:
+        if agreed is None and bounds is not None and position is not None:
             # One grouped query is both this prepare and an idle run's audit: the days of
             # the window up to the position, and the rows past it (all in the window).
             hot = audit.HotTable(src.source, src.relation, src.order, self.hashed)
-            window = await audit.clickhouse_days(hot, report.watermark, bounds[0], parts)
+            window = await audit.clickhouse_days(hot, position, bounds[0], parts)
             known = audit.KnownDays(window, bounds[1])
             waiting, oldest = window.waiting, window.oldest_waiting
             newest, now_micros = window.newest_waiting, window.server_now
         else:
-            query = behind_query(src.relation, src.order, report.watermark)
+            query = behind_query(src.relation, src.order, position)
             waiting, oldest, now_micros, newest = (await src.source.rows(query))[0]
         waiting = int(waiting)
         checkup.behind(wm_type, report, waiting, oldest, now_micros)
@@ -320,8 +321,7 @@ class TableRun:
             )
             await services.watermarks.commit(table.target, state.seq, recovered)
             report.recovered = True
-        self.seq = decision.seq
-        report.watermark = list(decision.position) if decision.position else None
+        self.committed = Committed(decision.seq, decision.position)
         report.stage("open_iceberg", time.monotonic() - t0)
 
     async def transfer(self, check: checkup.Check, pager: Pager, opening: bool = False) -> None:
@@ -333,7 +333,7 @@ class TableRun:
         takes as long as a page or more. Nothing is written before Iceberg is open and
         reconciled; if its newer commit marker moves the position (recovery), the page
         read is dropped and the transfer reads again from there."""
-        after = self.report.watermark
+        after = self.committed.watermark
         send, receive = anyio.create_memory_object_stream[Page](pager.read_ahead)
         scan = Scan(self.src.relation, check.prepared.upto)
         moved = False
@@ -346,7 +346,7 @@ class TableRun:
                     tg.start_soon(anyio.to_thread.run_sync, footer.load)
                 if opening:
                     await self.open_iceberg(check.prepared.state)
-                    moved = self.report.watermark != after
+                    moved = self.committed.watermark != after
                 if moved:
                     tg.cancel_scope.cancel()
                     receive.close()
@@ -467,8 +467,9 @@ class TableRun:
                 "committed, and the next run reads them again with the new columns"
             )
         rows = sum(w.rows for w in written)
+        committed = self.committed.after(position)
         marker = Marker(
-            self.seq + 1, position, self.run_id, rows, encode_days(sums) if sums else None
+            committed.seq, position, self.run_id, rows, encode_days(sums) if sums else None
         )
         await commit(
             services.watermarks,
@@ -479,14 +480,19 @@ class TableRun:
             limiter=services.io,
             stage=report.stage,
         )
-        self.seq = marker.seq
+        self.committed = committed
         report.rows += rows
         report.bytes += sum(w.nbytes for w in written)
         report.snapshots += 1
-        report.watermark = position
+        report.reached(committed)
         log.info(
             "committed",
-            extra={"table": table.target, "rows": rows, "seq": marker.seq, "watermark": position},
+            extra={
+                "table": table.target,
+                "rows": rows,
+                "seq": committed.seq,
+                "watermark": position,
+            },
         )
         if table.view is not None:
             # The view moves with every commit: its cold side is this commit's metadata
@@ -497,5 +503,6 @@ class TableRun:
                 services.views,
                 table,
                 view.ColdSide.of(self.ice),
+                committed.seq,
                 clickhouse=services.clickhouse,
             )

@@ -39,7 +39,7 @@ from offloader import cursor, faults
 from offloader.config import TableConfig, ViewsConfig, ViewSecurity
 from offloader.errors import OffloaderError, TableError
 from offloader.sql import keyset_after, quote_ident, quote_string
-from offloader.state import Store, ViewState
+from offloader.state import Committed, Store, ViewState
 from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves
 
@@ -96,6 +96,46 @@ class ColdSide:
         # The table location is the metadata file's parent's parent.
         location = known.metadata.rsplit("/metadata/", 1)[0]
         return cls(location, known.metadata, known.seq, tuple(known.position), known.snapshot_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Upkeep:
+    """What bringing a table's view to what is committed takes, decided before any of
+    it is done (`upkeep`)."""
+
+    drop: str | None  # the recorded view to drop: turned off or renamed
+    keep: bool  # the table has a view to bring to what is committed
+    pin: ColdSide | None  # the recorded pin, while it is the committed one
+    read_pin: bool  # the recorded pin is not the committed one: take the Iceberg table's
+    recorded: ViewState | None  # the view as last replaced, unless dropped
+
+    def current(self, spec: ViewSpec, cold: ColdSide | None, views: ViewsConfig) -> bool:
+        """Whether the view as last replaced is `spec` at `cold` (no replacement is needed
+        unless a node lost it). Pure."""
+        known = self.recorded
+        return (
+            known is not None
+            and known.error is None
+            and known.signature == spec.signature(cold, views)
+        )
+
+
+def upkeep(name: str | None, known: ViewState | None, committed: Committed) -> Upkeep:
+    """What keeping the view `name` (None: no view) takes, the view `known` as recorded
+    and the table `committed`: drop a recorded view of another name (the old view would
+    read a snapshot expiry removes); pin the view to the recorded pin while that is at
+    the committed seq, else to the Iceberg table's own; no pin while nothing is
+    offloaded (the view is the hot table). Pure."""
+    drop = known.name if known is not None and known.name != name else None
+    recorded = None if drop is not None else known
+    if name is None:
+        return Upkeep(drop, False, None, False, recorded)
+    if committed.position is None:
+        return Upkeep(drop, True, None, False, recorded)
+    pin = ColdSide.recorded(recorded) if recorded is not None else None
+    if recorded is None or recorded.seq != committed.seq or pin is None:
+        return Upkeep(drop, True, None, True, recorded)
+    return Upkeep(drop, True, pin, False, recorded)
 
 
 # --- pure: the SQL ----------------------------------------------------------------
@@ -521,8 +561,8 @@ async def keep(
     views: ViewsConfig,
     table: TableConfig,
     cold: ColdSide | None,
-    *,
     seq: int = 0,
+    *,
     clickhouse: ClickHouseConfig,
 ) -> str | None:
     """Replace the view of `table` at the pin `cold` (`seq`: the commit when there is no
