@@ -57,7 +57,7 @@ class Session:
         if "FROM system.clusters" in query:
             return list(self.replicas.items())
         if "FROM system.replicas" in query:
-            return [(0, 0)] if self.engine.startswith("Replicated") else []
+            return [IN_SYNC] if self.engine.startswith("Replicated") else []
         counted = re.search(r"FROM `market`\.`(\w+)` WHERE _partition_id = '(\w+)'", query)
         if counted:
             parts = self.tables[counted[1]].get(counted[2], [])
@@ -152,6 +152,10 @@ async def _compared(hot: _Source, hot_parts: list[str], *rows: str) -> Decision:
 LOCAL, OUT = "`market`.`trades_local`", "`market`.`trades_local_retiring`"
 MOVE = f"ALTER TABLE {LOCAL} MOVE PARTITION ID '20250501' TO TABLE {OUT}"
 BACK = f"ALTER TABLE {OUT} MOVE PARTITION ID '20250501' TO TABLE {LOCAL}"
+# system.replicas rows (shards.REPLICA_STATE: read-only, session expired, delay, queue,
+# inserts to fetch, log pointer, log top): in sync, and behind on fetches.
+IN_SYNC = (0, 0, 0, 0, 0, 5, 4)
+BEHIND = (0, 0, 12, 3, 2, 3, 4)
 DROP = "ALTER TABLE `market`.`trades_local_retiring` DROP PARTITION ID '20250501'"
 
 
@@ -248,14 +252,37 @@ async def test_a_lagging_replica_is_not_used() -> None:
 
     async def behind(query: str) -> list[tuple[Any, ...]]:
         if "FROM system.replicas" in query:
-            return [(12, 3)]
+            return [BEHIND]
         return await Session.rows(two, query)
 
     two.rows = behind  # type: ignore[method-assign]
     why = await retention._replicas_ready(await _opened(one, two))
     assert why is not None and why.text.startswith(
-        "shard 2/`market`.`trades_local` is 12 s behind its other replicas with 3 entries"
-    )
+        "shard 2/`market`.`trades_local`: 2 inserted parts not fetched yet"
+    ), why.text
+    assert "12 s behind" in why.text
+
+
+async def test_a_replica_falling_behind_after_the_comparison_parks_nothing() -> None:
+    """A replicated MOVE drops the partition's parts on every replica but moves only the
+    ones the replica running it holds: a replica that took a late part elsewhere since
+    the comparison must not park. Checked right before the park: the intent is cleared,
+    nothing moves, the partition waits."""
+    one, two = _cluster({"20250501": ["h1"]}, {"20250501": ["h3"]})
+    hot = await _opened(one, two)
+    d = await _compared(hot, ["shard 1/h1", "shard 2/h3"], "h1", "h3")
+
+    async def behind_now(query: str) -> list[tuple[Any, ...]]:
+        if "FROM system.replicas" in query:
+            return [BEHIND]
+        return await Session.rows(two, query)
+
+    two.rows = behind_now  # type: ignore[method-assign]
+    store = Store()
+    why = await retention._drop(hot, store, "cold.trades", d)  # type: ignore[arg-type]
+    assert why is not None and "not fetched yet" in why
+    assert one.commands == [] and two.commands == []
+    assert store.intents[-1] is None
 
 
 @pytest.mark.parametrize("refused", [None, "access denied", "unknown table"])
@@ -280,7 +307,12 @@ async def test_a_replica_is_synced_where_granted(refused: str | None) -> None:
             await retention._replicas_ready(hot)
     else:
         assert await retention._replicas_ready(hot) is None
-    assert synced == ["SYSTEM SYNC REPLICA `market`.`trades_local`"]
+    assert synced[0] == "SYSTEM SYNC REPLICA `market`.`trades_local`"
+    if refused != "unknown table":  # and its retiring table's, where the parts go
+        assert synced == [
+            "SYSTEM SYNC REPLICA `market`.`trades_local`",
+            "SYSTEM SYNC REPLICA `market`.`trades_local_retiring`",
+        ]
 
 
 async def test_two_parts_of_the_same_rows_are_two_parts() -> None:
@@ -410,3 +442,39 @@ def test_one_servers_parts_keep_their_names() -> None:
     shard = retention.Sql(node, "cityHash64(1)", final=False)
     hot = _Source(None, TABLE, [shard])
     assert hot._located(["20250501_1_1_0"]) == [(shard, ["20250501_1_1_0"])]
+
+
+@pytest.mark.parametrize("phase", ["detach", "drop"])
+async def test_a_stopped_pass_is_not_recovered_on_a_replica_behind(phase: str) -> None:
+    """A replica that has not fetched the parked parts (or the retiring table's) would
+    see fewer of them than were parked: recovery there waits, keeping the intent, and
+    runs nothing."""
+    one, two = _cluster({}, {})
+    one.tables["trades_local_retiring"]["20250501"] = ["h1"]
+    hot = await _opened(one, two)
+
+    async def behind(query: str) -> list[tuple[Any, ...]]:
+        if "FROM system.replicas" in query:
+            return [BEHIND]
+        return await Session.rows(two, query)
+
+    two.rows = behind  # type: ignore[method-assign]
+    intent = RetentionIntent(
+        "20250501",
+        ("shard 1/1 rows, hash sum 1",),
+        (),
+        "2025-05-02",
+        phase,
+        "move",
+        snapshot_id=7,
+    )
+    store = Store()
+
+    async def iceberg_where_compared() -> int:
+        return 7
+
+    said = await retention._recover(  # type: ignore[arg-type]
+        hot, store, "cold.trades", intent, iceberg_where_compared
+    )
+    assert said.startswith("recovery of partition 20250501 waits"), said
+    assert one.commands == [] and two.commands == [] and store.intents == []

@@ -67,6 +67,9 @@ def clickhouse_grants(cfg: Config, local_tables: Mapping[str, str]) -> list[Gran
     if any(t.hot_retention is not None for t in cfg.tables):
         why = "retention's detach-compare-drop"
         grants.append(Grant("SELECT", "system.detached_parts", "detached", why))
+    if any(t.hot_retention is not None and t.retiring_table for t in cfg.tables):
+        why = "retention uses a Replicated replica only in sync (system.replicas)"
+        grants.append(Grant("SELECT", "system.replicas", "retention", why))
     if any(t.view is not None for t in cfg.tables):
         grants += _cold_side(cfg)
     if local_tables:

@@ -48,6 +48,7 @@ from offloader.errors import SourceSchemaError, TableError
 from offloader.iceberg import IcebergTable
 from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
 from offloader.source import Source, SourceTable, open_table
+from offloader.source.shards import REPLICA_STATE, out_of_sync, replica_state_query
 from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import HASH_MODULUS, RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
@@ -495,8 +496,11 @@ def content_query(node: _Node, partition_id: str, retiring: bool, hashed: str, f
     )
 
 
-def lag_query(node: _Node) -> str:
-    return f"SELECT absolute_delay, queue_size FROM system.replicas WHERE {node.where}"
+def lag_tables(node: _Node) -> list[str]:
+    """The tables whose replica state decides whether `node`'s replica may be used: the
+    table retention parks from, and its retiring table (a replica behind on either would
+    list, compare, move or drop other parts than its shard's others hold)."""
+    return [node.name] + ([node.retiring] if node.retiring is not None else [])
 
 
 class Sql:
@@ -531,18 +535,29 @@ class Sql:
     async def lag(self) -> str | None:
         if not self.node.replicated:
             return None
-        try:
-            await self.node.source.command(f"SYSTEM SYNC REPLICA {self.node.qualified}")
-        except SourceSchemaError as exc:
-            if "access denied" not in str(exc):
-                raise
-            # Not granted (SYSTEM SYNC REPLICA is optional): the delay and queue decide.
-            log.info("SYSTEM SYNC REPLICA not granted", extra={"node": self.prefix})
-        for delay, queue in await self.node.source.rows(lag_query(self.node)):
-            if int(delay) or int(queue):
+        for name in lag_tables(self.node):
+            try:
+                await self.node.source.command(
+                    f"SYSTEM SYNC REPLICA {qualified(self.node.db, name)}"
+                )
+            except SourceSchemaError as exc:
+                if "access denied" not in str(exc):
+                    raise
+                # Not granted (SYSTEM SYNC REPLICA is optional): the replica's state decides.
+                log.info("SYSTEM SYNC REPLICA not granted", extra={"node": self.prefix})
+            rows = await self.node.source.rows(replica_state_query(self.node.db, name))
+            why = out_of_sync(rows)
+            if (
+                why is None
+                and rows
+                and int(dict(zip(REPLICA_STATE, rows[0], strict=True))["queue_size"])
+            ):
+                why = (
+                    f"{rows[0][REPLICA_STATE.index('queue_size')]} entries in its replication queue"
+                )
+            if why is not None:
                 return (
-                    f"{self.prefix or 'the replica '}{self.node.qualified} is {delay} s behind "
-                    f"its other replicas with {queue} entries in its replication queue "
+                    f"{self.prefix or 'the replica '}{qualified(self.node.db, name)}: {why} "
                     "(system.replicas); retried once it caught up"
                 )
         return None
@@ -749,10 +764,14 @@ async def _pass(
     unit = await hot.unit()
     state = await store.get(table.target, table.source)
     if state.retention_intent is not None:
+        pending = state.retention_intent
         report.recovered = await _recover(
-            hot, store, table.target, state.retention_intent, _snapshot_probe(services, table)
+            hot, store, table.target, pending, _snapshot_probe(services, table)
         )
         state = await store.get(table.target, table.source)
+        if state.retention_intent is not None:  # recovery waits for a replica
+            report.refuse(pending.partition, report.recovered, "changed")
+            return
     retained = state.retained_until
     wm_type = src.order[0][1]
     position_day = watermark_day(wm_type, state.position[0]) if state.position else None
@@ -936,6 +955,13 @@ async def _drop(
         snapshot_id=snapshot_id,
     )
     await store.retention_intent(target, intent)
+    # Once more right before parking: a replicated MOVE drops the partition's parts on
+    # every replica but moves only those the replica running it holds, so a part another
+    # replica took since the comparison (a late row) would be lost from both tiers.
+    lagging = await _replicas_ready(hot)
+    if lagging is not None:
+        await store.retention_intent(target, None)
+        return lagging.text
     faults.point("retain_detach")
     await hot.detach(d.partition.id)
     faults.point("retain_park")
@@ -990,6 +1016,16 @@ async def _recover(
             "restore the table's retiring_table setting until a pass finishes it",
             reason="config",
         )
+    lagging = await _replicas_ready(hot)
+    if lagging is not None:
+        # A replica behind on the parked parts (or on the retiring table) sees fewer of
+        # them than were parked: recovering there could clear the intent and strand the
+        # rest. The intent stays; a later pass recovers.
+        log.error(
+            "retention recovery waits for a replica",
+            extra={"table": target, "partition": intent.partition, "reason": lagging.text},
+        )
+        return f"recovery of partition {intent.partition} waits: {lagging.text}"
     ours = _ours(await hot.detached(intent.partition), intent)
     if intent.phase == RetentionIntent.DROP:
         # Past the point of no return: whatever is still parked goes, whatever its parts
