@@ -13,9 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 from pyiceberg.manifest import ManifestFile
+from pyiceberg.table.metadata import TableMetadataUtil
 from pyiceberg.table.snapshots import Snapshot
 
 from offloader.config import CatalogConfig, PartitionField
+from offloader.errors import InconsistentState
 from offloader.iceberg import Marker, files
 from offloader.iceberg.catalog import IcebergCatalog
 from offloader.iceberg.table import IcebergTable
@@ -27,9 +29,7 @@ DAY0 = datetime(2026, 1, 1, tzinfo=UTC)
 FIRST = (DAY0 - datetime(1970, 1, 1, tzinfo=UTC)).days  # DAY0 in days since 1970
 
 
-def _table(
-    tmp_path: Path, name: str, schema: pa.Schema = SCHEMA, by: tuple[PartitionField, ...] = ()
-) -> IcebergTable:
+def _catalog(tmp_path: Path) -> IcebergCatalog:
     cfg = CatalogConfig(
         "unit",
         {
@@ -38,7 +38,13 @@ def _table(
             "warehouse": f"file://{tmp_path}/warehouse",
         },
     )
-    return IcebergCatalog(cfg).ensure(f"cold.{name}", schema, by)
+    return IcebergCatalog(cfg)
+
+
+def _table(
+    tmp_path: Path, name: str, schema: pa.Schema = SCHEMA, by: tuple[PartitionField, ...] = ()
+) -> IcebergTable:
+    return _catalog(tmp_path).ensure(f"cold.{name}", schema, by)
 
 
 def _commit(table: IcebergTable, seq: int) -> None:
@@ -75,6 +81,45 @@ def test_a_commit_copies_no_snapshot_of_the_history(
     )
     copy.deepcopy(table.table.metadata)  # the counter itself counts
     assert snapshot_copies[0] == 31
+
+
+def test_a_commit_parses_no_metadata_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run loaded the table's metadata (every snapshot) once; its commit builds on
+    that copy instead of loading and parsing the current metadata file again."""
+    catalog = _catalog(tmp_path)
+    catalog.ensure("cold.parses", SCHEMA, ())
+    table = catalog.load("cold.parses")  # as a run loads it
+    assert table is not None
+    _commit(table, 1)
+    parses = [0]
+    original = TableMetadataUtil.parse_raw
+
+    def counting(data: str | bytes) -> Any:
+        parses[0] += 1
+        return original(data)
+
+    monkeypatch.setattr(TableMetadataUtil, "parse_raw", staticmethod(counting))
+    _commit(table, 2)
+    assert parses[0] == 0, f"one commit parsed the table's metadata file {parses[0]} times"
+    table.refresh()  # the counter itself counts
+    assert parses[0] == 1
+
+
+def test_a_commit_built_on_a_stale_table_is_refused(tmp_path: Path) -> None:
+    """Building on the run's own copy of the metadata keeps the compare-and-set: a
+    worker whose copy is older than the catalog's commits nothing and is told why."""
+    catalog = _catalog(tmp_path)
+    first = catalog.ensure("cold.cas", SCHEMA, ())
+    stale = catalog.load("cold.cas")
+    assert stale is not None
+    _commit(first, 1)
+    batch = pa.RecordBatch.from_pylist([{"id": 1}], schema=SCHEMA)
+    with pytest.raises(InconsistentState, match="another worker"):
+        stale.commit_files([stale.write_files([batch])], Marker(1, [1], "run-b", 1))
+    fresh = catalog.load("cold.cas")
+    assert fresh is not None and fresh.snapshot_count() == 1
+    mark = fresh.latest_mark()
+    assert mark is not None and mark.run_id == "run-1"
 
 
 def _commit_days(table: IcebergTable, seq: int, *day_offsets: int, split: bool = True) -> None:

@@ -7,8 +7,11 @@ version these were not checked against: re-check each use below, then widen CHEC
 
 from __future__ import annotations
 
+import sys
+import threading
 from datetime import datetime
 from types import MethodType
+from typing import Any
 
 from pyiceberg.catalog import Catalog, MetastoreCatalog
 from pyiceberg.io.pyarrow import (
@@ -25,6 +28,7 @@ from pyiceberg.table import StagedTable, Table, Transaction
 from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.update import (
+    AssertCreate,
     # updated_metadata: pyiceberg's update_table_metadata, step by step, without its copy.
     TableRequirement,
     TableUpdate,
@@ -116,14 +120,58 @@ def _update_and_stage_table(
     )
 
 
+# The table whose commit this thread is making through _commit_table (SQL catalogs).
+_committing = threading.local()
+
+
+def _commit_table(
+    self: Catalog,
+    table: Table,
+    requirements: tuple[TableRequirement, ...],
+    updates: tuple[TableUpdate, ...],
+) -> Any:
+    """SqlCatalog.commit_table building on the committing `table`'s own metadata where
+    pyiceberg loads the table again (the private detail relied on: it calls
+    `self.load_table` once for the current state, answered by _load_table).
+
+    Why: that load parses the whole metadata file (every snapshot) on each commit, after
+    the run has loaded it already. Nothing is lost by building on the run's copy: the
+    catalog row is still updated only where it names `table.metadata_location` (the
+    compare-and-set), so if another writer committed since the run loaded the table the
+    commit fails with CommitFailedException as before, and offloader refreshes and
+    checks its marker again (IcebergTable.commit_snapshot). A table being created (its
+    AssertCreate requirement: no current state) is committed as pyiceberg does."""
+    if any(isinstance(requirement, AssertCreate) for requirement in requirements):
+        return type(self).commit_table(self, table, requirements, updates)
+    _committing.table = table
+    try:
+        return type(self).commit_table(self, table, requirements, updates)
+    finally:
+        _committing.table = None
+
+
+def _load_table(self: Catalog, identifier: str | Identifier) -> Table:
+    """The table being committed through _commit_table in this thread, else the
+    catalog's own load_table."""
+    table: Table | None = getattr(_committing, "table", None)
+    if table is not None and identifier == table.name():
+        return table
+    return type(self).load_table(self, identifier)
+
+
 def lighten(catalog: Catalog) -> Catalog:
     """`catalog` committing without copying the table's whole metadata
-    (_update_and_stage_table, overriding the private method of this one instance).
-    REST catalogs build the new metadata on the server: nothing to change there."""
+    (_update_and_stage_table) and, for a SQL catalog, without parsing its metadata file
+    again (_commit_table), overriding those methods of this one instance. REST catalogs
+    build the new metadata on the server: nothing to change there."""
     if isinstance(catalog, MetastoreCatalog):
         catalog._update_and_stage_table = MethodType(  # type: ignore[method-assign]
             _update_and_stage_table, catalog
         )
+    sql = sys.modules.get("pyiceberg.catalog.sql")  # imported if the catalog is one
+    if sql is not None and isinstance(catalog, sql.SqlCatalog):
+        catalog.commit_table = MethodType(_commit_table, catalog)
+        catalog.load_table = MethodType(_load_table, catalog)
     return catalog
 
 
