@@ -31,6 +31,10 @@ def test_the_private_names_are_there_with_the_shapes_used() -> None:
     assert hasattr(compat._OverwriteFiles, "_process_manifests")
     params = inspect.signature(compat._ManifestMergeManager).parameters
     assert {"target_size_bytes", "min_count_to_merge", "merge_enabled"} <= set(params)
+    for name in ("_update_and_stage_table", "_parse_metadata_version", "_load_file_io"):
+        assert hasattr(compat.MetastoreCatalog, name), name
+    params = inspect.signature(compat._update_table_metadata_log).parameters
+    assert list(params) == ["base_metadata", "metadata_location", "last_updated_ms"]
     assert {"_table", "_updates"} <= set(
         inspect.signature(compat.Transaction.__init__).parameters
     ) or ("_updates" in inspect.getsource(compat.Transaction.__init__))

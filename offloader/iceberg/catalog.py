@@ -36,7 +36,7 @@ from pyiceberg.transforms import (
 from offloader.config import CatalogConfig, MaintenanceConfig, PartitionField
 from offloader.errors import SinkError, SourceSchemaError
 from offloader.iceberg import brief, sink_errors, table_properties
-from offloader.iceberg.compat import iceberg_schema
+from offloader.iceberg.compat import iceberg_schema, lighten
 from offloader.iceberg.table import NAME_MAPPING, IcebergTable, type_text
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class IcebergCatalog:
         _make_sqlite_directory(self._cfg.properties.get("uri", ""))
         for attempt in range(3):
             try:
-                return load_catalog(self._cfg.name, **dict(self._cfg.properties))
+                return lighten(load_catalog(self._cfg.name, **dict(self._cfg.properties)))
             except Exception as exc:
                 # Processes starting on a fresh SQL catalog at once race to create its
                 # tables; the loser sees "already exists" and succeeds on a second try.

@@ -17,9 +17,10 @@ from pyiceberg.conversions import from_bytes
 from pyiceberg.io.pyarrow import (
     PyArrowFileIO,
 )
-from pyiceberg.manifest import DataFile, DataFileContent
+from pyiceberg.manifest import DataFile, DataFileContent, ManifestContent, ManifestFile
+from pyiceberg.partitioning import PartitionSpec
 from pyiceberg.transforms import DayTransform, HourTransform, MonthTransform, YearTransform
-from pyiceberg.types import PrimitiveType
+from pyiceberg.types import NestedField, PrimitiveType
 
 from offloader import days, faults
 from offloader.errors import SinkError
@@ -81,6 +82,13 @@ def shape(ice: IcebergTable) -> Shape:
 def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
     """Read the current snapshot's manifests: every live data file and its bounds."""
     table = ice.table
+    snap = table.current_snapshot()
+    return _live_files(ice, watermark, snap.manifests(table.io) if snap is not None else [])
+
+
+def _live_files(ice: IcebergTable, watermark: str, manifests: Sequence[ManifestFile]) -> LiveFiles:
+    """The live data files of `manifests` with their bounds of column `watermark`."""
+    table = ice.table
     schema = table.schema()
     field = schema.find_field(watermark)
     wm_type = field.field_type
@@ -93,8 +101,7 @@ def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
     )
     stats: list[FileStat] = []
     files: dict[str, DataFile] = {}
-    snap = table.current_snapshot()
-    for manifest in snap.manifests(table.io) if snap is not None else []:
+    for manifest in manifests:
         for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
             df = entry.data_file
             if df.content != DataFileContent.DATA:
@@ -113,6 +120,71 @@ def live_files(ice: IcebergTable, watermark: str) -> LiveFiles:
                 )
             )
     return LiveFiles(stats, files, kind, whole)
+
+
+def day_figures(
+    ice: IcebergTable, watermark: str, first_day: int, last_day: int
+) -> tuple[dict[int, int], set[int]]:
+    """day_counts of the current snapshot for [first_day, last_day], reading only the
+    manifests the manifest list cannot answer for.
+
+    Where the table is partitioned by day or hour of `watermark`, the manifest list's
+    partition summary tells the days each manifest's files cover: a manifest wholly
+    outside the window is not read, and one whose files all lie on one day counts its
+    live rows (added + existing, as the manifest list records them) for that day
+    without being read. The others are read as live_files reads them. So the audit's
+    cost follows the manifests of the days it audits, not every file of the history."""
+    table = ice.table
+    snap = table.current_snapshot()
+    counts: dict[int, int] = {}
+    unread: list[ManifestFile] = []
+    field = table.schema().find_field(watermark)
+    specs = table.specs()
+    for manifest in snap.manifests(table.io) if snap is not None else []:
+        if manifest.content != ManifestContent.DATA:
+            continue  # delete files hold no rows of their own (live_files skips them too)
+        span = _manifest_days(manifest, specs.get(manifest.partition_spec_id), field)
+        if span is not None and (span[1] < first_day or span[0] > last_day):
+            continue
+        rows = _live_rows(manifest)
+        if span is not None and span[0] == span[1] and rows is not None:
+            counts[span[0]] = counts.get(span[0], 0) + rows
+        else:
+            unread.append(manifest)
+    more, unknown = day_counts(_live_files(ice, watermark, unread), first_day, last_day)
+    for day, rows in more.items():
+        counts[day] = counts.get(day, 0) + rows
+    return counts, unknown
+
+
+def _manifest_days(
+    manifest: ManifestFile, spec: PartitionSpec | None, field: NestedField
+) -> tuple[int, int] | None:
+    """The first and last UTC day (days since 1970) of the rows of a data manifest, from
+    its partition summary of a day or hour transform of `field`; None if it cannot say."""
+    summaries = manifest.partitions or []
+    for position, part in enumerate(spec.fields if spec is not None else ()):
+        if part.source_id != field.field_id:
+            continue
+        if not isinstance(part.transform, DayTransform | HourTransform):
+            continue
+        if position >= len(summaries):
+            return None
+        summary = summaries[position]
+        if summary.contains_null or summary.lower_bound is None or summary.upper_bound is None:
+            return None
+        kind = part.transform.result_type(field.field_type)
+        assert isinstance(kind, PrimitiveType)  # a date (day) or an int (hour)
+        lower, upper = from_bytes(kind, summary.lower_bound), from_bytes(kind, summary.upper_bound)
+        per = 24 if isinstance(part.transform, HourTransform) else 1
+        return int(lower) // per, int(upper) // per
+    return None
+
+
+def _live_rows(manifest: ManifestFile) -> int | None:
+    """Rows of a manifest's live files (added and existing), None if it does not say."""
+    added, existing = manifest.added_rows_count, manifest.existing_rows_count
+    return added + existing if added is not None and existing is not None else None
 
 
 day_of = days.day_of  # the UTC day of a watermark bound, None for integer watermarks

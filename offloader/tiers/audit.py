@@ -278,8 +278,9 @@ async def audit_days(
     if last is not None and last[0] == key:
         cached = last[1]
     else:
-        live = await anyio.to_thread.run_sync(files.live_files, ice, wm_name, limiter=limiter)
-        cached = files.day_counts(live, *days)
+        cached = await anyio.to_thread.run_sync(
+            files.day_figures, ice, wm_name, *days, limiter=limiter
+        )
         _ICEBERG_DAYS[ice.target] = (key, cached)
     cold, unknown = cached
     if hot.hashed is None or recorded is None:
