@@ -737,7 +737,9 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
     idle run: the first audits every window once), an idle cycle right after OPTIMIZE
     FINAL on every table (merges change no row: no window is read again), one new row in
     every table, the idle cycle after it (every table's new part merged first) and the
-    one after that (merged again), and 1% of the tables with 10k new rows; wall and CPU
+    one after that (merged again), 1% of the tables with 10k new rows, and one new row
+    in every table offloaded by one process and by the worker processes (`workers`,
+    default: one per core), alternating --repeats pairs; wall and CPU
     seconds of the offloader process, its peak RSS, the ClickHouse queries it made
     (system.query_log) and the PostgreSQL transactions it ran (pg_stat_database), each
     per cycle.
@@ -798,6 +800,27 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
             "postgres_transactions": pg_transactions() - pg0 - 1,
         }
 
+    def one_row_by_workers(path: Path, names: list[str], repeats: int) -> dict[str, Any]:
+        """One new row in every table, offloaded by one process (`workers = 1`) and by
+        the default worker processes (one per core), alternating, `repeats` pairs on the
+        same tables and state: the figures of each one's median run."""
+        single = path.with_name("tables-one-process.toml")
+        single.write_text(
+            path.read_text().replace("[offloader]\n", "[offloader]\nworkers = 1\n", 1)
+        )
+        runs: dict[str, list[dict[str, float]]] = {"one_process": [], "workers": []}
+        first = 100_000
+        for _ in range(repeats):
+            for key, config in (("one_process", single), ("workers", path)):
+                for name in names:
+                    b.sql(SMALL_INSERT.format(db=b.db, name=name, first=first, rows=1))
+                first += 1
+                runs[key].append(measured(config))
+        return {
+            f"one_row_each_{key}": sorted(found, key=lambda f: f["wall_s"])[len(found) // 2]
+            for key, found in runs.items()
+        }
+
     def merge_all(names: list[str]) -> None:
         """Every table's parts merged into one a partition (no row changes)."""
         for name in names:
@@ -827,6 +850,7 @@ def scenario_tables(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         for name in names[:: max(1, 100)][: max(1, n // 100)]:
             b.sql(SMALL_INSERT.format(db=b.db, name=name, first=1000, rows=10_000))
         row["one_percent_10k"] = measured(path)
+        row.update(one_row_by_workers(path, names, args.repeats))
         for phase, figures in row.items():
             figures["per_table_ms"] = round(figures["wall_s"] * 1000 / n, 1)
             print(f"  tables={n} {phase}: {figures}", file=sys.stderr, flush=True)
