@@ -51,7 +51,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ColdSide", "ViewError", "cold_reader", "column_pair", "keep", "view_ddl"]
+__all__ = [
+    "ColdSide",
+    "Upkeep",
+    "ViewError",
+    "ViewSpec",
+    "after_rewrite",
+    "cold_reader",
+    "column_pair",
+    "drop",
+    "exact",
+    "keep",
+    "nodes_of",
+    "on_every_node",
+    "probe_everywhere",
+    "spec_of",
+    "upkeep",
+    "view_ddl",
+]
 
 
 class ViewError(TableError):
@@ -302,8 +319,9 @@ class ViewSpec:
 
 
 # Bumped when the SQL offloader writes for the same inputs changes: every view is
-# replaced once by the next run.
-VIEW_FORMAT = "1"
+# replaced once by the next run. 2 (0.4.0): a column's DEFAULT only as a constant
+# literal (0.3.0 views may carry other expressions, run with the definer's rights).
+VIEW_FORMAT = "2"
 
 
 def view_ddl(
