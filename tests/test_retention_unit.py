@@ -345,23 +345,7 @@ async def test_a_merge_in_the_retiring_table_does_not_change_what_arrived(phase:
     one, two = _cluster({}, {})
     one.tables["trades_local_retiring"]["20250501"] = ["h1.h2"]  # h1 and h2, merged
     hot = await _opened(one, two)
-    intent = RetentionIntent(
-        "20250501",
-        ("shard 1/2 rows, hash sum 3",),
-        (),
-        "2025-05-02",
-        phase,
-        "move",
-        snapshot_id=7,
-    )
-    store = Store()
-
-    async def iceberg_still_where_compared() -> int:
-        return 7
-
-    said = await retention._recover(  # type: ignore[arg-type]
-        hot, store, "cold.trades", intent, iceberg_still_where_compared
-    )
+    said, store = await _recover_moved(hot, phase, ("shard 1/2 rows, hash sum 3",))
     assert one.commands == [DROP] and two.commands == [], said
     assert one.tables["trades_local_retiring"] == {} and store.intents[-1] is None
     assert said.startswith("finished dropping partition 20250501")
@@ -459,22 +443,19 @@ async def test_a_stopped_pass_is_not_recovered_on_a_replica_behind(phase: str) -
         return await Session.rows(two, query)
 
     two.rows = behind  # type: ignore[method-assign]
-    intent = RetentionIntent(
-        "20250501",
-        ("shard 1/1 rows, hash sum 1",),
-        (),
-        "2025-05-02",
-        phase,
-        "move",
-        snapshot_id=7,
-    )
+    said, store = await _recover_moved(hot, phase, ("shard 1/1 rows, hash sum 1",))
+    assert said.startswith("recovery of partition 20250501 waits"), said
+    assert one.commands == [] and two.commands == [] and store.intents == []
+
+
+async def _recover_moved(hot: Any, phase: str, parts: tuple[str, ...]) -> tuple[str, Store]:
+    """Recover a stopped `move` pass in `phase` of partition 20250501, recorded with
+    `parts`, while Iceberg is still at the snapshot it was compared against."""
+    intent = RetentionIntent("20250501", parts, (), "2025-05-02", phase, "move", snapshot_id=7)
     store = Store()
 
     async def iceberg_where_compared() -> int:
         return 7
 
-    said = await retention._recover(  # type: ignore[arg-type]
-        hot, store, "cold.trades", intent, iceberg_where_compared
-    )
-    assert said.startswith("recovery of partition 20250501 waits"), said
-    assert one.commands == [] and two.commands == [] and store.intents == []
+    said = await retention._recover(hot, store, "cold.trades", intent, iceberg_where_compared)
+    return said, store
