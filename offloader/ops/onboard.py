@@ -29,7 +29,7 @@ from tomlkit.items import AoT, Table
 from offloader.config import Config
 from offloader.configfile import parse_config
 from offloader.errors import ConfigError, TableError
-from offloader.source import Source, open_source, open_table
+from offloader.source import Source, open_source, open_table, table_columns, ttl_clause
 from offloader.sql import qualified, quote_ident, quote_string
 
 __all__ = ["Proposal", "SourceInfo", "add", "inspect", "propose", "render", "write"]
@@ -263,10 +263,7 @@ async def inspect(source: Source, database: str, table: str) -> SourceInfo:
         local_db = args[1].strip("'`\"") if len(args) > 1 else database
         local = (local_db or database, args[2].strip("'`\""))
         meta_row = await _table_row(source, *local)
-    columns = await source.rows(
-        "SELECT name, type FROM system.columns WHERE database = "
-        f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
-    )
+    columns = await table_columns(source, database, table)
     return SourceInfo(
         database=database,
         name=table,
@@ -274,8 +271,8 @@ async def inspect(source: Source, database: str, table: str) -> SourceInfo:
         engine_full=str(meta_row[1]),
         sorting_key=str(meta_row[2]),
         partition_key=str(meta_row[3]),
-        ttl=_ttl_clause(str(meta_row[4])),
-        columns=tuple((str(n), str(t)) for n, t in columns),
+        ttl=ttl_clause(str(meta_row[4])),
+        columns=tuple(columns),
         local_engine=str(meta_row[0]) if local else None,
         local_table=local,
     )
@@ -290,12 +287,6 @@ async def _table_row(source: Source, database: str, table: str) -> tuple[Any, ..
     if not rows:
         raise ConfigError(f"{database}.{table}: no such table in ClickHouse")
     return rows[0]
-
-
-def _ttl_clause(create: str) -> str | None:
-    if " TTL " not in create:
-        return None
-    return create.split(" TTL ", 1)[1].split(" SETTINGS ", 1)[0].strip()
 
 
 async def tables_of(source: Source, database: str) -> list[str]:

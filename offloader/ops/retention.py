@@ -547,14 +547,9 @@ class Sql:
                 log.info("SYSTEM SYNC REPLICA not granted", extra={"node": self.prefix})
             rows = await self.node.source.rows(replica_state_query(self.node.db, name))
             why = out_of_sync(rows)
-            if (
-                why is None
-                and rows
-                and int(dict(zip(REPLICA_STATE, rows[0], strict=True))["queue_size"])
-            ):
-                why = (
-                    f"{rows[0][REPLICA_STATE.index('queue_size')]} entries in its replication queue"
-                )
+            queued = int(rows[0][REPLICA_STATE.index("queue_size")]) if rows else 0
+            if why is None and queued:  # retention also waits for queued merges and moves
+                why = f"{queued} entries in its replication queue"
             if why is not None:
                 return (
                     f"{self.prefix or 'the replica '}{qualified(self.node.db, name)}: {why} "

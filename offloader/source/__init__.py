@@ -464,10 +464,14 @@ async def table_ttl(s: Source, database: str, table: str) -> str | None:
         "SELECT create_table_query FROM system.tables WHERE database = "
         f"{quote_string(database)} AND name = {quote_string(table)}"
     )
-    if not create or " TTL " not in str(create):
+    return ttl_clause(str(create or ""))
+
+
+def ttl_clause(create: str) -> str | None:
+    """The TTL clause of a CREATE statement (system.tables.create_table_query), if any."""
+    if " TTL " not in create:
         return None
-    ttl = str(create).split(" TTL ", 1)[1]
-    return ttl.split(" SETTINGS ", 1)[0].strip()
+    return create.split(" TTL ", 1)[1].split(" SETTINGS ", 1)[0].strip()
 
 
 async def invalid_utf8_columns(s: Source, plan: SourcePlan, relation: str) -> str:
