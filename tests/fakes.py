@@ -22,7 +22,7 @@ from offloader.config import TableConfig
 from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
-from offloader.sql import RowHash
+from offloader.sql.text import RowHash
 from offloader.state import Advance, AuditAgreed, DaySum, TableState, ViewState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]

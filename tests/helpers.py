@@ -24,7 +24,7 @@ from offloader.offload.supervisor import CycleReport, run_once
 from offloader.plan import plan_source
 from offloader.source import native
 from offloader.source.native_convert import to_record_batch
-from offloader.sql import qualified, quote_ident
+from offloader.sql.text import qualified, quote_ident
 
 ROOT = Path(__file__).resolve().parent.parent
 

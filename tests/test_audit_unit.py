@@ -8,7 +8,7 @@ import datetime as dt
 import pyarrow as pa
 
 from offloader.days import day_number
-from offloader.sql import row_hash
+from offloader.sql.text import row_hash
 from offloader.state import DaySum
 from offloader.tiers.audit import add_sums, compare, day_sums
 

@@ -22,7 +22,7 @@ from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.ops import retention
-from offloader.sql import parts_fingerprint
+from offloader.sql.system import parts_fingerprint
 from tests.helpers import Env, independent_reads, trades_rows
 
 pytestmark = pytest.mark.integration

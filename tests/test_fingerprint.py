@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from offloader.sql import fingerprints_query, parts_fingerprint
+from offloader.sql.system import fingerprints_query, parts_fingerprint
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import pytest
 from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
 from offloader.pinned import PINNED
-from offloader.sql import quote_string
+from offloader.sql.text import quote_string
 from tests.helpers import Env, trades_rows
 
 pytestmark = pytest.mark.integration

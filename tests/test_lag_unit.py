@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from offloader.plan import Behind, behind
-from offloader.sql import behind_query
+from offloader.sql.scan import behind_query
 from offloader.types import parse_type
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)

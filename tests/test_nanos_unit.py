@@ -8,12 +8,13 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from offloader import cursor, days, plan, sql
+from offloader import cursor, days, plan
 from offloader.config import TableConfig
 from offloader.days import day_number, day_start, watermark_day
 from offloader.errors import SourceSchemaError
 from offloader.iceberg import compaction
 from offloader.iceberg.table import day_runs
+from offloader.sql import text as sql
 from offloader.state import DaySum
 from offloader.tiers.audit import day_sums
 from offloader.types import parse_type

@@ -10,7 +10,8 @@ from offloader.errors import SourceSchemaError
 from offloader.plan import plan_source
 from offloader.source import parquet
 from offloader.source.parquet import ParquetPager, iceberg_type, page_rows
-from offloader.sql import page_query, range_sums_query, row_hash
+from offloader.sql.scan import page_query, range_sums_query
+from offloader.sql.text import row_hash
 from offloader.types import arrow_type, parse_type
 
 TYPES = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from offloader.pinned import PINNED, TEXT_SETTINGS, refusal
-from offloader.sql import with_text_settings
+from offloader.sql.text import with_text_settings
 
 
 def test_a_refused_pinned_setting_is_named_with_what_to_change() -> None:

@@ -56,7 +56,7 @@ def test_the_error_that_matters_is_picked_out_of_a_task_group() -> None:
 
 
 def test_a_distributed_tables_cluster_and_local_table_are_read_from_its_engine() -> None:
-    from offloader.sql import distributed_over, parts_fingerprint
+    from offloader.sql.system import distributed_over, parts_fingerprint
 
     assert distributed_over(
         "Distributed('trades_cluster', 'market', 'trades_local', cityHash64(trade_id))"

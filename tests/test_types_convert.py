@@ -15,17 +15,12 @@ import pytest
 from offloader import plan
 from offloader.cursor import encode_value, watermark_from_int
 from offloader.errors import DataError, InconsistentState, SourceSchemaError
+from offloader.pinned import TEXT_SETTINGS
 from offloader.plan import check_cursor_column
 from offloader.source.arrow import json_value_parser
 from offloader.source.native_convert import cursor_value, to_record_batch
-from offloader.sql import (
-    TEXT_SETTINGS,
-    keyset_after,
-    literal,
-    page_query,
-    quote_string,
-    watermark_int,
-)
+from offloader.sql.scan import page_query
+from offloader.sql.text import keyset_after, literal, quote_string, watermark_int
 from offloader.types import arrow_type, parse_type, quote_ident
 from offloader.wire import plan_column
 

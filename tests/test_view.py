@@ -28,7 +28,7 @@ from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.ops import maintenance
 from offloader.ops.maintenance import MaintenanceReport
-from offloader.sql import quote_ident
+from offloader.sql.text import quote_ident
 from offloader.tiers import view
 from offloader.tiers.services import open_services
 from offloader.tiers.view import column_pair, exact

@@ -18,7 +18,8 @@ from offloader.days import day_number, day_of_number, watermark_day
 from offloader.errors import TableError
 from offloader.report import TableReport
 from offloader.source import SourceTable
-from offloader.sql import RowHash, behind_query
+from offloader.sql.scan import behind_query
+from offloader.sql.text import RowHash
 from offloader.state import AuditAgreed, Committed, DaySum, RetentionIntent, TableState
 from offloader.tiers.audit import (
     DayCount,

@@ -42,7 +42,7 @@ from offloader.source import (
     scan_complete,
     table_columns,
 )
-from offloader.sql import behind_query
+from offloader.sql.scan import behind_query
 from offloader.state import Advance, Committed, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services

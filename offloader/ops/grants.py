@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError
-from offloader.sql import qualified, quote_ident
+from offloader.sql.text import qualified, quote_ident
 
 
 @dataclass(frozen=True, slots=True)

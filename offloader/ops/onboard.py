@@ -30,7 +30,7 @@ from offloader.config import Config
 from offloader.configfile import parse_config
 from offloader.errors import ConfigError, TableError
 from offloader.source import Source, open_source, open_table, table_columns, ttl_clause
-from offloader.sql import qualified, quote_ident, quote_string
+from offloader.sql.text import qualified, quote_ident, quote_string
 
 __all__ = ["Proposal", "SourceInfo", "add", "inspect", "propose", "render", "write"]
 

@@ -37,7 +37,8 @@ from offloader.iceberg import IcebergTable, Marker, WrittenFiles, files, rewrite
 from offloader.progress import Progress
 from offloader.report import Status, guarded
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
-from offloader.sql import NOW_MICROS, quote_ident, row_hash, ttl_seconds, watermark_int
+from offloader.sql.system import ttl_seconds
+from offloader.sql.text import NOW_MICROS, quote_ident, row_hash, watermark_int
 from offloader.state import DaySum, RetentionIntent, encode_days
 from offloader.tiers import view
 from offloader.tiers.audit import DayCount, HotTable, add_sums, audit_days

@@ -49,7 +49,7 @@ from offloader.iceberg import IcebergTable
 from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
 from offloader.source import Source, SourceTable, open_table
 from offloader.source.shards import REPLICA_STATE, out_of_sync, replica_state_query
-from offloader.sql import NOW_MICROS, qualified, quote_string, row_hash
+from offloader.sql.text import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import HASH_MODULUS, RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
 from offloader.tiers.services import Services

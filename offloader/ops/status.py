@@ -17,16 +17,9 @@ from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, files
 from offloader.plan import behind
 from offloader.report import Status
-from offloader.sql import (
-    behind_query,
-    distributed_over,
-    quote_ident,
-    quote_string,
-    read_from,
-    row_hash,
-    ttl_seconds,
-    watermark_int,
-)
+from offloader.sql.scan import behind_query
+from offloader.sql.system import distributed_over, ttl_seconds
+from offloader.sql.text import quote_ident, quote_string, read_from, row_hash, watermark_int
 from offloader.state import StatusRow
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services

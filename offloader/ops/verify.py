@@ -25,12 +25,7 @@ from offloader import days, source
 from offloader.config import TableConfig
 from offloader.errors import ConfigError, TableError
 from offloader.report import Verdict
-from offloader.sql import (
-    keyset_after,
-    quote_ident,
-    quote_string,
-    with_text_settings,
-)
+from offloader.sql.text import keyset_after, quote_ident, quote_string, with_text_settings
 from offloader.state import HASH_MODULUS
 from offloader.tiers.services import Services
 from offloader.types import (

@@ -24,17 +24,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offloader.config import ClickHouseConfig, TableConfig, Transport
 from offloader.errors import SourceSchemaError, SourceUnavailable, TableError
 from offloader.plan import SourcePlan, plan_order, plan_source
-from offloader.sql import (
-    RowHash,
+from offloader.sql.scan import page_query
+from offloader.sql.system import (
     distributed_over,
     fingerprints_query,
-    page_query,
     parts_fingerprint,
-    quote_ident,
-    quote_string,
-    read_from,
     survey_columns_query,
 )
+from offloader.sql.text import RowHash, quote_ident, quote_string, read_from
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -35,7 +35,7 @@ from offloader.errors import (
 )
 from offloader.pinned import PINNED, refusal
 from offloader.source import CLOSE_SECONDS, Pager, Scan
-from offloader.sql import quote_ident
+from offloader.sql.text import quote_ident
 from offloader.types import ChType, parse_type
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.plan import SourcePlan
-    from offloader.sql import RowHash
+    from offloader.sql.text import RowHash
     from offloader.state import DaySum
 
 log = logging.getLogger(__name__)

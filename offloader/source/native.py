@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.plan import SourcePlan
-    from offloader.sql import RowHash
+    from offloader.sql.text import RowHash
     from offloader.state import DaySum
 
 log = logging.getLogger(__name__)

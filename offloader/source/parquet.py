@@ -38,7 +38,8 @@ from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.pinned import PINNED
 from offloader.source import Scan, invalid_utf8_columns
 from offloader.source.arrow import ArrowHttpSession
-from offloader.sql import RowHash, quote_ident, quote_string, range_sums_query
+from offloader.sql.scan import range_sums_query
+from offloader.sql.text import RowHash, quote_ident, quote_string
 from offloader.state import DaySum
 from offloader.types import INT64_MAX, ChType
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves

@@ -40,13 +40,20 @@ from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable, TableError, single_error
 from offloader.report import stray_cancellation
 from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
-from offloader.sql import keyset_after, literal, qualified, quote_ident, quote_string, read_from
+from offloader.sql.text import (
+    keyset_after,
+    literal,
+    qualified,
+    quote_ident,
+    quote_string,
+    read_from,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from offloader.plan import SourcePlan
-    from offloader.sql import RowHash
+    from offloader.sql.text import RowHash
     from offloader.state import DaySum
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from offloader.config import TableConfig
 from offloader.days import day_number, day_of_number, day_start, watermark_day
 from offloader.plan import Order
 from offloader.source import Page, Source
-from offloader.sql import RowHash, day_counts_query, row_hash
+from offloader.sql.scan import day_counts_query
+from offloader.sql.text import RowHash, row_hash
 from offloader.state import HASH_MODULUS, DaySum
 from offloader.types import ChType
 

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from offloader import cursor, faults
 from offloader.config import TableConfig, ViewsConfig, ViewSecurity
 from offloader.errors import OffloaderError, TableError
-from offloader.sql import keyset_after, quote_ident, quote_string
+from offloader.sql.text import keyset_after, quote_ident, quote_string
 from offloader.state import Committed, Store, ViewState
 from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves

@@ -24,7 +24,7 @@ from offloader import faults
 from offloader.iceberg import Marker, WrittenFiles
 from offloader.source import Page
 from offloader.source.shards import parts_of
-from offloader.sql import RowHash
+from offloader.sql.text import RowHash
 from offloader.state import Advance, DaySum, Store
 from offloader.tiers import audit
 

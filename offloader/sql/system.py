@@ -1,0 +1,144 @@
+"""ClickHouse SQL on the system tables (parts, columns, tables, clusters, replicas),
+and the parsing of what they answer. Pure: no driver."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from offloader.days import SECONDS_PER_DAY
+from offloader.sql.text import quote_string
+
+# Engines whose merges keep every row (the others fold rows together: replace, collapse,
+# sum or aggregate them), as system.parts names them.
+ROW_KEEPING_ENGINES = ("MergeTree", "ReplicatedMergeTree", "SharedMergeTree")
+
+
+def fingerprints_query(tables: Sequence[tuple[str, str]], cluster: str | None = None) -> str:
+    """The parts fingerprint of each (database, table) that has active parts: database,
+    table, fingerprint (a table without any has none: '').
+
+    It names the data a MergeTree table holds but not how merges laid it out: a hash of,
+    per partition (and per node with `cluster`: the local table on every replica of
+    every shard, a Distributed source's), these merge-invariant values of its active
+    parts (system.parts):
+
+    - the highest block number. Every insert, and every part attached or taken by
+      REPLACE PARTITION, takes new block numbers; a merge keeps its parts' lowest and
+      highest (and bumps the level only);
+    - the highest mutation version: a part's data_version where it differs from its
+      lowest block number. A merged part's data_version is its lowest block number
+      again unless its parts were mutated, so the plain highest data_version is not
+      merge-invariant. Every ALTER UPDATE/DELETE, lightweight DELETE and MATERIALIZE
+      TTL raises it once it rewrote the parts; a merge keeps its parts' highest;
+    - whether a part still awaits the partition's newest mutation (a part older than
+      it, max_block_number below its version, not rewritten by it yet): a mutation
+      rewrites a partition's parts one by one, and the highest version moves with the
+      first of them only; this moves when the last is done. A merge keeps it (merging
+      parts that await gives one that awaits; a part newer than the mutation never
+      awaits it). Without it, an audit between the first part and the last could agree
+      with a repair of the half-mutated day and the rest of the mutation go unseen;
+    - the rows, in engines whose merges keep every row (ROW_KEEPING_ENGINES): MOVE
+      PARTITION leaves empty covering parts with the moved parts' block numbers, a TTL
+      merge removes rows. The other engines' merges fold rows (ReplacingMergeTree keeps
+      one row per key, CollapsingMergeTree cancels pairs), so there only whether the
+      partition holds any rows counts (a collapsing merge that cancels every row of a
+      partition moves the fingerprint once: an audit too many, never one too few);
+    - the partition itself: DROP and DETACH PARTITION remove its parts;
+    - the table's UUID (the directory holding its parts' directories, in an Atomic
+      database): a table dropped and created again numbers its blocks from 1 again.
+
+    So a merge does not move it, and every insert, finished mutation, lightweight
+    delete, dropped, detached, attached, replaced or moved partition, truncation or
+    recreation does. Not seen: a mutation applied on the fly, until it rewrites the
+    parts; a table recreated in an Ordinary database; in engines that fold rows, DROP
+    PART of one part among others and a background TTL merge that removes some of a
+    partition's rows. Moved once without a change of rows: by the merge that removes
+    rows a lightweight DELETE masked (in ROW_KEEPING_ENGINES) or that applies a
+    lightweight UPDATE's patch parts."""
+    where = f"active AND (database, table) IN ({_pairs(tables)})"
+    parts, node = "system.parts", "0"
+    if cluster is not None:
+        parts = f"clusterAllReplicas({quote_string(cluster)}, system.parts)"
+        node = "_shard_num"
+    kept = ", ".join(quote_string(e) for e in ROW_KEEPING_ENGINES)
+    rows = f"if(any(engine) IN ({kept}), sum(rows), toUInt64(sum(rows) > 0))"
+    mutation = "if(data_version = toUInt64(min_block_number), 0, data_version)"
+    uuid = "any(extract(path, '/([0-9a-f-]{36})/[^/]+/$'))"
+    awaits = "toUInt64(countIf(max_block_number < newest AND mutation < newest) > 0)"
+    each_part = (
+        f"SELECT database, table, {node} AS node, partition_id, max_block_number, rows, "
+        f"engine, path, {mutation} AS mutation, max({mutation}) OVER (PARTITION BY "
+        f"database, table, {node}, partition_id) AS newest FROM {parts} WHERE {where}"
+    )
+    states = (
+        "SELECT database, table, (node, partition_id, max(max_block_number), "
+        f"max(mutation), {awaits}, {rows}, {uuid}) AS state FROM ({each_part}) "
+        "GROUP BY database, table, node, partition_id"
+    )
+    return (
+        "SELECT database, table, toString(cityHash64(arraySort(groupArray(state)))) "
+        f"AS fingerprint FROM ({states}) GROUP BY database, table"
+    )
+
+
+def parts_fingerprint(database: str, table: str, cluster: str | None = None) -> str:
+    """A scalar subquery of the table's parts fingerprint (fingerprints_query), '' when
+    the table has no parts (empty, or not a MergeTree: a view or a Merge table), which
+    the audit takes as "unknown"."""
+    found = fingerprints_query([(database, table)], cluster)
+    return f"(SELECT any(fingerprint) FROM ({found}))"
+
+
+def _pairs(tables: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"({quote_string(d)}, {quote_string(t)})" for d, t in tables)
+
+
+def survey_columns_query(tables: Sequence[tuple[str, str]]) -> str:
+    """Every column of each (database, table), in table order, with its table's engine
+    clause: what each table's run would ask for itself, for all tables at once."""
+    return (
+        "SELECT c.database, c.table, c.name, c.type, t.engine_full FROM system.columns AS c "
+        "INNER JOIN system.tables AS t ON t.database = c.database AND t.name = c.table "
+        f"WHERE (c.database, c.table) IN ({_pairs(tables)}) "
+        "ORDER BY c.database, c.table, c.position"
+    )
+
+
+def distributed_over(engine_full: str) -> tuple[str, str, str] | None:
+    """The cluster, database and table a `Distributed` table's engine clause names, or
+    None for another engine (its `engine_full` in system.tables)."""
+    match = re.match(
+        r"\s*Distributed\(\s*'?([^',\s]+)'?\s*,\s*'?([^',\s]+)'?\s*,\s*'?([^',\s)]+)'?", engine_full
+    )
+    if match is None:
+        return None
+    return match.group(1), match.group(2), match.group(3)
+
+
+_INTERVAL = re.compile(
+    r"(?:toInterval(Second|Minute|Hour|Day|Week|Month|Quarter|Year)\((\d+)\)"
+    r"|INTERVAL\s+(\d+)\s+(SECOND|MINUTE|HOUR|DAY|WEEK|MONTH|QUARTER|YEAR))",
+    re.IGNORECASE,
+)
+_UNIT = {
+    "second": 1,
+    "minute": 60,
+    "hour": 3600,
+    "day": SECONDS_PER_DAY,
+    "week": 7 * SECONDS_PER_DAY,
+    "month": 30 * SECONDS_PER_DAY,
+    "quarter": 91 * SECONDS_PER_DAY,
+    "year": 365 * SECONDS_PER_DAY,
+}
+
+
+def ttl_seconds(ttl: str | None) -> float | None:
+    """The shortest interval in a TTL clause such as `toDateTime(ts) + toIntervalDay(30)`."""
+    if not ttl:
+        return None
+    found = []
+    for m in _INTERVAL.finditer(ttl):
+        unit, count = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        found.append(int(count) * _UNIT[unit.lower()])
+    return float(min(found)) if found else None
