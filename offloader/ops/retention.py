@@ -48,7 +48,12 @@ from offloader.errors import SourceSchemaError, TableError
 from offloader.iceberg import IcebergTable
 from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
 from offloader.source import Source, SourceTable, open_table
-from offloader.source.shards import REPLICA_STATE, out_of_sync, replica_state_query
+from offloader.source.shards import (
+    REPLICA_STATE,
+    cluster_of,
+    out_of_sync,
+    replica_state_query,
+)
 from offloader.sql.text import NOW_MICROS, qualified, quote_string, row_hash
 from offloader.state import HASH_MODULUS, RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
@@ -678,11 +683,7 @@ class _Source:
 
 async def _replicas(session: Source, cluster: str) -> dict[int, int]:
     """How many replicas each shard of the cluster has (system.clusters)."""
-    rows = await session.rows(
-        "SELECT shard_num, count() FROM system.clusters WHERE cluster = "
-        f"{quote_string(cluster)} GROUP BY shard_num"
-    )
-    return {int(n): int(c) for n, c in rows}
+    return Counter(node.shard for node in await cluster_of(session, cluster))
 
 
 def _single_copy(table: TableConfig, node: _Node, replicas: int) -> None:

@@ -40,6 +40,7 @@ from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable, TableError, single_error
 from offloader.report import stray_cancellation
 from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
+from offloader.sql.system import cluster_query
 from offloader.sql.text import (
     keyset_after,
     literal,
@@ -59,6 +60,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """One node of a cluster, as system.clusters lists it (sql.system.cluster_query)."""
+
+    shard: int
+    replica: int
+    host: str
+    address: str
+    tcp_port: int
+    local: bool  # the node the session asking is connected to
+
+
+async def cluster_of(source: Source, cluster: str) -> list[ClusterNode]:
+    """Every node of `cluster`, in shard and replica order, as `source`'s server knows it
+    (a cluster it does not know is a configuration error naming the server)."""
+    rows = await source.rows(cluster_query(cluster))
+    if not rows:
+        raise SourceUnavailable(
+            f"{source.label}: cluster {cluster!r} of the Distributed source is not in "
+            f"system.clusters of {source.endpoint}",
+            reason="config",
+        )
+    return [
+        ClusterNode(int(shard), int(replica), str(host), str(address), int(port), bool(local))
+        for shard, replica, host, address, port, local in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,16 +113,7 @@ async def replicas_of(
     (getServerPort('http_port'), asked of every replica through the cluster, matched by
     shard and native port); a node that does not answer, or whose port is ambiguous,
     keeps [clickhouse] http_port."""
-    rows = await source.rows(
-        "SELECT shard_num, replica_num, host_name, port FROM system.clusters "
-        f"WHERE cluster = {quote_string(cluster)} ORDER BY shard_num, replica_num"
-    )
-    if not rows:
-        raise SourceUnavailable(
-            f"{source.label}: cluster {cluster!r} of the Distributed source is not in "
-            f"system.clusters of {source.endpoint}",
-            reason="config",
-        )
+    nodes = await cluster_of(source, cluster)
     reported: dict[tuple[int, int], set[int]] = {}
     by_port: dict[int, set[int]] = {}
     if http:
@@ -109,13 +129,11 @@ async def replicas_of(
             by_port.setdefault(int(tcp), set()).add(int(port))
     overrides = dict(cfg.http_ports)
     shards: dict[int, list[Replica]] = {}
-    for shard, replica, host, tcp in rows:
-        node = f"{host}:{tcp}"
-        ports = reported.get((int(shard), int(tcp))) or by_port.get(int(tcp), set())
-        port = overrides.get(node, next(iter(ports)) if len(ports) == 1 else cfg.http_port)
-        shards.setdefault(int(shard), []).append(
-            Replica(int(shard), int(replica), str(host), int(tcp), port)
-        )
+    for n in nodes:
+        ports = reported.get((n.shard, n.tcp_port)) or by_port.get(n.tcp_port, set())
+        name = f"{n.host}:{n.tcp_port}"
+        port = overrides.get(name, next(iter(ports)) if len(ports) == 1 else cfg.http_port)
+        shards.setdefault(n.shard, []).append(Replica(n.shard, n.replica, n.host, n.tcp_port, port))
     return [shards[n] for n in sorted(shards)]
 
 
@@ -480,9 +498,11 @@ def sharded_pager(
 
 
 __all__ = [
+    "ClusterNode",
     "Replica",
     "ShardRound",
     "ShardedPager",
+    "cluster_of",
     "open_shards",
     "ordered",
     "out_of_sync",

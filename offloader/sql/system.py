@@ -142,3 +142,17 @@ def ttl_seconds(ttl: str | None) -> float | None:
         unit, count = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
         found.append(int(count) * _UNIT[unit.lower()])
     return float(min(found)) if found else None
+
+
+# What offloader reads of a cluster's nodes (system.clusters), in this order.
+CLUSTER_COLUMNS = ("shard_num", "replica_num", "host_name", "host_address", "port", "is_local")
+
+
+def cluster_query(cluster: str) -> str:
+    """Every node of `cluster` as system.clusters lists it (CLUSTER_COLUMNS), in shard and
+    replica order: offloader's one reader of system.clusters (shard reads, the view on
+    every node, retention's replica counts)."""
+    return (
+        f"SELECT {', '.join(CLUSTER_COLUMNS)} FROM system.clusters "
+        f"WHERE cluster = {quote_string(cluster)} ORDER BY shard_num, replica_num"
+    )

@@ -38,6 +38,8 @@ from urllib.parse import urlsplit
 from offloader import cursor, faults
 from offloader.config import TableConfig, ViewsConfig, ViewSecurity
 from offloader.errors import OffloaderError, TableError
+from offloader.source.shards import cluster_of
+from offloader.sql.system import cluster_query
 from offloader.sql.text import keyset_after, quote_ident, quote_string
 from offloader.state import Committed, Store, ViewState
 from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
@@ -626,8 +628,8 @@ async def on_every_node(src: SourceTable, spec: ViewSpec, cold: ColdSide | None)
     db, _, name = spec.name.rpartition(".")
     cluster = quote_string(src.cluster)
     query = (
-        "SELECT (SELECT count() FROM (SELECT DISTINCT host_address, port FROM system.clusters "
-        f"WHERE cluster = {cluster})), (SELECT count() FROM clusterAllReplicas({cluster}, "
+        "SELECT (SELECT count() FROM (SELECT DISTINCT host_address, port FROM "
+        f"({cluster_query(src.cluster)}))), (SELECT count() FROM clusterAllReplicas({cluster}, "
         f"system.tables) WHERE database = {quote_string(db)} AND name = {quote_string(name)} "
         f"AND comment = {quote_string(view_comment(spec, cold is not None))})"
     )
@@ -652,14 +654,12 @@ async def nodes_of(
 ) -> list[ClickHouseConfig]:
     """Every node of `cluster` but the one `source` is connected to, as system.clusters
     lists them (host, native port), with `clickhouse`'s user."""
-    rows = await source.rows(
-        "SELECT DISTINCT host_address, port FROM system.clusters WHERE cluster = "
-        f"{quote_string(cluster)} AND NOT is_local"
-    )
+    nodes = await cluster_of(source, cluster)
+    others = {(n.address, n.tcp_port) for n in nodes if not n.local}
     return [
-        dataclasses.replace(clickhouse, host=str(host), port=int(port))
-        for host, port in rows
-        if (str(host), int(port)) != (clickhouse.host, clickhouse.port)
+        dataclasses.replace(clickhouse, host=host, port=port)
+        for host, port in sorted(others)
+        if (host, port) != (clickhouse.host, clickhouse.port)
     ]
 
 
