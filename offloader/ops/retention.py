@@ -54,7 +54,9 @@ from offloader.source.shards import (
     out_of_sync,
     replica_state_query,
 )
-from offloader.sql.text import NOW_MICROS, qualified, quote_string, row_hash
+from offloader.sql import retention as sql
+from offloader.sql.retention import retiring_ddl
+from offloader.sql.text import qualified, row_hash
 from offloader.state import HASH_MODULUS, RetentionIntent, Store
 from offloader.tiers.audit import HotTable, audit_days
 from offloader.tiers.services import Services
@@ -332,22 +334,13 @@ class _Node:
     replicated: bool = False
 
     @property
-    def where(self) -> str:
-        return f"database = {quote_string(self.db)} AND table = {quote_string(self.name)}"
-
-    @property
-    def qualified(self) -> str:
-        return qualified(self.db, self.name)
-
-    @property
-    def retiring_where(self) -> str:
+    def retiring_table(self) -> str:
         assert self.retiring is not None
-        return f"database = {quote_string(self.db)} AND table = {quote_string(self.retiring)}"
+        return self.retiring
 
-    @property
-    def retiring_qualified(self) -> str:
-        assert self.retiring is not None
-        return qualified(self.db, self.retiring)
+    def table(self, retiring: bool) -> str:
+        """The name of the node's table, or of its retiring table."""
+        return self.retiring_table if retiring else self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,16 +423,11 @@ class Detach:
         return sorted((Counter(ours) & Counter(compared)).elements())
 
     def sql(self, node: _Node, s: Statement) -> list[str]:
-        pid = quote_string(s.partition)
         if s.action == "park":
-            return [f"ALTER TABLE {node.qualified} DETACH PARTITION ID {pid}"]
+            return [sql.detach_partition(node.db, node.name, s.partition)]
         if s.action == "unpark":
-            return [f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(p)}" for p in s.parts]
-        return [
-            f"ALTER TABLE {node.qualified} DROP DETACHED PART {quote_string(p)} "
-            "SETTINGS allow_drop_detached = 1"
-            for p in s.parts
-        ]
+            return [sql.attach_part(node.db, node.name, p) for p in s.parts]
+        return [sql.drop_detached_part(node.db, node.name, p) for p in s.parts]
 
 
 class Move:
@@ -469,36 +457,17 @@ class Move:
         return list(ours)  # the retiring table holds nothing else of the partition
 
     def sql(self, node: _Node, s: Statement) -> list[str]:
-        pid = quote_string(s.partition)
-        here, there = node.qualified, node.retiring_qualified
+        here, there = node.name, node.retiring_table
         if s.action == "park":
-            return [f"ALTER TABLE {here} MOVE PARTITION ID {pid} TO TABLE {there}"]
+            return [sql.move_partition(node.db, here, there, s.partition)]
         if not s.parts:
             return []
         if s.action == "unpark":
-            return [f"ALTER TABLE {there} MOVE PARTITION ID {pid} TO TABLE {here}"]
-        return [f"ALTER TABLE {there} DROP PARTITION ID {pid}"]
+            return [sql.move_partition(node.db, there, here, s.partition)]
+        return [sql.drop_partition(node.db, there, s.partition)]
 
 
 Park = Detach | Move
-
-
-def parts_query(node: _Node, retiring: bool = False) -> str:
-    """The active parts of the node's table (or its retiring table)."""
-    where = node.retiring_where if retiring else node.where
-    return (
-        "SELECT partition_id, partition, name, hash_of_all_files, rows "
-        f"FROM system.parts WHERE {where} AND active"
-    )
-
-
-def content_query(node: _Node, partition_id: str, retiring: bool, hashed: str, final: bool) -> str:
-    """The partition's rows and row-hash sum in the node's table (or retiring table)."""
-    table = node.retiring_qualified if retiring else node.qualified
-    return (
-        f"SELECT count(), toString(sum({hashed})) FROM {table}{' FINAL' if final else ''} "
-        f"WHERE _partition_id = {quote_string(partition_id)}"
-    )
 
 
 def lag_tables(node: _Node) -> list[str]:
@@ -515,25 +484,26 @@ class Sql:
         self.node, self.prefix, self.hashed, self.final = node, node.prefix, hashed, final
 
     async def parts(self, retiring: bool) -> list[PartRow]:
-        rows = await self.node.source.rows(parts_query(self.node, retiring))
+        node = self.node
+        rows = await node.source.rows(sql.active_parts_query(node.db, node.table(retiring)))
         return [PartRow(str(i), str(v), str(n), str(h), int(r)) for i, v, n, h, r in rows]
 
     async def detached(self, partition_id: str) -> list[str]:
-        pid = quote_string(partition_id)
-        rows = await self.node.source.rows(
-            f"SELECT name FROM system.detached_parts WHERE {self.node.where} "
-            f"AND partition_id = {pid}"
-        )
+        node = self.node
+        rows = await node.source.rows(sql.detached_parts_query(node.db, node.name, partition_id))
         return [str(r[0]) for r in rows]
 
     async def content(self, partition_id: str, retiring: bool) -> Content:
-        query = content_query(self.node, partition_id, retiring, self.hashed, self.final)
-        rows, checksum = (await self.node.source.rows(query))[0]
+        node = self.node
+        query = sql.partition_content_query(
+            node.db, node.table(retiring), partition_id, self.hashed, self.final
+        )
+        rows, checksum = (await node.source.rows(query))[0]
         return Content(int(rows), int(checksum or 0))
 
     async def run(self, method: Park, statement: Statement) -> None:
-        for sql in method.sql(self.node, statement):
-            await self.node.source.command(sql)
+        for text in method.sql(self.node, statement):
+            await self.node.source.command(text)
             if statement.action == "drop":
                 faults.point("retain_drop_part")
 
@@ -542,14 +512,14 @@ class Sql:
             return None
         for name in lag_tables(self.node):
             try:
-                await self.node.source.command(
-                    f"SYSTEM SYNC REPLICA {qualified(self.node.db, name)}"
-                )
+                await self.node.source.command(sql.sync_replica_queue_command(self.node.db, name))
             except SourceSchemaError as exc:
                 if "access denied" not in str(exc):
                     raise
                 # Not granted (SYSTEM SYNC REPLICA is optional): the replica's state decides.
-                log.info("SYSTEM SYNC REPLICA not granted", extra={"node": self.prefix})
+                log.info(
+                    "replica sync not granted (SYSTEM SYNC REPLICA)", extra={"node": self.prefix}
+                )
             rows = await self.node.source.rows(replica_state_query(self.node.db, name))
             why = out_of_sync(rows)
             queued = int(rows[0][REPLICA_STATE.index("queue_size")]) if rows else 0
@@ -561,19 +531,6 @@ class Sql:
                     "(system.replicas); retried once it caught up"
                 )
         return None
-
-
-def retiring_ddl(db: str, name: str, retiring: str, engine_full: str) -> str:
-    """The statement that creates `retiring` for the table `name` whose engine clause is
-    `engine_full` (system.tables): the same structure, keys and engine; a Replicated
-    engine gets its own ZooKeeper path (the source's path + "_retiring"), replicas keep
-    their macro. To run on every replica (ON CLUSTER) before retention is turned on."""
-    engine = engine_full
-    match = re.match(r"(Replicated\w*MergeTree)\(\s*'((?:[^'\\]|\\.)*)'(.*)", engine_full, re.S)
-    if match:
-        kind, path, rest = match.groups()
-        engine = f"{kind}('{path}_retiring'{rest}"
-    return f"CREATE TABLE {qualified(db, retiring)} AS {qualified(db, name)} ENGINE = {engine}"
 
 
 class _Source:
@@ -620,8 +577,7 @@ class _Source:
         first = self.shards[0]
         assert isinstance(first, Sql)
         key = await first.node.source.scalar(
-            "SELECT partition_key FROM system.tables WHERE database = "
-            f"{quote_string(first.node.db)} AND name = {quote_string(first.node.name)}"
+            sql.partition_key_query(first.node.db, first.node.name)
         )
         wm = self.src.order[0]
         try:
@@ -705,7 +661,7 @@ async def _check_node(table: TableConfig, node: _Node) -> _Node:
     """A Replicated table needs a retiring table (its detached parts are each replica's
     own); a retiring table must exist in the same engine family and partition key.
     Returns the node, marked `replicated` where it is."""
-    engine, full, key = (await node.source.rows(_engine_query(node.db, node.name)))[0]
+    engine, full, key = (await node.source.rows(sql.engine_query(node.db, node.name)))[0]
     replicated = str(engine).startswith("Replicated")
     where = f"{table.target}: hot_retention on {engine} {node.db}.{node.name}"
     if node.retiring is None:
@@ -719,7 +675,7 @@ async def _check_node(table: TableConfig, node: _Node) -> _Node:
                 reason="config",
             )
         return node
-    found = await node.source.rows(_engine_query(node.db, node.retiring))
+    found = await node.source.rows(sql.engine_query(node.db, node.retiring))
     if not found:
         ddl = retiring_ddl(node.db, node.name, node.retiring, str(full))
         raise SourceSchemaError(
@@ -738,13 +694,6 @@ async def _check_node(table: TableConfig, node: _Node) -> _Node:
             reason="config",
         )
     return replace(node, replicated=replicated)
-
-
-def _engine_query(db: str, name: str) -> str:
-    return (
-        "SELECT engine, engine_full, partition_key FROM system.tables WHERE database = "
-        f"{quote_string(db)} AND name = {quote_string(name)}"
-    )
 
 
 async def _pass(
@@ -771,7 +720,7 @@ async def _pass(
     retained = state.retained_until
     wm_type = src.order[0][1]
     position_day = watermark_day(wm_type, state.position[0]) if state.position else None
-    now = await src.source.scalar(f"SELECT {NOW_MICROS}")
+    now = await src.source.scalar(sql.now_query())
     decisions = plan(
         await hot.partitions(),
         unit,
