@@ -57,7 +57,7 @@ from offloader.source.shards import (
 from offloader.sql import retention as sql
 from offloader.sql.retention import retiring_ddl
 from offloader.sql.text import qualified, row_hash
-from offloader.state import HASH_MODULUS, RetentionIntent, Store
+from offloader.state import HASH_MODULUS, RetentionIntent, Store, TableState
 from offloader.tiers.audit import HotTable, audit_days
 from offloader.tiers.services import Services
 from offloader.types import ChType
@@ -703,48 +703,20 @@ async def _pass(
     report: RetentionReport,
     deadline: float | None,
 ) -> None:
+    """Finish or undo what a stopped pass left, then drop the partitions the tiers are
+    shown to agree on, oldest first, until one may not be (or `deadline`)."""
     assert table.hot_retention is not None
     store = services.watermarks
     hot = await _Source.open(src, table)
     unit = await hot.unit()
-    state = await store.get(table.target, table.source)
-    if state.retention_intent is not None:
-        pending = state.retention_intent
-        report.recovered = await _recover(
-            hot, store, table.target, pending, _snapshot_probe(services, table)
-        )
-        state = await store.get(table.target, table.source)
-        if state.retention_intent is not None:  # recovery waits for a replica
-            report.refuse(pending.partition, report.recovered, "changed")
-            return
-    retained = state.retained_until
-    wm_type = src.order[0][1]
-    position_day = watermark_day(wm_type, state.position[0]) if state.position else None
-    now = await src.source.scalar(sql.now_query())
-    decisions = plan(
-        await hot.partitions(),
-        unit,
-        position_day=position_day,
-        now=from_micros(int(now)),
-        retention=table.hot_retention,
-        retained_until=retained,
-    )
-    ice = None
-    if decisions:
-        catalog = await services.open_iceberg()
-        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+    state = await _recovered(services, table, hot, report)
+    if state is None:  # recovery waits for a replica
+        return
+    decisions = await _decisions(src, table, hot, unit, state)
+    ice = await _load_iceberg(services, table) if decisions else None
     for d in decisions:
         if d.verdict == "late":
-            report.late.append(
-                f"partition {d.partition.id}: {d.partition.rows} rows in days offloader "
-                f"already dropped from ClickHouse (before {retained}): they arrived later "
-                "and are not in Iceberg; insert them again with newer watermarks, or drop "
-                "the partition yourself"
-            )
-            log.error(
-                "late rows in dropped days",
-                extra={"table": table.target, "partition": d.partition.id},
-            )
+            _report_late(report, table, d, state.retained_until)
             continue
         if d.verdict != "candidate":
             break  # the rest is younger: the hot tier keeps a suffix of time
@@ -768,6 +740,76 @@ async def _pass(
             break
         report.dropped.append(_dropped(d, rows))
         log.info("partition dropped", extra={"table": table.target, **asdict(_dropped(d, rows))})
+    await _report_hot_days(store, table, hot, unit, report)
+
+
+async def _recovered(
+    services: Services, table: TableConfig, hot: _Source, report: RetentionReport
+) -> TableState | None:
+    """The table's state, once what a stopped pass left (its intent) is finished or
+    undone (`report.recovered` says which); None when recovery waits for a replica (the
+    intent's partition is refused in the report)."""
+    store = services.watermarks
+    state = await store.get(table.target, table.source)
+    if state.retention_intent is None:
+        return state
+    pending = state.retention_intent
+    report.recovered = await _recover(
+        hot, store, table.target, pending, _snapshot_probe(services, table)
+    )
+    state = await store.get(table.target, table.source)
+    if state.retention_intent is not None:  # recovery waits for a replica
+        report.refuse(pending.partition, report.recovered, "changed")
+        return None
+    return state
+
+
+async def _decisions(
+    src: SourceTable, table: TableConfig, hot: _Source, unit: Unit, state: TableState
+) -> list[Decision]:
+    """The source's partitions, oldest first, with what may happen to each (`plan`), as
+    of the server's clock and the table's committed position."""
+    assert table.hot_retention is not None
+    wm_type = src.order[0][1]
+    position_day = watermark_day(wm_type, state.position[0]) if state.position else None
+    now = await src.source.scalar(sql.now_query())
+    return plan(
+        await hot.partitions(),
+        unit,
+        position_day=position_day,
+        now=from_micros(int(now)),
+        retention=table.hot_retention,
+        retained_until=state.retained_until,
+    )
+
+
+async def _load_iceberg(services: Services, table: TableConfig) -> IcebergTable | None:
+    """The table's Iceberg table as the catalog has it now (None: not created yet)."""
+    catalog = await services.open_iceberg()
+    return await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+
+
+def _report_late(
+    report: RetentionReport, table: TableConfig, d: Decision, retained: dt.date | None
+) -> None:
+    """A partition of rows in days offloader already dropped: reported, never dropped."""
+    report.late.append(
+        f"partition {d.partition.id}: {d.partition.rows} rows in days offloader "
+        f"already dropped from ClickHouse (before {retained}): they arrived later "
+        "and are not in Iceberg; insert them again with newer watermarks, or drop "
+        "the partition yourself"
+    )
+    log.error(
+        "late rows in dropped days",
+        extra={"table": table.target, "partition": d.partition.id},
+    )
+
+
+async def _report_hot_days(
+    store: Store, table: TableConfig, hot: _Source, unit: Unit, report: RetentionReport
+) -> None:
+    """What the tiers hold after the pass: the first day held by both (days before it are
+    Iceberg's alone) and the oldest day of a partition still in ClickHouse."""
     after = await store.get(table.target, table.source)
     report.retained_until = after.retained_until.isoformat() if after.retained_until else None
     remaining = [partition_range(p.value, unit)[0] for p in await hot.partitions() if p.rows]
@@ -954,13 +996,7 @@ async def _recover(
     were compared against (`iceberg_snapshot` tells its current one; without it, it is
     unknown), else put them back (the pass then compares the partition again, with
     Iceberg as it is now)."""
-    if intent.method != hot.method:
-        raise SourceSchemaError(
-            f"{target}: a stopped retention pass left partition {intent.partition} parked by "
-            f"method {intent.method!r}, but retiring_table now asks for {hot.method!r}; "
-            "restore the table's retiring_table setting until a pass finishes it",
-            reason="config",
-        )
+    _same_method(hot, target, intent)
     lagging = await _replicas_ready(hot)
     if lagging is not None:
         # A replica behind on the parked parts (or on the retiring table) sees fewer of
@@ -973,16 +1009,7 @@ async def _recover(
         return f"recovery of partition {intent.partition} waits: {lagging.text}"
     ours = _ours(await hot.detached(intent.partition), intent)
     if intent.phase == RetentionIntent.DROP:
-        # Past the point of no return: whatever is still parked goes, whatever its parts
-        # are called by now (a retiring table may have merged them).
-        left = hot.park.left(ours, intent.parts)
-        await hot.drop(intent.partition, left)
-        await store.retention_intent(target, None)
-        of = "parts" if hot.method == "detach" else "nodes' parts"
-        return (
-            f"finished dropping partition {intent.partition} ({len(left)} of its "
-            f"{len(intent.parts)} {of} left {_parked(hot)} by a stopped pass)"
-        )
+        return await _finish_dropping(hot, store, target, intent, ours)
     if not ours:
         await store.retention_intent(target, None)
         return f"a stopped pass left partition {intent.partition} as it was"
@@ -990,16 +1017,7 @@ async def _recover(
     if sorted(ours) == sorted(intent.parts):
         moved = await _iceberg_moved(iceberg_snapshot, intent)
     if moved is not None:
-        await hot.attach(intent.partition, ours)
-        await store.retention_intent(target, None)
-        log.warning(
-            "retention put a parked partition back: Iceberg moved since it was compared",
-            extra={"table": target, "partition": intent.partition, "reason": moved},
-        )
-        return (
-            f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass: "
-            f"{moved}; compared again"
-        )
+        return await _put_back(hot, store, target, intent, ours, moved)
     why = await _finish(hot, store, target, intent)
     if why is None:
         return (
@@ -1008,12 +1026,60 @@ async def _recover(
     return f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass"
 
 
+def _same_method(hot: _Source, target: str, intent: RetentionIntent) -> None:
+    """A stopped pass's parts are recovered by the method that parked them only: raises
+    SourceSchemaError when the table's retiring_table now asks for the other one."""
+    if intent.method != hot.method:
+        raise SourceSchemaError(
+            f"{target}: a stopped retention pass left partition {intent.partition} parked by "
+            f"method {intent.method!r}, but retiring_table now asks for {hot.method!r}; "
+            "restore the table's retiring_table setting until a pass finishes it",
+            reason="config",
+        )
+
+
+async def _finish_dropping(
+    hot: _Source, store: Store, target: str, intent: RetentionIntent, ours: Sequence[str]
+) -> str:
+    """Past the point of no return: whatever of the partition is still parked (`ours`)
+    goes, whatever its parts are called by now (a retiring table may have merged them)."""
+    left = hot.park.left(ours, intent.parts)
+    await hot.drop(intent.partition, left)
+    await store.retention_intent(target, None)
+    of = "parts" if hot.method == "detach" else "nodes' parts"
+    return (
+        f"finished dropping partition {intent.partition} ({len(left)} of its "
+        f"{len(intent.parts)} {of} left {_parked(hot)} by a stopped pass)"
+    )
+
+
+async def _put_back(
+    hot: _Source,
+    store: Store,
+    target: str,
+    intent: RetentionIntent,
+    ours: Sequence[str],
+    moved: str,
+) -> str:
+    """Iceberg is not known to be what the parked parts were compared against (`moved`
+    says why): they go back, and the pass compares the partition again."""
+    await hot.attach(intent.partition, ours)
+    await store.retention_intent(target, None)
+    log.warning(
+        "retention put a parked partition back: Iceberg moved since it was compared",
+        extra={"table": target, "partition": intent.partition, "reason": moved},
+    )
+    return (
+        f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass: "
+        f"{moved}; compared again"
+    )
+
+
 def _snapshot_probe(services: Services, table: TableConfig) -> SnapshotProbe:
     """The Iceberg table's current snapshot id, when asked (None: no snapshot)."""
 
     async def current() -> int | None:
-        catalog = await services.open_iceberg()
-        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+        ice = await _load_iceberg(services, table)
         return None if ice is None else ice.snapshot_id
 
     return current
