@@ -54,8 +54,12 @@ class Session:
                 return []
             full = ENGINE_FULL.replace("ReplicatedMergeTree", self.engine)
             return [(self.engine, full, "toYYYYMMDD(ts)")]
-        if "FROM system.clusters" in query:
-            return list(self.replicas.items())
+        if "FROM system.clusters" in query:  # sql.system.CLUSTER_COLUMNS, a row per node
+            return [
+                (shard, r, f"h{shard}-{r}", f"h{shard}-{r}", 9000, False)
+                for shard, count in self.replicas.items()
+                for r in range(1, count + 1)
+            ]
         if "FROM system.replicas" in query:
             return [IN_SYNC] if self.engine.startswith("Replicated") else []
         counted = re.search(r"FROM `market`\.`(\w+)` WHERE _partition_id = '(\w+)'", query)

@@ -54,8 +54,10 @@ from offloader.source.shards import (
     out_of_sync,
     replica_state_query,
 )
-from offloader.sql.text import NOW_MICROS, qualified, quote_string, row_hash
-from offloader.state import HASH_MODULUS, RetentionIntent, Store
+from offloader.sql import retention as sql
+from offloader.sql.retention import retiring_ddl
+from offloader.sql.text import qualified, row_hash
+from offloader.state import HASH_MODULUS, RetentionIntent, Store, TableState
 from offloader.tiers.audit import HotTable, audit_days
 from offloader.tiers.services import Services
 from offloader.types import ChType
@@ -332,22 +334,13 @@ class _Node:
     replicated: bool = False
 
     @property
-    def where(self) -> str:
-        return f"database = {quote_string(self.db)} AND table = {quote_string(self.name)}"
-
-    @property
-    def qualified(self) -> str:
-        return qualified(self.db, self.name)
-
-    @property
-    def retiring_where(self) -> str:
+    def retiring_table(self) -> str:
         assert self.retiring is not None
-        return f"database = {quote_string(self.db)} AND table = {quote_string(self.retiring)}"
+        return self.retiring
 
-    @property
-    def retiring_qualified(self) -> str:
-        assert self.retiring is not None
-        return qualified(self.db, self.retiring)
+    def table(self, retiring: bool) -> str:
+        """The name of the node's table, or of its retiring table."""
+        return self.retiring_table if retiring else self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,16 +423,11 @@ class Detach:
         return sorted((Counter(ours) & Counter(compared)).elements())
 
     def sql(self, node: _Node, s: Statement) -> list[str]:
-        pid = quote_string(s.partition)
         if s.action == "park":
-            return [f"ALTER TABLE {node.qualified} DETACH PARTITION ID {pid}"]
+            return [sql.detach_partition(node.db, node.name, s.partition)]
         if s.action == "unpark":
-            return [f"ALTER TABLE {node.qualified} ATTACH PART {quote_string(p)}" for p in s.parts]
-        return [
-            f"ALTER TABLE {node.qualified} DROP DETACHED PART {quote_string(p)} "
-            "SETTINGS allow_drop_detached = 1"
-            for p in s.parts
-        ]
+            return [sql.attach_part(node.db, node.name, p) for p in s.parts]
+        return [sql.drop_detached_part(node.db, node.name, p) for p in s.parts]
 
 
 class Move:
@@ -469,36 +457,17 @@ class Move:
         return list(ours)  # the retiring table holds nothing else of the partition
 
     def sql(self, node: _Node, s: Statement) -> list[str]:
-        pid = quote_string(s.partition)
-        here, there = node.qualified, node.retiring_qualified
+        here, there = node.name, node.retiring_table
         if s.action == "park":
-            return [f"ALTER TABLE {here} MOVE PARTITION ID {pid} TO TABLE {there}"]
+            return [sql.move_partition(node.db, here, there, s.partition)]
         if not s.parts:
             return []
         if s.action == "unpark":
-            return [f"ALTER TABLE {there} MOVE PARTITION ID {pid} TO TABLE {here}"]
-        return [f"ALTER TABLE {there} DROP PARTITION ID {pid}"]
+            return [sql.move_partition(node.db, there, here, s.partition)]
+        return [sql.drop_partition(node.db, there, s.partition)]
 
 
 Park = Detach | Move
-
-
-def parts_query(node: _Node, retiring: bool = False) -> str:
-    """The active parts of the node's table (or its retiring table)."""
-    where = node.retiring_where if retiring else node.where
-    return (
-        "SELECT partition_id, partition, name, hash_of_all_files, rows "
-        f"FROM system.parts WHERE {where} AND active"
-    )
-
-
-def content_query(node: _Node, partition_id: str, retiring: bool, hashed: str, final: bool) -> str:
-    """The partition's rows and row-hash sum in the node's table (or retiring table)."""
-    table = node.retiring_qualified if retiring else node.qualified
-    return (
-        f"SELECT count(), toString(sum({hashed})) FROM {table}{' FINAL' if final else ''} "
-        f"WHERE _partition_id = {quote_string(partition_id)}"
-    )
 
 
 def lag_tables(node: _Node) -> list[str]:
@@ -515,25 +484,26 @@ class Sql:
         self.node, self.prefix, self.hashed, self.final = node, node.prefix, hashed, final
 
     async def parts(self, retiring: bool) -> list[PartRow]:
-        rows = await self.node.source.rows(parts_query(self.node, retiring))
+        node = self.node
+        rows = await node.source.rows(sql.active_parts_query(node.db, node.table(retiring)))
         return [PartRow(str(i), str(v), str(n), str(h), int(r)) for i, v, n, h, r in rows]
 
     async def detached(self, partition_id: str) -> list[str]:
-        pid = quote_string(partition_id)
-        rows = await self.node.source.rows(
-            f"SELECT name FROM system.detached_parts WHERE {self.node.where} "
-            f"AND partition_id = {pid}"
-        )
+        node = self.node
+        rows = await node.source.rows(sql.detached_parts_query(node.db, node.name, partition_id))
         return [str(r[0]) for r in rows]
 
     async def content(self, partition_id: str, retiring: bool) -> Content:
-        query = content_query(self.node, partition_id, retiring, self.hashed, self.final)
-        rows, checksum = (await self.node.source.rows(query))[0]
+        node = self.node
+        query = sql.partition_content_query(
+            node.db, node.table(retiring), partition_id, self.hashed, self.final
+        )
+        rows, checksum = (await node.source.rows(query))[0]
         return Content(int(rows), int(checksum or 0))
 
     async def run(self, method: Park, statement: Statement) -> None:
-        for sql in method.sql(self.node, statement):
-            await self.node.source.command(sql)
+        for text in method.sql(self.node, statement):
+            await self.node.source.command(text)
             if statement.action == "drop":
                 faults.point("retain_drop_part")
 
@@ -542,14 +512,14 @@ class Sql:
             return None
         for name in lag_tables(self.node):
             try:
-                await self.node.source.command(
-                    f"SYSTEM SYNC REPLICA {qualified(self.node.db, name)}"
-                )
+                await self.node.source.command(sql.sync_replica_queue_command(self.node.db, name))
             except SourceSchemaError as exc:
                 if "access denied" not in str(exc):
                     raise
                 # Not granted (SYSTEM SYNC REPLICA is optional): the replica's state decides.
-                log.info("SYSTEM SYNC REPLICA not granted", extra={"node": self.prefix})
+                log.info(
+                    "replica sync not granted (SYSTEM SYNC REPLICA)", extra={"node": self.prefix}
+                )
             rows = await self.node.source.rows(replica_state_query(self.node.db, name))
             why = out_of_sync(rows)
             queued = int(rows[0][REPLICA_STATE.index("queue_size")]) if rows else 0
@@ -561,19 +531,6 @@ class Sql:
                     "(system.replicas); retried once it caught up"
                 )
         return None
-
-
-def retiring_ddl(db: str, name: str, retiring: str, engine_full: str) -> str:
-    """The statement that creates `retiring` for the table `name` whose engine clause is
-    `engine_full` (system.tables): the same structure, keys and engine; a Replicated
-    engine gets its own ZooKeeper path (the source's path + "_retiring"), replicas keep
-    their macro. To run on every replica (ON CLUSTER) before retention is turned on."""
-    engine = engine_full
-    match = re.match(r"(Replicated\w*MergeTree)\(\s*'((?:[^'\\]|\\.)*)'(.*)", engine_full, re.S)
-    if match:
-        kind, path, rest = match.groups()
-        engine = f"{kind}('{path}_retiring'{rest}"
-    return f"CREATE TABLE {qualified(db, retiring)} AS {qualified(db, name)} ENGINE = {engine}"
 
 
 class _Source:
@@ -620,8 +577,7 @@ class _Source:
         first = self.shards[0]
         assert isinstance(first, Sql)
         key = await first.node.source.scalar(
-            "SELECT partition_key FROM system.tables WHERE database = "
-            f"{quote_string(first.node.db)} AND name = {quote_string(first.node.name)}"
+            sql.partition_key_query(first.node.db, first.node.name)
         )
         wm = self.src.order[0]
         try:
@@ -705,7 +661,7 @@ async def _check_node(table: TableConfig, node: _Node) -> _Node:
     """A Replicated table needs a retiring table (its detached parts are each replica's
     own); a retiring table must exist in the same engine family and partition key.
     Returns the node, marked `replicated` where it is."""
-    engine, full, key = (await node.source.rows(_engine_query(node.db, node.name)))[0]
+    engine, full, key = (await node.source.rows(sql.engine_query(node.db, node.name)))[0]
     replicated = str(engine).startswith("Replicated")
     where = f"{table.target}: hot_retention on {engine} {node.db}.{node.name}"
     if node.retiring is None:
@@ -719,7 +675,7 @@ async def _check_node(table: TableConfig, node: _Node) -> _Node:
                 reason="config",
             )
         return node
-    found = await node.source.rows(_engine_query(node.db, node.retiring))
+    found = await node.source.rows(sql.engine_query(node.db, node.retiring))
     if not found:
         ddl = retiring_ddl(node.db, node.name, node.retiring, str(full))
         raise SourceSchemaError(
@@ -740,13 +696,6 @@ async def _check_node(table: TableConfig, node: _Node) -> _Node:
     return replace(node, replicated=replicated)
 
 
-def _engine_query(db: str, name: str) -> str:
-    return (
-        "SELECT engine, engine_full, partition_key FROM system.tables WHERE database = "
-        f"{quote_string(db)} AND name = {quote_string(name)}"
-    )
-
-
 async def _pass(
     services: Services,
     table: TableConfig,
@@ -754,48 +703,20 @@ async def _pass(
     report: RetentionReport,
     deadline: float | None,
 ) -> None:
+    """Finish or undo what a stopped pass left, then drop the partitions the tiers are
+    shown to agree on, oldest first, until one may not be (or `deadline`)."""
     assert table.hot_retention is not None
     store = services.watermarks
     hot = await _Source.open(src, table)
     unit = await hot.unit()
-    state = await store.get(table.target, table.source)
-    if state.retention_intent is not None:
-        pending = state.retention_intent
-        report.recovered = await _recover(
-            hot, store, table.target, pending, _snapshot_probe(services, table)
-        )
-        state = await store.get(table.target, table.source)
-        if state.retention_intent is not None:  # recovery waits for a replica
-            report.refuse(pending.partition, report.recovered, "changed")
-            return
-    retained = state.retained_until
-    wm_type = src.order[0][1]
-    position_day = watermark_day(wm_type, state.position[0]) if state.position else None
-    now = await src.source.scalar(f"SELECT {NOW_MICROS}")
-    decisions = plan(
-        await hot.partitions(),
-        unit,
-        position_day=position_day,
-        now=from_micros(int(now)),
-        retention=table.hot_retention,
-        retained_until=retained,
-    )
-    ice = None
-    if decisions:
-        catalog = await services.open_iceberg()
-        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+    state = await _recovered(services, table, hot, report)
+    if state is None:  # recovery waits for a replica
+        return
+    decisions = await _decisions(src, table, hot, unit, state)
+    ice = await _load_iceberg(services, table) if decisions else None
     for d in decisions:
         if d.verdict == "late":
-            report.late.append(
-                f"partition {d.partition.id}: {d.partition.rows} rows in days offloader "
-                f"already dropped from ClickHouse (before {retained}): they arrived later "
-                "and are not in Iceberg; insert them again with newer watermarks, or drop "
-                "the partition yourself"
-            )
-            log.error(
-                "late rows in dropped days",
-                extra={"table": table.target, "partition": d.partition.id},
-            )
+            _report_late(report, table, d, state.retained_until)
             continue
         if d.verdict != "candidate":
             break  # the rest is younger: the hot tier keeps a suffix of time
@@ -819,6 +740,76 @@ async def _pass(
             break
         report.dropped.append(_dropped(d, rows))
         log.info("partition dropped", extra={"table": table.target, **asdict(_dropped(d, rows))})
+    await _report_hot_days(store, table, hot, unit, report)
+
+
+async def _recovered(
+    services: Services, table: TableConfig, hot: _Source, report: RetentionReport
+) -> TableState | None:
+    """The table's state, once what a stopped pass left (its intent) is finished or
+    undone (`report.recovered` says which); None when recovery waits for a replica (the
+    intent's partition is refused in the report)."""
+    store = services.watermarks
+    state = await store.get(table.target, table.source)
+    if state.retention_intent is None:
+        return state
+    pending = state.retention_intent
+    report.recovered = await _recover(
+        hot, store, table.target, pending, _snapshot_probe(services, table)
+    )
+    state = await store.get(table.target, table.source)
+    if state.retention_intent is not None:  # recovery waits for a replica
+        report.refuse(pending.partition, report.recovered, "changed")
+        return None
+    return state
+
+
+async def _decisions(
+    src: SourceTable, table: TableConfig, hot: _Source, unit: Unit, state: TableState
+) -> list[Decision]:
+    """The source's partitions, oldest first, with what may happen to each (`plan`), as
+    of the server's clock and the table's committed position."""
+    assert table.hot_retention is not None
+    wm_type = src.order[0][1]
+    position_day = watermark_day(wm_type, state.position[0]) if state.position else None
+    now = await src.source.scalar(sql.now_query())
+    return plan(
+        await hot.partitions(),
+        unit,
+        position_day=position_day,
+        now=from_micros(int(now)),
+        retention=table.hot_retention,
+        retained_until=state.retained_until,
+    )
+
+
+async def _load_iceberg(services: Services, table: TableConfig) -> IcebergTable | None:
+    """The table's Iceberg table as the catalog has it now (None: not created yet)."""
+    catalog = await services.open_iceberg()
+    return await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+
+
+def _report_late(
+    report: RetentionReport, table: TableConfig, d: Decision, retained: dt.date | None
+) -> None:
+    """A partition of rows in days offloader already dropped: reported, never dropped."""
+    report.late.append(
+        f"partition {d.partition.id}: {d.partition.rows} rows in days offloader "
+        f"already dropped from ClickHouse (before {retained}): they arrived later "
+        "and are not in Iceberg; insert them again with newer watermarks, or drop "
+        "the partition yourself"
+    )
+    log.error(
+        "late rows in dropped days",
+        extra={"table": table.target, "partition": d.partition.id},
+    )
+
+
+async def _report_hot_days(
+    store: Store, table: TableConfig, hot: _Source, unit: Unit, report: RetentionReport
+) -> None:
+    """What the tiers hold after the pass: the first day held by both (days before it are
+    Iceberg's alone) and the oldest day of a partition still in ClickHouse."""
     after = await store.get(table.target, table.source)
     report.retained_until = after.retained_until.isoformat() if after.retained_until else None
     remaining = [partition_range(p.value, unit)[0] for p in await hot.partitions() if p.rows]
@@ -1005,13 +996,7 @@ async def _recover(
     were compared against (`iceberg_snapshot` tells its current one; without it, it is
     unknown), else put them back (the pass then compares the partition again, with
     Iceberg as it is now)."""
-    if intent.method != hot.method:
-        raise SourceSchemaError(
-            f"{target}: a stopped retention pass left partition {intent.partition} parked by "
-            f"method {intent.method!r}, but retiring_table now asks for {hot.method!r}; "
-            "restore the table's retiring_table setting until a pass finishes it",
-            reason="config",
-        )
+    _same_method(hot, target, intent)
     lagging = await _replicas_ready(hot)
     if lagging is not None:
         # A replica behind on the parked parts (or on the retiring table) sees fewer of
@@ -1024,16 +1009,7 @@ async def _recover(
         return f"recovery of partition {intent.partition} waits: {lagging.text}"
     ours = _ours(await hot.detached(intent.partition), intent)
     if intent.phase == RetentionIntent.DROP:
-        # Past the point of no return: whatever is still parked goes, whatever its parts
-        # are called by now (a retiring table may have merged them).
-        left = hot.park.left(ours, intent.parts)
-        await hot.drop(intent.partition, left)
-        await store.retention_intent(target, None)
-        of = "parts" if hot.method == "detach" else "nodes' parts"
-        return (
-            f"finished dropping partition {intent.partition} ({len(left)} of its "
-            f"{len(intent.parts)} {of} left {_parked(hot)} by a stopped pass)"
-        )
+        return await _finish_dropping(hot, store, target, intent, ours)
     if not ours:
         await store.retention_intent(target, None)
         return f"a stopped pass left partition {intent.partition} as it was"
@@ -1041,16 +1017,7 @@ async def _recover(
     if sorted(ours) == sorted(intent.parts):
         moved = await _iceberg_moved(iceberg_snapshot, intent)
     if moved is not None:
-        await hot.attach(intent.partition, ours)
-        await store.retention_intent(target, None)
-        log.warning(
-            "retention put a parked partition back: Iceberg moved since it was compared",
-            extra={"table": target, "partition": intent.partition, "reason": moved},
-        )
-        return (
-            f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass: "
-            f"{moved}; compared again"
-        )
+        return await _put_back(hot, store, target, intent, ours, moved)
     why = await _finish(hot, store, target, intent)
     if why is None:
         return (
@@ -1059,12 +1026,60 @@ async def _recover(
     return f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass"
 
 
+def _same_method(hot: _Source, target: str, intent: RetentionIntent) -> None:
+    """A stopped pass's parts are recovered by the method that parked them only: raises
+    SourceSchemaError when the table's retiring_table now asks for the other one."""
+    if intent.method != hot.method:
+        raise SourceSchemaError(
+            f"{target}: a stopped retention pass left partition {intent.partition} parked by "
+            f"method {intent.method!r}, but retiring_table now asks for {hot.method!r}; "
+            "restore the table's retiring_table setting until a pass finishes it",
+            reason="config",
+        )
+
+
+async def _finish_dropping(
+    hot: _Source, store: Store, target: str, intent: RetentionIntent, ours: Sequence[str]
+) -> str:
+    """Past the point of no return: whatever of the partition is still parked (`ours`)
+    goes, whatever its parts are called by now (a retiring table may have merged them)."""
+    left = hot.park.left(ours, intent.parts)
+    await hot.drop(intent.partition, left)
+    await store.retention_intent(target, None)
+    of = "parts" if hot.method == "detach" else "nodes' parts"
+    return (
+        f"finished dropping partition {intent.partition} ({len(left)} of its "
+        f"{len(intent.parts)} {of} left {_parked(hot)} by a stopped pass)"
+    )
+
+
+async def _put_back(
+    hot: _Source,
+    store: Store,
+    target: str,
+    intent: RetentionIntent,
+    ours: Sequence[str],
+    moved: str,
+) -> str:
+    """Iceberg is not known to be what the parked parts were compared against (`moved`
+    says why): they go back, and the pass compares the partition again."""
+    await hot.attach(intent.partition, ours)
+    await store.retention_intent(target, None)
+    log.warning(
+        "retention put a parked partition back: Iceberg moved since it was compared",
+        extra={"table": target, "partition": intent.partition, "reason": moved},
+    )
+    return (
+        f"put partition {intent.partition} back, left {_parked(hot)} by a stopped pass: "
+        f"{moved}; compared again"
+    )
+
+
 def _snapshot_probe(services: Services, table: TableConfig) -> SnapshotProbe:
     """The Iceberg table's current snapshot id, when asked (None: no snapshot)."""
 
     async def current() -> int | None:
-        catalog = await services.open_iceberg()
-        ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
+        ice = await _load_iceberg(services, table)
         return None if ice is None else ice.snapshot_id
 
     return current
