@@ -178,8 +178,8 @@ async def open_source(
 class SourceTable:
     """A table's source, opened: its session, its columns, the watermark and key columns
     (`order`, checked), the relation pages read (`db`.`table`, with FINAL when
-    configured) and, on first use, the plan of every column (which needs pyarrow; an
-    idle run never asks for it)."""
+    configured: sql.read_from of the database and table) and, on first use, the plan of
+    every column (which needs pyarrow; an idle run never asks for it)."""
 
     def __init__(
         self,
