@@ -10,7 +10,7 @@ from offloader.errors import SourceSchemaError
 from offloader.plan import plan_source
 from offloader.source import parquet
 from offloader.source.parquet import ParquetPager, iceberg_type, page_rows
-from offloader.sql.scan import page_query, range_sums_query
+from offloader.sql.scan import Scan, page_query, range_sums_query
 from offloader.sql.text import row_hash
 from offloader.types import arrow_type, parse_type
 
@@ -113,47 +113,25 @@ def test_day_and_month_partitions_of_the_watermark_are_followed() -> None:
 
 def test_a_page_ends_at_the_utc_day_of_its_first_row() -> None:
     order = [(name, parse_type(t)) for name, t in BASE]
-    sql = page_query(
-        source="db.t",
-        select=["*"],
-        order=order,
-        after=["2026-01-01 10:00:00.000000", 5],
-        upto="2026-01-09 00:00:00.000000",
-        limit=100,
-        one_day=True,
-    )
+    scan = Scan("db.t", "2026-01-09 00:00:00.000000")
+    sql = page_query(scan, order, ["*"], ["2026-01-01 10:00:00.000000", 5], 100, one_day=True)
     # The day's end in the column's own type (DateTime64(6)): see sql._first_day_only.
     end = "toDateTime64(toStartOfDay(`ts`, 'UTC') + toIntervalDay(1), 6, 'UTC')"
     assert f"`ts` < (SELECT {end} FROM db.t WHERE" in sql
     assert "ORDER BY `ts` LIMIT 1)" in sql
     dates = page_query(
-        source="db.t",
-        select=["*"],
-        order=[("d", parse_type("Date"))],
-        after=None,
-        upto="2026-01-09",
-        limit=10,
-        one_day=True,
+        Scan("db.t", "2026-01-09"), [("d", parse_type("Date"))], ["*"], None, 10, one_day=True
     )
     assert "`d` < (SELECT `d` + 1 FROM db.t WHERE" in dates
     with pytest.raises(ValueError, match="no UTC day"):
-        page_query(
-            source="db.t",
-            select=["*"],
-            order=[("n", parse_type("UInt64"))],
-            after=None,
-            upto=10,
-            limit=10,
-            one_day=True,
-        )
+        page_query(Scan("db.t", 10), [("n", parse_type("UInt64"))], ["*"], None, 10, one_day=True)
 
 
 def test_range_sums_cover_exactly_the_page() -> None:
     order = [(name, parse_type(t)) for name, t in BASE]
     hashed = row_hash(BASE)
-    sql = range_sums_query(
-        "db.t", order, None, ["2026-01-01 00:00:01.000000", 9], hashed, "2026-01-01"
-    )
+    scan = Scan("db.t", "2026-01-09 00:00:00.000000", since="2026-01-01")
+    sql = range_sums_query(scan, order, None, ["2026-01-01 00:00:01.000000", 9], hashed)
     assert sql.startswith(f"SELECT count(), toString(sum({hashed.expr})) FROM db.t WHERE NOT (")
     assert "`ts` >= toDateTime64('2026-01-01', 6, 'UTC')" in sql
 

@@ -69,7 +69,7 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeSource], None]:
     def install(fake: FakeSource) -> None:
         @asynccontextmanager
         async def open_table(cfg: ClickHouseConfig, table: TableConfig, surveyed: object = None):  # type: ignore[no-untyped-def]
-            yield SourceTable(fake, table, list(COLUMNS), "db.t", "db")
+            yield SourceTable(fake, table, list(COLUMNS), "db")
 
         monkeypatch.setattr(pipeline, "open_table", open_table)
 

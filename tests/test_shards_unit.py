@@ -17,7 +17,7 @@ import pytest
 from offloader.config import TableConfig
 from offloader.errors import SourceUnavailable
 from offloader.plan import plan_source
-from offloader.source import Scan, keyset_pages
+from offloader.source import keyset_pages
 from offloader.source.shards import (
     REPLICA_STATE,
     Shard,
@@ -25,10 +25,8 @@ from offloader.source.shards import (
     ShardRound,
     out_of_sync,
     parts_of,
-    probe_relation,
-    replica_state_query,
-    sync_replica_command,
 )
+from offloader.sql.scan import Scan
 
 pytestmark = pytest.mark.anyio
 
@@ -181,16 +179,6 @@ async def test_a_failing_shard_fails_the_round() -> None:
         await scan_all(sharded(shards), 1_000, 10)
 
 
-def test_the_probe_reads_the_offset_row_in_keyset_order() -> None:
-    rel = probe_relation("`db`.`t_local` FINAL", PLAN, 42, [7, 3], 999)
-    assert "LIMIT 1 OFFSET 999" in rel
-    assert "FROM `db`.`t_local` FINAL WHERE (`wm`, `k`) IN (SELECT `wm`, `k` FROM" in rel
-    assert "ORDER BY `wm`, `k`" in rel
-    assert "`wm` <= 42" in rel and "`wm` >= 7" in rel
-    # Every column the plan reads, not `*` (MATERIALIZED and ALIAS columns too).
-    assert rel.startswith("(SELECT `wm`, `k`, `v` FROM")
-
-
 async def test_a_shard_whose_pages_come_back_short_is_read_to_its_end() -> None:
     """Pages cut short without an error (a server's result_overflow_mode = 'break'): every
     shard is still read to the round's end, every row once."""
@@ -263,10 +251,3 @@ def test_a_lagging_replica_is_not_read_and_says_why(changed: dict[str, int], sai
     why = out_of_sync(replica(**changed))
     assert why is not None and said in why, why
     assert f"queue_size {changed.get('queue_size', 4)}" in why
-
-
-def test_the_replica_state_is_asked_of_the_local_table() -> None:
-    query = replica_state_query("db", "t'local")
-    assert query.startswith(f"SELECT {', '.join(REPLICA_STATE)} FROM system.replicas WHERE ")
-    assert "database = 'db' AND table = 't\\'local'" in query
-    assert sync_replica_command("db", "t_local") == "SYSTEM SYNC REPLICA `db`.`t_local` LIGHTWEIGHT"

@@ -19,7 +19,7 @@ from offloader.pinned import TEXT_SETTINGS
 from offloader.plan import check_cursor_column
 from offloader.source.arrow import json_value_parser
 from offloader.source.native_convert import cursor_value, to_record_batch
-from offloader.sql.scan import page_query
+from offloader.sql.scan import Scan, page_query
 from offloader.sql.text import keyset_after, literal, quote_string, watermark_int
 from offloader.types import arrow_type, parse_type, quote_ident
 from offloader.wire import plan_column
@@ -268,12 +268,7 @@ def test_literals_and_keyset() -> None:
     assert where.startswith("`ts` >= toDateTime64(")
     assert "`id` > 7" in where
     q = page_query(
-        source="`db`.`t`",
-        select=["`ts`", "`id`"],
-        order=order,
-        after=None,
-        upto="2026-03-02 00:00:00.000000",
-        limit=10,
+        Scan("`db`.`t`", "2026-03-02 00:00:00.000000"), order, ["`ts`", "`id`"], None, 10
     )
     assert "ORDER BY `ts`, `id` LIMIT 10 WITH TIES SETTINGS " in q
     assert q.endswith(", ".join(TEXT_SETTINGS))

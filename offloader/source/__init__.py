@@ -24,14 +24,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 from offloader.config import ClickHouseConfig, TableConfig, Transport
 from offloader.errors import SourceSchemaError, SourceUnavailable, TableError
 from offloader.plan import SourcePlan, plan_order, plan_source
-from offloader.sql.scan import page_query
+from offloader.sql.scan import Scan, invalid_utf8_query
 from offloader.sql.system import (
+    columns_query,
+    create_statement_query,
     distributed_over,
+    fingerprint_query,
     fingerprints_query,
     parts_fingerprint,
     survey_columns_query,
+    table_count_query,
 )
-from offloader.sql.text import RowHash, quote_ident, quote_string, read_from
+from offloader.sql.text import RowHash, read_from
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -60,42 +64,6 @@ __all__ = [
 # How long closing a session may take once a run is cancelled (shielded): a dead
 # server must not hold up a table's timeout or a shutdown.
 CLOSE_SECONDS = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Scan:
-    """Which rows a keyset scan reads, in (watermark, keys) order: `relation` (a table,
-    with FINAL when configured) up to watermark `upto`; for repair, only the watermarks
-    in [since, before) and never past the committed position `through`."""
-
-    relation: str
-    upto: Any
-    since: Any = None
-    before: Any = None
-    through: Sequence[Any] | None = None
-
-    def query(
-        self,
-        plan: SourcePlan,
-        select: Sequence[str],
-        after: Any,
-        limit: int,
-        one_day: bool = False,
-    ) -> str:
-        """The SQL of one page of this scan after position `after` (with `one_day`, not
-        past the UTC day of its first row)."""
-        return page_query(
-            source=self.relation,
-            select=select,
-            order=plan.order,
-            after=after,
-            upto=self.upto,
-            limit=limit,
-            since=self.since,
-            before=self.before,
-            through=self.through,
-            one_day=one_day,
-        )
 
 
 class Page(Protocol):
@@ -210,15 +178,14 @@ async def open_source(
 class SourceTable:
     """A table's source, opened: its session, its columns, the watermark and key columns
     (`order`, checked), the relation pages read (`db`.`table`, with FINAL when
-    configured) and, on first use, the plan of every column (which needs pyarrow; an
-    idle run never asks for it)."""
+    configured: sql.read_from of the database and table) and, on first use, the plan of
+    every column (which needs pyarrow; an idle run never asks for it)."""
 
     def __init__(
         self,
         source: Source,
         table: TableConfig,
         columns: list[tuple[str, str]],
-        relation: str,
         database: str,
         cluster: tuple[str, str, str] | None = None,
         *,
@@ -228,7 +195,7 @@ class SourceTable:
         self.source = source
         self.table = table
         self.columns = columns
-        self.relation = relation
+        self.relation = read_from(database, table.source_table, table.final)
         self.database = database
         # A Distributed source's cluster, and the database and table it reads on each
         # shard (sql.distributed_over), else None.
@@ -240,11 +207,12 @@ class SourceTable:
         # The subquery of the source's parts fingerprint (sql.fingerprints_query, the
         # survey's too, so the two agree): a Distributed table's are its local table's
         # on every shard.
-        self.parts = (
-            parts_fingerprint(cluster[1], cluster[2], cluster[0])
+        self._parts_of = (
+            (cluster[1], cluster[2], cluster[0])
             if cluster is not None
-            else parts_fingerprint(database, table.source_table)
+            else (database, table.source_table, None)
         )
+        self.parts = parts_fingerprint(*self._parts_of)
         self.order, self.order_index = plan_order(table, columns)
         self._plan: SourcePlan | None = None
         # The parts fingerprint the cycle's survey read, taken by the first
@@ -256,7 +224,7 @@ class SourceTable:
         if self.surveyed_parts is not None:
             found, self.surveyed_parts = self.surveyed_parts, None
             return found
-        return str(await self.source.scalar(f"SELECT {self.parts}"))
+        return str(await self.source.scalar(fingerprint_query(*self._parts_of)))
 
     @property
     def plan(self) -> SourcePlan:
@@ -355,10 +323,7 @@ async def open_table(
             engine, columns = surveyed.columns[key]
         else:
             engine, columns = await _engine_and_columns(s, db, table.source_table)
-        relation = read_from(db, table.source_table, table.final)
-        src = SourceTable(
-            s, table, columns, relation, db, distributed_over(engine), cfg=cfg, stack=stack
-        )
+        src = SourceTable(s, table, columns, db, distributed_over(engine), cfg=cfg, stack=stack)
         if surveyed is not None:
             src.surveyed_parts = surveyed.parts.get(key)
         yield src
@@ -367,12 +332,7 @@ async def open_table(
 async def _engine_and_columns(s: Source, db: str, table: str) -> tuple[str, list[tuple[str, str]]]:
     """The table's engine clause (system.tables' engine_full) and its columns, in one
     query."""
-    rows = await s.rows(
-        "SELECT name, type, (SELECT any(engine_full) FROM system.tables WHERE database = "
-        f"{quote_string(db)} AND name = {quote_string(table)}) FROM system.columns "
-        f"WHERE database = {quote_string(db)} AND table = {quote_string(table)} "
-        "ORDER BY position"
-    )
+    rows = await s.rows(columns_query(db, table, engine=True))
     if not rows:
         return "", await table_columns(s, db, table)  # raises, naming what is wrong
     return str(rows[0][2]), [(str(name), str(t)) for name, t, _ in rows]
@@ -437,15 +397,9 @@ def check_advance(target: str, after: list[Any], position: list[Any]) -> None:
 
 async def table_columns(s: Source, database: str, table: str) -> list[tuple[str, str]]:
     """(name, type) of every column in table order; SourceSchemaError if there are none."""
-    rows = await s.rows(
-        "SELECT name, type FROM system.columns WHERE database = "
-        f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
-    )
+    rows = await s.rows(columns_query(database, table))
     if not rows:
-        exists = await s.scalar(
-            "SELECT count() FROM system.tables WHERE database = "
-            f"{quote_string(database)} AND name = {quote_string(table)}"
-        )
+        exists = await s.scalar(table_count_query(database, table))
         raise SourceSchemaError(
             f"{s.label}: source table {database}.{table} "
             + ("has no columns" if exists else "does not exist in ClickHouse")
@@ -457,10 +411,7 @@ async def table_columns(s: Source, database: str, table: str) -> list[tuple[str,
 
 async def table_ttl(s: Source, database: str, table: str) -> str | None:
     """The table's TTL clause, if any (from its CREATE statement)."""
-    create = await s.scalar(
-        "SELECT create_table_query FROM system.tables WHERE database = "
-        f"{quote_string(database)} AND name = {quote_string(table)}"
-    )
+    create = await s.scalar(create_statement_query(database, table))
     return ttl_clause(str(create or ""))
 
 
@@ -477,11 +428,8 @@ async def invalid_utf8_columns(s: Source, plan: SourcePlan, relation: str) -> st
     for col in plan.columns:
         if col.ch_type.unwrap().name not in ("String", "FixedString"):
             continue
-        q = quote_ident(col.name)
         try:
-            bad = await s.rows(
-                f"SELECT hex(any({q})), count() FROM {relation} WHERE NOT isValidUTF8({q})"
-            )
+            bad = await s.rows(invalid_utf8_query(relation, col.name))
         except TableError:
             return ""
         if bad and bad[0][1]:

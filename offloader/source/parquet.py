@@ -38,7 +38,7 @@ from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.pinned import PINNED
 from offloader.source import Scan, invalid_utf8_columns
 from offloader.source.arrow import ArrowHttpSession
-from offloader.sql.scan import range_sums_query
+from offloader.sql.scan import above_int64_query, range_sums_query
 from offloader.sql.text import RowHash, quote_ident, quote_string
 from offloader.state import DaySum
 from offloader.types import INT64_MAX, ChType
@@ -248,9 +248,7 @@ class ParquetPager:
         page = replace(page, cut=page.cut or day < last)
         sums_query = None
         if self._hashed is not None:
-            sums_query = range_sums_query(
-                scan.relation, plan.order, after, position, self._hashed, scan.since
-            )
+            sums_query = range_sums_query(scan, plan.order, after, position, self._hashed)
         key = self._hashed.key if self._hashed else ""
         return replace(
             page, day=day_number(day), sums_query=sums_query, http=self._http, hash_key=key
@@ -272,10 +270,7 @@ class ParquetPager:
             if f"column {col.name!r}: a UInt64 value is above" in text:
                 example = ""
                 if col.ch_type.unwrap().name == "UInt64":
-                    q = quote_ident(col.name)
-                    top = await self._http.scalar(
-                        f"SELECT toString(max({q})) FROM {scan.relation} WHERE {q} > {INT64_MAX}"
-                    )
+                    top = await self._http.scalar(above_int64_query(scan.relation, col.name))
                     example = f" (e.g. {top})"
                 return DataError(
                     f"{where}: a value{example} is above {INT64_MAX} and cannot be "

@@ -40,15 +40,15 @@ from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable, TableError, single_error
 from offloader.report import stray_cancellation
 from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
-from offloader.sql.system import cluster_query
-from offloader.sql.text import (
-    keyset_after,
-    literal,
-    qualified,
-    quote_ident,
-    quote_string,
-    read_from,
+from offloader.sql.scan import positions_order_query, probe_relation
+from offloader.sql.system import (
+    REPLICA_STATE,
+    cluster_query,
+    replica_state_query,
+    server_ports_query,
+    sync_replica_command,
 )
+from offloader.sql.text import read_from
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -117,14 +117,7 @@ async def replicas_of(
     reported: dict[tuple[int, int], set[int]] = {}
     by_port: dict[int, set[int]] = {}
     if http:
-        # system.clusters, the one system table offloader needs here anyway (no grant on
-        # system.one): evaluated on each node, getServerPort is that node's.
-        found = await source.rows(
-            "SELECT DISTINCT shardNum(), getServerPort('tcp_port'), getServerPort('http_port') "
-            f"FROM clusterAllReplicas({quote_string(cluster)}, system.clusters) "
-            "SETTINGS skip_unavailable_shards = 1"
-        )
-        for shard, tcp, port in found:
+        for shard, tcp, port in await source.rows(server_ports_query(cluster)):
             reported.setdefault((int(shard), int(tcp)), set()).add(int(port))
             by_port.setdefault(int(tcp), set()).add(int(port))
     overrides = dict(cfg.http_ports)
@@ -135,33 +128,6 @@ async def replicas_of(
         port = overrides.get(name, next(iter(ports)) if len(ports) == 1 else cfg.http_port)
         shards.setdefault(n.shard, []).append(Replica(n.shard, n.replica, n.host, n.tcp_port, port))
     return [shards[n] for n in sorted(shards)]
-
-
-# What a replica of a Replicated local table says of its replication (system.replicas).
-REPLICA_STATE = (
-    "is_readonly",
-    "is_session_expired",
-    "absolute_delay",
-    "queue_size",
-    "inserts_in_queue",
-    "log_pointer",
-    "log_max_index",
-)
-
-
-def replica_state_query(database: str, table: str) -> str:
-    """The local table's row of system.replicas on the replica asked (none: the table is
-    not Replicated), its columns REPLICA_STATE."""
-    return (
-        f"SELECT {', '.join(REPLICA_STATE)} FROM system.replicas WHERE database = "
-        f"{quote_string(database)} AND table = {quote_string(table)}"
-    )
-
-
-def sync_replica_command(database: str, table: str) -> str:
-    """Wait until the replica has fetched every part its replication log names (the
-    fetches only, not merges): where granted, a lagging replica catches up this way."""
-    return f"SYSTEM SYNC REPLICA {qualified(database, table)} LIGHTWEIGHT"
 
 
 def out_of_sync(rows: Sequence[Sequence[Any]]) -> str | None:
@@ -319,41 +285,12 @@ def parts_of(page: Page) -> tuple[Page, ...]:
     return page.pages if isinstance(page, ShardRound) else (page,)
 
 
-def probe_relation(
-    relation: str,
-    plan: SourcePlan,
-    upto: Any,
-    after: Sequence[Any] | None,
-    offset: int,
-) -> str:
-    """The rows at the position of the `offset`-th row (0-based) after `after` up to
-    watermark `upto`, as a subquery a pager reads like a table: only the watermark and
-    key columns of the rows before it are read, in the table's order."""
-    order = plan.order
-    cols = ", ".join(quote_ident(c) for c, _ in order)
-    wm, wm_type = order[0]
-    where = [f"{quote_ident(wm)} <= {literal(wm_type, upto)}"]
-    if after is not None:
-        where.append(f"({keyset_after(order, after)})")
-    names = ", ".join(quote_ident(c.name) for c in plan.columns)
-    return (
-        f"(SELECT {names} FROM {relation} WHERE ({cols}) IN (SELECT {cols} FROM {relation} "
-        f"WHERE {' AND '.join(where)} ORDER BY {cols} LIMIT 1 OFFSET {int(offset)}))"
-    )
-
-
 async def ordered(source: Source, plan: SourcePlan, positions: Sequence[list[Any]]) -> list[int]:
     """The indexes of `positions` in keyset order, as ClickHouse orders the values (not
     as Python would: UUIDs, Decimals, 128-bit integers)."""
     if len(positions) < 2:
         return list(range(len(positions)))
-    selects = [
-        f"SELECT {i} AS i, tuple("
-        + ", ".join(literal(t, v) for (_, t), v in zip(plan.order, p, strict=True))
-        + ") AS p"
-        for i, p in enumerate(positions)
-    ]
-    rows = await source.rows(f"SELECT i FROM ({' UNION ALL '.join(selects)}) ORDER BY p, i")
+    rows = await source.rows(positions_order_query(plan.order, positions))
     return [int(r[0]) for r in rows]
 
 
@@ -421,7 +358,8 @@ class ShardedPager:
         probes: list[list[Any]] = [[] for _ in self._shards]
 
         async def probe(i: int, shard: Shard) -> None:
-            rel = probe_relation(shard.relation, plan, scan.upto, after, limit - 1)
+            columns = [c.name for c in plan.columns]
+            rel = probe_relation(shard.relation, plan.order, columns, scan.upto, after, limit - 1)
             page = await shard.prober.read(Scan(rel, scan.upto), after, 1)
             probes[i] = list(page.position)
 
@@ -498,6 +436,7 @@ def sharded_pager(
 
 
 __all__ = [
+    "REPLICA_STATE",
     "ClusterNode",
     "Replica",
     "ShardRound",
@@ -507,7 +446,7 @@ __all__ = [
     "ordered",
     "out_of_sync",
     "parts_of",
-    "probe_relation",
+    "replica_state_query",
     "replicas_of",
     "sharded_pager",
 ]

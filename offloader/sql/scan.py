@@ -1,10 +1,12 @@
-"""ClickHouse SQL reading a source table's rows: keyset pages, range sums, what is
-behind, per-day counts. Pure: no driver."""
+"""ClickHouse SQL reading a source table's rows: keyset pages (of a `Scan`), range sums,
+what is behind, per-day counts, a shard's probe, the order of positions, the examples of
+values a page refused. Pure: no driver."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from offloader.sql.text import (
     NOW_MICROS,
@@ -15,23 +17,51 @@ from offloader.sql.text import (
     watermark_int,
     with_text_settings,
 )
-from offloader.types import ChType, quote_ident, time_precision
+from offloader.types import INT64_MAX, ChType, quote_ident, time_precision
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """Which rows a keyset scan reads, in (watermark, keys) order: `relation` (a table,
+    with FINAL when configured) up to watermark `upto`; for repair, only the watermarks
+    in [since, before) and never past the committed position `through`."""
+
+    relation: str
+    upto: Any
+    since: Any = None
+    before: Any = None
+    through: Sequence[Any] | None = None
+
+    def query(
+        self,
+        plan: Ordered,
+        select: Sequence[str],
+        after: Sequence[Any] | None,
+        limit: int,
+        one_day: bool = False,
+    ) -> str:
+        """The SQL of one page of this scan after position `after` in `plan`'s order
+        (page_query)."""
+        return page_query(self, plan.order, select, after, limit, one_day)
+
+
+class Ordered(Protocol):
+    """What has a keyset order: (watermark, keys...) with their types (a SourcePlan)."""
+
+    @property
+    def order(self) -> Sequence[tuple[str, ChType]]: ...
 
 
 def page_query(
-    *,
-    source: str,
-    select: Sequence[str],
+    scan: Scan,
     order: Sequence[tuple[str, ChType]],
+    select: Sequence[str],
     after: Sequence[Any] | None,
-    upto: Any,
     limit: int,
-    since: Any = None,
-    before: Any = None,
-    through: Sequence[Any] | None = None,
     one_day: bool = False,
 ) -> str:
-    """One keyset page: rows after `after`, watermark <= `upto`, in (watermark, keys) order.
+    """One keyset page of `scan`: rows after `after`, watermark <= `upto`, in (watermark,
+    keys) `order`.
 
     `LIMIT n WITH TIES` ends every page on a complete (watermark, keys) group, so
     rows that share a position with the page's last row are never split across
@@ -39,16 +69,17 @@ def page_query(
     (a date or time watermark), the page also ends at the end of the UTC day of its
     first row (a scalar subquery reading only the granules after the position).
     """
+    source = scan.relation
     wm_name, wm_type = order[0]
-    where = [f"{quote_ident(wm_name)} <= {literal(wm_type, upto)}"]
+    where = [f"{quote_ident(wm_name)} <= {literal(wm_type, scan.upto)}"]
     if after is not None:
         where.append(f"({keyset_after(order, after)})")
-    if since is not None:  # repair: a range of days
-        where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, since)}")
-    if before is not None:
-        where.append(f"{quote_ident(wm_name)} < {literal(wm_type, before)}")
-    if through is not None:  # ... never past the committed position
-        where.append(f"NOT ({keyset_after(order, through)})")
+    if scan.since is not None:  # repair: a range of days
+        where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, scan.since)}")
+    if scan.before is not None:
+        where.append(f"{quote_ident(wm_name)} < {literal(wm_type, scan.before)}")
+    if scan.through is not None:  # ... never past the committed position
+        where.append(f"NOT ({keyset_after(order, scan.through)})")
     if one_day:
         where.append(_first_day_only(source, wm_name, wm_type, " AND ".join(where)))
     order_by = ", ".join(quote_ident(c) for c, _ in order)
@@ -80,22 +111,26 @@ def _first_day_only(source: str, wm_name: str, wm_type: ChType, where: str) -> s
 
 
 def range_sums_query(
-    source: str,
+    scan: Scan,
     order: Sequence[tuple[str, ChType]],
     after: Sequence[Any] | None,
-    through: Sequence[Any],
+    last: Sequence[Any],
     hashed: RowHash,
-    since: Any = None,
 ) -> str:
-    """The rows after `after` up to and including `through` (one page's keyset range;
-    none before watermark `since`) and the sum of their row hashes, as text."""
-    where = [f"NOT ({keyset_after(order, through)})"]
+    """The rows of `scan` after `after` up to and including `last` (one page's keyset
+    range; none before the scan's watermark `since`) and the sum of their row hashes, as
+    text. The page's other bounds (upto, before, through) hold for every row up to its
+    last one, so they are not repeated."""
+    where = [f"NOT ({keyset_after(order, last)})"]
     if after is not None:
         where.append(f"({keyset_after(order, after)})")
-    if since is not None:
+    if scan.since is not None:
         wm_name, wm_type = order[0]
-        where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, since)}")
-    return f"SELECT count(), toString(sum({hashed.expr})) FROM {source} WHERE {' AND '.join(where)}"
+        where.append(f"{quote_ident(wm_name)} >= {literal(wm_type, scan.since)}")
+    return (
+        f"SELECT count(), toString(sum({hashed.expr})) FROM {scan.relation} "
+        f"WHERE {' AND '.join(where)}"
+    )
 
 
 def behind_query(
@@ -138,3 +173,53 @@ def day_counts_query(
         f"any({NOW_MICROS}), {checksum}, {newest}, {parts} FROM {source} "
         f"WHERE {quote_ident(wm_name)} >= {literal(wm_type, since)} GROUP BY d ORDER BY d"
     )
+
+
+def probe_relation(
+    relation: str,
+    order: Sequence[tuple[str, ChType]],
+    columns: Sequence[str],
+    upto: Any,
+    after: Sequence[Any] | None,
+    offset: int,
+) -> str:
+    """The rows (all `columns`) at the position of the `offset`-th row (0-based) after
+    `after` up to watermark `upto`, as a subquery a pager reads like a table: only the
+    watermark and key columns of the rows before it are read, in the table's order."""
+    cols = ", ".join(quote_ident(c) for c, _ in order)
+    wm, wm_type = order[0]
+    where = [f"{quote_ident(wm)} <= {literal(wm_type, upto)}"]
+    if after is not None:
+        where.append(f"({keyset_after(order, after)})")
+    names = ", ".join(quote_ident(c) for c in columns)
+    return (
+        f"(SELECT {names} FROM {relation} WHERE ({cols}) IN (SELECT {cols} FROM {relation} "
+        f"WHERE {' AND '.join(where)} ORDER BY {cols} LIMIT 1 OFFSET {int(offset)}))"
+    )
+
+
+def positions_order_query(
+    order: Sequence[tuple[str, ChType]], positions: Sequence[Sequence[Any]]
+) -> str:
+    """The indexes (0-based) of `positions` (encoded (watermark, keys...) values of
+    `order`'s types) in keyset order, as ClickHouse orders the values; ties by index."""
+    selects = [
+        f"SELECT {i} AS i, tuple("
+        + ", ".join(literal(t, v) for (_, t), v in zip(order, p, strict=True))
+        + ") AS p"
+        for i, p in enumerate(positions)
+    ]
+    return f"SELECT i FROM ({' UNION ALL '.join(selects)}) ORDER BY p, i"
+
+
+def invalid_utf8_query(relation: str, column: str) -> str:
+    """Of String `column`: one value that is not valid UTF-8 (as hex) and how many are."""
+    q = quote_ident(column)
+    return f"SELECT hex(any({q})), count() FROM {relation} WHERE NOT isValidUTF8({q})"
+
+
+def above_int64_query(relation: str, column: str) -> str:
+    """The greatest value of UInt64 `column` above Int64's range, as text (an example for
+    an error)."""
+    q = quote_ident(column)
+    return f"SELECT toString(max({q})) FROM {relation} WHERE {q} > {INT64_MAX}"

@@ -1,5 +1,5 @@
-"""ClickHouse SQL on the system tables (parts, columns, tables, clusters, replicas),
-and the parsing of what they answer. Pure: no driver."""
+"""ClickHouse SQL on the system tables (parts, columns, tables, clusters, replicas) and
+replication (SYSTEM SYNC REPLICA), and the parsing of what they answer. Pure: no driver."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 
 from offloader.days import SECONDS_PER_DAY
-from offloader.sql.text import quote_string
+from offloader.sql.text import qualified, quote_string
 
 # Engines whose merges keep every row (the others fold rows together: replace, collapse,
 # sum or aggregate them), as system.parts names them.
@@ -90,6 +90,12 @@ def parts_fingerprint(database: str, table: str, cluster: str | None = None) -> 
     return f"(SELECT any(fingerprint) FROM ({found}))"
 
 
+def fingerprint_query(database: str, table: str, cluster: str | None = None) -> str:
+    """The table's parts fingerprint (parts_fingerprint) as a query of its own: one row,
+    one value."""
+    return f"SELECT {parts_fingerprint(database, table, cluster)}"
+
+
 def _pairs(tables: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"({quote_string(d)}, {quote_string(t)})" for d, t in tables)
 
@@ -103,6 +109,36 @@ def survey_columns_query(tables: Sequence[tuple[str, str]]) -> str:
         f"WHERE (c.database, c.table) IN ({_pairs(tables)}) "
         "ORDER BY c.database, c.table, c.position"
     )
+
+
+def _table_row(database: str, table: str, what: str) -> str:
+    """`what` of the table's row of system.tables (none: no such table)."""
+    return (
+        f"SELECT {what} FROM system.tables WHERE database = {quote_string(database)} "
+        f"AND name = {quote_string(table)}"
+    )
+
+
+def columns_query(database: str, table: str, engine: bool = False) -> str:
+    """The table's columns as system.columns lists them, in table order: name, type (and
+    with `engine`, a third column: its engine clause, system.tables' engine_full, the same
+    on every row). No row: no such table, or it has no columns (table_count_query tells)."""
+    engine_full = f", ({_table_row(database, table, 'any(engine_full)')})" if engine else ""
+    return (
+        f"SELECT name, type{engine_full} FROM system.columns WHERE database = "
+        f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
+    )
+
+
+def table_count_query(database: str, table: str) -> str:
+    """Whether the table exists: its rows of system.tables (1 or 0)."""
+    return _table_row(database, table, "count()")
+
+
+def create_statement_query(database: str, table: str) -> str:
+    """The table's CREATE statement (system.tables' create_table_query; no row: no such
+    table)."""
+    return _table_row(database, table, "create_table_query")
 
 
 def distributed_over(engine_full: str) -> tuple[str, str, str] | None:
@@ -156,3 +192,43 @@ def cluster_query(cluster: str) -> str:
         f"SELECT {', '.join(CLUSTER_COLUMNS)} FROM system.clusters "
         f"WHERE cluster = {quote_string(cluster)} ORDER BY shard_num, replica_num"
     )
+
+
+def server_ports_query(cluster: str) -> str:
+    """Every reachable node of `cluster`, asked through the cluster: its shard number, native
+    (TCP) port and HTTP port, as the node itself reports them (getServerPort). It reads
+    system.clusters, the one system table offloader needs here anyway (no grant on
+    system.one): evaluated on each node, getServerPort is that node's. A node that does
+    not answer is left out."""
+    return (
+        "SELECT DISTINCT shardNum(), getServerPort('tcp_port'), getServerPort('http_port') "
+        f"FROM clusterAllReplicas({quote_string(cluster)}, system.clusters) "
+        "SETTINGS skip_unavailable_shards = 1"
+    )
+
+
+# What a replica of a Replicated local table says of its replication (system.replicas).
+REPLICA_STATE = (
+    "is_readonly",
+    "is_session_expired",
+    "absolute_delay",
+    "queue_size",
+    "inserts_in_queue",
+    "log_pointer",
+    "log_max_index",
+)
+
+
+def replica_state_query(database: str, table: str) -> str:
+    """The local table's row of system.replicas on the replica asked (none: the table is
+    not Replicated), its columns REPLICA_STATE."""
+    return (
+        f"SELECT {', '.join(REPLICA_STATE)} FROM system.replicas WHERE database = "
+        f"{quote_string(database)} AND table = {quote_string(table)}"
+    )
+
+
+def sync_replica_command(database: str, table: str) -> str:
+    """Wait until the replica has fetched every part its replication log names (the
+    fetches only, not merges): where granted, a lagging replica catches up this way."""
+    return f"SYSTEM SYNC REPLICA {qualified(database, table)} LIGHTWEIGHT"
