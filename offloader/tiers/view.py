@@ -14,9 +14,10 @@ OR REPLACE VIEW`, atomic) after every commit that moves the position or rewrites
 table; a crash before the replacement leaves the previous (position, snapshot) pair,
 which is just as consistent, and the next run replaces it.
 
-The pure part (`cold_reader`, `column_pair`, `view_ddl`) builds the SQL from the
-source's columns and what ClickHouse's Iceberg reader reports of the cold table; `keep`
-runs it through the table's source session and records the result in the state store.
+The pure part (`cold_reader`, `column_pair`, `view_ddl`) decides the SQL from the
+source's columns and what ClickHouse's Iceberg reader reports of the cold table (the
+text itself is built by offloader.sql.view); `keep` runs it through the table's source
+session and records the result in the state store.
 Column types are the source's, name for name (the type map run backwards); the families
 with no exact way back (Variant, Dynamic, Geometry) read ClickHouse's text of the value
 from both tiers (README "One table over both tiers").
@@ -39,10 +40,33 @@ from offloader import cursor, faults
 from offloader.config import TableConfig, ViewsConfig, ViewSecurity
 from offloader.errors import OffloaderError, TableError
 from offloader.source.shards import cluster_of
-from offloader.sql.system import cluster_query
-from offloader.sql.text import keyset_after, quote_ident, quote_string
+from offloader.sql.text import quote_ident
+from offloader.sql.view import (
+    BACK_LEAVES,
+    EMPTY_ARRAY,
+    NULL,
+    VIEW_FORMAT,
+    cast_as,
+    cast_default,
+    cold_select,
+    column_defaults_query,
+    create_view,
+    database_exists_query,
+    describe_query,
+    drop_view,
+    hot_after,
+    hot_select,
+    iceberg_local,
+    iceberg_s3,
+    named_collection_exists_query,
+    or_default,
+    type_default,
+    union_all,
+    value_query,
+    view_on_nodes_query,
+)
 from offloader.state import Committed, Store, ViewState
-from offloader.types import NULL_HOLDERS, ChType, parse_type, time_precision
+from offloader.types import NULL_HOLDERS, ChType, parse_type
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, iceberg_type, rewrite_leaves
 
 if TYPE_CHECKING:
@@ -54,6 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "VIEW_FORMAT",
     "ColdSide",
     "Upkeep",
     "ViewError",
@@ -157,12 +182,7 @@ def upkeep(name: str | None, known: ViewState | None, committed: Committed) -> U
     return Upkeep(drop, True, pin, False, recorded)
 
 
-# --- pure: the SQL ----------------------------------------------------------------
-
-
-def qualified_name(name: str) -> str:
-    db, _, table = name.rpartition(".")
-    return f"{quote_ident(db)}.{quote_ident(table)}" if db else quote_ident(table)
+# --- pure: what the SQL is made of ---------------------------------------------------
 
 
 def cold_reader(cold: ColdSide, views: ViewsConfig, target: str) -> str:
@@ -175,12 +195,10 @@ def cold_reader(cold: ColdSide, views: ViewsConfig, target: str) -> str:
             f"{target}: the Iceberg metadata file {cold.metadata} is not under the table's "
             f"location {location}; the view cannot pin it"
         )
-    pinned = "SETTINGS iceberg_metadata_file_path = " + quote_string(
-        cold.metadata[len(location) + 1 :]
-    )
+    pinned = cold.metadata[len(location) + 1 :]
     parts = urlsplit(location)
     if parts.scheme in ("file", ""):
-        return f"icebergLocal({quote_string(parts.path or location)}, {pinned})"
+        return iceberg_local(parts.path or location, pinned)
     if parts.scheme in ("s3", "s3a", "s3n"):
         if not views.s3_collection:
             raise ViewError(
@@ -197,24 +215,12 @@ def cold_reader(cold: ColdSide, views: ViewsConfig, target: str) -> str:
                 reason="config",
             )
         url = f"{views.s3_endpoint}/{parts.netloc}{parts.path}/"
-        return f"icebergS3({views.s3_collection}, url = {quote_string(url)}, {pinned})"
+        return iceberg_s3(views.s3_collection, url, pinned)
     raise ViewError(
         f"{target}: ClickHouse cannot read a warehouse at {location} for the view (only "
         "file:// and s3:// are supported); set view = false on this table",
         reason="config",
     )
-
-
-def _back_ticks(t: ChType) -> str:
-    return f"reinterpret({{}}, 'DateTime64({time_precision(t)})')"
-
-
-# How a value stored in a form ClickHouse cannot CAST back is turned back (the outer
-# CAST to the source's type does the rest: tz, Time64's precision, containers).
-BACK_LEAVES: dict[str, Any] = {
-    "DateTime64Ticks": _back_ticks,  # its ticks, in a long
-    "Time64": "reinterpret({}, 'Decimal64(9)')",  # nanoseconds, in a long
-}
 
 
 def _has(t: ChType, names: Sequence[str]) -> bool:
@@ -248,32 +254,28 @@ def column_pair(
     if not exact(t):
         stored = iceberg_type(t, uint64)
         hot = rewrite_leaves(t, q, {**TEXT_LEAVES, **SHARED_LEAVES})
-        cold = q if cold_type is not None else "NULL"
-        return (
-            f"CAST({hot}, {quote_string(stored)}) AS {q}",
-            f"CAST({cold}, {quote_string(stored)}) AS {q}",
-        )
+        cold = q if cold_type is not None else NULL
+        return cast_as(hot, stored, name), cast_as(cold, stored, name)
     base = t.unwrap()
-    fallback = default or f"defaultValueOfTypeName({quote_string(type_text)})"
+    fallback = default or type_default(type_text)
     if cold_type is None:
-        cold = "NULL" if t.nullable else fallback
+        cold = NULL if t.nullable else fallback
     elif base.name == "Nothing":
-        cold = "NULL"
+        cold = NULL
     elif base.name == "Array" and base.inner.unwrap().name == "Nothing":
-        cold = "[]"
+        cold = EMPTY_ARRAY
     else:
         cold = rewrite_leaves(t, q, BACK_LEAVES)
         if cold_type.startswith("Nullable(") and not t.nullable:
             # A column Iceberg holds as optional but the source does not (added to the
             # source after the table's first offload): older rows read its default.
-            plain = _plain_text(t, type_text)
-            cold = f"ifNull(CAST({cold}, {quote_string(f'Nullable({plain})')}), {fallback})"
+            cold = or_default(cold, _plain_text(t, type_text), fallback)
         elif cold == q and cold_type == type_text:
             # Read as the source's own type already (times, Decimals, Float64, ...): the
             # bare column, no CAST for the planner to see through (about 0.1x of a
             # pruned cold read's time, benchmarks/RESULTS.md).
             return q, q
-    return q, f"CAST({cold}, {quote_string(type_text)}) AS {q}"
+    return q, cast_as(cold, type_text, name)
 
 
 def _plain_text(t: ChType, type_text: str) -> str:
@@ -320,12 +322,6 @@ class ViewSpec:
         return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
 
 
-# Bumped when the SQL offloader writes for the same inputs changes: every view is
-# replaced once by the next run. 2 (0.4.0): a column's DEFAULT only as a constant
-# literal (0.3.0 views may carry other expressions, run with the definer's rights).
-VIEW_FORMAT = "2"
-
-
 def view_ddl(
     spec: ViewSpec,
     reader: str | None,
@@ -342,28 +338,17 @@ def view_ddl(
         )
         hot_cols.append(hot)
         cold_cols.append(cold)
-    hot_sql = f"SELECT {', '.join(hot_cols)} FROM {spec.relation}"
     if spec.position is not None and reader is not None:
-        body = (
-            f"{hot_sql} WHERE {keyset_after(spec.order, spec.position)}\n"
-            f"UNION ALL\nSELECT {', '.join(cold_cols)} FROM {reader}"
-        )
+        hot_sql = hot_after(hot_cols, spec.relation, spec.order, spec.position)
+        body = union_all(hot_sql, cold_select(cold_cols, reader))
     else:
-        body = hot_sql
+        body = hot_select(hot_cols, spec.relation)
     at = view_comment(spec, reader is not None)
     # DEFINER: the view reads both tiers with offloader's rights, so an analyst needs
     # SELECT on the view only, and the source's row policies and column grants do not
     # apply through it. INVOKER: with the analyst's own rights on the source and on the
     # cold tier's table function (or named collection).
-    security = (
-        "SQL SECURITY INVOKER"
-        if spec.security == "invoker"
-        else "DEFINER = CURRENT_USER SQL SECURITY DEFINER"
-    )
-    return (
-        f"CREATE OR REPLACE VIEW {qualified_name(spec.name)} "
-        f"{security} AS\n{body}\nCOMMENT {quote_string(at)}"
-    )
+    return create_view(spec.name, body, at, invoker=spec.security == "invoker")
 
 
 # --- I/O: replace the view, record it ------------------------------------------------
@@ -372,7 +357,7 @@ def view_ddl(
 async def cold_columns(source: Source, reader: str) -> dict[str, str]:
     """The columns ClickHouse reads from the pinned cold side, by name (also the probe
     that tells whether the server can read the warehouse at all)."""
-    rows = await source.rows(f"DESCRIBE TABLE {reader}")
+    rows = await source.rows(describe_query(reader))
     return {str(row[0]): str(row[1]) for row in rows}
 
 
@@ -464,12 +449,7 @@ async def constant_defaults(
     if not names:
         return {}
     db, name = table
-    listed = ", ".join(quote_string(n) for n in names)
-    rows = await source.rows(
-        "SELECT name, type, default_expression FROM system.columns WHERE database = "
-        f"{quote_string(db)} AND table = {quote_string(name)} AND name IN ({listed}) "
-        "AND default_kind IN ('DEFAULT', 'MATERIALIZED') AND default_expression != ''"
-    )
+    rows = await source.rows(column_defaults_query(db, name, names))
     found = {}
     for column, type_text, expression in rows:
         where = {"table": f"{db}.{name}", "column": str(column), "default": str(expression)}
@@ -480,9 +460,9 @@ async def constant_defaults(
                 extra=where,
             )
             continue
-        value = f"CAST(({expression}), {quote_string(str(type_text))})"
+        value = cast_default(str(expression), str(type_text))
         try:
-            await source.rows(f"SELECT {value}")
+            await source.rows(value_query(value))
         except TableError as exc:
             log.warning(
                 "the view's cold rows read the type's default: the column's DEFAULT does not "
@@ -565,7 +545,7 @@ async def drop(source: Source, store: Store, name: str, *, target: str) -> None:
     """Drop a view offloader no longer keeps (the table's `view` turned off or renamed)
     and forget it; a failure is logged and retried by the next run."""
     try:
-        await source.command(f"DROP VIEW IF EXISTS {qualified_name(name)}")
+        await source.command(drop_view(name))
         await store.forget_view(target)
     except OffloaderError as exc:
         log.warning(
@@ -625,14 +605,7 @@ async def on_every_node(src: SourceTable, spec: ViewSpec, cold: ColdSide | None)
     cluster cannot be asked (status --check names such a node)."""
     if src.cluster is None:
         return True
-    db, _, name = spec.name.rpartition(".")
-    cluster = quote_string(src.cluster)
-    query = (
-        "SELECT (SELECT count() FROM (SELECT DISTINCT host_address, port FROM "
-        f"({cluster_query(src.cluster)}))), (SELECT count() FROM clusterAllReplicas({cluster}, "
-        f"system.tables) WHERE database = {quote_string(db)} AND name = {quote_string(name)} "
-        f"AND comment = {quote_string(view_comment(spec, cold is not None))})"
-    )
+    query = view_on_nodes_query(src.cluster, spec.name, view_comment(spec, cold is not None))
     try:
         nodes, current = (await src.source.rows(query))[0]
     except OffloaderError as exc:
@@ -698,19 +671,14 @@ async def probe(
     what is wrong; returns a line saying what was checked."""
     assert table.view is not None
     db = table.view.rpartition(".")[0]
-    if not await source.scalar(
-        f"SELECT count() FROM system.databases WHERE name = {quote_string(db)}"
-    ):
+    if not await source.scalar(database_exists_query(db)):
         raise ViewError(
             f"{table.target}: the view's database {db!r} does not exist in ClickHouse: "
             f"CREATE DATABASE {quote_ident(db)}, or set view = 'database.name' on this table",
             reason="config",
         )
     if views.s3_collection:
-        found = await source.scalar(
-            "SELECT count() FROM system.named_collections WHERE name = "
-            + quote_string(views.s3_collection)
-        )
+        found = await source.scalar(named_collection_exists_query(views.s3_collection))
         if not found:
             raise ViewError(
                 f"{table.target}: ClickHouse has no named collection {views.s3_collection!r} "
