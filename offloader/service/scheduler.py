@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from offloader.errors import ConfigError, TableError
 from offloader.offload.supervisor import run_cycle
 from offloader.report import Status
 from offloader.service.metrics import Metrics
+from offloader.service.systemd import sd_notify, watchdog
 from offloader.service.workers import share
 from offloader.tiers.services import open_services
 
@@ -66,34 +66,6 @@ def after_cycle(scheduled: float, now: float, interval: float) -> Missed:
         skipped += 1
         nxt = next_tick(nxt, interval)
     return Missed(nxt, skipped)
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) about readiness, watchdog or stopping. No-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(address)
-            sock.sendall(message.encode())
-        except OSError:
-            log.warning("sd_notify failed", extra={"socket": address})
-            return False
-    return True
-
-
-async def watchdog() -> None:
-    """Ping systemd's watchdog at half its period, when the unit sets one."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    if not usec:
-        return
-    period = int(usec) / 1e6 / 2
-    while True:
-        sd_notify("WATCHDOG=1")
-        await anyio.sleep(period)
 
 
 class Service:

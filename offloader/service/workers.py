@@ -40,6 +40,7 @@ import orjson
 from offloader.config import Config
 from offloader.offload.supervisor import CycleReport
 from offloader.report import Status, TableReport
+from offloader.service.systemd import sd_notify, watchdog
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,6 @@ class Workers:
 
 async def run(count: int, options: Sequence[str], run_now: bool) -> int:
     """`offloader run` in `count` worker processes; exits when every worker has."""
-    from offloader.service.scheduler import sd_notify, watchdog
 
     workers = Workers(count, options, run_now)
     codes: list[int] = [0] * count
