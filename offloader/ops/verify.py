@@ -4,7 +4,7 @@ Per day of the watermark column: the row count and an order-independent checksum
 the sum (mod 2^64) of CRC-32s of each row's canonical text. ClickHouse computes its
 side as one server-side aggregate; the Iceberg side is an Arrow scan, batch by
 batch, so memory stays bounded by a batch. The canonical text of a value is the
-same on both sides by construction (`canonical_sql` and `canonical_of`), containers
+same on both sides by construction (`sql.verify.canonical_sql` and `canonical_of`), containers
 included: an Array or Map is its length and its elements' canonical texts, a Tuple
 its elements' texts, built element by element with arrayMap on the server.
 """
