@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from offloader.config import Config, TableConfig
 from offloader.errors import ConfigError
+from offloader.sql import grants as sql
 from offloader.sql.text import qualified, quote_ident
 
 
@@ -30,8 +31,7 @@ class Grant:
     why: str
 
     def statement(self, user: str) -> str:
-        to = quote_ident(user)
-        return f"GRANT {self.privileges} ON {self.on} TO {to};  -- {self.feature}: {self.why}"
+        return sql.grant_statement(self.privileges, self.on, user, f"{self.feature}: {self.why}")
 
 
 def parse_local_tables(pairs: list[str], cfg: Config) -> dict[str, str]:
@@ -62,23 +62,23 @@ def clickhouse_grants(cfg: Config, local_tables: Mapping[str, str]) -> list[Gran
     for table in cfg.tables:
         grants += _table_grants(table, cfg, local_tables.get(_source_name(table, cfg)))
     grants.append(
-        Grant("SELECT", "system.parts", "parts", "the audit's parts fingerprint, retention")
+        Grant(sql.SELECT, "system.parts", "parts", "the audit's parts fingerprint, retention")
     )
     if any(t.hot_retention is not None for t in cfg.tables):
         why = "retention's detach-compare-drop"
-        grants.append(Grant("SELECT", "system.detached_parts", "detached", why))
+        grants.append(Grant(sql.SELECT, "system.detached_parts", "detached", why))
     if any(t.hot_retention is not None and t.retiring_table for t in cfg.tables):
         why = "retention uses a Replicated replica only in sync (system.replicas)"
-        grants.append(Grant("SELECT", "system.replicas", "retention", why))
+        grants.append(Grant(sql.SELECT, "system.replicas", "retention", why))
     if any(t.view is not None for t in cfg.tables):
         grants += _cold_side(cfg)
     if local_tables:
         why = "the shards and replicas, views on every node"
-        grants.append(Grant("SELECT", "system.clusters", "clusters", why))
+        grants.append(Grant(sql.SELECT, "system.clusters", "clusters", why))
         why = "clusterAllReplicas: the parts fingerprint, HTTP ports, views on every node"
-        grants.append(Grant("READ", "REMOTE", "remote", why))
+        grants.append(Grant(sql.READ, "REMOTE", "remote", why))
         why = "a shard is read on a replica in sync (system.replicas: delay, fetches)"
-        grants.append(Grant("SELECT", "system.replicas", "replicas", why))
+        grants.append(Grant(sql.SELECT, "system.replicas", "replicas", why))
     seen: set[tuple[str, str]] = set()
     unique = []
     for grant in grants:
@@ -91,24 +91,24 @@ def clickhouse_grants(cfg: Config, local_tables: Mapping[str, str]) -> list[Gran
 def _table_grants(table: TableConfig, cfg: Config, local: str | None) -> list[Grant]:
     db, name = _source_name(table, cfg).split(".", 1)
     source = qualified(db, name)
-    grants = [Grant("SELECT", source, "source", f"the rows of {table.target}")]
+    grants = [Grant(sql.SELECT, source, "source", f"the rows of {table.target}")]
     # Retention works on the table that holds the parts: the local one of a Distributed
     # source, on every node; the retiring table sits beside it.
     held_db, held = (db, name) if local is None else local.split(".", 1)
     if local is not None:
         why = f"{table.target}: the shards' rows, read on each node"
-        grants.append(Grant("SELECT", qualified(held_db, held), "source", why))
+        grants.append(Grant(sql.SELECT, qualified(held_db, held), "source", why))
     if table.hot_retention is not None:
         why = f"{table.target}: hot retention (DETACH/DROP DETACHED, ATTACH back; MOVE PARTITION)"
-        grants.append(Grant("ALTER DELETE, INSERT", qualified(held_db, held), "retention", why))
+        grants.append(Grant(sql.PARK_AND_DROP, qualified(held_db, held), "retention", why))
         if table.retiring_table is not None:
             why = f"{table.target}: retention's retiring table (MOVE in and back, DROP PARTITION)"
             on = qualified(held_db, table.retiring_table)
-            grants.append(Grant("SELECT, ALTER DELETE, INSERT", on, "retention", why))
+            grants.append(Grant(sql.RETIRING, on, "retention", why))
     if table.view is not None:
         vdb, vname = table.view.split(".", 1)
         why = f"{table.target}: the view over both tiers (CREATE OR REPLACE VIEW)"
-        grants.append(Grant("CREATE VIEW, DROP VIEW, SELECT", qualified(vdb, vname), "views", why))
+        grants.append(Grant(sql.VIEWS, qualified(vdb, vname), "views", why))
     return grants
 
 
@@ -118,16 +118,16 @@ def _cold_side(cfg: Config) -> list[Grant]:
     warehouse = cfg.catalog.properties.get("warehouse", "")
     scheme = urlsplit(warehouse).scheme
     temporary = Grant(
-        "CREATE TEMPORARY TABLE", "*.*", "cold", "the table functions of the views' cold side"
+        sql.TEMPORARY_TABLES, "*.*", "cold", "the table functions of the views' cold side"
     )
     if scheme in ("", "file"):
-        return [Grant("READ", "FILE", "cold", "icebergLocal, the views' cold side"), temporary]
+        return [Grant(sql.READ, "FILE", "cold", "icebergLocal, the views' cold side"), temporary]
     if scheme in ("s3", "s3a", "s3n"):
-        grants = [Grant("READ", "S3", "cold", "icebergS3, the views' cold side"), temporary]
+        grants = [Grant(sql.READ, "S3", "cold", "icebergS3, the views' cold side"), temporary]
         if cfg.views.s3_collection:
             why = "the S3 credentials of the views' cold side"
             on = quote_ident(cfg.views.s3_collection)
-            grants.append(Grant("NAMED COLLECTION", on, "cold", why))
+            grants.append(Grant(sql.NAMED_COLLECTION, on, "cold", why))
         return grants
     raise ConfigError(
         f"{cfg.path}: [iceberg.catalog] warehouse {warehouse!r}: ClickHouse reads only "
@@ -143,13 +143,7 @@ def postgres_statements(cfg: Config, default_role: str) -> list[str]:
     database = unquote(parts.path.lstrip("/")) or "postgres"
     role = unquote(parts.username or "") or default_role
     why = f'offloader creates (and migrates) its schema "{cfg.postgres.schema}" in it'
-    return [
-        f"GRANT CONNECT, CREATE ON DATABASE {_pg_ident(database)} TO {_pg_ident(role)};  -- {why}"
-    ]
-
-
-def _pg_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+    return [sql.postgres_grant(database, role, why)]
 
 
 def _source_name(table: TableConfig, cfg: Config) -> str:

@@ -30,13 +30,15 @@ from offloader.config import Config
 from offloader.configfile import parse_config
 from offloader.errors import ConfigError, TableError
 from offloader.source import Source, open_source, open_table, table_columns, ttl_clause
-from offloader.sql.text import qualified, quote_ident, quote_string
+from offloader.sql.catalog import readable_tables_query, table_query
+from offloader.sql.onboard import remove_ttl, retiring_table
+from offloader.sql.profile import misfits_query, ties_query
+from offloader.sql.text import qualified, quote_ident, read_from
 
 __all__ = ["Proposal", "SourceInfo", "add", "inspect", "propose", "render", "write"]
 
 TIME_TYPES = ("DateTime64", "DateTime", "Date32", "Date")
 FINAL_ENGINES = ("ReplacingMergeTree", "CollapsingMergeTree", "VersionedCollapsingMergeTree")
-INT64_MAX = 2**63 - 1
 # A partition key function of the watermark and the Iceberg transform that partitions alike.
 PARTITION_TRANSFORMS = {
     "toYYYYMMDD": "day",
@@ -224,32 +226,17 @@ def _retention(info: SourceInfo, watermark: str, proposal: Proposal) -> None:
     db, table = info.local_table or (info.database, info.name)
     proposal.notes.append(
         f"hot_retention = {retention!r} from the TTL ({info.ttl}): once `offloader retain` "
-        f"has verified and dropped partitions, remove the TTL (ALTER TABLE "
-        f"{qualified(db, table)} REMOVE TTL) so that only verified partitions are dropped"
+        f"has verified and dropped partitions, remove the TTL ({remove_ttl(db, table)}) "
+        "so that only verified partitions are dropped"
     )
     if info.family.startswith("Replicated"):
         retiring = f"{table}_retiring"
         proposal.block["retiring_table"] = retiring
-        proposal.statements.append(
-            f"CREATE TABLE {qualified(db, retiring)} AS {qualified(db, table)} "
-            f"ENGINE = {_retiring_engine(info.engine_full, retiring)}"
-        )
+        proposal.statements.append(retiring_table(db, table, retiring, info.engine_full))
         proposal.notes.append(
             f"retiring_table = {retiring!r}: retention of a Replicated table moves a "
             "partition there before dropping it; create it on every node first"
         )
-
-
-def _retiring_engine(engine_full: str, retiring: str) -> str:
-    """The local table's engine clause for its retiring table: the same engine, with a
-    ZooKeeper path of its own (the path's table name replaced, `{table}` kept)."""
-    match = re.match(r"(Replicated\w*MergeTree)\('([^']*)'(.*)", engine_full, re.S)
-    if not match:
-        return engine_full
-    path = match.group(2)
-    if "{table}" not in path:
-        path = path.rstrip("/") + "_retiring" if path else f"/clickhouse/tables/{retiring}"
-    return f"{match.group(1)}({quote_string(path)}{match.group(3)}"
 
 
 async def inspect(source: Source, database: str, table: str) -> SourceInfo:
@@ -279,11 +266,7 @@ async def inspect(source: Source, database: str, table: str) -> SourceInfo:
 
 
 async def _table_row(source: Source, database: str, table: str) -> tuple[Any, ...]:
-    rows = await source.rows(
-        "SELECT engine, engine_full, sorting_key, partition_key, create_table_query "
-        f"FROM system.tables WHERE database = {quote_string(database)} "
-        f"AND name = {quote_string(table)}"
-    )
+    rows = await source.rows(table_query(database, table))
     if not rows:
         raise ConfigError(f"{database}.{table}: no such table in ClickHouse")
     return rows[0]
@@ -291,11 +274,7 @@ async def _table_row(source: Source, database: str, table: str) -> tuple[Any, ..
 
 async def tables_of(source: Source, database: str) -> list[str]:
     """The tables of `database` offloader can read (MergeTree family or Distributed)."""
-    rows = await source.rows(
-        "SELECT name FROM system.tables WHERE database = "
-        f"{quote_string(database)} AND (engine LIKE '%MergeTree' OR engine = 'Distributed') "
-        "AND NOT is_temporary ORDER BY name"
-    )
+    rows = await source.rows(readable_tables_query(database))
     return [str(r[0]) for r in rows]
 
 
@@ -306,13 +285,9 @@ async def check_live(source: Source, info: SourceInfo, proposal: Proposal) -> No
     columns hold UTF-8 (else strings = "binary")."""
     block = proposal.block
     wm, keys = block["watermark"], block["keys"]
-    relation = qualified(info.database, info.name) + (" FINAL" if block.get("final") else "")
+    relation = read_from(info.database, info.name, bool(block.get("final")))
     position = ", ".join(quote_ident(c) for c in (wm, *keys))
-    largest = await source.scalar(
-        f"SELECT max(c) FROM (SELECT count() AS c FROM {relation} WHERE {quote_ident(wm)} >= "
-        f"(SELECT max({quote_ident(wm)}) FROM {relation}) - INTERVAL 1 DAY "
-        f"GROUP BY {position})"
-    )
+    largest = await source.scalar(ties_query(relation, wm, (wm, *keys)))
     if int(largest or 0) > 1:
         proposal.notes.append(
             f"({position}) does not identify a row: up to {int(largest)} rows of the newest "
@@ -324,14 +299,13 @@ async def check_live(source: Source, info: SourceInfo, proposal: Proposal) -> No
     for name, ch_type in info.columns:
         base = _base_type(ch_type)
         if base == "UInt64":
-            checks.append((name, f"max({quote_ident(name)}) > {INT64_MAX}", "uint64"))
+            checks.append((name, "uint64"))
         elif base == "String":
-            checks.append((name, f"NOT min(isValidUTF8({quote_ident(name)}))", "strings"))
+            checks.append((name, "strings"))
     if not checks:
         return
-    exprs = ", ".join(expr for _, expr, _ in checks)
-    found = await source.rows(f"SELECT {exprs} FROM {qualified(info.database, info.name)}")
-    for (name, _, key), hit in zip(checks, found[0] if found else (), strict=False):
+    found = await source.rows(misfits_query(qualified(info.database, info.name), checks))
+    for (name, key), hit in zip(checks, found[0] if found else (), strict=False):
         if not int(hit or 0) or key in block:
             continue
         block[key] = "decimal" if key == "uint64" else "binary"

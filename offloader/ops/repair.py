@@ -37,8 +37,9 @@ from offloader.iceberg import IcebergTable, Marker, WrittenFiles, files, rewrite
 from offloader.progress import Progress
 from offloader.report import Status, guarded
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
+from offloader.sql.profile import extent_query
 from offloader.sql.system import ttl_seconds
-from offloader.sql.text import NOW_MICROS, quote_ident, row_hash, watermark_int
+from offloader.sql.text import row_hash
 from offloader.state import DaySum, RetentionIntent, encode_days
 from offloader.tiers import view
 from offloader.tiers.audit import DayCount, HotTable, add_sums, audit_days
@@ -105,12 +106,7 @@ async def _source_facts(
     """The day of ClickHouse's oldest row (None: the table is empty), the TTL in
     seconds (None: no TTL) and the server's time."""
     wm_name, wm_type = src.plan.order[0]
-    oldest, count, now = (
-        await src.source.rows(
-            f"SELECT {watermark_int(wm_type, f'min({quote_ident(wm_name)})')}, count(), "
-            f"{NOW_MICROS} FROM {src.relation}"
-        )
-    )[0]
+    oldest, _, count, now = (await src.source.rows(extent_query(src.relation, wm_name, wm_type)))[0]
     first = as_datetime(watermark_from_int(wm_type, oldest)) if int(count) else None
     first_day = first.date() if isinstance(first, dt.datetime) else first
     ttl = ttl_seconds(await table_ttl(src.source, src.database, table.source_table))

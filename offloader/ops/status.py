@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import anyio
@@ -17,13 +17,15 @@ from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, files
 from offloader.plan import behind
 from offloader.report import Status
+from offloader.sql.catalog import TABLE_COLUMNS, table_query
+from offloader.sql.profile import extent_query
 from offloader.sql.scan import behind_query
 from offloader.sql.system import distributed_over, ttl_seconds
-from offloader.sql.text import quote_ident, quote_string, read_from, row_hash, watermark_int
+from offloader.sql.text import read_from, row_hash
 from offloader.state import StatusRow
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services
-from offloader.types import parse_type
+from offloader.types import ChType, parse_type
 
 
 @dataclass(slots=True)
@@ -168,15 +170,9 @@ async def _source_side(
     transport = source.transport_of(services.clickhouse, table)
     async with source.open_source(services.clickhouse, table.target, transport) as ch:
         columns = dict(await source.table_columns(ch, db, table.source_table))
-        if table.watermark not in columns:
-            st.problem = f"watermark column {table.watermark!r} not in source"
+        order = _order(table, columns, st)
+        if order is None:
             return
-        order = []
-        for name in (table.watermark, *table.keys):
-            if name not in columns:
-                st.problem = f"column {name!r} (watermark or key) not in source"
-                return
-            order.append((name, parse_type(columns[name])))
         wm_type = order[0][1]
         if st.watermark and ticks_precision(kind_of(wm_type)) is not None:
             # DateTime64(7..9): the position holds its ticks; show the time they are.
@@ -186,22 +182,7 @@ async def _source_side(
             st.view_commit = await view_commit(ch, table.view)
             st.view_nodes = await _other_nodes_views(services, ch, db, table)
         src = read_from(db, table.source_table, table.final)
-        wm = quote_ident(table.watermark)
-        raw_oldest, raw_newest, count = (
-            await ch.rows(
-                f"SELECT {watermark_int(wm_type, f'min({wm})')}, "
-                f"{watermark_int(wm_type, f'max({wm})')}, count() FROM {src}"
-            )
-        )[0]
-        st.source_newest = str(watermark_from_int(wm_type, raw_newest))
-        oldest_day = watermark_day(wm_type, encode_value(watermark_from_int(wm_type, raw_oldest)))
-        st.oldest_hot_day = oldest_day.isoformat() if oldest_day and int(count) else None
-        if st.retained_until and st.oldest_hot_day and st.oldest_hot_day < st.retained_until:
-            st.problem = st.problem or (
-                f"rows in days hot_retention already dropped (oldest hot day "
-                f"{st.oldest_hot_day}, days before {st.retained_until} were dropped): they "
-                f"are not in Iceberg; see `offloader retain {table.target}`"
-            )
+        await _extent(ch, src, order, table, st)
         st.ttl = await source.table_ttl(ch, db, table.source_table)
         st.ttl_seconds = ttl_seconds(st.ttl)
         # The same measure as each run's (pipeline._measure_behind), so status, --check
@@ -210,20 +191,76 @@ async def _source_side(
         first = watermark_from_int(wm_type, oldest) if rows else None
         lag = behind(int(rows), first, from_micros(now), wm_type)
         st.rows_behind, st.lag_seconds = lag.rows, lag.seconds
-        # A fresh audit of the table's window, as each run does (audit.py).
-        retained = dt.date.fromisoformat(st.retained_until) if st.retained_until else None
-        bounds = audit.window(wm_type, st.watermark, table.audit_days, retained)
-        if ice is not None and bounds is not None and st.watermark is not None:
-            hashed = row_hash(list(columns.items())) if table.audit_checksums else None
-            recorded = None
-            if hashed is not None:
-                first, last = bounds
-                recorded = await services.watermarks.day_sums(
-                    table.target, day_number(first), day_number(last)
-                )
-            hot = audit.HotTable(ch, src, tuple(order), hashed)
-            found = await audit.audit_days(hot, ice, st.watermark, bounds, recorded=recorded)
-            st.drifted_days = [d.as_dict() for d in found.drifted]
+        if ice is not None and st.watermark is not None:
+            hot = audit.HotTable(ch, src, tuple(order), None)
+            await _audit(services, table, st, hot, list(columns.items()), ice)
+
+
+def _order(
+    table: TableConfig, columns: dict[str, str], st: TableStatus
+) -> list[tuple[str, ChType]] | None:
+    """The watermark and keys with their types, or None with `st.problem` saying which
+    is not in the source."""
+    if table.watermark not in columns:
+        st.problem = f"watermark column {table.watermark!r} not in source"
+        return None
+    order = []
+    for name in (table.watermark, *table.keys):
+        if name not in columns:
+            st.problem = f"column {name!r} (watermark or key) not in source"
+            return None
+        order.append((name, parse_type(columns[name])))
+    return order
+
+
+async def _extent(
+    ch: source.Source,
+    src: str,
+    order: list[tuple[str, ChType]],
+    table: TableConfig,
+    st: TableStatus,
+) -> None:
+    """The source's newest watermark and oldest day, and the problem of rows in days
+    hot_retention already dropped."""
+    wm_name, wm_type = order[0]
+    raw_oldest, raw_newest, count, _ = (await ch.rows(extent_query(src, wm_name, wm_type)))[0]
+    st.source_newest = str(watermark_from_int(wm_type, raw_newest))
+    oldest_day = watermark_day(wm_type, encode_value(watermark_from_int(wm_type, raw_oldest)))
+    st.oldest_hot_day = oldest_day.isoformat() if oldest_day and int(count) else None
+    if st.retained_until and st.oldest_hot_day and st.oldest_hot_day < st.retained_until:
+        st.problem = st.problem or (
+            f"rows in days hot_retention already dropped (oldest hot day "
+            f"{st.oldest_hot_day}, days before {st.retained_until} were dropped): they "
+            f"are not in Iceberg; see `offloader retain {table.target}`"
+        )
+
+
+async def _audit(
+    services: Services,
+    table: TableConfig,
+    st: TableStatus,
+    hot: audit.HotTable,
+    columns: list[tuple[str, str]],
+    ice: IcebergTable,
+) -> None:
+    """A fresh audit of the table's window, as each run does (audit.py): the drifted
+    days in `st.drifted_days`."""
+    assert st.watermark is not None
+    wm_type = hot.order[0][1]
+    retained = dt.date.fromisoformat(st.retained_until) if st.retained_until else None
+    bounds = audit.window(wm_type, st.watermark, table.audit_days, retained)
+    if bounds is None:
+        return
+    hashed = row_hash(columns) if table.audit_checksums else None
+    recorded = None
+    if hashed is not None:
+        first, last = bounds
+        recorded = await services.watermarks.day_sums(
+            table.target, day_number(first), day_number(last)
+        )
+    hot = replace(hot, hashed=hashed)
+    found = await audit.audit_days(hot, ice, st.watermark, bounds, recorded=recorded)
+    st.drifted_days = [d.as_dict() for d in found.drifted]
 
 
 async def _other_nodes_views(
@@ -232,10 +269,8 @@ async def _other_nodes_views(
     """For a Distributed source, the commit the view reads on each other node of its
     cluster (each node keeps its own view); None for another source."""
     assert table.view is not None
-    engine = await ch.scalar(
-        "SELECT any(engine_full) FROM system.tables WHERE database = "
-        f"{quote_string(db)} AND name = {quote_string(table.source_table)}"
-    )
+    found_table = await ch.rows(table_query(db, table.source_table))
+    engine = found_table[0][TABLE_COLUMNS.index("engine_full")] if found_table else ""
     over = distributed_over(str(engine or ""))
     if over is None:
         return None
@@ -250,13 +285,10 @@ async def view_commit(ch: source.Source, name: str) -> int | None:
     """The commit the view reads, from the comment offloader gives it (-1 before the
     first commit: the hot table only); None when there is no such view."""
     db, _, table = name.rpartition(".")
-    rows = await ch.rows(
-        "SELECT comment FROM system.tables WHERE database = "
-        f"{quote_string(db)} AND name = {quote_string(table)}"
-    )
+    rows = await ch.rows(table_query(db, table))
     if not rows:
         return None
-    found = re.search(r"at commit (\d+),", str(rows[0][0]))
+    found = re.search(r"at commit (\d+),", str(rows[0][TABLE_COLUMNS.index("comment")]))
     return int(found.group(1)) if found else 0
 
 

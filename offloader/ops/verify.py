@@ -4,7 +4,7 @@ Per day of the watermark column: the row count and an order-independent checksum
 the sum (mod 2^64) of CRC-32s of each row's canonical text. ClickHouse computes its
 side as one server-side aggregate; the Iceberg side is an Arrow scan, batch by
 batch, so memory stays bounded by a batch. The canonical text of a value is the
-same on both sides by construction (`canonical_sql` and `canonical_of`), containers
+same on both sides by construction (`sql.verify.canonical_sql` and `canonical_of`), containers
 included: an Array or Map is its length and its elements' canonical texts, a Tuple
 its elements' texts, built element by element with arrayMap on the server.
 """
@@ -25,116 +25,43 @@ from offloader import days, source
 from offloader.config import TableConfig
 from offloader.errors import ConfigError, TableError
 from offloader.report import Verdict
-from offloader.sql.text import keyset_after, quote_ident, quote_string, with_text_settings
+from offloader.source import SourceTable
+from offloader.sql.verify import (
+    INT_BUCKET,
+    ITEM,
+    NULL,
+    PAIR,
+    SEP,
+    canonical_sql,
+    day_sums_query,
+    table_days_query,
+    value_kind,
+)
 from offloader.state import HASH_MODULUS
 from offloader.tiers.services import Services
-from offloader.types import (
-    AS_COUNT,
-    AS_TEXT,
-    NULL_HOLDERS,
-    SHAPES,
-    ChType,
-    leaf_name,
-    nested_as_array,
-    parse_type,
-)
-from offloader.wire import SHARED_LEAVES, TEXT_OR_NULL, ColumnPlan
+from offloader.types import SHAPES, ChType, leaf_name, nested_as_array, parse_type
+from offloader.wire import ColumnPlan
+
+__all__ = [
+    "INT_BUCKET",
+    "ITEM",
+    "NULL",
+    "PAIR",
+    "SEP",
+    "Bucket",
+    "Comparison",
+    "TableVerdict",
+    "canonical_of",
+    "canonical_sql",
+    "canonical_value",
+    "compare",
+    "row_crc",
+    "verify_table",
+]
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _EPOCH_DAY = dt.date(1970, 1, 1)
 _MASK = HASH_MODULUS - 1
-NULL = "\\N"
-SEP = "\x1f"
-INT_BUCKET = 1_000_000  # integer watermarks are grouped in buckets of this many values
-
-ITEM = "\x1e"  # between the elements of an Array or Map
-PAIR = "\x1d"  # between a Map's key and value, and between a Tuple's elements
-_NESTED = ("Array", "Map", "Tuple")
-
-
-def _kind(t: ChType) -> str:
-    """How a scalar value is written canonically. JSON is stored as ClickHouse's own
-    toString text, so it compares as text."""
-    base = t.unwrap()
-    name = base.name
-    if name in ("Float32", "Float64", "BFloat16"):
-        return "float"
-    if leaf_name(base) in AS_TEXT or leaf_name(base) in ("DateTime64Ticks", "Nothing", *AS_COUNT):
-        return "text"  # stored as ClickHouse's own decimal text, or ticks or a count in a long
-    if name == "Bool":
-        return "bool"
-    if name in ("Date", "Date32"):
-        return "days"
-    if name in NULL_HOLDERS:
-        return "nullable_text"
-    if name in ("DateTime", "DateTime64"):
-        return "micros"
-    if name == "Decimal" or name.startswith("Decimal"):
-        return "decimal"
-    if name == "FixedString":
-        return "hex"  # toString(FixedString) drops trailing NUL bytes; hex keeps them
-    if name == "String":
-        return "bytes"
-    return "text"  # ints, UUID, Enum, IPv4/IPv6
-
-
-def canonical_sql(plan: ColumnPlan) -> str | None:
-    """ClickHouse expression giving a column's canonical text, or None if not checksummed."""
-    if not _checksummed(plan.ch_type):
-        return None
-    return _canonical_sql(plan.ch_type, quote_ident(plan.name), 0)
-
-
-def _checksummed(t: ChType) -> bool:
-    base = t.unwrap()
-    if base.name in _NESTED and not base.args:
-        return False
-    return all(_checksummed(a) for a in base.args if isinstance(a, ChType))
-
-
-def _canonical_sql(t: ChType, expr: str, depth: int) -> str:
-    base = nested_as_array(t.unwrap())
-    name = base.name
-    shape = SHAPES.get(leaf_name(base))
-    if shape is not None:  # compared as the structs and lists it is stored as
-        return _canonical_sql(parse_type(shape), f"CAST({expr}, '{shape}')", depth)
-    if name == "Array":
-        v = f"__c{depth}"
-        inner = _canonical_sql(base.inner, v, depth + 1)
-        text = (
-            f"concat(toString(length({expr})), ':', "
-            f"arrayStringConcat(arrayMap({v} -> {inner}, {expr}), {quote_string(ITEM)}))"
-        )
-    elif name == "Map":
-        key_t, value_t = (a for a in base.args if isinstance(a, ChType))
-        k, v = f"__k{depth}", f"__v{depth}"
-        pair = (
-            f"concat({_canonical_sql(key_t, k, depth + 1)}, {quote_string(PAIR)}, "
-            f"{_canonical_sql(value_t, v, depth + 1)})"
-        )
-        text = (
-            f"concat(toString(length({expr})), ':', arrayStringConcat(arrayMap(({k}, {v}) -> "
-            f"{pair}, mapKeys({expr}), mapValues({expr})), {quote_string(ITEM)}))"
-        )
-    elif name == "Tuple":
-        parts = [
-            _canonical_sql(a, f"tupleElement({expr}, {i + 1})", depth + 1)
-            for i, a in enumerate(x for x in base.args if isinstance(x, ChType))
-        ]
-        text = f"concat('(', {f', {quote_string(PAIR)}, '.join(parts)}, ')')"
-    else:
-        text = {
-            "float": f"toString(reinterpretAsUInt64(toFloat64({expr})))",
-            "bool": f"toString(toUInt8({expr}))",
-            "days": f"toString(toInt32({expr}))",
-            "micros": f"toString(toUnixTimestamp64Micro(toDateTime64({expr}, 6)))",
-            "hex": f"hex({expr})",
-            "nullable_text": SHARED_LEAVES.get(name, TEXT_OR_NULL).format(expr),
-        }.get(_kind(t), f"toString({expr})")
-        if _kind(t) == "text" and leaf_name(base) in SHARED_LEAVES:
-            # Stored in a wire form (ticks, counts, text): compare that form's text.
-            text = f"toString({SHARED_LEAVES[leaf_name(base)].format(expr)})"
-    return f"ifNull({text}, {quote_string(NULL)})" if t.nullable else text
 
 
 def canonical_of(t: ChType) -> Callable[[Any], bytes]:
@@ -157,7 +84,7 @@ def canonical_of(t: ChType) -> Callable[[Any], bytes]:
         return _nullable(
             lambda v: b"(" + sep.join(f(x) for f, x in zip(fns, v.values(), strict=True)) + b")"
         )
-    kind = _kind(t)
+    kind = value_kind(t)
     return lambda v: canonical_value(kind, v)
 
 
@@ -288,17 +215,6 @@ def _by_day(wm: ColumnPlan) -> bool:
     return wm.ch_type.unwrap().name.startswith(("DateTime", "Date"))
 
 
-def _bucket_sql(wm: ColumnPlan) -> str:
-    q = quote_ident(wm.name)
-    name = wm.ch_type.unwrap().name
-    if name.startswith("DateTime"):
-        # Date32, not Date: Date cannot hold days before 1970 and wraps them.
-        return f"toString(toDate32(toTimeZone({q}, 'UTC')))"
-    if name in ("Date", "Date32"):
-        return f"toString({q})"
-    return f"toString(intDiv({q}, {INT_BUCKET}) * {INT_BUCKET})"
-
-
 def _bucket_of(wm: ColumnPlan) -> Callable[[Any], str]:
     name = wm.ch_type.unwrap().name
     kind = days.kind_of(wm.ch_type)
@@ -333,87 +249,108 @@ async def verify_table(
         ice = await anyio.to_thread.run_sync(catalog.load, table.target, limiter=services.io)
         mark = await anyio.to_thread.run_sync(ice.latest_mark) if ice is not None else None
         async with source.open_table(services.clickhouse, table) as opened:
-            ch, src = opened.source, opened.plan
+            src = opened.plan
             wm = src.columns[src.order_index[0]]
             if (since or until) and not _by_day(wm):
                 raise ConfigError(
                     f"{table.target}: --since/--until are days, and the watermark "
                     f"{wm.name!r} is an integer ({wm.ch_type}); verify it without them"
                 )
-            # A column added to the source after the first offload holds NULL in Iceberg
-            # for the rows offloaded before, and its default in ClickHouse: it is counted
-            # but cannot be compared value by value.
-            initial = await anyio.to_thread.run_sync(ice.initial_columns) if ice else set()
-            late = [p.name for p in src.columns if ice is not None and p.name not in initial]
-            sqls = {p.name: canonical_sql(p) for p in src.columns}
-            checked = [p for p in src.columns if p.name not in late and sqls[p.name]]
-            verdict.excluded = [p.name for p in src.columns if sqls[p.name] is None]
-            verdict.excluded += [f"{n} (added after the first offload)" for n in late]
-            canon = [str(sqls[p.name]) for p in checked]
-            where = ["1"] if mark is None else [f"NOT ({keyset_after(src.order, mark.position)})"]
-            bucket = _bucket_sql(wm)
-            if since:
-                where.append(f"{bucket} >= {quote_string(since)}")
-            if until:
-                where.append(f"{bucket} < {quote_string(until)}")
-            row_text = f"concat({', '.join(_interleave(canon))})" if canon else "''"
-            query = with_text_settings(
-                f"SELECT {bucket} AS __offloader_day, count(), "
-                f"toString(sum(toUInt64(CRC32({row_text})))) "
-                f"FROM {opened.relation} "
-                f"WHERE {' AND '.join(where) if mark is not None else '0'} "
-                "GROUP BY __offloader_day ORDER BY __offloader_day"
-            )
-            hot: dict[str, Bucket] = {}
-            for b, count, total in await ch.rows(query):
-                hot[str(b)] = Bucket(int(count), int(total) & _MASK)
-            if not hot and mark is not None:
-                # Nothing in the range: say which days there are (one small query).
-                first, last, count = (
-                    await ch.rows(
-                        f"SELECT min({bucket}), max({bucket}), count() FROM {opened.relation} "
-                        f"WHERE {where[0]}"
-                    )
-                )[0]
-                verdict.table_days = (str(first), str(last)) if int(count) else None
+            checked = await _checked_columns(ice, src.columns, verdict)
+            through = None if mark is None else mark.position
+            hot = await _clickhouse_side(opened, checked, through, since, until, verdict)
     except TableError as exc:
         verdict.error = str(exc)
         return verdict
     cold = await anyio.to_thread.run_sync(_scan_iceberg, ice, src, checked, since, until)
-    days = sorted(set(hot) | set(cold))
     cutoff = retained_until.isoformat() if retained_until and _by_day(wm) else None
+    found = compare(hot, cold, cutoff)
+    verdict.days, verdict.rows = found.days, found.rows
+    verdict.retained_days = found.retained_days
+    verdict.differences += found.differences
+    return verdict
+
+
+async def _checked_columns(
+    ice: Any, columns: Sequence[ColumnPlan], verdict: TableVerdict
+) -> list[ColumnPlan]:
+    """The columns whose values are compared; the others are named in `verdict.excluded`.
+
+    A column added to the source after the first offload holds NULL in Iceberg for the
+    rows offloaded before, and its default in ClickHouse: it is counted but cannot be
+    compared value by value."""
+    initial = await anyio.to_thread.run_sync(ice.initial_columns) if ice else set()
+    late = [p.name for p in columns if ice is not None and p.name not in initial]
+    sqls = {p.name: canonical_sql(p) for p in columns}
+    verdict.excluded = [p.name for p in columns if sqls[p.name] is None]
+    verdict.excluded += [f"{n} (added after the first offload)" for n in late]
+    return [p for p in columns if p.name not in late and sqls[p.name]]
+
+
+async def _clickhouse_side(
+    opened: SourceTable,
+    checked: Sequence[ColumnPlan],
+    through: Sequence[Any] | None,
+    since: str | None,
+    until: str | None,
+    verdict: TableVerdict,
+) -> dict[str, Bucket]:
+    """ClickHouse's rows and checksum per day in [since, until) up to the committed
+    position `through`; when there is none, the table's days in `verdict.table_days`."""
+    ch, order = opened.source, opened.plan.order
+    canonical = [str(canonical_sql(p)) for p in checked]
+    query = day_sums_query(opened.relation, order, through, canonical, since, until)
+    hot: dict[str, Bucket] = {}
+    for b, count, total in await ch.rows(query):
+        hot[str(b)] = Bucket(int(count), int(total) & _MASK)
+    if not hot and through is not None:
+        # Nothing in the range: say which days there are (one small query).
+        first, last, count = (await ch.rows(table_days_query(opened.relation, order, through)))[0]
+        verdict.table_days = (str(first), str(last)) if int(count) else None
+    return hot
+
+
+@dataclass
+class Comparison:
+    """What comparing both tiers' buckets found: the days compared, ClickHouse's rows in
+    them, the differences (in day order, those of retained days first) and how many
+    retained days were left out."""
+
+    days: int = 0
+    rows: int = 0
+    differences: list[str] = field(default_factory=list)
+    retained_days: int = 0
+
+
+def compare(hot: dict[str, Bucket], cold: dict[str, Bucket], cutoff: str | None) -> Comparison:
+    """Compare ClickHouse's buckets (`hot`) with Iceberg's (`cold`). Days before
+    `cutoff` (hot_retention dropped them from ClickHouse) are not compared: any row
+    ClickHouse holds of them is a difference. Pure."""
+    found = Comparison()
+    days = sorted(set(hot) | set(cold))
     for day in [d for d in days if cutoff is not None and d < cutoff]:
         days.remove(day)
-        verdict.retained_days += 1
+        found.retained_days += 1
         if day in hot:
-            verdict.differences.append(
+            found.differences.append(
                 f"{day}: ClickHouse holds {hot[day].rows} rows of a day hot_retention dropped "
                 "from it: they arrived after the drop and are not in Iceberg"
             )
-    verdict.days = len(days)
-    verdict.rows = sum(b.rows for d, b in hot.items() if d in days)
+    found.days = len(days)
+    found.rows = sum(b.rows for d, b in hot.items() if d in days)
     for day in days:
         s, c = hot.get(day, Bucket()), cold.get(day, Bucket())
         if s.rows != c.rows:
-            verdict.differences.append(
+            found.differences.append(
                 f"{day}: ClickHouse {s.rows} rows, Iceberg {c.rows} rows "
                 f"({'missing' if c.rows < s.rows else 'extra'} {abs(s.rows - c.rows)})"
             )
         elif s.checksum != c.checksum:
-            verdict.differences.append(
+            found.differences.append(
                 f"{day}: {s.rows} rows on both sides but values differ (checksum "
                 f"{s.checksum:016x} vs {c.checksum:016x})"
             )
-    return verdict
-
-
-def _interleave(exprs: list[str]) -> list[str]:
-    out: list[str] = []
-    for e in exprs:
-        if out:
-            out.append(quote_string(SEP))
-        out.append(e)
-    return out
+    return found
 
 
 def _scan_iceberg(
