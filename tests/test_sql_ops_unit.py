@@ -1,5 +1,5 @@
 """The ClickHouse SQL of verify, status, add, grants and repair (offloader.sql.verify,
-catalog, profile, onboard, grants): exact text, odd identifiers quoted. Pure: no server."""
+catalog, profile, grants): exact text, odd identifiers quoted. Pure: no server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import cast
 import pytest
 
 from offloader.ops.verify import Bucket, compare
-from offloader.sql import catalog, grants, onboard, profile
+from offloader.sql import catalog, grants, profile
 from offloader.sql import verify as sql
 from offloader.types import parse_type
 from offloader.wire import ColumnPlan
@@ -198,31 +198,6 @@ def test_misfits_of_uint64_and_strings() -> None:
     )
     with pytest.raises(KeyError):
         profile.misfits_query("t", [("x", "floats")])
-
-
-# onboard
-
-
-def test_remove_ttl() -> None:
-    assert onboard.remove_ttl("d b", "t`") == "ALTER TABLE `d b`.`t\\`` REMOVE TTL"
-
-
-def test_retiring_table_of_a_replicated_source() -> None:
-    engine = "ReplicatedMergeTree('/clickhouse/tables/{shard}/trades/', '{replica}') ORDER BY ts"
-    assert onboard.retiring_table("m", "trades", "trades_retiring", engine) == (
-        "CREATE TABLE `m`.`trades_retiring` AS `m`.`trades` ENGINE = ReplicatedMergeTree("
-        "'/clickhouse/tables/{shard}/trades_retiring', '{replica}') ORDER BY ts"
-    )
-    kept = "ReplicatedMergeTree('/t/{shard}/{table}', '{replica}') ORDER BY ts"
-    assert onboard.retiring_table("m", "x", "x_r", kept).endswith(
-        "ENGINE = ReplicatedMergeTree('/t/{shard}/{table}', '{replica}') ORDER BY ts"
-    )
-    assert onboard.retiring_table("m", "x", "x_r", "ReplicatedMergeTree('', 'r')").endswith(
-        "ENGINE = ReplicatedMergeTree('/clickhouse/tables/x_r', 'r')"
-    )
-    assert onboard.retiring_table("m", "x", "x_r", "MergeTree ORDER BY ts") == (
-        "CREATE TABLE `m`.`x_r` AS `m`.`x` ENGINE = MergeTree ORDER BY ts"
-    )
 
 
 # grants

@@ -131,3 +131,28 @@ def test_retiring_ddl_of_a_replicated_and_a_plain_table() -> None:
     assert sql.retiring_ddl("m", "t", "r", plain) == (
         f"CREATE TABLE `m`.`r` AS `m`.`t` ENGINE = {plain}"
     )
+
+
+def test_the_retiring_table_has_a_zookeeper_path_of_its_own() -> None:
+    engine = "ReplicatedMergeTree('/clickhouse/tables/{shard}/trades/', '{replica}') ORDER BY ts"
+    assert sql.retiring_ddl("m", "trades", "trades_retiring", engine) == (
+        "CREATE TABLE `m`.`trades_retiring` AS `m`.`trades` ENGINE = ReplicatedMergeTree("
+        "'/clickhouse/tables/{shard}/trades_retiring', '{replica}') ORDER BY ts"
+    )
+    # {table} expands to the retiring table's own name: the path is its own already
+    kept = "ReplicatedMergeTree('/t/{shard}/{table}', '{replica}') ORDER BY ts"
+    assert sql.retiring_ddl("m", "x", "x_r", kept).endswith(
+        "ENGINE = ReplicatedMergeTree('/t/{shard}/{table}', '{replica}') ORDER BY ts"
+    )
+    assert sql.retiring_ddl("m", "x", "x_r", "ReplicatedMergeTree('', 'r')").endswith(
+        "ENGINE = ReplicatedMergeTree('/clickhouse/tables/x_r', 'r')"
+    )
+    # a quote in the path stays escaped as the engine clause had it
+    odd = "ReplicatedMergeTree( '/t/it\\'s', '{replica}') ORDER BY ts"
+    assert sql.retiring_ddl("m", "x", "x_r", odd).endswith(
+        "ENGINE = ReplicatedMergeTree('/t/it\\'s_retiring', '{replica}') ORDER BY ts"
+    )
+
+
+def test_remove_ttl() -> None:
+    assert sql.remove_ttl("d b", "t`") == "ALTER TABLE `d b`.`t\\`` REMOVE TTL"

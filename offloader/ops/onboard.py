@@ -31,8 +31,8 @@ from offloader.configfile import parse_config
 from offloader.errors import ConfigError, TableError
 from offloader.source import Source, open_source, open_table, table_columns, ttl_clause
 from offloader.sql.catalog import readable_tables_query, table_query
-from offloader.sql.onboard import remove_ttl, retiring_table
 from offloader.sql.profile import misfits_query, ties_query
+from offloader.sql.retention import remove_ttl, retiring_ddl
 from offloader.sql.text import qualified, quote_ident, read_from
 
 __all__ = ["Proposal", "SourceInfo", "add", "inspect", "propose", "render", "write"]
@@ -232,7 +232,7 @@ def _retention(info: SourceInfo, watermark: str, proposal: Proposal) -> None:
     if info.family.startswith("Replicated"):
         retiring = f"{table}_retiring"
         proposal.block["retiring_table"] = retiring
-        proposal.statements.append(retiring_table(db, table, retiring, info.engine_full))
+        proposal.statements.append(retiring_ddl(db, table, retiring, info.engine_full))
         proposal.notes.append(
             f"retiring_table = {retiring!r}: retention of a Replicated table moves a "
             "partition there before dropping it; create it on every node first"

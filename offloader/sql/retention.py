@@ -119,12 +119,27 @@ def drop_partition(database: str, table: str, partition_id: str) -> str:
 
 def retiring_ddl(db: str, name: str, retiring: str, engine_full: str) -> str:
     """The statement that creates `retiring` for the table `name` whose engine clause is
-    `engine_full` (system.tables): the same structure, keys and engine; a Replicated
-    engine gets its own ZooKeeper path (the source's path + "_retiring"), replicas keep
-    their macro. To run on every replica (ON CLUSTER) before retention is turned on."""
+    `engine_full` (system.tables): the same structure, keys and engine. A Replicated
+    engine gets a ZooKeeper path of its own: the source's path + "_retiring", or the
+    same path where it names the table by macro (`{table}`: the retiring table's own
+    name), or `/clickhouse/tables/<retiring>` for an empty one; replicas keep their
+    macro. `offloader add` prints it, and retention names it when the table is missing;
+    to run on every replica (ON CLUSTER) before retention is turned on."""
     engine = engine_full
     match = re.match(r"(Replicated\w*MergeTree)\(\s*'((?:[^'\\]|\\.)*)'(.*)", engine_full, re.S)
     if match:
         kind, path, rest = match.groups()
-        engine = f"{kind}('{path}_retiring'{rest}"
+        if not path:
+            own = quote_string(f"/clickhouse/tables/{retiring}")
+        elif "{table}" in path:
+            own = f"'{path}'"
+        else:
+            own = f"'{path.rstrip('/')}_retiring'"
+        engine = f"{kind}({own}{rest}"
     return f"CREATE TABLE {qualified(db, retiring)} AS {qualified(db, name)} ENGINE = {engine}"
+
+
+def remove_ttl(database: str, table: str) -> str:
+    """The statement that removes a table's TTL, which verified hot retention replaces
+    (`offloader add` advises it once retention has verified partitions)."""
+    return f"ALTER TABLE {qualified(database, table)} REMOVE TTL"
