@@ -1,5 +1,5 @@
 """The ClickHouse SQL of verify, status, add, grants and repair (offloader.sql.verify,
-catalog, profile, grants): exact text, odd identifiers quoted. Pure: no server."""
+system, profile, grants): exact text, odd identifiers quoted. Pure: no server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import cast
 import pytest
 
 from offloader.ops.verify import Bucket, compare
-from offloader.sql import catalog, grants, profile
+from offloader.sql import grants, profile, system
 from offloader.sql import verify as sql
+from offloader.sql.scan import behind_query
 from offloader.types import parse_type
 from offloader.wire import ColumnPlan
 
@@ -152,19 +153,19 @@ def test_compare_finds_missing_extra_changed_and_retained_days() -> None:
     assert compare({}, {}, None).days == 0
 
 
-# catalog
+# system.tables
 
 
 def test_a_tables_row_of_system_tables() -> None:
-    assert catalog.table_query("d'b", ODD) == (
+    assert system.table_query("d'b", ODD) == (
         "SELECT engine, engine_full, sorting_key, partition_key, create_table_query, comment "
         "FROM system.tables WHERE database = 'd\\'b' AND name = 'we`ird \\'col\\\\'"
     )
-    assert catalog.TABLE_COLUMNS.index("engine_full") == 1
+    assert system.TABLE_COLUMNS.index("engine_full") == 1
 
 
 def test_the_tables_offloader_can_read() -> None:
-    assert catalog.readable_tables_query("m\\'x") == (
+    assert system.readable_tables_query("m\\'x") == (
         "SELECT name FROM system.tables WHERE database = 'm\\\\\\'x' "
         "AND (engine LIKE '%MergeTree' OR engine = 'Distributed') "
         "AND NOT is_temporary ORDER BY name"
@@ -174,14 +175,15 @@ def test_the_tables_offloader_can_read() -> None:
 # profile
 
 
-def test_extent_of_a_time_watermark() -> None:
-    assert profile.extent_query("`db`.`t` FINAL", ODD, TS) == (
-        f"SELECT toUnixTimestamp64Micro(toDateTime64(min({ODD_Q}), 6, 'UTC')), "
-        f"toUnixTimestamp64Micro(toDateTime64(max({ODD_Q}), 6, 'UTC')), count(), "
-        "toUnixTimestamp64Micro(now64(6, 'UTC')) FROM `db`.`t` FINAL"
+def test_the_extent_of_the_rows_is_what_is_behind_no_position() -> None:
+    assert behind_query("`db`.`t` FINAL", [(ODD, TS)], None) == (
+        f"SELECT count(), toUnixTimestamp64Micro(toDateTime64(min({ODD_Q}), 6, 'UTC')), "
+        "toUnixTimestamp64Micro(now64(6, 'UTC')), "
+        f"toUnixTimestamp64Micro(toDateTime64(max({ODD_Q}), 6, 'UTC')) FROM `db`.`t` FINAL"
     )
-    assert profile.extent_query("t", "d", parse_type("Date")).startswith(
-        "SELECT toInt32(min(`d`)), toInt32(max(`d`)), count(), "
+    assert behind_query("t", [("d", parse_type("Date"))], None).startswith(
+        "SELECT count(), toInt32(min(`d`)), toUnixTimestamp64Micro(now64(6, 'UTC')), "
+        "toInt32(max(`d`)) FROM t"
     )
 
 

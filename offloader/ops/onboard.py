@@ -30,9 +30,9 @@ from offloader.config import Config
 from offloader.configfile import parse_config
 from offloader.errors import ConfigError, TableError
 from offloader.source import Source, open_source, open_table, table_columns, ttl_clause
-from offloader.sql.catalog import readable_tables_query, table_query
 from offloader.sql.profile import misfits_query, ties_query
 from offloader.sql.retention import remove_ttl, retiring_ddl
+from offloader.sql.system import readable_tables_query, table_query
 from offloader.sql.text import qualified, quote_ident, read_from
 
 __all__ = ["Proposal", "SourceInfo", "add", "inspect", "propose", "render", "write"]

@@ -37,7 +37,7 @@ from offloader.iceberg import IcebergTable, Marker, WrittenFiles, files, rewrite
 from offloader.progress import Progress
 from offloader.report import Status, guarded
 from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
-from offloader.sql.profile import extent_query
+from offloader.sql.scan import behind_query
 from offloader.sql.system import ttl_seconds
 from offloader.sql.text import row_hash
 from offloader.state import DaySum, RetentionIntent, encode_days
@@ -105,8 +105,10 @@ async def _source_facts(
 ) -> tuple[dt.date | None, float | None, dt.datetime]:
     """The day of ClickHouse's oldest row (None: the table is empty), the TTL in
     seconds (None: no TTL) and the server's time."""
-    wm_name, wm_type = src.plan.order[0]
-    oldest, _, count, now = (await src.source.rows(extent_query(src.relation, wm_name, wm_type)))[0]
+    wm_type = src.plan.order[0][1]
+    count, oldest, now, _ = (
+        await src.source.rows(behind_query(src.relation, src.plan.order, None))
+    )[0]
     first = as_datetime(watermark_from_int(wm_type, oldest)) if int(count) else None
     first_day = first.date() if isinstance(first, dt.datetime) else first
     ttl = ttl_seconds(await table_ttl(src.source, src.database, table.source_table))

@@ -17,10 +17,8 @@ from offloader.errors import TableError
 from offloader.iceberg import IcebergCatalog, IcebergTable, files
 from offloader.plan import behind
 from offloader.report import Status
-from offloader.sql.catalog import TABLE_COLUMNS, table_query
-from offloader.sql.profile import extent_query
 from offloader.sql.scan import behind_query
-from offloader.sql.system import distributed_over, ttl_seconds
+from offloader.sql.system import TABLE_COLUMNS, distributed_over, table_query, ttl_seconds
 from offloader.sql.text import read_from, row_hash
 from offloader.state import StatusRow
 from offloader.tiers import audit, view
@@ -222,8 +220,8 @@ async def _extent(
 ) -> None:
     """The source's newest watermark and oldest day, and the problem of rows in days
     hot_retention already dropped."""
-    wm_name, wm_type = order[0]
-    raw_oldest, raw_newest, count, _ = (await ch.rows(extent_query(src, wm_name, wm_type)))[0]
+    wm_type = order[0][1]
+    count, raw_oldest, _, raw_newest = (await ch.rows(behind_query(src, order, None)))[0]
     st.source_newest = str(watermark_from_int(wm_type, raw_newest))
     oldest_day = watermark_day(wm_type, encode_value(watermark_from_int(wm_type, raw_oldest)))
     st.oldest_hot_day = oldest_day.isoformat() if oldest_day and int(count) else None

@@ -1,29 +1,19 @@
-"""ClickHouse SQL reading what a source's rows are like as a whole: how far they span
-(status, repair), whether (watermark, keys) tells them apart and whether their values
-fit what Iceberg stores (`offloader add`). Pure: no driver."""
+"""ClickHouse SQL reading what a source's rows are like as a whole, for `offloader add`:
+whether (watermark, keys) tells them apart and whether their values fit what Iceberg
+stores. (How far they span is sql.scan.behind_query after no position.) Pure: no
+driver."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from offloader.sql.text import NOW_MICROS, watermark_int
-from offloader.types import INT64_MAX, ChType, quote_ident
+from offloader.types import INT64_MAX, quote_ident
 
 # The checks misfits_query makes of a column, by the block key that says how to store it.
 MISFITS = {
     "uint64": "max({}) > " + str(INT64_MAX),  # UInt64 values above Int64's
     "strings": "NOT min(isValidUTF8({}))",  # String bytes that are not UTF-8
 }
-
-
-def extent_query(relation: str, wm_name: str, wm_type: ChType) -> str:
-    """The rows' oldest and newest watermark (as watermark_int), how many rows there
-    are and the server's time (NOW_MICROS): one row."""
-    wm = quote_ident(wm_name)
-    return (
-        f"SELECT {watermark_int(wm_type, f'min({wm})')}, {watermark_int(wm_type, f'max({wm})')}, "
-        f"count(), {NOW_MICROS} FROM {relation}"
-    )
 
 
 def ties_query(relation: str, wm_name: str, position: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from offloader.sql.system import table_row_query
 from offloader.sql.text import NOW_MICROS, qualified, quote_string
 
 # --- reading: the server's clock, the table's definition, its parts and content ---------
@@ -21,19 +22,13 @@ def now_query() -> str:
 
 def partition_key_query(database: str, table: str) -> str:
     """The table's partition key (system.tables; '' when it is not partitioned)."""
-    return (
-        "SELECT partition_key FROM system.tables WHERE database = "
-        f"{quote_string(database)} AND name = {quote_string(table)}"
-    )
+    return table_row_query(database, table, "partition_key")
 
 
 def engine_query(database: str, table: str) -> str:
     """The table's engine, engine clause and partition key (system.tables; no row when
     the table does not exist or is not granted)."""
-    return (
-        "SELECT engine, engine_full, partition_key FROM system.tables WHERE database = "
-        f"{quote_string(database)} AND name = {quote_string(table)}"
-    )
+    return table_row_query(database, table, "engine, engine_full, partition_key")
 
 
 def _of_table(database: str, table: str) -> str:

@@ -111,8 +111,9 @@ def survey_columns_query(tables: Sequence[tuple[str, str]]) -> str:
     )
 
 
-def _table_row(database: str, table: str, what: str) -> str:
-    """`what` of the table's row of system.tables (none: no such table)."""
+def table_row_query(database: str, table: str, what: str) -> str:
+    """`what` (columns or aggregates) of the table's row of system.tables: every reader of
+    one table's row builds on it (no row: no such table, or not granted)."""
     return (
         f"SELECT {what} FROM system.tables WHERE database = {quote_string(database)} "
         f"AND name = {quote_string(table)}"
@@ -123,7 +124,7 @@ def columns_query(database: str, table: str, engine: bool = False) -> str:
     """The table's columns as system.columns lists them, in table order: name, type (and
     with `engine`, a third column: its engine clause, system.tables' engine_full, the same
     on every row). No row: no such table, or it has no columns (table_count_query tells)."""
-    engine_full = f", ({_table_row(database, table, 'any(engine_full)')})" if engine else ""
+    engine_full = f", ({table_row_query(database, table, 'any(engine_full)')})" if engine else ""
     return (
         f"SELECT name, type{engine_full} FROM system.columns WHERE database = "
         f"{quote_string(database)} AND table = {quote_string(table)} ORDER BY position"
@@ -132,13 +133,40 @@ def columns_query(database: str, table: str, engine: bool = False) -> str:
 
 def table_count_query(database: str, table: str) -> str:
     """Whether the table exists: its rows of system.tables (1 or 0)."""
-    return _table_row(database, table, "count()")
+    return table_row_query(database, table, "count()")
 
 
 def create_statement_query(database: str, table: str) -> str:
     """The table's CREATE statement (system.tables' create_table_query; no row: no such
     table)."""
-    return _table_row(database, table, "create_table_query")
+    return table_row_query(database, table, "create_table_query")
+
+
+# What offloader reads of a table's row of system.tables (table_query), in this order.
+TABLE_COLUMNS = (
+    "engine",
+    "engine_full",
+    "sorting_key",
+    "partition_key",
+    "create_table_query",
+    "comment",
+)
+
+
+def table_query(database: str, table: str) -> str:
+    """The table's row of system.tables (TABLE_COLUMNS); no row when there is no such
+    table (or view)."""
+    return table_row_query(database, table, ", ".join(TABLE_COLUMNS))
+
+
+def readable_tables_query(database: str) -> str:
+    """The names of `database`'s tables offloader can read (the MergeTree family or
+    Distributed; no temporary table), in name order."""
+    return (
+        f"SELECT name FROM system.tables WHERE database = {quote_string(database)} "
+        "AND (engine LIKE '%MergeTree' OR engine = 'Distributed') "
+        "AND NOT is_temporary ORDER BY name"
+    )
 
 
 def distributed_over(engine_full: str) -> tuple[str, str, str] | None:
