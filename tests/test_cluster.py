@@ -3,7 +3,9 @@ ClickHouse 26.9 servers (one node a shard; replication cannot run here), read th
 the Distributed table. Every row once over many pages and appends with ties on the
 watermark spread across shards, on every transport; the idle audit fingerprints the
 local table's parts on every shard; a shard killed mid-run commits nothing partial and
-the next run, once it is back, completes with no row twice."""
+the next run, once it is back, completes with no row twice. And a cluster of one shard
+of two replicas (plain local tables at different progress): a lagging replica catching
+up moves the fingerprint."""
 
 from __future__ import annotations
 
@@ -22,7 +24,12 @@ from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.ops import retention
-from offloader.sql.system import parts_fingerprint
+from offloader.sql.system import (
+    columns_query,
+    distributed_over,
+    fingerprint_query,
+    parts_fingerprint,
+)
 from tests.helpers import Env, independent_reads, trades_rows
 
 pytestmark = pytest.mark.integration
@@ -281,6 +288,83 @@ def test_a_mutation_on_one_shard_moves_the_fingerprint(
     second.ch(f"ALTER TABLE {db}.trades_local UPDATE side = 'buy' WHERE trade_id % 2 = 0 {sync}")
     [(after,)] = env.ch(query)
     assert after != before, "a mutation on shard 2 left the fingerprint as it was"
+
+
+REPLICAS = "offloader_replicas"
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
+    """Two nodes, the two replicas of the one shard of the cluster REPLICAS: declared in
+    a config.d file beside the config.xml they start from, which the server merges in."""
+    directory = tmp_path_factory.mktemp("replicas")
+    ports = [(devserver.free_port(), devserver.free_port()) for _ in range(2)]
+    replica = "<replica><host>127.0.0.1</host><port>{}</port></replica>"
+    shard = "      <shard>" + "".join(replica.format(tcp) for tcp, _ in ports) + "</shard>\n"
+    remote = devserver.CLUSTER_XML.format(name=REPLICAS, shards=shard)
+    (directory / "config.d").mkdir()
+    (directory / "config.d" / "replicas.xml").write_text(f"<clickhouse>\n{remote}</clickhouse>\n")
+    nodes: list[devserver.Server] = []
+    try:
+        for i, (tcp, http) in enumerate(ports, 1):
+            nodes.append(devserver.start(directory / f"node{i}", tcp, http, files_root=directory))
+        yield nodes
+    finally:
+        for node in nodes:
+            devserver.stop(node.directory)
+
+
+def test_a_lagging_replica_catching_up_moves_the_fingerprint(
+    replicas: list[devserver.Server], tmp_path: Path
+) -> None:
+    """One shard, two replicas (plain ReplacingMergeTree local tables standing in for
+    Replicated ones at different progress): replica 2 holds 1 block of the partition,
+    replica 1 holds 3. Replica 2 catching up leaves the shard's highest block number and
+    "any rows" as they were, and still moves the Distributed source's fingerprint (an
+    audit that agreed reading the lagging replica is repeated); a merge on either replica
+    does not. Both nodes read the same value."""
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    first, second = nodes = [
+        Env(tmp_path, n.tcp_port, n.http_port, db, pg_dsn="", pg_schema="", catalog_name="")
+        for n in replicas
+    ]
+    local = f"{db}.t_local"
+    for node in nodes:
+        node.ch(f"CREATE DATABASE {db}")
+        node.ch(
+            f"CREATE TABLE {local} (d Date, k UInt64) ENGINE = ReplacingMergeTree "
+            "PARTITION BY toYYYYMM(d) ORDER BY k"
+        )
+        node.ch(f"CREATE TABLE {db}.t AS {local} ENGINE = Distributed({REPLICAS}, {db}, t_local)")
+    try:
+        for k in (1, 2, 3):
+            first.ch(f"INSERT INTO {local} VALUES ('2026-01-0{k}', {k})")
+        second.ch(f"INSERT INTO {local} VALUES ('2026-01-01', 1)")
+        # The source's own fingerprint query: its local table's parts on the cluster.
+        over = distributed_over(str(first.ch(columns_query(db, "t", engine=True))[0][2]))
+        assert over == (REPLICAS, db, "t_local"), over
+        query = fingerprint_query(over[1], over[2], over[0])
+        shard = (
+            f"SELECT max(max_block_number), sum(rows) > 0 FROM clusterAllReplicas({REPLICAS}, "
+            f"system.parts) WHERE active AND database = '{db}' AND table = 't_local'"
+        )
+
+        def read() -> str:
+            [(one,)], [(two,)] = first.ch(query), second.ch(query)
+            assert one == two, "the nodes read different fingerprints"
+            return str(one)
+
+        lagging, merged_state = read(), first.ch(shard)
+        second.ch(f"INSERT INTO {local} VALUES ('2026-01-02', 2)")
+        assert first.ch(shard) == merged_state == [(3, True)]  # the shard's state as it was
+        caught_up = read()
+        assert caught_up != lagging, "a lagging replica catching up left the fingerprint"
+        for node in nodes:
+            node.ch(f"OPTIMIZE TABLE {local} FINAL")
+            assert read() == caught_up, f"a merge on {node.ch_port} moved the fingerprint"
+    finally:
+        for node in nodes:
+            node.ch(f"DROP DATABASE IF EXISTS {db}")
 
 
 def test_a_shard_killed_mid_run_commits_nothing_partial(

@@ -19,9 +19,9 @@ def fingerprints_query(tables: Sequence[tuple[str, str]], cluster: str | None = 
     table, fingerprint (a table without any has none: '').
 
     It names the data a MergeTree table holds but not how merges laid it out: a hash of,
-    per partition (and per node with `cluster`: the local table on every replica of
-    every shard, a Distributed source's), these merge-invariant values of its active
-    parts (system.parts):
+    per partition (and with `cluster`, a Distributed source's, per replica: the local
+    table on every replica of every shard, each node's parts apart), these
+    merge-invariant values of its active parts (system.parts):
 
     - the highest block number. Every insert, and every part attached or taken by
       REPLACE PARTITION, takes new block numbers; a merge keeps its parts' lowest and
@@ -55,12 +55,24 @@ def fingerprints_query(tables: Sequence[tuple[str, str]], cluster: str | None = 
     PART of one part among others and a background TTL merge that removes some of a
     partition's rows. Moved once without a change of rows: by the merge that removes
     rows a lightweight DELETE masked (in ROW_KEEPING_ENGINES) or that applies a
-    lightweight UPDATE's patch parts."""
+    lightweight UPDATE's patch parts.
+
+    Per replica, not per shard: an audit read through the Distributed table may land on
+    a lagging replica and agree without a late row; when that replica catches up (fetches
+    the part), its own parts move the fingerprint, where a shard's merged state may not
+    (its highest block number is the in-sync replica's already, and in engines that fold
+    rows only "any rows" counts; and each replica's table UUID is its own). A node is
+    (_shard_num, hostName(), getServerPort('tcp_port')), the last two evaluated by each
+    node clusterAllReplicas asks (two replicas on one host differ by port): inside
+    clusterAllReplicas _shard_num numbers the nodes asked on ClickHouse 26.9, not the
+    cluster's shards, but it was 0 on every node in old servers. A node moved to another
+    host or port, or a cluster renumbered, moves it once: an audit too many, never one
+    too few. (Over 60 lines for this docstring: the code is 24.)"""
     where = f"active AND (database, table) IN ({_pairs(tables)})"
     parts, node = "system.parts", "0"
     if cluster is not None:
         parts = f"clusterAllReplicas({quote_string(cluster)}, system.parts)"
-        node = "_shard_num"
+        node = "(_shard_num, hostName(), getServerPort('tcp_port'))"
     kept = ", ".join(quote_string(e) for e in ROW_KEEPING_ENGINES)
     rows = f"if(any(engine) IN ({kept}), sum(rows), toUInt64(sum(rows) > 0))"
     mutation = "if(data_version = toUInt64(min_block_number), 0, data_version)"
