@@ -19,7 +19,7 @@ from offloader.offload.pipeline import run_table
 from offloader.progress import Progress
 from offloader.report import Status, TableReport, guarded
 from offloader.source import Survey, survey
-from offloader.state import CLEANUP_SECONDS
+from offloader.state import CLEANUP_SECONDS, RunRecord
 from offloader.tiers.services import Services, open_services
 
 if TYPE_CHECKING:
@@ -113,16 +113,18 @@ async def offload_table(
         with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
             try:
                 await services.watermarks.record_run(
-                    run_id=run_id,
-                    target=table.target,
-                    started_at=started_at,
-                    finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
-                    status=report.status,
-                    rows=report.rows,
-                    pages=report.pages,
-                    snapshots=report.snapshots,
-                    seconds=report.seconds,
-                    error=report.error,
+                    RunRecord(
+                        run_id=run_id,
+                        target=table.target,
+                        started_at=started_at,
+                        finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
+                        status=report.status,
+                        rows=report.rows,
+                        pages=report.pages,
+                        snapshots=report.snapshots,
+                        seconds=report.seconds,
+                        error=report.error,
+                    )
                 )
             except TableError as exc:
                 log.warning(
