@@ -46,7 +46,7 @@ from offloader.sql.scan import behind_query
 from offloader.state import Advance, Committed, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services
-from offloader.tiers.writing import PageWriter, commit
+from offloader.tiers.writing import CommitRecord, PageWriter, commit
 
 if TYPE_CHECKING:
     from offloader.iceberg import IcebergTable
@@ -474,8 +474,7 @@ class TableRun:
         await commit(
             services.watermarks,
             table.target,
-            marker,
-            sums,
+            CommitRecord(marker, sums),
             lambda m: self.ice.commit_files(written, m).snapshot_id,
             limiter=services.io,
             stage=report.stage,
