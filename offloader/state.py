@@ -249,6 +249,23 @@ class StatusRow:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One table run as the runs log keeps it (Store.record_run): its id, table, the
+    interval it held the table's lock, how it ended and what it moved."""
+
+    run_id: str
+    target: str
+    started_at: datetime
+    finished_at: datetime
+    status: str
+    rows: int
+    pages: int
+    snapshots: int
+    seconds: float
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ViewState:
     """The view over both tiers as offloader last replaced it (view.py): the commit and
     position it is at, the metadata file its cold side reads, a digest of its inputs;
@@ -300,17 +317,4 @@ class Store(Protocol):
         before its retained_until dropped from the hot tier (never moves back)."""
         ...
 
-    async def record_run(
-        self,
-        *,
-        run_id: str,
-        target: str,
-        started_at: datetime,
-        finished_at: datetime,
-        status: str,
-        rows: int,
-        pages: int,
-        snapshots: int,
-        seconds: float,
-        error: str | None,
-    ) -> None: ...
+    async def record_run(self, run: RunRecord) -> None: ...

@@ -254,10 +254,18 @@ def arrow_type(
     if name == "Decimal" or name in DECIMAL_WIDTH:
         precision, scale = decimal_precision(t0)
         return pa.decimal128(precision, scale)
-    if name == "Array":
-        return pa.list_(_field("element", t0.inner, uint64, strings))
-    if name == "Map":
-        key, value = t0.args
+    return _composite_type(t0, uint64, strings)
+
+
+def _composite_type(t: ChType, uint64: UInt64Mode, strings: StringMode) -> pa.DataType:
+    """arrow_type of an Array, Map or Tuple (`t` unwrapped): its elements' types mapped
+    in turn. Any other type has no mapping (Unmappable)."""
+    import pyarrow as pa
+
+    if t.name == "Array":
+        return pa.list_(_field("element", t.inner, uint64, strings))
+    if t.name == "Map":
+        key, value = t.args
         assert isinstance(key, ChType) and isinstance(value, ChType)
         if key.nullable:
             raise Unmappable("Map keys must not be Nullable")
@@ -265,14 +273,14 @@ def arrow_type(
             pa.field("key", arrow_type(key, uint64, strings), nullable=False),
             _field("value", value, uint64, strings),
         )
-    if name == "Tuple":
-        names = t0.field_names or tuple(f"_{i + 1}" for i in range(len(t0.args)))
+    if t.name == "Tuple":
+        names = t.field_names or tuple(f"_{i + 1}" for i in range(len(t.args)))
         fields = []
-        for fname, arg in zip(names, t0.args, strict=True):
+        for fname, arg in zip(names, t.args, strict=True):
             assert isinstance(arg, ChType)
             fields.append(_field(fname, arg, uint64, strings))
         return pa.struct(fields)
-    raise Unmappable(f"no Iceberg mapping for ClickHouse type {t0}")
+    raise Unmappable(f"no Iceberg mapping for ClickHouse type {t}")
 
 
 # Integers and decimals wider than Iceberg's long and decimal(38): stored as ClickHouse's

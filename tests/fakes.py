@@ -23,7 +23,7 @@ from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
 from offloader.source import Scan
 from offloader.sql.text import RowHash
-from offloader.state import Advance, AuditAgreed, DaySum, TableState, ViewState
+from offloader.state import Advance, AuditAgreed, DaySum, RunRecord, TableState, ViewState
 
 COLUMNS = [("id", "Int64"), ("v", "String")]
 NOW_MICROS = int(dt.datetime(2026, 11, 27, tzinfo=dt.UTC).timestamp() * 1_000_000)
@@ -134,7 +134,7 @@ class FakeStore:
 
     seq: dict[str, int] = field(default_factory=dict)
     position: dict[str, tuple[Any, ...] | None] = field(default_factory=dict)
-    runs: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
     locked: set[str] = field(default_factory=set)
     sums: dict[tuple[str, int], DaySum] = field(default_factory=dict)
     agreed: dict[str, AuditAgreed] = field(default_factory=dict)
@@ -179,7 +179,7 @@ class FakeStore:
     async def day_sums(self, target: str, first: int, last: int) -> dict[int, DaySum]:
         return {d: s for (t, d), s in self.sums.items() if t == target and first <= d <= last}
 
-    async def record_run(self, **run: Any) -> None:
+    async def record_run(self, run: RunRecord) -> None:
         self.runs.append(run)
 
     async def view_state(self, target: str) -> ViewState | None:

@@ -163,7 +163,7 @@ def test_a_failing_page_fails_the_run_and_loses_nothing(tmp_path: Path, opened) 
     h.fake.pages_served = 0
     again = h.run(table())
     assert again.status == "ok" and h.iceberg_rows() == rows(1_000)
-    assert [r["status"] for r in h.store.runs] == ["failed", "ok"]
+    assert [r.status for r in h.store.runs] == ["failed", "ok"]
 
 
 def test_a_failed_run_reports_what_is_committed(tmp_path: Path, opened) -> None:  # type: ignore[no-untyped-def]

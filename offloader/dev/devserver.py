@@ -95,7 +95,12 @@ def start(
     read (default: `directory`). `users`: a users.xml whose users and grants the server
     enforces (default: the one `default` user, all rights, no password). `cluster`: its
     name and the native ports of its shards, one node each (`start_cluster`; a cluster's
-    nodes log their queries). `query_log`: system.query_log is kept."""
+    nodes log their queries). `query_log`: system.query_log is kept.
+
+    Eight parameters: each is one independent setting of a development server, given
+    by keyword by the tests, the benchmarks and the command line, all but `directory`
+    optional; a value holding them would only be built at each call to be taken apart
+    here."""
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     existing = running(d)
@@ -104,14 +109,7 @@ def start(
     root = Path(files_root).resolve() if files_root is not None else d
     for stale in ("ports.tmp", "ports.tsv", "pid"):
         (d / stale).unlink(missing_ok=True)
-    extra = USERS_XML.format(users=Path(users).resolve()) if users is not None else ""
-    if cluster is not None:
-        name, shards = cluster
-        extra += CLUSTER_XML.format(
-            name=name, shards="".join(SHARD_XML.format(tcp=port) for port in shards)
-        )
-    if query_log or cluster is not None:
-        extra += QUERY_LOG_XML
+    extra = _extra_config(users, cluster, query_log)
     (root / "config.xml").write_text(
         CONFIG_XML.format(tcp=tcp_port, http=http_port, dir=d, extra=extra)
     )
@@ -138,6 +136,23 @@ def start(
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"embedded ClickHouse did not open its ports within {timeout:g}s")
+
+
+def _extra_config(
+    users: str | os.PathLike[str] | None,
+    cluster: tuple[str, Sequence[int]] | None,
+    query_log: bool,
+) -> str:
+    """The server config's optional parts (start's `users`, `cluster`, `query_log`)."""
+    extra = USERS_XML.format(users=Path(users).resolve()) if users is not None else ""
+    if cluster is not None:
+        name, shards = cluster
+        extra += CLUSTER_XML.format(
+            name=name, shards="".join(SHARD_XML.format(tcp=port) for port in shards)
+        )
+    if query_log or cluster is not None:
+        extra += QUERY_LOG_XML
+    return extra
 
 
 def start_cluster(

@@ -129,27 +129,7 @@ def start(
     (d / "data").mkdir(exist_ok=True)
     log = (d / "weed.log").open("ab")
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
-    command = [
-        weed_binary(),
-        "mini",
-        f"-dir={d / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.lance=0",
-        f"-master.port={master}",
-        f"-volume.port={volume}",
-        f"-filer.port={filer}",
-        f"-s3.port={s3}",
-        f"-s3.port.iceberg={rest}",
-        f"-admin.port={admin}",
-        f"-bucket={BUCKET}",
-        f"-tableBucket={TABLE_BUCKET}",
-        # As S3 does: an upload to a missing bucket fails (it would be created otherwise).
-        "-s3.autoCreateBucket=false",
-    ]
+    command = _command(d, [master, volume, filer, s3, rest, admin])
     proc = subprocess.Popen(
         command,
         cwd=d,
@@ -178,6 +158,33 @@ def start(
         time.sleep(0.2)
     kill(proc.pid)
     raise RuntimeError(f"SeaweedFS did not answer within {timeout:g}s (see {d}/weed.log)")
+
+
+def _command(d: Path, ports: list[int]) -> list[str]:
+    """The store's command line: `weed mini` in `d` on the ports `_ports` chose
+    (master, volume, filer, s3, rest, admin), on the loopback address only."""
+    master, volume, filer, s3, rest, admin = ports
+    return [
+        weed_binary(),
+        "mini",
+        f"-dir={d / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.lance=0",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        f"-s3.port={s3}",
+        f"-s3.port.iceberg={rest}",
+        f"-admin.port={admin}",
+        f"-bucket={BUCKET}",
+        f"-tableBucket={TABLE_BUCKET}",
+        # As S3 does: an upload to a missing bucket fails (it would be created otherwise).
+        "-s3.autoCreateBucket=false",
+    ]
 
 
 def _answers(port: int) -> bool:

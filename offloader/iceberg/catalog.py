@@ -113,16 +113,8 @@ class IcebergCatalog:
             return False
         return True
 
-    def _create(
-        self,
-        target: str,
-        schema: pa.Schema,
-        partition_by: Sequence[PartitionField],
-        sort_by: Sequence[str] = (),
-    ) -> IcebergTable:
-        """Create the table with its properties, name mapping, partition spec and sort
-        order in one commit (one metadata file)."""
-        namespace = target.rsplit(".", 1)[0]
+    def _create_namespace(self, namespace: str) -> None:
+        """Create `namespace` unless it exists (another process may create it at once)."""
         with self._lock:  # tables of one cycle create their shared namespace at once
             try:
                 self.catalog.create_namespace(namespace)
@@ -133,25 +125,19 @@ class IcebergCatalog:
                 # violation rather than NamespaceAlreadyExistsError.
                 if not self._namespace_exists(namespace):
                     raise
+
+    def _create(
+        self,
+        target: str,
+        schema: pa.Schema,
+        partition_by: Sequence[PartitionField],
+        sort_by: Sequence[str] = (),
+    ) -> IcebergTable:
+        """Create the table with its properties, name mapping, partition spec and sort
+        order in one commit (one metadata file)."""
+        self._create_namespace(target.rsplit(".", 1)[0])
+        _check_partitioning(target, schema, partition_by)
         names = set(schema.names)
-        for p in partition_by:
-            if p.column not in names:
-                raise SourceSchemaError(
-                    f"{target}: partition_by {p} names column {p.column!r}, which the source "
-                    "table does not have",
-                    reason="config",
-                )
-            field = schema.field(p.column)
-            if p.transform in ("year", "month", "day", "hour") and pa.types.is_integer(field.type):
-                doc = (field.metadata or {}).get(b"doc", b"").decode()
-                raise SourceSchemaError(
-                    f"{target}: partition_by {p}: column {p.column!r} is stored as a long"
-                    + (f" ({doc})" if doc else "")
-                    + f", which Iceberg's {p.transform} transform cannot read (nor can "
-                    "truncate's 32-bit width hold a day of ticks); partition by another "
-                    "column or not at all",
-                    reason="config",
-                )
         tx = self.catalog.create_table_transaction(
             target, schema=schema, properties=self.properties
         )
@@ -232,6 +218,32 @@ def _make_sqlite_directory(uri: str) -> None:
             f"the SQLite catalog's directory {path.parent} does not exist and cannot be "
             f"created ({exc.strerror}): create it, or fix [iceberg.catalog] uri"
         ) from exc
+
+
+def _check_partitioning(
+    target: str, schema: pa.Schema, partition_by: Sequence[PartitionField]
+) -> None:
+    """SourceSchemaError (a config error) unless every `partition_by` column is in
+    `schema` and each time transform reads a column stored as a time or date."""
+    names = set(schema.names)
+    for p in partition_by:
+        if p.column not in names:
+            raise SourceSchemaError(
+                f"{target}: partition_by {p} names column {p.column!r}, which the source "
+                "table does not have",
+                reason="config",
+            )
+        field = schema.field(p.column)
+        if p.transform in ("year", "month", "day", "hour") and pa.types.is_integer(field.type):
+            doc = (field.metadata or {}).get(b"doc", b"").decode()
+            raise SourceSchemaError(
+                f"{target}: partition_by {p}: column {p.column!r} is stored as a long"
+                + (f" ({doc})" if doc else "")
+                + f", which Iceberg's {p.transform} transform cannot read (nor can "
+                "truncate's 32-bit width hold a day of ticks); partition by another "
+                "column or not at all",
+                reason="config",
+            )
 
 
 def _transform(p: PartitionField) -> Transform[Any, Any]:

@@ -337,33 +337,19 @@ class IcebergTable:
         """
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             mark = self.latest_mark()
-            if marker is None:
-                carried = Marker.carried(mark) if mark is not None else None
-                props = carried.properties() if carried is not None else {}
-            else:
-                if mark is not None and mark.seq == marker.seq and mark.run_id == marker.run_id:
-                    return mark.snapshot_id  # our previous attempt did commit
-                current = mark.seq if mark else 0
-                if current != marker.seq - 1:
-                    discard()
-                    then = "the next cycle continues from" if what == "run" else "run it again at"
-                    raise InconsistentState(
-                        f"{self.target}: Iceberg holds offloader commit {current}, this {what} "
-                        f"expected {marker.seq - 1}; another worker committed meanwhile. "
-                        f"Nothing of this {what} was committed; {then} the new watermark."
-                    )
-                props = marker.properties()
+            if (
+                marker is not None
+                and mark is not None
+                and (mark.seq, mark.run_id) == (marker.seq, marker.run_id)
+            ):
+                return mark.snapshot_id  # our previous attempt did commit
+            props = self._summary(mark, marker, what, discard)
             props |= extra or {}
             try:
                 with transaction(self._table) as tx:
                     build(tx, props)
             except CommitFailedException as exc:
-                log.warning(
-                    f"Iceberg commit conflict ({what}), refreshing",
-                    extra={"table": self.target, "attempt": attempt, "error": brief(exc)},
-                )
-                time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
-                self.refresh()
+                self._back_off(what, attempt, exc)
                 continue
             except ValidationException as exc:  # a file to replace is gone
                 discard()
@@ -385,6 +371,40 @@ class IcebergTable:
             f"{what} was committed (the next cycle retries)",
             reason="iceberg",
         )
+
+    def _summary(
+        self,
+        mark: CommittedMark | None,
+        marker: Marker | None,
+        what: str,
+        discard: Callable[[], None],
+    ) -> dict[str, str]:
+        """The summary properties of an attempt at commit_snapshot on top of the newest
+        marker `mark`: `marker`'s if it is the commit after it (else InconsistentState,
+        having called `discard`), or without one the newest marker carried forward."""
+        if marker is None:
+            carried = Marker.carried(mark) if mark is not None else None
+            return carried.properties() if carried is not None else {}
+        current = mark.seq if mark else 0
+        if current != marker.seq - 1:
+            discard()
+            then = "the next cycle continues from" if what == "run" else "run it again at"
+            raise InconsistentState(
+                f"{self.target}: Iceberg holds offloader commit {current}, this {what} "
+                f"expected {marker.seq - 1}; another worker committed meanwhile. "
+                f"Nothing of this {what} was committed; {then} the new watermark."
+            )
+        return marker.properties()
+
+    def _back_off(self, what: str, attempt: int, exc: Exception) -> None:
+        """After a conflicting commit attempt: wait, with jitter so that two writers do
+        not keep colliding in step, and refresh the table."""
+        log.warning(
+            f"Iceberg commit conflict ({what}), refreshing",
+            extra={"table": self.target, "attempt": attempt, "error": brief(exc)},
+        )
+        time.sleep(min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.5))
+        self.refresh()
 
     def read(self, row_filter: str | None = None) -> pa.Table:
         scan = self._table.scan(row_filter=row_filter) if row_filter else self._table.scan()

@@ -22,10 +22,12 @@ from offloader.sql.scan import behind_query
 from offloader.sql.text import RowHash
 from offloader.state import AuditAgreed, Committed, DaySum, RetentionIntent, TableState
 from offloader.tiers.audit import (
+    Audit,
     DayCount,
     DaysAhead,
     HotTable,
     KnownDays,
+    ReadBefore,
     agrees,
     audit_days,
     clickhouse_days,
@@ -134,7 +136,6 @@ async def audit(
     commits (`committed`); with `late_rows = "repair"`, replace the drifted days at once.
     The same query tells how far the table is behind (report.rows_behind, lag_seconds).
     `ahead`: the window's ClickHouse side read ahead (read_ahead)."""
-    table = check.table
     position = committed.watermark
     if position is None or report.more:
         # `more`: a backlog is being worked off in chunks; the run that catches up
@@ -142,31 +143,60 @@ async def audit(
         return Audited(False, committed)
     bounds = audit_bounds(check, position)
     if bounds is None:
-        if window(check.wm_type, position, table.audit_days) is not None:
+        if window(check.wm_type, position, check.table.audit_days) is not None:
             report.drifted = []  # every day of the window was written (and summed) now
         return Audited(False, committed)
     t0 = time.monotonic()
+    compared = await _compare(check, ice, position, committed.seq, bounds, ahead)
+    if compared is None:
+        return Audited(False, committed)
+    found, recorded = compared
+    note_unchecked(check, report, recorded, bounds)
+    behind(check.wm_type, report, found.waiting, found.oldest_waiting, found.server_now)
+    intent = check.prepared.state.retention_intent
+    drifted = _leave_held(check.table.target, found.drifted, intent)
+    _warn_drifted(check.table, drifted)
+    if drifted and check.table.late_rows == "repair":
+        repaired = await _repair_drifted(check, ice, report, committed, position, drifted)
+        committed, drifted = repaired
+    report.drifted = [d.as_dict() for d in drifted]
+    if not found.drifted and not found.unknown:
+        await agreed_after_audit(check, position, committed.seq, found.waiting)
+    report.stage("audit", time.monotonic() - t0)
+    return Audited(True, committed)
+
+
+async def _compare(
+    check: Check,
+    ice: IcebergTable,
+    position: list[Any],
+    seq: int,
+    bounds: tuple[dt.date, dt.date],
+    ahead: DaysAhead | None,
+) -> tuple[Audit, dict[int, DaySum] | None] | None:
+    """Both tiers' days of `bounds` at `position` (audit_days), with the day sums
+    PostgreSQL recorded at commit `seq` when the table's rows are hashed; None when
+    either side could not be read (logged: the next run audits)."""
     try:
         recorded = None
         if check.hashed is not None:
-            recorded = await _recorded(check, committed.seq, bounds)
+            recorded = await _recorded(check, seq, bounds)
         found = await audit_days(
             check.hot,
             ice,
             position,
             bounds,
             recorded=recorded,
-            known=check.prepared.known,
-            ahead=ahead,
+            read=ReadBefore(check.prepared.known, ahead),
             limiter=check.services.io,
         )
     except TableError as exc:
-        log.warning("could not audit", extra={"table": table.target, "error": str(exc)})
-        return Audited(False, committed)
-    note_unchecked(check, report, recorded, bounds)
-    behind(check.wm_type, report, found.waiting, found.oldest_waiting, found.server_now)
-    intent = check.prepared.state.retention_intent
-    drifted = _leave_held(table.target, found.drifted, intent)
+        log.warning("could not audit", extra={"table": check.table.target, "error": str(exc)})
+        return None
+    return found, recorded
+
+
+def _warn_drifted(table: TableConfig, drifted: Sequence[DayCount]) -> None:
     for day in drifted:
         log.warning(
             "late rows: the tiers differ on a day below the watermark",
@@ -179,34 +209,41 @@ async def audit(
                 "policy": table.late_rows,
             },
         )
-    if drifted and table.late_rows == "repair":
-        from offloader.ops import repair  # pyiceberg's rewrite path, loaded when used
 
-        state = check.prepared.state
-        request = repair.RepairRequest(
-            [d.day for d in drifted], retained_until=state.retained_until, intent=intent
-        )
-        fixed = await repair.repair(
-            check.services,
-            check.src,
-            table,
-            ice,
-            seq=committed.seq,
-            position=position,
-            request=request,
-        )
-        report.repaired = [d.day.isoformat() for d in fixed.days]
-        if fixed.seq is not None:
-            committed = Committed(fixed.seq, committed.position)  # same rows, days replaced
-            report.snapshots += 1
-        for why in fixed.refused:
-            log.error("late rows not repaired", extra={"table": table.target, "reason": why})
-        drifted = [d for d in drifted if d.day.isoformat() not in report.repaired]
-    report.drifted = [d.as_dict() for d in drifted]
-    if not found.drifted and not found.unknown:
-        await agreed_after_audit(check, position, committed.seq, found.waiting)
-    report.stage("audit", time.monotonic() - t0)
-    return Audited(True, committed)
+
+async def _repair_drifted(
+    check: Check,
+    ice: IcebergTable,
+    report: TableReport,
+    committed: Committed,
+    position: list[Any],
+    drifted: list[DayCount],
+) -> tuple[Committed, list[DayCount]]:
+    """Replace the `drifted` days at once (`late_rows = "repair"`) below `position`,
+    committed at `committed`: what is committed after it (a repair that commits moves
+    the seq on, the position stays) and the days still drifted (those it refused)."""
+    from offloader.ops import repair  # pyiceberg's rewrite path, loaded when used
+
+    state = check.prepared.state
+    request = repair.RepairRequest(
+        [d.day for d in drifted], retained_until=state.retained_until, intent=state.retention_intent
+    )
+    fixed = await repair.repair(
+        check.services,
+        check.src,
+        check.table,
+        ice,
+        seq=committed.seq,
+        position=position,
+        request=request,
+    )
+    report.repaired = [d.day.isoformat() for d in fixed.days]
+    if fixed.seq is not None:
+        committed = Committed(fixed.seq, committed.position)  # same rows, days replaced
+        report.snapshots += 1
+    for why in fixed.refused:
+        log.error("late rows not repaired", extra={"table": check.table.target, "reason": why})
+    return committed, [d for d in drifted if d.day.isoformat() not in report.repaired]
 
 
 async def agreed_after_audit(check: Check, position: list[Any], seq: int, waiting: int) -> None:

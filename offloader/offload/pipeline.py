@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from offloader import cursor, days, faults, plan
@@ -46,7 +45,7 @@ from offloader.sql.scan import behind_query
 from offloader.state import Advance, Committed, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services
-from offloader.tiers.writing import PageWriter, commit
+from offloader.tiers.writing import CommitRecord, PageWriter, commit
 
 if TYPE_CHECKING:
     from offloader.iceberg import IcebergTable
@@ -99,7 +98,8 @@ class TableRun:
 
     The run's data flow: `prepare` reads the committed state and what waits past it
     (a frozen `checkup.Prepared`); `transfer` pages, converts, writes and commits
-    (each `_commit` moves `committed` on); `checkup.audit` compares the tiers after the
+    (each `_commit` moves `committed` on) and returns the audit's ClickHouse side when
+    its fetching task read it ahead; `checkup.audit` compares the tiers after the
     commits (a repair moves `committed` on too); `keep_view` brings the view over both
     tiers to `committed`, and the report shows it."""
 
@@ -126,9 +126,6 @@ class TableRun:
         # open_iceberg, moved on by each commit and by a repair.
         self.committed = Committed()
         self._ice: IcebergTable | None = None  # open_iceberg
-        # The audit's ClickHouse side for the scan's last position, read while the last
-        # pages are written (checkup.read_ahead, from the fetching task).
-        self.audit_ahead: audit.DaysAhead | None = None
 
     @property
     def ice(self) -> IcebergTable:
@@ -169,11 +166,11 @@ class TableRun:
             # The transport refuses a table it cannot store exactly before Iceberg is
             # touched (no table is created for it).
             pager = await self.src.pager(self.hashed)
-            await self.transfer(check, pager, opening=True)
+            ahead = await self.transfer(check, pager, opening=True)
             if report.rows == 0:
                 report.status = Status.IDLE
             audited = await checkup.audit(
-                check, self.ice, report, committed=self.committed, ahead=self.audit_ahead
+                check, self.ice, report, committed=self.committed, ahead=ahead
             )
             self.committed = audited.committed
             if not audited.ran:
@@ -324,9 +321,13 @@ class TableRun:
         self.committed = Committed(decision.seq, decision.position)
         report.stage("open_iceberg", time.monotonic() - t0)
 
-    async def transfer(self, check: checkup.Check, pager: Pager, opening: bool = False) -> None:
+    async def transfer(
+        self, check: checkup.Check, pager: Pager, opening: bool = False
+    ) -> audit.DaysAhead | None:
         """Page the rows after the committed position up to the prepared high-water mark
-        into Iceberg.
+        into Iceberg. Returns the audit's ClickHouse side for the scan's last position
+        when the scan was complete and it was read while the last pages were written
+        (checkup.read_ahead, from the fetching task), else None.
 
         `opening`: open Iceberg (open_iceberg) while the first page is read from
         PostgreSQL's position, as opening (pyiceberg's import, a new table's creation)
@@ -337,9 +338,15 @@ class TableRun:
         send, receive = anyio.create_memory_object_stream[Page](pager.read_ahead)
         scan = Scan(self.src.relation, check.prepared.upto)
         moved = False
+        ahead: audit.DaysAhead | None = None
+
+        async def fetch() -> None:
+            nonlocal ahead
+            ahead = await self._fetch(check, pager, scan, after, send)
+
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._fetch, check, pager, scan, after, send)
+                tg.start_soon(fetch)
                 if opening and pager.encodes:
                     # The pages' footers get field ids (iceberg.footer): its Thrift
                     # codec loads while ClickHouse encodes the first page.
@@ -357,8 +364,8 @@ class TableRun:
         if moved:
             # Its read-ahead (if the dropped read was complete) saw ClickHouse before the
             # rows are read again: not the rows the audit will compare.
-            self.audit_ahead = None
-            await self.transfer(check, pager)
+            return await self.transfer(check, pager)
+        return ahead
 
     def _stopped(self) -> bool:
         # Shutting down: commit what was read, leave the rest for the next start.
@@ -371,58 +378,76 @@ class TableRun:
         scan: Scan,
         after: list[Any] | None,
         send: MemoryObjectSendStream[Page],
-    ) -> None:
+    ) -> audit.DaysAhead | None:
         """Read the scan's pages into `send`. When the scan is complete, the audit's
         ClickHouse query for its last position runs at once (checkup.read_ahead), while
-        the last pages are written and committed."""
+        the last pages are written and committed; its answer is returned (None: the scan
+        stopped before its end, or the table has no audit window)."""
+        table = self.table
+        pages = keyset_pages(
+            pager, scan, after, table.batch_rows, check.prepared.waiting, target=table.target
+        )
+        ahead: audit.DaysAhead | None = None
+
+        async def read_ahead(position: list[Any]) -> None:
+            nonlocal ahead
+            ahead = await checkup.read_ahead(check, position)
+
+        def complete(position: list[Any] | None) -> None:
+            if position is not None and self.day_column is not None:
+                tg.start_soon(read_ahead, list(position))
+
+        async with anyio.create_task_group() as tg, send, aclosing(pages):
+            await self._send_pages(pages, send, after, check.prepared.waiting, complete)
+        return ahead
+
+    async def _send_pages(
+        self,
+        pages: AsyncGenerator[Page, None],
+        send: MemoryObjectSendStream[Page],
+        after: list[Any] | None,
+        waiting: int,
+        complete: Callable[[list[Any] | None], None],
+    ) -> None:
+        """Send `pages` on until the scan is complete (calling `complete` with its last
+        position before its last page is sent), max_rows_per_cycle is reached or the
+        service is stopping (report.more: the rest waits for the next cycle)."""
         table, report = self.table, self.report
-        waiting = check.prepared.waiting
         fetched = 0
         position = after
-        pages = keyset_pages(pager, scan, after, table.batch_rows, waiting, target=table.target)
-        async with anyio.create_task_group() as ahead, send, aclosing(pages):
+        if self._stopped():
+            report.more = True
+            return
+        while True:
+            t0 = time.monotonic()
+            page = await anext(pages, None)
+            report.stage("clickhouse_read", time.monotonic() - t0)
+            if page is None:
+                complete(position)
+                return
+            faults.point("read")
+            log.debug(
+                "page read",
+                extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
+            )
+            fetched += page.rows
+            position = page.position
+            done = scan_complete(page, fetched, waiting)
+            if done:
+                complete(position)
+            await send.send(page)
+            if done:
+                return
+            if fetched >= table.max_rows_per_cycle:
+                report.more = True
+                log.info(
+                    "max_rows_per_cycle reached; the rest waits for the next cycle",
+                    extra={"table": table.target, "rows": fetched},
+                )
+                return
             if self._stopped():
                 report.more = True
                 return
-            while True:
-                t0 = time.monotonic()
-                page = await anext(pages, None)
-                report.stage("clickhouse_read", time.monotonic() - t0)
-                if page is None:
-                    self._read_ahead(ahead, check, position)
-                    return
-                faults.point("read")
-                log.debug(
-                    "page read",
-                    extra={"table": table.target, "rows": page.rows, "page": report.pages + 1},
-                )
-                fetched += page.rows
-                position = page.position
-                done = scan_complete(page, fetched, waiting)
-                if done:
-                    self._read_ahead(ahead, check, position)
-                await send.send(page)
-                if done:
-                    return
-                if fetched >= table.max_rows_per_cycle:
-                    report.more = True
-                    log.info(
-                        "max_rows_per_cycle reached; the rest waits for the next cycle",
-                        extra={"table": table.target, "rows": fetched},
-                    )
-                    return
-                if self._stopped():
-                    report.more = True
-                    return
-
-    def _read_ahead(self, tg: TaskGroup, check: checkup.Check, position: list[Any] | None) -> None:
-        if position is None or self.day_column is None:
-            return
-
-        async def reading() -> None:
-            self.audit_ahead = await checkup.read_ahead(check, list(position))
-
-        tg.start_soon(reading)
 
     async def _consume(self, receive: MemoryObjectReceiveStream[Page], waiting: int) -> None:
         """Write the pages as they arrive (writing.PageWriter), committing every
@@ -474,8 +499,7 @@ class TableRun:
         await commit(
             services.watermarks,
             table.target,
-            marker,
-            sums,
+            CommitRecord(marker, sums),
             lambda m: self.ice.commit_files(written, m).snapshot_id,
             limiter=services.io,
             stage=report.stage,

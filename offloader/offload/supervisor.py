@@ -19,7 +19,7 @@ from offloader.offload.pipeline import run_table
 from offloader.progress import Progress
 from offloader.report import Status, TableReport, guarded
 from offloader.source import Survey, survey
-from offloader.state import CLEANUP_SECONDS
+from offloader.state import CLEANUP_SECONDS, RunRecord
 from offloader.tiers.services import Services, open_services
 
 if TYPE_CHECKING:
@@ -110,24 +110,19 @@ async def offload_table(
                 "(committed rows are kept; the rest continues next cycle)"
             )
     if report.status != Status.SKIPPED:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
-            try:
-                await services.watermarks.record_run(
-                    run_id=run_id,
-                    target=table.target,
-                    started_at=started_at,
-                    finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
-                    status=report.status,
-                    rows=report.rows,
-                    pages=report.pages,
-                    snapshots=report.snapshots,
-                    seconds=report.seconds,
-                    error=report.error,
-                )
-            except TableError as exc:
-                log.warning(
-                    "could not record run", extra={"table": table.target, "error": str(exc)}
-                )
+        run = RunRecord(
+            run_id=run_id,
+            target=table.target,
+            started_at=started_at,
+            finished_at=finished_at if finished_at > started_at else datetime.now(UTC),
+            status=report.status,
+            rows=report.rows,
+            pages=report.pages,
+            snapshots=report.snapshots,
+            seconds=report.seconds,
+            error=report.error,
+        )
+        await _record_run(services, run)
     if services.progress is not None:
         services.progress.finish(table.target, report.status)
     # Logged last, once the run is recorded, so `status` agrees with the log line.
@@ -140,6 +135,16 @@ async def offload_table(
         },
     )
     return report
+
+
+async def _record_run(services: Services, run: RunRecord) -> None:
+    """Add `run` to the runs log, shielded from the run's deadline or a shutdown and
+    given CLEANUP_SECONDS; a failure to record it is logged, never raised."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_SECONDS):
+        try:
+            await services.watermarks.record_run(run)
+        except TableError as exc:
+            log.warning("could not record run", extra={"table": run.target, "error": str(exc)})
 
 
 TableHook = Callable[[TableReport], None]

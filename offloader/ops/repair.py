@@ -44,7 +44,7 @@ from offloader.state import DaySum, RetentionIntent, encode_days
 from offloader.tiers import view
 from offloader.tiers.audit import DayCount, HotTable, add_sums, audit_days
 from offloader.tiers.services import Services
-from offloader.tiers.writing import PageWriter, commit
+from offloader.tiers.writing import CommitRecord, PageWriter, commit
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,9 @@ async def repair(
     await commit(
         services.watermarks,
         table.target,
-        marker,
-        new.sums,
+        CommitRecord(marker, new.sums, replace_days=True),
         lambda m: rewrite.replace_files(ice, new.deleted, added, run_id, m),
         limiter=services.io,
-        replace_days=True,
         point="repair_commit",
     )
     report.seq = marker.seq

@@ -14,7 +14,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +33,7 @@ from offloader.state import (
     DaySum,
     DaySums,
     RetentionIntent,
+    RunRecord,
     StatusRow,
     TableState,
     ViewState,
@@ -458,37 +459,24 @@ class Watermarks:
             error[:2000],
         )
 
-    async def record_run(
-        self,
-        *,
-        run_id: str,
-        target: str,
-        started_at: datetime,
-        finished_at: datetime,
-        status: str,
-        rows: int,
-        pages: int,
-        snapshots: int,
-        seconds: float,
-        error: str | None,
-    ) -> None:
+    async def record_run(self, run: RunRecord) -> None:
         await self._run(
             "record run",
             f"""INSERT INTO {self._s}.runs
                 (run_id, target, host, started_at, finished_at, status, rows, pages, snapshots,
                  seconds, error)
                 VALUES ($1, $2, $3, $4, $11, $5, $6, $7, $8, $9, $10)""",
-            run_id,
-            target,
+            run.run_id,
+            run.target,
             f"{socket.gethostname()}:{os.getpid()}",
-            started_at,
-            status,
-            rows,
-            pages,
-            snapshots,
-            seconds,
-            error,
-            finished_at,
+            run.started_at,
+            run.status,
+            run.rows,
+            run.pages,
+            run.snapshots,
+            run.seconds,
+            run.error,
+            run.finished_at,
         )
 
     async def status(self) -> list[StatusRow]:

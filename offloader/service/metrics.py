@@ -44,6 +44,7 @@ class Metrics:
         self._view_metrics(self.registry)
         self._retention_metrics(self.registry)
         self._maintenance_metrics(self.registry)
+        self._table_shape_metrics(self.registry)
 
     def _run_metrics(self, r: CollectorRegistry) -> None:
         """Table runs and cycles: rows, failures, durations, lag."""
@@ -168,7 +169,8 @@ class Metrics:
         )
 
     def _maintenance_metrics(self, r: CollectorRegistry) -> None:
-        """Maintenance passes and the Iceberg table's shape after them."""
+        """Maintenance passes and what they did (the table's shape after them:
+        _table_shape_metrics)."""
         self.maintenance_runs = Counter(
             "offloader_maintenance_runs",
             "Maintenance passes of a table, by result (ok, failed, skipped, missing)",
@@ -203,6 +205,9 @@ class Metrics:
             ["table"],
             registry=r,
         )
+
+    def _table_shape_metrics(self, r: CollectorRegistry) -> None:
+        """The Iceberg table's shape after the last maintenance pass."""
         self.data_files = Gauge(
             "offloader_table_data_files",
             "Data files in the table's current snapshot (after the last maintenance pass)",

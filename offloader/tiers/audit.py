@@ -196,6 +196,15 @@ class DaysAhead:
     hot: ClickHouseDays
 
 
+@dataclass(frozen=True, slots=True)
+class ReadBefore:
+    """ClickHouse's days a run read before its audit: by its prepare (`known`) and ahead
+    of its last commit (`ahead`, checkup.read_ahead). audit_days reads only the rest."""
+
+    known: KnownDays | None = None
+    ahead: DaysAhead | None = None
+
+
 def reread_from(first_day: dt.date, known: KnownDays | None) -> dt.date:
     """The first day of the window whose ClickHouse side must be read (again): the
     days before `known.before` are as the run's prepare read them."""
@@ -250,18 +259,18 @@ async def audit_days(
     window: tuple[dt.date, dt.date],
     *,
     recorded: dict[int, DaySum] | None = None,
-    known: KnownDays | None = None,
-    ahead: DaysAhead | None = None,
+    read: ReadBefore = ReadBefore(),
     limiter: anyio.CapacityLimiter | None = None,
 ) -> Audit:
     """Counts of both tiers per day of `window` (first and last day), up to the committed
     `position` (rows after it are not offloaded yet, on either side); with a row hash
     and the `recorded` day sums, checksums too. Iceberg's counts come from the
-    manifests, cached per snapshot. `known`: ClickHouse's days as the run's prepare read
-    them, so only the days from `known.before` are read again. `ahead`: those days,
-    read already for this position (used if they are the same)."""
+    manifests, cached per snapshot. `read.known`: ClickHouse's days as the run's prepare
+    read them, so only the days from `known.before` are read again. `read.ahead`: those
+    days, read already for this position (used if they are the same)."""
     from offloader.iceberg import files  # pyiceberg: only when auditing it
 
+    known, ahead = read.known, read.ahead
     first_day, last_day = window
     wm_name = hot.order[0][0]
     start = reread_from(first_day, known)

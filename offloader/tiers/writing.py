@@ -150,40 +150,53 @@ class PageWriter:
 _Chunk = tuple[list["pa.RecordBatch | bytes"], list[Any], dict[int, DaySum]]
 
 
+@dataclass(frozen=True, slots=True)
+class CommitRecord:
+    """What one offloader commit records: the marker its Iceberg snapshot carries and
+    the per-day sums PostgreSQL adds (or, with `replace_days`, replaces those recorded
+    with: a repair). The marker's `days` is these sums as `state.encode_days` wrote them."""
+
+    marker: Marker
+    sums: dict[int, DaySum]
+    replace_days: bool = False
+
+    def advance(self, snapshot_id: int) -> Advance:
+        """PostgreSQL's side of the commit, once Iceberg's snapshot `snapshot_id` holds it."""
+        m = self.marker
+        return Advance(
+            m.seq,
+            m.position,
+            m.rows,
+            m.run_id,
+            snapshot_id,
+            self.sums,
+            replace_days=self.replace_days,
+        )
+
+
 async def commit(
     store: Store,
     target: str,
-    marker: Marker,
-    sums: dict[int, DaySum],
+    record: CommitRecord,
     iceberg: Callable[[Marker], int],
     *,
     limiter: anyio.CapacityLimiter | None = None,
-    replace_days: bool = False,
     stage: Callable[[str, float], None] = _no_stage,
     point: str = "iceberg_commit",
 ) -> int:
     """The one two-phase commit of a table run's append and of a repair: the Iceberg
-    snapshot carrying `marker` (`iceberg(marker)`, compare-and-set, returns its id), then
-    PostgreSQL advanced to it in one transaction (compare-and-set on the seq before).
-    Shielded: once the Iceberg commit starts, a deadline or shutdown waits for both. A
-    kill between the two is recovered from the marker by the next run. `replace_days`:
-    the per-day sums replace those recorded (a repair) instead of adding to them.
+    snapshot carrying `record.marker` (`iceberg(marker)`, compare-and-set, returns its
+    id), then PostgreSQL advanced to it in one transaction (compare-and-set on the seq
+    before). Shielded: once the Iceberg commit starts, a deadline or shutdown waits for
+    both. A kill between the two is recovered from the marker by the next run.
     Returns the snapshot id."""
+    marker = record.marker
     with anyio.CancelScope(shield=True):
         t0 = time.monotonic()
         snapshot_id = await anyio.to_thread.run_sync(iceberg, marker, limiter=limiter)
         stage("iceberg_commit", time.monotonic() - t0)
         faults.point(point)
         t0 = time.monotonic()
-        advance = Advance(
-            marker.seq,
-            marker.position,
-            marker.rows,
-            marker.run_id,
-            snapshot_id,
-            sums,
-            replace_days=replace_days,
-        )
-        await store.commit(target, marker.seq - 1, advance)
+        await store.commit(target, marker.seq - 1, record.advance(snapshot_id))
         stage("watermark_commit", time.monotonic() - t0)
     return snapshot_id
