@@ -2,7 +2,7 @@
 
 One place for it: the pipeline encodes the last row of a page with `encode_value`,
 PostgreSQL and the Iceberg commit marker store `dumps(position)`, `loads` reads
-either back, and sql.literal turns an encoded value into a SQL literal again.
+either back, and sql.text.literal turns an encoded value into a SQL literal again.
 Encoded values round-trip exactly (no float, no time zone drift, no lost bytes).
 """
 
@@ -57,7 +57,7 @@ def as_datetime(v: Any) -> Any:
 
 
 def encode_value(v: Any) -> Any:
-    """A cursor value as JSON that round-trips exactly (see sql.literal).
+    """A cursor value as JSON that round-trips exactly (see sql.text.literal).
 
     Strings that JSON or PostgreSQL's jsonb cannot carry as text (invalid UTF-8, NUL
     bytes, e.g. FixedString padding) become {"hex": "..."} of their bytes.
@@ -107,7 +107,7 @@ def from_micros(v: Any) -> dt.datetime:
 
 
 def watermark_from_int(t: ChType, v: Any) -> Any:
-    """The watermark value of type `t` from its integer form (sql.watermark_int)."""
+    """The watermark value of type `t` from its integer form (sql.text.watermark_int)."""
     precision = ticks_precision(kind_of(t))
     if precision is not None:
         return Ticks(int(v), precision)

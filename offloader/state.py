@@ -64,7 +64,7 @@ def decode_days(text: str | None) -> tuple[dict[int, DaySum], bool]:
 @dataclass(frozen=True, slots=True)
 class AuditAgreed:
     """An audit window (day numbers first..last) that agreed in full at commit `seq`,
-    and the source's parts then (sql.parts_fingerprint): while the seq, the window and
+    and the source's parts then (sql.system.parts_fingerprint): while the seq, the window and
     the parts stay the same, so do ClickHouse's rows and the answer. `caught_up`: no
     row was waiting past the position then (nor is one while the parts stay the same)."""
 

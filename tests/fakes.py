@@ -79,7 +79,7 @@ class FakeSource:
             return [("id", "Int64", ""), ("v", "String", "")]
         if "default_kind IN" in query:  # the view's constant defaults: none
             return []
-        if query.startswith("SELECT count(), min("):  # rows behind (sql.behind_query)
+        if query.startswith("SELECT count(), min("):  # rows behind (sql.scan.behind_query)
             after = _after_value(query)
             waiting = [r[0] for r in self.data if after is None or r[0] > after]
             return [(len(waiting), min(waiting, default=0), NOW_MICROS, max(waiting, default=0))]

@@ -1,4 +1,4 @@
-"""The parts fingerprint (sql.fingerprints_query) against a real ClickHouse: merges leave
+"""The parts fingerprint (sql.system.fingerprints_query) against a real ClickHouse: merges leave
 it as it was, in engines whose merges keep rows and in those that fold them; every kind
 of change to the data a table holds moves it. The cycle's survey and a table's own
 subquery compute the same value."""

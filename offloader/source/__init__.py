@@ -178,7 +178,7 @@ async def open_source(
 class SourceTable:
     """A table's source, opened: its session, its columns, the watermark and key columns
     (`order`, checked), the relation pages read (`db`.`table`, with FINAL when
-    configured: sql.read_from of the database and table) and, on first use, the plan of
+    configured: sql.text.read_from of the database and table) and, on first use, the plan of
     every column (which needs pyarrow; an idle run never asks for it)."""
 
     def __init__(
@@ -198,13 +198,13 @@ class SourceTable:
         self.relation = read_from(database, table.source_table, table.final)
         self.database = database
         # A Distributed source's cluster, and the database and table it reads on each
-        # shard (sql.distributed_over), else None.
+        # shard (sql.system.distributed_over), else None.
         self.cluster = cluster[0] if cluster is not None else None
         self._distributed = cluster
         self._cfg = cfg
         self._stack = stack
         self._shards: list[tuple[int, Source]] | None = None
-        # The subquery of the source's parts fingerprint (sql.fingerprints_query, the
+        # The subquery of the source's parts fingerprint (sql.system.fingerprints_query, the
         # survey's too, so the two agree): a Distributed table's are its local table's
         # on every shard.
         self._parts_of = (
@@ -220,7 +220,7 @@ class SourceTable:
         self.surveyed_parts: str | None = None
 
     async def fingerprint(self) -> str:
-        """The source's parts fingerprint (sql.parts_fingerprint)."""
+        """The source's parts fingerprint (sql.system.parts_fingerprint)."""
         if self.surveyed_parts is not None:
             found, self.surveyed_parts = self.surveyed_parts, None
             return found
@@ -286,7 +286,7 @@ class Survey:
 
 
 async def survey(cfg: ClickHouseConfig, tables: Sequence[TableConfig]) -> Survey:
-    """Two queries for every table of a cycle (sql.survey_columns_query and
+    """Two queries for every table of a cycle (sql.system.survey_columns_query and
     fingerprints_query), on one session of [clickhouse] transport."""
     pairs = sorted({(t.source_database or cfg.database, t.source_table) for t in tables})
     if not pairs:
@@ -301,7 +301,7 @@ async def survey(cfg: ClickHouseConfig, tables: Sequence[TableConfig]) -> Survey
             (str(db), str(table)): str(hashed)
             for db, table, hashed in (await s.rows(fingerprints_query(local)) if local else [])
         }
-    # A table with no parts has the fingerprint '' (sql.parts_fingerprint).
+    # A table with no parts has the fingerprint '' (sql.system.parts_fingerprint).
     return Survey(columns, {p: parts.get(p, "") for p in local})
 
 

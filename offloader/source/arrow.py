@@ -179,7 +179,7 @@ class ArrowHttpSession:
 
         No output setting is changed here: they also shape toString() of some types
         (JSON), which verify compares with what pages stored. Time values travel as
-        integers instead (sql.watermark_int).
+        integers instead (sql.text.watermark_int).
         """
         body = await self._post(query + " FORMAT JSONCompact", QUERY_SETTINGS, "query")
         try:

@@ -12,10 +12,10 @@ named as Iceberg names them). A value ClickHouse refuses fails the page with
 the column named (ParquetPager._explain -> DataError), never a wrong file.
 
 With a date or time watermark every page ends at the end of its first row's UTC day
-(sql.page_query `one_day`), so each file holds one day (the late-rows audit counts
+(sql.scan.page_query `one_day`), so each file holds one day (the late-rows audit counts
 days from the manifests; a day, month or year partition holds whole files). Pages
 carry no per-row hash: when the audit asks for checksums, one more small query sums
-the page's row hashes in ClickHouse (sql.range_sums_query).
+the page's row hashes in ClickHouse (sql.scan.range_sums_query).
 
 What the transport cannot produce exactly (FixedString, `strings = "binary"`,
 partitions other than day/month/year of the watermark) is refused when the table is
@@ -165,7 +165,7 @@ class ParquetPage:
     position: list[Any]  # the encoded (watermark, keys...) of the last row
     cut: bool  # ended at a UTC day or at its own size (the next page's size follows it)
     day: int | None = None  # the UTC day (number) all its rows are on
-    sums_query: str | None = None  # sql.range_sums_query of its rows
+    sums_query: str | None = None  # sql.scan.range_sums_query of its rows
     http: ArrowHttpSession | None = None
     hash_key: str = ""
     last = False  # a short page proves nothing (source.scan_complete)

@@ -77,7 +77,7 @@ class Audit:
     last_day: dt.date
     days: list[DayCount] = field(default_factory=list)
     waiting: int = 0  # rows after the committed position (not offloaded yet)
-    oldest_waiting: int | None = None  # the oldest one's watermark, as sql.watermark_int
+    oldest_waiting: int | None = None  # the oldest one's watermark, as sql.text.watermark_int
     server_now: int | None = None  # ClickHouse's time, microseconds
 
     @property
@@ -162,7 +162,7 @@ class ClickHouseDays:
     oldest_waiting: int | None = None
     newest_waiting: int | None = None
     server_now: int | None = None
-    fingerprint: str = ""  # the source's parts when read (sql.parts_fingerprint), or ''
+    fingerprint: str = ""  # the source's parts when read (sql.system.parts_fingerprint), or ''
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +215,7 @@ async def clickhouse_days(
     hot: HotTable, position: list[Any], first_day: dt.date, fingerprint: str | None = None
 ) -> ClickHouseDays:
     """One grouped query over the days from `first_day` on; with `fingerprint` (SQL,
-    sql.parts_fingerprint), the source's parts as the query read them."""
+    sql.system.parts_fingerprint), the source's parts as the query read them."""
     since = day_start(hot.order[0][1], first_day)
     query = day_counts_query(hot.relation, hot.order, since, position, hot.hashed, fingerprint)
     out = ClickHouseDays()
