@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from offloader.dev import devserver
+from tests import clusters
 from tests.helpers import Env
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def printed_grants(directory: Path, *args: str, **table: object) -> dict[str, li
     return grants
 
 
-def users_xml(path: Path, grants: dict[str, list[str]]) -> Path:
+def users_xml(grants: dict[str, list[str]]) -> str:
     """default (every right, for the tests' own set-up), offloader (`grants`, as
     `offloader grants` printed them), one user per feature's grants taken away
     (offloader_no_<feature>), analyst (SELECT on the view) and analyst_hot and
@@ -82,34 +83,12 @@ def users_xml(path: Path, grants: dict[str, list[str]]) -> Path:
     }
     for name in grants:
         users[f"offloader_no_{name}"] = [g for k, gs in grants.items() if k != name for g in gs]
-    body = "".join(
-        f"""
-    <{user}>
-      <password>{PASSWORD}</password>
-      <networks><ip>::/0</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-      <grants>{"".join(f"<query>{g}</query>" for g in grants)}</grants>
-      {policies.get(user, "")}
-    </{user}>"""
-        for user, grants in users.items()
+    return clusters.users_xml(
+        *(
+            clusters.User(user, PASSWORD, grants=granted, extra=policies.get(user, ""))
+            for user, granted in users.items()
+        )
     )
-    path.write_text(
-        f"""<clickhouse>
-  <profiles><default/></profiles>
-  <quotas><default/></quotas>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>::/0</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </default>{body}
-  </users>
-</clickhouse>
-"""
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +102,8 @@ def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserv
         retiring_table="trades_retiring",
     )
     assert sorted(grants) == FEATURES, grants
-    users = users_xml(directory / "users.xml", grants)
+    users = directory / "users.xml"
+    users.write_text(users_xml(grants))
     # Below the session's base directory, like the other server: icebergLocal (the
     # views) reads the tests' warehouses below it.
     server = devserver.start(directory, files_root=tmp_path_factory.getbasetemp(), users=users)
@@ -135,16 +115,7 @@ def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devserv
 
 def lp_env(server: devserver.Server, pg_database: str, tmp_path: Path) -> Env:
     """A test's Env on `server`, its sources in SRC, its own state schema and catalog."""
-    tag = uuid.uuid4().hex[:10]
-    return Env(
-        tmp=tmp_path,
-        ch_port=server.tcp_port,
-        ch_http_port=server.http_port,
-        ch_database=SRC,
-        pg_dsn=pg_database,
-        pg_schema=f"t_{tag}",
-        catalog_name=f"cold_{tag}",
-    )
+    return clusters.fresh_env(server, pg_database, tmp_path, database=SRC)
 
 
 @pytest.fixture
@@ -381,20 +352,14 @@ CLUSTER = "offloader_cluster"
 
 @pytest.fixture(scope="module")
 def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
-    directory = tmp_path_factory.mktemp("cluster-secured")
     # lp_src.trades: a Distributed table over lp_src.trades_local (secured_sharded).
     local = f"{SRC}.trades={SRC}.trades_local"
     grants = printed_grants(tmp_path_factory.mktemp("grants"), "--local-table", local)
     assert sorted(grants) == sorted(["cold", "parts", "source", "views", *CLUSTER_FEATURES])
-    users = users_xml(directory / "users.xml", grants)
-    nodes = devserver.start_cluster(
-        directory, 2, name=CLUSTER, files_root=tmp_path_factory.getbasetemp(), users=users
-    )
-    try:
+    with clusters.running(
+        tmp_path_factory, "cluster-secured", name=CLUSTER, users=users_xml(grants)
+    ) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            devserver.stop(node.directory)
 
 
 @pytest.fixture
@@ -403,26 +368,21 @@ def secured_sharded(
 ) -> Iterator[list[Env]]:
     """`lp_src.trades`: a Distributed table over `trades_local` on both nodes, 6,000 rows
     (two on each minute, on different shards); the first node's Env first."""
-    import dataclasses
-
     env = lp_env(secured_cluster[0], pg_database, tmp_path)
-    nodes = [
-        dataclasses.replace(env, ch_port=n.tcp_port, ch_http_port=n.http_port)
-        for n in secured_cluster
-    ]
+    nodes = [clusters.node_env(n, env) for n in secured_cluster]
     for node in nodes:
         for db in (SRC, VIEWS):
             node.ch(f"DROP DATABASE IF EXISTS {db}")
             node.ch(f"CREATE DATABASE {db}")
-        node.ch(
-            f"CREATE TABLE {SRC}.trades_local (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64,"
-            " price Decimal(18, 6)) ENGINE = MergeTree PARTITION BY toYYYYMMDD(exchange_ts) "
-            "ORDER BY (exchange_ts, trade_id)"
-        )
-        node.ch(
-            f"CREATE TABLE {SRC}.trades AS {SRC}.trades_local "
-            f"ENGINE = Distributed({CLUSTER}, {SRC}, trades_local, trade_id)"
-        )
+    clusters.create_distributed(
+        secured_cluster,
+        env,
+        CLUSTER,
+        "trades",
+        f"CREATE TABLE {SRC}.trades_local (exchange_ts DateTime64(6, 'UTC'), trade_id UInt64,"
+        " price Decimal(18, 6)) ENGINE = MergeTree PARTITION BY toYYYYMMDD(exchange_ts) "
+        "ORDER BY (exchange_ts, trade_id)",
+    )
     env.ch(
         f"INSERT INTO {SRC}.trades SELECT toDateTime64('2025-03-01 00:00:00', 6, 'UTC') + "
         "toIntervalMinute(intDiv(number, 2)), number, number / 7 FROM numbers(6000) "

@@ -9,7 +9,6 @@ up moves the fingerprint."""
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import threading
 import uuid
@@ -21,7 +20,6 @@ import pytest
 
 from offloader import faults
 from offloader.dev import devserver
-from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
 from offloader.ops import retention
 from offloader.sql.system import (
@@ -30,6 +28,8 @@ from offloader.sql.system import (
     fingerprint_query,
     parts_fingerprint,
 )
+from tests import clusters
+from tests.clusters import node_env
 from tests.helpers import Env, independent_reads, trades_rows
 
 pytestmark = pytest.mark.integration
@@ -39,54 +39,8 @@ CLUSTER = "offloader_cluster"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
-    directory = tmp_path_factory.mktemp("cluster")
-    nodes = devserver.start_cluster(
-        directory, 2, name=CLUSTER, files_root=tmp_path_factory.getbasetemp()
-    )
-    try:
+    with clusters.running(tmp_path_factory, "cluster", name=CLUSTER) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            devserver.stop(node.directory)
-
-
-def node_env(node: devserver.Server, env: Env) -> Env:
-    """The same test's databases, seen from another node."""
-    return dataclasses.replace(env, ch_port=node.tcp_port, ch_http_port=node.http_port)
-
-
-def _sharded(
-    cluster: list[devserver.Server], pg_database: str, tmp_path: Path, transport: str
-) -> Iterator[Env]:
-    """`trades`: a Distributed table on node 1 over `trades_local` on both shards
-    (sharded by trade_id, so rows tied on the watermark land on both)."""
-    tag = uuid.uuid4().hex[:10]
-    env = Env(
-        tmp=tmp_path,
-        ch_port=cluster[0].tcp_port,
-        ch_http_port=cluster[0].http_port,
-        ch_database=f"t_{tag}",
-        pg_dsn=pg_database,
-        pg_schema=f"t_{tag}",
-        catalog_name=f"cold_{tag}",
-        transport=transport,
-    )
-    db = env.ch_database
-    for node in cluster:
-        shard = node_env(node, env)
-        shard.ch(f"CREATE DATABASE {db}")
-        shard.ch(trades_ddl(db, "trades_local", partitioned=True))
-        shard.ch(
-            f"CREATE TABLE {db}.trades AS {db}.trades_local "
-            f"ENGINE = Distributed({CLUSTER}, {db}, trades_local, trade_id)"
-        )
-    try:
-        yield env
-    finally:
-        for node in cluster:
-            if devserver.running(node.directory) is not None:
-                node_env(node, env).ch(f"DROP DATABASE IF EXISTS {db}")
-        env.drop_pg_schema()
 
 
 @pytest.fixture(params=["native", "arrow", "parquet"])
@@ -96,14 +50,18 @@ def sharded(
     pg_database: str,
     tmp_path: Path,
 ) -> Iterator[Env]:
-    """A sharded source on every transport."""
-    yield from _sharded(cluster, pg_database, tmp_path, request.param)
+    """A sharded source on every transport: `trades`, a Distributed table on node 1 over
+    `trades_local` on both shards (sharded by trade_id, so rows tied on the watermark
+    land on both)."""
+    yield from clusters.sharded_env(
+        cluster, pg_database, tmp_path, cluster=CLUSTER, transport=request.param
+    )
 
 
 @pytest.fixture
 def sharded_one(cluster: list[devserver.Server], pg_database: str, tmp_path: Path) -> Iterator[Env]:
     """A sharded source on the default transport, for what no transport changes."""
-    yield from _sharded(cluster, pg_database, tmp_path, "native")
+    yield from clusters.sharded_env(cluster, pg_database, tmp_path, cluster=CLUSTER)
 
 
 def insert(env: Env, count: int, first_id: int, start: str, step_us: int = 1_000_000) -> None:
@@ -295,23 +253,11 @@ REPLICAS = "offloader_replicas"
 
 @pytest.fixture(scope="module")
 def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
-    """Two nodes, the two replicas of the one shard of the cluster REPLICAS: declared in
-    a config.d file beside the config.xml they start from, which the server merges in."""
-    directory = tmp_path_factory.mktemp("replicas")
-    ports = [(devserver.free_port(), devserver.free_port()) for _ in range(2)]
-    replica = "<replica><host>127.0.0.1</host><port>{}</port></replica>"
-    shard = "      <shard>" + "".join(replica.format(tcp) for tcp, _ in ports) + "</shard>\n"
-    remote = devserver.CLUSTER_XML.format(name=REPLICAS, shards=shard)
-    (directory / "config.d").mkdir()
-    (directory / "config.d" / "replicas.xml").write_text(f"<clickhouse>\n{remote}</clickhouse>\n")
-    nodes: list[devserver.Server] = []
-    try:
-        for i, (tcp, http) in enumerate(ports, 1):
-            nodes.append(devserver.start(directory / f"node{i}", tcp, http, files_root=directory))
+    """Two nodes, the two replicas of the one shard of the cluster REPLICAS."""
+    with clusters.running(
+        tmp_path_factory, "replicas", name=REPLICAS, shards=1, replicas=2
+    ) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            devserver.stop(node.directory)
 
 
 def test_a_lagging_replica_catching_up_moves_the_fingerprint(
@@ -686,17 +632,13 @@ def test_a_uuid_keyed_source_tied_across_shards_is_read_in_clickhouse_order(
     last 8 bytes first) than in Python (by its text), with rows tied on the whole
     position (watermark and key) on both shards: every round's end and the scan's last
     position are ClickHouse's, so a second run finds no row to read again."""
-    for env in _sharded(cluster, pg_database, tmp_path, "native"):
+    for env in clusters.sharded_env(cluster, pg_database, tmp_path, cluster=CLUSTER):
         db = env.ch_database
-        for node in cluster:
-            node_env(node, env).ch(
-                f"CREATE TABLE {db}.keyed_local (ts DateTime64(6, 'UTC'), id UUID, v Int64) "
-                "ENGINE = MergeTree ORDER BY (ts, id)"
-            )
-            node_env(node, env).ch(
-                f"CREATE TABLE {db}.keyed AS {db}.keyed_local "
-                f"ENGINE = Distributed({CLUSTER}, {db}, keyed_local, v)"
-            )
+        local = (
+            f"CREATE TABLE {db}.keyed_local (ts DateTime64(6, 'UTC'), id UUID, v Int64) "
+            "ENGINE = MergeTree ORDER BY (ts, id)"
+        )
+        clusters.create_distributed(cluster, env, CLUSTER, "keyed", local, key="v")
         # Ten rows a second; the key k = number % 7 is the UUID 0000000k-…-00000000000(6-k),
         # so rows 7 apart share a position, and land on the other shard (v % 2).
         env.ch(

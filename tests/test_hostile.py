@@ -7,17 +7,15 @@ own system.settings; a profile that refuses a pinned setting fails the run namin
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from offloader.dev import devserver
-from offloader.dev.demo import trades_ddl
 from offloader.pinned import PINNED
 from offloader.sql.text import quote_string
+from tests import clusters
 from tests.helpers import Env, trades_rows
 
 pytestmark = pytest.mark.integration
@@ -29,91 +27,28 @@ ROWS = 20_000
 STEP_US = 38_880_000
 START = "2025-05-01 00:00:00"
 
-USERS_XML = """<clickhouse>
-  <profiles>
-    <default/>
-    <cut>
-      <max_result_rows>1000</max_result_rows>
-      <result_overflow_mode>break</result_overflow_mode>
-      <skip_unavailable_shards>1</skip_unavailable_shards>
-    </cut>
-    <frozen>
-      <readonly>1</readonly>
-      <max_result_rows>1000</max_result_rows>
-      <result_overflow_mode>break</result_overflow_mode>
-    </frozen>
-  </profiles>
-  <quotas><default/></quotas>
-  <users>
-    <default>
-      <password></password>
-      <networks><ip>::/0</ip></networks>
-      <profile>default</profile>
-      <quota>default</quota>
-    </default>
-    <offloader>
-      <password>{password}</password>
-      <networks><ip>::/0</ip></networks>
-      <profile>cut</profile>
-      <quota>default</quota>
-    </offloader>
-    <frozen>
-      <password>{password}</password>
-      <networks><ip>::/0</ip></networks>
-      <profile>frozen</profile>
-      <quota>default</quota>
-    </frozen>
-  </users>
-</clickhouse>
-"""
+# offloader's user under the guard shared clusters often set; `frozen` a read-only one.
+PROFILES = {
+    "cut": {"max_result_rows": 1000, "result_overflow_mode": "break", "skip_unavailable_shards": 1},
+    "frozen": {"readonly": 1, "max_result_rows": 1000, "result_overflow_mode": "break"},
+}
+USERS = [clusters.User("offloader", PASSWORD, "cut"), clusters.User("frozen", PASSWORD, "frozen")]
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
-    directory = tmp_path_factory.mktemp("hostile")
-    users = directory / "users.xml"
-    users.write_text(USERS_XML.format(password=PASSWORD))
-    nodes = devserver.start_cluster(
-        directory, 2, name=CLUSTER, files_root=tmp_path_factory.getbasetemp(), users=users
-    )
-    try:
+    users = clusters.users_xml(*USERS, profiles=PROFILES)
+    with clusters.running(tmp_path_factory, "hostile", name=CLUSTER, users=users) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            devserver.stop(node.directory)
 
 
 @pytest.fixture
 def env(hostile: list[devserver.Server], pg_database: str, tmp_path: Path) -> Iterator[Env]:
     """`trades` (MergeTree) on node 1, and `sharded`: a Distributed table on node 1 over
     `sharded_local` on both shards, sharded by trade_id."""
-    tag = uuid.uuid4().hex[:10]
-    e = Env(
-        tmp=tmp_path,
-        ch_port=hostile[0].tcp_port,
-        ch_http_port=hostile[0].http_port,
-        ch_database=f"t_{tag}",
-        pg_dsn=pg_database,
-        pg_schema=f"t_{tag}",
-        catalog_name=f"cold_{tag}",
-    )
-    db = e.ch_database
-    for node in hostile:
-        shard = dataclasses.replace(e, ch_port=node.tcp_port, ch_http_port=node.http_port)
-        shard.ch(f"CREATE DATABASE {db}")
-        shard.ch(trades_ddl(db, "sharded_local", partitioned=True))
-        shard.ch(
-            f"CREATE TABLE {db}.sharded AS {db}.sharded_local "
-            f"ENGINE = Distributed({CLUSTER}, {db}, sharded_local, trade_id)"
-        )
-    e.create_trades("trades")
-    try:
+    for e in clusters.sharded_env(hostile, pg_database, tmp_path, cluster=CLUSTER, table="sharded"):
+        e.create_trades("trades")
         yield e
-    finally:
-        for node in hostile:
-            shard = dataclasses.replace(e, ch_port=node.tcp_port, ch_http_port=node.http_port)
-            shard.ch(f"DROP DATABASE IF EXISTS {db}")
-        e.drop_pg_schema()
 
 
 def run_as(env: Env, user: str, table: str, transport: str) -> None:

@@ -20,8 +20,9 @@ from offloader import faults
 from offloader.dev import devserver
 from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog
+from tests import clusters
 from tests.helpers import Env
-from tests.test_cluster import CLUSTER, _sharded, detached_on, insert
+from tests.test_cluster import CLUSTER, detached_on, insert
 
 pytestmark = pytest.mark.integration
 
@@ -32,49 +33,19 @@ DAYS = 4  # 2025-05-01 to 2025-05-04
 TARGET = "cold.intent_trades"
 
 
-def users_xml(path: Path, *, refusing: bool) -> Path:
+def users_xml(*, refusing: bool) -> str:
     """`default` (the tests' own set-up, and the Distributed table's connections) and
     `offloader`, whose profile on a refusing node is readonly = 2."""
-    profile = "refusing" if refusing else "default"
-    user = """<networks><ip>::/0</ip></networks><password></password><quota>default</quota>"""
-    path.write_text(
-        f"""<clickhouse>
-  <profiles><default/><refusing><readonly>2</readonly></refusing></profiles>
-  <quotas><default/></quotas>
-  <users>
-    <default>{user}<profile>default</profile></default>
-    <offloader>{user}<profile>{profile}</profile></offloader>
-  </users>
-</clickhouse>
-"""
-    )
-    return path
+    offloader = clusters.User("offloader", profile="refusing" if refusing else "default")
+    return clusters.users_xml(offloader, profiles={"refusing": {"readonly": 2}})
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[devserver.Server]]:
     """Two nodes, one shard each; node 2 refuses offloader's ALTERs."""
-    directory = tmp_path_factory.mktemp("cluster-refusing")
-    ports = [(devserver.free_port(), devserver.free_port()) for _ in range(2)]
-    shards = [tcp for tcp, _ in ports]
-    nodes: list[devserver.Server] = []
-    try:
-        for i, (tcp, http) in enumerate(ports, 1):
-            users = users_xml(directory / f"users{i}.xml", refusing=i == 2)
-            nodes.append(
-                devserver.start(
-                    directory / f"node{i}",
-                    tcp,
-                    http,
-                    files_root=tmp_path_factory.getbasetemp(),
-                    users=users,
-                    cluster=(CLUSTER, shards),
-                )
-            )
+    users = [users_xml(refusing=False), users_xml(refusing=True)]
+    with clusters.running(tmp_path_factory, "cluster-refusing", name=CLUSTER, users=users) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            devserver.stop(node.directory)
 
 
 @pytest.fixture
@@ -82,7 +53,7 @@ def parked(cluster: list[devserver.Server], pg_database: str, tmp_path: Path) ->
     """4 days offloaded from a Distributed source (late_rows = "repair", a 10-day audit
     window), then a retention pass that parked 2025-05-01 on shard 1 and failed on
     shard 2: its intent is pending."""
-    for env in _sharded(cluster, pg_database, tmp_path, "native"):
+    for env in clusters.sharded_env(cluster, pg_database, tmp_path, cluster=CLUSTER):
         for day in range(1, DAYS + 1):
             start = f"2025-05-{day:02d} 00:00:00"
             insert(env, PER_DAY, day * 10_000, start, step_us=60_000_000)
