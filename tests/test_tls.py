@@ -5,7 +5,7 @@ against a CA the test makes, and refuses a server whose certificate it cannot ve
 The embedded engine opens only plain listeners ("SYSTEM START/STOP LISTEN in
 clickhouse-local supports only TCP and HTTP listeners"), so TLS is terminated in front of
 them by a small proxy: offloader's side of the connection is real TLS either way.
-PostgreSQL with sslmode=require is not tested: the shared server here runs with ssl off."""
+PostgreSQL's TLS (`sslmode=verify-full`) is tested in test_postgres_tls.py."""
 
 from __future__ import annotations
 

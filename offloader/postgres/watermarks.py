@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from datetime import date
@@ -139,21 +140,56 @@ def _mapped(what: str, dsn: str) -> Iterator[None]:
     try:
         yield
     except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-        # The driver's own text may quote the DSN's parameters: scrub them too.
-        said = redact_secrets(str(exc), dsn_secrets(dsn))
+        # The driver's own text may quote the DSN's parameters: scrub them too. It may
+        # span lines (asyncpg's HINT): the error is one line.
+        said = " ".join(redact_secrets(str(exc), dsn_secrets(dsn)).split())
         raise StateError(
             f"PostgreSQL {redact_dsn(dsn)}: {what} failed: {type(exc).__name__}: {said}"
+            + _advice(exc)
         ) from exc
+
+
+def _advice(exc: BaseException) -> str:
+    """What to do about a connection refused over TLS, which the driver does not say."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            "; the server's certificate could not be verified: set sslrootcert=<PEM file of "
+            "the CA that signed it> in [postgres] dsn (with sslmode=verify-full), and a host "
+            "the certificate names"
+        )
+    text = str(exc)
+    if isinstance(exc, asyncpg.ClientConfigurationError) and "root certificate" in text:
+        return "; set sslrootcert=<PEM file of the server's CA> in [postgres] dsn"
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) and (
+        "no encryption" in text
+    ):
+        return (
+            "; the server accepts only TLS connections: set sslmode=verify-full and "
+            "sslrootcert=<PEM file of the server's CA> in [postgres] dsn"
+        )
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in text:
+        return (
+            "; the server does not offer TLS: turn ssl on in the server, or change sslmode "
+            "in [postgres] dsn"
+        )
+    return ""
 
 
 @contextmanager
 def _parsed(dsn: str) -> Iterator[None]:
     """asyncpg's ValueError on a DSN it cannot parse -> StateError. asyncpg splits the
     user info at the first `@` and its message quotes what follows (the rest of a
-    password): not shown, and not chained."""
+    password): not shown, and not chained. A certificate the TLS handshake refused is a
+    ValueError too (ssl.SSLCertVerificationError), and so is asyncpg's word on a DSN it
+    parsed but cannot use (ClientConfigurationError: no sslrootcert file, an unknown
+    sslmode): those go on to `_mapped`, which redacts them, unless the DSN holds more
+    than one `@`, when asyncpg's split may have cut the password."""
     try:
         yield
-    except ValueError:
+    except ValueError as exc:
+        understood = isinstance(exc, asyncpg.ClientConfigurationError) and dsn.count("@") <= 1
+        if isinstance(exc, ssl.SSLError) or understood:
+            raise
         raise StateError(
             f"PostgreSQL {redact_dsn(dsn)}: asyncpg cannot parse [postgres] dsn (its message "
             "is not shown: it may quote the password); percent-encode reserved characters "
@@ -180,6 +216,11 @@ class Watermarks:
                 pool = await _create_pool(cfg.dsn, max_size)
             self = cls(cfg, pool)
             try:
+                # The pool's first connection, made apart (back to the pool unused, no
+                # round trip): a server that refuses it says "connect failed".
+                with _mapped("connect", cfg.dsn), _parsed(cfg.dsn):
+                    async with pool.acquire():
+                        pass
                 with _mapped("schema migration", cfg.dsn), _parsed(cfg.dsn):
                     await self._migrate()
                 log.debug("state database open", extra={"dsn": redact_dsn(cfg.dsn)})
