@@ -14,6 +14,13 @@ metadata file's size, reported separately).
 
     python -m benchmarks.history                          # 700 snapshots, 7 pairs
     python -m benchmarks.history --snapshots 200 --repeats 5 --json benchmarks/history.json
+    python -m benchmarks.history --maintain --json benchmarks/history_maintained.json
+
+With --maintain, the aged table's commits are 15 minutes of watermark apart (700 span a
+week, as in service) and `offloader maintain` runs on both tables once the history is
+built, as the service does between cycles: closed days are compacted into one file
+each, while every snapshot stays (they are younger than `snapshot_retention`), so the
+aged table keeps its 700 snapshots but not its 700 one-row files.
 
 Building the history takes minutes (each cycle is a real commit). Run on a quiet
 machine: on 2 cores a busy neighbour moves these ratios.
@@ -31,7 +38,15 @@ from typing import Any
 
 import orjson
 
-from benchmarks.cycle import SMALL_DDL, SMALL_INSERT, Bench, cycle, machine, whole_process
+from benchmarks.cycle import (
+    SMALL_DDL,
+    SMALL_INSERT,
+    Bench,
+    cycle,
+    machine,
+    timed_process,
+    whole_process,
+)
 from offloader.dev import devserver
 
 
@@ -62,17 +77,26 @@ def run(b: Bench, args: argparse.Namespace) -> dict[str, Any]:
         paths[name] = b.config([name], watermark="ts", key="id")
         cycle(paths[name])
     started = time.perf_counter()
+    spacing = 900 if args.maintain else 1  # seconds of watermark between two commits
     for i in range(args.snapshots):
-        b.sql(SMALL_INSERT.format(db=b.db, name="aged", first=10_000 + i, rows=1))
+        b.sql(SMALL_INSERT.format(db=b.db, name="aged", first=10_000 + i * spacing, rows=1))
         cycle(paths["aged"])
         if (i + 1) % 100 == 0:
             print(f"  history: {i + 1} commits", file=sys.stderr, flush=True)
     built = time.perf_counter() - started
+    if args.maintain:
+        for name in ("fresh", "aged"):
+            command = [sys.executable, "-m", "offloader", "--config", str(paths[name])]
+            timed_process([*command, "--log-level", "WARNING", "maintain"])
     figures: dict[str, list[dict[str, float]]] = {"fresh": [], "aged": []}
     for i in range(args.repeats):
         for name in ("fresh", "aged"):  # alternating, one pair at a time
             figures[name].append(_once(b, paths[name], name, 1_000_000 + i, b.work))
-    out: dict[str, Any] = {"snapshots": args.snapshots + 1, "history_build_s": round(built, 1)}
+    out: dict[str, Any] = {
+        "snapshots": args.snapshots + 1,
+        "history_build_s": round(built, 1),
+        "maintained": bool(args.maintain),
+    }
     for name, runs in figures.items():
         out[name] = {
             key: {
@@ -92,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.history")
     parser.add_argument("--snapshots", type=int, default=700, help="commits of the aged table")
     parser.add_argument("--repeats", type=int, default=7, help="alternating pairs measured")
+    parser.add_argument(
+        "--maintain", action="store_true", help="run `offloader maintain` on both tables first"
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="offloader-history-") as tmp:
