@@ -43,7 +43,8 @@ from offloader.dev.demo import trades_ddl
 from offloader.iceberg import IcebergCatalog, Marker
 from offloader.offload.supervisor import CycleReport, run_cycle
 from offloader.plan import plan_source
-from offloader.source import Scan, arrow, native
+from offloader.source import arrow, native
+from offloader.sql.scan import Scan
 from offloader.sql.text import qualified, quote_ident
 from offloader.tiers.services import open_services
 from offloader.tiers.writing import FILE_ROWS

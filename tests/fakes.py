@@ -21,7 +21,7 @@ import pyarrow as pa
 from offloader.config import TableConfig
 from offloader.errors import InconsistentState, Locked
 from offloader.plan import SourcePlan
-from offloader.source import Scan
+from offloader.sql.scan import Scan
 from offloader.sql.text import RowHash
 from offloader.state import Advance, AuditAgreed, DaySum, RunRecord, TableState, ViewState
 

@@ -156,7 +156,7 @@ async def _compared(hot: _Source, hot_parts: list[str], *rows: str) -> Decision:
 LOCAL, OUT = "`market`.`trades_local`", "`market`.`trades_local_retiring`"
 MOVE = f"ALTER TABLE {LOCAL} MOVE PARTITION ID '20250501' TO TABLE {OUT}"
 BACK = f"ALTER TABLE {OUT} MOVE PARTITION ID '20250501' TO TABLE {LOCAL}"
-# system.replicas rows (shards.REPLICA_STATE: read-only, session expired, delay, queue,
+# system.replicas rows (sql.system.REPLICA_STATE: read-only, session expired, delay, queue,
 # inserts to fetch, log pointer, log top): in sync, and behind on fetches.
 IN_SYNC = (0, 0, 0, 0, 0, 5, 4)
 BEHIND = (0, 0, 12, 3, 2, 3, 4)

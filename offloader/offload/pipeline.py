@@ -33,7 +33,6 @@ from offloader.report import Status, TableReport
 from offloader.source import (
     Page,
     Pager,
-    Scan,
     SourceTable,
     Survey,
     keyset_pages,
@@ -41,7 +40,7 @@ from offloader.source import (
     scan_complete,
     table_columns,
 )
-from offloader.sql.scan import behind_query
+from offloader.sql.scan import Scan, behind_query
 from offloader.state import Advance, Committed, DaySum, TableState, decode_days, encode_days
 from offloader.tiers import audit, view
 from offloader.tiers.services import Services

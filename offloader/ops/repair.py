@@ -36,8 +36,8 @@ from offloader.errors import InconsistentState, SourceSchemaError
 from offloader.iceberg import IcebergTable, Marker, WrittenFiles, files, rewrite
 from offloader.progress import Progress
 from offloader.report import Status, guarded
-from offloader.source import Page, Scan, SourceTable, keyset_pages, open_table, table_ttl
-from offloader.sql.scan import behind_query
+from offloader.source import Page, SourceTable, keyset_pages, open_table, table_ttl
+from offloader.sql.scan import Scan, behind_query
 from offloader.sql.system import ttl_seconds
 from offloader.sql.text import row_hash
 from offloader.state import DaySum, RetentionIntent, encode_days

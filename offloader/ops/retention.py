@@ -48,14 +48,10 @@ from offloader.errors import SourceSchemaError, TableError
 from offloader.iceberg import IcebergTable
 from offloader.report import REFUSAL_REASONS, Status, guarded, in_time
 from offloader.source import Source, SourceTable, open_table
-from offloader.source.shards import (
-    REPLICA_STATE,
-    cluster_of,
-    out_of_sync,
-    replica_state_query,
-)
+from offloader.source.shards import cluster_of, out_of_sync
 from offloader.sql import retention as sql
 from offloader.sql.retention import retiring_ddl
+from offloader.sql.system import REPLICA_STATE, replica_state_query
 from offloader.sql.text import qualified, row_hash
 from offloader.state import HASH_MODULUS, RetentionIntent, Store, TableState
 from offloader.tiers.audit import HotTable, audit_days

@@ -43,16 +43,10 @@ from offloader.types import SHAPES, ChType, leaf_name, nested_as_array, parse_ty
 from offloader.wire import ColumnPlan
 
 __all__ = [
-    "INT_BUCKET",
-    "ITEM",
-    "NULL",
-    "PAIR",
-    "SEP",
     "Bucket",
     "Comparison",
     "TableVerdict",
     "canonical_of",
-    "canonical_sql",
     "canonical_value",
     "compare",
     "row_crc",

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Page",
     "Pager",
-    "Scan",
     "Source",
     "SourceTable",
     "Survey",

@@ -34,7 +34,8 @@ from offloader.errors import (
     unreachable,
 )
 from offloader.pinned import PINNED, refusal
-from offloader.source import CLOSE_SECONDS, Pager, Scan
+from offloader.source import CLOSE_SECONDS, Pager
+from offloader.sql.scan import Scan
 from offloader.sql.text import quote_ident
 from offloader.types import ChType, parse_type
 from offloader.wire import SHARED_LEAVES, TEXT_LEAVES, rewrite_leaves

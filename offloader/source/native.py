@@ -29,7 +29,8 @@ from offloader.errors import (
     unreachable,
 )
 from offloader.pinned import PINNED, refusal
-from offloader.source import CLOSE_SECONDS, Scan, invalid_utf8_columns
+from offloader.source import CLOSE_SECONDS, invalid_utf8_columns
+from offloader.sql.scan import Scan
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -36,9 +36,9 @@ from offloader.config import TableConfig
 from offloader.days import day_number, watermark_day
 from offloader.errors import DataError, SourceSchemaError, TableError
 from offloader.pinned import PINNED
-from offloader.source import Scan, invalid_utf8_columns
+from offloader.source import invalid_utf8_columns
 from offloader.source.arrow import ArrowHttpSession
-from offloader.sql.scan import above_int64_query, range_sums_query
+from offloader.sql.scan import Scan, above_int64_query, range_sums_query
 from offloader.sql.text import RowHash, quote_ident, quote_string
 from offloader.state import DaySum
 from offloader.types import INT64_MAX, ChType

@@ -39,8 +39,8 @@ import anyio
 from offloader.config import ClickHouseConfig, TableConfig
 from offloader.errors import SourceUnavailable, TableError, single_error
 from offloader.report import stray_cancellation
-from offloader.source import Page, Pager, Scan, Source, keyset_pages, open_source, transport_of
-from offloader.sql.scan import positions_order_query, probe_relation
+from offloader.source import Page, Pager, Source, keyset_pages, open_source, transport_of
+from offloader.sql.scan import Scan, positions_order_query, probe_relation
 from offloader.sql.system import (
     REPLICA_STATE,
     cluster_query,
@@ -436,7 +436,6 @@ def sharded_pager(
 
 
 __all__ = [
-    "REPLICA_STATE",
     "ClusterNode",
     "Replica",
     "ShardRound",
@@ -446,7 +445,6 @@ __all__ = [
     "ordered",
     "out_of_sync",
     "parts_of",
-    "replica_state_query",
     "replicas_of",
     "sharded_pager",
 ]

@@ -78,7 +78,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "VIEW_FORMAT",
     "ColdSide",
     "Upkeep",
     "ViewError",
